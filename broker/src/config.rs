@@ -1,0 +1,254 @@
+//! The broker's one configuration struct, layered: built-in defaults → a TOML file (`--config`) →
+//! `SPEAN_BROKER_*` environment variables (nested keys joined by `__`, e.g.
+//! `SPEAN_BROKER_LIMITS__MAX_CASE_FILE_BYTES`). Every field is documented in `config.example.toml`.
+//!
+//! The defaults are the embedded setup: everything under `./spean-data`, SQLite, a development CA.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Holds the embedded database, the development PKI and `broker.addr` (the bound address, for
+    /// scripts and tests that start the broker on port 0).
+    pub data_dir: PathBuf,
+    /// Where the gRPC gateway listens. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    pub tls: TlsConfig,
+    pub directory: DirectoryConfig,
+    pub limits: LimitsConfig,
+    pub delivery: DeliveryConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH`. Empty: `<data_dir>/broker.db`.
+    pub url: String,
+    /// SQLite `synchronous=FULL`: a commit survives power loss, not only a crash of the process.
+    pub durable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Folder of the network CA and the broker's certificate. Empty: `<data_dir>/pki`.
+    pub pki_dir: PathBuf,
+    /// Create the CA, the server certificate and a certificate for every directory agency on start
+    /// when they are missing. For development and demos; production issues certificates with
+    /// `spean-broker pki` and keeps the CA key offline.
+    pub dev_pki: bool,
+    /// DNS names and IP addresses the development server certificate is issued for.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryConfig {
+    /// What to load when the store has no directory yet: `demo` (the built-in copy of
+    /// `fixtures/network.json`), `none`, or the path of a directory file.
+    pub seed: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest gRPC message accepted; larger ones are refused before they are decoded.
+    pub max_message_bytes: usize,
+    /// Largest encoded case file in a submission.
+    pub max_case_file_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// How often a waiting delivery session re-reads its mailbox even without a wake-up (a safety net;
+    /// writes in this process wake sessions at once).
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `spean_broker=debug`; `RUST_LOG` overrides it.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("spean-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database: DatabaseConfig::default(),
+            tls: TlsConfig::default(),
+            directory: DirectoryConfig::default(),
+            limits: LimitsConfig::default(),
+            delivery: DeliveryConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            durable: true,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            pki_dir: PathBuf::new(),
+            dev_pki: true,
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            seed: "demo".into(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_case_file_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `SPEAN_BROKER_*` variables; validated.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("SPEAN_BROKER_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_owned(),
+        };
+        if !self.database_url().starts_with("sqlite:") {
+            return Err(invalid(
+                "database.url",
+                "only sqlite:// URLs are supported by this build",
+            ));
+        }
+        if self.limits.max_case_file_bytes >= self.limits.max_message_bytes {
+            return Err(invalid(
+                "limits.max_case_file_bytes",
+                "must be smaller than limits.max_message_bytes",
+            ));
+        }
+        if self.delivery.poll_interval_ms == 0 {
+            return Err(invalid("delivery.poll_interval_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            format!("sqlite://{}", self.data_dir.join("broker.db").display())
+        } else {
+            self.database.url.clone()
+        }
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        if self.tls.pki_dir.as_os_str().is_empty() {
+            self.data_dir.join("pki")
+        } else {
+            self.tls.pki_dir.clone()
+        }
+    }
+
+    /// The file `serve` writes the bound address to.
+    pub fn address_file(&self) -> PathBuf {
+        self.data_dir.join("broker.addr")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let from_file: Config = Figment::new()
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string("[limits]\nmax_case_bytes = 3"))
+            .extract::<Config>()
+            .unwrap_err();
+        assert!(err.to_string().contains("max_case_bytes"), "{err}");
+    }
+}

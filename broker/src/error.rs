@@ -1,0 +1,117 @@
+//! The broker's errors, one enum per layer, and the one place they become a `tonic::Status`.
+//!
+//! Messages here may name fields, states, ids and agencies. They never carry case-file content or
+//! free text from a request: the types that hold those ([`crate::referral::SealedCaseFile`],
+//! [`crate::referral::FreeText`]) do not print their content.
+
+use std::fmt;
+
+use crate::referral::state::TransitionError;
+
+/// A request field that failed to parse, with the reason in words a caller can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// The field's path in the request, e.g. `recipient.service.province`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Prefixes the field path, for errors from nested messages.
+    pub fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+}
+
+/// Failures of the storage layer (SQLite now; PostgreSQL behind the same trait).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row that does not decode: a bug or a hand-edited database, never a caller's fault.
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+/// Everything a broker operation can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    InvalidField(#[from] FieldError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error(transparent)]
+    Transition(#[from] TransitionError),
+    /// A party without the right to this action, outside the state machine's roles.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A valid request the network cannot carry out as it stands (e.g. no agency offers the service).
+    #[error("{0}")]
+    Unroutable(String),
+    /// Another change to the same referral won every retry.
+    #[error("the referral is being changed by another request; retry")]
+    Contended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<BrokerError> for tonic::Status {
+    fn from(err: BrokerError) -> Self {
+        use tonic::{Code, Status};
+        match &err {
+            BrokerError::InvalidField(e) => Status::invalid_argument(e.to_string()),
+            BrokerError::NotFound(m) => Status::not_found(m.clone()),
+            BrokerError::AlreadyExists(m) => Status::already_exists(m.clone()),
+            BrokerError::Unauthenticated(m) => Status::unauthenticated(m.clone()),
+            BrokerError::Transition(t) => match t {
+                TransitionError::WrongParty { .. } => Status::permission_denied(t.to_string()),
+                TransitionError::WrongState { .. } | TransitionError::NotAnAction { .. } => {
+                    Status::failed_precondition(t.to_string())
+                }
+            },
+            BrokerError::Forbidden(m) => Status::permission_denied(m.clone()),
+            BrokerError::Unroutable(m) => Status::failed_precondition(m.clone()),
+            BrokerError::Contended => Status::new(Code::Aborted, err.to_string()),
+            BrokerError::Store(source) => {
+                // Logged with its cause chain; the caller learns only that it was ours.
+                tracing::error!(error = %ErrorChain(source), "store failure");
+                match source {
+                    StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                        Status::unavailable("the broker's store is unavailable; retry")
+                    }
+                    _ => Status::internal("internal error"),
+                }
+            }
+        }
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}

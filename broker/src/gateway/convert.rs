@@ -1,0 +1,446 @@
+//! Conversions between the wire types (`spean_proto::v1`) and the domain. Requests parse with
+//! `TryFrom` and name the failing field; responses are built from domain values.
+
+use prost_types::Timestamp;
+use spean_proto::v1 as pb;
+use time::OffsetDateTime;
+
+use crate::error::FieldError;
+use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
+use crate::referral::{
+    Action, Addressee, AgeBand, Code, Day, Event, EventDetails, EventKind, FreeText, NewReferral,
+    Referral, Role, SealedCaseFile, Sex, State, Subject, Urgency,
+};
+
+/// Longest note, reason or summary.
+const MAX_TEXT: usize = 8 * 1024;
+/// Longest staff name.
+const MAX_PERSON: usize = 256;
+
+fn required<T>(field: &'static str, value: Option<T>) -> Result<T, FieldError> {
+    value.ok_or_else(|| FieldError::new(field, "is required"))
+}
+
+fn urgency(field: &'static str, raw: i32) -> Result<Urgency, FieldError> {
+    match pb::Urgency::try_from(raw) {
+        Ok(pb::Urgency::Emergency) => Ok(Urgency::Emergency),
+        Ok(pb::Urgency::Urgent) => Ok(Urgency::Urgent),
+        Ok(pb::Urgency::Routine) => Ok(Urgency::Routine),
+        Ok(pb::Urgency::Unspecified) => Err(FieldError::new(field, "is required")),
+        Err(_) => Err(FieldError::new(field, format!("{raw} is not an urgency"))),
+    }
+}
+
+fn sex(raw: i32) -> Result<Sex, FieldError> {
+    let field = "subject.sex";
+    match pb::Sex::try_from(raw) {
+        Ok(pb::Sex::Female) => Ok(Sex::Female),
+        Ok(pb::Sex::Male) => Ok(Sex::Male),
+        Ok(pb::Sex::Other) => Ok(Sex::Other),
+        Ok(pb::Sex::Unknown) => Ok(Sex::Unknown),
+        Ok(pb::Sex::Unspecified) => Err(FieldError::new(field, "is required (use SEX_UNKNOWN)")),
+        Err(_) => Err(FieldError::new(field, format!("{raw} is not a sex"))),
+    }
+}
+
+fn age_band(raw: i32) -> Result<AgeBand, FieldError> {
+    use pb::AgeBand as A;
+    let field = "subject.age_band";
+    Ok(match A::try_from(raw) {
+        Ok(A::AgeBand04) => AgeBand::Age0To4,
+        Ok(A::AgeBand59) => AgeBand::Age5To9,
+        Ok(A::AgeBand1014) => AgeBand::Age10To14,
+        Ok(A::AgeBand1517) => AgeBand::Age15To17,
+        Ok(A::AgeBand1824) => AgeBand::Age18To24,
+        Ok(A::AgeBand2559) => AgeBand::Age25To59,
+        Ok(A::AgeBand60Plus) => AgeBand::Age60Plus,
+        Ok(A::Unknown) => AgeBand::Unknown,
+        Ok(A::Unspecified) => {
+            return Err(FieldError::new(field, "is required (use AGE_BAND_UNKNOWN)"));
+        }
+        Err(_) => return Err(FieldError::new(field, format!("{raw} is not an age band"))),
+    })
+}
+
+impl TryFrom<pb::SubmitRequest> for NewReferral {
+    type Error = FieldError;
+
+    fn try_from(req: pb::SubmitRequest) -> Result<Self, FieldError> {
+        let client_ref = ClientRef::parse("client_ref", &req.client_ref)?;
+        let recipient = required("recipient", req.recipient)?;
+        let addressee = match required("recipient", recipient.target)? {
+            pb::recipient::Target::AgencyId(id) => {
+                Addressee::Agency(AgencyId::parse("recipient.agency_id", &id)?)
+            }
+            pb::recipient::Target::Service(s) => Addressee::Service {
+                service: Code::parse("recipient.service.service", &s.service)?,
+                province: ProvinceCode::parse("recipient.service.province", &s.province)?,
+            },
+        };
+        let kind = Code::parse("kind", &req.kind)?;
+        let urgency = urgency("urgency", req.urgency)?;
+        let subject = required("subject", req.subject)?;
+        let subject = Subject {
+            sex: sex(subject.sex)?,
+            age_band: age_band(subject.age_band)?,
+            province: ProvinceCode::parse("subject.province", &subject.province)?,
+        };
+        if req.case_file.is_empty() {
+            return Err(FieldError::new("case_file", "is required"));
+        }
+        let client_pseudonym = (!req.client_pseudonym.is_empty())
+            .then(|| ClientRef::parse("client_pseudonym", &req.client_pseudonym))
+            .transpose()?;
+        Ok(NewReferral {
+            client_ref,
+            addressee,
+            kind,
+            urgency,
+            subject,
+            case_file: SealedCaseFile::new(req.case_file),
+            client_pseudonym,
+        })
+    }
+}
+
+/// Parses the fields every feedback action shares.
+pub fn action(
+    raw: Option<pb::Action>,
+    kind: EventKind,
+    details: EventDetails,
+) -> Result<Action, FieldError> {
+    let a = required("action", raw)?;
+    Ok(Action {
+        referral_id: ReferralId::parse("action.referral_id", &a.referral_id)?,
+        request_id: RequestId::parse("action.request_id", &a.request_id)?,
+        actor_person: FreeText::parse("action.actor_person", &a.actor_person, MAX_PERSON)?,
+        note: FreeText::parse("action.note", &a.note, MAX_TEXT)?,
+        kind,
+        details,
+    })
+}
+
+pub fn acceptance(raw: Option<pb::Acceptance>) -> Result<EventDetails, FieldError> {
+    let a = required("acceptance", raw)?;
+    Ok(EventDetails::Accepted {
+        planned_action: FreeText::required("acceptance.planned_action", &a.planned_action, MAX_TEXT)?,
+        planned_date: Day::parse("acceptance.planned_date", &a.planned_date)?.to_string(),
+    })
+}
+
+pub fn decline(raw: Option<pb::Decline>) -> Result<EventDetails, FieldError> {
+    let d = required("decline", raw)?;
+    Ok(EventDetails::Declined {
+        reason_code: Code::parse("decline.reason_code", &d.reason_code)?,
+        reason_text: FreeText::required("decline.reason_text", &d.reason_text, MAX_TEXT)?,
+    })
+}
+
+pub fn redirect(raw: Option<pb::Redirect>) -> Result<EventDetails, FieldError> {
+    let r = required("redirect", raw)?;
+    Ok(EventDetails::Redirected {
+        to: AgencyId::parse("redirect.to_agency_id", &r.to_agency_id)?,
+        reason: FreeText::required("redirect.reason", &r.reason, MAX_TEXT)?,
+    })
+}
+
+pub fn follow_up(raw: Option<pb::FollowUp>) -> Result<EventDetails, FieldError> {
+    let f = required("follow_up", raw)?;
+    Ok(EventDetails::FollowUp {
+        activity: Code::parse("follow_up.activity", &f.activity)?,
+        date: Day::parse("follow_up.date", &f.date)?.to_string(),
+    })
+}
+
+pub fn outcome(raw: Option<pb::Outcome>) -> Result<EventDetails, FieldError> {
+    let o = required("outcome", raw)?;
+    Ok(EventDetails::Completed {
+        outcome_code: Code::parse("outcome.outcome_code", &o.outcome_code)?,
+        summary: FreeText::parse("outcome.summary", &o.summary, MAX_TEXT)?,
+    })
+}
+
+pub fn failure(raw: Option<pb::Failure>) -> Result<EventDetails, FieldError> {
+    let f = required("failure", raw)?;
+    Ok(EventDetails::Failed {
+        reason: FreeText::required("failure.reason", &f.reason, MAX_TEXT)?,
+    })
+}
+
+pub fn role(raw: i32) -> Result<Option<Role>, FieldError> {
+    match pb::Role::try_from(raw) {
+        Ok(pb::Role::Unspecified) => Ok(None),
+        Ok(pb::Role::Sender) => Ok(Some(Role::Sender)),
+        Ok(pb::Role::Recipient) => Ok(Some(Role::Recipient)),
+        Err(_) => Err(FieldError::new("role", format!("{raw} is not a role"))),
+    }
+}
+
+pub fn state_from_pb(field: &'static str, raw: i32) -> Result<State, FieldError> {
+    use pb::ReferralState as P;
+    Ok(match P::try_from(raw) {
+        Ok(P::Sent) => State::Sent,
+        Ok(P::Delivered) => State::Delivered,
+        Ok(P::Acknowledged) => State::Acknowledged,
+        Ok(P::Accepted) => State::Accepted,
+        Ok(P::InProgress) => State::InProgress,
+        Ok(P::Declined) => State::Declined,
+        Ok(P::Completed) => State::Completed,
+        Ok(P::Failed) => State::Failed,
+        Ok(P::Withdrawn) => State::Withdrawn,
+        Ok(P::EnteredInError) => State::EnteredInError,
+        Ok(P::Unspecified) | Err(_) => {
+            return Err(FieldError::new(field, format!("{raw} is not a referral state")));
+        }
+    })
+}
+
+pub fn state(s: State) -> pb::ReferralState {
+    use pb::ReferralState as P;
+    match s {
+        State::Sent => P::Sent,
+        State::Delivered => P::Delivered,
+        State::Acknowledged => P::Acknowledged,
+        State::Accepted => P::Accepted,
+        State::InProgress => P::InProgress,
+        State::Declined => P::Declined,
+        State::Completed => P::Completed,
+        State::Failed => P::Failed,
+        State::Withdrawn => P::Withdrawn,
+        State::EnteredInError => P::EnteredInError,
+    }
+}
+
+fn event_kind(k: EventKind) -> pb::FeedbackKind {
+    use pb::FeedbackKind as P;
+    match k {
+        EventKind::Submitted => P::Submitted,
+        EventKind::Delivered => P::Delivered,
+        EventKind::Acknowledged => P::Acknowledged,
+        EventKind::Accepted => P::Accepted,
+        EventKind::Declined => P::Declined,
+        EventKind::Redirected => P::Redirected,
+        EventKind::InProgress => P::InProgress,
+        EventKind::FollowUp => P::FollowUp,
+        EventKind::Completed => P::Completed,
+        EventKind::Failed => P::Failed,
+        EventKind::Withdrawn => P::Withdrawn,
+        EventKind::EnteredInError => P::EnteredInError,
+    }
+}
+
+fn timestamp(t: OffsetDateTime) -> Timestamp {
+    Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }
+}
+
+pub fn event(e: &Event) -> pb::FeedbackEvent {
+    use pb::feedback_event::Details;
+    let details = match &e.details {
+        EventDetails::None => None,
+        EventDetails::Accepted {
+            planned_action,
+            planned_date,
+        } => Some(Details::Accepted(pb::Acceptance {
+            planned_action: planned_action.as_str().to_owned(),
+            planned_date: planned_date.clone(),
+        })),
+        EventDetails::Declined {
+            reason_code,
+            reason_text,
+        } => Some(Details::Declined(pb::Decline {
+            reason_code: reason_code.as_str().to_owned(),
+            reason_text: reason_text.as_str().to_owned(),
+        })),
+        EventDetails::Redirected { to, reason } => Some(Details::Redirected(pb::Redirect {
+            to_agency_id: to.as_str().to_owned(),
+            reason: reason.as_str().to_owned(),
+        })),
+        EventDetails::FollowUp { activity, date } => Some(Details::FollowUp(pb::FollowUp {
+            activity: activity.as_str().to_owned(),
+            date: date.clone(),
+        })),
+        EventDetails::Completed {
+            outcome_code,
+            summary,
+        } => Some(Details::Completed(pb::Outcome {
+            outcome_code: outcome_code.as_str().to_owned(),
+            summary: summary.as_str().to_owned(),
+        })),
+        EventDetails::Failed { reason } => Some(Details::Failed(pb::Failure {
+            reason: reason.as_str().to_owned(),
+        })),
+    };
+    pb::FeedbackEvent {
+        event_id: e.id.to_string(),
+        referral_id: e.referral_id.to_string(),
+        kind: event_kind(e.kind) as i32,
+        actor_agency_id: e.actor.to_string(),
+        actor_person: e.actor_person.as_str().to_owned(),
+        at: Some(timestamp(e.at)),
+        note: e.note.as_str().to_owned(),
+        state_after: state(e.state_after) as i32,
+        details,
+    }
+}
+
+fn sex_pb(s: Sex) -> pb::Sex {
+    match s {
+        Sex::Female => pb::Sex::Female,
+        Sex::Male => pb::Sex::Male,
+        Sex::Other => pb::Sex::Other,
+        Sex::Unknown => pb::Sex::Unknown,
+    }
+}
+
+fn age_band_pb(a: AgeBand) -> pb::AgeBand {
+    use pb::AgeBand as A;
+    match a {
+        AgeBand::Age0To4 => A::AgeBand04,
+        AgeBand::Age5To9 => A::AgeBand59,
+        AgeBand::Age10To14 => A::AgeBand1014,
+        AgeBand::Age15To17 => A::AgeBand1517,
+        AgeBand::Age18To24 => A::AgeBand1824,
+        AgeBand::Age25To59 => A::AgeBand2559,
+        AgeBand::Age60Plus => A::AgeBand60Plus,
+        AgeBand::Unknown => A::Unknown,
+    }
+}
+
+fn urgency_pb(u: Urgency) -> pb::Urgency {
+    match u {
+        Urgency::Emergency => pb::Urgency::Emergency,
+        Urgency::Urgent => pb::Urgency::Urgent,
+        Urgency::Routine => pb::Urgency::Routine,
+    }
+}
+
+pub fn envelope(r: &Referral) -> pb::Envelope {
+    let target = match &r.addressee {
+        Addressee::Agency(a) => pb::recipient::Target::AgencyId(a.to_string()),
+        Addressee::Service { service, province } => {
+            pb::recipient::Target::Service(pb::ServiceInProvince {
+                service: service.to_string(),
+                province: province.to_string(),
+            })
+        }
+    };
+    pb::Envelope {
+        referral_id: r.id.to_string(),
+        client_ref: r.client_ref.to_string(),
+        sender_agency_id: r.sender.to_string(),
+        requested_recipient: Some(pb::Recipient {
+            target: Some(target),
+        }),
+        recipient_agency_id: r.recipient.to_string(),
+        kind: r.kind.to_string(),
+        urgency: urgency_pb(r.urgency) as i32,
+        subject: Some(pb::Subject {
+            sex: sex_pb(r.subject.sex) as i32,
+            age_band: age_band_pb(r.subject.age_band) as i32,
+            province: r.subject.province.to_string(),
+        }),
+        created_at: Some(timestamp(r.created_at)),
+        updated_at: Some(timestamp(r.updated_at)),
+        client_pseudonym: r
+            .client_pseudonym
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn referral(r: Referral, history: &[Event]) -> pb::Referral {
+    pb::Referral {
+        envelope: Some(envelope(&r)),
+        state: state(r.state) as i32,
+        history: history.iter().map(event).collect(),
+        case_file: r.case_file.into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> pb::SubmitRequest {
+        pb::SubmitRequest {
+            client_ref: "ahc-0001".into(),
+            recipient: Some(pb::Recipient {
+                target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
+                    service: "reintegration_follow_up".into(),
+                    province: "24".into(),
+                })),
+            }),
+            kind: "lama".into(),
+            urgency: pb::Urgency::Emergency as i32,
+            subject: Some(pb::Subject {
+                sex: pb::Sex::Female as i32,
+                age_band: pb::AgeBand::AgeBand59 as i32,
+                province: "24".into(),
+            }),
+            case_file: vec![1, 2, 3],
+            client_pseudonym: String::new(),
+        }
+    }
+
+    fn field_of(req: pb::SubmitRequest) -> String {
+        NewReferral::try_from(req).unwrap_err().field
+    }
+
+    #[test]
+    fn a_valid_submission_parses() {
+        assert!(NewReferral::try_from(valid()).is_ok());
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        let mut r = valid();
+        r.client_ref = String::new();
+        assert_eq!(field_of(r), "client_ref");
+        let mut r = valid();
+        r.recipient = None;
+        assert_eq!(field_of(r), "recipient");
+        let mut r = valid();
+        r.recipient = Some(pb::Recipient {
+            target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
+                service: "reintegration_follow_up".into(),
+                province: "99".into(),
+            })),
+        });
+        assert_eq!(field_of(r), "recipient.service.province");
+        let mut r = valid();
+        r.urgency = 0;
+        assert_eq!(field_of(r), "urgency");
+        let mut r = valid();
+        r.urgency = 42;
+        assert_eq!(field_of(r), "urgency");
+        let mut r = valid();
+        r.subject.as_mut().unwrap().age_band = 0;
+        assert_eq!(field_of(r), "subject.age_band");
+        let mut r = valid();
+        r.case_file.clear();
+        assert_eq!(field_of(r), "case_file");
+        let mut r = valid();
+        r.kind = "LAMA!".into();
+        assert_eq!(field_of(r), "kind");
+    }
+
+    #[test]
+    fn a_decline_needs_both_code_and_text() {
+        let err = decline(Some(pb::Decline {
+            reason_code: "no_capacity".into(),
+            reason_text: String::new(),
+        }))
+        .unwrap_err();
+        assert_eq!(err.field, "decline.reason_text");
+        let err = decline(Some(pb::Decline {
+            reason_code: String::new(),
+            reason_text: "គ្មានគ្រួសារ".into(),
+        }))
+        .unwrap_err();
+        assert_eq!(err.field, "decline.reason_code");
+    }
+}

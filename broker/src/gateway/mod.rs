@@ -1,0 +1,49 @@
+//! The gRPC gateway: tonic services behind mutual TLS, where the client certificate is the caller's
+//! identity. Each service parses its request ([`convert`]), asks the [`Workflow`], and lets
+//! `From<BrokerError> for Status` (in `error.rs`) choose the status.
+
+pub mod convert;
+mod delivery;
+mod directory;
+mod referral;
+
+use std::sync::Arc;
+
+use tonic::Request;
+
+use crate::config::Config;
+use crate::error::BrokerError;
+use crate::ids::AgencyId;
+use crate::referral::workflow::Workflow;
+
+pub use delivery::DeliveryGateway;
+pub use directory::DirectoryGateway;
+pub use referral::ReferralGateway;
+
+/// State the services share.
+#[derive(Clone)]
+pub struct Shared {
+    pub workflow: Arc<Workflow>,
+    pub config: Arc<Config>,
+    /// Cancelled on shutdown: long-lived delivery streams end so the server can stop.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// The agency a request comes from, read from its verified client certificate.
+pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        tonic::Status::unauthenticated("a client certificate issued by the network CA is required")
+    })?;
+    let cn = certs
+        .first()
+        .and_then(|der| crate::pki::agency_of(der.as_ref()))
+        .ok_or_else(|| tonic::Status::unauthenticated("the client certificate has no common name"))?;
+    Ok(shared.workflow.authenticate(&cn).await?)
+}
+
+/// Shorthand for handlers: a domain result as a tonic result.
+pub(crate) type GatewayResult<T> = Result<tonic::Response<T>, tonic::Status>;
+
+pub(crate) fn respond<T>(value: Result<T, BrokerError>) -> GatewayResult<T> {
+    value.map(tonic::Response::new).map_err(Into::into)
+}

@@ -1,0 +1,221 @@
+//! `spean.v1.ReferralService`.
+
+use spean_proto::v1 as pb;
+use spean_proto::v1::referral_service_server::ReferralService;
+use tonic::{Request, Response, Status};
+
+use super::{GatewayResult, Shared, caller, convert, respond};
+use crate::error::BrokerError;
+use crate::ids::ReferralId;
+use crate::referral::{Action, EventDetails, EventKind, ListQuery, NewReferral};
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+pub struct ReferralGateway {
+    shared: Shared,
+}
+
+impl ReferralGateway {
+    pub fn new(shared: Shared) -> Self {
+        Self { shared }
+    }
+
+    async fn act(
+        &self,
+        agency_of: &Request<impl Send>,
+        action: Result<Action, crate::error::FieldError>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let agency = caller(&self.shared, agency_of).await?;
+        let action = action.map_err(BrokerError::from)?;
+        respond(
+            self.shared
+                .workflow
+                .act(&agency, action)
+                .await
+                .map(|(event, state)| pb::FeedbackResponse {
+                    event: Some(convert::event(&event)),
+                    state: convert::state(state) as i32,
+                }),
+        )
+    }
+}
+
+fn parsed<T>(r: Result<T, crate::error::FieldError>) -> Result<T, Status> {
+    r.map_err(|e| BrokerError::from(e).into())
+}
+
+#[tonic::async_trait]
+impl ReferralService for ReferralGateway {
+    async fn submit(&self, request: Request<pb::SubmitRequest>) -> GatewayResult<pb::SubmitResponse> {
+        let sender = caller(&self.shared, &request).await?;
+        let new = parsed(NewReferral::try_from(request.into_inner()))?;
+        respond(
+            self.shared
+                .workflow
+                .submit(&sender, new)
+                .await
+                .map(|(referral, history, created)| pb::SubmitResponse {
+                    referral: Some(convert::referral(referral, &history)),
+                    created,
+                }),
+        )
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> GatewayResult<pb::Referral> {
+        let agency = caller(&self.shared, &request).await?;
+        let id = parsed(ReferralId::parse("referral_id", &request.get_ref().referral_id))?;
+        respond(
+            self.shared
+                .workflow
+                .get(&agency, id)
+                .await
+                .map(|(referral, history)| convert::referral(referral, &history)),
+        )
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> GatewayResult<pb::ListResponse> {
+        let agency = caller(&self.shared, &request).await?;
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => DEFAULT_PAGE,
+            n if n <= MAX_PAGE => n,
+            n => {
+                let err = crate::error::FieldError::new(
+                    "page_size",
+                    format!("{n} is over the limit of {MAX_PAGE}"),
+                );
+                return Err(BrokerError::from(err).into());
+            }
+        };
+        let query = ListQuery {
+            role: parsed(convert::role(req.role))?,
+            states: parsed(
+                req.states
+                    .iter()
+                    .map(|s| convert::state_from_pb("states", *s))
+                    .collect::<Result<Vec<_>, _>>(),
+            )?,
+            kind: parsed(
+                (!req.kind.is_empty())
+                    .then(|| crate::referral::Code::parse("kind", &req.kind))
+                    .transpose(),
+            )?,
+            limit: limit + 1,
+            before: parsed(
+                (!req.page_token.is_empty())
+                    .then(|| ReferralId::parse("page_token", &req.page_token))
+                    .transpose(),
+            )?,
+        };
+        let mut found = self
+            .shared
+            .workflow
+            .list(&agency, &query)
+            .await
+            .map_err(Status::from)?;
+        let next_page_token = if found.len() > limit as usize {
+            found.truncate(limit as usize);
+            found.last().map(|r| r.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListResponse {
+            referrals: found
+                .iter()
+                .map(|r| pb::ReferralSummary {
+                    envelope: Some(convert::envelope(r)),
+                    state: convert::state(r.state) as i32,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn acknowledge(
+        &self,
+        request: Request<pb::AcknowledgeRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::action(r.action, EventKind::Acknowledged, EventDetails::None);
+        self.act(&request, action).await
+    }
+
+    async fn accept(&self, request: Request<pb::AcceptRequest>) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::acceptance(r.acceptance)
+            .and_then(|d| convert::action(r.action, EventKind::Accepted, d));
+        self.act(&request, action).await
+    }
+
+    async fn decline(&self, request: Request<pb::DeclineRequest>) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action =
+            convert::decline(r.decline).and_then(|d| convert::action(r.action, EventKind::Declined, d));
+        self.act(&request, action).await
+    }
+
+    async fn redirect(
+        &self,
+        request: Request<pb::RedirectRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::redirect(r.redirect)
+            .and_then(|d| convert::action(r.action, EventKind::Redirected, d));
+        self.act(&request, action).await
+    }
+
+    async fn mark_in_progress(
+        &self,
+        request: Request<pb::MarkInProgressRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::action(r.action, EventKind::InProgress, EventDetails::None);
+        self.act(&request, action).await
+    }
+
+    async fn record_follow_up(
+        &self,
+        request: Request<pb::RecordFollowUpRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::follow_up(r.follow_up)
+            .and_then(|d| convert::action(r.action, EventKind::FollowUp, d));
+        self.act(&request, action).await
+    }
+
+    async fn complete(
+        &self,
+        request: Request<pb::CompleteRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::outcome(r.outcome)
+            .and_then(|d| convert::action(r.action, EventKind::Completed, d));
+        self.act(&request, action).await
+    }
+
+    async fn fail(&self, request: Request<pb::FailRequest>) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action =
+            convert::failure(r.failure).and_then(|d| convert::action(r.action, EventKind::Failed, d));
+        self.act(&request, action).await
+    }
+
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::action(r.action, EventKind::Withdrawn, EventDetails::None);
+        self.act(&request, action).await
+    }
+
+    async fn mark_entered_in_error(
+        &self,
+        request: Request<pb::MarkEnteredInErrorRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        let r = request.get_ref().clone();
+        let action = convert::action(r.action, EventKind::EnteredInError, EventDetails::None);
+        self.act(&request, action).await
+    }
+}

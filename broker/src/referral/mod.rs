@@ -1,0 +1,434 @@
+//! Referrals as the broker understands them: what a sender submits, what is stored, and what happened.
+//!
+//! No I/O and no wire types here: the gateway converts from proto with `TryFrom`, the store persists
+//! these values, and [`state`] decides what may change.
+
+pub mod state;
+pub mod workflow;
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::error::FieldError;
+use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
+pub use state::{EventKind, Role, State};
+
+/// The encoded case file: bytes the broker stores and forwards but never reads.
+///
+/// It has no `Display` and its `Debug` prints only the length, so no log line or error can carry it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SealedCaseFile(Vec<u8>);
+
+impl SealedCaseFile {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SealedCaseFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedCaseFile({} bytes)", self.0.len())
+    }
+}
+
+/// Free text written by a person (notes, reasons, names of staff). It may be sensitive, so like the
+/// case file it never prints: `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct FreeText(String);
+
+impl FreeText {
+    /// Accepts any UTF-8 text (Khmer included) up to `max` bytes.
+    pub fn parse(field: &'static str, raw: &str, max: usize) -> Result<Self, FieldError> {
+        if raw.len() > max {
+            return Err(FieldError::new(
+                field,
+                format!("is {} bytes long; the limit is {max}", raw.len()),
+            ));
+        }
+        if raw.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) {
+            return Err(FieldError::new(field, "contains control characters"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// Like [`FreeText::parse`], but empty text is refused.
+    pub fn required(field: &'static str, raw: &str, max: usize) -> Result<Self, FieldError> {
+        if raw.trim().is_empty() {
+            return Err(FieldError::new(field, "is required"));
+        }
+        Self::parse(field, raw, max)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+}
+
+impl fmt::Debug for FreeText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FreeText({} bytes)", self.0.len())
+    }
+}
+
+/// A short machine-readable code (kind, reason code, outcome code): lower-case letters, digits, `_`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Code(String);
+
+impl Code {
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() {
+            return Err(FieldError::new(field, "is required"));
+        }
+        if raw.len() > 64
+            || !raw
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        {
+            return Err(FieldError::new(
+                field,
+                format!("{raw:?} is not a code (lower-case letters, digits and _, at most 64)"),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A calendar date, `YYYY-MM-DD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Day(time::Date);
+
+impl Day {
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, FieldError> {
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        time::Date::parse(raw, format)
+            .map(Self)
+            .map_err(|_| FieldError::new(field, format!("{raw:?} is not a date (YYYY-MM-DD)")))
+    }
+}
+
+impl fmt::Display for Day {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}",
+            self.0.year(),
+            u8::from(self.0.month()),
+            self.0.day()
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Urgency {
+    Emergency,
+    Urgent,
+    Routine,
+}
+
+impl Urgency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::Emergency => "emergency",
+            Urgency::Urgent => "urgent",
+            Urgency::Routine => "routine",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        [Urgency::Emergency, Urgency::Urgent, Urgency::Routine]
+            .into_iter()
+            .find(|u| u.as_str() == raw)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sex {
+    Female,
+    Male,
+    Other,
+    Unknown,
+}
+
+impl Sex {
+    pub const ALL: [Sex; 4] = [Sex::Female, Sex::Male, Sex::Other, Sex::Unknown];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sex::Female => "female",
+            Sex::Male => "male",
+            Sex::Other => "other",
+            Sex::Unknown => "unknown",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgeBand {
+    Age0To4,
+    Age5To9,
+    Age10To14,
+    Age15To17,
+    Age18To24,
+    Age25To59,
+    Age60Plus,
+    Unknown,
+}
+
+impl AgeBand {
+    pub const ALL: [AgeBand; 8] = [
+        AgeBand::Age0To4,
+        AgeBand::Age5To9,
+        AgeBand::Age10To14,
+        AgeBand::Age15To17,
+        AgeBand::Age18To24,
+        AgeBand::Age25To59,
+        AgeBand::Age60Plus,
+        AgeBand::Unknown,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgeBand::Age0To4 => "0-4",
+            AgeBand::Age5To9 => "5-9",
+            AgeBand::Age10To14 => "10-14",
+            AgeBand::Age15To17 => "15-17",
+            AgeBand::Age18To24 => "18-24",
+            AgeBand::Age25To59 => "25-59",
+            AgeBand::Age60Plus => "60+",
+            AgeBand::Unknown => "unknown",
+        }
+    }
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+/// Who a referral is about, without naming them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub sex: Sex,
+    pub age_band: AgeBand,
+    pub province: ProvinceCode,
+}
+
+/// How the sender addressed a referral.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressee {
+    Agency(AgencyId),
+    Service { service: Code, province: ProvinceCode },
+}
+
+/// A referral as submitted, parsed and valid.
+#[derive(Debug, Clone)]
+pub struct NewReferral {
+    pub client_ref: ClientRef,
+    pub addressee: Addressee,
+    pub kind: Code,
+    pub urgency: Urgency,
+    pub subject: Subject,
+    pub case_file: SealedCaseFile,
+    pub client_pseudonym: Option<ClientRef>,
+}
+
+impl NewReferral {
+    /// A digest of everything the sender chose, so a retry with the same `client_ref` can be told apart
+    /// from a different referral that reuses the key.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        field(self.client_ref.as_str().as_bytes());
+        match &self.addressee {
+            Addressee::Agency(a) => {
+                field(b"agency");
+                field(a.as_str().as_bytes());
+            }
+            Addressee::Service { service, province } => {
+                field(b"service");
+                field(service.as_str().as_bytes());
+                field(province.as_str().as_bytes());
+            }
+        }
+        field(self.kind.as_str().as_bytes());
+        field(self.urgency.as_str().as_bytes());
+        field(self.subject.sex.as_str().as_bytes());
+        field(self.subject.age_band.as_str().as_bytes());
+        field(self.subject.province.as_str().as_bytes());
+        field(self.case_file.as_bytes());
+        field(
+            self.client_pseudonym
+                .as_ref()
+                .map(|p| p.as_str())
+                .unwrap_or("")
+                .as_bytes(),
+        );
+        hex::encode(h.finalize())
+    }
+}
+
+/// A stored referral.
+#[derive(Debug, Clone)]
+pub struct Referral {
+    pub id: ReferralId,
+    pub client_ref: ClientRef,
+    pub fingerprint: String,
+    pub sender: AgencyId,
+    pub addressee: Addressee,
+    /// The agency it is with now (changes on redirect).
+    pub recipient: AgencyId,
+    pub kind: Code,
+    pub urgency: Urgency,
+    pub subject: Subject,
+    pub client_pseudonym: Option<ClientRef>,
+    pub state: State,
+    /// Bumped on every change; a change states the version it read (optimistic concurrency).
+    pub version: i64,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub case_file: SealedCaseFile,
+}
+
+impl Referral {
+    /// Which side `agency` is on now, if any.
+    pub fn role_of(&self, agency: &AgencyId) -> Option<Role> {
+        if &self.sender == agency {
+            Some(Role::Sender)
+        } else if &self.recipient == agency {
+            Some(Role::Recipient)
+        } else {
+            None
+        }
+    }
+}
+
+/// What an event adds to its kind.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventDetails {
+    #[default]
+    None,
+    Accepted {
+        planned_action: FreeText,
+        planned_date: String,
+    },
+    Declined {
+        reason_code: Code,
+        reason_text: FreeText,
+    },
+    Redirected {
+        to: AgencyId,
+        reason: FreeText,
+    },
+    FollowUp {
+        activity: Code,
+        date: String,
+    },
+    Completed {
+        outcome_code: Code,
+        summary: FreeText,
+    },
+    Failed {
+        reason: FreeText,
+    },
+}
+
+/// One append-only history entry.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: uuid::Uuid,
+    pub referral_id: ReferralId,
+    pub kind: EventKind,
+    pub actor: AgencyId,
+    pub actor_person: FreeText,
+    pub at: OffsetDateTime,
+    pub note: FreeText,
+    pub state_after: State,
+    pub details: EventDetails,
+    /// The caller's idempotency key for the action that made this event.
+    pub request_id: Option<RequestId>,
+}
+
+/// A feedback action requested by a party, parsed and valid.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub referral_id: ReferralId,
+    pub request_id: RequestId,
+    pub actor_person: FreeText,
+    pub note: FreeText,
+    pub kind: EventKind,
+    pub details: EventDetails,
+}
+
+/// Filters for listing an agency's referrals.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub role: Option<Role>,
+    pub states: Vec<State>,
+    pub kind: Option<Code>,
+    pub limit: u32,
+    /// Only referrals older than this one (ids sort by creation time).
+    pub before: Option<ReferralId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_values_never_print_their_content() {
+        let name = "សុខ ស្រីល័ក្ខ";
+        let case = SealedCaseFile::new(name.as_bytes().to_vec());
+        assert_eq!(format!("{case:?}"), format!("SealedCaseFile({} bytes)", name.len()));
+        let note = FreeText::parse("note", "ក្មេងស្រី", 100).unwrap();
+        assert!(!format!("{note:?}").contains("ក្មេង"));
+    }
+
+    #[test]
+    fn free_text_keeps_khmer_and_refuses_control_characters() {
+        let t = FreeText::parse("note", "ជួបគ្រួសារ\nនៅផ្ទះ", 100).unwrap();
+        assert_eq!(t.as_str(), "ជួបគ្រួសារ\nនៅផ្ទះ");
+        assert!(FreeText::parse("note", "a\u{0}b", 100).is_err());
+        assert_eq!(
+            FreeText::required("decline.reason_text", "  ", 100)
+                .unwrap_err()
+                .to_string(),
+            "decline.reason_text: is required"
+        );
+    }
+
+    #[test]
+    fn days_parse_iso_dates_only() {
+        assert_eq!(Day::parse("d", "2026-11-22").unwrap().to_string(), "2026-11-22");
+        assert!(Day::parse("d", "22/11/2026").is_err());
+    }
+}

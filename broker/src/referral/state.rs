@@ -1,0 +1,355 @@
+//! The referral state machine: who may do what in which state, written once.
+//!
+//! Everything that changes a referral goes through [`decide`]; the store only records what it allows.
+//! The table in `docs/referral-states.md` is generated from the same rules (see the test at the bottom).
+
+use std::fmt;
+
+/// Where a referral is in its loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Persisted and routed; the recipient's adapter has not stored it yet.
+    Sent,
+    Delivered,
+    Acknowledged,
+    Accepted,
+    InProgress,
+    Declined,
+    Completed,
+    Failed,
+    Withdrawn,
+    EnteredInError,
+}
+
+impl State {
+    pub const ALL: [State; 10] = [
+        State::Sent,
+        State::Delivered,
+        State::Acknowledged,
+        State::Accepted,
+        State::InProgress,
+        State::Declined,
+        State::Completed,
+        State::Failed,
+        State::Withdrawn,
+        State::EnteredInError,
+    ];
+
+    /// The stored and displayed name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Sent => "sent",
+            State::Delivered => "delivered",
+            State::Acknowledged => "acknowledged",
+            State::Accepted => "accepted",
+            State::InProgress => "in_progress",
+            State::Declined => "declined",
+            State::Completed => "completed",
+            State::Failed => "failed",
+            State::Withdrawn => "withdrawn",
+            State::EnteredInError => "entered_in_error",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    /// A closed loop: nothing but "entered in error" can follow.
+    pub fn is_closed(self) -> bool {
+        matches!(
+            self,
+            State::Declined
+                | State::Completed
+                | State::Failed
+                | State::Withdrawn
+                | State::EnteredInError
+        )
+    }
+
+    /// Who must act next, for the sender's status view.
+    pub fn next_actor(self) -> Option<Role> {
+        match self {
+            State::Sent
+            | State::Delivered
+            | State::Acknowledged
+            | State::Accepted
+            | State::InProgress => Some(Role::Recipient),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which side of a referral an agency is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Sender,
+    Recipient,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Sender => "sender",
+            Role::Recipient => "recipient",
+        })
+    }
+}
+
+/// What happened to a referral: one kind per history event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Submitted,
+    Delivered,
+    Acknowledged,
+    Accepted,
+    Declined,
+    Redirected,
+    InProgress,
+    FollowUp,
+    Completed,
+    Failed,
+    Withdrawn,
+    EnteredInError,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 12] = [
+        EventKind::Submitted,
+        EventKind::Delivered,
+        EventKind::Acknowledged,
+        EventKind::Accepted,
+        EventKind::Declined,
+        EventKind::Redirected,
+        EventKind::InProgress,
+        EventKind::FollowUp,
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::Withdrawn,
+        EventKind::EnteredInError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Submitted => "submitted",
+            EventKind::Delivered => "delivered",
+            EventKind::Acknowledged => "acknowledged",
+            EventKind::Accepted => "accepted",
+            EventKind::Declined => "declined",
+            EventKind::Redirected => "redirected",
+            EventKind::InProgress => "in_progress",
+            EventKind::FollowUp => "follow_up",
+            EventKind::Completed => "completed",
+            EventKind::Failed => "failed",
+            EventKind::Withdrawn => "withdrawn",
+            EventKind::EnteredInError => "entered_in_error",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an action is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    /// The caller is a party, but not the one this action belongs to.
+    #[error("only the {allowed} may record {action}; this agency is the {actual}")]
+    WrongParty {
+        action: EventKind,
+        allowed: &'static str,
+        actual: Role,
+    },
+    /// The action is not possible in the referral's current state.
+    #[error("cannot record {action} on a referral that is {state}")]
+    WrongState { action: EventKind, state: State },
+    /// Events the broker records itself and no caller may request.
+    #[error("{action} is recorded by the broker, not requested")]
+    NotAnAction { action: EventKind },
+}
+
+/// The outcome of an allowed action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub to: State,
+}
+
+/// The rules, written once: may `role` record `action` on a referral in `state`, and where does it go?
+pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition, TransitionError> {
+    use EventKind as E;
+    use State as S;
+
+    let parties: &[Role] = match action {
+        E::Submitted | E::Delivered => return Err(TransitionError::NotAnAction { action }),
+        E::Withdrawn | E::EnteredInError => &[Role::Sender],
+        E::FollowUp => &[Role::Sender, Role::Recipient],
+        E::Acknowledged
+        | E::Accepted
+        | E::Declined
+        | E::Redirected
+        | E::InProgress
+        | E::Completed
+        | E::Failed => &[Role::Recipient],
+    };
+    if !parties.contains(&role) {
+        return Err(TransitionError::WrongParty {
+            action,
+            allowed: if parties.len() == 2 {
+                "sender or recipient"
+            } else if parties[0] == Role::Sender {
+                "sender"
+            } else {
+                "recipient"
+            },
+            actual: role,
+        });
+    }
+
+    let to = match (action, state) {
+        (E::Acknowledged, S::Sent | S::Delivered) => S::Acknowledged,
+        (E::Accepted, S::Sent | S::Delivered | S::Acknowledged) => S::Accepted,
+        (E::Declined, S::Sent | S::Delivered | S::Acknowledged) => S::Declined,
+        // A redirected referral starts its loop again with the new recipient.
+        (E::Redirected, S::Sent | S::Delivered | S::Acknowledged) => S::Sent,
+        (E::InProgress, S::Accepted) => S::InProgress,
+        (E::FollowUp, S::Accepted | S::InProgress) => state,
+        (E::Completed, S::Accepted | S::InProgress) => S::Completed,
+        (E::Failed, S::Accepted | S::InProgress) => S::Failed,
+        (E::Withdrawn, s) if !s.is_closed() => S::Withdrawn,
+        (E::EnteredInError, s) if s != S::EnteredInError => S::EnteredInError,
+        _ => return Err(TransitionError::WrongState { action, state }),
+    };
+    Ok(Transition { to })
+}
+
+/// The broker records a delivery when the current recipient's adapter confirms it; only the first counts.
+pub fn records_delivery(state: State) -> bool {
+    state == State::Sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use EventKind as E;
+    use State as S;
+
+    /// The whole table, spelled out independently of `decide`: (action, role, from, to).
+    const ALLOWED: &[(EventKind, Role, State, State)] = &[
+        (E::Acknowledged, Role::Recipient, S::Sent, S::Acknowledged),
+        (E::Acknowledged, Role::Recipient, S::Delivered, S::Acknowledged),
+        (E::Accepted, Role::Recipient, S::Sent, S::Accepted),
+        (E::Accepted, Role::Recipient, S::Delivered, S::Accepted),
+        (E::Accepted, Role::Recipient, S::Acknowledged, S::Accepted),
+        (E::Declined, Role::Recipient, S::Sent, S::Declined),
+        (E::Declined, Role::Recipient, S::Delivered, S::Declined),
+        (E::Declined, Role::Recipient, S::Acknowledged, S::Declined),
+        (E::Redirected, Role::Recipient, S::Sent, S::Sent),
+        (E::Redirected, Role::Recipient, S::Delivered, S::Sent),
+        (E::Redirected, Role::Recipient, S::Acknowledged, S::Sent),
+        (E::InProgress, Role::Recipient, S::Accepted, S::InProgress),
+        (E::FollowUp, Role::Recipient, S::Accepted, S::Accepted),
+        (E::FollowUp, Role::Recipient, S::InProgress, S::InProgress),
+        (E::FollowUp, Role::Sender, S::Accepted, S::Accepted),
+        (E::FollowUp, Role::Sender, S::InProgress, S::InProgress),
+        (E::Completed, Role::Recipient, S::Accepted, S::Completed),
+        (E::Completed, Role::Recipient, S::InProgress, S::Completed),
+        (E::Failed, Role::Recipient, S::Accepted, S::Failed),
+        (E::Failed, Role::Recipient, S::InProgress, S::Failed),
+        (E::Withdrawn, Role::Sender, S::Sent, S::Withdrawn),
+        (E::Withdrawn, Role::Sender, S::Delivered, S::Withdrawn),
+        (E::Withdrawn, Role::Sender, S::Acknowledged, S::Withdrawn),
+        (E::Withdrawn, Role::Sender, S::Accepted, S::Withdrawn),
+        (E::Withdrawn, Role::Sender, S::InProgress, S::Withdrawn),
+        (E::EnteredInError, Role::Sender, S::Sent, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Delivered, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Acknowledged, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Accepted, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::InProgress, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Declined, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Completed, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Failed, S::EnteredInError),
+        (E::EnteredInError, Role::Sender, S::Withdrawn, S::EnteredInError),
+    ];
+
+    #[test]
+    fn every_listed_transition_is_allowed_and_every_other_is_refused() {
+        for action in EventKind::ALL {
+            for role in [Role::Sender, Role::Recipient] {
+                for state in State::ALL {
+                    let expected = ALLOWED
+                        .iter()
+                        .find(|(a, r, from, _)| *a == action && *r == role && *from == state)
+                        .map(|(_, _, _, to)| *to);
+                    let got = decide(state, role, action).ok().map(|t| t.to);
+                    assert_eq!(got, expected, "{action} by {role} from {state}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_wrong_party_is_told_who_may_act_before_the_state_is_considered() {
+        let err = decide(S::Completed, Role::Sender, E::Accepted).unwrap_err();
+        assert!(matches!(err, TransitionError::WrongParty { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "only the recipient may record accepted; this agency is the sender"
+        );
+        let err = decide(S::Sent, Role::Recipient, E::Withdrawn).unwrap_err();
+        assert!(matches!(err, TransitionError::WrongParty { .. }));
+    }
+
+    #[test]
+    fn a_declined_referral_cannot_be_completed() {
+        let err = decide(S::Declined, Role::Recipient, E::Completed).unwrap_err();
+        assert_eq!(
+            err,
+            TransitionError::WrongState {
+                action: E::Completed,
+                state: S::Declined
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "cannot record completed on a referral that is declined"
+        );
+    }
+
+    #[test]
+    fn submitted_and_delivered_are_recorded_by_the_broker_only() {
+        for role in [Role::Sender, Role::Recipient] {
+            for state in State::ALL {
+                assert!(matches!(
+                    decide(state, role, E::Delivered),
+                    Err(TransitionError::NotAnAction { .. })
+                ));
+                assert!(decide(state, role, E::Submitted).is_err());
+            }
+        }
+        assert!(records_delivery(S::Sent));
+        assert!(!records_delivery(S::Acknowledged));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for s in State::ALL {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+        }
+    }
+}

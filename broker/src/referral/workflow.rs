@@ -1,0 +1,459 @@
+//! The broker's use cases: submit, read, act on a referral, confirm a delivery.
+//!
+//! Each one checks who the caller is to the referral, asks [`super::state::decide`], and hands the
+//! store one [`Change`] holding the new state, its event and its deliveries. A change made on a stale
+//! read is decided again, so two concurrent actions cannot both win.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::sync::RwLock;
+
+use super::state::{self, EventKind, Role, State};
+use super::{Action, Addressee, Event, EventDetails, FreeText, ListQuery, NewReferral, Referral};
+use crate::delivery::Doorbell;
+use crate::directory::Directory;
+use crate::error::{BrokerError, FieldError};
+use crate::ids::{AgencyId, ReferralId};
+use crate::store::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome};
+
+/// How many times a change is decided again after losing a race.
+const MAX_ATTEMPTS: usize = 8;
+/// How often the cached directory is compared with the stored one.
+const DIRECTORY_CHECK: Duration = Duration::from_secs(2);
+
+/// Limits applied to what callers send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_case_file_bytes: usize,
+}
+
+/// What a mailbox entry carries, loaded for sending.
+#[derive(Debug)]
+pub enum DeliveryContent {
+    Referral(Box<Referral>, Vec<Event>),
+    Event(Box<Event>),
+}
+
+struct CachedDirectory {
+    directory: Arc<Directory>,
+    version: Option<i64>,
+    checked: Instant,
+}
+
+pub struct Workflow {
+    store: Arc<dyn Store>,
+    doorbell: Arc<Doorbell>,
+    limits: Limits,
+    directory: RwLock<CachedDirectory>,
+}
+
+impl Workflow {
+    pub async fn new(
+        store: Arc<dyn Store>,
+        doorbell: Arc<Doorbell>,
+        limits: Limits,
+    ) -> Result<Self, BrokerError> {
+        let (directory, version) = match store.directory().await? {
+            Some((d, v)) => (d, Some(v)),
+            None => (Directory::default(), None),
+        };
+        Ok(Self {
+            store,
+            doorbell,
+            limits,
+            directory: RwLock::new(CachedDirectory {
+                directory: Arc::new(directory),
+                version,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The directory, reloaded when another process imported a new one.
+    pub async fn directory(&self) -> Result<Arc<Directory>, BrokerError> {
+        {
+            let cached = self.directory.read().await;
+            if cached.checked.elapsed() < DIRECTORY_CHECK {
+                return Ok(cached.directory.clone());
+            }
+        }
+        let mut cached = self.directory.write().await;
+        if cached.checked.elapsed() >= DIRECTORY_CHECK {
+            let version = self.store.directory_version().await?;
+            if version != cached.version
+                && let Some((directory, version)) = self.store.directory().await?
+            {
+                cached.directory = Arc::new(directory);
+                cached.version = Some(version);
+            }
+            cached.checked = Instant::now();
+        }
+        Ok(cached.directory.clone())
+    }
+
+    /// Maps a verified certificate's common name to a directory agency.
+    pub async fn authenticate(&self, common_name: &str) -> Result<AgencyId, BrokerError> {
+        let unknown = || {
+            BrokerError::Forbidden(
+                "the client certificate names no agency in the directory".to_owned(),
+            )
+        };
+        let agency = AgencyId::parse("certificate", common_name).map_err(|_| unknown())?;
+        if self.directory().await?.agency(&agency).is_none() {
+            return Err(unknown());
+        }
+        Ok(agency)
+    }
+
+    #[tracing::instrument(skip_all, fields(sender = %sender, client_ref = %new.client_ref), err(Display))]
+    pub async fn submit(
+        &self,
+        sender: &AgencyId,
+        new: NewReferral,
+    ) -> Result<(Referral, Vec<Event>, bool), BrokerError> {
+        if new.case_file.len() > self.limits.max_case_file_bytes {
+            return Err(FieldError::new(
+                "case_file",
+                format!(
+                    "is {} bytes; the limit is {}",
+                    new.case_file.len(),
+                    self.limits.max_case_file_bytes
+                ),
+            )
+            .into());
+        }
+        let fingerprint = new.fingerprint();
+        if let Some(existing) = self
+            .store
+            .referral_by_client_ref(sender, &new.client_ref)
+            .await?
+        {
+            return self.resubmitted(existing, &fingerprint).await;
+        }
+
+        let directory = self.directory().await?;
+        if !directory.has_kind(&new.kind) {
+            return Err(FieldError::new(
+                "kind",
+                format!("{:?} is not a referral kind in the directory", new.kind.as_str()),
+            )
+            .into());
+        }
+        let recipient = match &new.addressee {
+            Addressee::Agency(id) => {
+                if directory.agency(id).is_none() {
+                    return Err(FieldError::new(
+                        "recipient.agency_id",
+                        format!("{id} is not an agency in the directory"),
+                    )
+                    .into());
+                }
+                id.clone()
+            }
+            Addressee::Service { service, province } => directory
+                .providers(service, province)
+                .into_iter()
+                .find(|a| &a.id != sender)
+                .map(|a| a.id.clone())
+                .ok_or_else(|| {
+                    BrokerError::Unroutable(format!(
+                        "no agency in the directory offers {service} in province {province}"
+                    ))
+                })?,
+        };
+        if &recipient == sender {
+            return Err(FieldError::new("recipient", "an agency cannot refer to itself").into());
+        }
+
+        let now = OffsetDateTime::now_utc();
+        let referral = Referral {
+            id: ReferralId::new(),
+            client_ref: new.client_ref,
+            fingerprint,
+            sender: sender.clone(),
+            addressee: new.addressee,
+            recipient: recipient.clone(),
+            kind: new.kind,
+            urgency: new.urgency,
+            subject: new.subject,
+            client_pseudonym: new.client_pseudonym,
+            state: State::Sent,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            case_file: new.case_file,
+        };
+        let event = Event {
+            id: uuid::Uuid::now_v7(),
+            referral_id: referral.id,
+            kind: EventKind::Submitted,
+            actor: sender.clone(),
+            actor_person: FreeText::default(),
+            at: now,
+            note: FreeText::default(),
+            state_after: State::Sent,
+            details: EventDetails::None,
+            request_id: None,
+        };
+        let deliveries = [NewDelivery {
+            agency: recipient.clone(),
+            event_id: None,
+        }];
+        match self.store.submit(&referral, &event, &deliveries).await? {
+            SubmitOutcome::Created => {
+                tracing::info!(referral_id = %referral.id, recipient = %recipient, "referral submitted");
+                self.doorbell.ring(&recipient);
+                Ok((referral, vec![event], true))
+            }
+            SubmitOutcome::Existing(existing) => {
+                self.resubmitted(*existing, &referral.fingerprint).await
+            }
+        }
+    }
+
+    async fn resubmitted(
+        &self,
+        existing: Referral,
+        fingerprint: &str,
+    ) -> Result<(Referral, Vec<Event>, bool), BrokerError> {
+        if existing.fingerprint != fingerprint {
+            return Err(BrokerError::AlreadyExists(format!(
+                "client_ref: {} was already used for referral {} with other content",
+                existing.client_ref, existing.id
+            )));
+        }
+        let history = self.store.history(existing.id).await?;
+        Ok((existing, history, false))
+    }
+
+    /// A referral and its history as `agency` may see it: the case file only for its sender and its
+    /// current recipient.
+    pub async fn get(
+        &self,
+        agency: &AgencyId,
+        id: ReferralId,
+    ) -> Result<(Referral, Vec<Event>), BrokerError> {
+        let mut referral = self.visible(agency, id).await?;
+        if referral.role_of(agency).is_none() {
+            referral.case_file = Default::default();
+        }
+        let history = self.store.history(id).await?;
+        Ok((referral, history))
+    }
+
+    async fn visible(&self, agency: &AgencyId, id: ReferralId) -> Result<Referral, BrokerError> {
+        let not_found = || BrokerError::NotFound(format!("referral {id} not found"));
+        if !self.store.has_access(agency, id).await? {
+            return Err(not_found());
+        }
+        self.store.referral(id).await?.ok_or_else(not_found)
+    }
+
+    pub async fn list(
+        &self,
+        agency: &AgencyId,
+        query: &ListQuery,
+    ) -> Result<Vec<Referral>, BrokerError> {
+        Ok(self.store.list(agency, query).await?)
+    }
+
+    /// Records a feedback action; a retry with the same request id returns the first event.
+    #[tracing::instrument(skip_all, fields(referral_id = %action.referral_id, action = %action.kind, actor = %actor), err(Display))]
+    pub async fn act(&self, actor: &AgencyId, action: Action) -> Result<(Event, State), BrokerError> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(done) = self
+                .store
+                .event_by_request(actor, &action.request_id)
+                .await?
+            {
+                return self.replayed(done, &action).await;
+            }
+            let referral = self.visible(actor, action.referral_id).await?;
+            let role = referral.role_of(actor).ok_or_else(|| {
+                BrokerError::Forbidden(format!(
+                    "referral {} was redirected away from {actor}; it can no longer act on it",
+                    referral.id
+                ))
+            })?;
+            let transition = state::decide(referral.state, role, action.kind)?;
+            let new_recipient = match &action.details {
+                EventDetails::Redirected { to, .. } => Some(self.redirect_target(&referral, to).await?),
+                _ => None,
+            };
+            let now = OffsetDateTime::now_utc();
+            let event = Event {
+                id: uuid::Uuid::now_v7(),
+                referral_id: referral.id,
+                kind: action.kind,
+                actor: actor.clone(),
+                actor_person: action.actor_person.clone(),
+                at: now,
+                note: action.note.clone(),
+                state_after: transition.to,
+                details: action.details.clone(),
+                request_id: Some(action.request_id.clone()),
+            };
+            match self
+                .record(&referral, event.clone(), transition.to, new_recipient)
+                .await?
+            {
+                ChangeOutcome::Recorded => return Ok((event, transition.to)),
+                ChangeOutcome::Duplicate(done) => return self.replayed(*done, &action).await,
+                ChangeOutcome::Stale => continue,
+            }
+        }
+        Err(BrokerError::Contended)
+    }
+
+    async fn replayed(&self, done: Event, action: &Action) -> Result<(Event, State), BrokerError> {
+        if done.referral_id != action.referral_id || done.kind != action.kind {
+            return Err(BrokerError::AlreadyExists(format!(
+                "request_id: {} was already used for another action",
+                action.request_id
+            )));
+        }
+        let state = self
+            .store
+            .referral(done.referral_id)
+            .await?
+            .map(|r| r.state)
+            .unwrap_or(done.state_after);
+        Ok((done, state))
+    }
+
+    async fn redirect_target(
+        &self,
+        referral: &Referral,
+        to: &AgencyId,
+    ) -> Result<AgencyId, BrokerError> {
+        let field = "redirect.to_agency_id";
+        if self.directory().await?.agency(to).is_none() {
+            return Err(FieldError::new(field, format!("{to} is not an agency in the directory")).into());
+        }
+        if to == &referral.recipient || to == &referral.sender {
+            return Err(FieldError::new(
+                field,
+                "must be another agency than the sender and the current recipient",
+            )
+            .into());
+        }
+        Ok(to.clone())
+    }
+
+    /// Writes one change with deliveries of its event to every party (and, on redirect, the referral
+    /// itself to the new recipient), then wakes their sessions.
+    async fn record(
+        &self,
+        referral: &Referral,
+        event: Event,
+        to: State,
+        new_recipient: Option<AgencyId>,
+    ) -> Result<ChangeOutcome, BrokerError> {
+        let mut parties = self.store.parties(referral.id).await?;
+        let mut deliveries: Vec<NewDelivery> = Vec::new();
+        if let Some(new) = &new_recipient {
+            if !parties.contains(new) {
+                parties.push(new.clone());
+            }
+            deliveries.push(NewDelivery {
+                agency: new.clone(),
+                event_id: None,
+            });
+        }
+        deliveries.extend(parties.iter().map(|agency| NewDelivery {
+            agency: agency.clone(),
+            event_id: Some(event.id),
+        }));
+        let change = Change {
+            referral_id: referral.id,
+            expected_version: referral.version,
+            state: to,
+            new_recipient,
+            at: event.at,
+            event,
+            deliveries,
+        };
+        let outcome = self.store.apply(&change).await?;
+        if matches!(outcome, ChangeOutcome::Recorded) {
+            tracing::info!(referral_id = %referral.id, event = %change.event.kind, state = %to, "referral changed");
+            for agency in &parties {
+                self.doorbell.ring(agency);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// What a mailbox entry carries, as its agency may see it.
+    pub async fn load_delivery(
+        &self,
+        entry: &MailboxEntry,
+    ) -> Result<Option<DeliveryContent>, BrokerError> {
+        Ok(match entry.event_id {
+            None => match self.store.referral(entry.referral_id).await? {
+                Some(referral) => {
+                    let history = self.store.history(referral.id).await?;
+                    Some(DeliveryContent::Referral(Box::new(referral), history))
+                }
+                None => None,
+            },
+            Some(event_id) => self
+                .store
+                .event(event_id)
+                .await?
+                .map(|e| DeliveryContent::Event(Box::new(e))),
+        })
+    }
+
+    /// The adapter of `agency` stored a delivery. For the referral itself this is the moment it is
+    /// delivered: the broker records that once, then forgets the mailbox entry.
+    #[tracing::instrument(skip_all, fields(agency = %agency, delivery_id = %delivery_id), err(Display))]
+    pub async fn confirm(&self, agency: &AgencyId, delivery_id: uuid::Uuid) -> Result<(), BrokerError> {
+        let Some(entry) = self.store.mailbox_entry(agency, delivery_id).await? else {
+            return Ok(()); // Already confirmed: confirmations are idempotent.
+        };
+        if entry.event_id.is_none() {
+            self.record_delivered(agency, entry.referral_id).await?;
+        }
+        self.store.remove_mailbox_entry(agency, delivery_id).await?;
+        Ok(())
+    }
+
+    async fn record_delivered(&self, agency: &AgencyId, id: ReferralId) -> Result<(), BrokerError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(referral) = self.store.referral(id).await? else {
+                return Ok(());
+            };
+            if &referral.recipient != agency || !state::records_delivery(referral.state) {
+                return Ok(());
+            }
+            let event = Event {
+                id: uuid::Uuid::now_v7(),
+                referral_id: id,
+                kind: EventKind::Delivered,
+                actor: agency.clone(),
+                actor_person: FreeText::default(),
+                at: OffsetDateTime::now_utc(),
+                note: FreeText::default(),
+                state_after: State::Delivered,
+                details: EventDetails::None,
+                request_id: None,
+            };
+            match self.record(&referral, event, State::Delivered, None).await? {
+                ChangeOutcome::Stale => continue,
+                _ => return Ok(()),
+            }
+        }
+        Err(BrokerError::Contended)
+    }
+
+    /// Which side `agency` is on, for callers that need it.
+    pub fn role(referral: &Referral, agency: &AgencyId) -> Option<Role> {
+        referral.role_of(agency)
+    }
+}

@@ -1,0 +1,236 @@
+//! Building and running a broker: [`Broker::build`] opens the store, prepares the directory and the
+//! certificates and binds the listener; [`Broker::run_until_stopped`] serves until the shutdown future
+//! completes, then closes delivery streams and waits a bounded time for calls in flight.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use spean_proto::v1::delivery_service_server::DeliveryServiceServer;
+use spean_proto::v1::directory_service_server::DirectoryServiceServer;
+use spean_proto::v1::referral_service_server::ReferralServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::config::Config;
+use crate::delivery::Doorbell;
+use crate::directory::{Directory, DirectoryError};
+use crate::error::{BrokerError, StoreError};
+use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared};
+use crate::pki::{Pki, PkiError};
+use crate::referral::workflow::{Limits, Workflow};
+use crate::store::Store;
+use crate::store::sqlite::SqliteStore;
+
+/// The built-in demo directory, a copy of the shared fixture network.
+pub const DEMO_DIRECTORY: &[u8] = include_bytes!("../../fixtures/network.json");
+
+/// How long shutdown waits for calls in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("directory seed {path}: {source}")]
+    Directory {
+        path: String,
+        source: DirectoryError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartupError {
+    let what = what.into();
+    move |source| StartupError::Io { what, source }
+}
+
+pub struct Broker {
+    config: Arc<Config>,
+    listener: TcpListener,
+    workflow: Arc<Workflow>,
+    doorbell: Arc<Doorbell>,
+    tls: ServerTlsConfig,
+}
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+        "creating the data folder {}",
+        config.data_dir.display()
+    )))?;
+    let store = SqliteStore::connect(&config.database_url(), config.database.durable).await?;
+    Ok(Arc::new(store))
+}
+
+/// Loads the configured seed into an empty directory.
+async fn seed_directory(config: &Config, store: &dyn Store) -> Result<(), StartupError> {
+    if store.directory_version().await?.is_some() {
+        return Ok(());
+    }
+    let seed = config.directory.seed.as_str();
+    let bytes = match seed {
+        "none" => return Ok(()),
+        "demo" => DEMO_DIRECTORY.to_vec(),
+        path => std::fs::read(path).map_err(io(format!("reading directory seed {path}")))?,
+    };
+    let directory = Directory::from_json(&bytes).map_err(|source| StartupError::Directory {
+        path: seed.to_owned(),
+        source,
+    })?;
+    store.import_directory(&directory).await?;
+    tracing::warn!(
+        seed,
+        agencies = directory.agencies.len(),
+        "the directory was empty and was seeded"
+    );
+    Ok(())
+}
+
+/// Creates whatever development certificates are missing.
+async fn ensure_dev_pki(config: &Config, store: &dyn Store) -> Result<(), StartupError> {
+    let pki = Pki::new(config.pki_dir());
+    if !pki.has_ca() {
+        pki.init()?;
+        tracing::warn!(dir = %pki.dir().display(), "created a development CA");
+    }
+    if !pki.server_cert().exists() {
+        pki.issue_server(&config.tls.server_names)?;
+    }
+    if let Some((directory, _)) = store.directory().await? {
+        for agency in &directory.agencies {
+            if !pki.agency_dir(&agency.id).join("cert.pem").exists() {
+                pki.issue_agency(&agency.id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Broker {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let store = open_store(&config).await?;
+        seed_directory(&config, store.as_ref()).await?;
+        if config.tls.dev_pki {
+            ensure_dev_pki(&config, store.as_ref()).await?;
+        }
+        let pki = Pki::new(config.pki_dir());
+        let read = |path: std::path::PathBuf| {
+            std::fs::read(&path).map_err(io(format!("reading {}", path.display())))
+        };
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(
+                read(pki.server_cert())?,
+                read(pki.server_key())?,
+            ))
+            .client_ca_root(Certificate::from_pem(read(pki.ca_cert())?));
+        let doorbell = Arc::new(Doorbell::default());
+        let workflow = Arc::new(
+            Workflow::new(
+                store,
+                doorbell.clone(),
+                Limits {
+                    max_case_file_bytes: config.limits.max_case_file_bytes,
+                },
+            )
+            .await?,
+        );
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(io(format!("binding {}", config.listen)))?;
+        Ok(Self {
+            config: Arc::new(config),
+            listener,
+            workflow,
+            doorbell,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, StartupError> {
+        self.listener.local_addr().map_err(io("reading the bound address"))
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let stop = CancellationToken::new();
+        let shared = Shared {
+            workflow: self.workflow.clone(),
+            config: self.config.clone(),
+            stop: stop.clone(),
+        };
+        let max = self.config.limits.max_message_bytes;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<ReferralServiceServer<ReferralGateway>>()
+            .await;
+        health
+            .set_serving::<DeliveryServiceServer<DeliveryGateway>>()
+            .await;
+        health
+            .set_serving::<DirectoryServiceServer<DirectoryGateway>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(spean_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartupError::Io {
+                what: "building reflection".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+
+        let server = Server::builder()
+            .tls_config(self.tls)?
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                ReferralServiceServer::new(ReferralGateway::new(shared.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                DeliveryServiceServer::new(DeliveryGateway::new(shared.clone(), self.doorbell))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                DirectoryServiceServer::new(DirectoryGateway::new(shared))
+                    .max_decoding_message_size(max),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                stop.clone().cancelled_owned(),
+            );
+
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                stop.cancel();
+            }
+        });
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            _ = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!("calls still in flight after the grace period; stopping anyway");
+            }
+        }
+        Ok(())
+    }
+}

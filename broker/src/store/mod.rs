@@ -1,0 +1,133 @@
+//! Where referrals, their history and undelivered messages live.
+//!
+//! [`Store`] is the contract; [`sqlite`] is the embedded default. Every change to a referral arrives as
+//! one [`Change`] and is written in one transaction with its history event and its deliveries, so a
+//! crash leaves either all of it or none.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::directory::Directory;
+use crate::error::StoreError;
+use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
+use crate::referral::{Event, ListQuery, Referral, State};
+
+/// A message waiting in an agency's mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxEntry {
+    /// Position in the mailbox; later entries have larger values.
+    pub seq: i64,
+    pub agency: AgencyId,
+    pub delivery_id: uuid::Uuid,
+    pub referral_id: ReferralId,
+    /// `None`: the referral itself; otherwise one history event.
+    pub event_id: Option<uuid::Uuid>,
+}
+
+/// A delivery to enqueue with a change.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub agency: AgencyId,
+    pub event_id: Option<uuid::Uuid>,
+}
+
+/// One change to an existing referral: the new state, the event that explains it, and who hears of it.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub referral_id: ReferralId,
+    /// The version the decision was made on; the change applies only if it is still current.
+    pub expected_version: i64,
+    pub state: State,
+    /// Set on redirect: the new recipient, who also gains access.
+    pub new_recipient: Option<AgencyId>,
+    pub event: Event,
+    pub deliveries: Vec<NewDelivery>,
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    Created,
+    /// A referral with this sender and `client_ref` already exists.
+    Existing(Box<Referral>),
+}
+
+#[derive(Debug)]
+pub enum ChangeOutcome {
+    Recorded,
+    /// The referral changed since it was read: decide again on the new state.
+    Stale,
+    /// This actor already used the request id: the event recorded then.
+    Duplicate(Box<Event>),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Replaces the directory document; returns its new version.
+    async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError>;
+    /// The current directory and its version; `None` before the first import.
+    async fn directory(&self) -> Result<Option<(Directory, i64)>, StoreError>;
+    async fn directory_version(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Inserts a new referral with its `submitted` event and deliveries, unless the sender already used
+    /// its `client_ref`.
+    async fn submit(
+        &self,
+        referral: &Referral,
+        event: &Event,
+        deliveries: &[NewDelivery],
+    ) -> Result<SubmitOutcome, StoreError>;
+    async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError>;
+    async fn referral_by_client_ref(
+        &self,
+        sender: &AgencyId,
+        client_ref: &ClientRef,
+    ) -> Result<Option<Referral>, StoreError>;
+    /// Whether `agency` may see the referral (sender, recipient, or a former recipient).
+    async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError>;
+    /// Every agency that may see the referral.
+    async fn parties(&self, id: ReferralId) -> Result<Vec<AgencyId>, StoreError>;
+    async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError>;
+    async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError>;
+    async fn event_by_request(
+        &self,
+        actor: &AgencyId,
+        request_id: &RequestId,
+    ) -> Result<Option<Event>, StoreError>;
+    /// The referrals `agency` may see, newest first, without case files.
+    async fn list(&self, agency: &AgencyId, query: &ListQuery)
+    -> Result<Vec<Referral>, StoreError>;
+    async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError>;
+
+    /// Up to `limit` mailbox entries for `agency` after position `after`, oldest first.
+    async fn mailbox(
+        &self,
+        agency: &AgencyId,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<MailboxEntry>, StoreError>;
+    /// The entry, if `agency` still has it.
+    async fn mailbox_entry(
+        &self,
+        agency: &AgencyId,
+        delivery_id: uuid::Uuid,
+    ) -> Result<Option<MailboxEntry>, StoreError>;
+    /// Removes a confirmed entry; false if it was already gone.
+    async fn remove_mailbox_entry(
+        &self,
+        agency: &AgencyId,
+        delivery_id: uuid::Uuid,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Unix microseconds, the stored form of every timestamp.
+pub(crate) fn micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000) as i64
+}
+
+pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
