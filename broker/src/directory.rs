@@ -126,7 +126,8 @@ impl Directory {
 
     /// A kind is known when the taxonomy lists it (an empty taxonomy accepts any well-formed code).
     pub fn has_kind(&self, kind: &Code) -> bool {
-        self.referral_kinds.is_empty() || self.referral_kinds.iter().any(|k| k.kind == kind.as_str())
+        self.referral_kinds.is_empty()
+            || self.referral_kinds.iter().any(|k| k.kind == kind.as_str())
     }
 
     /// Every agency offering `service` in `province`, best first: providers (NGOs, hospitals) before

@@ -86,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
                 PkiCommand::Init => {
                     pki.init()?;
                     pki.issue_server(&config.tls.server_names)?;
-                    println!("CA and server certificate written to {}", pki.dir().display());
+                    println!(
+                        "CA and server certificate written to {}",
+                        pki.dir().display()
+                    );
                 }
                 PkiCommand::Issue { agency } => {
                     let agency = AgencyId::parse("AGENCY", &agency)?;

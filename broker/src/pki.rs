@@ -121,7 +121,11 @@ impl Pki {
         let dir = self.agency_dir(agency);
         write(&dir.join("cert.pem"), cert.pem().as_bytes(), false)?;
         write(&dir.join("key.pem"), key.serialize_pem().as_bytes(), true)?;
-        write(&dir.join("ca.pem"), read(&self.ca_cert())?.as_bytes(), false)?;
+        write(
+            &dir.join("ca.pem"),
+            read(&self.ca_cert())?.as_bytes(),
+            false,
+        )?;
         Ok(dir)
     }
 }

@@ -161,7 +161,9 @@ impl Broker {
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, StartupError> {
-        self.listener.local_addr().map_err(io("reading the bound address"))
+        self.listener
+            .local_addr()
+            .map_err(io("reading the bound address"))
     }
 
     pub async fn run_until_stopped(

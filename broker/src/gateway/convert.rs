@@ -123,7 +123,11 @@ pub fn action(
 pub fn acceptance(raw: Option<pb::Acceptance>) -> Result<EventDetails, FieldError> {
     let a = required("acceptance", raw)?;
     Ok(EventDetails::Accepted {
-        planned_action: FreeText::required("acceptance.planned_action", &a.planned_action, MAX_TEXT)?,
+        planned_action: FreeText::required(
+            "acceptance.planned_action",
+            &a.planned_action,
+            MAX_TEXT,
+        )?,
         planned_date: Day::parse("acceptance.planned_date", &a.planned_date)?.to_string(),
     })
 }
@@ -190,7 +194,10 @@ pub fn state_from_pb(field: &'static str, raw: i32) -> Result<State, FieldError>
         Ok(P::Withdrawn) => State::Withdrawn,
         Ok(P::EnteredInError) => State::EnteredInError,
         Ok(P::Unspecified) | Err(_) => {
-            return Err(FieldError::new(field, format!("{raw} is not a referral state")));
+            return Err(FieldError::new(
+                field,
+                format!("{raw} is not a referral state"),
+            ));
         }
     })
 }

@@ -13,8 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{Shared, caller, convert};
-use crate::delivery::mailbox::MailboxSession;
 use crate::delivery::Doorbell;
+use crate::delivery::mailbox::MailboxSession;
 use crate::error::ErrorChain;
 use crate::ids::AgencyId;
 use crate::referral::workflow::DeliveryContent;
@@ -73,9 +73,7 @@ impl DeliveryService for DeliveryGateway {
         );
         let (tx, rx) = mpsc::channel(window as usize);
         let span = tracing::info_span!("subscription", agency = %agency);
-        tokio::spawn(
-            pump(self.shared.clone(), agency, session, inbound, tx).instrument(span),
-        );
+        tokio::spawn(pump(self.shared.clone(), agency, session, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

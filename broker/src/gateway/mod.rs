@@ -37,7 +37,9 @@ pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId
     let cn = certs
         .first()
         .and_then(|der| crate::pki::agency_of(der.as_ref()))
-        .ok_or_else(|| tonic::Status::unauthenticated("the client certificate has no common name"))?;
+        .ok_or_else(|| {
+            tonic::Status::unauthenticated("the client certificate has no common name")
+        })?;
     Ok(shared.workflow.authenticate(&cn).await?)
 }
 

@@ -47,24 +47,26 @@ fn parsed<T>(r: Result<T, crate::error::FieldError>) -> Result<T, Status> {
 
 #[tonic::async_trait]
 impl ReferralService for ReferralGateway {
-    async fn submit(&self, request: Request<pb::SubmitRequest>) -> GatewayResult<pb::SubmitResponse> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> GatewayResult<pb::SubmitResponse> {
         let sender = caller(&self.shared, &request).await?;
         let new = parsed(NewReferral::try_from(request.into_inner()))?;
-        respond(
-            self.shared
-                .workflow
-                .submit(&sender, new)
-                .await
-                .map(|(referral, history, created)| pb::SubmitResponse {
-                    referral: Some(convert::referral(referral, &history)),
-                    created,
-                }),
-        )
+        respond(self.shared.workflow.submit(&sender, new).await.map(
+            |(referral, history, created)| pb::SubmitResponse {
+                referral: Some(convert::referral(referral, &history)),
+                created,
+            },
+        ))
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> GatewayResult<pb::Referral> {
         let agency = caller(&self.shared, &request).await?;
-        let id = parsed(ReferralId::parse("referral_id", &request.get_ref().referral_id))?;
+        let id = parsed(ReferralId::parse(
+            "referral_id",
+            &request.get_ref().referral_id,
+        ))?;
         respond(
             self.shared
                 .workflow
@@ -141,17 +143,23 @@ impl ReferralService for ReferralGateway {
         self.act(&request, action).await
     }
 
-    async fn accept(&self, request: Request<pb::AcceptRequest>) -> GatewayResult<pb::FeedbackResponse> {
+    async fn accept(
+        &self,
+        request: Request<pb::AcceptRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
         let r = request.get_ref().clone();
         let action = convert::acceptance(r.acceptance)
             .and_then(|d| convert::action(r.action, EventKind::Accepted, d));
         self.act(&request, action).await
     }
 
-    async fn decline(&self, request: Request<pb::DeclineRequest>) -> GatewayResult<pb::FeedbackResponse> {
+    async fn decline(
+        &self,
+        request: Request<pb::DeclineRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
         let r = request.get_ref().clone();
-        let action =
-            convert::decline(r.decline).and_then(|d| convert::action(r.action, EventKind::Declined, d));
+        let action = convert::decline(r.decline)
+            .and_then(|d| convert::action(r.action, EventKind::Declined, d));
         self.act(&request, action).await
     }
 
@@ -196,8 +204,8 @@ impl ReferralService for ReferralGateway {
 
     async fn fail(&self, request: Request<pb::FailRequest>) -> GatewayResult<pb::FeedbackResponse> {
         let r = request.get_ref().clone();
-        let action =
-            convert::failure(r.failure).and_then(|d| convert::action(r.action, EventKind::Failed, d));
+        let action = convert::failure(r.failure)
+            .and_then(|d| convert::action(r.action, EventKind::Failed, d));
         self.act(&request, action).await
     }
 

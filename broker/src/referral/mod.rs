@@ -60,7 +60,10 @@ impl FreeText {
                 format!("is {} bytes long; the limit is {max}", raw.len()),
             ));
         }
-        if raw.chars().any(|c| c.is_control() && !matches!(c, '\n' | '\t')) {
+        if raw
+            .chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
             return Err(FieldError::new(field, "contains control characters"));
         }
         Ok(Self(raw.to_owned()))
@@ -243,7 +246,10 @@ pub struct Subject {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Addressee {
     Agency(AgencyId),
-    Service { service: Code, province: ProvinceCode },
+    Service {
+        service: Code,
+        province: ProvinceCode,
+    },
 }
 
 /// A referral as submitted, parsed and valid.
@@ -408,7 +414,10 @@ mod tests {
     fn sensitive_values_never_print_their_content() {
         let name = "សុខ ស្រីល័ក្ខ";
         let case = SealedCaseFile::new(name.as_bytes().to_vec());
-        assert_eq!(format!("{case:?}"), format!("SealedCaseFile({} bytes)", name.len()));
+        assert_eq!(
+            format!("{case:?}"),
+            format!("SealedCaseFile({} bytes)", name.len())
+        );
         let note = FreeText::parse("note", "ក្មេងស្រី", 100).unwrap();
         assert!(!format!("{note:?}").contains("ក្មេង"));
     }
@@ -428,7 +437,10 @@ mod tests {
 
     #[test]
     fn days_parse_iso_dates_only() {
-        assert_eq!(Day::parse("d", "2026-11-22").unwrap().to_string(), "2026-11-22");
+        assert_eq!(
+            Day::parse("d", "2026-11-22").unwrap().to_string(),
+            "2026-11-22"
+        );
         assert!(Day::parse("d", "22/11/2026").is_err());
     }
 }

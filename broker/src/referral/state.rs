@@ -249,7 +249,12 @@ mod tests {
     /// The whole table, spelled out independently of `decide`: (action, role, from, to).
     const ALLOWED: &[(EventKind, Role, State, State)] = &[
         (E::Acknowledged, Role::Recipient, S::Sent, S::Acknowledged),
-        (E::Acknowledged, Role::Recipient, S::Delivered, S::Acknowledged),
+        (
+            E::Acknowledged,
+            Role::Recipient,
+            S::Delivered,
+            S::Acknowledged,
+        ),
         (E::Accepted, Role::Recipient, S::Sent, S::Accepted),
         (E::Accepted, Role::Recipient, S::Delivered, S::Accepted),
         (E::Accepted, Role::Recipient, S::Acknowledged, S::Accepted),
@@ -274,14 +279,54 @@ mod tests {
         (E::Withdrawn, Role::Sender, S::Accepted, S::Withdrawn),
         (E::Withdrawn, Role::Sender, S::InProgress, S::Withdrawn),
         (E::EnteredInError, Role::Sender, S::Sent, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Delivered, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Acknowledged, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Accepted, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::InProgress, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Declined, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Completed, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Failed, S::EnteredInError),
-        (E::EnteredInError, Role::Sender, S::Withdrawn, S::EnteredInError),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Delivered,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Acknowledged,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Accepted,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::InProgress,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Declined,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Completed,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Failed,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Withdrawn,
+            S::EnteredInError,
+        ),
     ];
 
     #[test]

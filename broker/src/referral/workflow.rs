@@ -141,7 +141,10 @@ impl Workflow {
         if !directory.has_kind(&new.kind) {
             return Err(FieldError::new(
                 "kind",
-                format!("{:?} is not a referral kind in the directory", new.kind.as_str()),
+                format!(
+                    "{:?} is not a referral kind in the directory",
+                    new.kind.as_str()
+                ),
             )
             .into());
         }
@@ -265,7 +268,11 @@ impl Workflow {
 
     /// Records a feedback action; a retry with the same request id returns the first event.
     #[tracing::instrument(skip_all, fields(referral_id = %action.referral_id, action = %action.kind, actor = %actor), err(Display))]
-    pub async fn act(&self, actor: &AgencyId, action: Action) -> Result<(Event, State), BrokerError> {
+    pub async fn act(
+        &self,
+        actor: &AgencyId,
+        action: Action,
+    ) -> Result<(Event, State), BrokerError> {
         for _ in 0..MAX_ATTEMPTS {
             if let Some(done) = self
                 .store
@@ -283,7 +290,9 @@ impl Workflow {
             })?;
             let transition = state::decide(referral.state, role, action.kind)?;
             let new_recipient = match &action.details {
-                EventDetails::Redirected { to, .. } => Some(self.redirect_target(&referral, to).await?),
+                EventDetails::Redirected { to, .. } => {
+                    Some(self.redirect_target(&referral, to).await?)
+                }
                 _ => None,
             };
             let now = OffsetDateTime::now_utc();
@@ -334,7 +343,9 @@ impl Workflow {
     ) -> Result<AgencyId, BrokerError> {
         let field = "redirect.to_agency_id";
         if self.directory().await?.agency(to).is_none() {
-            return Err(FieldError::new(field, format!("{to} is not an agency in the directory")).into());
+            return Err(
+                FieldError::new(field, format!("{to} is not an agency in the directory")).into(),
+            );
         }
         if to == &referral.recipient || to == &referral.sender {
             return Err(FieldError::new(
@@ -413,7 +424,11 @@ impl Workflow {
     /// The adapter of `agency` stored a delivery. For the referral itself this is the moment it is
     /// delivered: the broker records that once, then forgets the mailbox entry.
     #[tracing::instrument(skip_all, fields(agency = %agency, delivery_id = %delivery_id), err(Display))]
-    pub async fn confirm(&self, agency: &AgencyId, delivery_id: uuid::Uuid) -> Result<(), BrokerError> {
+    pub async fn confirm(
+        &self,
+        agency: &AgencyId,
+        delivery_id: uuid::Uuid,
+    ) -> Result<(), BrokerError> {
         let Some(entry) = self.store.mailbox_entry(agency, delivery_id).await? else {
             return Ok(()); // Already confirmed: confirmations are idempotent.
         };
@@ -444,7 +459,10 @@ impl Workflow {
                 details: EventDetails::None,
                 request_id: None,
             };
-            match self.record(&referral, event, State::Delivered, None).await? {
+            match self
+                .record(&referral, event, State::Delivered, None)
+                .await?
+            {
                 ChangeOutcome::Stale => continue,
                 _ => return Ok(()),
             }

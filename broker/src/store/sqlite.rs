@@ -21,7 +21,7 @@ use crate::directory::Directory;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
-    AgeBand, Code, Event, EventDetails, EventKind, FreeText, ListQuery, Referral, Addressee,
+    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, ListQuery, Referral,
     SealedCaseFile, Sex, State, Subject, Urgency,
 };
 
@@ -86,7 +86,9 @@ fn referral_from_row(row: &SqliteRow, with_case_file: bool) -> Result<Referral, 
         row.try_get::<Option<String>, _>("addressee_service")?,
         row.try_get::<Option<String>, _>("addressee_province")?,
     ) {
-        (Some(a), _, _) => Addressee::Agency(AgencyId::parse("addressee", &a).map_err(|_| bad("addressee"))?),
+        (Some(a), _, _) => {
+            Addressee::Agency(AgencyId::parse("addressee", &a).map_err(|_| bad("addressee"))?)
+        }
         (None, Some(s), Some(p)) => Addressee::Service {
             service: Code::parse("service", &s).map_err(|_| bad("addressee_service"))?,
             province: ProvinceCode::parse("province", &p).map_err(|_| bad("addressee_province"))?,
@@ -136,7 +138,8 @@ fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
     let request_id: Option<String> = row.try_get("request_id")?;
     Ok(Event {
         id: uuid::Uuid::parse_str(&id).map_err(|_| bad("id"))?,
-        referral_id: ReferralId::parse("referral_id", &referral_id).map_err(|_| bad("referral_id"))?,
+        referral_id: ReferralId::parse("referral_id", &referral_id)
+            .map_err(|_| bad("referral_id"))?,
         kind: EventKind::parse(row.try_get("kind")?).ok_or_else(|| bad("kind"))?,
         actor: AgencyId::parse("actor", row.try_get("actor")?).map_err(|_| bad("actor"))?,
         actor_person: FreeText::from_stored(row.try_get("actor_person")?),
@@ -158,9 +161,11 @@ fn mailbox_from_row(row: &SqliteRow) -> Result<MailboxEntry, StoreError> {
     let event_id: Option<String> = row.try_get("event_id")?;
     Ok(MailboxEntry {
         seq: row.try_get("seq")?,
-        agency: AgencyId::parse("agency_id", row.try_get("agency_id")?).map_err(|_| bad("agency_id"))?,
+        agency: AgencyId::parse("agency_id", row.try_get("agency_id")?)
+            .map_err(|_| bad("agency_id"))?,
         delivery_id: uuid::Uuid::parse_str(&delivery_id).map_err(|_| bad("delivery_id"))?,
-        referral_id: ReferralId::parse("referral_id", &referral_id).map_err(|_| bad("referral_id"))?,
+        referral_id: ReferralId::parse("referral_id", &referral_id)
+            .map_err(|_| bad("referral_id"))?,
         event_id: event_id
             .map(|e| uuid::Uuid::parse_str(&e))
             .transpose()
@@ -169,7 +174,8 @@ fn mailbox_from_row(row: &SqliteRow) -> Result<MailboxEntry, StoreError> {
 }
 
 async fn insert_event(tx: &mut Transaction<'_, Sqlite>, event: &Event) -> Result<(), StoreError> {
-    let details = serde_json::to_string(&event.details).map_err(|e| corrupt("referral_events", e))?;
+    let details =
+        serde_json::to_string(&event.details).map_err(|e| corrupt("referral_events", e))?;
     sqlx::query(
         "INSERT INTO referral_events \
          (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
@@ -303,7 +309,12 @@ impl Store for SqliteStore {
         .bind(referral.subject.sex.as_str())
         .bind(referral.subject.age_band.as_str())
         .bind(referral.subject.province.as_str())
-        .bind(referral.client_pseudonym.as_ref().map(|p| p.as_str().to_owned()))
+        .bind(
+            referral
+                .client_pseudonym
+                .as_ref()
+                .map(|p| p.as_str().to_owned()),
+        )
         .bind(referral.state.as_str())
         .bind(referral.version)
         .bind(micros(referral.created_at))
@@ -416,14 +427,8 @@ impl Store for SqliteStore {
         query: &ListQuery,
     ) -> Result<Vec<Referral>, StoreError> {
         let states = (!query.states.is_empty()).then(|| {
-            serde_json::Value::from(
-                query
-                    .states
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .to_string()
+            serde_json::Value::from(query.states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .to_string()
         });
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {REFERRAL_COLUMNS} FROM referrals r \

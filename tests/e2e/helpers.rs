@@ -1,0 +1,178 @@
+//! Starting, killing and driving the real binaries.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use spean_proto::v1 as pb;
+use spean_proto::v1::delivery_service_client::DeliveryServiceClient;
+use spean_proto::v1::referral_service_client::ReferralServiceClient;
+use tokio::process::{Child, Command};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// How long any effect across processes may take before a test fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A binary built by cargo in this workspace's target folder.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}
+
+/// Waits until `check` returns `Some`, polling; panics naming `what` after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `spean-broker serve` process over a data folder that outlives it, so it can be restarted.
+pub struct BrokerProcess {
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl BrokerProcess {
+    /// Starts the broker on `listen` (use `127.0.0.1:0` the first time) and waits until it answers.
+    pub async fn start(data_dir: &Path, listen: &str) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let addr_file = data_dir.join("broker.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("broker.log"))
+            .unwrap();
+        let child = Command::new(bin("spean-broker"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("serve")
+            .arg("--listen")
+            .arg(listen)
+            .env("SPEAN_BROKER_DELIVERY__POLL_INTERVAL_MS", "200")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = eventually("the broker's address file", || async {
+            std::fs::read_to_string(&addr_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        })
+        .await;
+        eventually("the broker to accept connections", || async {
+            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+        Self {
+            data_dir: data_dir.to_owned(),
+            addr,
+            child,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn identity(&self, agency: &str) -> PathBuf {
+        self.data_dir.join("pki").join("agencies").join(agency)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Kills the broker and starts it again on the same address and data.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let listen = self.addr.to_string();
+        *self = Self::start(&self.data_dir.clone(), &listen).await;
+    }
+
+    /// A gRPC client presenting `agency`'s certificate.
+    pub async fn client(&self, agency: &str) -> GrpcClient {
+        let dir = self.identity(agency);
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(dir.join("ca.pem")).unwrap(),
+            ))
+            .identity(Identity::from_pem(
+                std::fs::read(dir.join("cert.pem")).unwrap(),
+                std::fs::read(dir.join("key.pem")).unwrap(),
+            ))
+            .domain_name("localhost");
+        let channel = Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        GrpcClient {
+            referrals: ReferralServiceClient::new(channel.clone()),
+            delivery: DeliveryServiceClient::new(channel),
+        }
+    }
+}
+
+pub struct GrpcClient {
+    pub referrals: ReferralServiceClient<Channel>,
+    pub delivery: DeliveryServiceClient<Channel>,
+}
+
+pub const KHMER_NAME: &str = "សុខ ស្រីល័ក្ខ";
+
+/// Story 1's referral: LAMA, a 6-year-old girl from Pailin, addressed by service and province.
+pub fn lama(client_ref: &str) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        client_ref: client_ref.into(),
+        recipient: Some(pb::Recipient {
+            target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
+                service: "reintegration_follow_up".into(),
+                province: "24".into(),
+            })),
+        }),
+        kind: "lama".into(),
+        urgency: pb::Urgency::Emergency as i32,
+        subject: Some(pb::Subject {
+            sex: pb::Sex::Female as i32,
+            age_band: pb::AgeBand::AgeBand59 as i32,
+            province: "24".into(),
+        }),
+        case_file: prost::Message::encode_to_vec(&pb::CaseFile {
+            name: Some(pb::PersonName {
+                khmer: KHMER_NAME.into(),
+                latin: "Sok Sreyleak".into(),
+            }),
+            ..Default::default()
+        }),
+        client_pseudonym: String::new(),
+    }
+}

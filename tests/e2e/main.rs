@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `spean-broker` and `spean-adapter` binaries, started as processes,
+//! talking over real mutual TLS, killed with SIGKILL and restarted.
+//!
+//! The binaries are the ones cargo builds beside this test (`cargo test --workspace` builds them).
+
+mod broker_crash;
+mod helpers;
