@@ -109,13 +109,6 @@ impl BrokerProcess {
         self.child.kill().await.unwrap();
     }
 
-    /// Kills the broker and starts it again on the same address and data.
-    pub async fn restart(&mut self) {
-        self.kill().await;
-        let listen = self.addr.to_string();
-        *self = Self::start(&self.data_dir.clone(), &listen).await;
-    }
-
     /// A gRPC client presenting `agency`'s certificate.
     pub async fn client(&self, agency: &str) -> GrpcClient {
         let dir = self.identity(agency);
@@ -174,5 +167,128 @@ pub fn lama(client_ref: &str) -> pb::SubmitRequest {
             ..Default::default()
         }),
         client_pseudonym: String::new(),
+    }
+}
+
+/// One agency's `spean-adapter`: its own store file, the broker's identity folder for the agency, a
+/// daemon that can be started, SIGKILLed and restarted, and the one-shot commands.
+pub struct AdapterProcess {
+    pub agency: String,
+    identity: PathBuf,
+    store: PathBuf,
+    log: PathBuf,
+    broker_url: String,
+    daemon: Option<Child>,
+}
+
+impl AdapterProcess {
+    pub fn new(broker: &BrokerProcess, agency: &str, dir: &Path) -> Self {
+        Self {
+            agency: agency.to_owned(),
+            identity: broker.identity(agency),
+            store: dir.join(format!("{agency}.db")),
+            log: dir.join(format!("{agency}.log")),
+            broker_url: broker.url(),
+            daemon: None,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("spean-adapter"));
+        cmd.arg("--identity")
+            .arg(&self.identity)
+            .arg("--broker")
+            .arg(&self.broker_url)
+            .arg("--store")
+            .arg(&self.store)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs a one-shot command and returns its output, whatever its exit status.
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().await.unwrap()
+    }
+
+    /// Runs a command with `--json`, requires success, and parses what it printed.
+    pub async fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let out = self.run(&all).await;
+        assert!(
+            out.status.success(),
+            "{} {:?} failed: {}",
+            self.agency,
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{} {:?} printed no JSON ({e}): {}",
+                self.agency,
+                args,
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Starts the daemon (`run`), with extra environment variables.
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = self.command();
+        cmd.arg("run").stdout(Stdio::null()).stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.daemon = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// SIGKILL: the daemon gets no chance to finish anything.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    /// Waits for the daemon to exit on its own and returns how it ended.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().expect("no daemon running");
+        tokio::time::timeout(PATIENCE, child.wait())
+            .await
+            .expect("the daemon did not exit")
+            .unwrap()
+    }
+
+    /// This agency's inbox (all states) as JSON objects.
+    pub async fn inbox(&self) -> Vec<serde_json::Value> {
+        self.json(&["inbox", "--all"])
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The state of a referral this agency sent, as its `status` shows it.
+    pub async fn sent_state(&self, referral_id: &str) -> Option<String> {
+        let status = self.json(&["status", "--all"]).await;
+        let rows = status
+            .get("referrals")
+            .and_then(|r| r.as_array())
+            .cloned()
+            .or_else(|| status.as_array().cloned())
+            .unwrap_or_default();
+        rows.iter()
+            .find(|r| r["referral_id"] == referral_id)
+            .and_then(|r| r["state"].as_str().map(str::to_owned))
     }
 }

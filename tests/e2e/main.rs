@@ -3,5 +3,8 @@
 //!
 //! The binaries are the ones cargo builds beside this test (`cargo test --workspace` builds them).
 
+mod adapter_crash;
+mod broker_cli;
 mod broker_crash;
 mod helpers;
+mod story_lama;

@@ -1,0 +1,356 @@
+//! The command line: global options, the commands, and dispatch. Commands return `anyhow` errors;
+//! `main` prints them as `error: ...` and exits 1.
+//!
+//! - [`send`]: `send` and the feedback actions, which all go through the outbox first.
+//! - [`views`]: `inbox`, `show`, `status` and `outbox`, as tables or `--json`.
+
+mod send;
+mod views;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use spean_proto::v1::{AgeBand, Sex, Urgency};
+
+use crate::{
+    config::{Overrides, Settings},
+    daemon::{self, Daemon},
+    identity::Identity,
+    store::Store,
+    telemetry,
+};
+
+/// Spean agency adapter: keeps this agency's inbox, sent referrals and their history in a local store,
+/// and sends referrals and feedback through the broker (queuing them while offline).
+#[derive(Debug, Parser)]
+#[command(name = "spean-adapter", version)]
+pub struct Cli {
+    /// A TOML file with `identity`, `broker` and `store` (see config.example.toml).
+    #[arg(long, global = true, env = "SPEAN_ADAPTER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The identity folder (ca.pem, cert.pem, key.pem).
+    #[arg(
+        long,
+        global = true,
+        env = "SPEAN_ADAPTER_IDENTITY",
+        value_name = "DIR"
+    )]
+    pub identity: Option<PathBuf>,
+    /// The broker URL [default: https://localhost:50051].
+    #[arg(long, global = true, env = "SPEAN_ADAPTER_BROKER", value_name = "URL")]
+    pub broker: Option<String>,
+    /// The local SQLite store [default: spean-adapter.db].
+    #[arg(long, global = true, env = "SPEAN_ADAPTER_STORE", value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: receive deliveries and send the outbox until SIGTERM or ctrl-c.
+    Run,
+    /// Send a referral.
+    Send(Box<send::SendArgs>),
+    /// Referrals this agency received, newest first (open ones unless --all).
+    Inbox(ListArgs),
+    /// One referral: envelope, case file and full history.
+    Show {
+        /// The referral id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge a referral: a person here has seen it.
+    Ack(ActionArgs),
+    /// Accept a referral with a planned action and its date.
+    Accept {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// The planned action.
+        #[arg(long = "action", value_name = "TEXT")]
+        planned_action: String,
+        /// When the planned action is due (YYYY-MM-DD).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+    },
+    /// Decline a referral.
+    Decline {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// e.g. no_capacity, out_of_area, not_eligible, duplicate, other.
+        #[arg(long, value_name = "CODE")]
+        reason_code: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Redirect a referral to another agency.
+    Redirect {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// The agency to redirect to.
+        #[arg(long, value_name = "AGENCY")]
+        to: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Mark a referral in progress.
+    Progress(ActionArgs),
+    /// Record a follow-up activity.
+    Followup {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// e.g. home_visit, school_attendance, grant_received, appointment, interim_report.
+        #[arg(long, value_name = "CODE")]
+        activity: String,
+        /// When the activity happened (YYYY-MM-DD).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+    },
+    /// Complete a referral with its outcome.
+    Complete {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// e.g. child_well_in_school, reunited_with_family.
+        #[arg(long, value_name = "CODE")]
+        outcome: String,
+        #[arg(long, value_name = "TEXT")]
+        summary: String,
+    },
+    /// Record that a referral failed.
+    Fail {
+        #[command(flatten)]
+        common: ActionArgs,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Withdraw a referral this agency sent.
+    Withdraw(ActionArgs),
+    /// Mark a referral as entered in error.
+    Error(ActionArgs),
+    /// What this agency sent, its state and who acts next, plus unsent or rejected outbox rows.
+    Status(ListArgs),
+    /// The local outbox.
+    Outbox {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Include closed referrals.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What every feedback action takes.
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    /// The referral id.
+    pub id: String,
+    /// Who acts (a person's name, may be Khmer).
+    #[arg(long, value_name = "PERSON")]
+    pub by: Option<String>,
+    #[arg(long, value_name = "TEXT")]
+    pub note: Option<String>,
+    /// The idempotency key [default: a new UUIDv7].
+    #[arg(long, value_name = "KEY")]
+    pub request_id: Option<String>,
+    /// Only write the request to the outbox; the daemon sends it.
+    #[arg(long)]
+    pub queue_only: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UrgencyArg {
+    Emergency,
+    Urgent,
+    Routine,
+}
+
+impl From<UrgencyArg> for Urgency {
+    fn from(u: UrgencyArg) -> Self {
+        match u {
+            UrgencyArg::Emergency => Urgency::Emergency,
+            UrgencyArg::Urgent => Urgency::Urgent,
+            UrgencyArg::Routine => Urgency::Routine,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SexArg {
+    Female,
+    Male,
+    Other,
+    Unknown,
+}
+
+impl From<SexArg> for Sex {
+    fn from(s: SexArg) -> Self {
+        match s {
+            SexArg::Female => Sex::Female,
+            SexArg::Male => Sex::Male,
+            SexArg::Other => Sex::Other,
+            SexArg::Unknown => Sex::Unknown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AgeBandArg {
+    #[value(name = "0-4")]
+    A0to4,
+    #[value(name = "5-9")]
+    A5to9,
+    #[value(name = "10-14")]
+    A10to14,
+    #[value(name = "15-17")]
+    A15to17,
+    #[value(name = "18-24")]
+    A18to24,
+    #[value(name = "25-59")]
+    A25to59,
+    #[value(name = "60+")]
+    A60Plus,
+    Unknown,
+}
+
+impl From<AgeBandArg> for AgeBand {
+    fn from(a: AgeBandArg) -> Self {
+        match a {
+            AgeBandArg::A0to4 => AgeBand::AgeBand04,
+            AgeBandArg::A5to9 => AgeBand::AgeBand59,
+            AgeBandArg::A10to14 => AgeBand::AgeBand1014,
+            AgeBandArg::A15to17 => AgeBand::AgeBand1517,
+            AgeBandArg::A18to24 => AgeBand::AgeBand1824,
+            AgeBandArg::A25to59 => AgeBand::AgeBand2559,
+            AgeBandArg::A60Plus => AgeBand::AgeBand60Plus,
+            AgeBandArg::Unknown => AgeBand::Unknown,
+        }
+    }
+}
+
+/// What every command works with: the settings, who we are, and the local store.
+pub(crate) struct Context {
+    pub settings: Settings,
+    pub identity: Identity,
+    pub store: Store,
+}
+
+impl Context {
+    async fn open(settings: Settings) -> anyhow::Result<Self> {
+        let identity = Identity::load(&settings.identity)?;
+        let store = Store::open(&settings.store).await?;
+        Ok(Self {
+            settings,
+            identity,
+            store,
+        })
+    }
+
+    pub fn me(&self) -> &str {
+        self.identity.agency_id.as_str()
+    }
+}
+
+/// Loads the settings and runs the command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let is_daemon = matches!(cli.command, Command::Run);
+    telemetry::init(if is_daemon { "info" } else { "warn" });
+    let settings = Settings::load(
+        cli.config.as_deref(),
+        Overrides {
+            identity: cli.identity,
+            broker: cli.broker,
+            store: cli.store,
+        },
+    )?;
+    if is_daemon {
+        let daemon = Daemon::build(&settings).await?;
+        tracing::info!(agency = daemon.agency_id(), broker = %settings.broker, "adapter starting");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let trigger = shutdown.clone();
+        tokio::spawn(async move {
+            daemon::shutdown_signal().await;
+            trigger.cancel();
+        });
+        daemon.run_until_stopped(shutdown).await?;
+        return Ok(());
+    }
+    let ctx = Context::open(settings).await?;
+    let result = dispatch(&ctx, cli.command).await;
+    ctx.store.close().await;
+    result
+}
+
+async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
+    use send::Act;
+    match command {
+        Command::Run => Ok(()),
+        Command::Send(args) => send::send(ctx, *args).await,
+        Command::Inbox(args) => views::inbox(ctx, &args).await,
+        Command::Show { id, json } => views::show(ctx, &id, json).await,
+        Command::Status(args) => views::status(ctx, &args).await,
+        Command::Outbox { json } => views::outbox(ctx, json).await,
+        Command::Ack(common) => send::act(ctx, common, Act::Acknowledge).await,
+        Command::Accept {
+            common,
+            planned_action,
+            date,
+        } => {
+            send::act(
+                ctx,
+                common,
+                Act::Accept {
+                    planned_action,
+                    date,
+                },
+            )
+            .await
+        }
+        Command::Decline {
+            common,
+            reason_code,
+            reason,
+        } => {
+            send::act(
+                ctx,
+                common,
+                Act::Decline {
+                    reason_code,
+                    reason,
+                },
+            )
+            .await
+        }
+        Command::Redirect { common, to, reason } => {
+            send::act(ctx, common, Act::Redirect { to, reason }).await
+        }
+        Command::Progress(common) => send::act(ctx, common, Act::MarkInProgress).await,
+        Command::Followup {
+            common,
+            activity,
+            date,
+        } => send::act(ctx, common, Act::FollowUp { activity, date }).await,
+        Command::Complete {
+            common,
+            outcome,
+            summary,
+        } => send::act(ctx, common, Act::Complete { outcome, summary }).await,
+        Command::Fail { common, reason } => send::act(ctx, common, Act::Fail { reason }).await,
+        Command::Withdraw(common) => send::act(ctx, common, Act::Withdraw).await,
+        Command::Error(common) => send::act(ctx, common, Act::EnteredInError).await,
+    }
+}
+
+/// Prints a value as one line of JSON on stdout.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}

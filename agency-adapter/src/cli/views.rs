@@ -1,0 +1,369 @@
+//! `inbox`, `show`, `status` and `outbox`: read the local store only (they work offline) and print a
+//! table, or with `--json` one JSON value on stdout.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+use serde_json::{Value, json};
+use spean_proto::v1::{Envelope, FeedbackEvent, feedback_event::Details, recipient::Target};
+
+use super::{Context, ListArgs, print_json};
+use crate::{
+    case_file::CaseFile,
+    referral::{
+        age_band_name, is_closed, kind_name, next_action, sex_name, state_name, urgency_name,
+    },
+    store::{OutboxRow, ReferralRow, timestamp},
+};
+
+#[derive(Serialize)]
+struct InboxItem {
+    referral_id: String,
+    sender: String,
+    recipient: String,
+    kind: String,
+    urgency: String,
+    state: String,
+    name_km: String,
+    name_latin: String,
+    created_at: String,
+    received_at: String,
+}
+
+pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
+    let rows = ctx.store.received_by(ctx.me()).await?;
+    let items: Vec<InboxItem> = rows
+        .into_iter()
+        .filter(|r| args.all || !is_closed(&r.state))
+        .map(|r| {
+            // A case file that does not decode still lists, without a name.
+            let name = CaseFile::decode(&r.case_file).unwrap_or_default().name;
+            InboxItem {
+                referral_id: r.referral_id,
+                sender: r.sender,
+                recipient: r.recipient,
+                kind: r.kind,
+                urgency: r.urgency,
+                state: r.state,
+                name_km: name.khmer,
+                name_latin: name.latin,
+                created_at: r.created_at,
+                received_at: r.received_at,
+            }
+        })
+        .collect();
+    if args.json {
+        return print_json(&items);
+    }
+    let mut table = table(&[
+        "referral", "received", "from", "kind", "urgency", "state", "name",
+    ]);
+    for i in &items {
+        table.add_row(vec![
+            i.referral_id.clone(),
+            i.received_at.clone(),
+            i.sender.clone(),
+            i.kind.clone(),
+            i.urgency.clone(),
+            i.state.clone(),
+            [i.name_km.as_str(), i.name_latin.as_str()]
+                .iter()
+                .filter(|n| !n.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" / "),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Result<()> {
+    let Some(row) = ctx.store.referral(id).await? else {
+        anyhow::bail!("NOT_FOUND: referral {id} is not in the local store");
+    };
+    let envelope = row.decode_envelope()?;
+    let case_file = CaseFile::decode(&row.case_file)?;
+    let history = ctx.store.history(id).await?;
+    if json_out {
+        return print_json(&json!({
+            "referral": referral_json(&row, &envelope),
+            "case_file": case_file,
+            "history": history.iter().map(event_json).collect::<Vec<_>>(),
+        }));
+    }
+    let referral = referral_json(&row, &envelope);
+    println!("referral {}", row.referral_id);
+    for key in [
+        "state",
+        "sender",
+        "recipient",
+        "kind",
+        "urgency",
+        "client_ref",
+        "client_pseudonym",
+        "created_at",
+        "updated_at",
+    ] {
+        println!("  {key}: {}", plain(&referral[key]));
+    }
+    println!("  subject: {}", plain(&referral["subject"]));
+    println!(
+        "  requested_recipient: {}",
+        plain(&referral["requested_recipient"])
+    );
+    println!("case file");
+    let case = serde_json::to_value(&case_file)?;
+    if let Value::Object(fields) = case {
+        for (key, value) in fields {
+            println!("  {key}: {}", plain(&value));
+        }
+    }
+    println!("history");
+    let mut table = table(&[
+        "at",
+        "kind",
+        "actor",
+        "person",
+        "note",
+        "state after",
+        "details",
+    ]);
+    for event in &history {
+        table.add_row(vec![
+            timestamp(event.at.as_ref()),
+            kind_name(event.kind),
+            event.actor_agency_id.clone(),
+            event.actor_person.clone(),
+            event.note.clone(),
+            state_name(event.state_after),
+            plain(&details_json(event)),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StatusItem {
+    referral_id: String,
+    client_ref: String,
+    recipient: String,
+    kind: String,
+    urgency: String,
+    state: String,
+    next_action: String,
+    updated_at: String,
+}
+
+#[derive(Serialize)]
+struct OutboxItem {
+    seq: i64,
+    request_id: String,
+    operation: String,
+    referral_id: Option<String>,
+    status: String,
+    error: Option<String>,
+    attempts: i64,
+    created_at: String,
+    sent_at: Option<String>,
+}
+
+impl From<OutboxRow> for OutboxItem {
+    fn from(r: OutboxRow) -> Self {
+        Self {
+            seq: r.seq,
+            request_id: r.request_id,
+            operation: r.operation,
+            referral_id: r.referral_id,
+            status: r.status,
+            error: r.error,
+            attempts: r.attempts,
+            created_at: r.created_at,
+            sent_at: r.sent_at,
+        }
+    }
+}
+
+pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
+    let referrals: Vec<StatusItem> = ctx
+        .store
+        .sent_by(ctx.me())
+        .await?
+        .into_iter()
+        .filter(|r| args.all || !is_closed(&r.state))
+        .map(|r| StatusItem {
+            next_action: next_action(&r.state, &r.recipient),
+            referral_id: r.referral_id,
+            client_ref: r.client_ref,
+            recipient: r.recipient,
+            kind: r.kind,
+            urgency: r.urgency,
+            state: r.state,
+            updated_at: r.updated_at,
+        })
+        .collect();
+    let outbox: Vec<OutboxItem> = ctx
+        .store
+        .outbox()
+        .await?
+        .into_iter()
+        .filter(|r| r.status != "sent")
+        .map(OutboxItem::from)
+        .collect();
+    if args.json {
+        return print_json(&json!({ "referrals": referrals, "outbox": outbox }));
+    }
+    let mut table = table(&[
+        "referral", "to", "kind", "urgency", "state", "next", "updated",
+    ]);
+    for r in &referrals {
+        table.add_row(vec![
+            r.referral_id.clone(),
+            r.recipient.clone(),
+            r.kind.clone(),
+            r.urgency.clone(),
+            r.state.clone(),
+            r.next_action.clone(),
+            r.updated_at.clone(),
+        ]);
+    }
+    println!("{table}");
+    if !outbox.is_empty() {
+        println!("outbox (not sent)");
+        println!("{}", outbox_table(&outbox));
+    }
+    Ok(())
+}
+
+pub(super) async fn outbox(ctx: &Context, json_out: bool) -> anyhow::Result<()> {
+    let rows: Vec<OutboxItem> = ctx
+        .store
+        .outbox()
+        .await?
+        .into_iter()
+        .map(OutboxItem::from)
+        .collect();
+    if json_out {
+        return print_json(&rows);
+    }
+    println!("{}", outbox_table(&rows));
+    Ok(())
+}
+
+fn outbox_table(rows: &[OutboxItem]) -> Table {
+    let mut table = table(&[
+        "seq",
+        "request",
+        "operation",
+        "referral",
+        "status",
+        "tries",
+        "error",
+    ]);
+    for r in rows {
+        table.add_row(vec![
+            r.seq.to_string(),
+            r.request_id.clone(),
+            r.operation.clone(),
+            r.referral_id.clone().unwrap_or_default(),
+            r.status.clone(),
+            r.attempts.to_string(),
+            r.error.clone().unwrap_or_default(),
+        ]);
+    }
+    table
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
+    table
+}
+
+/// A JSON value as a human reads it: strings bare, objects as `key=value` pairs.
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Value::Array(items) => items.iter().map(plain).collect::<Vec<_>>().join("; "),
+        other => other.to_string(),
+    }
+}
+
+/// The envelope fields by their proto names, plus `sender`/`recipient` as the listings name them and
+/// the local `state`.
+fn referral_json(row: &ReferralRow, envelope: &Envelope) -> Value {
+    let subject = envelope.subject.clone().unwrap_or_default();
+    let requested = match envelope
+        .requested_recipient
+        .as_ref()
+        .and_then(|r| r.target.as_ref())
+    {
+        Some(Target::AgencyId(id)) => json!({ "agency_id": id }),
+        Some(Target::Service(s)) => json!({ "service": s.service, "province": s.province }),
+        None => Value::Null,
+    };
+    json!({
+        "referral_id": row.referral_id,
+        "client_ref": envelope.client_ref,
+        "sender": row.sender,
+        "recipient": row.recipient,
+        "sender_agency_id": envelope.sender_agency_id,
+        "recipient_agency_id": row.recipient,
+        "requested_recipient": requested,
+        "kind": envelope.kind,
+        "urgency": urgency_name(envelope.urgency),
+        "subject": {
+            "sex": sex_name(subject.sex),
+            "age_band": age_band_name(subject.age_band),
+            "province": subject.province,
+        },
+        "client_pseudonym": envelope.client_pseudonym,
+        "created_at": timestamp(envelope.created_at.as_ref()),
+        "updated_at": row.updated_at,
+        "state": row.state,
+        "last_event_id": row.last_event_id,
+    })
+}
+
+fn event_json(event: &FeedbackEvent) -> Value {
+    json!({
+        "event_id": event.event_id,
+        "referral_id": event.referral_id,
+        "kind": kind_name(event.kind),
+        "actor_agency_id": event.actor_agency_id,
+        "actor_person": event.actor_person,
+        "at": timestamp(event.at.as_ref()),
+        "note": event.note,
+        "state_after": state_name(event.state_after),
+        "details": details_json(event),
+    })
+}
+
+/// The kind-specific details by their proto field names; `{}` for kinds without details.
+fn details_json(event: &FeedbackEvent) -> Value {
+    match &event.details {
+        Some(Details::Accepted(a)) => {
+            json!({ "planned_action": a.planned_action, "planned_date": a.planned_date })
+        }
+        Some(Details::Declined(d)) => {
+            json!({ "reason_code": d.reason_code, "reason_text": d.reason_text })
+        }
+        Some(Details::Redirected(r)) => {
+            json!({ "to_agency_id": r.to_agency_id, "reason": r.reason })
+        }
+        Some(Details::FollowUp(f)) => json!({ "activity": f.activity, "date": f.date }),
+        Some(Details::Completed(o)) => {
+            json!({ "outcome_code": o.outcome_code, "summary": o.summary })
+        }
+        Some(Details::Failed(f)) => json!({ "reason": f.reason }),
+        None => json!({}),
+    }
+}

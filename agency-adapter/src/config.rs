@@ -1,0 +1,112 @@
+//! The adapter's settings, layered: built-in defaults, then the TOML file given with `--config`, then
+//! `SPEAN_ADAPTER_*` environment variables, then command-line flags. Validated once, at start.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::AdapterError;
+
+/// Where the broker listens when nothing else is said: a broker on the same machine.
+pub const DEFAULT_BROKER: &str = "https://localhost:50051";
+/// The local store file when nothing else is said, relative to the working directory.
+pub const DEFAULT_STORE: &str = "spean-adapter.db";
+
+/// Everything the adapter needs to know before it can do anything.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    /// The folder holding `ca.pem`, `cert.pem` and `key.pem`: who this agency is on the network.
+    pub identity: PathBuf,
+    /// The broker's URL; the host must match a SAN of the broker's certificate.
+    pub broker: String,
+    /// The SQLite file shared by the daemon and the command line.
+    pub store: PathBuf,
+}
+
+/// Values given on the command line (each may also come from its env var through clap); `None` means
+/// "not given here", so that the file and defaults show through.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Defaults {
+    broker: &'static str,
+    store: &'static str,
+}
+
+impl Settings {
+    /// Layers defaults, the optional TOML file, the environment and the flags, and checks the result.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, AdapterError> {
+        let mut figment = Figment::from(Serialized::defaults(Defaults {
+            broker: DEFAULT_BROKER,
+            store: DEFAULT_STORE,
+        }));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(AdapterError::Config(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("SPEAN_ADAPTER_").only(&["identity", "broker", "store"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|error| AdapterError::Config(error.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), AdapterError> {
+        if !(self.broker.starts_with("https://") || self.broker.starts_with("http://")) {
+            return Err(AdapterError::Invalid {
+                field: "broker",
+                reason: format!("{:?} is not an http(s) URL", self.broker),
+            });
+        }
+        if self.identity.as_os_str().is_empty() {
+            return Err(AdapterError::Invalid {
+                field: "identity",
+                reason: "empty path".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("adapter.toml");
+        std::fs::write(&file, "identity = \"/from/file\"\nstore = \"file.db\"\n")?;
+        let settings = Settings::load(
+            Some(&file),
+            Overrides {
+                store: Some("flag.db".into()),
+                ..Overrides::default()
+            },
+        )?;
+        assert_eq!(settings.identity, PathBuf::from("/from/file"));
+        assert_eq!(settings.store, PathBuf::from("flag.db"));
+        assert_eq!(settings.broker, DEFAULT_BROKER);
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! `spean-adapter run`: two loops side by side until shutdown. The delivery loop keeps a subscription
+//! open (reconnecting with backoff); the relay loop sends the outbox in order whenever there is
+//! something pending. A successful (re)subscription wakes the relay, since the broker is evidently back.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    AdapterError, backoff::Backoff, broker::Broker, config::Settings, delivery, identity::Identity,
+    outbox, store::Store,
+};
+
+/// How often an idle relay looks for rows the command line queued.
+const OUTBOX_POLL: Duration = Duration::from_millis(500);
+
+pub struct Daemon {
+    store: Store,
+    identity: Identity,
+    broker_url: String,
+}
+
+impl Daemon {
+    pub async fn build(settings: &Settings) -> Result<Self, AdapterError> {
+        let identity = Identity::load(&settings.identity)?;
+        let store = Store::open(&settings.store).await?;
+        Ok(Self {
+            store,
+            identity,
+            broker_url: settings.broker.clone(),
+        })
+    }
+
+    pub fn agency_id(&self) -> &str {
+        self.identity.agency_id.as_str()
+    }
+
+    /// Runs until `shutdown` is cancelled; each loop stops between units of work.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AdapterError> {
+        let broker_back = Arc::new(Notify::new());
+        let span = tracing::info_span!("adapter", agency = %self.identity.agency_id);
+        let deliveries = self
+            .delivery_loop(&shutdown, &broker_back)
+            .instrument(tracing::info_span!(parent: &span, "deliveries"));
+        let relay = self
+            .relay_loop(&shutdown, &broker_back)
+            .instrument(tracing::info_span!(parent: &span, "outbox"));
+        tokio::join!(deliveries, relay);
+        self.store.close().await;
+        tracing::info!(parent: &span, "stopped");
+        Ok(())
+    }
+
+    async fn delivery_loop(&self, shutdown: &CancellationToken, broker_back: &Notify) {
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            let result = match Broker::connect(&self.broker_url, &self.identity).await {
+                Ok(mut broker) => {
+                    delivery::subscribe(&mut broker, &self.store, shutdown, || {
+                        backoff.reset();
+                        broker_back.notify_one();
+                    })
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "delivery stream down");
+                sleep_or_stop(wait, shutdown, None).await;
+            }
+        }
+    }
+
+    async fn relay_loop(&self, shutdown: &CancellationToken, broker_back: &Notify) {
+        let mut backoff = Backoff::default();
+        let mut broker: Option<Broker> = None;
+        while !shutdown.is_cancelled() {
+            let row = match self.store.next_pending().await {
+                Ok(Some(row)) => row,
+                Ok(None) => {
+                    sleep_or_stop(OUTBOX_POLL, shutdown, None).await;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the outbox");
+                    sleep_or_stop(backoff.next_delay(), shutdown, None).await;
+                    continue;
+                }
+            };
+            let connected = match broker.take() {
+                Some(b) => Ok(b),
+                None => Broker::connect(&self.broker_url, &self.identity).await,
+            };
+            let result = match connected {
+                Ok(mut b) => {
+                    let result = outbox::send_row(&self.store, &mut b, &row).await;
+                    broker = Some(b);
+                    result
+                }
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(_) => {
+                    backoff.reset();
+                    tracing::info!(request_id = %row.request_id, operation = %row.operation, "outbox request sent");
+                }
+                Err(error) if error.is_refusal() => {
+                    backoff.reset();
+                    tracing::warn!(request_id = %row.request_id, operation = %row.operation, %error, "outbox request rejected");
+                }
+                Err(error @ AdapterError::Decode { .. }) => {
+                    // A row we cannot read back will never send: set it aside so the rest can go.
+                    tracing::error!(request_id = %row.request_id, %error, "unreadable outbox row");
+                    if let Err(error) = self
+                        .store
+                        .mark_rejected(&row.request_id, &error.to_string())
+                        .await
+                    {
+                        tracing::error!(%error, "cannot set the unreadable row aside");
+                    }
+                }
+                Err(error) => {
+                    if error.is_transient() {
+                        broker = None;
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(request_id = %row.request_id, %error, retry_in_ms = wait.as_millis() as u64, "outbox request not sent; will retry");
+                    sleep_or_stop(wait, shutdown, Some(broker_back)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits `wait`, or less if shutdown is requested or (when given) the broker is known to be back.
+async fn sleep_or_stop(wait: Duration, shutdown: &CancellationToken, wake: Option<&Notify>) {
+    let woken = async {
+        match wake {
+            Some(notify) => notify.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = shutdown.cancelled() => {}
+        () = woken => {}
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM, whichever comes first.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested");
+}

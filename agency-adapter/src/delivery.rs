@@ -1,0 +1,131 @@
+//! The delivery stream: say hello, then for each delivery store it in one local transaction and only
+//! then confirm it. Whatever is not confirmed when the stream breaks is delivered again, which storing
+//! absorbs (it is idempotent).
+
+use spean_proto::v1::{Confirm, Delivery, Hello, SubscribeRequest, subscribe_request::Request};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    AdapterError,
+    broker::Broker,
+    case_file::CaseFile,
+    store::{Store, Stored},
+};
+
+/// How many unconfirmed deliveries the broker may have in flight to us.
+pub const WINDOW: u32 = 64;
+
+/// Runs one subscription until the stream breaks (an error, to reconnect after a backoff) or shutdown
+/// is requested (`Ok`). `on_connected` runs once the broker has accepted the subscription.
+pub async fn subscribe(
+    broker: &mut Broker,
+    store: &Store,
+    shutdown: &CancellationToken,
+    on_connected: impl FnOnce(),
+) -> Result<(), AdapterError> {
+    let (requests, outgoing) = mpsc::channel(WINDOW as usize * 2);
+    send(&requests, Request::Hello(Hello { window: WINDOW })).await?;
+    let mut stream = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        response = broker.deliveries.subscribe(ReceiverStream::new(outgoing)) => response?.into_inner(),
+    };
+    on_connected();
+    tracing::info!("subscribed to deliveries");
+    let kill_after_store = fault_injected();
+    loop {
+        // Shutdown is only looked at here, between deliveries: a delivery being stored is finished
+        // and confirmed first.
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = stream.message() => next?,
+        };
+        let Some(delivery) = next else {
+            return Err(AdapterError::Unavailable(
+                "the broker closed the delivery stream".into(),
+            ));
+        };
+        let stored = store.store_delivery(&delivery).await?;
+        log_stored(&delivery, &stored);
+        if kill_after_store {
+            kill_self();
+        }
+        send(
+            &requests,
+            Request::Confirm(Confirm {
+                delivery_id: delivery.delivery_id.clone(),
+            }),
+        )
+        .await?;
+    }
+}
+
+/// Fault injection for the end-to-end tests: with `SPEAN_ADAPTER_FAULT=kill-after-store` the daemon
+/// SIGKILLs itself right after storing a delivery and before confirming it, the one moment a crash
+/// test cannot hit from outside. Read once per subscription; unset in any real deployment.
+fn fault_injected() -> bool {
+    std::env::var("SPEAN_ADAPTER_FAULT").is_ok_and(|v| v == "kill-after-store")
+}
+
+fn kill_self() {
+    tracing::warn!("SPEAN_ADAPTER_FAULT=kill-after-store: killing this process before confirming");
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+}
+
+async fn send(
+    requests: &mpsc::Sender<SubscribeRequest>,
+    request: Request,
+) -> Result<(), AdapterError> {
+    requests
+        .send(SubscribeRequest {
+            request: Some(request),
+        })
+        .await
+        .map_err(|_| AdapterError::Unavailable("the delivery stream is closed".into()))
+}
+
+/// One info line per new referral or event, ids only; repeats at debug level.
+fn log_stored(delivery: &Delivery, stored: &Stored) {
+    let delivery_id = delivery.delivery_id.as_str();
+    match stored {
+        Stored::Referral {
+            referral_id,
+            new: true,
+        } => {
+            let sender = match &delivery.payload {
+                Some(spean_proto::v1::delivery::Payload::Referral(r)) => {
+                    if CaseFile::decode(&r.case_file).is_err() {
+                        tracing::warn!(%delivery_id, %referral_id, "case file does not decode; stored as received");
+                    }
+                    r.envelope
+                        .as_ref()
+                        .map_or(String::new(), |e| e.sender_agency_id.clone())
+                }
+                _ => String::new(),
+            };
+            tracing::info!(%delivery_id, %referral_id, %sender, "referral received");
+        }
+        Stored::Event {
+            event_id,
+            referral_id,
+            kind,
+            state_after,
+            new: true,
+        } => {
+            tracing::info!(%delivery_id, %event_id, %referral_id, %kind, %state_after, "event received");
+        }
+        Stored::Referral { referral_id, .. } => {
+            tracing::debug!(%delivery_id, %referral_id, "duplicate referral delivery");
+        }
+        Stored::Event {
+            event_id,
+            referral_id,
+            ..
+        } => {
+            tracing::debug!(%delivery_id, %event_id, %referral_id, "duplicate event delivery");
+        }
+        Stored::RepeatedDelivery => tracing::debug!(%delivery_id, "duplicate delivery"),
+        Stored::Empty => tracing::warn!(%delivery_id, "delivery without payload"),
+    }
+}

@@ -1,0 +1,152 @@
+//! The adapter's one error type, and the one place a broker `Status` is sorted into "refused for good"
+//! (the outbox row becomes `rejected`) or "try again later" (the row stays `pending`).
+
+use std::path::PathBuf;
+
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    #[error("local store: {0}")]
+    Store(#[from] sqlx::Error),
+
+    #[error("local store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// The identity folder is missing a file or holds something that is not a usable certificate.
+    #[error("identity {path}: {reason}")]
+    Identity { path: PathBuf, reason: String },
+
+    /// A value given on the command line or in a file that does not parse; names the field.
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+
+    /// Stored or received bytes that are not the proto they claim to be. Names what, never the content.
+    #[error("cannot decode {what}: {source}")]
+    Decode {
+        what: &'static str,
+        #[source]
+        source: prost::DecodeError,
+    },
+
+    /// The broker could not be reached or did not answer in time: the request stays queued.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+
+    /// The broker refused the request for good (bad field, wrong state, wrong party, key reused...).
+    #[error("{code}: {message}")]
+    Rejected { code: &'static str, message: String },
+
+    /// The broker answered with a status that is neither a refusal nor unavailability (internal error,
+    /// resource exhausted...): retried later like unavailability, but reported as what it was.
+    #[error("{code}: {message}")]
+    Broker { code: &'static str, message: String },
+}
+
+impl AdapterError {
+    /// Sorts a broker status: the codes the contract lists as definitive refusals become
+    /// [`AdapterError::Rejected`]; unavailability and deadlines become [`AdapterError::Unavailable`].
+    pub fn from_status(status: tonic::Status) -> Self {
+        let code = status.code();
+        let name = code_name(code);
+        let message = status.message().to_owned();
+        match code {
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::Unauthenticated => Self::Rejected {
+                code: name,
+                message,
+            },
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                Self::Unavailable(format!("{name}: {message}"))
+            }
+            _ => Self::Broker {
+                code: name,
+                message,
+            },
+        }
+    }
+
+    /// True when sending the same request again cannot succeed.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Rejected { .. })
+    }
+
+    /// True when the request should stay queued and be retried with the same key.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Broker { .. })
+    }
+}
+
+impl From<tonic::Status> for AdapterError {
+    fn from(status: tonic::Status) -> Self {
+        Self::from_status(status)
+    }
+}
+
+impl From<tonic::transport::Error> for AdapterError {
+    fn from(error: tonic::transport::Error) -> Self {
+        Self::Unavailable(error_chain(&error))
+    }
+}
+
+/// The canonical gRPC name of a code, as users see it in `error: <CODE>: <message>`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Joins an error with its sources, because transport errors hide the useful part (refused, TLS) there.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_and_unavailability_are_told_apart() {
+        assert!(AdapterError::from_status(tonic::Status::failed_precondition("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::already_exists("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::unavailable("x")).is_transient());
+        assert!(AdapterError::from_status(tonic::Status::deadline_exceeded("x")).is_transient());
+        assert!(AdapterError::from_status(tonic::Status::internal("x")).is_transient());
+    }
+
+    #[test]
+    fn a_refusal_reads_code_then_message() {
+        let error = AdapterError::from_status(tonic::Status::invalid_argument("kind: unknown"));
+        assert_eq!(error.to_string(), "INVALID_ARGUMENT: kind: unknown");
+    }
+}

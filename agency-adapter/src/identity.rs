@@ -1,0 +1,78 @@
+//! The agency's identity folder: the network CA, its certificate and its key. The agency id is not
+//! configured separately: it is the certificate's common name, so it cannot disagree with what the
+//! broker sees on the TLS connection.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+use crate::{AdapterError, referral::AgencyId};
+
+/// What this adapter presents to the broker, and the agency id it proves.
+#[derive(Clone)]
+pub struct Identity {
+    /// Read from the certificate's common name.
+    pub agency_id: AgencyId,
+    /// The CA that signed the broker's certificate: the only one we trust.
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    /// Never printed: `Debug` below leaves it out.
+    key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("agency_id", &self.agency_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Reads `ca.pem`, `cert.pem` and `key.pem` from `dir` and the agency id from `cert.pem`.
+    pub fn load(dir: &Path) -> Result<Self, AdapterError> {
+        let ca_pem = read(&dir.join("ca.pem"))?;
+        let cert_path = dir.join("cert.pem");
+        let cert_pem = read(&cert_path)?;
+        let key_pem = read(&dir.join("key.pem"))?;
+        let agency_id = agency_id_of(&cert_pem).map_err(|reason| AdapterError::Identity {
+            path: cert_path,
+            reason,
+        })?;
+        Ok(Self {
+            agency_id,
+            ca_pem,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    pub fn key_pem(&self) -> &[u8] {
+        &self.key_pem
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, AdapterError> {
+    std::fs::read(path).map_err(|error| AdapterError::Identity {
+        path: path.clone(),
+        reason: error.to_string(),
+    })
+}
+
+/// The common name of the first certificate in a PEM file.
+pub fn agency_id_of(cert_pem: &[u8]) -> Result<AgencyId, String> {
+    let der = CertificateDer::from_pem_slice(cert_pem).map_err(|error| error.to_string())?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|error| error.to_string())?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .ok_or("the certificate's subject has no common name")?
+        .as_str()
+        .map_err(|error| error.to_string())?;
+    AgencyId::parse(common_name).map_err(|error| error.to_string())
+}

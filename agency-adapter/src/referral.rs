@@ -1,0 +1,192 @@
+//! Domain values with no I/O: agency ids and idempotency keys that parse, the lower-snake-case names
+//! users and scripts see for states, kinds and enums, and who must act next on a referral.
+
+use std::fmt;
+
+use spean_proto::v1::{AgeBand, FeedbackKind, ReferralState, Sex, Urgency};
+
+use crate::AdapterError;
+
+/// A directory agency id, e.g. `mlup-russey`: the common name of the agency's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AgencyId(String);
+
+impl AgencyId {
+    pub fn parse(raw: &str) -> Result<Self, AdapterError> {
+        let ok = !raw.is_empty()
+            && raw.len() <= 128
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(AdapterError::Invalid {
+                field: "agency_id",
+                reason: format!("{raw:?} is not 1 to 128 characters of [A-Za-z0-9._-]"),
+            })
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgencyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A `client_ref` or `request_id`: the key that makes a retried request land once.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, AdapterError> {
+        let ok = (1..=128).contains(&raw.len())
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(AdapterError::Invalid {
+                field,
+                reason: format!("{raw:?} is not 1 to 128 characters of [A-Za-z0-9._:-]"),
+            })
+        }
+    }
+
+    /// A fresh key: a UUIDv7, so keys also sort by creation time.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `REFERRAL_STATE_IN_PROGRESS` → `in_progress`: the proto name without its prefix, lower case.
+fn short_name(full: &str, prefix: &str) -> String {
+    full.strip_prefix(prefix)
+        .unwrap_or(full)
+        .to_ascii_lowercase()
+}
+
+pub fn state_name(state: i32) -> String {
+    ReferralState::try_from(state).map_or_else(
+        |_| format!("unknown_{state}"),
+        |s| short_name(s.as_str_name(), "REFERRAL_STATE_"),
+    )
+}
+
+pub fn kind_name(kind: i32) -> String {
+    FeedbackKind::try_from(kind).map_or_else(
+        |_| format!("unknown_{kind}"),
+        |k| short_name(k.as_str_name(), "FEEDBACK_KIND_"),
+    )
+}
+
+pub fn urgency_name(urgency: i32) -> String {
+    Urgency::try_from(urgency).map_or_else(
+        |_| format!("unknown_{urgency}"),
+        |u| short_name(u.as_str_name(), "URGENCY_"),
+    )
+}
+
+pub fn sex_name(sex: i32) -> String {
+    Sex::try_from(sex).map_or_else(
+        |_| format!("unknown_{sex}"),
+        |s| short_name(s.as_str_name(), "SEX_"),
+    )
+}
+
+/// Age bands as users type them on the command line: `0-4`, `60+`, `unknown`.
+pub fn age_band_name(band: i32) -> String {
+    let name = match AgeBand::try_from(band) {
+        Ok(AgeBand::Unspecified) => "unspecified",
+        Ok(AgeBand::AgeBand04) => "0-4",
+        Ok(AgeBand::AgeBand59) => "5-9",
+        Ok(AgeBand::AgeBand1014) => "10-14",
+        Ok(AgeBand::AgeBand1517) => "15-17",
+        Ok(AgeBand::AgeBand1824) => "18-24",
+        Ok(AgeBand::AgeBand2559) => "25-59",
+        Ok(AgeBand::AgeBand60Plus) => "60+",
+        Ok(AgeBand::Unknown) => "unknown",
+        Err(_) => return format!("unknown_{band}"),
+    };
+    name.to_owned()
+}
+
+/// States after which nobody acts on the referral any more.
+pub const CLOSED_STATES: [&str; 5] = [
+    "declined",
+    "completed",
+    "failed",
+    "withdrawn",
+    "entered_in_error",
+];
+
+pub fn is_closed(state: &str) -> bool {
+    CLOSED_STATES.contains(&state)
+}
+
+/// Who must act next on a referral in `state`, as the sender's `status` shows it.
+pub fn next_action(state: &str, recipient: &str) -> String {
+    match state {
+        "sent" | "delivered" => format!("{recipient} to acknowledge"),
+        "acknowledged" => format!("{recipient} to accept or decline"),
+        "accepted" | "in_progress" => format!("{recipient} to follow up or complete"),
+        _ => "-".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_proto_names_without_prefix() {
+        assert_eq!(state_name(ReferralState::InProgress as i32), "in_progress");
+        assert_eq!(
+            state_name(ReferralState::EnteredInError as i32),
+            "entered_in_error"
+        );
+        assert_eq!(kind_name(FeedbackKind::FollowUp as i32), "follow_up");
+        assert_eq!(kind_name(FeedbackKind::Acknowledged as i32), "acknowledged");
+        assert_eq!(urgency_name(Urgency::Emergency as i32), "emergency");
+        assert_eq!(age_band_name(AgeBand::AgeBand60Plus as i32), "60+");
+    }
+
+    #[test]
+    fn the_recipient_acts_until_the_referral_closes() {
+        assert_eq!(next_action("delivered", "b"), "b to acknowledge");
+        assert_eq!(next_action("acknowledged", "b"), "b to accept or decline");
+        assert_eq!(
+            next_action("in_progress", "b"),
+            "b to follow up or complete"
+        );
+        assert_eq!(next_action("completed", "b"), "-");
+    }
+
+    #[test]
+    fn keys_outside_the_alphabet_are_refused() {
+        assert!(IdempotencyKey::parse("client_ref", "ok.key:1-2_3").is_ok());
+        assert!(IdempotencyKey::parse("client_ref", "").is_err());
+        assert!(IdempotencyKey::parse("client_ref", "has space").is_err());
+        assert!(IdempotencyKey::parse("client_ref", &"x".repeat(129)).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! The tracing subscriber, built once at start. Logs go to stderr so that stdout stays clean for
+//! `--json` output; the level comes from `RUST_LOG`, else the default the command asks for.
+
+use tracing_subscriber::EnvFilter;
+
+pub fn init(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // Ignored on purpose: only fails if a subscriber is already installed (tests calling twice).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

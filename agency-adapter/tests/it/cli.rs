@@ -1,0 +1,143 @@
+//! The binary without a broker: requests are queued, commands succeed, the outbox and status show them.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+use crate::helpers::identity;
+
+/// Runs the binary against a broker address where nothing listens.
+fn adapter(dir: &Path, agency: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_spean-adapter"))
+        .arg("--identity")
+        .arg(identity(dir, agency))
+        .arg("--store")
+        .arg(dir.join(format!("{agency}.db")))
+        // Port 9 (discard) on localhost: connection refused straight away.
+        .args(["--broker", "https://127.0.0.1:9"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run spean-adapter")
+}
+
+fn json(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+}
+
+#[test]
+fn a_referral_sent_while_the_broker_is_down_is_queued_and_the_command_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let case_file = dir.path().join("case.json");
+    std::fs::write(
+        &case_file,
+        r#"{"name":{"khmer":"សុខ ស្រីល័ក្ខ","latin":"Sok Sreyleak"},"reason_for_referral":"x"}"#,
+    )
+    .unwrap();
+
+    let sent = json(&adapter(
+        dir.path(),
+        "agency-a",
+        &[
+            "send",
+            "--to",
+            "agency-b",
+            "--kind",
+            "lama",
+            "--urgency",
+            "urgent",
+            "--sex",
+            "female",
+            "--age-band",
+            "5-9",
+            "--subject-province",
+            "12",
+            "--client-ref",
+            "ref-42",
+            "--case-file",
+            case_file.to_str().unwrap(),
+            "--json",
+        ],
+    ));
+
+    assert_eq!(sent["client_ref"], "ref-42");
+    assert_eq!(sent["status"], "queued");
+    assert!(sent["referral_id"].is_null());
+    let outbox = json(&adapter(dir.path(), "agency-a", &["outbox", "--json"]));
+    assert_eq!(outbox.as_array().unwrap().len(), 1);
+    assert_eq!(outbox[0]["request_id"], "ref-42");
+    assert_eq!(outbox[0]["operation"], "submit");
+    assert_eq!(outbox[0]["status"], "pending");
+    let status = json(&adapter(dir.path(), "agency-a", &["status", "--json"]));
+    assert_eq!(status["referrals"].as_array().unwrap().len(), 0);
+    assert_eq!(status["outbox"][0]["request_id"], "ref-42");
+}
+
+#[test]
+fn an_action_queued_offline_waits_in_the_outbox_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = json(&adapter(
+        dir.path(),
+        "agency-b",
+        &["ack", "r-1", "--by", "សុភា", "--queue-only", "--json"],
+    ));
+    let second = json(&adapter(
+        dir.path(),
+        "agency-b",
+        &[
+            "accept",
+            "r-1",
+            "--action",
+            "home visit",
+            "--date",
+            "2025-02-01",
+            "--json",
+        ],
+    ));
+
+    assert_eq!(first["status"], "queued");
+    assert_eq!(second["status"], "queued");
+    let outbox = json(&adapter(dir.path(), "agency-b", &["outbox", "--json"]));
+    let operations: Vec<&str> = outbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(operations, ["acknowledge", "accept"]);
+    assert_eq!(outbox[0]["request_id"], first["request_id"]);
+}
+
+#[test]
+fn a_malformed_date_is_refused_before_anything_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = adapter(
+        dir.path(),
+        "agency-b",
+        &[
+            "followup",
+            "r-1",
+            "--activity",
+            "home_visit",
+            "--date",
+            "01/02/2025",
+        ],
+    );
+
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: invalid date"));
+    let outbox = json(&adapter(dir.path(), "agency-b", &["outbox", "--json"]));
+    assert!(outbox.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn an_empty_inbox_lists_as_an_empty_json_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let inbox = json(&adapter(dir.path(), "agency-b", &["inbox", "--json"]));
+    assert_eq!(inbox, Value::Array(vec![]));
+}

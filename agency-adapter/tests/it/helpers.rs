@@ -1,0 +1,118 @@
+//! Builders for referrals and events as the broker would send them, a fresh store per test, and a
+//! throwaway agency identity for the binary.
+
+use std::path::{Path, PathBuf};
+
+use prost_types::Timestamp;
+use spean_adapter::{case_file::CaseFile, store::Store};
+use spean_proto::v1::{
+    Delivery, Envelope, FeedbackEvent, FeedbackKind, Recipient, Referral, ReferralState, Subject,
+    Urgency, delivery::Payload, recipient::Target,
+};
+
+pub struct TestStore {
+    pub store: Store,
+    pub path: PathBuf,
+    // Held so the directory lives as long as the test.
+    pub _dir: tempfile::TempDir,
+}
+
+pub async fn fresh_store() -> TestStore {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adapter.db");
+    let store = Store::open(&path).await.expect("open store");
+    TestStore {
+        store,
+        path,
+        _dir: dir,
+    }
+}
+
+/// A new UUIDv7: later calls sort after earlier ones, like the broker's ids.
+pub fn id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub fn at(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp { seconds, nanos: 0 })
+}
+
+pub fn event(referral_id: &str, kind: FeedbackKind, state_after: ReferralState) -> FeedbackEvent {
+    FeedbackEvent {
+        event_id: id(),
+        referral_id: referral_id.to_owned(),
+        kind: kind as i32,
+        actor_agency_id: "agency-b".into(),
+        actor_person: "សុភា".into(),
+        at: at(1_700_000_100),
+        note: String::new(),
+        state_after: state_after as i32,
+        details: None,
+    }
+}
+
+pub fn referral(referral_id: &str, case_file: &CaseFile, history: Vec<FeedbackEvent>) -> Referral {
+    Referral {
+        envelope: Some(Envelope {
+            referral_id: referral_id.to_owned(),
+            client_ref: "ref-1".into(),
+            sender_agency_id: "agency-a".into(),
+            requested_recipient: Some(Recipient {
+                target: Some(Target::AgencyId("agency-b".into())),
+            }),
+            recipient_agency_id: "agency-b".into(),
+            kind: "lama".into(),
+            urgency: Urgency::Urgent as i32,
+            subject: Some(Subject {
+                sex: 1,
+                age_band: 2,
+                province: "12".into(),
+            }),
+            created_at: at(1_700_000_000),
+            updated_at: at(1_700_000_000),
+            client_pseudonym: String::new(),
+        }),
+        state: history
+            .last()
+            .map_or(ReferralState::Sent as i32, |e| e.state_after),
+        case_file: case_file.encode(),
+        history,
+    }
+}
+
+pub fn delivery(payload: Payload) -> Delivery {
+    Delivery {
+        delivery_id: id(),
+        payload: Some(payload),
+    }
+}
+
+pub fn khmer_case_file() -> CaseFile {
+    CaseFile::from_json(
+        r#"{"name":{"khmer":"សុខ ស្រីល័ក្ខ","latin":"Sok Sreyleak"},
+            "date_of_birth":"2016-03-01",
+            "guardians":[{"name":{"khmer":"ចាន់ ធារី","latin":"Chan Theary"},"relationship":"mother","phone":"012 345 678"}],
+            "contact":{"phone":"","address":"ភូមិ ស្រែ, ឃុំ ថ្មី","directions":"ជិតវត្ត"},
+            "reason_for_referral":"ត្រូវការការថែទាំ","consent":{"given_by":"mother (ម្ដាយ)","given_at":"2025-01-02T09:00:00+07:00","scope":"home follow-up"},
+            "transport_needs":"","notes":"កំណត់ចំណាំ"}"#
+            .as_bytes(),
+    )
+    .expect("valid case file")
+}
+
+/// Writes ca.pem, cert.pem and key.pem for `agency` (self-signed: enough to load and to present).
+pub fn identity(dir: &Path, agency: &str) -> PathBuf {
+    let folder = dir.join(format!("identity-{agency}"));
+    std::fs::create_dir_all(&folder).expect("identity dir");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("cert params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, agency);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("self-signed cert");
+    std::fs::write(folder.join("ca.pem"), cert.pem()).expect("write ca");
+    std::fs::write(folder.join("cert.pem"), cert.pem()).expect("write cert");
+    std::fs::write(folder.join("key.pem"), key.serialize_pem()).expect("write key");
+    folder
+}

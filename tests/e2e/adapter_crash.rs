@@ -1,0 +1,112 @@
+//! Adapters crash and go offline; nothing is lost and nothing shows twice.
+
+use std::os::unix::process::ExitStatusExt;
+
+use spean_proto::v1 as pb;
+
+use crate::helpers::{AdapterProcess, BrokerProcess, eventually};
+use crate::story_lama::{send_lama, wait_for_state};
+
+#[tokio::test]
+async fn an_adapter_killed_between_storing_and_confirming_gets_the_delivery_again_and_shows_it_once()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
+    let hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
+    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    let sent = send_lama(&hospital, dir.path(), "crash-0001").await;
+    let id = sent["referral_id"].as_str().unwrap().to_owned();
+
+    // The daemon stores the delivery, then SIGKILLs itself before it can confirm.
+    ngo.start_with(&[("SPEAN_ADAPTER_FAULT", "kill-after-store")]);
+    let status = ngo.exited().await;
+    assert_eq!(
+        status.signal(),
+        Some(nix::sys::signal::Signal::SIGKILL as i32),
+        "{status:?}"
+    );
+    assert_eq!(
+        ngo.inbox().await.len(),
+        1,
+        "the delivery was not stored before the kill"
+    );
+
+    // The broker never heard a confirmation: the referral is not delivered yet.
+    let mut grpc = broker.client("ahc-swu").await;
+    let get = || pb::GetRequest {
+        referral_id: id.clone(),
+    };
+    let seen = grpc.referrals.get(get()).await.unwrap().into_inner();
+    assert_eq!(seen.state, pb::ReferralState::Sent as i32);
+
+    // Restarted, the adapter receives it again, stores it once, and confirms.
+    ngo.start();
+    eventually("the broker to record the delivery", || {
+        let mut grpc = grpc.referrals.clone();
+        let req = get();
+        async move {
+            let r = grpc.get(req).await.ok()?.into_inner();
+            (r.state == pb::ReferralState::Delivered as i32).then_some(())
+        }
+    })
+    .await;
+    let inbox = ngo.inbox().await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0]["referral_id"], id.as_str());
+    let history = grpc
+        .referrals
+        .get(get())
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    let delivered = history
+        .iter()
+        .filter(|e| e.kind == pb::FeedbackKind::Delivered as i32)
+        .count();
+    assert_eq!(delivered, 1);
+    ngo.kill().await;
+}
+
+#[tokio::test]
+async fn a_referral_sent_while_the_broker_is_down_is_queued_and_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker_dir = dir.path().join("broker");
+    let mut broker = BrokerProcess::start(&broker_dir, "127.0.0.1:0").await;
+    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
+    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    broker.kill().await;
+
+    // The field site is offline: the referral waits in the local outbox.
+    let queued = send_lama(&hospital, dir.path(), "offline-0001").await;
+    assert_eq!(queued["status"], "queued", "{queued}");
+    assert!(queued["referral_id"].is_null());
+
+    // The broker comes back; the daemon submits it with its client_ref.
+    let listen = broker.addr.to_string();
+    let broker = BrokerProcess::start(&broker_dir, &listen).await;
+    hospital.start();
+    ngo.start();
+    let inbox = eventually("the queued referral to reach the NGO", || async {
+        let inbox = ngo.inbox().await;
+        (!inbox.is_empty()).then_some(inbox)
+    })
+    .await;
+    assert_eq!(inbox.len(), 1);
+    let id = inbox[0]["referral_id"].as_str().unwrap().to_owned();
+    wait_for_state(&hospital, &id, "delivered").await;
+
+    // Sending the same request again (a retry) does not create a second referral.
+    let again = send_lama(&hospital, dir.path(), "offline-0001").await;
+    assert_eq!(again["referral_id"], id.as_str());
+    let mut grpc = broker.client("mlup-russey").await;
+    let listed = grpc
+        .referrals
+        .list(pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.referrals.len(), 1);
+    hospital.kill().await;
+    ngo.kill().await;
+}

@@ -1,0 +1,77 @@
+//! The broker's administrative commands, as an operator runs them.
+
+use tokio::process::Command;
+
+use crate::helpers::bin;
+
+async fn broker(data_dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(bin("spean-broker"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pki_init_creates_a_ca_once_and_issue_writes_an_agency_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = broker(dir.path(), &["pki", "init"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("pki/ca.pem").exists());
+    assert!(dir.path().join("pki/broker.pem").exists());
+
+    let again = broker(dir.path(), &["pki", "init"]).await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+
+    let out = broker(dir.path(), &["pki", "issue", "kps-referral-hospital"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let identity = dir.path().join("pki/agencies/kps-referral-hospital");
+    for file in ["ca.pem", "cert.pem", "key.pem"] {
+        assert!(identity.join(file).exists(), "{file} missing");
+    }
+    let bad = broker(dir.path(), &["pki", "issue", "Not An Id"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("AGENCY"));
+}
+
+#[tokio::test]
+async fn directory_import_accepts_the_fixture_and_refuses_a_broken_file_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/network.json");
+    let out = broker(dir.path(), &["directory", "import", fixture]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("imported 12 agencies"));
+
+    let broken = dir.path().join("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"agencies":[{"id":"a-ngo","name":"A","type":"ngo","provinces":["99"]}]}"#,
+    )
+    .unwrap();
+    let out = broker(
+        dir.path(),
+        &["directory", "import", broken.to_str().unwrap()],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("agencies[].provinces"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
