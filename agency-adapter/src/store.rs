@@ -114,24 +114,29 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT);
+        // A daemon and a command started together on a fresh file race to switch it to WAL and to
+        // migrate; SQLite answers the loser "database is locked" at once, without waiting on the
+        // busy timeout. The loser tries again and finds the file ready.
+        let mut attempt: u32 = 0;
+        loop {
+            match Self::connect(options.clone()).await {
+                Ok(pool) => return Ok(Self { pool }),
+                Err(_) if attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool, AdapterError> {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await?;
-        // A daemon and a command started together on a fresh file may race to migrate; the loser
-        // finds the schema in place on its next try.
-        let mut attempt = 0;
-        loop {
-            match MIGRATOR.run(&pool).await {
-                Ok(()) => break,
-                Err(_) if attempt < 3 => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Ok(Self { pool })
+        MIGRATOR.run(&pool).await?;
+        Ok(pool)
     }
 
     /// Closes the pool, checkpointing the WAL.

@@ -20,6 +20,7 @@ pub struct Config {
     /// Where the gRPC gateway listens. Port 0 picks a free port.
     pub listen: SocketAddr,
     pub database: DatabaseConfig,
+    pub amqp: AmqpConfig,
     pub tls: TlsConfig,
     pub directory: DirectoryConfig,
     pub limits: LimitsConfig,
@@ -30,10 +31,62 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `sqlite://PATH`. Empty: `<data_dir>/broker.db`.
-    pub url: String,
+    /// `sqlite://PATH` or `postgres://user@host/db`. Empty: `<data_dir>/broker.db`.
+    pub url: Secret,
     /// SQLite `synchronous=FULL`: a commit survives power loss, not only a crash of the process.
     pub durable: bool,
+}
+
+/// A value that must not appear in logs or `Debug` output (it may hold a password).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:5672/vhost` (or `amqps://`). Empty: deliver through the database
+    /// mailbox instead (the embedded default).
+    pub url: Secret,
+    /// Prefix of every exchange and queue, so several deployments (or test runs) share one RabbitMQ.
+    pub prefix: String,
+    /// A message returned to its queue this many times is dead-lettered (`x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Outbox rows published per batch (pipelined, one wait for all confirms).
+    pub publish_batch: u32,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::default(),
+            prefix: "spean".into(),
+            delivery_limit: 20,
+            publish_batch: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +148,7 @@ impl Default for Config {
             data_dir: PathBuf::from("spean-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database: DatabaseConfig::default(),
+            amqp: AmqpConfig::default(),
             tls: TlsConfig::default(),
             directory: DirectoryConfig::default(),
             limits: LimitsConfig::default(),
@@ -107,7 +161,7 @@ impl Default for Config {
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
-            url: String::new(),
+            url: Secret::default(),
             durable: true,
         }
     }
@@ -185,10 +239,27 @@ impl Config {
             field,
             reason: reason.to_owned(),
         };
-        if !self.database_url().starts_with("sqlite:") {
+        let url = self.database_url();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
             return Err(invalid(
                 "database.url",
-                "only sqlite:// URLs are supported by this build",
+                "must be a sqlite:// or postgres:// URL",
+            ));
+        }
+        let amqp = self.amqp.url.expose();
+        if !(amqp.is_empty() || amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            return Err(invalid(
+                "amqp.url",
+                "must be empty or an amqp:// or amqps:// URL",
+            ));
+        }
+        if self.amqp.delivery_limit == 0 || self.amqp.publish_batch == 0 {
+            return Err(invalid(
+                "amqp.delivery_limit",
+                "delivery_limit and publish_batch must be at least 1",
             ));
         }
         if self.limits.max_case_file_bytes >= self.limits.max_message_bytes {
@@ -207,7 +278,7 @@ impl Config {
         if self.database.url.is_empty() {
             format!("sqlite://{}", self.data_dir.join("broker.db").display())
         } else {
-            self.database.url.clone()
+            self.database.url.expose().to_owned()
         }
     }
 

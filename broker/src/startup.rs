@@ -14,9 +14,13 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument;
 
 use crate::config::Config;
-use crate::delivery::Doorbell;
+use crate::delivery::amqp::Amqp;
+use crate::delivery::{Backend, Doorbell};
 use crate::directory::{Directory, DirectoryError};
 use crate::error::{BrokerError, StoreError};
 use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared};
@@ -63,8 +67,12 @@ pub struct Broker {
     listener: TcpListener,
     workflow: Arc<Workflow>,
     doorbell: Arc<Doorbell>,
+    amqp: Option<Arc<Amqp>>,
     tls: ServerTlsConfig,
 }
+
+/// How often health is re-evaluated.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
@@ -148,6 +156,7 @@ impl Broker {
             )
             .await?,
         );
+        let amqp = (!config.amqp.url.is_empty()).then(|| Amqp::new(config.amqp.clone()));
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(io(format!("binding {}", config.listen)))?;
@@ -156,6 +165,7 @@ impl Broker {
             listener,
             workflow,
             doorbell,
+            amqp,
             tls,
         })
     }
@@ -179,15 +189,6 @@ impl Broker {
         let max = self.config.limits.max_message_bytes;
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<ReferralServiceServer<ReferralGateway>>()
-            .await;
-        health
-            .set_serving::<DeliveryServiceServer<DeliveryGateway>>()
-            .await;
-        health
-            .set_serving::<DirectoryServiceServer<DirectoryGateway>>()
-            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(spean_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -196,6 +197,41 @@ impl Broker {
                 what: "building reflection".into(),
                 source: std::io::Error::other(e.to_string()),
             })?;
+
+        let backend = match &self.amqp {
+            Some(amqp) => {
+                tokio::spawn(
+                    amqp.clone()
+                        .supervise(self.workflow.clone(), stop.clone())
+                        .instrument(tracing::info_span!("amqp")),
+                );
+                tokio::spawn(
+                    amqp.clone()
+                        .relay(
+                            self.workflow.clone(),
+                            self.doorbell.clone(),
+                            Duration::from_millis(self.config.delivery.poll_interval_ms),
+                            stop.clone(),
+                        )
+                        .instrument(tracing::info_span!("outbox_relay")),
+                );
+                Backend::Amqp(amqp.clone())
+            }
+            None => Backend::Mailbox {
+                store: self.workflow.store().clone(),
+                doorbell: self.doorbell.clone(),
+                poll: Duration::from_millis(self.config.delivery.poll_interval_ms),
+            },
+        };
+        tokio::spawn(
+            report_health(
+                health.clone(),
+                self.workflow.clone(),
+                self.amqp.clone(),
+                stop.clone(),
+            )
+            .instrument(tracing::info_span!("health")),
+        );
 
         let server = Server::builder()
             .tls_config(self.tls)?
@@ -206,7 +242,7 @@ impl Broker {
                     .max_decoding_message_size(max),
             )
             .add_service(
-                DeliveryServiceServer::new(DeliveryGateway::new(shared.clone(), self.doorbell))
+                DeliveryServiceServer::new(DeliveryGateway::new(shared.clone(), backend))
                     .max_decoding_message_size(max),
             )
             .add_service(
@@ -234,5 +270,43 @@ impl Broker {
             }
         }
         Ok(())
+    }
+}
+
+/// Serving while the database answers and, when configured, RabbitMQ is connected; not serving
+/// otherwise, so a load balancer sends adapters to another broker meanwhile.
+async fn report_health(
+    health: HealthReporter,
+    workflow: Arc<Workflow>,
+    amqp: Option<Arc<Amqp>>,
+    stop: CancellationToken,
+) {
+    let amqp_health = amqp.as_ref().map(|a| a.healthy());
+    let mut last = None;
+    loop {
+        let database = workflow.store().ping().await.is_ok();
+        let queues = amqp_health.as_ref().is_none_or(|h| *h.borrow());
+        let serving = database && queues;
+        if last != Some(serving) {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                tracing::warn!(database, rabbitmq = queues, "not serving");
+                ServingStatus::NotServing
+            };
+            for service in [
+                "",
+                "spean.v1.ReferralService",
+                "spean.v1.DeliveryService",
+                "spean.v1.DirectoryService",
+            ] {
+                health.set_service_status(service, status).await;
+            }
+            last = Some(serving);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
+        }
     }
 }

@@ -3,6 +3,9 @@
 //!
 //! The binaries are the ones cargo builds beside this test (`cargo test --workspace` builds them).
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod adapter_crash;
 mod broker_cli;
 mod broker_crash;

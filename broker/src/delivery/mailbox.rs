@@ -1,19 +1,18 @@
-//! Embedded delivery from the store's mailbox table.
+//! Embedded delivery straight from the store's mailbox table.
 //!
 //! A session keeps a cursor over its agency's mailbox and at most `window` unconfirmed entries in
 //! flight. A new session starts from the beginning, so whatever an earlier connection left unconfirmed
 //! is delivered again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Doorbell;
-use crate::error::StoreError;
+use super::{DeliveryError, DeliveryRef, Doorbell, Pending};
 use crate::ids::AgencyId;
-use crate::store::{MailboxEntry, Store};
+use crate::store::Store;
 
 pub struct MailboxSession {
     store: Arc<dyn Store>,
@@ -22,7 +21,7 @@ pub struct MailboxSession {
     poll: Duration,
     window: usize,
     cursor: i64,
-    in_flight: HashSet<uuid::Uuid>,
+    in_flight: HashMap<uuid::Uuid, DeliveryRef>,
 }
 
 impl MailboxSession {
@@ -41,14 +40,14 @@ impl MailboxSession {
             poll,
             window: window.max(1),
             cursor: 0,
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
         }
     }
 
     /// Waits until there is something to send and room in the window, and returns it.
     ///
     /// Cancel-safe: the cursor moves only after the entries are in hand.
-    pub async fn next_batch(&mut self) -> Result<Vec<MailboxEntry>, StoreError> {
+    pub async fn next_batch(&mut self) -> Result<Vec<Pending>, DeliveryError> {
         loop {
             let room = self.window.saturating_sub(self.in_flight.len());
             if room > 0 {
@@ -60,8 +59,22 @@ impl MailboxSession {
                     .await?;
                 if let Some(last) = entries.last() {
                     self.cursor = last.seq;
-                    self.in_flight.extend(entries.iter().map(|e| e.delivery_id));
-                    return Ok(entries);
+                    let batch = entries
+                        .into_iter()
+                        .map(|e| DeliveryRef {
+                            delivery_id: e.delivery_id,
+                            referral_id: e.referral_id,
+                            event_id: e.event_id,
+                        })
+                        .map(|r| {
+                            self.in_flight.insert(r.delivery_id, r);
+                            Pending {
+                                reference: r,
+                                message: None,
+                            }
+                        })
+                        .collect();
+                    return Ok(batch);
                 }
                 tokio::select! {
                     _ = self.bell.changed() => {}
@@ -74,8 +87,16 @@ impl MailboxSession {
         }
     }
 
-    /// Frees the window slot of a confirmed delivery.
-    pub fn confirmed(&mut self, delivery_id: uuid::Uuid) {
+    pub fn in_flight(&self, delivery_id: uuid::Uuid) -> Option<DeliveryRef> {
+        self.in_flight.get(&delivery_id).copied()
+    }
+
+    /// Deletes the confirmed entry and frees its window slot.
+    pub async fn settle(&mut self, delivery_id: uuid::Uuid) -> Result<(), DeliveryError> {
+        self.store
+            .remove_mailbox_entry(&self.agency, delivery_id)
+            .await?;
         self.in_flight.remove(&delivery_id);
+        Ok(())
     }
 }

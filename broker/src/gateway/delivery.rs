@@ -2,7 +2,6 @@
 //! one only when the adapter confirms it on the same stream.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use spean_proto::v1 as pb;
@@ -13,24 +12,22 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{Shared, caller, convert};
-use crate::delivery::Doorbell;
-use crate::delivery::mailbox::MailboxSession;
+use crate::delivery::{Backend, Pending, Session};
 use crate::error::ErrorChain;
 use crate::ids::AgencyId;
 use crate::referral::workflow::DeliveryContent;
-use std::sync::Arc;
 
-const DEFAULT_WINDOW: u32 = 64;
+const DEFAULT_WINDOW: u16 = 64;
 const MAX_WINDOW: u32 = 1000;
 
 pub struct DeliveryGateway {
     shared: Shared,
-    doorbell: Arc<Doorbell>,
+    backend: Backend,
 }
 
 impl DeliveryGateway {
-    pub fn new(shared: Shared, doorbell: Arc<Doorbell>) -> Self {
-        Self { shared, doorbell }
+    pub fn new(shared: Shared, backend: Backend) -> Self {
+        Self { shared, backend }
     }
 }
 
@@ -51,7 +48,7 @@ impl DeliveryService for DeliveryGateway {
                 request: Some(pb::subscribe_request::Request::Hello(hello)),
             }) => match hello.window {
                 0 => DEFAULT_WINDOW,
-                n if n <= MAX_WINDOW => n,
+                n if n <= MAX_WINDOW => n as u16,
                 n => {
                     return Err(Status::invalid_argument(format!(
                         "hello.window: {n} is over the limit of {MAX_WINDOW}"
@@ -64,25 +61,26 @@ impl DeliveryService for DeliveryGateway {
                 ));
             }
         };
-        let session = MailboxSession::open(
-            self.shared.workflow.store().clone(),
-            &self.doorbell,
-            agency.clone(),
-            window as usize,
-            Duration::from_millis(self.shared.config.delivery.poll_interval_ms),
-        );
-        let (tx, rx) = mpsc::channel(window as usize);
+        let session = self
+            .backend
+            .open(agency.clone(), window)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %ErrorChain(&e), "cannot open a delivery session");
+                Status::unavailable("delivery is unavailable right now; reconnect")
+            })?;
+        let (tx, rx) = mpsc::channel(usize::from(window));
         let span = tracing::info_span!("subscription", agency = %agency);
         tokio::spawn(pump(self.shared.clone(), agency, session, inbound, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Sends what the mailbox holds and applies confirmations, until either side goes away.
+/// Sends deliveries and applies confirmations, until either side goes away or the broker stops.
 async fn pump(
     shared: Shared,
     agency: AgencyId,
-    mut session: MailboxSession,
+    mut session: Session,
     mut inbound: Streaming<pb::SubscribeRequest>,
     tx: mpsc::Sender<Result<pb::Delivery, Status>>,
 ) {
@@ -95,11 +93,19 @@ async fn pump(
                         let _ = tx.send(Err(Status::invalid_argument("confirm.delivery_id: not a delivery id"))).await;
                         break;
                     };
-                    if let Err(e) = shared.workflow.confirm(&agency, id).await {
+                    let Some(reference) = session.in_flight(id) else {
+                        tracing::debug!(delivery_id = %id, "confirmation for nothing in flight; ignored");
+                        continue;
+                    };
+                    if let Err(e) = shared.workflow.confirmed(&agency, &reference).await {
                         let _ = tx.send(Err(e.into())).await;
                         break;
                     }
-                    session.confirmed(id);
+                    if let Err(e) = session.settle(id).await {
+                        tracing::warn!(error = %ErrorChain(&e), "cannot settle a confirmed delivery; it will be delivered again");
+                        let _ = tx.send(Err(Status::unavailable("delivery interrupted; reconnect"))).await;
+                        break;
+                    }
                 }
                 Some(Ok(_)) => {
                     let _ = tx.send(Err(Status::invalid_argument("request: only confirm may follow the hello"))).await;
@@ -112,27 +118,18 @@ async fn pump(
                 None => break,
             },
             batch = session.next_batch() => match batch {
-                Ok(entries) => {
-                    for entry in entries {
-                        let content = match shared.workflow.load_delivery(&entry).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                let _ = tx.send(Err(e.into())).await;
-                                return;
-                            }
-                        };
-                        let payload = match content {
-                            Some(DeliveryContent::Referral(referral, history)) => {
-                                pb::delivery::Payload::Referral(convert::referral(*referral, &history))
-                            }
-                            Some(DeliveryContent::Event(event)) => {
-                                pb::delivery::Payload::Feedback(convert::event(&event))
-                            }
-                            None => continue,
-                        };
-                        let delivery = pb::Delivery {
-                            delivery_id: entry.delivery_id.to_string(),
-                            payload: Some(payload),
+                Ok(batch) => {
+                    for pending in batch {
+                        let delivery = match pending.message {
+                            Some(message) => message,
+                            None => match load(&shared, &pending).await {
+                                Ok(Some(d)) => d,
+                                Ok(None) => continue,
+                                Err(status) => {
+                                    let _ = tx.send(Err(status)).await;
+                                    return;
+                                }
+                            },
                         };
                         if tx.send(Ok(delivery)).await.is_err() {
                             tracing::info!("adapter disconnected");
@@ -141,7 +138,7 @@ async fn pump(
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %ErrorChain(&e), "mailbox read failed");
+                    tracing::warn!(error = %ErrorChain(&e), "delivery source failed");
                     let _ = tx.send(Err(Status::unavailable("delivery interrupted; reconnect"))).await;
                     return;
                 }
@@ -154,4 +151,26 @@ async fn pump(
         }
     }
     tracing::info!("adapter disconnected");
+}
+
+/// Builds a mailbox delivery from the referral or event as it is now.
+async fn load(shared: &Shared, pending: &Pending) -> Result<Option<pb::Delivery>, Status> {
+    let reference = &pending.reference;
+    let content = shared
+        .workflow
+        .load_delivery(reference.referral_id, reference.event_id)
+        .await?;
+    let payload = match content {
+        Some(DeliveryContent::Referral(referral, history)) => {
+            pb::delivery::Payload::Referral(convert::referral(*referral, &history))
+        }
+        Some(DeliveryContent::Event(event)) => {
+            pb::delivery::Payload::Feedback(convert::event(&event))
+        }
+        None => return Ok(None),
+    };
+    Ok(Some(pb::Delivery {
+        delivery_id: pending.reference.delivery_id.to_string(),
+        payload: Some(payload),
+    }))
 }

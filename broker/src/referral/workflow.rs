@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
-use super::state::{self, EventKind, Role, State};
+use super::state::{self, EventKind, State};
 use super::{Action, Addressee, Event, EventDetails, FreeText, ListQuery, NewReferral, Referral};
 use crate::delivery::Doorbell;
 use crate::directory::Directory;
 use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
-use crate::store::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome};
+use crate::store::{Change, ChangeOutcome, NewDelivery, Store, SubmitOutcome};
 
 /// How many times a change is decided again after losing a race.
 const MAX_ATTEMPTS: usize = 8;
@@ -400,13 +400,14 @@ impl Workflow {
         Ok(outcome)
     }
 
-    /// What a mailbox entry carries, as its agency may see it.
+    /// What a delivery carries: the referral as it is now, or one event.
     pub async fn load_delivery(
         &self,
-        entry: &MailboxEntry,
+        referral_id: ReferralId,
+        event_id: Option<uuid::Uuid>,
     ) -> Result<Option<DeliveryContent>, BrokerError> {
-        Ok(match entry.event_id {
-            None => match self.store.referral(entry.referral_id).await? {
+        Ok(match event_id {
+            None => match self.store.referral(referral_id).await? {
                 Some(referral) => {
                     let history = self.store.history(referral.id).await?;
                     Some(DeliveryContent::Referral(Box::new(referral), history))
@@ -421,21 +422,18 @@ impl Workflow {
         })
     }
 
-    /// The adapter of `agency` stored a delivery. For the referral itself this is the moment it is
-    /// delivered: the broker records that once, then forgets the mailbox entry.
-    #[tracing::instrument(skip_all, fields(agency = %agency, delivery_id = %delivery_id), err(Display))]
-    pub async fn confirm(
+    /// The adapter of `agency` stored a delivery and confirmed it. For the referral itself this is
+    /// the moment it is delivered: the broker records that once. The caller then settles the delivery
+    /// with its backend, so a crash in between only causes a harmless redelivery.
+    #[tracing::instrument(skip_all, fields(agency = %agency, delivery_id = %delivery.delivery_id), err(Display))]
+    pub async fn confirmed(
         &self,
         agency: &AgencyId,
-        delivery_id: uuid::Uuid,
+        delivery: &crate::delivery::DeliveryRef,
     ) -> Result<(), BrokerError> {
-        let Some(entry) = self.store.mailbox_entry(agency, delivery_id).await? else {
-            return Ok(()); // Already confirmed: confirmations are idempotent.
-        };
-        if entry.event_id.is_none() {
-            self.record_delivered(agency, entry.referral_id).await?;
+        if delivery.event_id.is_none() {
+            self.record_delivered(agency, delivery.referral_id).await?;
         }
-        self.store.remove_mailbox_entry(agency, delivery_id).await?;
         Ok(())
     }
 
@@ -468,10 +466,5 @@ impl Workflow {
             }
         }
         Err(BrokerError::Contended)
-    }
-
-    /// Which side `agency` is on, for callers that need it.
-    pub fn role(referral: &Referral, agency: &AgencyId) -> Option<Role> {
-        referral.role_of(agency)
     }
 }

@@ -114,6 +114,17 @@ pub trait Store: Send + Sync + 'static {
         agency: &AgencyId,
         delivery_id: uuid::Uuid,
     ) -> Result<Option<MailboxEntry>, StoreError>;
+    /// Leases up to `limit` of the oldest mailbox rows that no relay holds, for `lease`: the outbox
+    /// relay's claim, so that two relays never publish the same row at the same time.
+    async fn lease_outbox(
+        &self,
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<MailboxEntry>, StoreError>;
+    /// Deletes rows RabbitMQ confirmed.
+    async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError>;
+    /// A round trip to the database, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Removes a confirmed entry; false if it was already gone.
     async fn remove_mailbox_entry(
         &self,

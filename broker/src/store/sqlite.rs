@@ -522,6 +522,52 @@ impl Store for SqliteStore {
         row.as_ref().map(mailbox_from_row).transpose()
     }
 
+    async fn lease_outbox(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<MailboxEntry>, StoreError> {
+        let now = micros(time::OffsetDateTime::now_utc());
+        let until = now + lease.as_micros() as i64;
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "UPDATE mailbox SET lease_until = ?1 WHERE seq IN \
+             (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < ?2 \
+              ORDER BY seq LIMIT ?3) RETURNING *",
+        )
+        .bind(until)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut entries = rows
+            .iter()
+            .map(mailbox_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.seq);
+        Ok(entries)
+    }
+
+    async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let list = serde_json::Value::from(seqs.to_vec()).to_string();
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM mailbox WHERE seq IN (SELECT value FROM json_each(?))")
+            .bind(list)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn remove_mailbox_entry(
         &self,
         agency: &AgencyId,

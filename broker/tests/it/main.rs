@@ -1,6 +1,9 @@
 //! The broker's integration tests: a real server on port 0 with real mutual TLS and a real SQLite
 //! database per test. One binary, one module per capability.
 
+// Test code: a failed unwrap is a failed test, which is what it should be.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod auth;
 mod delivery;
 mod feedback;

@@ -90,12 +90,15 @@ async fn khmer_text_in_the_case_file_survives_byte_for_byte() {
     );
 }
 
+/// A way to break a valid request.
+type Breakage = Box<dyn Fn(&mut pb::SubmitRequest)>;
+
 /// Each malformed request gets INVALID_ARGUMENT naming its field, and leaves nothing behind.
 #[tokio::test]
 async fn malformed_submissions_name_the_field_and_leave_no_trace() {
     let broker = spawn_broker().await;
     let mut hospital = broker.client("ahc-swu").await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut pb::SubmitRequest)>)> = vec![
+    let cases: Vec<(&str, Breakage)> = vec![
         (
             "client_ref",
             Box::new(|r| r.client_ref = "has spaces".into()),

@@ -1,0 +1,565 @@
+//! Production delivery through RabbitMQ.
+//!
+//! Topology (declared at startup and whenever a queue is missing; every declaration is idempotent):
+//! - `<prefix>.deliveries`: a durable direct exchange; the routing key is the agency id.
+//! - `<prefix>.agency.<id>`: one durable **quorum** queue per agency, bound with its id, with
+//!   `x-delivery-limit`, `x-dead-letter-exchange`, `x-dead-letter-strategy=at-least-once` and
+//!   `x-overflow=reject-publish` (at-least-once dead-lettering requires it).
+//! - `<prefix>.dead-letter`: a durable fanout exchange and a quorum queue where messages returned
+//!   `delivery_limit` times end up, visible and re-drivable (`spean-broker dead-letters`).
+//!
+//! The [`relay`](Amqp::relay) publishes the store's mailbox (the transactional outbox) in batches,
+//! `mandatory` and persistent, waits for every publisher confirm, and only then deletes the rows. Rows
+//! are *leased* (`lease_until`) so that several broker processes never publish the same row at the
+//! same time; a relay that dies mid-batch leaves its leases to expire and another relay republishes.
+//! A delivery session consumes its agency's queue with a bounded prefetch and acks a message only when
+//! the adapter confirmed it on the same stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::Acker;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use prost::Message;
+use spean_proto::v1 as pb;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{DeliveryError, DeliveryRef, Doorbell, Pending};
+use crate::config::AmqpConfig;
+use crate::error::ErrorChain;
+use crate::gateway::convert;
+use crate::ids::{AgencyId, ReferralId};
+use crate::referral::workflow::{DeliveryContent, Workflow};
+use crate::store::MailboxEntry;
+
+/// A refused first connect can otherwise hang (see the lapin notes in `docs/operations.md`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a relay owns the rows it leased; after that another relay may publish them.
+const LEASE: Duration = Duration::from_secs(15);
+/// How often a connection, and the dead-letter queue, are checked.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
+
+pub struct Amqp {
+    config: AmqpConfig,
+    connection: RwLock<Option<Arc<Connection>>>,
+    healthy: watch::Sender<bool>,
+}
+
+impl Amqp {
+    pub fn new(config: AmqpConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            connection: RwLock::new(None),
+            healthy: watch::channel(false).0,
+        })
+    }
+
+    /// True while a connection is up and the topology declared.
+    pub fn healthy(&self) -> watch::Receiver<bool> {
+        self.healthy.subscribe()
+    }
+
+    pub fn exchange(&self) -> String {
+        format!("{}.deliveries", self.config.prefix)
+    }
+
+    pub fn queue(&self, agency: &AgencyId) -> String {
+        format!("{}.agency.{agency}", self.config.prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letter", self.config.prefix)
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        let guard = self.connection.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().filter(|c| c.status().connected())
+    }
+
+    fn set_current(&self, connection: Option<Arc<Connection>>) {
+        let mut guard = self.connection.write().unwrap_or_else(|p| p.into_inner());
+        *guard = connection;
+    }
+
+    /// Opens a connection, bounded by [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self) -> Result<Connection, DeliveryError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("spean-broker".into());
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(self.config.url.expose(), properties),
+        )
+        .await
+        .map_err(|_| DeliveryError::Unavailable("connect timed out".into()))?
+        .map_err(DeliveryError::from)
+    }
+
+    fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        let text = |s: &str| AMQPValue::LongString(s.into());
+        args.insert("x-queue-type".into(), text("quorum"));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.config.delivery_limit)),
+        );
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            text(&self.dead_letter_queue()),
+        );
+        args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        args.insert("x-overflow".into(), text("reject-publish"));
+        args
+    }
+
+    /// Declares the exchanges, the dead-letter queue and one queue per agency.
+    pub async fn declare_topology(
+        &self,
+        connection: &Connection,
+        agencies: &[AgencyId],
+    ) -> Result<(), DeliveryError> {
+        let channel = connection.create_channel().await?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_queue().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                dlq_args,
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter_queue().into(),
+                self.dead_letter_queue().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for agency in agencies {
+            self.declare_agency(&channel, agency).await?;
+        }
+        let _ = channel.close(200, "topology declared".into()).await;
+        Ok(())
+    }
+
+    async fn declare_agency(
+        &self,
+        channel: &Channel,
+        agency: &AgencyId,
+    ) -> Result<(), DeliveryError> {
+        channel
+            .queue_declare(
+                self.queue(agency).into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                self.queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.queue(agency).into(),
+                self.exchange().into(),
+                agency.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// How many messages wait in the dead-letter queue.
+    pub async fn dead_letters(&self, connection: &Connection) -> Result<u32, DeliveryError> {
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(queue.message_count())
+    }
+
+    /// Keeps one connection up: connects, declares the topology, watches it, reconnects with
+    /// backoff after a loss, and reports health meanwhile. Also reports dead letters.
+    pub async fn supervise(self: Arc<Self>, workflow: Arc<Workflow>, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            match self.establish(&workflow).await {
+                Ok(connection) => {
+                    tracing::info!("connected to RabbitMQ; topology declared");
+                    backoff = Duration::from_millis(200);
+                    self.set_current(Some(connection.clone()));
+                    self.healthy.send_replace(true);
+                    self.watch(&connection, &stop).await;
+                    self.set_current(None);
+                    self.healthy.send_replace(false);
+                    if stop.is_cancelled() {
+                        let _ = connection.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                }
+                Err(e) => {
+                    self.healthy.send_replace(false);
+                    tracing::warn!(error = %ErrorChain(&e), "cannot reach RabbitMQ; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn establish(&self, workflow: &Workflow) -> Result<Arc<Connection>, DeliveryError> {
+        let connection = self.connect().await?;
+        let agencies: Vec<AgencyId> = workflow
+            .directory()
+            .await
+            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?
+            .agencies
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        self.declare_topology(&connection, &agencies).await?;
+        Ok(Arc::new(connection))
+    }
+
+    async fn watch(&self, connection: &Connection, stop: &CancellationToken) {
+        let mut since_check = Duration::ZERO;
+        while connection.status().connected() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            }
+            since_check += WATCH_INTERVAL;
+            if since_check >= DEAD_LETTER_CHECK {
+                since_check = Duration::ZERO;
+                if let Ok(n) = self.dead_letters(connection).await
+                    && n > 0
+                {
+                    tracing::error!(
+                        count = n,
+                        queue = %self.dead_letter_queue(),
+                        "messages are in the dead-letter queue; inspect and re-drive them with `spean-broker dead-letters`"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Publishes the outbox until `stop`: lease a batch, publish it with confirms, delete what
+    /// RabbitMQ confirmed. Unroutable messages (an agency without a queue) get their queue declared
+    /// and are published again when their lease ends.
+    pub async fn relay(
+        self: Arc<Self>,
+        workflow: Arc<Workflow>,
+        doorbell: Arc<Doorbell>,
+        poll: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut bell = doorbell.listen_any();
+        let mut channel: Option<Channel> = None;
+        while !stop.is_cancelled() {
+            let Some(connection) = self.current() else {
+                channel = None;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            };
+            let open = match channel.take() {
+                Some(c) if c.status().connected() => Ok(c),
+                _ => confirm_channel(&connection).await,
+            };
+            let ch = match open {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "relay cannot open a channel");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            bell.borrow_and_update();
+            let leased = workflow
+                .store()
+                .lease_outbox(self.config.publish_batch, LEASE)
+                .await;
+            let batch = match leased {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "relay cannot read the outbox; retrying");
+                    channel = Some(ch);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            if batch.is_empty() {
+                channel = Some(ch);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = bell.changed() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                continue;
+            }
+            match self.publish(&ch, &workflow, &batch).await {
+                Ok(done) => {
+                    if let Err(e) = workflow.store().remove_published(&done).await {
+                        tracing::warn!(error = %ErrorChain(&e), "published rows stay leased; they will be published again");
+                    }
+                    channel = Some(ch);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "publishing failed; the batch will be published again");
+                }
+            }
+        }
+    }
+
+    /// Publishes a batch, pipelined, and returns the mailbox positions RabbitMQ confirmed.
+    async fn publish(
+        &self,
+        channel: &Channel,
+        workflow: &Workflow,
+        batch: &[MailboxEntry],
+    ) -> Result<Vec<i64>, DeliveryError> {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut confirms = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let content = workflow
+                .load_delivery(entry.referral_id, entry.event_id)
+                .await
+                .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+            let payload = match content {
+                Some(DeliveryContent::Referral(referral, history)) => {
+                    pb::delivery::Payload::Referral(convert::referral(*referral, &history))
+                }
+                Some(DeliveryContent::Event(event)) => {
+                    pb::delivery::Payload::Feedback(convert::event(&event))
+                }
+                None => {
+                    done.push(entry.seq);
+                    continue;
+                }
+            };
+            let body = pb::Delivery {
+                delivery_id: entry.delivery_id.to_string(),
+                payload: Some(payload),
+            }
+            .encode_to_vec();
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(ShortString::from(entry.delivery_id.to_string()));
+            let confirm = channel
+                .basic_publish(
+                    self.exchange().into(),
+                    entry.agency.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &body,
+                    properties,
+                )
+                .await?;
+            confirms.push((entry, confirm));
+        }
+        for (entry, confirm) in confirms {
+            let confirmation = confirm.await?;
+            if !confirmation.is_ack() {
+                tracing::warn!(delivery_id = %entry.delivery_id, "RabbitMQ refused a message; it will be published again");
+                continue;
+            }
+            if confirmation.take_message().is_some() {
+                tracing::warn!(agency = %entry.agency, "no queue for the agency; declaring it");
+                self.declare_agency(channel, &entry.agency).await?;
+                continue;
+            }
+            done.push(entry.seq);
+        }
+        Ok(done)
+    }
+
+    /// Starts consuming `agency`'s queue for one adapter connection.
+    pub async fn open_session(
+        &self,
+        agency: &AgencyId,
+        window: u16,
+    ) -> Result<AmqpSession, DeliveryError> {
+        let connection = self
+            .current()
+            .ok_or_else(|| DeliveryError::Unavailable("not connected".into()))?;
+        let channel = connection.create_channel().await?;
+        self.declare_agency(&channel, agency).await?;
+        channel
+            .basic_qos(window, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                self.queue(agency).into(),
+                format!("spean-{agency}-{}", uuid::Uuid::now_v7()).into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(AmqpSession {
+            channel,
+            consumer,
+            in_flight: HashMap::new(),
+        })
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, DeliveryError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+fn jitter(d: Duration) -> Duration {
+    let nanos = uuid::Uuid::now_v7().as_u128() as u64 % 1000;
+    d + d.mul_f64(nanos as f64 / 4000.0)
+}
+
+/// What a delivery message refers to, or `None` for a message Spean did not write (poison).
+fn reference(message: &pb::Delivery) -> Option<DeliveryRef> {
+    let delivery_id = uuid::Uuid::parse_str(&message.delivery_id).ok()?;
+    let (referral, event) = match message.payload.as_ref()? {
+        pb::delivery::Payload::Referral(r) => (r.envelope.as_ref()?.referral_id.as_str(), None),
+        pb::delivery::Payload::Feedback(e) => (
+            e.referral_id.as_str(),
+            Some(uuid::Uuid::parse_str(&e.event_id).ok()?),
+        ),
+    };
+    Some(DeliveryRef {
+        delivery_id,
+        referral_id: ReferralId::parse("referral_id", referral).ok()?,
+        event_id: event,
+    })
+}
+
+/// One adapter connection's consumer on its agency's queue.
+pub struct AmqpSession {
+    channel: Channel,
+    consumer: Consumer,
+    in_flight: HashMap<uuid::Uuid, (DeliveryRef, Acker)>,
+}
+
+impl AmqpSession {
+    /// The next message from the queue. A message that does not decode is returned to the queue;
+    /// after `delivery_limit` returns RabbitMQ dead-letters it, so it never loops forever.
+    pub async fn next_batch(&mut self) -> Result<Vec<Pending>, DeliveryError> {
+        loop {
+            let delivery = match self.consumer.next().await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => {
+                    return Err(DeliveryError::Unavailable(
+                        "the consumer was cancelled".into(),
+                    ));
+                }
+            };
+            let decoded = pb::Delivery::decode(delivery.data.as_slice())
+                .ok()
+                .and_then(|m| reference(&m).map(|r| (m, r)));
+            match decoded {
+                Some((message, reference)) => {
+                    self.in_flight
+                        .insert(reference.delivery_id, (reference, delivery.acker));
+                    return Ok(vec![Pending {
+                        reference,
+                        message: Some(message),
+                    }]);
+                }
+                None => {
+                    tracing::error!(
+                        queue = %delivery.routing_key,
+                        redelivered = delivery.redelivered,
+                        "a message in the queue is not a Spean delivery; returning it (it is dead-lettered at the delivery limit)"
+                    );
+                    delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+            }
+        }
+    }
+
+    pub fn in_flight(&self, delivery_id: uuid::Uuid) -> Option<DeliveryRef> {
+        self.in_flight.get(&delivery_id).map(|(r, _)| *r)
+    }
+
+    /// Acks the confirmed message: RabbitMQ forgets it.
+    pub async fn settle(&mut self, delivery_id: uuid::Uuid) -> Result<(), DeliveryError> {
+        if let Some((_, acker)) = self.in_flight.remove(&delivery_id) {
+            acker.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AmqpSession {
+    /// Closing the channel returns every unconfirmed message to the queue for the next connection.
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let _ = channel.close(200, "adapter disconnected".into()).await;
+        });
+    }
+}
