@@ -44,6 +44,33 @@ pub enum StoreError {
     Corrupt { table: &'static str, reason: String },
 }
 
+impl StoreError {
+    /// A failure that a retry can cure: the database is unreachable, restarting, or cut our session
+    /// (PostgreSQL SQLSTATE classes 08 and 57, e.g. `pg_terminate_backend`), or SQLite is busy.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || code.starts_with("57")
+                        || code == "40001"
+                        || code == "40P01"
+                        || code == "5"
+                        || code == "6"
+                }),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// Everything a broker operation can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -90,11 +117,10 @@ impl From<BrokerError> for tonic::Status {
             BrokerError::Store(source) => {
                 // Logged with its cause chain; the caller learns only that it was ours.
                 tracing::error!(error = %ErrorChain(source), "store failure");
-                match source {
-                    StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
-                        Status::unavailable("the broker's store is unavailable; retry")
-                    }
-                    _ => Status::internal("internal error"),
+                if source.is_transient() {
+                    Status::unavailable("the broker's store is unavailable; retry")
+                } else {
+                    Status::internal("internal error")
                 }
             }
         }

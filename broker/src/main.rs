@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use spean_broker::delivery::amqp::Amqp;
 use spean_broker::directory::Directory;
 use spean_broker::ids::AgencyId;
 use spean_broker::pki::Pki;
@@ -40,6 +41,19 @@ enum Command {
         #[command(subcommand)]
         command: DirectoryCommand,
     },
+    /// Inspect and re-drive messages RabbitMQ dead-lettered (requires amqp.url).
+    DeadLetters {
+        #[command(subcommand)]
+        command: DeadLetterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// How many messages wait in the dead-letter queue.
+    Count,
+    /// Move every dead letter back to the agency queue it came from.
+    Redrive,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +124,23 @@ async fn main() -> anyhow::Result<()> {
                 "imported {} agencies (directory version {version})",
                 directory.agencies.len()
             );
+        }
+        Command::DeadLetters { command } => {
+            anyhow::ensure!(
+                !config.amqp.url.is_empty(),
+                "amqp.url is not set: dead letters exist only with RabbitMQ delivery"
+            );
+            let amqp = Amqp::new(config.amqp.clone());
+            let connection = amqp.connect().await?;
+            match command {
+                DeadLetterCommand::Count => {
+                    println!("{}", amqp.dead_letters(&connection).await?);
+                }
+                DeadLetterCommand::Redrive => {
+                    println!("re-drove {} messages", amqp.redrive(&connection).await?);
+                }
+            }
+            let _ = connection.close(200, "done".into()).await;
         }
     }
     Ok(())

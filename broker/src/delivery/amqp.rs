@@ -22,8 +22,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::Acker;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -220,6 +221,65 @@ impl Amqp {
             .await?;
         let _ = channel.close(200, "counted".into()).await;
         Ok(queue.message_count())
+    }
+
+    /// Moves every dead-lettered message back to the queue it died in, and returns how many. For an
+    /// operator who fixed the cause (see `spean-broker dead-letters redrive`); a message that still
+    /// cannot be delivered returns to the dead-letter queue after `delivery_limit` more attempts.
+    pub async fn redrive(&self, connection: &Connection) -> Result<u32, DeliveryError> {
+        let channel = confirm_channel(connection).await?;
+        let mut moved = 0;
+        while let Some(message) = channel
+            .basic_get(self.dead_letter_queue().into(), BasicGetOptions::default())
+            .await?
+        {
+            let delivery = message.delivery;
+            let Some(agency) = origin(
+                &delivery.properties,
+                &format!("{}.agency.", self.config.prefix),
+            ) else {
+                tracing::warn!("a dead letter names no agency queue; leaving it in place");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                break;
+            };
+            let confirmation = channel
+                .basic_publish(
+                    self.exchange().into(),
+                    agency.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &delivery.data,
+                    delivery
+                        .properties
+                        .clone()
+                        .with_headers(FieldTable::default()),
+                )
+                .await?
+                .await?;
+            if confirmation.is_ack() && confirmation.take_message().is_none() {
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                moved += 1;
+            } else {
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                break;
+            }
+        }
+        let _ = channel.close(200, "re-driven".into()).await;
+        Ok(moved)
     }
 
     /// Keeps one connection up: connects, declares the topology, watches it, reconnects with
@@ -466,6 +526,17 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel, DeliveryErr
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     Ok(channel)
+}
+
+/// The agency whose queue a dead letter came from, from the `x-first-death-queue` header.
+fn origin(properties: &BasicProperties, queue_prefix: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    let queue = match headers.inner().get("x-first-death-queue")? {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        _ => return None,
+    };
+    queue.strip_prefix(queue_prefix).map(str::to_owned)
 }
 
 fn jitter(d: Duration) -> Duration {
