@@ -27,6 +27,7 @@ use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared}
 use crate::pki::{Pki, PkiError};
 use crate::referral::workflow::{Limits, Workflow};
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 /// The built-in demo directory, a copy of the shared fixture network.
@@ -80,8 +81,14 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError>
         "creating the data folder {}",
         config.data_dir.display()
     )))?;
-    let store = SqliteStore::connect(&config.database_url(), config.database.durable).await?;
-    Ok(Arc::new(store))
+    let url = config.database_url();
+    if url.starts_with("postgres") {
+        Ok(Arc::new(PgStore::connect(&url).await?))
+    } else {
+        Ok(Arc::new(
+            SqliteStore::connect(&url, config.database.durable).await?,
+        ))
+    }
 }
 
 /// Loads the configured seed into an empty directory.

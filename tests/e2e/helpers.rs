@@ -50,12 +50,18 @@ where
 pub struct BrokerProcess {
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
+    env: Vec<(String, String)>,
     child: Child,
 }
 
 impl BrokerProcess {
     /// Starts the broker on `listen` (use `127.0.0.1:0` the first time) and waits until it answers.
     pub async fn start(data_dir: &Path, listen: &str) -> Self {
+        Self::start_with(data_dir, listen, &[]).await
+    }
+
+    /// Like [`BrokerProcess::start`], with extra `SPEAN_BROKER_*` settings (database, RabbitMQ).
+    pub async fn start_with(data_dir: &Path, listen: &str, env: &[(String, String)]) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let addr_file = data_dir.join("broker.addr");
         let _ = std::fs::remove_file(&addr_file);
@@ -73,6 +79,7 @@ impl BrokerProcess {
             .arg(listen)
             .env("SPEAN_BROKER_DELIVERY__POLL_INTERVAL_MS", "200")
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -92,8 +99,37 @@ impl BrokerProcess {
         Self {
             data_dir: data_dir.to_owned(),
             addr,
+            env: env.to_vec(),
             child,
         }
+    }
+
+    /// SIGKILLs the broker and starts it again on the same address, data and settings.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let (dir, listen, env) = (
+            self.data_dir.clone(),
+            self.addr.to_string(),
+            self.env.clone(),
+        );
+        *self = Self::start_with(&dir, &listen, &env).await;
+    }
+
+    /// Runs an administrative command with this broker's data folder and settings.
+    pub async fn admin(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin("spean-broker"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .await
+            .unwrap()
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("broker.log")).unwrap_or_default()
     }
 
     pub fn url(&self) -> String {
@@ -232,6 +268,11 @@ impl AdapterProcess {
                 String::from_utf8_lossy(&out.stdout)
             )
         })
+    }
+
+    /// Points later commands and daemon starts at another broker.
+    pub fn point_to(&mut self, broker: &BrokerProcess) {
+        self.broker_url = broker.url();
     }
 
     /// Starts the daemon (`run`), with extra environment variables.

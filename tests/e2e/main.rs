@@ -9,5 +9,8 @@
 mod adapter_crash;
 mod broker_cli;
 mod broker_crash;
+mod faults;
 mod helpers;
+mod production;
 mod story_lama;
+mod traffic;

@@ -4,6 +4,8 @@
 //! one [`Change`] and is written in one transaction with its history event and its deliveries, so a
 //! crash leaves either all of it or none.
 
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -9,21 +9,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{
-    Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome, from_micros, micros,
-};
+use super::rows;
+use super::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome, micros};
 use crate::directory::Directory;
 use crate::error::StoreError;
-use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
-use crate::referral::{
-    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, ListQuery, Referral,
-    SealedCaseFile, Sex, State, Subject, Urgency,
-};
+use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
+use crate::referral::{Addressee, Event, ListQuery, Referral};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -71,111 +66,9 @@ const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_a
     addressee_service, addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
     subject_province, client_pseudonym, state, version, created_at, updated_at";
 
-fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        reason: reason.to_string(),
-    }
-}
-
-fn referral_from_row(row: &SqliteRow, with_case_file: bool) -> Result<Referral, StoreError> {
-    let bad = |what: &str| corrupt("referrals", what);
-    let id: String = row.try_get("id")?;
-    let addressee = match (
-        row.try_get::<Option<String>, _>("addressee_agency")?,
-        row.try_get::<Option<String>, _>("addressee_service")?,
-        row.try_get::<Option<String>, _>("addressee_province")?,
-    ) {
-        (Some(a), _, _) => {
-            Addressee::Agency(AgencyId::parse("addressee", &a).map_err(|_| bad("addressee"))?)
-        }
-        (None, Some(s), Some(p)) => Addressee::Service {
-            service: Code::parse("service", &s).map_err(|_| bad("addressee_service"))?,
-            province: ProvinceCode::parse("province", &p).map_err(|_| bad("addressee_province"))?,
-        },
-        _ => return Err(bad("addressee")),
-    };
-    let pseudonym: Option<String> = row.try_get("client_pseudonym")?;
-    Ok(Referral {
-        id: ReferralId::parse("id", &id).map_err(|_| bad("id"))?,
-        sender: AgencyId::parse("sender", row.try_get("sender")?).map_err(|_| bad("sender"))?,
-        client_ref: ClientRef::parse("client_ref", row.try_get("client_ref")?)
-            .map_err(|_| bad("client_ref"))?,
-        fingerprint: row.try_get("fingerprint")?,
-        addressee,
-        recipient: AgencyId::parse("recipient", row.try_get("recipient")?)
-            .map_err(|_| bad("recipient"))?,
-        kind: Code::parse("kind", row.try_get("kind")?).map_err(|_| bad("kind"))?,
-        urgency: Urgency::parse(row.try_get("urgency")?).ok_or_else(|| bad("urgency"))?,
-        subject: Subject {
-            sex: Sex::parse(row.try_get("subject_sex")?).ok_or_else(|| bad("subject_sex"))?,
-            age_band: AgeBand::parse(row.try_get("subject_age_band")?)
-                .ok_or_else(|| bad("subject_age_band"))?,
-            province: ProvinceCode::parse("p", row.try_get("subject_province")?)
-                .map_err(|_| bad("subject_province"))?,
-        },
-        client_pseudonym: pseudonym
-            .map(|p| ClientRef::parse("client_pseudonym", &p))
-            .transpose()
-            .map_err(|_| bad("client_pseudonym"))?,
-        state: State::parse(row.try_get("state")?).ok_or_else(|| bad("state"))?,
-        version: row.try_get("version")?,
-        created_at: from_micros(row.try_get("created_at")?),
-        updated_at: from_micros(row.try_get("updated_at")?),
-        case_file: if with_case_file {
-            SealedCaseFile::new(row.try_get("case_file")?)
-        } else {
-            SealedCaseFile::default()
-        },
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<Event, StoreError> {
-    let bad = |what: &str| corrupt("referral_events", what);
-    let id: String = row.try_get("id")?;
-    let referral_id: String = row.try_get("referral_id")?;
-    let details: String = row.try_get("details")?;
-    let request_id: Option<String> = row.try_get("request_id")?;
-    Ok(Event {
-        id: uuid::Uuid::parse_str(&id).map_err(|_| bad("id"))?,
-        referral_id: ReferralId::parse("referral_id", &referral_id)
-            .map_err(|_| bad("referral_id"))?,
-        kind: EventKind::parse(row.try_get("kind")?).ok_or_else(|| bad("kind"))?,
-        actor: AgencyId::parse("actor", row.try_get("actor")?).map_err(|_| bad("actor"))?,
-        actor_person: FreeText::from_stored(row.try_get("actor_person")?),
-        at: from_micros(row.try_get("at")?),
-        note: FreeText::from_stored(row.try_get("note")?),
-        state_after: State::parse(row.try_get("state_after")?).ok_or_else(|| bad("state_after"))?,
-        details: serde_json::from_str::<EventDetails>(&details).map_err(|e| bad(&e.to_string()))?,
-        request_id: request_id
-            .map(|r| RequestId::parse("request_id", &r))
-            .transpose()
-            .map_err(|_| bad("request_id"))?,
-    })
-}
-
-fn mailbox_from_row(row: &SqliteRow) -> Result<MailboxEntry, StoreError> {
-    let bad = |what: &str| corrupt("mailbox", what);
-    let delivery_id: String = row.try_get("delivery_id")?;
-    let referral_id: String = row.try_get("referral_id")?;
-    let event_id: Option<String> = row.try_get("event_id")?;
-    Ok(MailboxEntry {
-        seq: row.try_get("seq")?,
-        agency: AgencyId::parse("agency_id", row.try_get("agency_id")?)
-            .map_err(|_| bad("agency_id"))?,
-        delivery_id: uuid::Uuid::parse_str(&delivery_id).map_err(|_| bad("delivery_id"))?,
-        referral_id: ReferralId::parse("referral_id", &referral_id)
-            .map_err(|_| bad("referral_id"))?,
-        event_id: event_id
-            .map(|e| uuid::Uuid::parse_str(&e))
-            .transpose()
-            .map_err(|_| bad("event_id"))?,
-    })
-}
-
 async fn insert_event(tx: &mut Transaction<'_, Sqlite>, event: &Event) -> Result<(), StoreError> {
     let details =
-        serde_json::to_string(&event.details).map_err(|e| corrupt("referral_events", e))?;
+        serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
     sqlx::query(
         "INSERT INTO referral_events \
          (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
@@ -238,7 +131,8 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
 #[async_trait]
 impl Store for SqliteStore {
     async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError> {
-        let document = serde_json::to_string(directory).map_err(|e| corrupt("directory", e))?;
+        let document =
+            serde_json::to_string(directory).map_err(|e| rows::corrupt("directory", e))?;
         let mut tx = self.write().await?;
         let version: i64 = sqlx::query_scalar(
             "INSERT INTO directory (id, document, version, imported_at) VALUES (1, ?, 1, ?) \
@@ -260,7 +154,7 @@ impl Store for SqliteStore {
             .await?;
         row.map(|row| {
             let doc: String = row.try_get("document")?;
-            let dir = serde_json::from_str(&doc).map_err(|e| corrupt("directory", e))?;
+            let dir = serde_json::from_str(&doc).map_err(|e| rows::corrupt("directory", e))?;
             Ok((dir, row.try_get("version")?))
         })
         .transpose()
@@ -351,7 +245,7 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| referral_from_row(&r, true)).transpose()
+        row.map(|r| rows::referral(&r, true)).transpose()
     }
 
     async fn referral_by_client_ref(
@@ -366,7 +260,7 @@ impl Store for SqliteStore {
         .bind(client_ref.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| referral_from_row(&r, true)).transpose()
+        row.map(|r| rows::referral(&r, true)).transpose()
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
@@ -388,7 +282,9 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|a| AgencyId::parse("agency_id", a).map_err(|e| corrupt("referral_access", e)))
+            .map(|a| {
+                AgencyId::parse("agency_id", a).map_err(|e| rows::corrupt("referral_access", e))
+            })
             .collect()
     }
 
@@ -397,7 +293,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rows::event).collect()
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
@@ -405,7 +301,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(event_from_row).transpose()
+        row.as_ref().map(rows::event).transpose()
     }
 
     async fn event_by_request(
@@ -418,7 +314,7 @@ impl Store for SqliteStore {
             .bind(request_id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(event_from_row).transpose()
+        row.as_ref().map(rows::event).transpose()
     }
 
     async fn list(
@@ -448,7 +344,7 @@ impl Store for SqliteStore {
         .bind(i64::from(query.limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| referral_from_row(r, false)).collect()
+        rows.iter().map(|r| rows::referral(r, false)).collect()
     }
 
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
@@ -461,7 +357,7 @@ impl Store for SqliteStore {
                     .fetch_optional(&mut *tx)
                     .await?
         {
-            return Ok(ChangeOutcome::Duplicate(Box::new(event_from_row(&row)?)));
+            return Ok(ChangeOutcome::Duplicate(Box::new(rows::event(&row)?)));
         }
         let updated = sqlx::query(
             "UPDATE referrals SET state = ?, version = version + 1, updated_at = ?, \
@@ -506,7 +402,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(mailbox_from_row).collect()
+        rows.iter().map(rows::mailbox).collect()
     }
 
     async fn mailbox_entry(
@@ -519,7 +415,7 @@ impl Store for SqliteStore {
             .bind(delivery_id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(mailbox_from_row).transpose()
+        row.as_ref().map(rows::mailbox).transpose()
     }
 
     async fn lease_outbox(
@@ -543,7 +439,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         let mut entries = rows
             .iter()
-            .map(mailbox_from_row)
+            .map(rows::mailbox)
             .collect::<Result<Vec<_>, _>>()?;
         entries.sort_by_key(|e| e.seq);
         Ok(entries)

@@ -1,0 +1,3 @@
+//! spean-bench: being written.
+
+fn main() {}

@@ -1,0 +1,140 @@
+//! Turning stored rows into domain values, once for both backends: each backend only says how to
+//! read a text, integer or bytes column ([`Columns`]).
+
+use super::MailboxEntry;
+use super::from_micros;
+use crate::error::StoreError;
+use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
+use crate::referral::{
+    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, SealedCaseFile,
+    Sex, State, Subject, Urgency,
+};
+
+/// Column access a backend's row type provides.
+pub(super) trait Columns {
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn maybe_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError>;
+}
+
+macro_rules! impl_columns {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, column: &str) -> Result<String, StoreError> {
+                Ok(sqlx::Row::try_get(self, column)?)
+            }
+            fn maybe_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                Ok(sqlx::Row::try_get(self, column)?)
+            }
+            fn int(&self, column: &str) -> Result<i64, StoreError> {
+                Ok(sqlx::Row::try_get(self, column)?)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+                Ok(sqlx::Row::try_get(self, column)?)
+            }
+        }
+    };
+}
+
+impl_columns!(sqlx::sqlite::SqliteRow);
+impl_columns!(sqlx::postgres::PgRow);
+
+pub(super) fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.to_string(),
+    }
+}
+
+pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Referral, StoreError> {
+    let bad = |what: &str| corrupt("referrals", what);
+    let id = row.text("id")?;
+    let addressee = match (
+        row.maybe_text("addressee_agency")?,
+        row.maybe_text("addressee_service")?,
+        row.maybe_text("addressee_province")?,
+    ) {
+        (Some(a), _, _) => {
+            Addressee::Agency(AgencyId::parse("addressee", &a).map_err(|_| bad("addressee"))?)
+        }
+        (None, Some(s), Some(p)) => Addressee::Service {
+            service: Code::parse("service", &s).map_err(|_| bad("addressee_service"))?,
+            province: ProvinceCode::parse("province", &p).map_err(|_| bad("addressee_province"))?,
+        },
+        _ => return Err(bad("addressee")),
+    };
+    Ok(Referral {
+        id: ReferralId::parse("id", &id).map_err(|_| bad("id"))?,
+        sender: AgencyId::parse("sender", &row.text("sender")?).map_err(|_| bad("sender"))?,
+        client_ref: ClientRef::parse("client_ref", &row.text("client_ref")?)
+            .map_err(|_| bad("client_ref"))?,
+        fingerprint: row.text("fingerprint")?,
+        addressee,
+        recipient: AgencyId::parse("recipient", &row.text("recipient")?)
+            .map_err(|_| bad("recipient"))?,
+        kind: Code::parse("kind", &row.text("kind")?).map_err(|_| bad("kind"))?,
+        urgency: Urgency::parse(&row.text("urgency")?).ok_or_else(|| bad("urgency"))?,
+        subject: Subject {
+            sex: Sex::parse(&row.text("subject_sex")?).ok_or_else(|| bad("subject_sex"))?,
+            age_band: AgeBand::parse(&row.text("subject_age_band")?)
+                .ok_or_else(|| bad("subject_age_band"))?,
+            province: ProvinceCode::parse("p", &row.text("subject_province")?)
+                .map_err(|_| bad("subject_province"))?,
+        },
+        client_pseudonym: row
+            .maybe_text("client_pseudonym")?
+            .map(|p| ClientRef::parse("client_pseudonym", &p))
+            .transpose()
+            .map_err(|_| bad("client_pseudonym"))?,
+        state: State::parse(&row.text("state")?).ok_or_else(|| bad("state"))?,
+        version: row.int("version")?,
+        created_at: from_micros(row.int("created_at")?),
+        updated_at: from_micros(row.int("updated_at")?),
+        case_file: if with_case_file {
+            SealedCaseFile::new(row.bytes("case_file")?)
+        } else {
+            SealedCaseFile::default()
+        },
+    })
+}
+
+pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
+    let bad = |what: &str| corrupt("referral_events", what);
+    let details = row.text("details")?;
+    Ok(Event {
+        id: uuid::Uuid::parse_str(&row.text("id")?).map_err(|_| bad("id"))?,
+        referral_id: ReferralId::parse("referral_id", &row.text("referral_id")?)
+            .map_err(|_| bad("referral_id"))?,
+        kind: EventKind::parse(&row.text("kind")?).ok_or_else(|| bad("kind"))?,
+        actor: AgencyId::parse("actor", &row.text("actor")?).map_err(|_| bad("actor"))?,
+        actor_person: FreeText::from_stored(row.text("actor_person")?),
+        at: from_micros(row.int("at")?),
+        note: FreeText::from_stored(row.text("note")?),
+        state_after: State::parse(&row.text("state_after")?).ok_or_else(|| bad("state_after"))?,
+        details: serde_json::from_str::<EventDetails>(&details).map_err(|e| bad(&e.to_string()))?,
+        request_id: row
+            .maybe_text("request_id")?
+            .map(|r| RequestId::parse("request_id", &r))
+            .transpose()
+            .map_err(|_| bad("request_id"))?,
+    })
+}
+
+pub(super) fn mailbox(row: &impl Columns) -> Result<MailboxEntry, StoreError> {
+    let bad = |what: &str| corrupt("mailbox", what);
+    Ok(MailboxEntry {
+        seq: row.int("seq")?,
+        agency: AgencyId::parse("agency_id", &row.text("agency_id")?)
+            .map_err(|_| bad("agency_id"))?,
+        delivery_id: uuid::Uuid::parse_str(&row.text("delivery_id")?)
+            .map_err(|_| bad("delivery_id"))?,
+        referral_id: ReferralId::parse("referral_id", &row.text("referral_id")?)
+            .map_err(|_| bad("referral_id"))?,
+        event_id: row
+            .maybe_text("event_id")?
+            .map(|e| uuid::Uuid::parse_str(&e))
+            .transpose()
+            .map_err(|_| bad("event_id"))?,
+    })
+}

@@ -1,0 +1,303 @@
+//! The production path for end-to-end tests: a fresh PostgreSQL database and a fresh RabbitMQ vhost per
+//! test, on the machine's servers (URLs from `SPEAN_TEST_POSTGRES_URL` and `SPEAN_TEST_AMQP_URL`), or
+//! a private RabbitMQ node for a test that stops RabbitMQ. A missing server fails the test: it never
+//! skips.
+
+use std::process::Command as StdCommand;
+
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sqlx::Connection as _;
+
+use crate::helpers::eventually;
+
+fn postgres_admin_url() -> String {
+    std::env::var("SPEAN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn amqp_server() -> (String, u16) {
+    let url = std::env::var("SPEAN_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
+    let port = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or(5672);
+    (url.trim_end_matches('/').to_owned(), port)
+}
+
+/// A RabbitMQ node of the test's own, on its own ports and folder, so stopping it disturbs no other test.
+pub struct PrivateRabbit {
+    dir: tempfile::TempDir,
+    node: String,
+    pub port: u16,
+}
+
+impl PrivateRabbit {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let node = format!("spean-e2e-{port}@localhost");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].").unwrap();
+        let p = |name: &str| dir.path().join(name);
+        std::fs::create_dir_all(p("mnesia")).unwrap();
+        std::fs::create_dir_all(p("log")).unwrap();
+        let status = StdCommand::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .arg("-detached")
+            .env("HOME", dir.path())
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", (port + 10000).to_string())
+            .env("RABBITMQ_MNESIA_BASE", p("mnesia"))
+            .env("RABBITMQ_LOG_BASE", p("log"))
+            .env("RABBITMQ_PID_FILE", p("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", p("enabled_plugins"))
+            .env("RABBITMQ_CONFIG_FILE", p("rabbitmq"))
+            .status()
+            .expect("rabbitmq-server is not installed");
+        assert!(status.success(), "the private RabbitMQ node did not start");
+        let rabbit = Self { dir, node, port };
+        rabbit.wait_until_up().await;
+        rabbit
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let status = StdCommand::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .arg("-n")
+            .arg(&self.node)
+            .args(args)
+            .env("HOME", self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    pub async fn wait_until_up(&self) {
+        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port);
+        eventually("the private RabbitMQ node to accept connections", || {
+            let url = url.clone();
+            async move {
+                let c = Connection::connect(&url, ConnectionProperties::default())
+                    .await
+                    .ok()?;
+                let _ = c.close(200, "ok".into()).await;
+                Some(())
+            }
+        })
+        .await;
+    }
+
+    /// Stops the RabbitMQ application: every connection drops and the port closes; data stays.
+    pub fn stop(&self) {
+        self.ctl(&["stop_app"]);
+    }
+
+    pub async fn start_again(&self) {
+        self.ctl(&["start_app"]);
+        self.wait_until_up().await;
+    }
+}
+
+impl Drop for PrivateRabbit {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .arg("-n")
+            .arg(&self.node)
+            .arg("stop")
+            .env("HOME", self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    // Ports above 20000 so the distribution port (+10000) stays valid.
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if (20000..55000).contains(&port) {
+            return port;
+        }
+    }
+}
+
+/// One test's PostgreSQL database and RabbitMQ vhost.
+pub struct Production {
+    pub database_url: String,
+    admin_url: String,
+    database: String,
+    pub amqp_url: String,
+    vhost: String,
+    rabbit: Option<PrivateRabbit>,
+}
+
+impl Production {
+    /// On the machine's PostgreSQL and RabbitMQ.
+    pub async fn new() -> Self {
+        Self::create(None).await
+    }
+
+    /// On the machine's PostgreSQL and a private RabbitMQ node this test may stop.
+    pub async fn with_private_rabbit() -> Self {
+        Self::create(Some(PrivateRabbit::start().await)).await
+    }
+
+    async fn create(rabbit: Option<PrivateRabbit>) -> Self {
+        let admin_url = postgres_admin_url();
+        let database = format!("spean_e2e_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} is required: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(b, _)| b);
+        let database_url = format!("{base}/{database}");
+
+        let vhost = format!("spean-e2e-{}", uuid::Uuid::now_v7().simple());
+        let (server, node) = match &rabbit {
+            Some(r) => (format!("amqp://guest:guest@127.0.0.1:{}", r.port), Some(r)),
+            None => (amqp_server().0, None),
+        };
+        rabbitmqctl(node, &["add_vhost", &vhost]);
+        rabbitmqctl(
+            node,
+            &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
+        );
+        let amqp_url = format!("{server}/{vhost}");
+        Connection::connect(&amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ at {server} is required: {e}"));
+        Self {
+            database_url,
+            admin_url,
+            database,
+            amqp_url,
+            vhost,
+            rabbit,
+        }
+    }
+
+    pub fn rabbit(&self) -> &PrivateRabbit {
+        self.rabbit.as_ref().expect("no private RabbitMQ node")
+    }
+
+    /// The settings a broker process needs for this environment.
+    pub fn broker_env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "SPEAN_BROKER_DATABASE__URL".into(),
+                self.database_url.clone(),
+            ),
+            ("SPEAN_BROKER_AMQP__URL".into(), self.amqp_url.clone()),
+            ("SPEAN_BROKER_AMQP__DELIVERY_LIMIT".into(), "5".into()),
+        ]
+    }
+
+    /// Cuts every PostgreSQL session of the test's database (the brokers'), as a failover would.
+    pub async fn terminate_sessions(&self) -> i64 {
+        let mut admin = sqlx::PgConnection::connect(&self.admin_url).await.unwrap();
+        let rows: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.database)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        rows.len() as i64
+    }
+
+    async fn channel(&self) -> (Connection, lapin::Channel) {
+        let c = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = c.create_channel().await.unwrap();
+        (c, ch)
+    }
+
+    /// Messages ready in a queue (a passive declare: it must exist).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        let (c, ch) = self.channel().await;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = c.close(200, "ok".into()).await;
+        q.message_count()
+    }
+
+    /// Publishes bytes that are not a Spean delivery straight into an agency's queue.
+    pub async fn publish_poison(&self, agency: &str) {
+        let (c, ch) = self.channel().await;
+        ch.confirm_select(Default::default()).await.unwrap();
+        ch.basic_publish(
+            "spean.deliveries".into(),
+            agency.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            b"\xff\xfe not a delivery",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let _ = c.close(200, "ok".into()).await;
+    }
+}
+
+fn rabbitmqctl(node: Option<&PrivateRabbit>, args: &[&str]) {
+    match node {
+        Some(r) => r.ctl(args),
+        None => {
+            let status = StdCommand::new("rabbitmqctl")
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("rabbitmqctl is required");
+            assert!(status.success(), "rabbitmqctl {args:?} failed");
+        }
+    }
+}
+
+impl Drop for Production {
+    /// Drops the database and the vhost (with every queue in it), also when the test failed.
+    fn drop(&mut self) {
+        if self.rabbit.is_none() {
+            let _ = StdCommand::new("rabbitmqctl")
+                .args(["delete_vhost", &self.vhost])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = StdCommand::new("psql")
+            .arg(&self.admin_url)
+            .arg("-qc")
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
