@@ -84,10 +84,10 @@ impl Network {
     }
 }
 
-/// Waits until the broker's log says RabbitMQ is connected and its topology declared.
+/// Waits until the broker reports serving on gRPC health: database and RabbitMQ connected.
 async fn wait_healthy(broker: &BrokerProcess) {
-    eventually("the broker to connect to RabbitMQ", || async {
-        broker.log().contains("topology declared").then_some(())
+    eventually("the broker to report serving", || async {
+        broker.serving().await.then_some(())
     })
     .await;
 }
@@ -111,9 +111,17 @@ async fn rabbitmq_stopped_and_started_mid_stream_loses_and_duplicates_nothing() 
     tokio::join!(traffic::send(&net.sender, "rmq", 0..40), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         env.rabbit().stop();
-        // The broker keeps accepting referrals into its outbox while RabbitMQ is away.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The broker reports itself unhealthy, and keeps accepting referrals into its outbox.
+        eventually("the broker to report not serving", || async {
+            (!net.broker.serving().await).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         env.rabbit().start_again().await;
+        eventually("the broker to serve again", || async {
+            net.broker.serving().await.then_some(())
+        })
+        .await;
     });
     let accepted = net.accepted(40).await;
     assert!(net.broker.log().contains("lost the RabbitMQ connection"));

@@ -145,6 +145,41 @@ impl BrokerProcess {
         self.child.kill().await.unwrap();
     }
 
+    /// Whether the broker's gRPC health service says it is serving (any agency's certificate works).
+    pub async fn serving(&self) -> bool {
+        let dir = self.identity("ahc-swu");
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(
+                std::fs::read(dir.join("ca.pem")).unwrap(),
+            ))
+            .identity(Identity::from_pem(
+                std::fs::read(dir.join("cert.pem")).unwrap(),
+                std::fs::read(dir.join("key.pem")).unwrap(),
+            ))
+            .domain_name("localhost");
+        let Ok(channel) = Endpoint::from_shared(self.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| {
+                r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            })
+            .unwrap_or(false)
+    }
+
     /// A gRPC client presenting `agency`'s certificate.
     pub async fn client(&self, agency: &str) -> GrpcClient {
         let dir = self.identity(agency);
