@@ -8,4 +8,5 @@ mod auth;
 mod delivery;
 mod feedback;
 mod helpers;
+mod store_conformance;
 mod submit;

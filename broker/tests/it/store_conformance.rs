@@ -1,0 +1,536 @@
+//! One suite of store tests, run against every backend: SQLite in a temporary file, and PostgreSQL
+//! in a fresh database per test on the server named by `SPEAN_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`). An unreachable PostgreSQL fails the test.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spean_broker::directory::Directory;
+use spean_broker::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
+use spean_broker::referral::{
+    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, ListQuery, Referral, Role,
+    SealedCaseFile, Sex, State, Subject, Urgency,
+};
+use spean_broker::store::postgres::PgStore;
+use spean_broker::store::sqlite::SqliteStore;
+use spean_broker::store::{Change, ChangeOutcome, NewDelivery, Store, SubmitOutcome};
+use sqlx::Connection;
+use time::OffsetDateTime;
+
+/// A store under test, its raw pool (to try what the trait does not offer), and what to clean up.
+struct Fixture {
+    store: Arc<dyn Store>,
+    pool: RawPool,
+    _backing: Backing,
+}
+
+enum RawPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Fixture {
+    /// Runs a statement straight on the backend's pool.
+    async fn raw(&self, sql: &'static str) -> Result<(), sqlx::Error> {
+        match &self.pool {
+            RawPool::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+            RawPool::Postgres(p) => sqlx::query(sql).execute(p).await.map(|_| ()),
+        }
+    }
+}
+
+/// Keeps a backend's resources alive for the test and removes them after.
+enum Backing {
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Postgres { admin: String, database: String },
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        if let Backing::Postgres { admin, database } = self {
+            let _ = std::process::Command::new("psql")
+                .arg(admin.as_str())
+                .arg("-qc")
+                .arg(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("store.db"), false)
+        .await
+        .unwrap();
+    Fixture {
+        pool: RawPool::Sqlite(store.pool().clone()),
+        store: Arc::new(store),
+        _backing: Backing::Sqlite(dir),
+    }
+}
+
+async fn postgres() -> Fixture {
+    let admin = std::env::var("SPEAN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let database = format!("spean_it_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+    let store = PgStore::connect(&format!("{base}/{database}"))
+        .await
+        .unwrap();
+    Fixture {
+        pool: RawPool::Postgres(store.pool().clone()),
+        store: Arc::new(store),
+        _backing: Backing::Postgres { admin, database },
+    }
+}
+
+/// Generates one test per backend for each conformance check.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::sqlite().await).await; })*
+        }
+        mod on_postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::postgres().await).await; })*
+        }
+    };
+}
+
+conformance!(
+    a_submitted_referral_reads_back_byte_for_byte,
+    a_reused_client_ref_returns_the_existing_referral,
+    a_change_applies_only_to_the_version_it_read,
+    a_repeated_request_id_returns_the_first_event,
+    history_is_ordered_and_append_only,
+    a_redirect_grants_access_to_the_new_recipient,
+    listing_filters_and_pages,
+    the_mailbox_keeps_order_and_forgets_confirmed_entries,
+    outbox_leases_hand_each_row_to_one_relay,
+    the_directory_round_trips_and_versions,
+    concurrent_changes_on_one_version_record_exactly_one,
+);
+
+const KHMER: &str = "សុខ ស្រីល័ក្ខ";
+
+fn agency(id: &str) -> AgencyId {
+    AgencyId::parse("agency", id).unwrap()
+}
+
+fn referral(client_ref: &str) -> Referral {
+    let now = OffsetDateTime::now_utc();
+    Referral {
+        id: ReferralId::new(),
+        client_ref: ClientRef::parse("client_ref", client_ref).unwrap(),
+        fingerprint: format!("fp-{client_ref}"),
+        sender: agency("ahc-swu"),
+        addressee: Addressee::Service {
+            service: Code::parse("s", "reintegration_follow_up").unwrap(),
+            province: ProvinceCode::parse("p", "24").unwrap(),
+        },
+        recipient: agency("mlup-russey"),
+        kind: Code::parse("kind", "lama").unwrap(),
+        urgency: Urgency::Emergency,
+        subject: Subject {
+            sex: Sex::Female,
+            age_band: AgeBand::Age5To9,
+            province: ProvinceCode::parse("p", "24").unwrap(),
+        },
+        client_pseudonym: None,
+        state: State::Sent,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+        case_file: SealedCaseFile::new(KHMER.as_bytes().to_vec()),
+    }
+}
+
+fn event(r: &Referral, kind: EventKind, actor: &str, state: State, request: Option<&str>) -> Event {
+    Event {
+        id: uuid::Uuid::now_v7(),
+        referral_id: r.id,
+        kind,
+        actor: agency(actor),
+        actor_person: FreeText::parse("p", "សុភា", 100).unwrap(),
+        at: OffsetDateTime::now_utc(),
+        note: FreeText::parse("note", "ជួបគ្រួសារ", 100).unwrap(),
+        state_after: state,
+        details: EventDetails::None,
+        request_id: request.map(|r| RequestId::parse("request_id", r).unwrap()),
+    }
+}
+
+async fn submit(store: &Arc<dyn Store>, client_ref: &str) -> Referral {
+    let r = referral(client_ref);
+    let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
+    let d = [NewDelivery {
+        agency: r.recipient.clone(),
+        event_id: None,
+    }];
+    assert!(matches!(
+        store.submit(&r, &e, &d).await.unwrap(),
+        SubmitOutcome::Created
+    ));
+    r
+}
+
+fn change(r: &Referral, version: i64, e: Event, to: State) -> Change {
+    Change {
+        referral_id: r.id,
+        expected_version: version,
+        state: to,
+        new_recipient: None,
+        at: e.at,
+        deliveries: vec![NewDelivery {
+            agency: r.sender.clone(),
+            event_id: Some(e.id),
+        }],
+        event: e,
+    }
+}
+
+async fn a_submitted_referral_reads_back_byte_for_byte(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "c-1").await;
+    let got = store.referral(r.id).await.unwrap().unwrap();
+    assert_eq!(got.case_file.as_bytes(), KHMER.as_bytes());
+    assert_eq!(got.client_ref, r.client_ref);
+    assert_eq!(got.addressee, r.addressee);
+    assert_eq!(got.state, State::Sent);
+    assert_eq!(got.version, 1);
+    let history = store.history(r.id).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].note.as_str(), "ជួបគ្រួសារ");
+    assert!(
+        store
+            .has_access(&agency("mlup-russey"), r.id)
+            .await
+            .unwrap()
+    );
+    assert!(!store.has_access(&agency("ssc-smhs"), r.id).await.unwrap());
+}
+
+async fn a_reused_client_ref_returns_the_existing_referral(f: Fixture) {
+    let store = f.store.clone();
+    let first = submit(&store, "c-2").await;
+    let again = referral("c-2");
+    let e = event(&again, EventKind::Submitted, "ahc-swu", State::Sent, None);
+    match store.submit(&again, &e, &[]).await.unwrap() {
+        SubmitOutcome::Existing(existing) => assert_eq!(existing.id, first.id),
+        SubmitOutcome::Created => panic!("a second referral was created"),
+    }
+    assert!(store.referral(again.id).await.unwrap().is_none());
+    assert_eq!(
+        store.mailbox(&first.recipient, 0, 10).await.unwrap().len(),
+        1
+    );
+}
+
+async fn a_change_applies_only_to_the_version_it_read(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "c-3").await;
+    let e = event(
+        &r,
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        Some("k1"),
+    );
+    assert!(matches!(
+        store
+            .apply(&change(&r, 1, e, State::Acknowledged))
+            .await
+            .unwrap(),
+        ChangeOutcome::Recorded
+    ));
+    let stale = event(
+        &r,
+        EventKind::Declined,
+        "mlup-russey",
+        State::Declined,
+        Some("k2"),
+    );
+    assert!(matches!(
+        store
+            .apply(&change(&r, 1, stale, State::Declined))
+            .await
+            .unwrap(),
+        ChangeOutcome::Stale
+    ));
+    let got = store.referral(r.id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.version), (State::Acknowledged, 2));
+    assert_eq!(store.history(r.id).await.unwrap().len(), 2);
+    assert_eq!(store.mailbox(&r.sender, 0, 10).await.unwrap().len(), 1);
+}
+
+async fn a_repeated_request_id_returns_the_first_event(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "c-4").await;
+    let first = event(
+        &r,
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        Some("same"),
+    );
+    store
+        .apply(&change(&r, 1, first.clone(), State::Acknowledged))
+        .await
+        .unwrap();
+    let retry = event(
+        &r,
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        Some("same"),
+    );
+    match store
+        .apply(&change(&r, 2, retry, State::Acknowledged))
+        .await
+        .unwrap()
+    {
+        ChangeOutcome::Duplicate(done) => assert_eq!(done.id, first.id),
+        other => panic!("expected the first event, got {other:?}"),
+    }
+    let found = store
+        .event_by_request(
+            &agency("mlup-russey"),
+            &RequestId::parse("r", "same").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, first.id);
+    assert_eq!(store.history(r.id).await.unwrap().len(), 2);
+}
+
+async fn history_is_ordered_and_append_only(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "c-5").await;
+    for (version, (kind, state)) in (1..).zip([
+        (EventKind::Acknowledged, State::Acknowledged),
+        (EventKind::Accepted, State::Accepted),
+        (EventKind::FollowUp, State::Accepted),
+    ]) {
+        let e = event(&r, kind, "mlup-russey", state, None);
+        store.apply(&change(&r, version, e, state)).await.unwrap();
+    }
+    let kinds: Vec<EventKind> = store
+        .history(r.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Submitted,
+            EventKind::Acknowledged,
+            EventKind::Accepted,
+            EventKind::FollowUp
+        ]
+    );
+    // Neither backend lets history be rewritten, even by a direct statement.
+    let refused = f.raw("UPDATE referral_events SET note = 'changed'").await;
+    assert!(refused.is_err(), "an UPDATE of history succeeded");
+    let refused = f.raw("DELETE FROM referral_events").await;
+    assert!(refused.is_err(), "a DELETE of history succeeded");
+    assert_eq!(store.history(r.id).await.unwrap().len(), 4);
+}
+
+async fn a_redirect_grants_access_to_the_new_recipient(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "c-6").await;
+    let e = event(&r, EventKind::Redirected, "mlup-russey", State::Sent, None);
+    let mut c = change(&r, 1, e, State::Sent);
+    c.new_recipient = Some(agency("dosvy-24"));
+    store.apply(&c).await.unwrap();
+    let got = store.referral(r.id).await.unwrap().unwrap();
+    assert_eq!(got.recipient, agency("dosvy-24"));
+    let parties = store.parties(r.id).await.unwrap();
+    assert_eq!(
+        parties,
+        [agency("ahc-swu"), agency("dosvy-24"), agency("mlup-russey")]
+    );
+}
+
+async fn listing_filters_and_pages(f: Fixture) {
+    let store = f.store.clone();
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(submit(&store, &format!("l-{n}")).await);
+    }
+    let e = event(
+        &ids[0],
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        None,
+    );
+    store
+        .apply(&change(&ids[0], 1, e, State::Acknowledged))
+        .await
+        .unwrap();
+    let q = |role, states: Vec<State>, limit, before| ListQuery {
+        role,
+        states,
+        kind: None,
+        limit,
+        before,
+    };
+    let sender = agency("ahc-swu");
+    let all = store
+        .list(&sender, &q(Some(Role::Sender), vec![], 10, None))
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].id, ids[4].id, "newest first");
+    assert!(all[0].case_file.is_empty(), "listing carries no case files");
+    let page = store
+        .list(&sender, &q(None, vec![], 2, Some(all[1].id)))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [all[2].id, all[3].id]
+    );
+    let acked = store
+        .list(
+            &agency("mlup-russey"),
+            &q(Some(Role::Recipient), vec![State::Acknowledged], 10, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked.len(), 1);
+    let none = store
+        .list(&sender, &q(Some(Role::Recipient), vec![], 10, None))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let by_kind = ListQuery {
+        kind: Some(Code::parse("k", "placement").unwrap()),
+        ..q(None, vec![], 10, None)
+    };
+    assert!(store.list(&sender, &by_kind).await.unwrap().is_empty());
+}
+
+async fn the_mailbox_keeps_order_and_forgets_confirmed_entries(f: Fixture) {
+    let store = f.store.clone();
+    let a = submit(&store, "m-1").await;
+    let b = submit(&store, "m-2").await;
+    let ngo = agency("mlup-russey");
+    let entries = store.mailbox(&ngo, 0, 10).await.unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.referral_id).collect::<Vec<_>>(),
+        [a.id, b.id]
+    );
+    let after = store.mailbox(&ngo, entries[0].seq, 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    let first = entries[0].delivery_id;
+    assert!(store.mailbox_entry(&ngo, first).await.unwrap().is_some());
+    assert!(
+        store
+            .mailbox_entry(&agency("ahc-swu"), first)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.remove_mailbox_entry(&ngo, first).await.unwrap());
+    assert!(!store.remove_mailbox_entry(&ngo, first).await.unwrap());
+    assert_eq!(store.mailbox(&ngo, 0, 10).await.unwrap().len(), 1);
+}
+
+async fn outbox_leases_hand_each_row_to_one_relay(f: Fixture) {
+    let store = f.store.clone();
+    for n in 0..5 {
+        submit(&store, &format!("o-{n}")).await;
+    }
+    let lease = Duration::from_secs(30);
+    let first = store.lease_outbox(3, lease).await.unwrap();
+    let second = store.lease_outbox(10, lease).await.unwrap();
+    assert_eq!((first.len(), second.len()), (3, 2));
+    assert!(first.iter().all(|a| second.iter().all(|b| a.seq != b.seq)));
+    assert!(store.lease_outbox(10, lease).await.unwrap().is_empty());
+    store
+        .remove_published(&first.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    // Published rows are gone; the two still leased stay in the mailbox.
+    assert_eq!(
+        store
+            .mailbox(&agency("mlup-russey"), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // An expired lease hands a row out again: the relay that held it died.
+    let fresh = submit(&store, "o-late").await;
+    let brief = store
+        .lease_outbox(10, Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        brief.iter().map(|e| e.referral_id).collect::<Vec<_>>(),
+        [fresh.id]
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = store.lease_outbox(10, lease).await.unwrap();
+    assert_eq!(
+        again.iter().map(|e| e.referral_id).collect::<Vec<_>>(),
+        [fresh.id]
+    );
+}
+
+async fn the_directory_round_trips_and_versions(f: Fixture) {
+    let store = f.store.clone();
+    assert!(store.directory().await.unwrap().is_none());
+    let dir = Directory::from_json(include_bytes!("../../../fixtures/network.json")).unwrap();
+    assert_eq!(store.import_directory(&dir).await.unwrap(), 1);
+    assert_eq!(store.import_directory(&dir).await.unwrap(), 2);
+    let (got, version) = store.directory().await.unwrap().unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(got.agencies.len(), dir.agencies.len());
+    let pailin = got.provinces.iter().find(|p| p.code == "24").unwrap();
+    assert_eq!(pailin.name_km, "ប៉ៃលិន");
+}
+
+async fn concurrent_changes_on_one_version_record_exactly_one(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "race").await;
+    let mut tasks = Vec::new();
+    for n in 0..8 {
+        let store = store.clone();
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let e = event(
+                &r,
+                EventKind::Acknowledged,
+                "mlup-russey",
+                State::Acknowledged,
+                Some(&format!("race-{n}")),
+            );
+            store
+                .apply(&change(&r, 1, e, State::Acknowledged))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut recorded = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), ChangeOutcome::Recorded) {
+            recorded += 1;
+        }
+    }
+    assert_eq!(recorded, 1);
+    assert_eq!(store.history(r.id).await.unwrap().len(), 2);
+}
