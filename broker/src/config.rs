@@ -76,6 +76,8 @@ pub struct AmqpConfig {
     pub delivery_limit: u32,
     /// Outbox rows published per batch (pipelined, one wait for all confirms).
     pub publish_batch: u32,
+    /// PEM file of the CA that signed RabbitMQ's certificate, for `amqps://`. Empty: no extra CA.
+    pub ca_cert: PathBuf,
 }
 
 impl Default for AmqpConfig {
@@ -85,6 +87,7 @@ impl Default for AmqpConfig {
             prefix: "spean".into(),
             delivery_limit: 20,
             publish_batch: 256,
+            ca_cert: PathBuf::new(),
         }
     }
 }

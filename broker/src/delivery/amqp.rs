@@ -95,13 +95,27 @@ impl Amqp {
     pub async fn connect(&self) -> Result<Connection, DeliveryError> {
         let properties =
             ConnectionProperties::default().with_connection_name("spean-broker".into());
-        tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            Connection::connect(self.config.url.expose(), properties),
-        )
-        .await
-        .map_err(|_| DeliveryError::Unavailable("connect timed out".into()))?
-        .map_err(DeliveryError::from)
+        let tls = if self.config.ca_cert.as_os_str().is_empty() {
+            lapin::tcp::OwnedTLSConfig::default()
+        } else {
+            let pem = std::fs::read_to_string(&self.config.ca_cert).map_err(|e| {
+                DeliveryError::Unavailable(format!("{}: {e}", self.config.ca_cert.display()))
+            })?;
+            lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            }
+        };
+        let connect = Connection::connect_with_config(
+            self.config.url.expose(),
+            properties,
+            tls,
+            lapin::runtime::default_runtime()?,
+        );
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| DeliveryError::Unavailable("connect timed out".into()))?
+            .map_err(DeliveryError::from)
     }
 
     fn queue_arguments(&self) -> FieldTable {
