@@ -40,6 +40,67 @@ macro_rules! impl_columns {
 impl_columns!(sqlx::sqlite::SqliteRow);
 impl_columns!(sqlx::postgres::PgRow);
 
+/// Binds an event's columns, in the order `id, referral_id, kind, actor, actor_person, at, note,
+/// state_after, details, request_id`, to a query of either backend.
+macro_rules! bind_event {
+    ($query:expr, $event:expr, $details:expr) => {
+        $query
+            .bind($event.id.to_string())
+            .bind($event.referral_id.to_string())
+            .bind($event.kind.as_str())
+            .bind($event.actor.as_str())
+            .bind($event.actor_person.as_str())
+            .bind(super::micros($event.at))
+            .bind($event.note.as_str())
+            .bind($event.state_after.as_str())
+            .bind($details)
+            .bind($event.request_id.as_ref().map(|r| r.as_str().to_owned()))
+    };
+}
+pub(super) use bind_event;
+
+/// Binds a new referral's columns, in the order of the `INSERT INTO referrals` of both backends.
+macro_rules! bind_referral {
+    ($query:expr, $r:expr) => {{
+        let (agency, service, province) = super::rows::addressee_columns(&$r.addressee);
+        $query
+            .bind($r.id.to_string())
+            .bind($r.sender.as_str())
+            .bind($r.client_ref.as_str())
+            .bind(&$r.fingerprint)
+            .bind(agency)
+            .bind(service)
+            .bind(province)
+            .bind($r.recipient.as_str())
+            .bind($r.kind.as_str())
+            .bind($r.urgency.as_str())
+            .bind($r.subject.sex.as_str())
+            .bind($r.subject.age_band.as_str())
+            .bind($r.subject.province.as_str())
+            .bind($r.client_pseudonym.as_ref().map(|p| p.as_str().to_owned()))
+            .bind($r.state.as_str())
+            .bind($r.version)
+            .bind(super::micros($r.created_at))
+            .bind(super::micros($r.updated_at))
+            .bind($r.case_file.as_bytes())
+    }};
+}
+pub(super) use bind_referral;
+
+/// The three addressee columns: an agency, or a service and a province.
+pub(super) fn addressee_columns(
+    addressee: &Addressee,
+) -> (Option<String>, Option<String>, Option<String>) {
+    match addressee {
+        Addressee::Agency(a) => (Some(a.as_str().to_owned()), None, None),
+        Addressee::Service { service, province } => (
+            None,
+            Some(service.as_str().to_owned()),
+            Some(province.as_str().to_owned()),
+        ),
+    }
+}
+
 pub(super) fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
     StoreError::Corrupt {
         table,

@@ -18,7 +18,7 @@ use super::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutco
 use crate::directory::Directory;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
-use crate::referral::{Addressee, Event, ListQuery, Referral};
+use crate::referral::{Event, ListQuery, Referral};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -69,23 +69,14 @@ const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_a
 async fn insert_event(tx: &mut Transaction<'_, Sqlite>, event: &Event) -> Result<(), StoreError> {
     let details =
         serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
-    sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO referral_events \
          (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(event.id.to_string())
-    .bind(event.referral_id.to_string())
-    .bind(event.kind.as_str())
-    .bind(event.actor.as_str())
-    .bind(event.actor_person.as_str())
-    .bind(micros(event.at))
-    .bind(event.note.as_str())
-    .bind(event.state_after.as_str())
-    .bind(details)
-    .bind(event.request_id.as_ref().map(|r| r.as_str().to_owned()))
-    .execute(&mut **tx)
-    .await?;
+    );
+    rows::bind_event!(query, event, details)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -175,47 +166,16 @@ impl Store for SqliteStore {
         deliveries: &[NewDelivery],
     ) -> Result<SubmitOutcome, StoreError> {
         let mut tx = self.write().await?;
-        let (agency, service, province) = match &referral.addressee {
-            Addressee::Agency(a) => (Some(a.as_str().to_owned()), None, None),
-            Addressee::Service { service, province } => (
-                None,
-                Some(service.as_str().to_owned()),
-                Some(province.as_str().to_owned()),
-            ),
-        };
-        let inserted = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
              addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
              subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
              updated_at, case_file) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(referral.id.to_string())
-        .bind(referral.sender.as_str())
-        .bind(referral.client_ref.as_str())
-        .bind(&referral.fingerprint)
-        .bind(agency)
-        .bind(service)
-        .bind(province)
-        .bind(referral.recipient.as_str())
-        .bind(referral.kind.as_str())
-        .bind(referral.urgency.as_str())
-        .bind(referral.subject.sex.as_str())
-        .bind(referral.subject.age_band.as_str())
-        .bind(referral.subject.province.as_str())
-        .bind(
-            referral
-                .client_pseudonym
-                .as_ref()
-                .map(|p| p.as_str().to_owned()),
-        )
-        .bind(referral.state.as_str())
-        .bind(referral.version)
-        .bind(micros(referral.created_at))
-        .bind(micros(referral.updated_at))
-        .bind(referral.case_file.as_bytes())
-        .execute(&mut *tx)
-        .await;
+        );
+        let inserted = rows::bind_referral!(query, referral)
+            .execute(&mut *tx)
+            .await;
         match inserted {
             Ok(_) => {}
             Err(e) if is_unique_violation(&e) => {
