@@ -21,7 +21,10 @@ struct Network {
 
 impl Network {
     async fn start(env: &Production) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), env).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, env: &Production) -> Self {
         let broker =
             BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &env.broker_env())
                 .await;
@@ -211,4 +214,33 @@ async fn a_poison_message_is_dead_lettered_at_the_delivery_limit_and_reported() 
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_broker_reaches_rabbitmq_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    // The network's PKI issues RabbitMQ's server certificate too (for localhost).
+    let init = tokio::process::Command::new(crate::helpers::bin("spean-broker"))
+        .arg("--data-dir")
+        .arg(dir.path().join("broker"))
+        .args(["pki", "init"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let env = Production::with_tls_rabbit(&dir.path().join("broker/pki")).await;
+    let mut net = Network::start_in(dir, &env).await;
+    assert!(
+        env.broker_env()
+            .iter()
+            .any(|(_, v)| v.starts_with("amqps://")),
+        "the broker is not using TLS"
+    );
+    traffic::send(&net.sender, "tls", 0..6).await;
+    let accepted = net.accepted(6).await;
+    net.finish(accepted).await;
 }

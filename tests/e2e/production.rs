@@ -33,14 +33,41 @@ pub struct PrivateRabbit {
     dir: tempfile::TempDir,
     node: String,
     pub port: u16,
+    /// The TLS listener's port, when it has one.
+    pub tls_port: Option<u16>,
 }
 
 impl PrivateRabbit {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Also listens with TLS, presenting the broker's development server certificate from `pki`.
+    pub async fn start_with_tls(pki: &std::path::Path) -> Self {
+        Self::start_with(Some(pki)).await
+    }
+
+    async fn start_with(tls_from: Option<&std::path::Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let node = format!("spean-e2e-{port}@localhost");
         std::fs::write(dir.path().join("enabled_plugins"), "[].").unwrap();
+        let tls_port = tls_from.map(|pki| {
+            let tls_port = free_port();
+            let conf = format!(
+                "listeners.ssl.default = {tls_port}\n\
+                 ssl_options.cacertfile = {ca}\n\
+                 ssl_options.certfile = {cert}\n\
+                 ssl_options.keyfile = {key}\n\
+                 ssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca = pki.join("ca.pem").display(),
+                cert = pki.join("broker.pem").display(),
+                key = pki.join("broker.key").display(),
+            );
+            std::fs::write(dir.path().join("rabbitmq.conf"), conf).unwrap();
+            tls_port
+        });
         let p = |name: &str| dir.path().join(name);
         std::fs::create_dir_all(p("mnesia")).unwrap();
         std::fs::create_dir_all(p("log")).unwrap();
@@ -58,7 +85,12 @@ impl PrivateRabbit {
             .status()
             .expect("rabbitmq-server is not installed");
         assert!(status.success(), "the private RabbitMQ node did not start");
-        let rabbit = Self { dir, node, port };
+        let rabbit = Self {
+            dir,
+            node,
+            port,
+            tls_port,
+        };
         rabbit.wait_until_up().await;
         rabbit
     }
@@ -134,6 +166,8 @@ pub struct Production {
     pub amqp_url: String,
     vhost: String,
     rabbit: Option<PrivateRabbit>,
+    /// For a broker reaching RabbitMQ over TLS: the `amqps://` URL and the CA file to trust.
+    amqps: Option<(String, std::path::PathBuf)>,
 }
 
 impl Production {
@@ -145,6 +179,19 @@ impl Production {
     /// On the machine's PostgreSQL and a private RabbitMQ node this test may stop.
     pub async fn with_private_rabbit() -> Self {
         Self::create(Some(PrivateRabbit::start().await)).await
+    }
+
+    /// On the machine's PostgreSQL and a private RabbitMQ node that the broker reaches over TLS,
+    /// with certificates from the network PKI in `pki`.
+    pub async fn with_tls_rabbit(pki: &std::path::Path) -> Self {
+        let rabbit = PrivateRabbit::start_with_tls(pki).await;
+        let tls_port = rabbit.tls_port.expect("a TLS listener");
+        let mut env = Self::create(Some(rabbit)).await;
+        env.amqps = Some((
+            format!("amqps://guest:guest@localhost:{tls_port}/{}", env.vhost),
+            pki.join("ca.pem"),
+        ));
+        env
     }
 
     async fn create(rabbit: Option<PrivateRabbit>) -> Self {
@@ -183,6 +230,7 @@ impl Production {
             amqp_url,
             vhost,
             rabbit,
+            amqps: None,
         }
     }
 
@@ -192,14 +240,25 @@ impl Production {
 
     /// The settings a broker process needs for this environment.
     pub fn broker_env(&self) -> Vec<(String, String)> {
-        vec![
+        let amqp_url = self
+            .amqps
+            .as_ref()
+            .map_or(self.amqp_url.clone(), |(url, _)| url.clone());
+        let mut env = vec![
             (
                 "SPEAN_BROKER_DATABASE__URL".into(),
                 self.database_url.clone(),
             ),
-            ("SPEAN_BROKER_AMQP__URL".into(), self.amqp_url.clone()),
+            ("SPEAN_BROKER_AMQP__URL".into(), amqp_url),
             ("SPEAN_BROKER_AMQP__DELIVERY_LIMIT".into(), "5".into()),
-        ]
+        ];
+        if let Some((_, ca)) = &self.amqps {
+            env.push((
+                "SPEAN_BROKER_AMQP__CA_CERT".into(),
+                ca.display().to_string(),
+            ));
+        }
+        env
     }
 
     /// Cuts every PostgreSQL session of the test's database (the brokers'), as a failover would.
