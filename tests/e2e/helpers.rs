@@ -137,7 +137,15 @@ impl BrokerProcess {
     }
 
     pub fn identity(&self, agency: &str) -> PathBuf {
-        self.data_dir.join("pki").join("agencies").join(agency)
+        self.pki_dir().join("agencies").join(agency)
+    }
+
+    /// The PKI folder: `<data_dir>/pki`, or the one shared through `SPEAN_BROKER_TLS__PKI_DIR`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "SPEAN_BROKER_TLS__PKI_DIR")
+            .map_or_else(|| self.data_dir.join("pki"), |(_, v)| PathBuf::from(v))
     }
 
     /// SIGKILL: no shutdown code runs.
