@@ -48,6 +48,8 @@ const LEASE: Duration = Duration::from_secs(15);
 /// How often a connection, and the dead-letter queue, are checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
+/// Channels used at once to declare the agencies' queues at startup.
+const DECLARE_CHANNELS: usize = 8;
 
 pub struct Amqp {
     config: AmqpConfig,
@@ -64,7 +66,7 @@ impl Amqp {
         })
     }
 
-    /// True while a connection is up and the topology declared.
+    /// True while a connection is up and the exchanges declared.
     pub fn healthy(&self) -> watch::Receiver<bool> {
         self.healthy.subscribe()
     }
@@ -89,6 +91,11 @@ impl Amqp {
     fn set_current(&self, connection: Option<Arc<Connection>>) {
         let mut guard = self.connection.write().unwrap_or_else(|p| p.into_inner());
         *guard = connection;
+    }
+
+    /// A handle with this broker's settings, for background declarations.
+    fn queue_declarer(&self) -> Arc<Amqp> {
+        Amqp::new(self.config.clone())
     }
 
     /// Opens a connection, bounded by [`CONNECT_TIMEOUT`].
@@ -135,12 +142,8 @@ impl Amqp {
         args
     }
 
-    /// Declares the exchanges, the dead-letter queue and one queue per agency.
-    pub async fn declare_topology(
-        &self,
-        connection: &Connection,
-        agencies: &[AgencyId],
-    ) -> Result<(), DeliveryError> {
+    /// Declares the exchanges and the dead-letter queue: what every publish and dead letter needs.
+    pub async fn declare_exchanges(&self, connection: &Connection) -> Result<(), DeliveryError> {
         let channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -186,11 +189,29 @@ impl Amqp {
                 FieldTable::default(),
             )
             .await?;
-        for agency in agencies {
-            self.declare_agency(&channel, agency).await?;
-        }
-        let _ = channel.close(200, "topology declared".into()).await;
+        let _ = channel.close(200, "exchanges declared".into()).await;
         Ok(())
+    }
+
+    /// Declares one queue per agency. A quorum queue takes RabbitMQ tens of milliseconds to set up, so
+    /// a directory of a thousand agencies is declared over several channels at once: a minute or more
+    /// all the same, which is why [`Amqp::supervise`] runs it beside serving rather than before it.
+    pub async fn declare_queues(
+        &self,
+        connection: &Connection,
+        agencies: &[AgencyId],
+    ) -> Result<(), DeliveryError> {
+        let chunk = agencies.len().div_ceil(DECLARE_CHANNELS).max(1);
+        let declared = futures::future::join_all(agencies.chunks(chunk).map(|part| async move {
+            let channel = connection.create_channel().await?;
+            for agency in part {
+                self.declare_agency(&channel, agency).await?;
+            }
+            let _ = channel.close(200, "queues declared".into()).await;
+            Ok::<(), DeliveryError>(())
+        }))
+        .await;
+        declared.into_iter().collect()
     }
 
     async fn declare_agency(
@@ -306,7 +327,7 @@ impl Amqp {
             }
             match self.establish(&workflow).await {
                 Ok(connection) => {
-                    tracing::info!("connected to RabbitMQ; topology declared");
+                    tracing::info!("connected to RabbitMQ; exchanges declared");
                     backoff = Duration::from_millis(200);
                     self.set_current(Some(connection.clone()));
                     self.healthy.send_replace(true);
@@ -342,8 +363,26 @@ impl Amqp {
             .iter()
             .map(|a| a.id.clone())
             .collect();
-        self.declare_topology(&connection, &agencies).await?;
-        Ok(Arc::new(connection))
+        self.declare_exchanges(&connection).await?;
+        let connection = Arc::new(connection);
+        // Every agency's queue is declared now, in the background: a session declares its own queue
+        // before consuming and the relay declares any queue a publish finds missing, so nothing
+        // waits for the whole directory.
+        let (background, amqp_queues) = (connection.clone(), self.queue_declarer());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match amqp_queues.declare_queues(&background, &agencies).await {
+                Ok(()) => tracing::info!(
+                    queues = agencies.len(),
+                    seconds = started.elapsed().as_secs_f32(),
+                    "agency queues declared"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %ErrorChain(&e), "declaring agency queues stopped; they are declared on first use")
+                }
+            }
+        });
+        Ok(connection)
     }
 
     async fn watch(&self, connection: &Connection, stop: &CancellationToken) {
@@ -440,6 +479,30 @@ impl Amqp {
         }
     }
 
+    /// Publishes one delivery, persistent and `mandatory`, to its agency's routing key.
+    async fn publish_one(
+        &self,
+        channel: &Channel,
+        entry: &MailboxEntry,
+        body: &[u8],
+    ) -> Result<lapin::PublisherConfirm, DeliveryError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(entry.delivery_id.to_string()));
+        Ok(channel
+            .basic_publish(
+                self.exchange().into(),
+                entry.agency.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await?)
+    }
+
     /// Publishes a batch, pipelined, and returns the mailbox positions RabbitMQ confirmed.
     async fn publish(
         &self,
@@ -471,33 +534,24 @@ impl Amqp {
                 payload: Some(payload),
             }
             .encode_to_vec();
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(ShortString::from(entry.delivery_id.to_string()));
-            let confirm = channel
-                .basic_publish(
-                    self.exchange().into(),
-                    entry.agency.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..Default::default()
-                    },
-                    &body,
-                    properties,
-                )
-                .await?;
-            confirms.push((entry, confirm));
+            let confirm = self.publish_one(channel, entry, &body).await?;
+            confirms.push((entry, body, confirm));
         }
-        for (entry, confirm) in confirms {
-            let confirmation = confirm.await?;
+        for (entry, body, confirm) in confirms {
+            let mut confirmation = confirm.await?;
             if !confirmation.is_ack() {
                 tracing::warn!(delivery_id = %entry.delivery_id, "RabbitMQ refused a message; it will be published again");
                 continue;
             }
             if confirmation.take_message().is_some() {
-                tracing::warn!(agency = %entry.agency, "no queue for the agency; declaring it");
+                // Unroutable: the agency's queue does not exist yet (added since start, or still
+                // being declared). Declare it and publish once more.
+                tracing::info!(agency = %entry.agency, "no queue for the agency; declaring it");
                 self.declare_agency(channel, &entry.agency).await?;
-                continue;
+                confirmation = self.publish_one(channel, entry, &body).await?.await?;
+                if !confirmation.is_ack() || confirmation.take_message().is_some() {
+                    continue;
+                }
             }
             done.push(entry.seq);
         }
@@ -514,23 +568,41 @@ impl Amqp {
             .current()
             .ok_or_else(|| DeliveryError::Unavailable("not connected".into()))?;
         let channel = connection.create_channel().await?;
-        self.declare_agency(&channel, agency).await?;
+        let consumer = match self.consume(&channel, agency, window).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Do not leak the channel: a connection has a bounded number of them.
+                let _ = channel.close(200, "session not opened".into()).await;
+                return Err(e);
+            }
+        };
+        Ok(AmqpSession {
+            channel,
+            consumer,
+            in_flight: HashMap::new(),
+        })
+    }
+}
+
+impl Amqp {
+    async fn consume(
+        &self,
+        channel: &Channel,
+        agency: &AgencyId,
+        window: u16,
+    ) -> Result<Consumer, DeliveryError> {
+        self.declare_agency(channel, agency).await?;
         channel
             .basic_qos(window, BasicQosOptions::default())
             .await?;
-        let consumer = channel
+        Ok(channel
             .basic_consume(
                 self.queue(agency).into(),
                 format!("spean-{agency}-{}", uuid::Uuid::now_v7()).into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        Ok(AmqpSession {
-            channel,
-            consumer,
-            in_flight: HashMap::new(),
-        })
+            .await?)
     }
 }
 

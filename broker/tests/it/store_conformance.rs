@@ -39,22 +39,38 @@ impl Fixture {
     }
 }
 
-/// Keeps a backend's resources alive for the test and removes them after.
+/// Keeps a backend's resources alive for the test and removes them after, also when the test panics.
 enum Backing {
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres { admin: String, database: String },
 }
 
 impl Drop for Backing {
+    /// Drops the test's PostgreSQL database, best effort. `Drop` cannot await and the test's runtime
+    /// cannot be blocked on from inside, so a short-lived thread with its own runtime does it.
+    /// `WITH (FORCE)` ends the store's pooled connections, which close in the background.
     fn drop(&mut self) {
-        if let Backing::Postgres { admin, database } = self {
-            let _ = std::process::Command::new("psql")
-                .arg(admin.as_str())
-                .arg("-qc")
-                .arg(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
+        let Backing::Postgres { admin, database } = self else {
+            return;
+        };
+        let statement = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+        let admin = admin.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::query(sqlx::AssertSqlSafe(statement))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            })?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if let Ok(Err(e)) = dropped {
+            eprintln!("could not drop the test database {database}: {e}");
         }
     }
 }
@@ -71,25 +87,48 @@ async fn sqlite() -> Fixture {
     }
 }
 
+/// A fresh database on the test server, migrated by [`PgStore::connect`].
 async fn postgres() -> Fixture {
     let admin = std::env::var("SPEAN_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let database = format!("spean_it_{}", uuid::Uuid::now_v7().simple());
+    let database = format!("spean_test_{}", uuid::Uuid::now_v7().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
+        .unwrap_or_else(|e| {
+            panic!(
+                "the store conformance tests need PostgreSQL at {admin} \
+             (set SPEAN_TEST_POSTGRES_URL to use another server): {e}"
+            )
+        });
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
         .execute(&mut conn)
         .await
         .unwrap();
-    let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-    let store = PgStore::connect(&format!("{base}/{database}"))
+    conn.close().await.unwrap();
+    // From here on the guard drops the database, whatever happens next.
+    let backing = Backing::Postgres {
+        admin: admin.clone(),
+        database: database.clone(),
+    };
+    let store = PgStore::connect(&with_database(&admin, &database))
         .await
         .unwrap();
     Fixture {
         pool: RawPool::Postgres(store.pool().clone()),
         store: Arc::new(store),
-        _backing: Backing::Postgres { admin, database },
+        _backing: backing,
+    }
+}
+
+/// `url` with its database replaced by `database`, keeping any `?options`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, options) = url
+        .split_once('?')
+        .map_or((url, None), |(b, o)| (b, Some(o)));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    match options {
+        Some(options) => format!("{server}/{database}?{options}"),
+        None => format!("{server}/{database}"),
     }
 }
 
@@ -117,6 +156,8 @@ conformance!(
     outbox_leases_hand_each_row_to_one_relay,
     the_directory_round_trips_and_versions,
     concurrent_changes_on_one_version_record_exactly_one,
+    concurrent_retries_of_one_request_record_it_once,
+    concurrent_submits_of_one_client_ref_create_one_referral,
 );
 
 const KHMER: &str = "សុខ ស្រីល័ក្ខ";
@@ -197,6 +238,32 @@ fn change(r: &Referral, version: i64, e: Event, to: State) -> Change {
     }
 }
 
+/// Runs `task` on `n` tasks at once: each first takes a pooled connection (so the pool is warm) and
+/// waits for the others, so that the calls under test overlap instead of queueing on connects.
+async fn all_at_once<T, F, Fut>(store: &Arc<dyn Store>, n: usize, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (store, start) = (store.clone(), start.clone());
+        let work = task(i, store.clone());
+        tasks.push(tokio::spawn(async move {
+            store.ping().await.unwrap();
+            start.wait().await;
+            work.await
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    results
+}
+
 async fn a_submitted_referral_reads_back_byte_for_byte(f: Fixture) {
     let store = f.store.clone();
     let r = submit(&store, "c-1").await;
@@ -206,9 +273,30 @@ async fn a_submitted_referral_reads_back_byte_for_byte(f: Fixture) {
     assert_eq!(got.addressee, r.addressee);
     assert_eq!(got.state, State::Sent);
     assert_eq!(got.version, 1);
+    assert_eq!(got.fingerprint, r.fingerprint);
+    assert_eq!(
+        (got.sender, got.recipient),
+        (r.sender.clone(), r.recipient.clone())
+    );
+    assert_eq!(
+        got.created_at.unix_timestamp(),
+        r.created_at.unix_timestamp()
+    );
+    let by_ref = store
+        .referral_by_client_ref(&r.sender, &r.client_ref)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_ref.id, r.id);
+    assert_eq!(by_ref.case_file.as_bytes(), KHMER.as_bytes());
     let history = store.history(r.id).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].note.as_str(), "ជួបគ្រួសារ");
+    assert_eq!(history[0].actor_person.as_str(), "សុភា");
+    let submitted = store.event(history[0].id).await.unwrap().unwrap();
+    assert_eq!(submitted.note.as_str().as_bytes(), "ជួបគ្រួសារ".as_bytes());
+    assert_eq!(submitted.referral_id, r.id);
+    assert!(store.event(uuid::Uuid::now_v7()).await.unwrap().is_none());
     assert!(
         store
             .has_access(&agency("mlup-russey"), r.id)
@@ -258,17 +346,25 @@ async fn a_change_applies_only_to_the_version_it_read(f: Fixture) {
         State::Declined,
         Some("k2"),
     );
+    let mut stale = change(&r, 1, stale, State::Declined);
+    stale.new_recipient = Some(agency("dosvy-24"));
     assert!(matches!(
-        store
-            .apply(&change(&r, 1, stale, State::Declined))
-            .await
-            .unwrap(),
+        store.apply(&stale).await.unwrap(),
         ChangeOutcome::Stale
     ));
+    // Nothing of the stale change was written: state, history, deliveries, access.
     let got = store.referral(r.id).await.unwrap().unwrap();
     assert_eq!((got.state, got.version), (State::Acknowledged, 2));
+    assert_eq!(got.recipient, agency("mlup-russey"));
     assert_eq!(store.history(r.id).await.unwrap().len(), 2);
     assert_eq!(store.mailbox(&r.sender, 0, 10).await.unwrap().len(), 1);
+    assert!(!store.has_access(&agency("dosvy-24"), r.id).await.unwrap());
+    assert!(store.event(stale.event.id).await.unwrap().is_none());
+    let missing = change(&referral("c-none"), 1, stale.event.clone(), State::Declined);
+    assert!(matches!(
+        store.apply(&missing).await.unwrap(),
+        ChangeOutcome::Stale
+    ));
 }
 
 async fn a_repeated_request_id_returns_the_first_event(f: Fixture) {
@@ -300,6 +396,9 @@ async fn a_repeated_request_id_returns_the_first_event(f: Fixture) {
         ChangeOutcome::Duplicate(done) => assert_eq!(done.id, first.id),
         other => panic!("expected the first event, got {other:?}"),
     }
+    // The retry wrote nothing: the version and the sender's mailbox are as the first call left them.
+    assert_eq!(store.referral(r.id).await.unwrap().unwrap().version, 2);
+    assert_eq!(store.mailbox(&r.sender, 0, 10).await.unwrap().len(), 1);
     let found = store
         .event_by_request(
             &agency("mlup-russey"),
@@ -361,6 +460,28 @@ async fn a_redirect_grants_access_to_the_new_recipient(f: Fixture) {
         parties,
         [agency("ahc-swu"), agency("dosvy-24"), agency("mlup-russey")]
     );
+    // The new recipient gains access; the former one keeps it (to read, not to act); others have none.
+    for party in ["ahc-swu", "dosvy-24", "mlup-russey"] {
+        assert!(
+            store.has_access(&agency(party), r.id).await.unwrap(),
+            "{party}"
+        );
+    }
+    assert!(!store.has_access(&agency("ssc-smhs"), r.id).await.unwrap());
+    let listed = store
+        .list(
+            &agency("dosvy-24"),
+            &ListQuery {
+                role: Some(Role::Recipient),
+                states: vec![],
+                kind: None,
+                limit: 10,
+                before: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [r.id]);
 }
 
 async fn listing_filters_and_pages(f: Fixture) {
@@ -410,7 +531,31 @@ async fn listing_filters_and_pages(f: Fixture) {
         )
         .await
         .unwrap();
-    assert_eq!(acked.len(), 1);
+    assert_eq!(acked.iter().map(|r| r.id).collect::<Vec<_>>(), [ids[0].id]);
+    let either = store
+        .list(
+            &sender,
+            &q(None, vec![State::Sent, State::Acknowledged], 10, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(either.len(), 5);
+    let sent = store
+        .list(&sender, &q(None, vec![State::Sent], 10, None))
+        .await
+        .unwrap();
+    assert_eq!(sent.len(), 4);
+    assert!(sent.iter().all(|r| r.state == State::Sent));
+    let outsider = store
+        .list(&agency("ssc-smhs"), &q(None, vec![], 10, None))
+        .await
+        .unwrap();
+    assert!(outsider.is_empty(), "an agency sees only its own referrals");
+    let lama = ListQuery {
+        kind: Some(Code::parse("k", "lama").unwrap()),
+        ..q(None, vec![], 10, None)
+    };
+    assert_eq!(store.list(&sender, &lama).await.unwrap().len(), 5);
     let none = store
         .list(&sender, &q(Some(Role::Recipient), vec![], 10, None))
         .await
@@ -507,30 +652,92 @@ async fn the_directory_round_trips_and_versions(f: Fixture) {
 async fn concurrent_changes_on_one_version_record_exactly_one(f: Fixture) {
     let store = f.store.clone();
     let r = submit(&store, "race").await;
-    let mut tasks = Vec::new();
-    for n in 0..8 {
-        let store = store.clone();
-        let r = r.clone();
-        tasks.push(tokio::spawn(async move {
-            let e = event(
-                &r,
-                EventKind::Acknowledged,
-                "mlup-russey",
-                State::Acknowledged,
-                Some(&format!("race-{n}")),
-            );
-            store
-                .apply(&change(&r, 1, e, State::Acknowledged))
-                .await
-                .unwrap()
-        }));
-    }
-    let mut recorded = 0;
-    for t in tasks {
-        if matches!(t.await.unwrap(), ChangeOutcome::Recorded) {
-            recorded += 1;
+    let outcomes = all_at_once(&store, 8, |n, store| {
+        let e = event(
+            &r,
+            EventKind::Acknowledged,
+            "mlup-russey",
+            State::Acknowledged,
+            Some(&format!("race-{n}")),
+        );
+        let c = change(&r, 1, e, State::Acknowledged);
+        async move { store.apply(&c).await.unwrap() }
+    })
+    .await;
+    let recorded = outcomes
+        .iter()
+        .filter(|o| matches!(o, ChangeOutcome::Recorded))
+        .count();
+    let stale = outcomes
+        .iter()
+        .filter(|o| matches!(o, ChangeOutcome::Stale))
+        .count();
+    assert_eq!((recorded, stale), (1, 7));
+    assert_eq!(store.history(r.id).await.unwrap().len(), 2);
+    assert_eq!(store.referral(r.id).await.unwrap().unwrap().version, 2);
+}
+
+async fn concurrent_retries_of_one_request_record_it_once(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "retry").await;
+    let outcomes = all_at_once(&store, 8, |_, store| {
+        let e = event(
+            &r,
+            EventKind::Acknowledged,
+            "mlup-russey",
+            State::Acknowledged,
+            Some("one-request"),
+        );
+        let c = change(&r, 1, e, State::Acknowledged);
+        async move { (c.event.id, store.apply(&c).await.unwrap()) }
+    })
+    .await;
+    let mut recorded = Vec::new();
+    let mut replayed = Vec::new();
+    for (id, outcome) in outcomes {
+        match outcome {
+            ChangeOutcome::Recorded => recorded.push(id),
+            ChangeOutcome::Duplicate(done) => replayed.push(done.id),
+            ChangeOutcome::Stale => panic!("a retry of a recorded request was called stale"),
         }
     }
-    assert_eq!(recorded, 1);
-    assert_eq!(store.history(r.id).await.unwrap().len(), 2);
+    assert_eq!(recorded.len(), 1);
+    assert!(replayed.iter().all(|id| *id == recorded[0]));
+    let history = store.history(r.id).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1].id, recorded[0]);
+}
+
+async fn concurrent_submits_of_one_client_ref_create_one_referral(f: Fixture) {
+    let store = f.store.clone();
+    let outcomes = all_at_once(&store, 8, |_, store| {
+        let r = referral("same-client");
+        let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
+        let d = [NewDelivery {
+            agency: r.recipient.clone(),
+            event_id: None,
+        }];
+        async move { (r.id, store.submit(&r, &e, &d).await.unwrap()) }
+    })
+    .await;
+    let mut created = Vec::new();
+    let mut existing = Vec::new();
+    for (id, outcome) in outcomes {
+        match outcome {
+            SubmitOutcome::Created => created.push(id),
+            SubmitOutcome::Existing(r) => existing.push(r.id),
+        }
+    }
+    assert_eq!(created.len(), 1);
+    assert_eq!(existing.len(), 7);
+    assert!(existing.iter().all(|id| *id == created[0]));
+    assert_eq!(
+        store
+            .mailbox(&agency("mlup-russey"), 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.history(created[0]).await.unwrap().len(), 1);
 }
