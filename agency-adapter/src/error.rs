@@ -59,7 +59,11 @@ impl AdapterError {
             | Code::PermissionDenied
             | Code::NotFound
             | Code::AlreadyExists
-            | Code::Unauthenticated => Self::Rejected {
+            | Code::Unauthenticated
+            // A message over the broker's size limit, or a call it does not know, fails the same way
+            // every time: retrying it would block the rows queued behind it forever.
+            | Code::OutOfRange
+            | Code::Unimplemented => Self::Rejected {
                 code: name,
                 message,
             },
@@ -139,6 +143,7 @@ mod tests {
     fn refusals_and_unavailability_are_told_apart() {
         assert!(AdapterError::from_status(tonic::Status::failed_precondition("x")).is_refusal());
         assert!(AdapterError::from_status(tonic::Status::already_exists("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::out_of_range("x")).is_refusal());
         assert!(AdapterError::from_status(tonic::Status::unavailable("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::deadline_exceeded("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::internal("x")).is_transient());

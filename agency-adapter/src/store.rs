@@ -112,7 +112,9 @@ impl Store {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a delivery is confirmed to the broker only after it is stored, so the store
+            // must survive power loss too, or a confirmed referral could vanish.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT);
         // A daemon and a command started together on a fresh file race to switch it to WAL and to
         // migrate; SQLite answers the loser "database is locked" at once, without waiting on the

@@ -1,7 +1,7 @@
 //! The network directory: agencies, the services they offer, the provinces they serve, and the
 //! referral taxonomy. It decides where a referral addressed by service and province goes.
 //!
-//! The import format is the one of `fixtures/network.json` (documented in `docs/directory.md`); unknown
+//! The import format is the one of `fixtures/network.json` (documented in `docs/reference.md`); unknown
 //! fields are ignored so the same file can carry notes for people.
 
 use serde::{Deserialize, Serialize};

@@ -13,8 +13,8 @@
 //! - [`ids`], [`referral`]: domain values that parse, the state machine ([`referral::state`]) and
 //!   the use cases ([`referral::workflow`]). No I/O, no wire types.
 //! - [`directory`]: agencies, services, provinces; resolving a service in a province.
-//! - [`store`]: the storage contract and its SQLite implementation.
-//! - [`delivery`]: handing queued deliveries to connected adapters.
+//! - [`store`]: the storage contract, its SQLite (embedded) and PostgreSQL (production) implementations.
+//! - [`delivery`]: handing queued deliveries to connected adapters, from the mailbox or RabbitMQ.
 //! - [`error`]: one error type per layer, mapped to `tonic::Status` in one place.
 
 pub mod config;

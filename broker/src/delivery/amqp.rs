@@ -514,7 +514,7 @@ impl Amqp {
         let mut confirms = Vec::with_capacity(batch.len());
         for entry in batch {
             let content = workflow
-                .load_delivery(entry.referral_id, entry.event_id)
+                .load_delivery(&entry.agency, entry.referral_id, entry.event_id)
                 .await
                 .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
             let payload = match content {

@@ -122,7 +122,7 @@ async fn pump(
                     for pending in batch {
                         let delivery = match pending.message {
                             Some(message) => message,
-                            None => match load(&shared, &pending).await {
+                            None => match load(&shared, &agency, &pending).await {
                                 Ok(Some(d)) => d,
                                 Ok(None) => continue,
                                 Err(status) => {
@@ -154,11 +154,15 @@ async fn pump(
 }
 
 /// Builds a mailbox delivery from the referral or event as it is now.
-async fn load(shared: &Shared, pending: &Pending) -> Result<Option<pb::Delivery>, Status> {
+async fn load(
+    shared: &Shared,
+    agency: &AgencyId,
+    pending: &Pending,
+) -> Result<Option<pb::Delivery>, Status> {
     let reference = &pending.reference;
     let content = shared
         .workflow
-        .load_delivery(reference.referral_id, reference.event_id)
+        .load_delivery(agency, reference.referral_id, reference.event_id)
         .await?;
     let payload = match content {
         Some(DeliveryContent::Referral(referral, history)) => {

@@ -1,7 +1,7 @@
 //! The referral state machine: who may do what in which state, written once.
 //!
 //! Everything that changes a referral goes through [`decide`]; the store only records what it allows.
-//! The table in `docs/referral-states.md` is generated from the same rules (see the test at the bottom).
+//! The test at the bottom spells out the whole table, and `docs/reference.md` shows the same table.
 
 use std::fmt;
 

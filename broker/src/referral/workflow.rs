@@ -321,7 +321,11 @@ impl Workflow {
     }
 
     async fn replayed(&self, done: Event, action: &Action) -> Result<(Event, State), BrokerError> {
-        if done.referral_id != action.referral_id || done.kind != action.kind {
+        if done.referral_id != action.referral_id
+            || done.kind != action.kind
+            || done.details != action.details
+            || done.note != action.note
+        {
             return Err(BrokerError::AlreadyExists(format!(
                 "request_id: {} was already used for another action",
                 action.request_id
@@ -400,15 +404,21 @@ impl Workflow {
         Ok(outcome)
     }
 
-    /// What a delivery carries: the referral as it is now, or one event.
+    /// What a delivery to `agency` carries: the referral as it is now, or one event. A referral
+    /// queued for an agency that is no longer its recipient (it redirected the referral before the
+    /// delivery arrived) goes without its case file, as a `Get` would.
     pub async fn load_delivery(
         &self,
+        agency: &AgencyId,
         referral_id: ReferralId,
         event_id: Option<uuid::Uuid>,
     ) -> Result<Option<DeliveryContent>, BrokerError> {
         Ok(match event_id {
             None => match self.store.referral(referral_id).await? {
-                Some(referral) => {
+                Some(mut referral) => {
+                    if referral.role_of(agency).is_none() {
+                        referral.case_file = Default::default();
+                    }
                     let history = self.store.history(referral.id).await?;
                     Some(DeliveryContent::Referral(Box::new(referral), history))
                 }

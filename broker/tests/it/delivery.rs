@@ -123,3 +123,40 @@ async fn shutdown_ends_open_delivery_streams_and_returns() {
         .expect("the stream stayed open");
     assert!(!matches!(end, Ok(Some(_))), "{end:?}");
 }
+
+#[tokio::test]
+async fn a_referral_redirected_before_its_delivery_reaches_the_old_recipient_without_its_case_file()
+{
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let id = hospital.submit_lama("dl-3").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    ngo.referrals
+        .redirect(pb::RedirectRequest {
+            action: action(&id, "r-1"),
+            redirect: Some(pb::Redirect {
+                to_agency_id: "dosvy-24".into(),
+                reason: "cannot travel to Pailin".into(),
+            }),
+        })
+        .await
+        .unwrap();
+
+    let (_tx, mut stream) = subscribe(&mut ngo).await;
+    let first = next_delivery(&mut stream, 5).await;
+    let Some(pb::delivery::Payload::Referral(old)) = first.payload else {
+        panic!("expected the referral queued before the redirect");
+    };
+    assert!(
+        old.case_file.is_empty(),
+        "the former recipient got the case file"
+    );
+
+    let mut department = broker.client("dosvy-24").await;
+    let (_dtx, mut dstream) = subscribe(&mut department).await;
+    let got = next_delivery(&mut dstream, 5).await;
+    let Some(pb::delivery::Payload::Referral(new)) = got.payload else {
+        panic!("expected the referral");
+    };
+    assert_eq!(new.case_file, crate::helpers::case_file());
+}

@@ -223,8 +223,16 @@ async fn a_retried_action_is_recorded_once() {
     let again = ack(&mut ngo, &id, "same-key").await.unwrap();
     assert_eq!(first.event.unwrap().event_id, again.event.unwrap().event_id);
     assert_eq!(history_kinds(&mut hospital, &id).await.len(), 2);
-    // The same key for a different action is a conflict, not a silent replay.
+    // The same key for a different action, or with another note, is a conflict, not a replay.
     let err = accept(&mut ngo, &id, "same-key").await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    let mut changed = action(&id, "same-key");
+    changed.as_mut().unwrap().note = "another note".into();
+    let err = ngo
+        .referrals
+        .acknowledge(pb::AcknowledgeRequest { action: changed })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 }
 
