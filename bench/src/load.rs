@@ -1,0 +1,224 @@
+//! The two ways of offering load, shared by the baseline and Spean so both are driven identically.
+//!
+//! - [`closed_loop`]: a fixed window of messages in flight end to end (send → receipt); a slot frees
+//!   only when the receiver has the message. Finds the sustained maximum without building a backlog.
+//! - [`open_loop`]: sends on a fixed schedule whatever happens to earlier sends, and measures latency
+//!   from the *scheduled* time, so a slow system cannot hide its queueing by slowing the sender down
+//!   (coordinated omission).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::probe;
+use crate::recorder::{Latency, Recorder, Sends, Tag};
+
+/// Sends one message from agency `from` to agency `to`, carrying `tag`; resolves when the system has
+/// taken responsibility for it (Spean: `Submit` answered; RabbitMQ: publisher confirm).
+pub trait Submitter: Clone + Send + Sync + 'static {
+    fn submit(
+        &self,
+        from: usize,
+        to: usize,
+        tag: String,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// How many senders and how much each keeps in flight: the same for the baseline and Spean.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Shape {
+    /// Agencies (baseline: queues); each has one sending and one receiving client.
+    pub agencies: usize,
+    /// Messages each sending agency keeps in flight end to end in the closed loop.
+    pub inflight: usize,
+}
+
+/// The recipient of a sender's `seq`-th message: every other agency in turn, never itself.
+fn recipient(from: usize, seq: u64, agencies: usize) -> usize {
+    let others = agencies.saturating_sub(1).max(1) as u64;
+    (from + 1 + (seq % others) as usize) % agencies
+}
+
+/// Phase ids, so each phase ignores stragglers of the previous one.
+static NEXT_PHASE: AtomicU32 = AtomicU32::new(1);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Messages received per second during the measured window.
+    pub per_second: f64,
+    pub received: u64,
+    pub seconds: f64,
+    /// Sends the system accepted over the whole phase (warm-up and window).
+    pub accepted: u64,
+    pub send_errors: u64,
+    pub first_error: Option<String>,
+    /// Loopback bytes during the window divided by messages received in it.
+    pub wire_bytes_per_message: Option<f64>,
+    /// Latency in the closed loop: mostly the window's queueing, not a service level.
+    pub latency: Latency,
+}
+
+/// Runs the closed loop: `warmup` unmeasured, then `measure` measured; then waits (bounded) for what
+/// is still in flight so the next phase starts on an idle system.
+pub async fn closed_loop<S: Submitter>(
+    submitter: &S,
+    recorder: &Arc<Recorder>,
+    shape: Shape,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<Throughput> {
+    let phase = NEXT_PHASE.fetch_add(1, Ordering::Relaxed);
+    let window = Arc::new(Semaphore::new(shape.agencies * shape.inflight));
+    recorder.begin(phase, Some(window.clone()))?;
+    let sends = Arc::new(Sends::default());
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut workers = JoinSet::new();
+    for from in 0..shape.agencies {
+        for _ in 0..shape.inflight {
+            let (submitter, window, sends, seq, recorder) = (
+                submitter.clone(),
+                window.clone(),
+                sends.clone(),
+                seq.clone(),
+                recorder.clone(),
+            );
+            workers.spawn(async move {
+                loop {
+                    let Ok(slot) = window.acquire().await else {
+                        return;
+                    };
+                    // The slot comes back when the message is received (see `Recorder::received`).
+                    slot.forget();
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    let tag = Tag {
+                        phase,
+                        seq: n,
+                        sent_us: recorder.micros_at(Instant::now()),
+                    };
+                    let to = recipient(from, n, shape.agencies);
+                    match submitter.submit(from, to, tag.encode()).await {
+                        Ok(()) => {
+                            sends.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            sends.failed(e);
+                            window.add_permits(1);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    tokio::time::sleep(warmup).await;
+    recorder.reset_latency();
+    let (start, received_before, bytes_before) =
+        (Instant::now(), recorder.count(), probe::loopback_bytes());
+    tokio::time::sleep(measure).await;
+    let (end, received_after, bytes_after) =
+        (Instant::now(), recorder.count(), probe::loopback_bytes());
+    let latency = recorder.latency();
+    workers.shutdown().await;
+    settle(recorder, &sends, Duration::from_secs(15)).await;
+
+    let received = received_after - received_before;
+    let seconds = (end - start).as_secs_f64();
+    Ok(Throughput {
+        per_second: received as f64 / seconds,
+        received,
+        seconds,
+        accepted: sends.ok.load(Ordering::Relaxed),
+        send_errors: sends.errors.load(Ordering::Relaxed),
+        first_error: sends.first_error(),
+        wire_bytes_per_message: match (bytes_before, bytes_after) {
+            (Some(b), Some(a)) if received > 0 => {
+                Some(a.saturating_sub(b) as f64 / received as f64)
+            }
+            _ => None,
+        },
+        latency,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenLoad {
+    /// The offered rate as a fraction of the closed-loop maximum it was derived from.
+    pub fraction: f64,
+    pub offered_per_second: f64,
+    pub scheduled: u64,
+    pub accepted: u64,
+    pub received: u64,
+    pub send_errors: u64,
+    pub first_error: Option<String>,
+    /// Scheduled send → receipt by the recipient's client.
+    pub latency: Latency,
+}
+
+/// Sends `rate` messages per second for `duration`, each on its own task at its scheduled instant,
+/// spread over the agencies in turn; then waits up to `drain` for the last receipts.
+pub async fn open_loop<S: Submitter>(
+    submitter: &S,
+    recorder: &Arc<Recorder>,
+    agencies: usize,
+    fraction: f64,
+    rate: f64,
+    duration: Duration,
+    drain: Duration,
+) -> anyhow::Result<OpenLoad> {
+    let phase = NEXT_PHASE.fetch_add(1, Ordering::Relaxed);
+    recorder.begin(phase, None)?;
+    let sends = Arc::new(Sends::default());
+    let scheduled = (rate * duration.as_secs_f64()).round() as u64;
+    let start = Instant::now() + Duration::from_millis(10);
+    for n in 0..scheduled {
+        let due = start + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let from = (n % agencies as u64) as usize;
+        let to = recipient(from, n / agencies as u64, agencies);
+        let tag = Tag {
+            phase,
+            seq: n,
+            sent_us: recorder.micros_at(due),
+        };
+        let (submitter, sends) = (submitter.clone(), sends.clone());
+        sends.pending.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            match submitter.submit(from, to, tag.encode()).await {
+                Ok(()) => {
+                    sends.ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => sends.failed(e),
+            }
+            sends.pending.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    settle(recorder, &sends, drain).await;
+    Ok(OpenLoad {
+        fraction,
+        offered_per_second: rate,
+        scheduled,
+        accepted: sends.ok.load(Ordering::Relaxed),
+        received: recorder.count(),
+        send_errors: sends.errors.load(Ordering::Relaxed),
+        first_error: sends.first_error(),
+        latency: recorder.latency(),
+    })
+}
+
+/// Waits until every started send is answered and every accepted message received, or `limit`.
+async fn settle(recorder: &Recorder, sends: &Sends, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let done = sends.pending.load(Ordering::Relaxed) == 0
+            && recorder.count() >= sends.ok.load(Ordering::Relaxed);
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,271 @@
+//! One Spean run end to end: start a broker on a configuration, find its sustained maximum in a
+//! closed loop, then offer fractions of that maximum open-loop for latency, and read memory. And the
+//! scale run: many registered agencies, a few hundred connected at once.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::broker::{self, BrokerProcess, Senders};
+use crate::load::{self, OpenLoad, Shape, Throughput};
+use crate::probe::Memory;
+use crate::recorder::Recorder;
+
+/// How long each phase lasts; `--quick` shortens all of them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub open_duration: Duration,
+    pub drain: Duration,
+    /// Offered loads as fractions of the measured maximum.
+    pub fractions: Vec<f64>,
+    /// How long the idle adapter runs before its memory is read.
+    pub adapter_settle: Duration,
+}
+
+/// An agency in the directory that takes no part in the load: the idle adapter's.
+const IDLE_AGENCY: &str = "bench-idle";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub name: String,
+    /// Why the run could not be measured, when it could not.
+    pub error: Option<String>,
+    pub broker_startup_s: Option<f64>,
+    pub throughput: Option<Throughput>,
+    pub loads: Vec<OpenLoad>,
+    /// Broker memory at the end of the run (peak covers the whole run).
+    pub broker_memory: Option<Memory>,
+    pub idle_adapter_memory: Option<Memory>,
+    /// Broker CPU time during the closed loop per referral accepted there: far below
+    /// 1 s / throughput means the broker waits rather than computes.
+    pub broker_cpu_ms_per_referral: Option<f64>,
+    pub feedback_deliveries: u64,
+    pub stream_reconnects: u64,
+}
+
+impl Run {
+    /// A run that could not be measured, and why.
+    pub fn failed(name: &str, error: String) -> Self {
+        Self {
+            name: name.into(),
+            error: Some(error),
+            broker_startup_s: None,
+            throughput: None,
+            loads: Vec::new(),
+            broker_memory: None,
+            idle_adapter_memory: None,
+            broker_cpu_ms_per_referral: None,
+            feedback_deliveries: 0,
+            stream_reconnects: 0,
+        }
+    }
+}
+
+/// Runs Spean with `env` (its storage and delivery settings) in a data folder under `root`.
+pub async fn run(
+    name: &str,
+    env: &[(String, String)],
+    shape: Shape,
+    timing: &Timing,
+    root: &Path,
+) -> Run {
+    let dir = root.join(name.replace(|c: char| !c.is_ascii_alphanumeric(), "-"));
+    let mut ids = broker::agency_ids(shape.agencies);
+    ids.push(IDLE_AGENCY.into());
+    let broker = match BrokerProcess::start(&dir, &ids, env).await {
+        Ok(b) => b,
+        Err(e) => return Run::failed(name, format!("{e:#}")),
+    };
+    ids.pop();
+    let mut run = Run::failed(name, String::new());
+    run.error = None;
+    run.broker_startup_s = Some(broker.startup.as_secs_f64());
+    if let Err(e) = measure(&broker, &ids, shape, timing, &dir, &mut run).await {
+        run.error = Some(format!("{e:#} (broker log: {})", broker::log_tail(&dir)));
+    }
+    run.broker_memory = broker.memory();
+    broker.stop().await;
+    run
+}
+
+async fn measure(
+    broker: &BrokerProcess,
+    ids: &[String],
+    shape: Shape,
+    timing: &Timing,
+    dir: &Path,
+    run: &mut Run,
+) -> anyhow::Result<()> {
+    match broker::idle_adapter_memory(broker, IDLE_AGENCY, dir, timing.adapter_settle).await {
+        Ok(m) => run.idle_adapter_memory = Some(m),
+        Err(e) => eprintln!("  idle adapter: {e:#}"),
+    }
+    let recorder = Recorder::new()?;
+    let mut subscribers = JoinSet::new();
+    broker::subscribe_all(broker, ids, &recorder, &mut subscribers).await?;
+    let senders = Senders::new(broker, ids)?;
+
+    let cpu_before = broker.cpu_seconds();
+    let throughput =
+        load::closed_loop(&senders, &recorder, shape, timing.warmup, timing.measure).await?;
+    if let (Some(before), Some(after)) = (cpu_before, broker.cpu_seconds())
+        && throughput.accepted > 0
+    {
+        run.broker_cpu_ms_per_referral =
+            Some((after - before) * 1000.0 / throughput.accepted as f64);
+    }
+    eprintln!(
+        "  {}: {:.0} referrals/s sustained ({} errors)",
+        run.name, throughput.per_second, throughput.send_errors
+    );
+    let max = throughput.per_second;
+    let failed = throughput.received == 0;
+    run.throughput = Some(throughput);
+    if failed {
+        anyhow::bail!("no referral was delivered in the closed loop");
+    }
+    for &fraction in &timing.fractions {
+        let rate = (max * fraction).max(1.0);
+        let offered = load::open_loop(
+            &senders,
+            &recorder,
+            shape.agencies,
+            fraction,
+            rate,
+            timing.open_duration,
+            timing.drain,
+        )
+        .await?;
+        eprintln!(
+            "  {}: {:.0}% = {rate:.0}/s: p50 {:.1} ms, p99 {:.1} ms ({}/{} received)",
+            run.name,
+            fraction * 100.0,
+            offered.latency.p50_ms,
+            offered.latency.p99_ms,
+            offered.received,
+            offered.scheduled
+        );
+        run.loads.push(offered);
+    }
+    run.feedback_deliveries = recorder.feedback.load(Ordering::Relaxed);
+    run.stream_reconnects = recorder.reconnects.load(Ordering::Relaxed);
+    subscribers.shutdown().await;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Scale {
+    pub path: String,
+    pub error: Option<String>,
+    pub registered_agencies: usize,
+    pub connected_agencies: usize,
+    pub broker_startup_s: Option<f64>,
+    /// Queues in the run's vhost after the load (AMQP path only).
+    pub queues: Option<usize>,
+    pub memory_after_start: Option<Memory>,
+    pub memory_with_streams_open: Option<Memory>,
+    /// At the end of the load; its peak is the run's peak.
+    pub memory_after_load: Option<Memory>,
+    pub load: Option<OpenLoad>,
+    pub stream_reconnects: u64,
+}
+
+impl Scale {
+    /// Nothing measured yet.
+    pub fn new(path: &str, registered: usize, connected: usize) -> Self {
+        Self {
+            path: path.into(),
+            error: None,
+            registered_agencies: registered,
+            connected_agencies: connected,
+            broker_startup_s: None,
+            queues: None,
+            memory_after_start: None,
+            memory_with_streams_open: None,
+            memory_after_load: None,
+            load: None,
+            stream_reconnects: 0,
+        }
+    }
+}
+
+/// What the scale run registers, connects and offers.
+#[derive(Debug, Clone, Copy)]
+pub struct ScalePlan {
+    pub registered: usize,
+    /// Agencies with a delivery stream open at once; they are also the senders.
+    pub connected: usize,
+    /// `rate` as a fraction of a measured maximum (0 when there was none).
+    pub fraction: f64,
+    /// Referrals per second offered open-loop among the connected agencies.
+    pub rate: f64,
+}
+
+/// Registers `plan.registered` agencies, connects `plan.connected` of them at once, and offers
+/// `plan.rate` referrals per second among the connected ones.
+pub async fn scale(
+    path: &str,
+    env: &[(String, String)],
+    plan: ScalePlan,
+    timing: &Timing,
+    root: &Path,
+) -> Scale {
+    let ScalePlan {
+        registered,
+        connected,
+        fraction,
+        rate,
+    } = plan;
+    let mut result = Scale::new(path, registered, connected);
+    let ids = broker::agency_ids(registered);
+    let dir = root.join(format!("scale-{path}"));
+    let broker = match BrokerProcess::start(&dir, &ids, env).await {
+        Ok(b) => b,
+        Err(e) => {
+            result.error = Some(format!("{e:#}"));
+            return result;
+        }
+    };
+    result.broker_startup_s = Some(broker.startup.as_secs_f64());
+    result.memory_after_start = broker.memory();
+    let connected_ids = &ids[..connected.min(ids.len())];
+    let outcome: anyhow::Result<()> = async {
+        let recorder = Recorder::new()?;
+        let mut subscribers = JoinSet::new();
+        broker::subscribe_all(&broker, connected_ids, &recorder, &mut subscribers).await?;
+        result.memory_with_streams_open = broker.memory();
+        let senders = Senders::new(&broker, connected_ids)?;
+        let offered = load::open_loop(
+            &senders,
+            &recorder,
+            connected_ids.len(),
+            fraction,
+            rate,
+            timing.open_duration,
+            timing.drain,
+        )
+        .await?;
+        eprintln!(
+            "  scale: {rate:.0}/s over {} connected of {registered}: p50 {:.1} ms, p99 {:.1} ms",
+            connected_ids.len(),
+            offered.latency.p50_ms,
+            offered.latency.p99_ms
+        );
+        result.load = Some(offered);
+        result.memory_after_load = broker.memory();
+        result.stream_reconnects = recorder.reconnects.load(Ordering::Relaxed);
+        subscribers.shutdown().await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = outcome {
+        result.error = Some(format!("{e:#} (broker log: {})", broker::log_tail(&dir)));
+    }
+    broker.stop().await;
+    result
+}
