@@ -58,10 +58,16 @@ impl Daemon {
         while !shutdown.is_cancelled() {
             let result = match Broker::connect(&self.broker_url, &self.identity).await {
                 Ok(mut broker) => {
-                    delivery::subscribe(&mut broker, &self.store, shutdown, || {
-                        backoff.reset();
-                        broker_back.notify_one();
-                    })
+                    delivery::subscribe(
+                        &mut broker,
+                        &self.store,
+                        shutdown,
+                        || {
+                            backoff.reset();
+                            broker_back.notify_one();
+                        },
+                        |_| {},
+                    )
                     .await
                 }
                 Err(error) => Err(error),

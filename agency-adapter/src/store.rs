@@ -149,44 +149,27 @@ impl Store {
     /// Stores one delivery in one transaction: the delivery id, and the referral (with its history) or
     /// the event it carries. Storing the same delivery, referral or event again changes nothing.
     pub async fn store_delivery(&self, delivery: &Delivery) -> Result<Stored, AdapterError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let seen = sqlx::query("SELECT 1 FROM deliveries WHERE delivery_id = ?")
-            .bind(&delivery.delivery_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if seen {
-            tx.rollback().await?;
-            return Ok(Stored::RepeatedDelivery);
-        }
-        let stored = match &delivery.payload {
-            Some(delivery::Payload::Referral(referral)) => {
-                let new = put_referral(&mut tx, referral).await?;
-                Stored::Referral {
-                    referral_id: referral_id_of(referral).to_owned(),
-                    new,
-                }
-            }
-            Some(delivery::Payload::Feedback(event)) => {
-                let new = put_event(&mut tx, event).await?;
-                refresh_referral(&mut tx, &event.referral_id).await?;
-                Stored::Event {
-                    event_id: event.event_id.clone(),
-                    referral_id: event.referral_id.clone(),
-                    kind: kind_name(event.kind),
-                    state_after: state_name(event.state_after),
-                    new,
-                }
-            }
-            None => Stored::Empty,
-        };
-        sqlx::query("INSERT INTO deliveries (delivery_id, received_at) VALUES (?, ?)")
-            .bind(&delivery.delivery_id)
-            .bind(now())
-            .execute(&mut *tx)
+        let mut stored = self
+            .store_deliveries(std::slice::from_ref(delivery))
             .await?;
+        stored.pop().ok_or_else(|| {
+            AdapterError::Unavailable("storing a delivery returned no outcome".into())
+        })
+    }
+
+    /// Stores deliveries that arrived together in one transaction (one fsync for all of them), each
+    /// as [`Store::store_delivery`] would; the outcomes are in the same order.
+    pub async fn store_deliveries(
+        &self,
+        deliveries: &[Delivery],
+    ) -> Result<Vec<Stored>, AdapterError> {
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let mut outcomes = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            outcomes.push(put_delivery(&mut tx, delivery).await?);
+        }
         tx.commit().await?;
-        Ok(stored)
+        Ok(outcomes)
     }
 
     /// Stores a referral and its history (idempotent); true if the referral was new.
@@ -385,6 +368,48 @@ async fn mark_sent(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Stores one delivery inside an open transaction; a delivery id seen before changes nothing.
+async fn put_delivery(
+    tx: &mut SqliteConnection,
+    delivery: &Delivery,
+) -> Result<Stored, AdapterError> {
+    let seen = sqlx::query("SELECT 1 FROM deliveries WHERE delivery_id = ?")
+        .bind(&delivery.delivery_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_some();
+    if seen {
+        return Ok(Stored::RepeatedDelivery);
+    }
+    let stored = match &delivery.payload {
+        Some(delivery::Payload::Referral(referral)) => {
+            let new = put_referral(tx, referral).await?;
+            Stored::Referral {
+                referral_id: referral_id_of(referral).to_owned(),
+                new,
+            }
+        }
+        Some(delivery::Payload::Feedback(event)) => {
+            let new = put_event(tx, event).await?;
+            refresh_referral(tx, &event.referral_id).await?;
+            Stored::Event {
+                event_id: event.event_id.clone(),
+                referral_id: event.referral_id.clone(),
+                kind: kind_name(event.kind),
+                state_after: state_name(event.state_after),
+                new,
+            }
+        }
+        None => Stored::Empty,
+    };
+    sqlx::query("INSERT INTO deliveries (delivery_id, received_at) VALUES (?, ?)")
+        .bind(&delivery.delivery_id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+    Ok(stored)
 }
 
 /// Inserts or refreshes a referral and stores its history; true if the referral was not stored before.

@@ -9,13 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use spean_adapter::broker::Broker as AdapterBroker;
+use spean_adapter::delivery;
+use spean_adapter::identity::Identity;
+use spean_adapter::store::Store;
 use spean_proto::v1 as pb;
-use spean_proto::v1::delivery_service_client::DeliveryServiceClient;
 use spean_proto::v1::referral_service_client::ReferralServiceClient;
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
 use crate::load::Submitter;
 use crate::probe::{self, Memory};
@@ -138,7 +141,7 @@ impl BrokerProcess {
         let dir = self.identity(agency);
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(std::fs::read(dir.join("ca.pem"))?))
-            .identity(Identity::from_pem(
+            .identity(TlsIdentity::from_pem(
                 std::fs::read(dir.join("cert.pem"))?,
                 std::fs::read(dir.join("key.pem"))?,
             ))
@@ -247,26 +250,61 @@ fn case_file() -> Vec<u8> {
     prost::Message::encode_to_vec(&file)
 }
 
-/// Opens a delivery stream per agency, as adapters do, confirming everything it receives; referral
-/// receipts go to `recorder`. Returns once every stream is open. A broken stream is reopened.
+/// Receives for each agency the way its adapter does, with the adapter's own code: a
+/// `spean_adapter::store::Store` (SQLite, `synchronous=FULL`) under `store_dir`, and
+/// `spean_adapter::delivery::subscribe`, which stores each batch of deliveries in one transaction and
+/// only then confirms it. A referral counts as received when its confirmation is on its way. Returns
+/// once every stream is open; a broken stream is reopened.
 pub async fn subscribe_all(
     broker: &BrokerProcess,
     ids: &[String],
+    store_dir: &Path,
     recorder: &Arc<Recorder>,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
+    let url = format!("https://{}", broker.addr);
     for id in ids {
-        let client = DeliveryServiceClient::new(broker.channel(id)?);
-        let (recorder, open) = (recorder.clone(), open.clone());
+        let identity = Identity::load(&broker.identity(id))?;
+        let store = Store::open(&store_dir.join(format!("receiver-{id}.db"))).await?;
+        let (recorder, open, url) = (recorder.clone(), open.clone(), url.clone());
         tasks.spawn(async move {
             let mut counted = false;
+            // Never cancelled: the benchmark ends these tasks by aborting them.
+            let running = CancellationToken::new();
             loop {
-                let result = subscribe(client.clone(), &recorder, &open, &mut counted).await;
-                if let Err(status) = result
+                let result = match AdapterBroker::connect(&url, &identity).await {
+                    Ok(mut channel) => {
+                        delivery::subscribe(
+                            &mut channel,
+                            &store,
+                            &running,
+                            || {
+                                if !counted {
+                                    open.fetch_add(1, Ordering::Relaxed);
+                                    counted = true;
+                                }
+                            },
+                            |d| match &d.payload {
+                                Some(pb::delivery::Payload::Referral(r)) => {
+                                    if let Some(envelope) = &r.envelope {
+                                        recorder.received(&envelope.client_ref);
+                                    }
+                                }
+                                Some(pb::delivery::Payload::Feedback(_)) => {
+                                    recorder.feedback.fetch_add(1, Ordering::Relaxed);
+                                }
+                                None => {}
+                            },
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(error) = result
                     && recorder.reconnects.fetch_add(1, Ordering::Relaxed) == 0
                 {
-                    eprintln!("  a delivery stream broke (reopening): {status}");
+                    eprintln!("  a delivery stream broke (reopening): {error}");
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -282,53 +320,6 @@ pub async fn subscribe_all(
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
-async fn subscribe(
-    mut client: DeliveryServiceClient<Channel>,
-    recorder: &Recorder,
-    open: &AtomicUsize,
-    counted: &mut bool,
-) -> Result<(), tonic::Status> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let hello = pb::SubscribeRequest {
-        request: Some(pb::subscribe_request::Request::Hello(pb::Hello {
-            window: 64,
-        })),
-    };
-    if tx.send(hello).await.is_err() {
-        return Err(tonic::Status::cancelled("request stream closed"));
-    }
-    let mut stream = client
-        .subscribe(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    if !*counted {
-        open.fetch_add(1, Ordering::Relaxed);
-        *counted = true;
-    }
-    while let Some(delivery) = stream.message().await? {
-        match &delivery.payload {
-            Some(pb::delivery::Payload::Referral(r)) => {
-                if let Some(envelope) = &r.envelope {
-                    recorder.received(&envelope.client_ref);
-                }
-            }
-            Some(pb::delivery::Payload::Feedback(_)) => {
-                recorder.feedback.fetch_add(1, Ordering::Relaxed);
-            }
-            None => {}
-        }
-        let confirm = pb::SubscribeRequest {
-            request: Some(pb::subscribe_request::Request::Confirm(pb::Confirm {
-                delivery_id: delivery.delivery_id,
-            })),
-        };
-        if tx.send(confirm).await.is_err() {
-            return Err(tonic::Status::cancelled("request stream closed"));
-        }
     }
     Ok(())
 }

@@ -107,7 +107,7 @@ async fn measure(
     }
     let recorder = Recorder::new()?;
     let mut subscribers = JoinSet::new();
-    broker::subscribe_all(broker, ids, &recorder, &mut subscribers).await?;
+    broker::subscribe_all(broker, ids, dir, &recorder, &mut subscribers).await?;
     let senders = Senders::new(broker, ids)?;
 
     let cpu_before = broker.cpu_seconds();
@@ -237,7 +237,7 @@ pub async fn scale(
     let outcome: anyhow::Result<()> = async {
         let recorder = Recorder::new()?;
         let mut subscribers = JoinSet::new();
-        broker::subscribe_all(&broker, connected_ids, &recorder, &mut subscribers).await?;
+        broker::subscribe_all(&broker, connected_ids, &dir, &recorder, &mut subscribers).await?;
         result.memory_with_streams_open = broker.memory();
         let senders = Senders::new(&broker, connected_ids)?;
         let offered = load::open_loop(

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// A stored row that does not decode: a bug or a hand-edited database, never a caller's fault.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    /// The write was committed together with others (see `store::writer`) and that commit failed.
+    #[error("the transaction this write was part of failed")]
+    Batch(#[source] std::sync::Arc<StoreError>),
+    /// The embedded store's writer task is gone: the broker is shutting down.
+    #[error("the store's writer has stopped")]
+    WriterGone,
 }
 
 impl StoreError {
@@ -66,6 +72,8 @@ impl StoreError {
                 }),
                 _ => false,
             },
+            StoreError::Batch(e) => e.is_transient(),
+            StoreError::WriterGone => true,
             _ => false,
         }
     }
@@ -90,11 +98,25 @@ pub enum BrokerError {
     /// A valid request the network cannot carry out as it stands (e.g. no agency offers the service).
     #[error("{0}")]
     Unroutable(String),
+    /// The broker cannot serve this right now (RabbitMQ down, shutting down); the caller retries.
+    #[error("{0}")]
+    Unavailable(String),
     /// Another change to the same referral won every retry.
     #[error("the referral is being changed by another request; retry")]
     Contended,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl BrokerError {
+    /// A failure that a retry of the same request can cure.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BrokerError::Store(e) => e.is_transient(),
+            BrokerError::Unavailable(_) | BrokerError::Contended => true,
+            _ => false,
+        }
+    }
 }
 
 impl From<BrokerError> for tonic::Status {
@@ -113,6 +135,7 @@ impl From<BrokerError> for tonic::Status {
             },
             BrokerError::Forbidden(m) => Status::permission_denied(m.clone()),
             BrokerError::Unroutable(m) => Status::failed_precondition(m.clone()),
+            BrokerError::Unavailable(m) => Status::unavailable(m.clone()),
             BrokerError::Contended => Status::new(Code::Aborted, err.to_string()),
             BrokerError::Store(source) => {
                 // Logged with its cause chain; the caller learns only that it was ours.

@@ -279,3 +279,38 @@ async fn a_submit_answer_stores_the_referral_and_marks_the_request_sent() {
     assert_eq!(sent[0].state, "sent");
     assert!(t.store.next_pending().await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn deliveries_that_arrive_together_are_stored_together_each_once() {
+    let t = fresh_store().await;
+    let referral_id = id();
+    let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
+    let r = delivery(Payload::Referral(referral(
+        &referral_id,
+        &khmer_case_file(),
+        vec![submitted],
+    )));
+    let delivered = delivery(Payload::Feedback(event(
+        &referral_id,
+        FeedbackKind::Delivered,
+        ReferralState::Delivered,
+    )));
+    // The same delivery twice in one batch, as a redelivery racing the original would arrive.
+    let stored = t
+        .store
+        .store_deliveries(&[r.clone(), delivered.clone(), r])
+        .await
+        .unwrap();
+
+    assert!(matches!(stored[0], Stored::Referral { new: true, .. }));
+    assert!(matches!(stored[1], Stored::Event { new: true, .. }));
+    assert_eq!(stored[2], Stored::RepeatedDelivery);
+    let inbox = t.store.received_by("agency-b").await.unwrap();
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].state, "delivered");
+    assert_eq!(t.store.history(&referral_id).await.unwrap().len(), 2);
+    assert_eq!(
+        t.store.store_deliveries(&[delivered]).await.unwrap(),
+        [Stored::RepeatedDelivery]
+    );
+}

@@ -19,12 +19,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
-    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
@@ -33,18 +33,25 @@ use spean_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{DeliveryError, DeliveryRef, Doorbell, Pending};
+use tracing::Instrument;
+
+use super::{DeliveryError, DeliveryRef, Doorbell, Pending, Settle};
 use crate::config::AmqpConfig;
 use crate::error::ErrorChain;
 use crate::gateway::convert;
 use crate::ids::{AgencyId, ReferralId};
-use crate::referral::workflow::{DeliveryContent, Workflow};
-use crate::store::MailboxEntry;
+use crate::referral::workflow::Workflow;
+use crate::store::{MailboxEntry, Store};
 
 /// A refused first connect can otherwise hang (see the lapin notes in `docs/operations.md`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a relay owns the rows it leased; after that another relay may publish them.
 const LEASE: Duration = Duration::from_secs(15);
+/// How long a published batch may wait for its publisher confirms: well inside [`LEASE`], so no
+/// other relay publishes those rows while this one may still delete them.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// Published batches waiting for their confirms while the relay leases the next.
+const BATCHES_IN_FLIGHT: usize = 4;
 /// How often a connection, and the dead-letter queue, are checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
@@ -408,9 +415,10 @@ impl Amqp {
         }
     }
 
-    /// Publishes the outbox until `stop`: lease a batch, publish it with confirms, delete what
-    /// RabbitMQ confirmed. Unroutable messages (an agency without a queue) get their queue declared
-    /// and are published again when their lease ends.
+    /// Publishes the outbox until `stop`: lease a batch, load what its rows carry (one query per
+    /// table), publish every row, and hand the publisher confirms to a task that deletes the rows
+    /// RabbitMQ confirmed. The next batch is leased while earlier ones wait for their confirms, up to
+    /// [`BATCHES_IN_FLIGHT`]; the leases keep those rows out of it.
     pub async fn relay(
         self: Arc<Self>,
         workflow: Arc<Workflow>,
@@ -420,7 +428,12 @@ impl Amqp {
     ) {
         let mut bell = doorbell.listen_any();
         let mut channel: Option<Channel> = None;
+        let mut confirming = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
+            while confirming.len() >= BATCHES_IN_FLIGHT {
+                confirming.join_next().await;
+            }
+            while confirming.try_join_next().is_some() {}
             let Some(connection) = self.current() else {
                 channel = None;
                 tokio::select! {
@@ -465,18 +478,26 @@ impl Amqp {
                 }
                 continue;
             }
-            match self.publish(&ch, &workflow, &batch).await {
-                Ok(done) => {
-                    if let Err(e) = workflow.store().remove_published(&done).await {
-                        tracing::warn!(error = %ErrorChain(&e), "published rows stay leased; they will be published again");
-                    }
+            match self.publish(&ch, &workflow, batch).await {
+                Ok(published) => {
+                    let (amqp, store, settle_on) =
+                        (self.clone(), workflow.store().clone(), ch.clone());
+                    confirming.spawn(
+                        async move {
+                            amqp.settle_published(&settle_on, store.as_ref(), published)
+                                .await;
+                        }
+                        .in_current_span(),
+                    );
                     channel = Some(ch);
                 }
                 Err(e) => {
+                    // The leases stay: these rows are published again when they run out.
                     tracing::warn!(error = %ErrorChain(&e), "publishing failed; the batch will be published again");
                 }
             }
         }
+        confirming.shutdown().await;
     }
 
     /// Publishes one delivery, persistent and `mandatory`, to its agency's routing key.
@@ -503,59 +524,91 @@ impl Amqp {
             .await?)
     }
 
-    /// Publishes a batch, pipelined, and returns the mailbox positions RabbitMQ confirmed.
+    /// Publishes a leased batch without waiting for confirms, and returns what is needed to settle
+    /// it. Rows whose referral or event no longer exists have nothing to carry: they are settled as
+    /// if published.
     async fn publish(
         &self,
         channel: &Channel,
         workflow: &Workflow,
-        batch: &[MailboxEntry],
-    ) -> Result<Vec<i64>, DeliveryError> {
-        let mut done = Vec::with_capacity(batch.len());
-        let mut confirms = Vec::with_capacity(batch.len());
-        for entry in batch {
-            let content = workflow
-                .load_delivery(&entry.agency, entry.referral_id, entry.event_id)
-                .await
-                .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
-            let payload = match content {
-                Some(DeliveryContent::Referral(referral, history)) => {
-                    pb::delivery::Payload::Referral(convert::referral(*referral, &history))
-                }
-                Some(DeliveryContent::Event(event)) => {
-                    pb::delivery::Payload::Feedback(convert::event(&event))
-                }
-                None => {
-                    done.push(entry.seq);
-                    continue;
-                }
-            };
-            let body = pb::Delivery {
-                delivery_id: entry.delivery_id.to_string(),
-                payload: Some(payload),
-            }
-            .encode_to_vec();
-            let confirm = self.publish_one(channel, entry, &body).await?;
-            confirms.push((entry, body, confirm));
-        }
-        for (entry, body, confirm) in confirms {
-            let mut confirmation = confirm.await?;
-            if !confirmation.is_ack() {
-                tracing::warn!(delivery_id = %entry.delivery_id, "RabbitMQ refused a message; it will be published again");
+        batch: Vec<MailboxEntry>,
+    ) -> Result<Published, DeliveryError> {
+        let wanted: Vec<(AgencyId, DeliveryRef)> = batch
+            .iter()
+            .map(|e| {
+                (
+                    e.agency.clone(),
+                    DeliveryRef {
+                        delivery_id: e.delivery_id,
+                        referral_id: e.referral_id,
+                        event_id: e.event_id,
+                    },
+                )
+            })
+            .collect();
+        let contents = workflow
+            .load_deliveries(&wanted)
+            .await
+            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+        let mut published = Published::default();
+        for (entry, content) in batch.into_iter().zip(contents) {
+            let Some(content) = content else {
+                published.empty.push(entry.seq);
                 continue;
+            };
+            let body = convert::delivery(entry.delivery_id, content).encode_to_vec();
+            let confirm = self.publish_one(channel, &entry, &body).await?;
+            published.pending.push((entry, body, confirm));
+        }
+        Ok(published)
+    }
+
+    /// Waits for a batch's publisher confirms (bounded by [`CONFIRM_TIMEOUT`], well inside the
+    /// lease) and deletes the rows RabbitMQ confirmed. A message RabbitMQ could not route (its
+    /// agency's queue does not exist yet: added since start, or still being declared) gets its queue
+    /// declared and is published once more. Whatever is not confirmed stays leased and is published
+    /// again when the lease ends.
+    async fn settle_published(&self, channel: &Channel, store: &dyn Store, published: Published) {
+        let Published { mut empty, pending } = published;
+        let mut done = std::mem::take(&mut empty);
+        let waited = tokio::time::timeout(CONFIRM_TIMEOUT, async {
+            let mut unroutable = Vec::new();
+            for (entry, body, confirm) in pending {
+                let confirmation = confirm.await?;
+                if !confirmation.is_ack() {
+                    tracing::warn!(delivery_id = %entry.delivery_id, "RabbitMQ refused a message; it will be published again");
+                } else if confirmation.take_message().is_some() {
+                    unroutable.push((entry, body));
+                } else {
+                    done.push(entry.seq);
+                }
             }
-            if confirmation.take_message().is_some() {
-                // Unroutable: the agency's queue does not exist yet (added since start, or still
-                // being declared). Declare it and publish once more.
+            for (entry, body) in unroutable {
                 tracing::info!(agency = %entry.agency, "no queue for the agency; declaring it");
                 self.declare_agency(channel, &entry.agency).await?;
-                confirmation = self.publish_one(channel, entry, &body).await?.await?;
-                if !confirmation.is_ack() || confirmation.take_message().is_some() {
-                    continue;
+                let confirmation = self.publish_one(channel, &entry, &body).await?.await?;
+                if confirmation.is_ack() && confirmation.take_message().is_none() {
+                    done.push(entry.seq);
                 }
             }
-            done.push(entry.seq);
+            Ok::<(), DeliveryError>(())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %ErrorChain(&e), "publisher confirms lost; unconfirmed rows will be published again");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "publisher confirms are late; reopening the channel, unconfirmed rows will be published again"
+                );
+                let _ = channel.close(200, "confirms timed out".into()).await;
+            }
         }
-        Ok(done)
+        if let Err(e) = store.remove_published(&done).await {
+            tracing::warn!(error = %ErrorChain(&e), "published rows stay leased; they will be published again");
+        }
     }
 
     /// Starts consuming `agency`'s queue for one adapter connection.
@@ -647,19 +700,41 @@ fn reference(message: &pb::Delivery) -> Option<DeliveryRef> {
     })
 }
 
+/// A leased batch on its way: rows with nothing to publish, and the published ones with their
+/// bodies (for a second publish if unroutable) and pending confirms.
+#[derive(Default)]
+struct Published {
+    empty: Vec<i64>,
+    pending: Vec<(MailboxEntry, Vec<u8>, lapin::PublisherConfirm)>,
+}
+
 /// One adapter connection's consumer on its agency's queue.
 pub struct AmqpSession {
     channel: Channel,
     consumer: Consumer,
-    in_flight: HashMap<uuid::Uuid, (DeliveryRef, Acker)>,
+    /// Sent and not yet confirmed, with every copy's acker: a row published twice (a lease that ran
+    /// out mid-publish) can reach one consumer twice, and both copies are acked together.
+    in_flight: HashMap<uuid::Uuid, (DeliveryRef, Vec<Acker>)>,
 }
 
 impl AmqpSession {
-    /// The next message from the queue. A message that does not decode is returned to the queue;
-    /// after `delivery_limit` returns RabbitMQ dead-letters it, so it never loops forever.
-    pub async fn next_batch(&mut self) -> Result<Vec<Pending>, DeliveryError> {
-        loop {
-            let delivery = match self.consumer.next().await {
+    /// The next messages from the queue: waits for one, then takes whatever else has already
+    /// arrived, up to `room`. A second copy of a message in flight is not sent again. A message that
+    /// is not a Spean delivery never will be: it is rejected at once, which dead-letters it.
+    ///
+    /// Cancel-safe: nothing is awaited once a message is taken from the consumer.
+    pub async fn next_batch(&mut self, room: usize) -> Result<Vec<Pending>, DeliveryError> {
+        let mut batch = Vec::new();
+        while batch.len() < room.max(1) {
+            let next = if batch.is_empty() {
+                self.consumer.next().await
+            } else {
+                match self.consumer.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            let delivery = match next {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => return Err(e.into()),
                 None => {
@@ -671,43 +746,34 @@ impl AmqpSession {
             let decoded = pb::Delivery::decode(delivery.data.as_slice())
                 .ok()
                 .and_then(|m| reference(&m).map(|r| (m, r)));
-            match decoded {
-                Some((message, reference)) => {
-                    self.in_flight
-                        .insert(reference.delivery_id, (reference, delivery.acker));
-                    return Ok(vec![Pending {
-                        reference,
-                        message: Some(message),
-                    }]);
-                }
-                None => {
-                    tracing::error!(
-                        queue = %delivery.routing_key,
-                        redelivered = delivery.redelivered,
-                        "a message in the queue is not a Spean delivery; returning it (it is dead-lettered at the delivery limit)"
-                    );
-                    delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await?;
-                }
+            let Some((message, reference)) = decoded else {
+                tracing::error!(
+                    queue = %delivery.routing_key,
+                    "a message in the queue is not a Spean delivery; dead-lettering it"
+                );
+                let acker = delivery.acker;
+                tokio::spawn(async move {
+                    let _ = acker.reject(BasicRejectOptions { requeue: false }).await;
+                });
+                continue;
+            };
+            if let Some((_, copies)) = self.in_flight.get_mut(&reference.delivery_id) {
+                copies.push(delivery.acker);
+                continue;
             }
+            self.in_flight
+                .insert(reference.delivery_id, (reference, vec![delivery.acker]));
+            batch.push(Pending {
+                reference,
+                message: Some(message),
+            });
         }
+        Ok(batch)
     }
 
-    pub fn in_flight(&self, delivery_id: uuid::Uuid) -> Option<DeliveryRef> {
-        self.in_flight.get(&delivery_id).map(|(r, _)| *r)
-    }
-
-    /// Acks the confirmed message: RabbitMQ forgets it.
-    pub async fn settle(&mut self, delivery_id: uuid::Uuid) -> Result<(), DeliveryError> {
-        if let Some((_, acker)) = self.in_flight.remove(&delivery_id) {
-            acker.ack(BasicAckOptions::default()).await?;
-        }
-        Ok(())
+    pub fn take(&mut self, delivery_id: uuid::Uuid) -> Option<(DeliveryRef, Settle)> {
+        let (reference, ackers) = self.in_flight.remove(&delivery_id)?;
+        Some((reference, Settle::Amqp(ackers)))
     }
 }
 

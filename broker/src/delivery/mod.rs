@@ -43,42 +43,71 @@ pub struct DeliveryRef {
 }
 
 /// One delivery ready to go down a stream. The mailbox backend leaves `message` empty (the gateway
-/// loads the referral or event as it is now); the AMQP backend carries the message as published.
+/// loads the referral or event as it is now, a batch at a time); the AMQP backend carries the message
+/// as published.
 #[derive(Debug)]
 pub struct Pending {
     pub reference: DeliveryRef,
     pub message: Option<pb::Delivery>,
 }
 
-/// A connected adapter's delivery session, on either backend.
+/// A connected adapter's delivery session, on either backend. The gateway bounds how many
+/// deliveries are unsettled at once (the adapter's window); the session hands out deliveries and,
+/// for each one the adapter confirms, what settles it.
 pub enum Session {
     Mailbox(mailbox::MailboxSession),
-    Amqp(amqp::AmqpSession),
+    Amqp(Box<amqp::AmqpSession>),
 }
 
 impl Session {
-    /// Waits for the next deliveries. Cancel-safe.
-    pub async fn next_batch(&mut self) -> Result<Vec<Pending>, DeliveryError> {
+    /// Waits for the next deliveries, at most `room` of them. Cancel-safe.
+    pub async fn next_batch(&mut self, room: usize) -> Result<Vec<Pending>, DeliveryError> {
         match self {
-            Session::Mailbox(s) => s.next_batch().await,
-            Session::Amqp(s) => s.next_batch().await,
+            Session::Mailbox(s) => s.next_batch(room).await,
+            Session::Amqp(s) => s.next_batch(room).await,
         }
     }
 
-    /// The in-flight delivery with this id, if this session sent it.
-    pub fn in_flight(&self, delivery_id: uuid::Uuid) -> Option<DeliveryRef> {
+    /// Takes a delivery this session sent out of its in-flight set, with what settles it once the
+    /// broker has applied the adapter's confirmation. `None` if this session has no such delivery.
+    pub fn take(&mut self, delivery_id: uuid::Uuid) -> Option<(DeliveryRef, Settle)> {
         match self {
-            Session::Mailbox(s) => s.in_flight(delivery_id),
-            Session::Amqp(s) => s.in_flight(delivery_id),
+            Session::Mailbox(s) => s.take(delivery_id),
+            Session::Amqp(s) => s.take(delivery_id),
         }
     }
+}
 
-    /// Forgets a delivery the adapter confirmed (and the broker has applied).
-    pub async fn settle(&mut self, delivery_id: uuid::Uuid) -> Result<(), DeliveryError> {
+/// What makes a confirmed delivery go away for good: deleting its mailbox row, or acking its message
+/// (every copy this session received). Owned, so settling runs beside the session's other work.
+pub enum Settle {
+    Mailbox {
+        store: std::sync::Arc<dyn crate::store::Store>,
+        agency: AgencyId,
+        delivery_id: uuid::Uuid,
+    },
+    Amqp(Vec<lapin::Acker>),
+}
+
+impl Settle {
+    pub async fn run(self) -> Result<(), DeliveryError> {
         match self {
-            Session::Mailbox(s) => s.settle(delivery_id).await,
-            Session::Amqp(s) => s.settle(delivery_id).await,
+            Settle::Mailbox {
+                store,
+                agency,
+                delivery_id,
+            } => {
+                store.settle(&agency, &[delivery_id]).await?;
+            }
+            Settle::Amqp(ackers) => {
+                for acker in ackers {
+                    acker
+                        .ack(lapin::options::BasicAckOptions::default())
+                        .await?;
+                }
+            }
         }
+        Ok(())
     }
 }
 
@@ -135,7 +164,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Opens a delivery session for one adapter connection.
+    /// Opens a delivery session for one adapter connection that accepts `window` unsettled
+    /// deliveries.
     pub async fn open(&self, agency: AgencyId, window: u16) -> Result<Session, DeliveryError> {
         match self {
             Backend::Mailbox {
@@ -146,10 +176,11 @@ impl Backend {
                 store.clone(),
                 doorbell,
                 agency,
-                usize::from(window),
                 *poll,
             ))),
-            Backend::Amqp(amqp) => Ok(Session::Amqp(amqp.open_session(&agency, window).await?)),
+            Backend::Amqp(amqp) => Ok(Session::Amqp(Box::new(
+                amqp.open_session(&agency, window).await?,
+            ))),
         }
     }
 }

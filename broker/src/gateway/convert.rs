@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
+use crate::referral::workflow::DeliveryContent;
 use crate::referral::{
     Action, Addressee, AgeBand, Code, Day, Event, EventDetails, EventKind, FreeText, NewReferral,
     Referral, Role, SealedCaseFile, Sex, State, Subject, Urgency,
@@ -365,6 +366,20 @@ pub fn referral(r: Referral, history: &[Event]) -> pb::Referral {
         state: state(r.state) as i32,
         history: history.iter().map(event).collect(),
         case_file: r.case_file.into_bytes(),
+    }
+}
+
+/// One delivery as it goes down a `Subscribe` stream (or into an agency's queue).
+pub fn delivery(delivery_id: uuid::Uuid, content: DeliveryContent) -> pb::Delivery {
+    let payload = match content {
+        DeliveryContent::Referral(r, history) => {
+            pb::delivery::Payload::Referral(referral(*r, &history))
+        }
+        DeliveryContent::Event(event) => pb::delivery::Payload::Feedback(self::event(&event)),
+    };
+    pb::Delivery {
+        delivery_id: delivery_id.to_string(),
+        payload: Some(payload),
     }
 }
 

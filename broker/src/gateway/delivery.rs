@@ -1,24 +1,35 @@
 //! `spean.v1.DeliveryService.Subscribe`: the broker pushes deliveries down the stream and removes each
 //! one only when the adapter confirms it on the same stream.
+//!
+//! One task per stream ([`pump`]) sends deliveries while the adapter's window has room and reads
+//! confirmations; each confirmation is applied and settled by a task of its own. Confirmations are
+//! thus applied concurrently, not one after another, so a stream's throughput is not one database
+//! commit per delivery; the store commits the concurrent writes of every stream together.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use spean_proto::v1 as pb;
 use spean_proto::v1::delivery_service_server::DeliveryService;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use super::{Shared, caller, convert};
-use crate::delivery::{Backend, Pending, Session};
-use crate::error::ErrorChain;
+use crate::delivery::{Backend, DeliveryRef, Pending, Session, Settle};
+use crate::error::{BrokerError, ErrorChain, FieldError};
 use crate::ids::AgencyId;
-use crate::referral::workflow::DeliveryContent;
+use crate::referral::workflow::Workflow;
 
 const DEFAULT_WINDOW: u16 = 64;
 const MAX_WINDOW: u32 = 1000;
+/// Longest wait between two attempts to apply a confirmation while the database is unavailable.
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 pub struct DeliveryGateway {
     shared: Shared,
@@ -50,14 +61,16 @@ impl DeliveryService for DeliveryGateway {
                 0 => DEFAULT_WINDOW,
                 n if n <= MAX_WINDOW => n as u16,
                 n => {
-                    return Err(Status::invalid_argument(format!(
-                        "hello.window: {n} is over the limit of {MAX_WINDOW}"
-                    )));
+                    return Err(invalid(
+                        "hello.window",
+                        format!("{n} is over the limit of {MAX_WINDOW}"),
+                    ));
                 }
             },
             _ => {
-                return Err(Status::invalid_argument(
-                    "hello: the first message on the stream must be a hello",
+                return Err(invalid(
+                    "hello",
+                    "the first message on the stream must be a hello",
                 ));
             }
         };
@@ -67,13 +80,31 @@ impl DeliveryService for DeliveryGateway {
             .await
             .map_err(|e| {
                 tracing::warn!(error = %ErrorChain(&e), "cannot open a delivery session");
-                Status::unavailable("delivery is unavailable right now; reconnect")
+                unavailable("delivery is unavailable right now; reconnect")
             })?;
         let (tx, rx) = mpsc::channel(usize::from(window));
         let span = tracing::info_span!("subscription", agency = %agency);
-        tokio::spawn(pump(self.shared.clone(), agency, session, inbound, tx).instrument(span));
+        tokio::spawn(
+            pump(
+                self.shared.clone(),
+                agency,
+                session,
+                usize::from(window),
+                inbound,
+                tx,
+            )
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    BrokerError::InvalidField(FieldError::new(field, reason)).into()
+}
+
+fn unavailable(message: &str) -> Status {
+    BrokerError::Unavailable(message.to_owned()).into()
 }
 
 /// Sends deliveries and applies confirmations, until either side goes away or the broker stops.
@@ -81,100 +112,164 @@ async fn pump(
     shared: Shared,
     agency: AgencyId,
     mut session: Session,
+    window: usize,
     mut inbound: Streaming<pb::SubscribeRequest>,
     tx: mpsc::Sender<Result<pb::Delivery, Status>>,
 ) {
     tracing::info!("adapter connected");
-    loop {
+    // Sent and not yet settled: bounded by the adapter's window.
+    let mut outstanding = 0usize;
+    // Confirmations being applied, each its own task: they hold database connections, so they must
+    // make progress while this loop waits on something else (a batch load needs a connection too).
+    let mut settling: JoinSet<Result<(), Status>> = JoinSet::new();
+    let ended: Option<Status> = loop {
+        let room = window.saturating_sub(outstanding);
         tokio::select! {
             message = inbound.next() => match message {
                 Some(Ok(pb::SubscribeRequest { request: Some(pb::subscribe_request::Request::Confirm(c)) })) => {
                     let Ok(id) = uuid::Uuid::parse_str(&c.delivery_id) else {
-                        let _ = tx.send(Err(Status::invalid_argument("confirm.delivery_id: not a delivery id"))).await;
-                        break;
+                        break Some(invalid("confirm.delivery_id", "is not a delivery id"));
                     };
-                    let Some(reference) = session.in_flight(id) else {
-                        tracing::debug!(delivery_id = %id, "confirmation for nothing in flight; ignored");
-                        continue;
-                    };
-                    if let Err(e) = shared.workflow.confirmed(&agency, &reference).await {
-                        let _ = tx.send(Err(e.into())).await;
-                        break;
-                    }
-                    if let Err(e) = session.settle(id).await {
-                        tracing::warn!(error = %ErrorChain(&e), "cannot settle a confirmed delivery; it will be delivered again");
-                        let _ = tx.send(Err(Status::unavailable("delivery interrupted; reconnect"))).await;
-                        break;
+                    match session.take(id) {
+                        Some((reference, settle)) => {
+                            settling.spawn(confirm(
+                                shared.workflow.clone(),
+                                agency.clone(),
+                                reference,
+                                settle,
+                                shared.stop.clone(),
+                            ).in_current_span());
+                        }
+                        None => tracing::debug!(delivery_id = %id, "confirmation for nothing in flight; ignored"),
                     }
                 }
-                Some(Ok(_)) => {
-                    let _ = tx.send(Err(Status::invalid_argument("request: only confirm may follow the hello"))).await;
-                    break;
-                }
+                Some(Ok(_)) => break Some(invalid("request", "only confirm may follow the hello")),
                 Some(Err(status)) => {
                     tracing::info!(code = ?status.code(), "adapter stream ended with an error");
-                    break;
+                    break None;
                 }
-                None => break,
+                None => break None,
             },
-            batch = session.next_batch() => match batch {
+            Some(settled) = settling.join_next(), if !settling.is_empty() => match settled {
+                Ok(Ok(())) => outstanding = outstanding.saturating_sub(1),
+                Ok(Err(status)) => break Some(status),
+                Err(e) => {
+                    tracing::error!(error = %e, "applying a confirmation failed");
+                    break Some(unavailable("delivery interrupted; reconnect"));
+                }
+            },
+            batch = session.next_batch(room), if room > 0 => match batch {
                 Ok(batch) => {
-                    for pending in batch {
-                        let delivery = match pending.message {
-                            Some(message) => message,
-                            None => match load(&shared, &agency, &pending).await {
-                                Ok(Some(d)) => d,
-                                Ok(None) => continue,
-                                Err(status) => {
-                                    let _ = tx.send(Err(status)).await;
-                                    return;
+                    let deliveries = match load(&shared.workflow, &agency, batch).await {
+                        Ok(d) => d,
+                        Err(status) => break Some(status),
+                    };
+                    let mut gone = false;
+                    for delivery in deliveries {
+                        match delivery {
+                            Loaded::Send(delivery) => {
+                                outstanding += 1;
+                                if tx.send(Ok(*delivery)).await.is_err() {
+                                    gone = true;
+                                    break;
                                 }
-                            },
-                        };
-                        if tx.send(Ok(delivery)).await.is_err() {
-                            tracing::info!("adapter disconnected");
-                            return;
+                            }
+                            // Its referral or event no longer exists: nothing to deliver, ever.
+                            Loaded::Nothing(id) => {
+                                if let Some((_, settle)) = session.take(id) {
+                                    outstanding += 1;
+                                    settling.spawn(settle_only(settle).in_current_span());
+                                }
+                            }
                         }
+                    }
+                    if gone {
+                        break None;
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %ErrorChain(&e), "delivery source failed");
-                    let _ = tx.send(Err(Status::unavailable("delivery interrupted; reconnect"))).await;
-                    return;
+                    break Some(unavailable("delivery interrupted; reconnect"));
                 }
             },
-            _ = tx.closed() => break,
+            _ = tx.closed() => break None,
             _ = shared.stop.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("the broker is shutting down; reconnect"))).await;
-                break;
+                break Some(unavailable("the broker is shutting down; reconnect"));
             }
         }
+    };
+    if let Some(status) = ended {
+        let _ = tx.send(Err(status)).await;
     }
+    // Confirmations already received are finished, not abandoned: the adapter stored those
+    // deliveries, and settling them now spares it a redelivery.
+    settling.detach_all();
     tracing::info!("adapter disconnected");
 }
 
-/// Builds a mailbox delivery from the referral or event as it is now.
+enum Loaded {
+    Send(Box<pb::Delivery>),
+    Nothing(uuid::Uuid),
+}
+
+/// The messages of a batch: as published (RabbitMQ), or loaded now in one go (mailbox).
 async fn load(
-    shared: &Shared,
+    workflow: &Workflow,
     agency: &AgencyId,
-    pending: &Pending,
-) -> Result<Option<pb::Delivery>, Status> {
-    let reference = &pending.reference;
-    let content = shared
-        .workflow
-        .load_delivery(agency, reference.referral_id, reference.event_id)
-        .await?;
-    let payload = match content {
-        Some(DeliveryContent::Referral(referral, history)) => {
-            pb::delivery::Payload::Referral(convert::referral(*referral, &history))
+    batch: Vec<Pending>,
+) -> Result<Vec<Loaded>, Status> {
+    let wanted: Vec<(AgencyId, DeliveryRef)> = batch
+        .iter()
+        .filter(|p| p.message.is_none())
+        .map(|p| (agency.clone(), p.reference))
+        .collect();
+    let mut contents = workflow.load_deliveries(&wanted).await?.into_iter();
+    Ok(batch
+        .into_iter()
+        .map(|pending| {
+            let id = pending.reference.delivery_id;
+            match pending.message {
+                Some(message) => Loaded::Send(Box::new(message)),
+                None => match contents.next().flatten() {
+                    Some(content) => Loaded::Send(Box::new(convert::delivery(id, content))),
+                    None => Loaded::Nothing(id),
+                },
+            }
+        })
+        .collect())
+}
+
+/// Applies one confirmation, then settles the delivery. While the database is unavailable the
+/// confirmation is retried in place, with backoff: tearing the stream down would hand every
+/// unconfirmed delivery back to the queue, each return counting towards its delivery limit.
+async fn confirm(
+    workflow: Arc<Workflow>,
+    agency: AgencyId,
+    reference: DeliveryRef,
+    settle: Settle,
+    stop: CancellationToken,
+) -> Result<(), Status> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match workflow.confirmed(&agency, &reference).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(delivery_id = %reference.delivery_id, error = %ErrorChain(&e), "cannot apply a confirmation yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(unavailable("the broker is shutting down; reconnect")),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(MAX_RETRY);
+            }
+            Err(e) => return Err(e.into()),
         }
-        Some(DeliveryContent::Event(event)) => {
-            pb::delivery::Payload::Feedback(convert::event(&event))
-        }
-        None => return Ok(None),
-    };
-    Ok(Some(pb::Delivery {
-        delivery_id: pending.reference.delivery_id.to_string(),
-        payload: Some(payload),
-    }))
+    }
+    settle_only(settle).await
+}
+
+async fn settle_only(settle: Settle) -> Result<(), Status> {
+    settle.run().await.map_err(|e| {
+        tracing::warn!(error = %ErrorChain(&e), "cannot settle a confirmed delivery; it will be delivered again");
+        unavailable("delivery interrupted; reconnect")
+    })
 }

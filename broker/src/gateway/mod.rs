@@ -32,13 +32,15 @@ pub struct Shared {
 /// The agency a request comes from, read from its verified client certificate.
 pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
     let certs = request.peer_certs().ok_or_else(|| {
-        tonic::Status::unauthenticated("a client certificate issued by the network CA is required")
+        BrokerError::Unauthenticated(
+            "a client certificate issued by the network CA is required".into(),
+        )
     })?;
     let cn = certs
         .first()
         .and_then(|der| crate::pki::agency_of(der.as_ref()))
         .ok_or_else(|| {
-            tonic::Status::unauthenticated("the client certificate has no common name")
+            BrokerError::Unauthenticated("the client certificate has no common name".into())
         })?;
     Ok(shared.workflow.authenticate(&cn).await?)
 }

@@ -4,6 +4,7 @@
 //! store one [`Change`] holding the new state, its event and its deliveries. A change made on a stale
 //! read is decided again, so two concurrent actions cannot both win.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use tokio::sync::RwLock;
 
 use super::state::{self, EventKind, State};
 use super::{Action, Addressee, Event, EventDetails, FreeText, ListQuery, NewReferral, Referral};
-use crate::delivery::Doorbell;
+use crate::delivery::{DeliveryRef, Doorbell};
 use crate::directory::Directory;
 use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
@@ -404,32 +405,51 @@ impl Workflow {
         Ok(outcome)
     }
 
-    /// What a delivery to `agency` carries: the referral as it is now, or one event. A referral
-    /// queued for an agency that is no longer its recipient (it redirected the referral before the
-    /// delivery arrived) goes without its case file, as a `Get` would.
-    pub async fn load_delivery(
+    /// What each delivery carries, loaded for a batch in one query per table: the referral as it is
+    /// now, or one event; `None` where it no longer exists. A referral queued for an agency that is
+    /// no longer its recipient (it redirected the referral before the delivery arrived) goes without
+    /// its case file, as a `Get` would.
+    pub async fn load_deliveries(
         &self,
-        agency: &AgencyId,
-        referral_id: ReferralId,
-        event_id: Option<uuid::Uuid>,
-    ) -> Result<Option<DeliveryContent>, BrokerError> {
-        Ok(match event_id {
-            None => match self.store.referral(referral_id).await? {
-                Some(mut referral) => {
+        wanted: &[(AgencyId, DeliveryRef)],
+    ) -> Result<Vec<Option<DeliveryContent>>, BrokerError> {
+        let mut referral_ids: Vec<ReferralId> = wanted
+            .iter()
+            .filter(|(_, d)| d.event_id.is_none())
+            .map(|(_, d)| d.referral_id)
+            .collect();
+        referral_ids.sort_unstable();
+        referral_ids.dedup();
+        let event_ids: Vec<uuid::Uuid> = wanted.iter().filter_map(|(_, d)| d.event_id).collect();
+        let referrals: HashMap<ReferralId, (Referral, Vec<Event>)> = self
+            .store
+            .referrals_with_history(&referral_ids)
+            .await?
+            .into_iter()
+            .map(|(r, history)| (r.id, (r, history)))
+            .collect();
+        let events: HashMap<uuid::Uuid, Event> = self
+            .store
+            .events(&event_ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect();
+        Ok(wanted
+            .iter()
+            .map(|(agency, d)| match d.event_id {
+                None => referrals.get(&d.referral_id).map(|(referral, history)| {
+                    let mut referral = referral.clone();
                     if referral.role_of(agency).is_none() {
                         referral.case_file = Default::default();
                     }
-                    let history = self.store.history(referral.id).await?;
-                    Some(DeliveryContent::Referral(Box::new(referral), history))
-                }
-                None => None,
-            },
-            Some(event_id) => self
-                .store
-                .event(event_id)
-                .await?
-                .map(|e| DeliveryContent::Event(Box::new(e))),
-        })
+                    DeliveryContent::Referral(Box::new(referral), history.clone())
+                }),
+                Some(event_id) => events
+                    .get(&event_id)
+                    .map(|e| DeliveryContent::Event(Box::new(e.clone()))),
+            })
+            .collect())
     }
 
     /// The adapter of `agency` stored a delivery and confirmed it. For the referral itself this is
@@ -439,7 +459,7 @@ impl Workflow {
     pub async fn confirmed(
         &self,
         agency: &AgencyId,
-        delivery: &crate::delivery::DeliveryRef,
+        delivery: &DeliveryRef,
     ) -> Result<(), BrokerError> {
         if delivery.event_id.is_none() {
             self.record_delivered(agency, delivery.referral_id).await?;

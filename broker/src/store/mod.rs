@@ -1,12 +1,14 @@
 //! Where referrals, their history and undelivered messages live.
 //!
-//! [`Store`] is the contract; [`sqlite`] is the embedded default. Every change to a referral arrives as
-//! one [`Change`] and is written in one transaction with its history event and its deliveries, so a
-//! crash leaves either all of it or none.
+//! [`Store`] is the contract; [`sqlite`] is the embedded default and [`postgres`] the production
+//! store. Every change to a referral arrives as one [`Change`] and is written in one transaction with
+//! its history event and its deliveries, so a crash leaves either all of it or none. Embedded writes
+//! go through one [`writer`] that commits concurrent writes together.
 
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+pub mod writer;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -93,6 +95,14 @@ pub trait Store: Send + Sync + 'static {
     async fn parties(&self, id: ReferralId) -> Result<Vec<AgencyId>, StoreError>;
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError>;
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError>;
+    /// The referrals with these ids (with case files), each with its history, in one round trip per
+    /// table: what a batch of deliveries carries. Unknown ids are left out.
+    async fn referrals_with_history(
+        &self,
+        ids: &[ReferralId],
+    ) -> Result<Vec<(Referral, Vec<Event>)>, StoreError>;
+    /// The events with these ids; unknown ids are left out.
+    async fn events(&self, ids: &[uuid::Uuid]) -> Result<Vec<Event>, StoreError>;
     async fn event_by_request(
         &self,
         actor: &AgencyId,
@@ -116,8 +126,9 @@ pub trait Store: Send + Sync + 'static {
         agency: &AgencyId,
         delivery_id: uuid::Uuid,
     ) -> Result<Option<MailboxEntry>, StoreError>;
-    /// Leases up to `limit` of the oldest mailbox rows that no relay holds, for `lease`: the outbox
-    /// relay's claim, so that two relays never publish the same row at the same time.
+    /// Leases up to `limit` of the oldest mailbox rows that no relay holds, for `lease` by the
+    /// database's clock: the outbox relay's claim, so that two relays never publish the same row at
+    /// the same time.
     async fn lease_outbox(
         &self,
         limit: u32,
@@ -127,12 +138,31 @@ pub trait Store: Send + Sync + 'static {
     async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError>;
     /// A round trip to the database, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Removes a confirmed entry; false if it was already gone.
-    async fn remove_mailbox_entry(
+    /// Removes entries `agency`'s adapter confirmed; returns how many were still there.
+    async fn settle(
         &self,
         agency: &AgencyId,
-        delivery_id: uuid::Uuid,
-    ) -> Result<bool, StoreError>;
+        delivery_ids: &[uuid::Uuid],
+    ) -> Result<u64, StoreError>;
+}
+
+/// Pairs each referral with its events (given in history order, for any of the referrals).
+pub(crate) fn with_histories(
+    referrals: Vec<Referral>,
+    events: Vec<Event>,
+) -> Vec<(Referral, Vec<Event>)> {
+    let mut histories: std::collections::HashMap<ReferralId, Vec<Event>> =
+        std::collections::HashMap::with_capacity(referrals.len());
+    for event in events {
+        histories.entry(event.referral_id).or_default().push(event);
+    }
+    referrals
+        .into_iter()
+        .map(|r| {
+            let history = histories.remove(&r.id).unwrap_or_default();
+            (r, history)
+        })
+        .collect()
 }
 
 /// Unix microseconds, the stored form of every timestamp.

@@ -87,56 +87,20 @@ const EVENT_BY_REQUEST: &str = concat!(
     " FROM referral_events WHERE actor = $1 AND request_id = $2"
 );
 
-async fn insert_event(tx: &mut Transaction<'_, Postgres>, event: &Event) -> Result<(), StoreError> {
-    let details =
-        serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
-    let query = sqlx::query(
-        "INSERT INTO referral_events \
-         (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
-         VALUES ($1::uuid, $2::uuid, $3, $4, $5, $6, $7, $8, $9, $10)",
+/// A change's deliveries as three parallel arrays (agency, new delivery id, event id or NULL) for
+/// `unnest`: any number of deliveries in one statement.
+fn delivery_columns(deliveries: &[NewDelivery]) -> (Vec<String>, Vec<String>, Vec<Option<String>>) {
+    let mut columns = (
+        Vec::with_capacity(deliveries.len()),
+        Vec::with_capacity(deliveries.len()),
+        Vec::with_capacity(deliveries.len()),
     );
-    rows::bind_event!(query, event, details)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn insert_deliveries(
-    tx: &mut Transaction<'_, Postgres>,
-    referral_id: ReferralId,
-    deliveries: &[NewDelivery],
-    at: i64,
-) -> Result<(), StoreError> {
     for d in deliveries {
-        sqlx::query(
-            "INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-             VALUES ($1, $2::uuid, $3::uuid, $4::uuid, $5)",
-        )
-        .bind(d.agency.as_str())
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(referral_id.to_string())
-        .bind(d.event_id.map(|e| e.to_string()))
-        .bind(at)
-        .execute(&mut **tx)
-        .await?;
+        columns.0.push(d.agency.as_str().to_owned());
+        columns.1.push(uuid::Uuid::now_v7().to_string());
+        columns.2.push(d.event_id.map(|e| e.to_string()));
     }
-    Ok(())
-}
-
-async fn grant_access(
-    tx: &mut Transaction<'_, Postgres>,
-    referral_id: ReferralId,
-    agency: &AgencyId,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO referral_access (referral_id, agency_id) VALUES ($1::uuid, $2) \
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(referral_id.to_string())
-    .bind(agency.as_str())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    columns
 }
 
 /// The event `actor` recorded under `request_id`, if any, read through `executor` (the pool or an open
@@ -198,46 +162,67 @@ impl Store for PgStore {
         )
     }
 
+    /// One statement: the referral (unless its `client_ref` is taken), its access, first event and
+    /// deliveries, each insert fed by the referral's `RETURNING`, so there is one round trip and one
+    /// commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
+    /// nothing; the existing referral is read back.
     async fn submit(
         &self,
         referral: &Referral,
         event: &Event,
         deliveries: &[NewDelivery],
     ) -> Result<SubmitOutcome, StoreError> {
-        let mut tx = self.write().await?;
+        let details = serde_json::to_string(&event.details)
+            .map_err(|e| rows::corrupt("referral_events", e))?;
         let query = sqlx::query(
-            "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
-             addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
-             subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-             updated_at, case_file) \
-             VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-             $17, $18, $19)",
+            "WITH r AS ( \
+               INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
+               addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+               subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+               updated_at, case_file) \
+               VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+               $16, $17, $18, $19) \
+               ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
+             e AS ( \
+               INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
+               state_after, details, request_id) \
+               SELECT $20::uuid, $21::uuid, $22, $23, $24, $25, $26, $27, $28, $29 FROM r), \
+             a AS ( \
+               INSERT INTO referral_access (referral_id, agency_id) \
+               SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
+             m AS ( \
+               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
+               SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31 \
+               FROM r, unnest($32::text[], $33::text[], $34::text[]) AS d(agency, delivery, event)) \
+             SELECT count(*) FROM r",
         );
-        let inserted = rows::bind_referral!(query, referral)
-            .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                // The insert waited for the other transaction holding this (sender, client_ref) to
-                // commit, so its referral is visible now. This transaction is aborted: roll it back.
-                tx.rollback().await?;
-                return match self
-                    .referral_by_client_ref(&referral.sender, &referral.client_ref)
-                    .await?
-                {
-                    Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
-                    None => Err(e.into()),
-                };
-            }
-            Err(e) => return Err(e.into()),
+        let query = rows::bind_referral!(query, referral);
+        let (agencies, delivery_ids, event_ids) = delivery_columns(deliveries);
+        let inserted: i64 = rows::bind_event!(query, event, details)
+            .bind(vec![
+                referral.sender.as_str().to_owned(),
+                referral.recipient.as_str().to_owned(),
+            ])
+            .bind(micros(event.at))
+            .bind(agencies)
+            .bind(delivery_ids)
+            .bind(event_ids)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get(0))?;
+        if inserted == 1 {
+            return Ok(SubmitOutcome::Created);
         }
-        grant_access(&mut tx, referral.id, &referral.sender).await?;
-        grant_access(&mut tx, referral.id, &referral.recipient).await?;
-        insert_event(&mut tx, event).await?;
-        insert_deliveries(&mut tx, referral.id, deliveries, micros(event.at)).await?;
-        tx.commit().await?;
-        Ok(SubmitOutcome::Created)
+        match self
+            .referral_by_client_ref(&referral.sender, &referral.client_ref)
+            .await?
+        {
+            Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
+            None => Err(rows::corrupt(
+                "referrals",
+                "a client_ref conflict without its referral",
+            )),
+        }
     }
 
     async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError> {
@@ -320,6 +305,56 @@ impl Store for PgStore {
         row.as_ref().map(rows::event).transpose()
     }
 
+    async fn referrals_with_history(
+        &self,
+        ids: &[ReferralId],
+    ) -> Result<Vec<(Referral, Vec<Event>)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let referrals = sqlx::query(concat!(
+            "SELECT ",
+            referral_columns!(),
+            ", case_file FROM referrals WHERE id = ANY ($1::text[]::uuid[])"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM referral_events WHERE referral_id = ANY ($1::text[]::uuid[]) ORDER BY seq"
+        ))
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let referrals = referrals
+            .iter()
+            .map(|r| rows::referral(r, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let events = events
+            .iter()
+            .map(rows::event)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::with_histories(referrals, events))
+    }
+
+    async fn events(&self, ids: &[uuid::Uuid]) -> Result<Vec<Event>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            event_columns!(),
+            " FROM referral_events WHERE id = ANY ($1::text[]::uuid[]) ORDER BY seq"
+        ))
+        .bind(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::event).collect()
+    }
+
     async fn event_by_request(
         &self,
         actor: &AgencyId,
@@ -358,72 +393,75 @@ impl Store for PgStore {
         rows.iter().map(|r| rows::referral(r, false)).collect()
     }
 
-    /// In one READ COMMITTED transaction: the duplicate check, the versioned update (a concurrent
-    /// writer's update of the same row makes this one wait, then match no row), access, event and
-    /// deliveries. Each statement sees what committed before it started, which is what lets the races
-    /// below end as SQLite's serialised writers would.
+    /// One statement: the versioned update, and fed by its `RETURNING` the access, the event and
+    /// the deliveries, so the change is one round trip and one commit. A concurrent writer's update
+    /// of the same row makes this one wait, then match no row: the change is stale, unless it was a
+    /// retry of this very request that won, which the request id shows. A request id this actor used
+    /// on another referral fails the event's unique constraint and with it the whole statement.
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
         let actor = &change.event.actor;
         let request_id = change.event.request_id.as_ref();
-        let mut tx = self.write().await?;
         if let Some(request_id) = request_id
-            && let Some(done) = recorded_request(&mut *tx, actor, request_id).await?
+            && let Some(done) = recorded_request(&self.pool, actor, request_id).await?
         {
-            tx.rollback().await?;
             return Ok(ChangeOutcome::Duplicate(Box::new(done)));
         }
-        let updated = sqlx::query(
-            "UPDATE referrals SET state = $1, version = version + 1, updated_at = $2, \
-             recipient = COALESCE($3, recipient) WHERE id = $4::uuid AND version = $5",
+        let details = serde_json::to_string(&change.event.details)
+            .map_err(|e| rows::corrupt("referral_events", e))?;
+        let query = sqlx::query(
+            "WITH u AS ( \
+               UPDATE referrals SET state = $1, version = version + 1, updated_at = $2, \
+               recipient = COALESCE($3, recipient) WHERE id = $4::uuid AND version = $5 \
+               RETURNING id), \
+             e AS ( \
+               INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
+               state_after, details, request_id) \
+               SELECT $6::uuid, $7::uuid, $8, $9, $10, $11, $12, $13, $14, $15 FROM u), \
+             a AS ( \
+               INSERT INTO referral_access (referral_id, agency_id) \
+               SELECT u.id, $3 FROM u WHERE $3::text IS NOT NULL ON CONFLICT DO NOTHING), \
+             m AS ( \
+               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
+               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, $2 \
+               FROM u, unnest($16::text[], $17::text[], $18::text[]) AS d(agency, delivery, event)) \
+             SELECT count(*) FROM u",
         )
         .bind(change.state.as_str())
         .bind(micros(change.at))
         .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
         .bind(change.referral_id.to_string())
-        .bind(change.expected_version)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            // A retry of this very request may have won the race for this version: SQLite's writer
-            // lock would have shown it to the duplicate check above, so look again before calling
-            // the change stale.
-            let done = match request_id {
-                Some(request_id) => recorded_request(&mut *tx, actor, request_id).await?,
-                None => None,
-            };
-            tx.rollback().await?;
-            return Ok(match done {
-                Some(done) => ChangeOutcome::Duplicate(Box::new(done)),
+        .bind(change.expected_version);
+        let (agencies, delivery_ids, event_ids) = delivery_columns(&change.deliveries);
+        let applied = rows::bind_event!(query, change.event, details)
+            .bind(agencies)
+            .bind(delivery_ids)
+            .bind(event_ids)
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0));
+        match applied {
+            Ok(1) => Ok(ChangeOutcome::Recorded),
+            Ok(_) => Ok(match request_id {
+                Some(request_id) => recorded_request(&self.pool, actor, request_id)
+                    .await?
+                    .map_or(ChangeOutcome::Stale, |done| {
+                        ChangeOutcome::Duplicate(Box::new(done))
+                    }),
                 None => ChangeOutcome::Stale,
-            });
-        }
-        if let Some(recipient) = &change.new_recipient {
-            grant_access(&mut tx, change.referral_id, recipient).await?;
-        }
-        if let Err(e) = insert_event(&mut tx, &change.event).await {
-            // Another transaction recorded this actor's request id first (on another referral: on
-            // the same one it would have made this change stale). The insert waited for it to
-            // commit, so its event is visible once this aborted transaction is rolled back.
-            if let StoreError::Database(db) = &e
-                && is_unique_violation(db)
-                && let Some(request_id) = request_id
-            {
-                tx.rollback().await?;
-                if let Some(done) = recorded_request(&self.pool, actor, request_id).await? {
-                    return Ok(ChangeOutcome::Duplicate(Box::new(done)));
+            }),
+            Err(e) if is_unique_violation(&e) => {
+                // The statement waited for the transaction that used this request id to commit,
+                // so its event is visible now.
+                match request_id {
+                    Some(request_id) => recorded_request(&self.pool, actor, request_id)
+                        .await?
+                        .map(|done| ChangeOutcome::Duplicate(Box::new(done)))
+                        .ok_or_else(|| e.into()),
+                    None => Err(e.into()),
                 }
             }
-            return Err(e);
+            Err(e) => Err(e.into()),
         }
-        insert_deliveries(
-            &mut tx,
-            change.referral_id,
-            &change.deliveries,
-            micros(change.at),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(ChangeOutcome::Recorded)
     }
 
     async fn mailbox(
@@ -462,21 +500,22 @@ impl Store for PgStore {
         row.as_ref().map(rows::mailbox).transpose()
     }
 
+    /// The lease is measured by PostgreSQL's clock, the one clock every broker process shares, so a
+    /// broker whose own clock is off cannot take rows another still holds.
     async fn lease_outbox(
         &self,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<MailboxEntry>, StoreError> {
-        let now = micros(time::OffsetDateTime::now_utc());
-        let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         let rows = sqlx::query(concat!(
-            "UPDATE mailbox SET lease_until = $1 WHERE seq IN \
-             (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < $2 \
-              ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+            "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us) \
+             UPDATE mailbox SET lease_until = (SELECT us FROM now) + $1 WHERE seq IN \
+             (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < (SELECT us FROM now) \
+              ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
             mailbox_columns!()
         ))
-        .bind(until)
-        .bind(now)
+        .bind(lease)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
@@ -504,17 +543,26 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn remove_mailbox_entry(
+    async fn settle(
         &self,
         agency: &AgencyId,
-        delivery_id: uuid::Uuid,
-    ) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM mailbox WHERE agency_id = $1 AND delivery_id = $2::uuid")
-                .bind(agency.as_str())
-                .bind(delivery_id.to_string())
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() > 0)
+        delivery_ids: &[uuid::Uuid],
+    ) -> Result<u64, StoreError> {
+        if delivery_ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM mailbox WHERE agency_id = $1 AND delivery_id = ANY ($2::text[]::uuid[])",
+        )
+        .bind(agency.as_str())
+        .bind(
+            delivery_ids
+                .iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 }

@@ -1,7 +1,10 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! Every write runs in `BEGIN IMMEDIATE`, so concurrent writers queue on SQLite's lock instead of
-//! failing on a read-to-write upgrade. Queries are static SQL with bound parameters.
+//! Reads go to a pool of connections, which WAL lets run beside the writer. Every write goes through
+//! the one [`Writer`], which commits concurrent writes in one transaction (group commit), so the
+//! fsync that `synchronous=FULL` costs is paid once per batch rather than once per request. Each
+//! write runs in its own savepoint, so the others in its batch never see a half of it. Queries are
+//! static SQL with bound parameters.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,9 +14,10 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 
 use super::rows;
+use super::writer::Writer;
 use super::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome, micros};
 use crate::directory::Directory;
 use crate::error::StoreError;
@@ -22,7 +26,9 @@ use crate::referral::{Event, ListQuery, Referral};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Readers.
     pool: SqlitePool,
+    writer: Writer,
 }
 
 impl SqliteStore {
@@ -42,10 +48,21 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool })
+        // The writer's own connection: one, so writes never queue on SQLite's lock inside this
+        // process (another process, such as `directory import`, waits on the busy timeout).
+        let writes = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            writer: Writer::start(writes),
+        })
     }
 
     /// Opens the database file at `path`.
@@ -56,17 +73,18 @@ impl SqliteStore {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
-
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
 }
 
 const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_agency, \
     addressee_service, addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
     subject_province, client_pseudonym, state, version, created_at, updated_at";
 
-async fn insert_event(tx: &mut Transaction<'_, Sqlite>, event: &Event) -> Result<(), StoreError> {
+/// A list of ids as the JSON array `json_each` reads: one bound parameter however many ids.
+fn json_list<T: ToString>(items: &[T]) -> String {
+    serde_json::Value::from(items.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string()
+}
+
+async fn insert_event(conn: &mut SqliteConnection, event: &Event) -> Result<(), StoreError> {
     let details =
         serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
     let query = sqlx::query(
@@ -75,13 +93,13 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, event: &Event) -> Result
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     );
     rows::bind_event!(query, event, details)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
 async fn insert_deliveries(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     referral_id: ReferralId,
     deliveries: &[NewDelivery],
     at: i64,
@@ -96,27 +114,121 @@ async fn insert_deliveries(
         .bind(referral_id.to_string())
         .bind(d.event_id.map(|e| e.to_string()))
         .bind(at)
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     }
     Ok(())
 }
 
 async fn grant_access(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut SqliteConnection,
     referral_id: ReferralId,
     agency: &AgencyId,
 ) -> Result<(), StoreError> {
     sqlx::query("INSERT OR IGNORE INTO referral_access (referral_id, agency_id) VALUES (?, ?)")
         .bind(referral_id.to_string())
         .bind(agency.as_str())
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+async fn event_by_request(
+    conn: &mut SqliteConnection,
+    actor: &AgencyId,
+    request_id: &RequestId,
+) -> Result<Option<Event>, StoreError> {
+    let row = sqlx::query("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")
+        .bind(actor.as_str())
+        .bind(request_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.as_ref().map(rows::event).transpose()
+}
+
+async fn referral_by_client_ref(
+    conn: &mut SqliteConnection,
+    sender: &AgencyId,
+    client_ref: &ClientRef,
+) -> Result<Option<Referral>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE sender = ? AND client_ref = ?"
+    )))
+    .bind(sender.as_str())
+    .bind(client_ref.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| rows::referral(&r, true)).transpose()
+}
+
+/// Inserts a new referral with its access, first event and deliveries, unless its sender already
+/// used its `client_ref`.
+async fn submit(
+    conn: &mut SqliteConnection,
+    referral: &Referral,
+    event: &Event,
+    deliveries: &[NewDelivery],
+) -> Result<SubmitOutcome, StoreError> {
+    let query = sqlx::query(
+        "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
+         addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+         subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+         updated_at, case_file) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (sender, client_ref) DO NOTHING",
+    );
+    let inserted = rows::bind_referral!(query, referral)
+        .execute(&mut *conn)
+        .await?;
+    if inserted.rows_affected() == 0 {
+        return match referral_by_client_ref(conn, &referral.sender, &referral.client_ref).await? {
+            Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
+            None => Err(rows::corrupt(
+                "referrals",
+                "a client_ref conflict without its referral",
+            )),
+        };
+    }
+    grant_access(conn, referral.id, &referral.sender).await?;
+    grant_access(conn, referral.id, &referral.recipient).await?;
+    insert_event(conn, event).await?;
+    insert_deliveries(conn, referral.id, deliveries, micros(event.at)).await?;
+    Ok(SubmitOutcome::Created)
+}
+
+/// Applies a change if its version is still current and its request id unused.
+async fn apply(conn: &mut SqliteConnection, change: &Change) -> Result<ChangeOutcome, StoreError> {
+    if let Some(request_id) = &change.event.request_id
+        && let Some(done) = event_by_request(conn, &change.event.actor, request_id).await?
+    {
+        return Ok(ChangeOutcome::Duplicate(Box::new(done)));
+    }
+    let updated = sqlx::query(
+        "UPDATE referrals SET state = ?, version = version + 1, updated_at = ?, \
+         recipient = COALESCE(?, recipient) WHERE id = ? AND version = ?",
+    )
+    .bind(change.state.as_str())
+    .bind(micros(change.at))
+    .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
+    .bind(change.referral_id.to_string())
+    .bind(change.expected_version)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(ChangeOutcome::Stale);
+    }
+    if let Some(recipient) = &change.new_recipient {
+        grant_access(conn, change.referral_id, recipient).await?;
+    }
+    insert_event(conn, &change.event).await?;
+    insert_deliveries(
+        conn,
+        change.referral_id,
+        &change.deliveries,
+        micros(change.at),
+    )
+    .await?;
+    Ok(ChangeOutcome::Recorded)
 }
 
 #[async_trait]
@@ -124,19 +236,23 @@ impl Store for SqliteStore {
     async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError> {
         let document =
             serde_json::to_string(directory).map_err(|e| rows::corrupt("directory", e))?;
-        let mut tx = self.write().await?;
-        let version: i64 = sqlx::query_scalar(
-            "INSERT INTO directory (id, document, version, imported_at) VALUES (1, ?, 1, ?) \
-             ON CONFLICT (id) DO UPDATE SET document = excluded.document, \
-             version = directory.version + 1, imported_at = excluded.imported_at \
-             RETURNING version",
-        )
-        .bind(document)
-        .bind(micros(time::OffsetDateTime::now_utc()))
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(version)
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move {
+                    Ok(sqlx::query_scalar(
+                        "INSERT INTO directory (id, document, version, imported_at) \
+                         VALUES (1, ?, 1, ?) \
+                         ON CONFLICT (id) DO UPDATE SET document = excluded.document, \
+                         version = directory.version + 1, imported_at = excluded.imported_at \
+                         RETURNING version",
+                    )
+                    .bind(document)
+                    .bind(micros(time::OffsetDateTime::now_utc()))
+                    .fetch_one(&mut *conn)
+                    .await?)
+                })
+            }))
+            .await
     }
 
     async fn directory(&self) -> Result<Option<(Directory, i64)>, StoreError> {
@@ -165,37 +281,12 @@ impl Store for SqliteStore {
         event: &Event,
         deliveries: &[NewDelivery],
     ) -> Result<SubmitOutcome, StoreError> {
-        let mut tx = self.write().await?;
-        let query = sqlx::query(
-            "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
-             addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
-             subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-             updated_at, case_file) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        );
-        let inserted = rows::bind_referral!(query, referral)
-            .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                drop(tx);
-                return match self
-                    .referral_by_client_ref(&referral.sender, &referral.client_ref)
-                    .await?
-                {
-                    Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
-                    None => Err(e.into()),
-                };
-            }
-            Err(e) => return Err(e.into()),
-        }
-        grant_access(&mut tx, referral.id, &referral.sender).await?;
-        grant_access(&mut tx, referral.id, &referral.recipient).await?;
-        insert_event(&mut tx, event).await?;
-        insert_deliveries(&mut tx, referral.id, deliveries, micros(event.at)).await?;
-        tx.commit().await?;
-        Ok(SubmitOutcome::Created)
+        let (referral, event, deliveries) = (referral.clone(), event.clone(), deliveries.to_vec());
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move { submit(conn, &referral, &event, &deliveries).await })
+            }))
+            .await
     }
 
     async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError> {
@@ -213,14 +304,8 @@ impl Store for SqliteStore {
         sender: &AgencyId,
         client_ref: &ClientRef,
     ) -> Result<Option<Referral>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE sender = ? AND client_ref = ?"
-        )))
-        .bind(sender.as_str())
-        .bind(client_ref.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| rows::referral(&r, true)).transpose()
+        let mut conn = self.pool.acquire().await?;
+        referral_by_client_ref(&mut conn, sender, client_ref).await
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
@@ -264,17 +349,59 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::event).transpose()
     }
 
+    async fn referrals_with_history(
+        &self,
+        ids: &[ReferralId],
+    ) -> Result<Vec<(Referral, Vec<Event>)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = json_list(ids);
+        let referrals = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals \
+             WHERE id IN (SELECT value FROM json_each(?))"
+        )))
+        .bind(&list)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = sqlx::query(
+            "SELECT * FROM referral_events \
+             WHERE referral_id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+        )
+        .bind(&list)
+        .fetch_all(&self.pool)
+        .await?;
+        let events = events
+            .iter()
+            .map(rows::event)
+            .collect::<Result<Vec<_>, _>>()?;
+        let referrals = referrals
+            .iter()
+            .map(|r| rows::referral(r, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(super::with_histories(referrals, events))
+    }
+
+    async fn events(&self, ids: &[uuid::Uuid]) -> Result<Vec<Event>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT * FROM referral_events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+        )
+        .bind(json_list(ids))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::event).collect()
+    }
+
     async fn event_by_request(
         &self,
         actor: &AgencyId,
         request_id: &RequestId,
     ) -> Result<Option<Event>, StoreError> {
-        let row = sqlx::query("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")
-            .bind(actor.as_str())
-            .bind(request_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::event).transpose()
+        let mut conn = self.pool.acquire().await?;
+        event_by_request(&mut conn, actor, request_id).await
     }
 
     async fn list(
@@ -308,44 +435,12 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
-        let mut tx = self.write().await?;
-        if let Some(request_id) = &change.event.request_id
-            && let Some(row) =
-                sqlx::query("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")
-                    .bind(change.event.actor.as_str())
-                    .bind(request_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-        {
-            return Ok(ChangeOutcome::Duplicate(Box::new(rows::event(&row)?)));
-        }
-        let updated = sqlx::query(
-            "UPDATE referrals SET state = ?, version = version + 1, updated_at = ?, \
-             recipient = COALESCE(?, recipient) WHERE id = ? AND version = ?",
-        )
-        .bind(change.state.as_str())
-        .bind(micros(change.at))
-        .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
-        .bind(change.referral_id.to_string())
-        .bind(change.expected_version)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(ChangeOutcome::Stale);
-        }
-        if let Some(recipient) = &change.new_recipient {
-            grant_access(&mut tx, change.referral_id, recipient).await?;
-        }
-        insert_event(&mut tx, &change.event).await?;
-        insert_deliveries(
-            &mut tx,
-            change.referral_id,
-            &change.deliveries,
-            micros(change.at),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(ChangeOutcome::Recorded)
+        let change = change.clone();
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move { apply(conn, &change).await })
+            }))
+            .await
     }
 
     async fn mailbox(
@@ -383,20 +478,26 @@ impl Store for SqliteStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<MailboxEntry>, StoreError> {
+        // One process writes an SQLite file, so its clock is the database's clock.
         let now = micros(time::OffsetDateTime::now_utc());
-        let until = now + lease.as_micros() as i64;
-        let mut tx = self.write().await?;
-        let rows = sqlx::query(
-            "UPDATE mailbox SET lease_until = ?1 WHERE seq IN \
-             (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < ?2 \
-              ORDER BY seq LIMIT ?3) RETURNING *",
-        )
-        .bind(until)
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
+        let rows = self
+            .writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move {
+                    Ok(sqlx::query(
+                        "UPDATE mailbox SET lease_until = ?1 WHERE seq IN \
+                         (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < ?2 \
+                          ORDER BY seq LIMIT ?3) RETURNING *",
+                    )
+                    .bind(until)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?)
+                })
+            }))
+            .await?;
         let mut entries = rows
             .iter()
             .map(rows::mailbox)
@@ -410,13 +511,19 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let list = serde_json::Value::from(seqs.to_vec()).to_string();
-        let mut tx = self.write().await?;
-        sqlx::query("DELETE FROM mailbox WHERE seq IN (SELECT value FROM json_each(?))")
-            .bind(list)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "DELETE FROM mailbox WHERE seq IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind(list)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            }))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -424,18 +531,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn remove_mailbox_entry(
+    async fn settle(
         &self,
         agency: &AgencyId,
-        delivery_id: uuid::Uuid,
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.write().await?;
-        let done = sqlx::query("DELETE FROM mailbox WHERE agency_id = ? AND delivery_id = ?")
-            .bind(agency.as_str())
-            .bind(delivery_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() > 0)
+        delivery_ids: &[uuid::Uuid],
+    ) -> Result<u64, StoreError> {
+        if delivery_ids.is_empty() {
+            return Ok(0);
+        }
+        let (agency, list) = (agency.as_str().to_owned(), json_list(delivery_ids));
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
+                        "DELETE FROM mailbox WHERE agency_id = ? \
+                         AND delivery_id IN (SELECT value FROM json_each(?))",
+                    )
+                    .bind(agency)
+                    .bind(list)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(done.rows_affected())
+                })
+            }))
+            .await
     }
 }

@@ -153,6 +153,8 @@ conformance!(
     a_redirect_grants_access_to_the_new_recipient,
     listing_filters_and_pages,
     the_mailbox_keeps_order_and_forgets_confirmed_entries,
+    deliveries_load_in_batches_with_their_histories,
+    a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,
     outbox_leases_hand_each_row_to_one_relay,
     the_directory_round_trips_and_versions,
     concurrent_changes_on_one_version_record_exactly_one,
@@ -589,9 +591,140 @@ async fn the_mailbox_keeps_order_and_forgets_confirmed_entries(f: Fixture) {
             .unwrap()
             .is_none()
     );
-    assert!(store.remove_mailbox_entry(&ngo, first).await.unwrap());
-    assert!(!store.remove_mailbox_entry(&ngo, first).await.unwrap());
+    // Only the agency a row is for can settle it; settling twice settles nothing more.
+    assert_eq!(store.settle(&agency("ahc-swu"), &[first]).await.unwrap(), 0);
+    assert_eq!(store.settle(&ngo, &[first]).await.unwrap(), 1);
+    assert_eq!(store.settle(&ngo, &[first]).await.unwrap(), 0);
     assert_eq!(store.mailbox(&ngo, 0, 10).await.unwrap().len(), 1);
+    let c = submit(&store, "m-3").await;
+    let rest: Vec<_> = store
+        .mailbox(&ngo, 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.delivery_id)
+        .collect();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(store.settle(&ngo, &rest).await.unwrap(), 2);
+    assert!(store.mailbox(&ngo, 0, 10).await.unwrap().is_empty());
+    assert!(store.referral(c.id).await.unwrap().is_some());
+}
+
+async fn deliveries_load_in_batches_with_their_histories(f: Fixture) {
+    let store = f.store.clone();
+    let a = submit(&store, "b-1").await;
+    let b = submit(&store, "b-2").await;
+    let ack = event(
+        &a,
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        None,
+    );
+    let ack_id = ack.id;
+    assert!(matches!(
+        store
+            .apply(&change(&a, 1, ack, State::Acknowledged))
+            .await
+            .unwrap(),
+        ChangeOutcome::Recorded
+    ));
+    let loaded = store
+        .referrals_with_history(&[a.id, b.id, ReferralId::new()])
+        .await
+        .unwrap();
+    assert_eq!(loaded.len(), 2, "unknown ids are left out");
+    let (got_a, history_a) = loaded.iter().find(|(r, _)| r.id == a.id).unwrap();
+    assert_eq!(got_a.case_file.as_bytes(), KHMER.as_bytes());
+    assert_eq!(got_a.state, State::Acknowledged);
+    assert_eq!(
+        history_a.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Submitted, EventKind::Acknowledged]
+    );
+    let (_, history_b) = loaded.iter().find(|(r, _)| r.id == b.id).unwrap();
+    assert_eq!(history_b.len(), 1);
+    assert_eq!(history_b[0].referral_id, b.id);
+    let submitted_b = history_b[0].id;
+    let events = store
+        .events(&[ack_id, submitted_b, uuid::Uuid::now_v7()])
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    ids.sort();
+    let mut want = vec![ack_id, submitted_b];
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(store.referrals_with_history(&[]).await.unwrap().is_empty());
+    assert!(store.events(&[]).await.unwrap().is_empty());
+}
+
+/// Writes that run together (the embedded store commits concurrent writes in one transaction) stay
+/// independent: one that fails half-way leaves nothing of itself and takes nothing of the others.
+async fn a_failed_write_leaves_nothing_and_spares_the_writes_beside_it(f: Fixture) {
+    let store = f.store.clone();
+    let broken = submit(&store, "w-broken").await;
+    let fine = submit(&store, "w-fine").await;
+    // An event id that already exists: the state update succeeds, then the event insert fails.
+    let taken = store.history(broken.id).await.unwrap()[0].id;
+    let results = all_at_once(&store, 6, |n, store| {
+        let (broken, fine) = (broken.clone(), fine.clone());
+        async move {
+            match n {
+                0 => {
+                    let mut e = event(
+                        &broken,
+                        EventKind::Acknowledged,
+                        "mlup-russey",
+                        State::Acknowledged,
+                        None,
+                    );
+                    e.id = taken;
+                    store
+                        .apply(&change(&broken, 1, e, State::Acknowledged))
+                        .await
+                        .is_ok()
+                }
+                1 => {
+                    let e = event(
+                        &fine,
+                        EventKind::Acknowledged,
+                        "mlup-russey",
+                        State::Acknowledged,
+                        None,
+                    );
+                    matches!(
+                        store
+                            .apply(&change(&fine, 1, e, State::Acknowledged))
+                            .await
+                            .unwrap(),
+                        ChangeOutcome::Recorded
+                    )
+                }
+                n => {
+                    let r = referral(&format!("w-new-{n}"));
+                    let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
+                    let d = [NewDelivery {
+                        agency: r.recipient.clone(),
+                        event_id: None,
+                    }];
+                    matches!(
+                        store.submit(&r, &e, &d).await.unwrap(),
+                        SubmitOutcome::Created
+                    )
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(results, [false, true, true, true, true, true]);
+    let after = store.referral(broken.id).await.unwrap().unwrap();
+    assert_eq!((after.state, after.version), (State::Sent, 1));
+    assert_eq!(store.history(broken.id).await.unwrap().len(), 1);
+    assert_eq!(store.referral(fine.id).await.unwrap().unwrap().version, 2);
+    // broken and fine's submits, fine's acknowledgement to its sender, four new referrals.
+    let ngo = store.mailbox(&agency("mlup-russey"), 0, 100).await.unwrap();
+    let hospital = store.mailbox(&agency("ahc-swu"), 0, 100).await.unwrap();
+    assert_eq!((ngo.len(), hospital.len()), (6, 1));
 }
 
 async fn outbox_leases_hand_each_row_to_one_relay(f: Fixture) {
