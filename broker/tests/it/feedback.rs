@@ -615,3 +615,158 @@ async fn listing_filters_by_role_and_state_and_pages() {
             .is_empty()
     );
 }
+
+/// A Khmer letter: three bytes in UTF-8, so a limit counted in characters would let these through.
+const KA: &str = "ក";
+
+#[tokio::test]
+async fn an_oversize_note_or_actor_person_is_invalid_naming_the_field_and_changes_nothing() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    let id = hospital.submit_lama("size-1").await;
+    let events = broker.count("referral_events").await;
+
+    // The limits are 8 KiB for a note and 256 bytes for a name (broker/src/gateway/convert.rs).
+    let note_over = KA.repeat(2731); // 8193 bytes, 2731 characters
+    let person_over = KA.repeat(85) + "ab"; // 257 bytes
+    assert_eq!((note_over.len(), person_over.len()), (8 * 1024 + 1, 257));
+    for (field, note, person) in [
+        ("action.note", note_over.as_str(), "សុភា"),
+        ("action.actor_person", "", person_over.as_str()),
+    ] {
+        let err = ngo
+            .referrals
+            .acknowledge(pb::AcknowledgeRequest {
+                action: Some(pb::Action {
+                    referral_id: id.clone(),
+                    request_id: format!("big-{field}"),
+                    actor_person: person.into(),
+                    note: note.into(),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}: is ")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(broker.count("referral_events").await, events);
+    assert_eq!(
+        state_of(&mut hospital, &id).await,
+        pb::ReferralState::Sent as i32
+    );
+
+    // Exactly at the limits is accepted: the refusals above were about size, not something else.
+    let recorded = ngo
+        .referrals
+        .acknowledge(pb::AcknowledgeRequest {
+            action: Some(pb::Action {
+                referral_id: id.clone(),
+                request_id: "at-the-limit".into(),
+                actor_person: KA.repeat(85) + "a",
+                note: KA.repeat(2730) + "ab",
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = recorded.event.unwrap();
+    assert_eq!(event.note.len(), 8 * 1024);
+    assert_eq!(event.actor_person.len(), 256);
+    assert_eq!(broker.count("referral_events").await, events + 1);
+}
+
+/// A way to break a valid action request.
+type Breakage<R> = (&'static str, fn(&mut R));
+
+#[tokio::test]
+async fn an_accept_or_complete_missing_its_details_is_invalid_naming_the_field() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    let id = hospital.submit_lama("details-1").await;
+
+    let valid_accept = pb::AcceptRequest {
+        action: action(&id, "acc"),
+        acceptance: Some(pb::Acceptance {
+            planned_action: "home visit".into(),
+            planned_date: "2026-11-24".into(),
+        }),
+    };
+    let broken_accepts: [Breakage<pb::AcceptRequest>; 4] = [
+        ("acceptance", |r| r.acceptance = None),
+        ("acceptance.planned_action", |r| {
+            r.acceptance.as_mut().unwrap().planned_action = "  ".into()
+        }),
+        ("acceptance.planned_date", |r| {
+            r.acceptance.as_mut().unwrap().planned_date = String::new()
+        }),
+        ("acceptance.planned_date", |r| {
+            r.acceptance.as_mut().unwrap().planned_date = "24/11/2026".into()
+        }),
+    ];
+    for (field, break_it) in broken_accepts {
+        let mut request = valid_accept.clone();
+        break_it(&mut request);
+        let err = ngo.referrals.accept(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        state_of(&mut hospital, &id).await,
+        pb::ReferralState::Sent as i32
+    );
+    // The request id was never used: the valid request with it is recorded now.
+    let accepted = ngo
+        .referrals
+        .accept(valid_accept)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.state, pb::ReferralState::Accepted as i32);
+
+    let valid_complete = pb::CompleteRequest {
+        action: action(&id, "done"),
+        outcome: Some(pb::Outcome {
+            outcome_code: "child_well_in_school".into(),
+            summary: String::new(),
+        }),
+    };
+    let broken_completes: [Breakage<pb::CompleteRequest>; 2] = [
+        ("outcome", |r| r.outcome = None),
+        ("outcome.outcome_code", |r| {
+            r.outcome.as_mut().unwrap().outcome_code = String::new()
+        }),
+    ];
+    for (field, break_it) in broken_completes {
+        let mut request = valid_complete.clone();
+        break_it(&mut request);
+        let err = ngo.referrals.complete(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        state_of(&mut hospital, &id).await,
+        pb::ReferralState::Accepted as i32
+    );
+    assert_eq!(history_kinds(&mut hospital, &id).await.len(), 2);
+    let completed = ngo
+        .referrals
+        .complete(valid_complete)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(completed.state, pb::ReferralState::Completed as i32);
+}
