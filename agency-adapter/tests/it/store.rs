@@ -1,6 +1,7 @@
 //! The local store: idempotent deliveries, state from the newest event, outbox durability, Khmer text.
 
 use spean_adapter::{
+    AdapterError,
     case_file::CaseFile,
     store::{Store, Stored},
 };
@@ -278,4 +279,48 @@ async fn a_submit_answer_stores_the_referral_and_marks_the_request_sent() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].state, "sent");
     assert!(t.store.next_pending().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_refused_naming_its_field_and_the_row_is_kept() {
+    let t = fresh_store().await;
+    t.store
+        .enqueue("ref-1", "submit", None, b"first")
+        .await
+        .unwrap();
+    t.store
+        .enqueue("req-1", "acknowledge", Some("r-1"), b"ack")
+        .await
+        .unwrap();
+
+    let other_payload = t
+        .store
+        .enqueue("ref-1", "submit", None, b"second")
+        .await
+        .unwrap_err();
+    let other_operation = t
+        .store
+        .enqueue("req-1", "accept", Some("r-1"), b"ack")
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            &other_payload,
+            AdapterError::KeyReused { field: "client_ref", key, operation, status }
+                if key == "ref-1" && operation == "submit" && status == "pending"
+        ),
+        "{other_payload:?}"
+    );
+    assert!(
+        matches!(
+            &other_operation,
+            AdapterError::KeyReused { field: "request_id", operation, .. } if operation == "acknowledge"
+        ),
+        "{other_operation:?}"
+    );
+    let rows = t.store.outbox().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].payload, b"first");
+    assert_eq!(rows[1].operation, "acknowledge");
 }
