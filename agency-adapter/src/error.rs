@@ -159,6 +159,8 @@ mod tests {
         assert!(AdapterError::from_status(tonic::Status::failed_precondition("x")).is_refusal());
         assert!(AdapterError::from_status(tonic::Status::already_exists("x")).is_refusal());
         assert!(AdapterError::from_status(tonic::Status::out_of_range("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::unimplemented("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::aborted("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::unavailable("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::deadline_exceeded("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::internal("x")).is_transient());
