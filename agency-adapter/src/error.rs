@@ -24,6 +24,21 @@ pub enum AdapterError {
     #[error("invalid {field}: {reason}")]
     Invalid { field: &'static str, reason: String },
 
+    /// An idempotency key (`client_ref` or `request_id`) already in the outbox for a different request.
+    /// Queuing the new request under it would report the old row and never send the new one.
+    #[error(
+        "{field} {key:?} is already used for another request ({operation}, {status}); \
+         give a new {field}"
+    )]
+    KeyReused {
+        field: &'static str,
+        key: String,
+        /// The operation of the request that holds the key.
+        operation: String,
+        /// Where that request stands: `pending`, `sent` or `rejected`.
+        status: String,
+    },
+
     /// Stored or received bytes that are not the proto they claim to be. Names what, never the content.
     #[error("cannot decode {what}: {source}")]
     Decode {
@@ -144,6 +159,8 @@ mod tests {
         assert!(AdapterError::from_status(tonic::Status::failed_precondition("x")).is_refusal());
         assert!(AdapterError::from_status(tonic::Status::already_exists("x")).is_refusal());
         assert!(AdapterError::from_status(tonic::Status::out_of_range("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::unimplemented("x")).is_refusal());
+        assert!(AdapterError::from_status(tonic::Status::aborted("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::unavailable("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::deadline_exceeded("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::internal("x")).is_transient());

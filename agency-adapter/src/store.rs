@@ -239,8 +239,10 @@ impl Store {
             .collect()
     }
 
-    /// Writes a request to the outbox as `pending`. Writing the same request id again is a no-op, so
-    /// a command retried by hand does not queue twice.
+    /// Writes a request to the outbox as `pending`. Writing the same request (same key, operation and
+    /// bytes) again is a no-op, so a command retried by hand does not queue twice; the caller reads
+    /// the row to learn where it stands. A key already used for a different request is refused:
+    /// queuing it would answer the new request with the old one's row, and it would never be sent.
     pub async fn enqueue(
         &self,
         request_id: &str,
@@ -248,7 +250,7 @@ impl Store {
         referral_id: Option<&str>,
         payload: &[u8],
     ) -> Result<(), AdapterError> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO outbox (request_id, operation, referral_id, payload, status, created_at) \
              VALUES (?, ?, ?, ?, 'pending', ?) ON CONFLICT (request_id) DO NOTHING",
         )
@@ -258,8 +260,33 @@ impl Store {
         .bind(payload)
         .bind(now())
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        if inserted > 0 {
+            return Ok(());
+        }
+        // A row's key, operation and payload never change once written, so this read cannot race
+        // with another writer into a wrong verdict.
+        let existing = self
+            .outbox_row(request_id)
+            .await?
+            .ok_or_else(|| AdapterError::Invalid {
+                field: "outbox.request_id",
+                reason: format!("{request_id:?} conflicted on insert but cannot be read back"),
+            })?;
+        if existing.operation == operation && existing.payload == payload {
+            return Ok(());
+        }
+        Err(AdapterError::KeyReused {
+            field: if operation == "submit" {
+                "client_ref"
+            } else {
+                "request_id"
+            },
+            key: request_id.to_owned(),
+            operation: existing.operation,
+            status: existing.status,
+        })
     }
 
     /// The oldest pending request: the outbox is sent in order.

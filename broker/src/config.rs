@@ -214,6 +214,13 @@ impl Default for LogConfig {
     }
 }
 
+/// The prefix of the environment variables that override settings.
+const ENV_PREFIX: &str = "SPEAN_BROKER_";
+
+/// `SPEAN_BROKER_*` variables that are not settings: `SPEAN_BROKER_CONFIG` names the file itself
+/// (the command line reads it), and read as a setting it would be an unknown key that stops startup.
+const NOT_SETTINGS: &[&str] = &["config"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -223,14 +230,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Defaults, then `file` if given, then `SPEAN_BROKER_*` variables; validated.
+    /// Defaults, then `file` if given, then `SPEAN_BROKER_*` variables (except `SPEAN_BROKER_CONFIG`,
+    /// which names `file`); validated.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
         let config: Config = figment
-            .merge(Env::prefixed("SPEAN_BROKER_").split("__"))
+            .merge(Env::prefixed(ENV_PREFIX).ignore(NOT_SETTINGS).split("__"))
             .extract()
             .map_err(Box::new)?;
         config.validate()?;

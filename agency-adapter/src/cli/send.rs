@@ -1,6 +1,10 @@
 //! `send` and the feedback actions. Each writes its request to the outbox first, then tries the broker
 //! once: sent → stored and printed; refused → the row is `rejected` and the command fails; broker
 //! unreachable → the row stays `pending` for the daemon and the command still succeeds.
+//!
+//! Run again with the same key and the same content, a command reports where the first run's row
+//! stands (`sent`, or still `pending`) and does not queue twice; a row the broker refused stays
+//! refused. The same key with other content is an error naming the key's field.
 
 use std::path::PathBuf;
 
@@ -22,6 +26,7 @@ use crate::{
     case_file::CaseFile,
     outbox::{self, Outcome, OutgoingRequest},
     referral::{AgencyId, IdempotencyKey, kind_name, state_name},
+    store::OutboxRow,
 };
 
 #[derive(Debug, Args)]
@@ -78,11 +83,23 @@ pub struct SendArgs {
 /// How a request left this command.
 enum Sending {
     Sent(Box<Outcome>),
+    /// The same request (same key and content) went through before, from an earlier run or from the
+    /// daemon: its result is already in the local store, and it is not sent again.
+    AlreadySent(OutboxRow),
     /// Still pending in the outbox, with why it did not go now.
     Queued(String),
 }
 
-/// Outbox first, then one try.
+/// The name the user gave the request's idempotency key under, for messages.
+fn key_field(request: &OutgoingRequest) -> &'static str {
+    match request {
+        OutgoingRequest::Submit(_) => "client_ref",
+        _ => "request_id",
+    }
+}
+
+/// Outbox first, then one try. A key already in the outbox with the same content reports that row
+/// as it stands instead of queuing again; with other content it is refused by the store.
 async fn enqueue_and_try(
     ctx: &Context,
     request: OutgoingRequest,
@@ -90,10 +107,32 @@ async fn enqueue_and_try(
 ) -> anyhow::Result<Sending> {
     let request_id = request.request_id().to_owned();
     let request_id = request_id.as_str();
-    request
-        .enqueue(&ctx.store)
-        .await
-        .context("cannot write the request to the local outbox")?;
+    match request.enqueue(&ctx.store).await {
+        Ok(()) => {}
+        Err(reused @ AdapterError::KeyReused { .. }) => return Err(reused.into()),
+        Err(error) => {
+            return Err(
+                anyhow::Error::new(error).context("cannot write the request to the local outbox")
+            );
+        }
+    }
+    let row = ctx
+        .store
+        .outbox_row(request_id)
+        .await?
+        .context("the request is missing from the local outbox just after it was written")?;
+    match row.status.as_str() {
+        "sent" => return Ok(Sending::AlreadySent(row)),
+        "rejected" => {
+            let field = key_field(&request);
+            anyhow::bail!(
+                "{field} {request_id:?} was refused by the broker before ({}) and is not sent \
+                 again; give a new {field}",
+                row.error.as_deref().unwrap_or("no reason recorded")
+            );
+        }
+        _ => {}
+    }
     if queue_only {
         return Ok(Sending::Queued("--queue-only".into()));
     }
@@ -116,6 +155,10 @@ async fn enqueue_and_try(
 
 fn announce_queued(key: &str, why: &str) {
     eprintln!("{key}: not sent now ({why}); it is queued and the daemon will send it");
+}
+
+fn announce_already_sent(key: &str) {
+    eprintln!("{key}: this request was sent before; it is not sent again");
 }
 
 pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
@@ -180,10 +223,13 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
             }
             Outcome::Recorded(_) => None,
         },
+        Sending::AlreadySent(row) => row.referral_id.clone(),
         Sending::Queued(_) => None,
     };
-    if let Sending::Queued(why) = &sending {
-        announce_queued(client_ref.as_str(), why);
+    match &sending {
+        Sending::Queued(why) => announce_queued(client_ref.as_str(), why),
+        Sending::AlreadySent(_) => announce_already_sent(client_ref.as_str()),
+        Sending::Sent(_) => {}
     }
     if args.json {
         print_json(&json!({
@@ -335,17 +381,22 @@ pub(super) async fn act(ctx: &Context, common: ActionArgs, act: Act) -> anyhow::
             Outcome::Recorded(event) => Some(event),
             Outcome::Submitted(_) => None,
         },
-        Sending::Queued(_) => None,
+        Sending::AlreadySent(_) | Sending::Queued(_) => None,
     };
-    if let Sending::Queued(why) = &sending {
-        announce_queued(request_id.as_str(), why);
+    let sent = matches!(sending, Sending::Sent(_) | Sending::AlreadySent(_));
+    match &sending {
+        Sending::Queued(why) => announce_queued(request_id.as_str(), why),
+        Sending::AlreadySent(_) => announce_already_sent(request_id.as_str()),
+        Sending::Sent(_) => {}
     }
     if common.json {
+        // A request sent before reports `sent` without its event: the event is in the referral's
+        // history (`show`), and the outbox does not record which event answered it.
         print_json(&json!({
             "request_id": request_id.as_str(),
             "referral_id": common.id,
             "operation": operation,
-            "status": if event.is_some() { "sent" } else { "queued" },
+            "status": if sent { "sent" } else { "queued" },
             "event_id": event.map(|e| e.event_id.clone()),
             "kind": event.map(|e| kind_name(e.kind)),
             "state": event.map(|e| state_name(e.state_after)),
@@ -358,6 +409,7 @@ pub(super) async fn act(ctx: &Context, common: ActionArgs, act: Act) -> anyhow::
                 kind_name(e.kind),
                 state_name(e.state_after)
             ),
+            None if sent => println!("{}: {operation} was already sent", common.id),
             None => println!("{request_id} queued"),
         }
     }

@@ -141,3 +141,36 @@ fn an_empty_inbox_lists_as_an_empty_json_array() {
     let inbox = json(&adapter(dir.path(), "agency-b", &["inbox", "--json"]));
     assert_eq!(inbox, Value::Array(vec![]));
 }
+
+#[test]
+fn a_queued_request_run_again_stays_one_row_and_other_content_under_its_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ack = ["ack", "r-1", "--request-id", "k-7", "--json"];
+    let first = json(&adapter(dir.path(), "agency-b", &ack));
+    let again = json(&adapter(dir.path(), "agency-b", &ack));
+    assert_eq!(first["status"], "queued");
+    assert_eq!(again["status"], "queued");
+
+    let other = adapter(
+        dir.path(),
+        "agency-b",
+        &[
+            "ack",
+            "r-1",
+            "--request-id",
+            "k-7",
+            "--note",
+            "another note",
+        ],
+    );
+
+    assert_eq!(other.status.code(), Some(1));
+    assert!(other.stdout.is_empty(), "nothing reported as queued");
+    assert_eq!(
+        String::from_utf8_lossy(&other.stderr).trim_end(),
+        "error: request_id \"k-7\" is already used for another request (acknowledge, pending); \
+         give a new request_id"
+    );
+    let outbox = json(&adapter(dir.path(), "agency-b", &["outbox", "--json"]));
+    assert_eq!(outbox.as_array().unwrap().len(), 1, "{outbox}");
+}

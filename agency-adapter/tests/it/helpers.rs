@@ -1,7 +1,10 @@
-//! Builders for referrals and events as the broker would send them, a fresh store per test, and a
-//! throwaway agency identity for the binary.
+//! Builders for referrals and events as the broker would send them, a fresh store per test, a
+//! throwaway agency identity for the binary, and a real broker process for the binary to talk to.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use prost_types::Timestamp;
 use spean_adapter::{case_file::CaseFile, store::Store};
@@ -115,4 +118,127 @@ pub fn identity(dir: &Path, agency: &str) -> PathBuf {
     std::fs::write(folder.join("cert.pem"), cert.pem()).expect("write cert");
     std::fs::write(folder.join("key.pem"), key.serialize_pem()).expect("write key");
     folder
+}
+
+/// How long the broker process may take to start before a test fails.
+const BROKER_START: Duration = Duration::from_secs(30);
+
+/// A real `spean-broker serve` process on port 0 in a temporary folder: SQLite, the development CA
+/// (which issues a certificate to every demo directory agency) and the demo directory. Killed, by
+/// its own process id, when dropped.
+pub struct BrokerProcess {
+    /// `https://127.0.0.1:PORT`, covered by the development server certificate.
+    pub url: String,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+/// The `spean-broker` binary cargo built beside this test (`target/<profile>/spean-broker`). This
+/// crate cannot depend on the broker, so it is started as a process, as the agencies will run it.
+fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/it-<hash> → target/<profile>/spean-broker
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target folder")
+        .join("spean-broker");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build -p spean-broker` (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
+impl BrokerProcess {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("broker");
+        std::fs::create_dir_all(&data).expect("broker data dir");
+        let log = std::fs::File::create(dir.path().join("broker.log")).expect("broker log");
+        let mut child = Command::new(broker_binary())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            // Only these settings: nothing from the environment running the tests leaks in.
+            .env_clear()
+            .env("SPEAN_BROKER_DATABASE__DURABLE", "false")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start spean-broker");
+        let address_file = data.join("broker.addr");
+        let deadline = Instant::now() + BROKER_START;
+        let addr = loop {
+            if let Some(addr) = std::fs::read_to_string(&address_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<SocketAddr>().ok())
+            {
+                break addr;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "spean-broker exited ({status}): {}",
+                    std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "spean-broker did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            url: format!("https://{addr}"),
+            dir,
+            child,
+        }
+    }
+
+    /// The identity folder the development CA wrote for `agency`.
+    pub fn identity(&self, agency: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("broker")
+            .join("pki")
+            .join("agencies")
+            .join(agency)
+    }
+
+    /// Runs `spean-adapter` as `agency` against this broker, with that agency's own local store.
+    pub fn adapter(&self, agency: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_spean-adapter"))
+            .arg("--identity")
+            .arg(self.identity(agency))
+            .arg("--store")
+            .arg(self.dir.path().join(format!("{agency}.db")))
+            .args(["--broker", &self.url])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run spean-adapter")
+    }
+}
+
+impl BrokerProcess {
+    /// Kills the broker; commands run after this find nothing listening at its address.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The JSON a successful command printed; panics with its stderr when it failed.
+pub fn json_of(output: &Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("stdout is JSON")
 }

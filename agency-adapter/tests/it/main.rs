@@ -1,9 +1,12 @@
-//! The adapter's integration tests: the local store through its public API, and the binary's offline
-//! behaviour (queueing, the outbox, JSON output) with a throwaway identity and no broker.
+//! The adapter's integration tests: the local store through its public API, the binary's offline
+//! behaviour (queueing, the outbox, JSON output) with a throwaway identity and no broker, and the
+//! binary against a real `spean-broker` process (feedback commands, reused keys).
 
 // Tests may panic on a broken fixture: that is the failure we want to see.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cli;
+mod feedback;
 mod helpers;
+mod idempotency;
 mod store;

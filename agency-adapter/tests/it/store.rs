@@ -1,6 +1,7 @@
 //! The local store: idempotent deliveries, state from the newest event, outbox durability, Khmer text.
 
 use spean_adapter::{
+    AdapterError,
     case_file::CaseFile,
     store::{Store, Stored},
 };
@@ -313,4 +314,46 @@ async fn deliveries_that_arrive_together_are_stored_together_each_once() {
         t.store.store_deliveries(&[delivered]).await.unwrap(),
         [Stored::RepeatedDelivery]
     );
+
+async fn a_key_reused_for_another_request_is_refused_naming_its_field_and_the_row_is_kept() {
+    let t = fresh_store().await;
+    t.store
+        .enqueue("ref-1", "submit", None, b"first")
+        .await
+        .unwrap();
+    t.store
+        .enqueue("req-1", "acknowledge", Some("r-1"), b"ack")
+        .await
+        .unwrap();
+
+    let other_payload = t
+        .store
+        .enqueue("ref-1", "submit", None, b"second")
+        .await
+        .unwrap_err();
+    let other_operation = t
+        .store
+        .enqueue("req-1", "accept", Some("r-1"), b"ack")
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(
+            &other_payload,
+            AdapterError::KeyReused { field: "client_ref", key, operation, status }
+                if key == "ref-1" && operation == "submit" && status == "pending"
+        ),
+        "{other_payload:?}"
+    );
+    assert!(
+        matches!(
+            &other_operation,
+            AdapterError::KeyReused { field: "request_id", operation, .. } if operation == "acknowledge"
+        ),
+        "{other_operation:?}"
+    );
+    let rows = t.store.outbox().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].payload, b"first");
+    assert_eq!(rows[1].operation, "acknowledge");
 }

@@ -1,58 +1,131 @@
 //! Every agency is identified by its client certificate, and sees only its own referrals.
 
+use std::path::PathBuf;
+
 use spean_broker::ids::AgencyId;
 use spean_broker::pki::Pki;
 use spean_proto::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{Client, action, lama, spawn_broker};
+use crate::helpers::{Client, TestBroker, action, lama, spawn_broker};
+
+/// How a `Submit` over a fresh channel presenting `identity` (certificate and key files) ended:
+/// `Ok`, or the status code (none when the connection itself failed) with the whole error chain on
+/// one line, so that the TLS alert deep inside it can be checked.
+async fn submit_presenting(
+    broker: &TestBroker,
+    identity: Option<(PathBuf, PathBuf)>,
+    client_ref: &str,
+) -> Result<(), (Option<Code>, String)> {
+    let channel = broker
+        .channel(identity, &broker.pki().join("ca.pem"))
+        .await
+        .map_err(|e| (None, chain(&e)))?;
+    // The handshake may complete lazily (TLS 1.3 sends the server's verdict after the client's
+    // Finished), so the refusal can arrive with the first call.
+    Client::new(channel)
+        .submit(lama(client_ref))
+        .await
+        .map(|_| ())
+        .map_err(|status| (Some(status.code()), chain(&status)))
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Submits once presenting the genuine `ahc-swu` certificate (the control: this very setup works),
+/// then once presenting `presented`, and checks that the second was refused in the TLS handshake
+/// with `alert`, before any service ran, and wrote nothing.
+async fn assert_refused_in_handshake(
+    broker: &TestBroker,
+    presented: Option<(PathBuf, PathBuf)>,
+    alert: &str,
+) {
+    let genuine = broker.identity_dir("ahc-swu");
+    submit_presenting(
+        broker,
+        Some((genuine.join("cert.pem"), genuine.join("key.pem"))),
+        "control-1",
+    )
+    .await
+    .unwrap();
+
+    let (code, text) = match submit_presenting(broker, presented, "refused-1").await {
+        Ok(()) => panic!("the call succeeded; expected the TLS alert {alert}"),
+        Err(refusal) => refusal,
+    };
+
+    // Refused by TLS, not by a service: a transport failure, never an answer like
+    // PERMISSION_DENIED or UNAUTHENTICATED from the gateway.
+    assert!(
+        matches!(code, None | Some(Code::Unavailable) | Some(Code::Unknown)),
+        "{code:?}: {text}"
+    );
+    assert!(
+        text.contains(alert),
+        "expected the TLS alert {alert}: {text}"
+    );
+    assert_eq!(broker.count("referrals").await, 1, "only the control's");
+}
 
 #[tokio::test]
 async fn a_connection_without_a_client_certificate_is_refused() {
     let broker = spawn_broker().await;
-    let result = match broker.channel(None, &broker.pki().join("ca.pem")).await {
-        // The handshake may complete lazily; the first call must fail either way.
-        Ok(channel) => Client::new(channel)
-            .referrals
-            .list(pb::ListRequest::default())
-            .await
-            .map(|_| ()),
-        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
-    };
-    assert!(
-        result.is_err(),
-        "a call without a client certificate succeeded"
-    );
-    assert_eq!(broker.count("referrals").await, 0);
+    assert_refused_in_handshake(&broker, None, "CertificateRequired").await;
 }
 
 #[tokio::test]
-async fn a_certificate_from_another_ca_is_refused() {
+async fn a_certificate_from_another_ca_with_the_networks_name_is_refused() {
     let broker = spawn_broker().await;
     let other = tempfile::tempdir().unwrap();
     let rogue = Pki::new(other.path());
     rogue.init().unwrap();
-    let dir = rogue
+    // The same agency id as a real one, so only the issuer differs.
+    let forged = rogue
         .issue_agency(&AgencyId::parse("a", "ahc-swu").unwrap())
         .unwrap();
-    let result = match broker
-        .channel(
-            Some((dir.join("cert.pem"), dir.join("key.pem"))),
-            &broker.pki().join("ca.pem"),
-        )
-        .await
-    {
-        Ok(channel) => Client::new(channel)
-            .submit(lama("rogue-1"))
-            .await
-            .map(|_| ()),
-        Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+
+    // Both CAs carry the same name, so the broker finds "its" issuer and the signature does not
+    // verify: rustls answers a bad signature with the decrypt_error alert (RFC 8446, 6.2).
+    let presented = Some((forged.join("cert.pem"), forged.join("key.pem")));
+    assert_refused_in_handshake(&broker, presented, "DecryptError").await;
+}
+
+/// Writes a certificate for `agency` issued by a CA of another name, unknown to the broker.
+fn issued_by_a_stranger(dir: &std::path::Path, agency: &str) -> (PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
-    assert!(
-        result.is_err(),
-        "a certificate from another CA was accepted"
-    );
-    assert_eq!(broker.count("referrals").await, 0);
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "Another network CA");
+    let issuer = Issuer::new(ca, KeyPair::generate().unwrap());
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, agency);
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let (cert_path, key_path) = (dir.join("stranger.pem"), dir.join("stranger.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (cert_path, key_path)
+}
+
+#[tokio::test]
+async fn a_certificate_from_a_ca_of_another_name_is_refused_as_unknown() {
+    let broker = spawn_broker().await;
+    let other = tempfile::tempdir().unwrap();
+    let presented = Some(issued_by_a_stranger(other.path(), "ahc-swu"));
+    assert_refused_in_handshake(&broker, presented, "UnknownCA").await;
 }
 
 #[tokio::test]

@@ -6,94 +6,327 @@ use tonic::Code;
 
 use crate::helpers::{Client, action, spawn_broker};
 
-async fn ack(c: &mut Client, id: &str, req: &str) -> Result<pb::FeedbackResponse, tonic::Status> {
-    c.referrals
-        .acknowledge(pb::AcknowledgeRequest {
-            action: action(id, req),
-        })
-        .await
-        .map(|r| r.into_inner())
+/// Every feedback action RPC, so tables can drive them all.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Acknowledge,
+    Accept,
+    Decline,
+    Redirect,
+    MarkInProgress,
+    RecordFollowUp,
+    Complete,
+    Fail,
+    Withdraw,
+    MarkEnteredInError,
 }
 
-async fn accept(
-    c: &mut Client,
-    id: &str,
-    req: &str,
-) -> Result<pb::FeedbackResponse, tonic::Status> {
-    c.referrals
-        .accept(pb::AcceptRequest {
-            action: action(id, req),
-            acceptance: Some(pb::Acceptance {
-                planned_action: "ទៅសួរសុខទុក្ខនៅផ្ទះ (home visit)".into(),
-                planned_date: "2026-11-24".into(),
-            }),
-        })
-        .await
-        .map(|r| r.into_inner())
+/// Which side of the referral a call comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Party {
+    Sender,
+    Recipient,
 }
 
-async fn decline(
-    c: &mut Client,
-    id: &str,
-    req: &str,
-) -> Result<pb::FeedbackResponse, tonic::Status> {
-    c.referrals
-        .decline(pb::DeclineRequest {
-            action: action(id, req),
-            decline: Some(pb::Decline {
-                reason_code: "no_capacity".into(),
-                reason_text: "no foster family free".into(),
-            }),
+impl Rpc {
+    /// The party that performs the action in these tests.
+    fn party(self) -> Party {
+        match self {
+            Rpc::Withdraw | Rpc::MarkEnteredInError => Party::Sender,
+            _ => Party::Recipient,
+        }
+    }
+
+    /// The other party, refused with this message; `None` where both parties may act.
+    fn wrong_party_message(self) -> Option<&'static str> {
+        Some(match self {
+            Rpc::Acknowledge => {
+                "only the recipient may record acknowledged; this agency is the sender"
+            }
+            Rpc::Accept => "only the recipient may record accepted; this agency is the sender",
+            Rpc::Decline => "only the recipient may record declined; this agency is the sender",
+            Rpc::Redirect => "only the recipient may record redirected; this agency is the sender",
+            Rpc::MarkInProgress => {
+                "only the recipient may record in_progress; this agency is the sender"
+            }
+            Rpc::RecordFollowUp => return None,
+            Rpc::Complete => "only the recipient may record completed; this agency is the sender",
+            Rpc::Fail => "only the recipient may record failed; this agency is the sender",
+            Rpc::Withdraw => "only the sender may record withdrawn; this agency is the recipient",
+            Rpc::MarkEnteredInError => {
+                "only the sender may record entered_in_error; this agency is the recipient"
+            }
         })
-        .await
-        .map(|r| r.into_inner())
+    }
+
+    /// Calls the RPC on referral `id` with request id `req` and valid details.
+    async fn call(
+        self,
+        c: &mut Client,
+        id: &str,
+        req: &str,
+    ) -> Result<pb::FeedbackResponse, tonic::Status> {
+        let action = action(id, req);
+        let r = &mut c.referrals;
+        let answer = match self {
+            Rpc::Acknowledge => r.acknowledge(pb::AcknowledgeRequest { action }).await,
+            Rpc::Accept => {
+                r.accept(pb::AcceptRequest {
+                    action,
+                    acceptance: Some(pb::Acceptance {
+                        planned_action: "ទៅសួរសុខទុក្ខនៅផ្ទះ (home visit)".into(),
+                        planned_date: "2026-11-24".into(),
+                    }),
+                })
+                .await
+            }
+            Rpc::Decline => {
+                r.decline(pb::DeclineRequest {
+                    action,
+                    decline: Some(pb::Decline {
+                        reason_code: "no_capacity".into(),
+                        reason_text: "no foster family free".into(),
+                    }),
+                })
+                .await
+            }
+            Rpc::Redirect => {
+                r.redirect(pb::RedirectRequest {
+                    action,
+                    redirect: Some(pb::Redirect {
+                        to_agency_id: "dosvy-24".into(),
+                        reason: "cannot travel to Pailin".into(),
+                    }),
+                })
+                .await
+            }
+            Rpc::MarkInProgress => {
+                r.mark_in_progress(pb::MarkInProgressRequest { action })
+                    .await
+            }
+            Rpc::RecordFollowUp => {
+                r.record_follow_up(pb::RecordFollowUpRequest {
+                    action,
+                    follow_up: Some(pb::FollowUp {
+                        activity: "home_visit".into(),
+                        date: "2026-11-25".into(),
+                    }),
+                })
+                .await
+            }
+            Rpc::Complete => {
+                r.complete(pb::CompleteRequest {
+                    action,
+                    outcome: Some(pb::Outcome {
+                        outcome_code: "child_well_in_school".into(),
+                        summary: "កុមារមានសុខភាពល្អ និងទៅសាលារៀន".into(),
+                    }),
+                })
+                .await
+            }
+            Rpc::Fail => {
+                r.fail(pb::FailRequest {
+                    action,
+                    failure: Some(pb::Failure {
+                        reason: "family moved to Thailand".into(),
+                    }),
+                })
+                .await
+            }
+            Rpc::Withdraw => r.withdraw(pb::WithdrawRequest { action }).await,
+            Rpc::MarkEnteredInError => {
+                r.mark_entered_in_error(pb::MarkEnteredInErrorRequest { action })
+                    .await
+            }
+        };
+        answer.map(|r| r.into_inner())
+    }
 }
 
-async fn follow_up(
-    c: &mut Client,
-    id: &str,
-    req: &str,
-) -> Result<pb::FeedbackResponse, tonic::Status> {
-    c.referrals
-        .record_follow_up(pb::RecordFollowUpRequest {
-            action: action(id, req),
-            follow_up: Some(pb::FollowUp {
-                activity: "home_visit".into(),
-                date: "2026-11-25".into(),
-            }),
-        })
-        .await
-        .map(|r| r.into_inner())
+/// One row of the action table: where the action is allowed and what it records, and where it is
+/// refused.
+struct Case {
+    rpc: Rpc,
+    /// Actions taken first (each by its own party) to reach a state that allows `rpc`.
+    allowed_after: &'static [Rpc],
+    kind: pb::FeedbackKind,
+    to: pb::ReferralState,
+    /// Actions taken first to reach a state that refuses `rpc`.
+    refused_after: &'static [Rpc],
+    /// The refusal's message: it names the action and the state.
+    refused_with: &'static str,
 }
 
-async fn complete(
-    c: &mut Client,
-    id: &str,
-    req: &str,
-) -> Result<pb::FeedbackResponse, tonic::Status> {
-    c.referrals
-        .complete(pb::CompleteRequest {
-            action: action(id, req),
-            outcome: Some(pb::Outcome {
-                outcome_code: "child_well_in_school".into(),
-                summary: "កុមារមានសុខភាពល្អ និងទៅសាលារៀន".into(),
-            }),
-        })
-        .await
-        .map(|r| r.into_inner())
+const ACTIONS: &[Case] = {
+    use pb::FeedbackKind as K;
+    use pb::ReferralState as S;
+    &[
+        Case {
+            rpc: Rpc::Acknowledge,
+            allowed_after: &[],
+            kind: K::Acknowledged,
+            to: S::Acknowledged,
+            refused_after: &[Rpc::Accept],
+            refused_with: "cannot record acknowledged on a referral that is accepted",
+        },
+        Case {
+            rpc: Rpc::Accept,
+            allowed_after: &[Rpc::Acknowledge],
+            kind: K::Accepted,
+            to: S::Accepted,
+            refused_after: &[Rpc::Decline],
+            refused_with: "cannot record accepted on a referral that is declined",
+        },
+        Case {
+            rpc: Rpc::Decline,
+            allowed_after: &[Rpc::Acknowledge],
+            kind: K::Declined,
+            to: S::Declined,
+            refused_after: &[Rpc::Accept],
+            refused_with: "cannot record declined on a referral that is accepted",
+        },
+        Case {
+            rpc: Rpc::Redirect,
+            allowed_after: &[],
+            kind: K::Redirected,
+            to: S::Sent,
+            refused_after: &[Rpc::Accept],
+            refused_with: "cannot record redirected on a referral that is accepted",
+        },
+        Case {
+            rpc: Rpc::MarkInProgress,
+            allowed_after: &[Rpc::Accept],
+            kind: K::InProgress,
+            to: S::InProgress,
+            refused_after: &[Rpc::Acknowledge],
+            refused_with: "cannot record in_progress on a referral that is acknowledged",
+        },
+        Case {
+            rpc: Rpc::RecordFollowUp,
+            allowed_after: &[Rpc::Accept, Rpc::MarkInProgress],
+            kind: K::FollowUp,
+            to: S::InProgress,
+            refused_after: &[],
+            refused_with: "cannot record follow_up on a referral that is sent",
+        },
+        Case {
+            rpc: Rpc::Complete,
+            allowed_after: &[Rpc::Accept, Rpc::MarkInProgress],
+            kind: K::Completed,
+            to: S::Completed,
+            refused_after: &[Rpc::Decline],
+            refused_with: "cannot record completed on a referral that is declined",
+        },
+        Case {
+            rpc: Rpc::Fail,
+            allowed_after: &[Rpc::Accept],
+            kind: K::Failed,
+            to: S::Failed,
+            refused_after: &[Rpc::Accept, Rpc::Complete],
+            refused_with: "cannot record failed on a referral that is completed",
+        },
+        Case {
+            rpc: Rpc::Withdraw,
+            allowed_after: &[Rpc::Acknowledge],
+            kind: K::Withdrawn,
+            to: S::Withdrawn,
+            refused_after: &[Rpc::Accept, Rpc::Fail],
+            refused_with: "cannot record withdrawn on a referral that is failed",
+        },
+        Case {
+            rpc: Rpc::MarkEnteredInError,
+            allowed_after: &[Rpc::Accept, Rpc::Complete],
+            kind: K::EnteredInError,
+            to: S::EnteredInError,
+            refused_after: &[Rpc::MarkEnteredInError],
+            refused_with: "cannot record entered_in_error on a referral that is entered_in_error",
+        },
+    ]
+};
+
+/// The client of `which` party.
+fn party<'a>(which: Party, sender: &'a mut Client, recipient: &'a mut Client) -> &'a mut Client {
+    match which {
+        Party::Sender => sender,
+        Party::Recipient => recipient,
+    }
 }
 
-async fn withdraw(
-    c: &mut Client,
-    id: &str,
-    req: &str,
-) -> Result<pb::FeedbackResponse, tonic::Status> {
+/// Takes `steps` in order on referral `id`, each by its own party, each with a fresh request id.
+async fn take_steps(steps: &[Rpc], id: &str, sender: &mut Client, recipient: &mut Client) {
+    for step in steps {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        step.call(party(step.party(), sender, recipient), id, &request_id)
+            .await
+            .unwrap_or_else(|e| panic!("step {step:?}: {e:?}"));
+    }
+}
+
+async fn state_of(c: &mut Client, id: &str) -> i32 {
     c.referrals
-        .withdraw(pb::WithdrawRequest {
-            action: action(id, req),
+        .get(pb::GetRequest {
+            referral_id: id.into(),
         })
         .await
-        .map(|r| r.into_inner())
+        .unwrap()
+        .into_inner()
+        .state
+}
+
+/// Each action RPC, called once where the rules allow it (by the right party) and once where they
+/// do not: the allowed call records its kind and moves the state; the wrong party gets
+/// PERMISSION_DENIED and the wrong state FAILED_PRECONDITION naming it, and neither changes anything.
+#[tokio::test]
+async fn every_action_is_recorded_where_allowed_and_refused_by_party_and_by_state() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    assert_eq!(ACTIONS.len(), 10, "every action RPC has a row");
+
+    for (n, case) in ACTIONS.iter().enumerate() {
+        let rpc = case.rpc;
+        let id = hospital.submit_lama(&format!("allowed-{n}")).await;
+        take_steps(case.allowed_after, &id, &mut hospital, &mut ngo).await;
+        let before = history_kinds(&mut hospital, &id).await.len();
+
+        if let Some(message) = rpc.wrong_party_message() {
+            let other = match rpc.party() {
+                Party::Sender => Party::Recipient,
+                Party::Recipient => Party::Sender,
+            };
+            let other = party(other, &mut hospital, &mut ngo);
+            let err = rpc.call(other, &id, &format!("w{n}")).await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "{rpc:?}: {err:?}");
+            assert_eq!(err.message(), message, "{rpc:?}");
+            assert_eq!(history_kinds(&mut hospital, &id).await.len(), before);
+        }
+
+        let agency = match rpc.party() {
+            Party::Sender => "ahc-swu",
+            Party::Recipient => "mlup-russey",
+        };
+        let own = party(rpc.party(), &mut hospital, &mut ngo);
+        let done = rpc.call(own, &id, &format!("ok{n}")).await.unwrap();
+        let event = done.event.unwrap();
+        assert_eq!(event.kind, case.kind as i32, "{rpc:?}");
+        assert_eq!(event.state_after, case.to as i32, "{rpc:?}");
+        assert_eq!(event.actor_agency_id, agency, "{rpc:?}");
+        assert_eq!(done.state, case.to as i32, "{rpc:?}");
+        let history = history_kinds(&mut hospital, &id).await;
+        assert_eq!(history.len(), before + 1, "{rpc:?}");
+        assert_eq!(history.last(), Some(&(case.kind as i32)), "{rpc:?}");
+
+        let id = hospital.submit_lama(&format!("refused-{n}")).await;
+        take_steps(case.refused_after, &id, &mut hospital, &mut ngo).await;
+        let state = state_of(&mut hospital, &id).await;
+        let before = history_kinds(&mut hospital, &id).await.len();
+        let own = party(rpc.party(), &mut hospital, &mut ngo);
+        let err = rpc.call(own, &id, &format!("x{n}")).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{rpc:?}: {err:?}");
+        assert_eq!(err.message(), case.refused_with, "{rpc:?}");
+        assert_eq!(state_of(&mut hospital, &id).await, state, "{rpc:?}");
+        assert_eq!(history_kinds(&mut hospital, &id).await.len(), before);
+    }
 }
 
 async fn history_kinds(c: &mut Client, id: &str) -> Vec<i32> {
@@ -118,18 +351,22 @@ async fn the_whole_loop_is_recorded_in_order() {
     let id = hospital.submit_lama("loop-1").await;
 
     assert_eq!(
-        ack(&mut ngo, &id, "a1").await.unwrap().state,
+        Rpc::Acknowledge
+            .call(&mut ngo, &id, "a1")
+            .await
+            .unwrap()
+            .state,
         pb::ReferralState::Acknowledged as i32
     );
     assert_eq!(
-        accept(&mut ngo, &id, "a2").await.unwrap().state,
+        Rpc::Accept.call(&mut ngo, &id, "a2").await.unwrap().state,
         pb::ReferralState::Accepted as i32
     );
     for (n, req) in ["f1", "f2", "f3"].iter().enumerate() {
-        let r = follow_up(&mut ngo, &id, req).await.unwrap();
+        let r = Rpc::RecordFollowUp.call(&mut ngo, &id, req).await.unwrap();
         assert_eq!(r.state, pb::ReferralState::Accepted as i32, "follow-up {n}");
     }
-    let done = complete(&mut ngo, &id, "a3").await.unwrap();
+    let done = Rpc::Complete.call(&mut ngo, &id, "a3").await.unwrap();
     assert_eq!(done.state, pb::ReferralState::Completed as i32);
     assert_eq!(done.event.unwrap().actor_person, "សុភា (Sophea)");
 
@@ -156,16 +393,19 @@ async fn only_the_recipient_accepts_and_only_the_sender_withdraws() {
     let mut ngo = broker.client("mlup-russey").await;
     let id = hospital.submit_lama("party-1").await;
 
-    let err = accept(&mut hospital, &id, "h1").await.unwrap_err();
+    let err = Rpc::Accept
+        .call(&mut hospital, &id, "h1")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(
         err.message(),
         "only the recipient may record accepted; this agency is the sender"
     );
-    let err = withdraw(&mut ngo, &id, "n1").await.unwrap_err();
+    let err = Rpc::Withdraw.call(&mut ngo, &id, "n1").await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
-    assert!(withdraw(&mut hospital, &id, "h2").await.is_ok());
+    assert!(Rpc::Withdraw.call(&mut hospital, &id, "h2").await.is_ok());
     // Nothing the refused calls tried is in the history.
     assert_eq!(history_kinds(&mut hospital, &id).await.len(), 2);
 }
@@ -176,14 +416,17 @@ async fn a_declined_referral_cannot_be_completed() {
     let mut hospital = broker.client("ahc-swu").await;
     let mut ngo = broker.client("mlup-russey").await;
     let id = hospital.submit_lama("decl-1").await;
-    decline(&mut ngo, &id, "d1").await.unwrap();
-    let err = complete(&mut ngo, &id, "d2").await.unwrap_err();
+    Rpc::Decline.call(&mut ngo, &id, "d1").await.unwrap();
+    let err = Rpc::Complete.call(&mut ngo, &id, "d2").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(
         err.message(),
         "cannot record completed on a referral that is declined"
     );
-    let err = withdraw(&mut hospital, &id, "d3").await.unwrap_err();
+    let err = Rpc::Withdraw
+        .call(&mut hospital, &id, "d3")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("declined"));
 }
@@ -207,7 +450,10 @@ async fn a_decline_without_its_reason_text_is_invalid_and_changes_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("decline.reason_text:"));
-    let err = ack(&mut ngo, "not-a-uuid", "x2").await.unwrap_err();
+    let err = Rpc::Acknowledge
+        .call(&mut ngo, "not-a-uuid", "x2")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().starts_with("action.referral_id:"));
     assert_eq!(history_kinds(&mut hospital, &id).await.len(), 1);
@@ -219,12 +465,21 @@ async fn a_retried_action_is_recorded_once() {
     let mut hospital = broker.client("ahc-swu").await;
     let mut ngo = broker.client("mlup-russey").await;
     let id = hospital.submit_lama("retry-1").await;
-    let first = ack(&mut ngo, &id, "same-key").await.unwrap();
-    let again = ack(&mut ngo, &id, "same-key").await.unwrap();
+    let first = Rpc::Acknowledge
+        .call(&mut ngo, &id, "same-key")
+        .await
+        .unwrap();
+    let again = Rpc::Acknowledge
+        .call(&mut ngo, &id, "same-key")
+        .await
+        .unwrap();
     assert_eq!(first.event.unwrap().event_id, again.event.unwrap().event_id);
     assert_eq!(history_kinds(&mut hospital, &id).await.len(), 2);
     // The same key for a different action, or with another note, is a conflict, not a replay.
-    let err = accept(&mut ngo, &id, "same-key").await.unwrap_err();
+    let err = Rpc::Accept
+        .call(&mut ngo, &id, "same-key")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     let mut changed = action(&id, "same-key");
     changed.as_mut().unwrap().note = "another note".into();
@@ -266,8 +521,16 @@ async fn a_redirected_referral_moves_to_the_new_agency_and_the_old_one_can_no_lo
         .into_inner();
     assert_eq!(seen.envelope.unwrap().recipient_agency_id, "dosvy-24");
     assert!(!seen.case_file.is_empty());
-    assert!(ack(&mut department, &id, "d1").await.is_ok());
-    let err = ack(&mut ngo, &id, "r2").await.unwrap_err();
+    assert!(
+        Rpc::Acknowledge
+            .call(&mut department, &id, "d1")
+            .await
+            .is_ok()
+    );
+    let err = Rpc::Acknowledge
+        .call(&mut ngo, &id, "r2")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     // The former recipient keeps the history but no longer reads the case file.
     let old = ngo
@@ -288,7 +551,10 @@ async fn listing_filters_by_role_and_state_and_pages() {
     for n in 0..5 {
         ids.push(hospital.submit_lama(&format!("list-{n}")).await);
     }
-    ack(&mut ngo, &ids[0], "l-a").await.unwrap();
+    Rpc::Acknowledge
+        .call(&mut ngo, &ids[0], "l-a")
+        .await
+        .unwrap();
 
     let page = hospital
         .referrals
@@ -348,4 +614,159 @@ async fn listing_filters_by_role_and_state_and_pages() {
             .referrals
             .is_empty()
     );
+}
+
+/// A Khmer letter: three bytes in UTF-8, so a limit counted in characters would let these through.
+const KA: &str = "ក";
+
+#[tokio::test]
+async fn an_oversize_note_or_actor_person_is_invalid_naming_the_field_and_changes_nothing() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    let id = hospital.submit_lama("size-1").await;
+    let events = broker.count("referral_events").await;
+
+    // The limits are 8 KiB for a note and 256 bytes for a name (broker/src/gateway/convert.rs).
+    let note_over = KA.repeat(2731); // 8193 bytes, 2731 characters
+    let person_over = KA.repeat(85) + "ab"; // 257 bytes
+    assert_eq!((note_over.len(), person_over.len()), (8 * 1024 + 1, 257));
+    for (field, note, person) in [
+        ("action.note", note_over.as_str(), "សុភា"),
+        ("action.actor_person", "", person_over.as_str()),
+    ] {
+        let err = ngo
+            .referrals
+            .acknowledge(pb::AcknowledgeRequest {
+                action: Some(pb::Action {
+                    referral_id: id.clone(),
+                    request_id: format!("big-{field}"),
+                    actor_person: person.into(),
+                    note: note.into(),
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}: is ")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(broker.count("referral_events").await, events);
+    assert_eq!(
+        state_of(&mut hospital, &id).await,
+        pb::ReferralState::Sent as i32
+    );
+
+    // Exactly at the limits is accepted: the refusals above were about size, not something else.
+    let recorded = ngo
+        .referrals
+        .acknowledge(pb::AcknowledgeRequest {
+            action: Some(pb::Action {
+                referral_id: id.clone(),
+                request_id: "at-the-limit".into(),
+                actor_person: KA.repeat(85) + "a",
+                note: KA.repeat(2730) + "ab",
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let event = recorded.event.unwrap();
+    assert_eq!(event.note.len(), 8 * 1024);
+    assert_eq!(event.actor_person.len(), 256);
+    assert_eq!(broker.count("referral_events").await, events + 1);
+}
+
+/// A way to break a valid action request.
+type Breakage<R> = (&'static str, fn(&mut R));
+
+#[tokio::test]
+async fn an_accept_or_complete_missing_its_details_is_invalid_naming_the_field() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    let id = hospital.submit_lama("details-1").await;
+
+    let valid_accept = pb::AcceptRequest {
+        action: action(&id, "acc"),
+        acceptance: Some(pb::Acceptance {
+            planned_action: "home visit".into(),
+            planned_date: "2026-11-24".into(),
+        }),
+    };
+    let broken_accepts: [Breakage<pb::AcceptRequest>; 4] = [
+        ("acceptance", |r| r.acceptance = None),
+        ("acceptance.planned_action", |r| {
+            r.acceptance.as_mut().unwrap().planned_action = "  ".into()
+        }),
+        ("acceptance.planned_date", |r| {
+            r.acceptance.as_mut().unwrap().planned_date = String::new()
+        }),
+        ("acceptance.planned_date", |r| {
+            r.acceptance.as_mut().unwrap().planned_date = "24/11/2026".into()
+        }),
+    ];
+    for (field, break_it) in broken_accepts {
+        let mut request = valid_accept.clone();
+        break_it(&mut request);
+        let err = ngo.referrals.accept(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        state_of(&mut hospital, &id).await,
+        pb::ReferralState::Sent as i32
+    );
+    // The request id was never used: the valid request with it is recorded now.
+    let accepted = ngo
+        .referrals
+        .accept(valid_accept)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.state, pb::ReferralState::Accepted as i32);
+
+    let valid_complete = pb::CompleteRequest {
+        action: action(&id, "done"),
+        outcome: Some(pb::Outcome {
+            outcome_code: "child_well_in_school".into(),
+            summary: String::new(),
+        }),
+    };
+    let broken_completes: [Breakage<pb::CompleteRequest>; 2] = [
+        ("outcome", |r| r.outcome = None),
+        ("outcome.outcome_code", |r| {
+            r.outcome.as_mut().unwrap().outcome_code = String::new()
+        }),
+    ];
+    for (field, break_it) in broken_completes {
+        let mut request = valid_complete.clone();
+        break_it(&mut request);
+        let err = ngo.referrals.complete(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}:")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        state_of(&mut hospital, &id).await,
+        pb::ReferralState::Accepted as i32
+    );
+    assert_eq!(history_kinds(&mut hospital, &id).await.len(), 2);
+    let completed = ngo
+        .referrals
+        .complete(valid_complete)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(completed.state, pb::ReferralState::Completed as i32);
 }

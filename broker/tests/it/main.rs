@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod auth;
+mod config;
 mod delivery;
 mod feedback;
 mod helpers;
