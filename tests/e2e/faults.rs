@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::helpers::{AdapterProcess, BrokerProcess, GrpcClient, eventually};
+use crate::helpers::{AdapterProcess, BrokerProcess, GrpcClient, ServingStatus, eventually};
 use crate::production::Production;
 use crate::traffic::{
     self, Ledger, RECIPIENTS, SENDER, assert_feedback_exactly, assert_inbox_exactly,
@@ -28,7 +28,7 @@ impl Network {
         let broker =
             BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &env.broker_env())
                 .await;
-        wait_healthy(&broker).await;
+        broker.wait_for_health(ServingStatus::Serving).await;
         let mut sender = AdapterProcess::new(&broker, SENDER, dir.path());
         sender.start();
         let recipients = RECIPIENTS
@@ -87,14 +87,6 @@ impl Network {
     }
 }
 
-/// Waits until the broker reports serving on gRPC health: database and RabbitMQ connected.
-async fn wait_healthy(broker: &BrokerProcess) {
-    eventually("the broker to report serving", || async {
-        broker.serving().await.then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn production_broker_sigkilled_mid_stream_loses_and_duplicates_nothing() {
     let env = Production::new().await;
@@ -111,21 +103,33 @@ async fn production_broker_sigkilled_mid_stream_loses_and_duplicates_nothing() {
 async fn rabbitmq_stopped_and_started_mid_stream_loses_and_duplicates_nothing() {
     let env = Production::with_private_rabbit().await;
     let mut net = Network::start(&env).await;
-    tokio::join!(traffic::send(&net.sender, "rmq", 0..40), async {
+    let (broker, sender) = (&net.broker, &net.sender);
+    let (_, accepted_while_down) = tokio::join!(traffic::send(sender, "rmq", 0..20), async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         env.rabbit().stop();
-        // The broker reports itself unhealthy, and keeps accepting referrals into its outbox.
-        eventually("the broker to report not serving", || async {
-            (!net.broker.serving().await).then_some(())
+        broker.wait_for_health(ServingStatus::NotServing).await;
+        // The broker keeps accepting referrals into its outbox: the rest of the stream is sent now.
+        let mut client = broker.client(SENDER).await;
+        let before = traffic::broker_sent(&mut client).await;
+        traffic::send(sender, "rmq", 20..40).await;
+        let during = eventually("the broker to accept every referral", || async {
+            let now = traffic::broker_sent(&mut broker.client(SENDER).await).await;
+            (now.len() == 40).then_some(now)
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            broker.health().await,
+            Ok(ServingStatus::NotServing),
+            "RabbitMQ came back by itself"
+        );
         env.rabbit().start_again().await;
-        eventually("the broker to serve again", || async {
-            net.broker.serving().await.then_some(())
-        })
-        .await;
+        broker.wait_for_health(ServingStatus::Serving).await;
+        during.keys().filter(|id| !before.contains_key(*id)).count()
     });
+    assert!(
+        accepted_while_down >= 20,
+        "only {accepted_while_down} referrals were accepted while RabbitMQ was down"
+    );
     let accepted = net.accepted(40).await;
     assert!(net.broker.log().contains("lost the RabbitMQ connection"));
     net.finish(accepted).await;
@@ -178,7 +182,7 @@ async fn an_adapter_moved_between_two_brokers_mid_stream_loses_and_duplicates_no
     ));
     let second =
         BrokerProcess::start_with(&net.dir.path().join("broker-2"), "127.0.0.1:0", &settings).await;
-    wait_healthy(&second).await;
+    second.wait_for_health(ServingStatus::Serving).await;
     let (sender, recipients) = (&net.sender, &mut net.recipients);
     tokio::join!(traffic::send(sender, "move", 0..40), async {
         tokio::time::sleep(Duration::from_millis(600)).await;

@@ -10,6 +10,7 @@ use spean_proto::v1::delivery_service_client::DeliveryServiceClient;
 use spean_proto::v1::referral_service_client::ReferralServiceClient;
 use tokio::process::{Child, Command};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+pub use tonic_health::pb::health_check_response::ServingStatus;
 
 /// How long any effect across processes may take before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -153,8 +154,10 @@ impl BrokerProcess {
         self.child.kill().await.unwrap();
     }
 
-    /// Whether the broker's gRPC health service says it is serving (any agency's certificate works).
-    pub async fn serving(&self) -> bool {
+    /// What the broker's gRPC health service answers for the whole server (any agency's certificate
+    /// works), or why it could not be asked. Tests that expect NOT_SERVING assert exactly that, so a
+    /// broker that stopped answering at all does not pass for one that reports itself unhealthy.
+    pub async fn health(&self) -> Result<ServingStatus, String> {
         let dir = self.identity("ahc-swu");
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(
@@ -165,27 +168,32 @@ impl BrokerProcess {
                 std::fs::read(dir.join("key.pem")).unwrap(),
             ))
             .domain_name("localhost");
-        let Ok(channel) = Endpoint::from_shared(self.url())
+        let channel = Endpoint::from_shared(self.url())
             .unwrap()
             .tls_config(tls)
             .unwrap()
             .timeout(Duration::from_secs(5))
             .connect()
             .await
-        else {
-            return false;
-        };
+            .map_err(|e| format!("cannot connect: {e}"))?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        health
+        let status = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .map(|r| {
-                r.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-            })
-            .unwrap_or(false)
+            .map_err(|e| format!("health check failed: {e}"))?
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).map_err(|_| format!("unknown serving status {status}"))
+    }
+
+    /// Waits until the broker's health service answers exactly `status`.
+    pub async fn wait_for_health(&self, status: ServingStatus) {
+        eventually(&format!("the broker to report {status:?}"), || async {
+            (self.health().await == Ok(status)).then_some(())
+        })
+        .await;
     }
 
     /// A gRPC client presenting `agency`'s certificate.

@@ -5,7 +5,7 @@
 
 use std::process::Command as StdCommand;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sqlx::Connection as _;
@@ -301,24 +301,65 @@ impl Production {
         q.message_count()
     }
 
-    /// Publishes bytes that are not a Spean delivery straight into an agency's queue.
-    pub async fn publish_poison(&self, agency: &str) {
+    /// Whether a queue exists (a passive declare, on a channel of its own since a miss closes it).
+    async fn queue_exists(&self, queue: &str) -> bool {
         let (c, ch) = self.channel().await;
-        ch.confirm_select(Default::default()).await.unwrap();
-        ch.basic_publish(
+        let exists = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let _ = c.close(200, "ok".into()).await;
+        exists
+    }
+
+    /// Publishes bytes that are not a Spean delivery straight into an agency's queue, once the broker
+    /// declared it, and requires that RabbitMQ routed the message there (not returned it).
+    pub async fn publish_poison(&self, agency: &str) {
+        let queue = format!("spean.agency.{agency}");
+        eventually(&format!("the broker to declare {queue}"), || async {
+            self.queue_exists(&queue).await.then_some(())
+        })
+        .await;
+        let (c, ch) = self.channel().await;
+        // The broker binds the queue right after declaring it; binding again is a no-op that closes
+        // the gap between the two.
+        ch.queue_bind(
+            queue.as_str().into(),
             "spean.deliveries".into(),
             agency.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            b"\xff\xfe not a delivery",
-            BasicProperties::default().with_delivery_mode(2),
+            QueueBindOptions::default(),
+            FieldTable::default(),
         )
         .await
-        .unwrap()
-        .await
         .unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        let confirmation = ch
+            .basic_publish(
+                "spean.deliveries".into(),
+                agency.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"\xff\xfe not a delivery",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirmation.is_ack(), "RabbitMQ refused the poison message");
+        assert!(
+            confirmation.take_message().is_none(),
+            "the poison message was returned: {queue} is not bound"
+        );
         let _ = c.close(200, "ok".into()).await;
     }
 }

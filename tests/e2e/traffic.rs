@@ -49,29 +49,8 @@ pub async fn send(sender: &AdapterProcess, tag: &str, range: std::ops::Range<usi
     }
 }
 
-/// Waits until the sender's outbox is empty and `expected` referrals are sent, then returns what the
-/// broker accepted (referral id → recipient), checked against the sender adapter's own record.
-pub async fn accepted(
-    sender: &AdapterProcess,
-    client: &mut GrpcClient,
-    expected: usize,
-) -> BTreeMap<String, String> {
-    let local = eventually("the sender's outbox to drain", || async {
-        let status = sender.json(&["status", "--all"]).await;
-        let pending = status["outbox"].as_array().map_or(0, |o| o.len());
-        let sent: BTreeMap<String, String> = status["referrals"]
-            .as_array()?
-            .iter()
-            .map(|r| {
-                (
-                    r["referral_id"].as_str().unwrap_or_default().to_owned(),
-                    r["recipient"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-        (pending == 0 && sent.len() >= expected).then_some(sent)
-    })
-    .await;
+/// Every referral the broker holds with `client` as its sender: referral id → recipient.
+pub async fn broker_sent(client: &mut GrpcClient) -> BTreeMap<String, String> {
     let mut broker = BTreeMap::new();
     let mut token = String::new();
     loop {
@@ -88,13 +67,47 @@ pub async fn accepted(
             .into_inner();
         for r in page.referrals {
             let e = r.envelope.unwrap();
-            broker.insert(e.referral_id, e.recipient_agency_id);
+            let id = e.referral_id.clone();
+            assert!(
+                broker
+                    .insert(e.referral_id, e.recipient_agency_id)
+                    .is_none(),
+                "the broker lists {id} twice"
+            );
         }
         if page.next_page_token.is_empty() {
             break;
         }
         token = page.next_page_token;
     }
+    broker
+}
+
+/// Waits until the sender's outbox is empty and `expected` referrals are sent, then returns what the
+/// broker accepted (referral id → recipient), checked against the sender adapter's own record.
+pub async fn accepted(
+    sender: &AdapterProcess,
+    client: &mut GrpcClient,
+    expected: usize,
+) -> BTreeMap<String, String> {
+    let local = eventually("the sender's outbox to drain", || async {
+        let status = sender.json(&["status", "--all"]).await;
+        let pending = status["outbox"].as_array().map_or(0, |o| o.len());
+        let rows = status["referrals"].as_array()?;
+        let sent: BTreeMap<String, String> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r["referral_id"].as_str().unwrap_or_default().to_owned(),
+                    r["recipient"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(sent.len(), rows.len(), "the sender lists a referral twice");
+        (pending == 0 && sent.len() >= expected).then_some(sent)
+    })
+    .await;
+    let broker = broker_sent(client).await;
     assert_eq!(
         broker.len(),
         expected,
