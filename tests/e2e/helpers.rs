@@ -107,9 +107,8 @@ impl BrokerProcess {
         }
     }
 
-    /// SIGKILLs the broker and starts it again on the same address, data and settings.
-    pub async fn restart(&mut self) {
-        self.kill().await;
+    /// Starts a killed broker again on the same address, data and settings.
+    pub async fn start_again(&mut self) {
         let (dir, listen, env) = (
             self.data_dir.clone(),
             self.addr.to_string(),
@@ -421,6 +420,26 @@ impl AdapterProcess {
             .unwrap();
         let _ = db.close().await;
         n
+    }
+
+    /// Outbox rows not sent yet or rejected, as `status --json` lists them.
+    pub async fn unsent(&self) -> Vec<serde_json::Value> {
+        let status = self.json(&["status", "--all"]).await;
+        status["outbox"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the outbox holds nothing pending, and requires that the broker refused nothing.
+    pub async fn wait_outbox_sent(&self) {
+        let unsent = eventually(&format!("{}'s outbox to drain", self.agency), || async {
+            let unsent = self.unsent().await;
+            (!unsent.iter().any(|r| r["status"] == "pending")).then_some(unsent)
+        })
+        .await;
+        assert!(
+            unsent.is_empty(),
+            "the broker rejected requests from {}: {unsent:?}",
+            self.agency
+        );
     }
 
     /// This agency's inbox (all states) as JSON objects.
