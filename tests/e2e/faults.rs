@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::helpers::{AdapterProcess, BrokerProcess, ServingStatus, eventually};
-use crate::production::Production;
+use crate::production::{PASSWORD, Production};
 use crate::traffic::{self, ACK, Ledger, RECIPIENTS, Responses, SENDER};
 
 /// A broker on `env` plus the sender's and recipients' adapters, all running.
@@ -178,6 +178,86 @@ async fn postgres_sessions_cut_mid_stream_lose_and_duplicate_nothing() {
     assert!(acknowledged_meanwhile >= BEFORE_FAULT);
     let accepted = net.accepted(40).await;
     net.finish(accepted).await;
+}
+
+#[tokio::test]
+async fn postgres_stopped_and_started_mid_stream_reports_not_serving_and_loses_and_duplicates_nothing()
+ {
+    let env = Production::with_private_postgres().await;
+    let mut net = Network::start(&env).await;
+    let Network {
+        broker,
+        sender,
+        recipients,
+        responses,
+        ..
+    } = &mut net;
+    let (_, acknowledged_while_down) =
+        tokio::join!(traffic::send(sender, "pgstop", 0..20), async {
+            traffic::wait_for_arrivals(recipients, BEFORE_FAULT).await;
+            env.postgres().stop().await;
+            broker.wait_for_health(ServingStatus::NotServing).await;
+            // Recipients acknowledge and the sender refers while the database is down: both wait in
+            // the adapters' outboxes.
+            let acknowledged = responses.answer_arrivals(recipients, &[ACK]).await;
+            traffic::send(sender, "pgstop", 20..40).await;
+            assert_eq!(
+                broker.health().await,
+                Ok(ServingStatus::NotServing),
+                "the broker serves without its database"
+            );
+            env.postgres().start_again().await;
+            broker.wait_for_health(ServingStatus::Serving).await;
+            acknowledged
+        });
+    assert!(acknowledged_while_down >= BEFORE_FAULT);
+    let accepted = net.accepted(40).await;
+    net.finish(accepted).await;
+    assert!(
+        !net.broker.log().contains(PASSWORD),
+        "the broker logged its database password"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_started_while_postgres_is_down_serves_once_postgres_comes_up() {
+    let env = Production::with_private_postgres().await;
+    env.postgres().stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("broker");
+    let log = data_dir.join("broker.log");
+    let settings = env.broker_env();
+    let (broker, ()) = tokio::join!(
+        BrokerProcess::start_with(&data_dir, "127.0.0.1:0", &settings),
+        async {
+            // The broker is up and waiting for its database, not exited.
+            eventually("the broker to retry reaching PostgreSQL", || async {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains("cannot reach PostgreSQL; retrying")
+                    .then_some(())
+            })
+            .await;
+            env.postgres().start_again().await;
+        }
+    );
+    broker.wait_for_health(ServingStatus::Serving).await;
+
+    // It works: a referral is stored and read back.
+    let mut hospital = broker.client(SENDER).await;
+    let submitted = hospital
+        .referrals
+        .submit(crate::helpers::lama("late-start-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = submitted.referral.unwrap().envelope.unwrap().referral_id;
+    assert_eq!(traffic::broker_sent(&mut hospital).await.len(), 1);
+    assert!(traffic::broker_sent(&mut hospital).await.contains_key(&id));
+    assert!(
+        !broker.log().contains(PASSWORD),
+        "the broker logged its database password"
+    );
 }
 
 #[tokio::test]
