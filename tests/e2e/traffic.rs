@@ -35,6 +35,21 @@ pub const ACK: Action = Action {
     state: "acknowledged",
 };
 
+pub const ACCEPT: Action = Action {
+    command: &[
+        "accept",
+        "--action",
+        "home visit",
+        "--date",
+        "2026-12-01",
+        "--by",
+        "សុភា (Sophea)",
+    ],
+    kind: "accepted",
+    feedback: pb::FeedbackKind::Accepted,
+    state: "accepted",
+};
+
 /// Queues referrals `tag-<n>` for `n` in `range` in the sender adapter's outbox (`send
 /// --queue-only`), so its daemon carries them to the broker through whatever fault is injected.
 pub async fn send(sender: &AdapterProcess, tag: &str, range: std::ops::Range<usize>) {
