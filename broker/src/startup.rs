@@ -76,18 +76,87 @@ pub struct Broker {
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Opens the store the configuration names.
+///
+/// PostgreSQL may be unreachable when the broker starts (both started by the same orchestrator, or
+/// the database failing over): transient failures are retried with backoff for up to a minute, each
+/// logged with the server's host, port and database but never the URL, which may hold a password.
+/// Anything else (a wrong password, a missing database, a failed migration) fails at once.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError> {
+    /// How long to keep trying to reach PostgreSQL before giving up.
+    const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+    /// Bounds one connection attempt, so a host that does not answer cannot stall past the deadline.
+    const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+    const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
         "creating the data folder {}",
         config.data_dir.display()
     )))?;
     let url = config.database_url();
-    if url.starts_with("postgres") {
-        Ok(Arc::new(PgStore::connect(&url).await?))
-    } else {
-        Ok(Arc::new(
+    if !url.starts_with("postgres") {
+        return Ok(Arc::new(
             SqliteStore::connect(&url, config.database.durable).await?,
-        ))
+        ));
+    }
+    let server = url
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .map(|o| {
+            format!(
+                "{}:{}/{}",
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or_default()
+            )
+        })
+        .unwrap_or_else(|_| "PostgreSQL".to_owned());
+    let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt: u32 = 1;
+    loop {
+        // One plain connection first: it fails at once while the server is down, where the pool
+        // would keep retrying inside its own acquire timeout without a word in the log. Only this
+        // probe is bounded here: the pool bounds its own connecting, and migrations take what they
+        // take.
+        let probe = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            <sqlx::PgConnection as sqlx::Connection>::connect(&url),
+        )
+        .await;
+        let result = match probe {
+            Ok(Ok(connection)) => {
+                let _ = sqlx::Connection::close(connection).await;
+                PgStore::connect(&url).await
+            }
+            Ok(Err(error)) => Err(StoreError::Database(error)),
+            Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer in time",
+            )))),
+        };
+        match result {
+            Ok(store) => {
+                if attempt > 1 {
+                    tracing::info!(%server, attempt, "reached PostgreSQL");
+                }
+                return Ok(Arc::new(store));
+            }
+            Err(error)
+                if error.is_transient() && tokio::time::Instant::now() + backoff < deadline =>
+            {
+                tracing::warn!(
+                    %server,
+                    attempt,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    error = %crate::error::ErrorChain(&error),
+                    "cannot reach PostgreSQL; retrying"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
 }
 

@@ -110,3 +110,73 @@ async fn a_referral_sent_while_the_broker_is_down_is_queued_and_arrives_once() {
     hospital.kill().await;
     ngo.kill().await;
 }
+
+/// Fails until the broker records `delivered` for a referral whose recipient acted on it before the
+/// delivery confirmation reached the broker: `state::records_delivery` only accepts `sent`, so the
+/// late confirmation is dropped and the sender never learns the referral was delivered. The fault
+/// tests hit the same race when a crash or an outage delays a confirmation.
+#[tokio::test]
+async fn a_referral_acknowledged_before_its_delivery_was_confirmed_still_shows_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
+    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
+    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    hospital.start();
+    let sent = send_lama(&hospital, dir.path(), "late-confirm-0001").await;
+    let id = sent["referral_id"].as_str().unwrap().to_owned();
+
+    // The NGO's daemon stores the referral and dies before confirming; a social worker, who sees it
+    // in the inbox, acknowledges it at once.
+    ngo.start_with(&[("SPEAN_ADAPTER_FAULT", "kill-after-store")]);
+    ngo.exited().await;
+    let ack = ngo.json(&["ack", &id, "--by", "សុភា (Sophea)"]).await;
+    assert_eq!(ack["status"], "sent", "{ack}");
+
+    // The daemon comes back, is sent the referral again and confirms it.
+    ngo.start();
+    eventually("the NGO to confirm the referral", || async {
+        (!broker
+            .mailbox()
+            .await
+            .iter()
+            .any(|(agency, event)| agency == "mlup-russey" && event.is_none()))
+        .then_some(())
+    })
+    .await;
+    wait_for_state(&hospital, &id, "acknowledged").await;
+
+    // The referral was delivered: the broker's history and the hospital's both say so, once.
+    let mut grpc = broker.client("ahc-swu").await;
+    let history = grpc
+        .referrals
+        .get(pb::GetRequest {
+            referral_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .history;
+    let delivered = history
+        .iter()
+        .filter(|e| e.kind == pb::FeedbackKind::Delivered as i32)
+        .count();
+    assert_eq!(delivered, 1, "the broker's history: {history:?}");
+    let shown = eventually("the hospital to show the delivery", || async {
+        let shown = hospital.json(&["show", &id]).await;
+        shown["history"]
+            .as_array()?
+            .iter()
+            .any(|e| e["kind"] == "delivered")
+            .then_some(shown)
+    })
+    .await;
+    let delivered = shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "delivered")
+        .count();
+    assert_eq!(delivered, 1);
+    hospital.kill().await;
+    ngo.kill().await;
+}

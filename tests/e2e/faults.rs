@@ -3,13 +3,10 @@
 //! everything the broker accepted arrived, and that each adapter's user sees it exactly once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use crate::helpers::{AdapterProcess, BrokerProcess, GrpcClient, eventually};
-use crate::production::Production;
-use crate::traffic::{
-    self, Ledger, RECIPIENTS, SENDER, assert_feedback_exactly, assert_inbox_exactly,
-};
+use crate::helpers::{AdapterProcess, BrokerProcess, ServingStatus, eventually};
+use crate::production::{PASSWORD, Production};
+use crate::traffic::{self, ACK, Ledger, RECIPIENTS, Responses, SENDER};
 
 /// A broker on `env` plus the sender's and recipients' adapters, all running.
 struct Network {
@@ -17,6 +14,8 @@ struct Network {
     broker: BrokerProcess,
     sender: AdapterProcess,
     recipients: Vec<AdapterProcess>,
+    /// Which referrals the recipients acknowledged so far (through their outboxes).
+    responses: Responses,
 }
 
 impl Network {
@@ -28,7 +27,7 @@ impl Network {
         let broker =
             BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &env.broker_env())
                 .await;
-        wait_healthy(&broker).await;
+        broker.wait_for_health(ServingStatus::Serving).await;
         let mut sender = AdapterProcess::new(&broker, SENDER, dir.path());
         sender.start();
         let recipients = RECIPIENTS
@@ -38,12 +37,16 @@ impl Network {
                 a.start();
                 a
             })
-            .collect();
+            .collect::<Vec<_>>();
+        for adapter in std::iter::once(&sender).chain(&recipients) {
+            adapter.wait_subscribed(1).await;
+        }
         Self {
             dir,
             broker,
             sender,
             recipients,
+            responses: Responses::default(),
         }
     }
 
@@ -57,28 +60,16 @@ impl Network {
         .await
     }
 
-    async fn clients(&self) -> BTreeMap<String, GrpcClient> {
-        let mut clients = BTreeMap::new();
-        for agency in RECIPIENTS {
-            clients.insert(agency.to_owned(), self.broker.client(agency).await);
-        }
-        clients
-    }
-
-    /// Acknowledges everything and checks the whole ledger.
+    /// Acknowledges whatever is left through the recipients' outboxes, then checks the whole ledger
+    /// by id: each referral in its recipient's inbox once, one `delivered` and one `acknowledged`
+    /// event for each in the sender's adapter.
     async fn finish(&mut self, referrals: BTreeMap<String, String>) {
-        let mut ledger = Ledger {
-            referrals,
-            acks: BTreeMap::new(),
-        };
-        for r in &self.recipients {
-            assert_inbox_exactly(r, &ledger).await;
-        }
-        ledger.acks = traffic::acknowledge(&mut self.clients().await, &ledger.referrals).await;
-        assert_feedback_exactly(&self.sender, &ledger).await;
-        for r in &self.recipients {
-            assert_inbox_exactly(r, &ledger).await;
-        }
+        self.responses
+            .answer_all(&self.recipients, &[ACK], &referrals)
+            .await;
+        Ledger::new(referrals, &[ACK])
+            .assert_exactly_once(&self.broker, &self.sender, &self.recipients)
+            .await;
         self.sender.kill().await;
         for r in &mut self.recipients {
             r.kill().await;
@@ -87,22 +78,29 @@ impl Network {
     }
 }
 
-/// Waits until the broker reports serving on gRPC health: database and RabbitMQ connected.
-async fn wait_healthy(broker: &BrokerProcess) {
-    eventually("the broker to report serving", || async {
-        broker.serving().await.then_some(())
-    })
-    .await;
-}
+/// Referrals that must have reached their recipients before a fault starts, so that some are
+/// acknowledged during it.
+const BEFORE_FAULT: usize = 4;
 
 #[tokio::test]
 async fn production_broker_sigkilled_mid_stream_loses_and_duplicates_nothing() {
     let env = Production::new().await;
     let mut net = Network::start(&env).await;
-    tokio::join!(traffic::send(&net.sender, "kill", 0..40), async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        net.broker.restart().await;
+    let Network {
+        broker,
+        sender,
+        recipients,
+        responses,
+        ..
+    } = &mut net;
+    let (_, acknowledged_while_down) = tokio::join!(traffic::send(sender, "kill", 0..40), async {
+        traffic::wait_for_arrivals(recipients, BEFORE_FAULT).await;
+        broker.kill().await;
+        let acknowledged = responses.answer_arrivals(recipients, &[ACK]).await;
+        broker.start_again().await;
+        acknowledged
     });
+    assert!(acknowledged_while_down >= BEFORE_FAULT);
     let accepted = net.accepted(40).await;
     net.finish(accepted).await;
 }
@@ -111,21 +109,46 @@ async fn production_broker_sigkilled_mid_stream_loses_and_duplicates_nothing() {
 async fn rabbitmq_stopped_and_started_mid_stream_loses_and_duplicates_nothing() {
     let env = Production::with_private_rabbit().await;
     let mut net = Network::start(&env).await;
-    tokio::join!(traffic::send(&net.sender, "rmq", 0..40), async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        env.rabbit().stop();
-        // The broker reports itself unhealthy, and keeps accepting referrals into its outbox.
-        eventually("the broker to report not serving", || async {
-            (!net.broker.serving().await).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        env.rabbit().start_again().await;
-        eventually("the broker to serve again", || async {
-            net.broker.serving().await.then_some(())
-        })
-        .await;
-    });
+    let Network {
+        broker,
+        sender,
+        recipients,
+        responses,
+        ..
+    } = &mut net;
+    let (_, (acknowledged_while_down, accepted_while_down)) =
+        tokio::join!(traffic::send(sender, "rmq", 0..20), async {
+            traffic::wait_for_arrivals(recipients, BEFORE_FAULT).await;
+            env.rabbit().stop();
+            broker.wait_for_health(ServingStatus::NotServing).await;
+            // The broker keeps recording feedback and accepting referrals into its outbox.
+            let acknowledged = responses.answer_arrivals(recipients, &[ACK]).await;
+            for r in recipients.iter() {
+                r.wait_outbox_sent().await;
+            }
+            let mut client = broker.client(SENDER).await;
+            let before = traffic::broker_sent(&mut client).await;
+            traffic::send(sender, "rmq", 20..40).await;
+            let during = eventually("the broker to accept every referral", || async {
+                let now = traffic::broker_sent(&mut broker.client(SENDER).await).await;
+                (now.len() == 40).then_some(now)
+            })
+            .await;
+            assert_eq!(
+                broker.health().await,
+                Ok(ServingStatus::NotServing),
+                "RabbitMQ came back by itself"
+            );
+            env.rabbit().start_again().await;
+            broker.wait_for_health(ServingStatus::Serving).await;
+            let accepted = during.keys().filter(|id| !before.contains_key(*id)).count();
+            (acknowledged, accepted)
+        });
+    assert!(acknowledged_while_down >= BEFORE_FAULT);
+    assert!(
+        accepted_while_down >= 20,
+        "only {accepted_while_down} referrals were accepted while RabbitMQ was down"
+    );
     let accepted = net.accepted(40).await;
     assert!(net.broker.log().contains("lost the RabbitMQ connection"));
     net.finish(accepted).await;
@@ -135,17 +158,106 @@ async fn rabbitmq_stopped_and_started_mid_stream_loses_and_duplicates_nothing() 
 async fn postgres_sessions_cut_mid_stream_lose_and_duplicate_nothing() {
     let env = Production::new().await;
     let mut net = Network::start(&env).await;
-    let (_, cut) = tokio::join!(traffic::send(&net.sender, "pg", 0..40), async {
-        let mut cut = 0;
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            cut += env.terminate_sessions().await;
-        }
-        cut
-    });
+    let Network {
+        sender,
+        recipients,
+        responses,
+        ..
+    } = &mut net;
+    let (_, (cut, acknowledged_meanwhile)) =
+        tokio::join!(traffic::send(sender, "pg", 0..40), async {
+            traffic::wait_for_arrivals(recipients, BEFORE_FAULT).await;
+            let (mut cut, mut acknowledged) = (0, 0);
+            for _ in 0..3 {
+                acknowledged += responses.answer_arrivals(recipients, &[ACK]).await;
+                cut += env.terminate_sessions().await;
+            }
+            (cut, acknowledged)
+        });
     assert!(cut > 0, "no broker session was cut");
+    assert!(acknowledged_meanwhile >= BEFORE_FAULT);
     let accepted = net.accepted(40).await;
     net.finish(accepted).await;
+}
+
+#[tokio::test]
+async fn postgres_stopped_and_started_mid_stream_reports_not_serving_and_loses_and_duplicates_nothing()
+ {
+    let env = Production::with_private_postgres().await;
+    let mut net = Network::start(&env).await;
+    let Network {
+        broker,
+        sender,
+        recipients,
+        responses,
+        ..
+    } = &mut net;
+    let (_, acknowledged_while_down) =
+        tokio::join!(traffic::send(sender, "pgstop", 0..20), async {
+            traffic::wait_for_arrivals(recipients, BEFORE_FAULT).await;
+            env.postgres().stop().await;
+            broker.wait_for_health(ServingStatus::NotServing).await;
+            // Recipients acknowledge and the sender refers while the database is down: both wait in
+            // the adapters' outboxes.
+            let acknowledged = responses.answer_arrivals(recipients, &[ACK]).await;
+            traffic::send(sender, "pgstop", 20..40).await;
+            assert_eq!(
+                broker.health().await,
+                Ok(ServingStatus::NotServing),
+                "the broker serves without its database"
+            );
+            env.postgres().start_again().await;
+            broker.wait_for_health(ServingStatus::Serving).await;
+            acknowledged
+        });
+    assert!(acknowledged_while_down >= BEFORE_FAULT);
+    let accepted = net.accepted(40).await;
+    net.finish(accepted).await;
+    assert!(
+        !net.broker.log().contains(PASSWORD),
+        "the broker logged its database password"
+    );
+}
+
+#[tokio::test]
+async fn a_broker_started_while_postgres_is_down_serves_once_postgres_comes_up() {
+    let env = Production::with_private_postgres().await;
+    env.postgres().stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("broker");
+    let log = data_dir.join("broker.log");
+    let settings = env.broker_env();
+    let (broker, ()) = tokio::join!(
+        BrokerProcess::start_with(&data_dir, "127.0.0.1:0", &settings),
+        async {
+            // The broker is up and waiting for its database, not exited.
+            eventually("the broker to retry reaching PostgreSQL", || async {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains("cannot reach PostgreSQL; retrying")
+                    .then_some(())
+            })
+            .await;
+            env.postgres().start_again().await;
+        }
+    );
+    broker.wait_for_health(ServingStatus::Serving).await;
+
+    // It works: a referral is stored and read back.
+    let mut hospital = broker.client(SENDER).await;
+    let submitted = hospital
+        .referrals
+        .submit(crate::helpers::lama("late-start-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let id = submitted.referral.unwrap().envelope.unwrap().referral_id;
+    assert_eq!(traffic::broker_sent(&mut hospital).await.len(), 1);
+    assert!(traffic::broker_sent(&mut hospital).await.contains_key(&id));
+    assert!(
+        !broker.log().contains(PASSWORD),
+        "the broker logged its database password"
+    );
 }
 
 #[tokio::test]
@@ -161,6 +273,11 @@ async fn an_adapter_offline_for_a_while_gets_its_filled_queue_once_it_reconnects
         (env.depth(&queue).await >= 15).then_some(())
     })
     .await;
+    // Meanwhile the agency that is online acknowledges all it got, through its outbox.
+    let online = &net.recipients[1..];
+    traffic::wait_for_arrivals(online, 15).await;
+    assert_eq!(net.responses.answer_arrivals(online, &[ACK]).await, 15);
+    online[0].wait_outbox_sent().await;
     net.recipients[offline].start();
     net.finish(accepted).await;
     assert_eq!(env.depth(&queue).await, 0);
@@ -178,16 +295,27 @@ async fn an_adapter_moved_between_two_brokers_mid_stream_loses_and_duplicates_no
     ));
     let second =
         BrokerProcess::start_with(&net.dir.path().join("broker-2"), "127.0.0.1:0", &settings).await;
-    wait_healthy(&second).await;
-    let (sender, recipients) = (&net.sender, &mut net.recipients);
-    tokio::join!(traffic::send(sender, "move", 0..40), async {
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        // The first recipient's adapter moves to the second broker mid-stream.
-        let moved = &mut recipients[0];
-        moved.kill().await;
-        moved.point_to(&second);
-        moved.start();
-    });
+    second.wait_for_health(ServingStatus::Serving).await;
+    let Network {
+        sender,
+        recipients,
+        responses,
+        ..
+    } = &mut net;
+    let (_, acknowledged_while_moving) =
+        tokio::join!(traffic::send(sender, "move", 0..40), async {
+            traffic::wait_for_arrivals(recipients, BEFORE_FAULT).await;
+            // The first recipient's adapter moves to the second broker mid-stream; what its agency
+            // acknowledges meanwhile waits in its outbox and goes to the second broker.
+            recipients[0].kill().await;
+            let acknowledged = responses.answer_arrivals(recipients, &[ACK]).await;
+            recipients[0].point_to(&second);
+            recipients[0].start();
+            acknowledged
+        });
+    assert!(acknowledged_while_moving >= BEFORE_FAULT);
+    // It did reconnect, to the second broker.
+    net.recipients[0].wait_subscribed(2).await;
     let accepted = net.accepted(40).await;
     net.finish(accepted).await;
 }

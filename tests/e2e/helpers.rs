@@ -1,5 +1,6 @@
 //! Starting, killing and driving the real binaries.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use spean_proto::v1 as pb;
 use spean_proto::v1::delivery_service_client::DeliveryServiceClient;
 use spean_proto::v1::referral_service_client::ReferralServiceClient;
+use sqlx::Connection as _;
 use tokio::process::{Child, Command};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+pub use tonic_health::pb::health_check_response::ServingStatus;
 
 /// How long any effect across processes may take before a test fails.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -104,9 +107,8 @@ impl BrokerProcess {
         }
     }
 
-    /// SIGKILLs the broker and starts it again on the same address, data and settings.
-    pub async fn restart(&mut self) {
-        self.kill().await;
+    /// Starts a killed broker again on the same address, data and settings.
+    pub async fn start_again(&mut self) {
         let (dir, listen, env) = (
             self.data_dir.clone(),
             self.addr.to_string(),
@@ -153,8 +155,10 @@ impl BrokerProcess {
         self.child.kill().await.unwrap();
     }
 
-    /// Whether the broker's gRPC health service says it is serving (any agency's certificate works).
-    pub async fn serving(&self) -> bool {
+    /// What the broker's gRPC health service answers for the whole server (any agency's certificate
+    /// works), or why it could not be asked. Tests that expect NOT_SERVING assert exactly that, so a
+    /// broker that stopped answering at all does not pass for one that reports itself unhealthy.
+    pub async fn health(&self) -> Result<ServingStatus, String> {
         let dir = self.identity("ahc-swu");
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(
@@ -165,27 +169,45 @@ impl BrokerProcess {
                 std::fs::read(dir.join("key.pem")).unwrap(),
             ))
             .domain_name("localhost");
-        let Ok(channel) = Endpoint::from_shared(self.url())
+        let channel = Endpoint::from_shared(self.url())
             .unwrap()
             .tls_config(tls)
             .unwrap()
             .timeout(Duration::from_secs(5))
             .connect()
             .await
-        else {
-            return false;
-        };
+            .map_err(|e| format!("cannot connect: {e}"))?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        health
+        let status = health
             .check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
             })
             .await
-            .map(|r| {
-                r.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-            })
-            .unwrap_or(false)
+            .map_err(|e| format!("health check failed: {e}"))?
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).map_err(|_| format!("unknown serving status {status}"))
+    }
+
+    /// Waits until the broker's health service answers exactly `status`.
+    pub async fn wait_for_health(&self, status: ServingStatus) {
+        eventually(&format!("the broker to report {status:?}"), || async {
+            (self.health().await == Ok(status)).then_some(())
+        })
+        .await;
+    }
+
+    /// What waits in the embedded broker's mailbox (`<data_dir>/broker.db`) for an adapter to
+    /// confirm: (agency, event id, or `None` for a referral itself). A row goes when it is confirmed.
+    pub async fn mailbox(&self) -> Vec<(String, Option<String>)> {
+        let url = format!("sqlite://{}", self.data_dir.join("broker.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows = sqlx::query_as("SELECT agency_id, event_id FROM mailbox ORDER BY seq")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+        let _ = db.close().await;
+        rows
     }
 
     /// A gRPC client presenting `agency`'s certificate.
@@ -280,7 +302,8 @@ impl AdapterProcess {
             .arg(&self.broker_url)
             .arg("--store")
             .arg(&self.store)
-            .env("RUST_LOG", "info")
+            // Repeated deliveries are logged at debug level: on, so that a log counts every one.
+            .env("RUST_LOG", "info,spean_adapter::delivery=debug")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         cmd
@@ -353,6 +376,72 @@ impl AdapterProcess {
             .unwrap()
     }
 
+    /// The daemon's log so far (every start appends to it).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many times the daemon's delivery stream was accepted by a broker, per its log.
+    pub fn subscriptions(&self) -> usize {
+        self.log().matches("subscribed to deliveries").count()
+    }
+
+    /// Waits until the daemon has subscribed `n` times in all (its log says so).
+    pub async fn wait_subscribed(&self, n: usize) {
+        eventually(
+            &format!("{} to subscribe to deliveries ({n} in all)", self.agency),
+            || async { (self.subscriptions() >= n).then_some(()) },
+        )
+        .await;
+    }
+
+    /// How many distinct deliveries carried each feedback event to the daemon, from its log: the
+    /// info line `event received` for a new one and, at debug level (always on here),
+    /// `duplicate event delivery` for a repeat under another delivery id.
+    pub fn event_deliveries(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for line in self.log().lines().map(strip_ansi) {
+            if line.contains("event received") || line.contains("duplicate event delivery") {
+                let id = field(&line, "event_id")
+                    .unwrap_or_else(|| panic!("no event_id in the log line {line:?}"));
+                *counts.entry(id.to_owned()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
+    /// Deliveries the daemon stored (its store's `deliveries` table: one row per delivery id).
+    pub async fn stored_deliveries(&self) -> i64 {
+        let url = format!("sqlite://{}", self.store.display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let _ = db.close().await;
+        n
+    }
+
+    /// Outbox rows not sent yet or rejected, as `status --json` lists them.
+    pub async fn unsent(&self) -> Vec<serde_json::Value> {
+        let status = self.json(&["status", "--all"]).await;
+        status["outbox"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until the outbox holds nothing pending, and requires that the broker refused nothing.
+    pub async fn wait_outbox_sent(&self) {
+        let unsent = eventually(&format!("{}'s outbox to drain", self.agency), || async {
+            let unsent = self.unsent().await;
+            (!unsent.iter().any(|r| r["status"] == "pending")).then_some(unsent)
+        })
+        .await;
+        assert!(
+            unsent.is_empty(),
+            "the broker rejected requests from {}: {unsent:?}",
+            self.agency
+        );
+    }
+
     /// This agency's inbox (all states) as JSON objects.
     pub async fn inbox(&self) -> Vec<serde_json::Value> {
         self.json(&["inbox", "--all"])
@@ -375,4 +464,30 @@ impl AdapterProcess {
             .find(|r| r["referral_id"] == referral_id)
             .and_then(|r| r["state"].as_str().map(str::to_owned))
     }
+}
+
+/// A log line without terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `name=value` in a text log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!(" {name}=");
+    let start = line.find(&key)? + key.len();
+    line[start..].split_whitespace().next()
 }

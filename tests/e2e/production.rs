@@ -5,12 +5,15 @@
 
 use std::process::Command as StdCommand;
 
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sqlx::Connection as _;
 
 use crate::helpers::eventually;
+
+/// The password in a private cluster's broker URL: it must never appear in the broker's log.
+pub const PASSWORD: &str = "e2e-secret-b6f1";
 
 fn postgres_admin_url() -> String {
     std::env::var("SPEAN_TEST_POSTGRES_URL")
@@ -158,6 +161,117 @@ fn free_port() -> u16 {
     }
 }
 
+/// A PostgreSQL cluster of the test's own (`initdb` in a temporary folder, on a free port), so
+/// stopping it disturbs no other test. It runs as the `postgres` OS user, which owns its folder; it is
+/// stopped and removed on drop.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let chown = StdCommand::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            chown.success(),
+            "cannot give the cluster folder to postgres"
+        );
+        let pg = Self {
+            dir,
+            port: free_port(),
+        };
+        pg.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &pg.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )
+        .await;
+        pg.start_again().await;
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    /// Runs a PostgreSQL program as the `postgres` user (it refuses to run as root).
+    async fn as_postgres(&self, program: &str, args: &[&str]) {
+        let out = tokio::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/{program}"))
+            .args(args)
+            .output()
+            .await
+            .expect("runuser is required");
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("postgres.log").display().to_string();
+        self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
+        )
+        .await;
+    }
+
+    /// Stops the server the way an operator or a failover does: every session is cut, the port closes.
+    pub async fn stop(&self) {
+        self.as_postgres("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])
+            .await;
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(format!("{PG_BIN}/pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 /// One test's PostgreSQL database and RabbitMQ vhost.
 pub struct Production {
     pub database_url: String,
@@ -168,17 +282,31 @@ pub struct Production {
     rabbit: Option<PrivateRabbit>,
     /// For a broker reaching RabbitMQ over TLS: the `amqps://` URL and the CA file to trust.
     amqps: Option<(String, std::path::PathBuf)>,
+    /// The test's own PostgreSQL, when it stops and starts it; else the machine's is used.
+    postgres: Option<PrivatePostgres>,
 }
 
 impl Production {
     /// On the machine's PostgreSQL and RabbitMQ.
     pub async fn new() -> Self {
-        Self::create(None).await
+        Self::create(None, None).await
     }
 
     /// On the machine's PostgreSQL and a private RabbitMQ node this test may stop.
     pub async fn with_private_rabbit() -> Self {
-        Self::create(Some(PrivateRabbit::start().await)).await
+        Self::create(Some(PrivateRabbit::start().await), None).await
+    }
+
+    /// On a private PostgreSQL cluster this test may stop, and the machine's RabbitMQ. The broker's
+    /// URL carries a password (the cluster trusts local connections and ignores it), so that a test
+    /// can check it never reaches a log.
+    pub async fn with_private_postgres() -> Self {
+        let postgres = PrivatePostgres::start().await;
+        let mut env = Self::create(None, Some(postgres)).await;
+        env.database_url =
+            env.database_url
+                .replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+        env
     }
 
     /// On the machine's PostgreSQL and a private RabbitMQ node that the broker reaches over TLS,
@@ -186,7 +314,7 @@ impl Production {
     pub async fn with_tls_rabbit(pki: &std::path::Path) -> Self {
         let rabbit = PrivateRabbit::start_with_tls(pki).await;
         let tls_port = rabbit.tls_port.expect("a TLS listener");
-        let mut env = Self::create(Some(rabbit)).await;
+        let mut env = Self::create(Some(rabbit), None).await;
         env.amqps = Some((
             format!("amqps://guest:guest@localhost:{tls_port}/{}", env.vhost),
             pki.join("ca.pem"),
@@ -194,8 +322,10 @@ impl Production {
         env
     }
 
-    async fn create(rabbit: Option<PrivateRabbit>) -> Self {
-        let admin_url = postgres_admin_url();
+    async fn create(rabbit: Option<PrivateRabbit>, postgres: Option<PrivatePostgres>) -> Self {
+        let admin_url = postgres
+            .as_ref()
+            .map_or_else(postgres_admin_url, PrivatePostgres::admin_url);
         let database = format!("spean_e2e_{}", uuid::Uuid::now_v7().simple());
         let mut admin = sqlx::PgConnection::connect(&admin_url)
             .await
@@ -231,7 +361,12 @@ impl Production {
             vhost,
             rabbit,
             amqps: None,
+            postgres,
         }
+    }
+
+    pub fn postgres(&self) -> &PrivatePostgres {
+        self.postgres.as_ref().expect("no private PostgreSQL")
     }
 
     pub fn rabbit(&self) -> &PrivateRabbit {
@@ -301,24 +436,65 @@ impl Production {
         q.message_count()
     }
 
-    /// Publishes bytes that are not a Spean delivery straight into an agency's queue.
-    pub async fn publish_poison(&self, agency: &str) {
+    /// Whether a queue exists (a passive declare, on a channel of its own since a miss closes it).
+    async fn queue_exists(&self, queue: &str) -> bool {
         let (c, ch) = self.channel().await;
-        ch.confirm_select(Default::default()).await.unwrap();
-        ch.basic_publish(
+        let exists = ch
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .is_ok();
+        let _ = c.close(200, "ok".into()).await;
+        exists
+    }
+
+    /// Publishes bytes that are not a Spean delivery straight into an agency's queue, once the broker
+    /// declared it, and requires that RabbitMQ routed the message there (not returned it).
+    pub async fn publish_poison(&self, agency: &str) {
+        let queue = format!("spean.agency.{agency}");
+        eventually(&format!("the broker to declare {queue}"), || async {
+            self.queue_exists(&queue).await.then_some(())
+        })
+        .await;
+        let (c, ch) = self.channel().await;
+        // The broker binds the queue right after declaring it; binding again is a no-op that closes
+        // the gap between the two.
+        ch.queue_bind(
+            queue.as_str().into(),
             "spean.deliveries".into(),
             agency.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
-            b"\xff\xfe not a delivery",
-            BasicProperties::default().with_delivery_mode(2),
+            QueueBindOptions::default(),
+            FieldTable::default(),
         )
         .await
-        .unwrap()
-        .await
         .unwrap();
+        ch.confirm_select(Default::default()).await.unwrap();
+        let confirmation = ch
+            .basic_publish(
+                "spean.deliveries".into(),
+                agency.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                b"\xff\xfe not a delivery",
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirmation.is_ack(), "RabbitMQ refused the poison message");
+        assert!(
+            confirmation.take_message().is_none(),
+            "the poison message was returned: {queue} is not bound"
+        );
         let _ = c.close(200, "ok".into()).await;
     }
 }
@@ -347,6 +523,10 @@ impl Drop for Production {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .status();
+        }
+        if self.postgres.is_some() {
+            // The whole cluster goes with the PrivatePostgres.
+            return;
         }
         let _ = StdCommand::new("psql")
             .arg(&self.admin_url)
