@@ -314,7 +314,9 @@ async fn deliveries_that_arrive_together_are_stored_together_each_once() {
         t.store.store_deliveries(&[delivered]).await.unwrap(),
         [Stored::RepeatedDelivery]
     );
+}
 
+#[tokio::test]
 async fn a_key_reused_for_another_request_is_refused_naming_its_field_and_the_row_is_kept() {
     let t = fresh_store().await;
     t.store

@@ -235,9 +235,28 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
     Ok(Transition { to })
 }
 
-/// The broker records a delivery when the current recipient's adapter confirms it; only the first counts.
-pub fn records_delivery(state: State) -> bool {
-    state == State::Sent
+/// Whether the current recipient's confirmation that it stored the referral is news, given the
+/// referral's history (oldest first): it is, unless a delivery was recorded since the referral last
+/// reached a recipient (its submission or its last redirect). It is recorded whatever happened
+/// meanwhile, because a recipient may act on a referral before its confirmation reaches the broker.
+pub fn records_delivery(history: impl DoubleEndedIterator<Item = EventKind>) -> bool {
+    for kind in history.rev() {
+        match kind {
+            EventKind::Delivered => return false,
+            EventKind::Submitted | EventKind::Redirected => return true,
+            _ => {}
+        }
+    }
+    true
+}
+
+/// The state a recorded delivery leaves: `delivered` if nothing happened yet, else unchanged.
+pub fn after_delivery(state: State) -> State {
+    if state == State::Sent {
+        State::Delivered
+    } else {
+        state
+    }
 }
 
 #[cfg(test)]
@@ -384,8 +403,27 @@ mod tests {
                 assert!(decide(state, role, E::Submitted).is_err());
             }
         }
-        assert!(records_delivery(S::Sent));
-        assert!(!records_delivery(S::Acknowledged));
+    }
+
+    #[test]
+    fn a_delivery_is_recorded_once_per_recipient_whatever_came_first() {
+        let recorded = |h: &[EventKind]| records_delivery(h.iter().copied());
+        assert!(recorded(&[E::Submitted]));
+        assert!(!recorded(&[E::Submitted, E::Delivered]));
+        // The recipient acknowledged before its confirmation arrived: still news.
+        assert!(recorded(&[E::Submitted, E::Acknowledged]));
+        assert!(!recorded(&[E::Submitted, E::Acknowledged, E::Delivered]));
+        // A redirect starts the loop again with the new recipient.
+        assert!(recorded(&[E::Submitted, E::Delivered, E::Redirected]));
+        assert!(!recorded(&[
+            E::Submitted,
+            E::Delivered,
+            E::Redirected,
+            E::Delivered
+        ]));
+        assert_eq!(after_delivery(S::Sent), S::Delivered);
+        assert_eq!(after_delivery(S::Acknowledged), S::Acknowledged);
+        assert_eq!(after_delivery(S::Withdrawn), S::Withdrawn);
     }
 
     #[test]

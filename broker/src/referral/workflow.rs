@@ -472,9 +472,14 @@ impl Workflow {
             let Some(referral) = self.store.referral(id).await? else {
                 return Ok(());
             };
-            if &referral.recipient != agency || !state::records_delivery(referral.state) {
+            if &referral.recipient != agency {
                 return Ok(());
             }
+            let history = self.store.history(id).await?;
+            if !state::records_delivery(history.iter().map(|e| e.kind)) {
+                return Ok(());
+            }
+            let to = state::after_delivery(referral.state);
             let event = Event {
                 id: uuid::Uuid::now_v7(),
                 referral_id: id,
@@ -483,14 +488,11 @@ impl Workflow {
                 actor_person: FreeText::default(),
                 at: OffsetDateTime::now_utc(),
                 note: FreeText::default(),
-                state_after: State::Delivered,
+                state_after: to,
                 details: EventDetails::None,
                 request_id: None,
             };
-            match self
-                .record(&referral, event, State::Delivered, None)
-                .await?
-            {
+            match self.record(&referral, event, to, None).await? {
                 ChangeOutcome::Stale => continue,
                 _ => return Ok(()),
             }
