@@ -50,6 +50,9 @@ struct Cli {
     /// Print the report as JSON on stdout instead of tables.
     #[arg(long)]
     json: bool,
+    /// Keep the run's folder (broker logs, databases, certificates) and print where it is.
+    #[arg(long)]
+    keep: bool,
     #[arg(long, value_enum, default_value = "all")]
     mode: Mode,
     /// Agencies taking part; each sends and receives. The baseline uses as many queues, publishers
@@ -125,6 +128,13 @@ async fn bench(cli: &Cli) -> anyhow::Result<Report> {
         }
     };
     let root = tempfile::Builder::new().prefix("spean-bench-").tempdir()?;
+    let root = if cli.keep {
+        let kept = root.keep();
+        eprintln!("keeping the run's folder: {}", kept.display());
+        Root::Kept(kept)
+    } else {
+        Root::Temporary(root)
+    };
     let wants = |m: Mode| cli.mode == Mode::All || cli.mode == m;
     let mut report = Report {
         date: probe::today(),
@@ -212,6 +222,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<Report> {
                 let mut scale = spean::scale(
                     "PostgreSQL + RabbitMQ",
                     &env,
+                    &vhost,
                     spean::ScalePlan {
                         registered: cli.scale_agencies,
                         connected: cli.scale_connected,
@@ -260,6 +271,21 @@ async fn production_env(
         ),
     ];
     Ok((db, vhost, env))
+}
+
+/// Where a run keeps its files: removed afterwards unless `--keep`.
+enum Root {
+    Temporary(tempfile::TempDir),
+    Kept(std::path::PathBuf),
+}
+
+impl Root {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Root::Temporary(dir) => dir.path(),
+            Root::Kept(path) => path,
+        }
+    }
 }
 
 async fn cleanup(db: Database, vhost: Vhost) {

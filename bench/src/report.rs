@@ -196,6 +196,11 @@ impl Report {
                         .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
                 ],
                 vec![
+                    "all agency queues declared after s".into(),
+                    s.queues_declared_s
+                        .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
+                ],
+                vec![
                     "queues in vhost".into(),
                     s.queues.map_or_else(|| "-".into(), |q| q.to_string()),
                 ],

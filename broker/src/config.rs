@@ -72,7 +72,11 @@ pub struct AmqpConfig {
     pub url: Secret,
     /// Prefix of every exchange and queue, so several deployments (or test runs) share one RabbitMQ.
     pub prefix: String,
-    /// A message returned to its queue this many times is dead-lettered (`x-delivery-limit`).
+    /// A message returned to its queue this many times is dead-lettered (`x-delivery-limit`). A
+    /// return is a stream that ended with the message unconfirmed, so the limit is high: an adapter
+    /// on a flapping field link must not lose a referral to the dead-letter queue, while a message
+    /// that a hundred connections in a row failed to store is not bad luck. A message that is not a
+    /// Spean delivery at all is dead-lettered at once, whatever the limit.
     pub delivery_limit: u32,
     /// Outbox rows published per batch (pipelined, one wait for all confirms).
     pub publish_batch: u32,
@@ -85,7 +89,7 @@ impl Default for AmqpConfig {
         Self {
             url: Secret::default(),
             prefix: "spean".into(),
-            delivery_limit: 20,
+            delivery_limit: 100,
             publish_batch: 256,
             ca_cert: PathBuf::new(),
         }

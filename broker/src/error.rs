@@ -39,6 +39,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// From the embedded store's writer, which talks to SQLite through `rusqlite`.
+    #[error("database error")]
+    Sqlite(#[from] rusqlite::Error),
     /// A stored row that does not decode: a bug or a hand-edited database, never a caller's fault.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
@@ -72,6 +75,13 @@ impl StoreError {
                 }),
                 _ => false,
             },
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+            ),
             StoreError::Batch(e) => e.is_transient(),
             StoreError::WriterGone => true,
             _ => false,

@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::helpers::{AdapterProcess, BrokerProcess, ServingStatus, eventually};
+use spean_proto::v1 as pb;
+
+use crate::helpers::{AdapterProcess, BrokerProcess, ServingStatus, eventually, lama};
 use crate::production::{PASSWORD, Production};
 use crate::traffic::{self, ACK, Ledger, RECIPIENTS, Responses, SENDER};
 
@@ -321,7 +323,7 @@ async fn an_adapter_moved_between_two_brokers_mid_stream_loses_and_duplicates_no
 }
 
 #[tokio::test]
-async fn a_poison_message_is_dead_lettered_at_the_delivery_limit_and_reported() {
+async fn a_message_that_is_not_a_spean_delivery_is_dead_lettered_at_once_and_reported() {
     let env = Production::new().await;
     let mut net = Network::start(&env).await;
     env.publish_poison(RECIPIENTS[0]).await;
@@ -342,6 +344,102 @@ async fn a_poison_message_is_dead_lettered_at_the_delivery_limit_and_reported() 
             .then_some(())
     })
     .await;
+}
+
+/// A delivery that adapters keep receiving and never confirm (an adapter that crashes on it, say)
+/// returns to its queue each time the stream ends. At the delivery limit RabbitMQ sets it aside in
+/// the dead-letter queue instead of looping; the broker reports it; and once the cause is fixed an
+/// operator re-drives it, and it reaches the adapter once.
+#[tokio::test]
+async fn a_delivery_never_confirmed_is_set_aside_at_the_delivery_limit_and_redriven() {
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker =
+        BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &env.broker_env())
+            .await;
+    broker.wait_for_health(ServingStatus::Serving).await;
+    let recipient = RECIPIENTS[0];
+    let mut request = lama("never-confirmed");
+    request.recipient = Some(pb::Recipient {
+        target: Some(pb::recipient::Target::AgencyId(recipient.into())),
+    });
+    let referral_id = broker
+        .client(SENDER)
+        .await
+        .referrals
+        .submit(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .referral
+        .unwrap()
+        .envelope
+        .unwrap()
+        .referral_id;
+
+    // Receive it and drop the stream without confirming, until RabbitMQ stops handing it out.
+    let dead_letters = "spean.dead-letter";
+    let mut ngo = broker.client(recipient).await;
+    let mut handed_out = 0;
+    while env.depth(dead_letters).await == 0 {
+        assert!(
+            handed_out <= 10,
+            "delivered {handed_out} times and never set aside"
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::SubscribeRequest {
+            request: Some(pb::subscribe_request::Request::Hello(pb::Hello {
+                window: 1,
+            })),
+        })
+        .await
+        .unwrap();
+        let mut stream = ngo
+            .delivery
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let next = tokio::time::timeout(std::time::Duration::from_secs(2), stream.message()).await;
+        if let Ok(Ok(Some(delivery))) = next {
+            match delivery.payload {
+                Some(pb::delivery::Payload::Referral(r)) => {
+                    assert_eq!(r.envelope.unwrap().referral_id, referral_id);
+                }
+                other => panic!("unexpected delivery {other:?}"),
+            }
+            handed_out += 1;
+        }
+    }
+    // The test environment's limit is 5: the first delivery and five returns.
+    assert!(
+        handed_out >= 5,
+        "set aside after only {handed_out} deliveries"
+    );
+    let count = broker.admin(&["dead-letters", "count"]).await;
+    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "1");
+    eventually("the broker to report the dead letter", || async {
+        broker
+            .log()
+            .contains("messages are in the dead-letter queue")
+            .then_some(())
+    })
+    .await;
+
+    let redriven = broker.admin(&["dead-letters", "redrive"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&redriven.stdout).trim(),
+        "re-drove 1 messages"
+    );
+    assert_eq!(env.depth(dead_letters).await, 0);
+    let mut adapter = AdapterProcess::new(&broker, recipient, dir.path());
+    adapter.start();
+    eventually("the re-driven referral in the adapter's inbox", || async {
+        let inbox = adapter.inbox().await;
+        (inbox.len() == 1 && inbox[0]["referral_id"] == referral_id.as_str()).then_some(())
+    })
+    .await;
+    adapter.kill().await;
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@
 //! the adapter confirmed it on the same stream.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -30,7 +30,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use prost::Message;
 use spean_proto::v1 as pb;
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
 use tracing::Instrument;
@@ -62,6 +62,12 @@ pub struct Amqp {
     config: AmqpConfig,
     connection: RwLock<Option<Arc<Connection>>>,
     healthy: watch::Sender<bool>,
+    /// Agencies whose queue this process has declared, or is declaring. Declaring one quorum queue
+    /// from two channels at once lets the second return before RabbitMQ has started the queue, and
+    /// a consumer on it then crashes RabbitMQ's channel and, with it, the whole connection (3.10:
+    /// `basic.consume` fails with `noproc`, answered with INTERNAL_ERROR). So each queue is declared
+    /// once per process, and whoever needs it waits for that one declaration.
+    declared: Mutex<HashMap<AgencyId, Arc<OnceCell<()>>>>,
 }
 
 impl Amqp {
@@ -70,6 +76,7 @@ impl Amqp {
             config,
             connection: RwLock::new(None),
             healthy: watch::channel(false).0,
+            declared: Mutex::new(HashMap::new()),
         })
     }
 
@@ -98,11 +105,6 @@ impl Amqp {
     fn set_current(&self, connection: Option<Arc<Connection>>) {
         let mut guard = self.connection.write().unwrap_or_else(|p| p.into_inner());
         *guard = connection;
-    }
-
-    /// A handle with this broker's settings, for background declarations.
-    fn queue_declarer(&self) -> Arc<Amqp> {
-        Amqp::new(self.config.clone())
     }
 
     /// Opens a connection, bounded by [`CONNECT_TIMEOUT`].
@@ -212,13 +214,35 @@ impl Amqp {
         let declared = futures::future::join_all(agencies.chunks(chunk).map(|part| async move {
             let channel = connection.create_channel().await?;
             for agency in part {
-                self.declare_agency(&channel, agency).await?;
+                self.ensure_queue(&channel, agency).await?;
             }
             let _ = channel.close(200, "queues declared".into()).await;
             Ok::<(), DeliveryError>(())
         }))
         .await;
         declared.into_iter().collect()
+    }
+
+    /// Declares `agency`'s queue unless this process already has; concurrent callers share one
+    /// declaration (see [`Amqp::declared`]).
+    async fn ensure_queue(
+        &self,
+        channel: &Channel,
+        agency: &AgencyId,
+    ) -> Result<(), DeliveryError> {
+        let once = {
+            let mut declared = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+            declared.entry(agency.clone()).or_default().clone()
+        };
+        once.get_or_try_init(|| self.declare_agency(channel, agency))
+            .await
+            .map(|_| ())
+    }
+
+    /// Makes the next [`Amqp::ensure_queue`] for `agency` declare its queue again.
+    fn forget_queue(&self, agency: &AgencyId) {
+        let mut declared = self.declared.lock().unwrap_or_else(|p| p.into_inner());
+        declared.remove(agency);
     }
 
     async fn declare_agency(
@@ -269,11 +293,14 @@ impl Amqp {
     /// operator who fixed the cause (see `spean-broker dead-letters redrive`); a message that still
     /// cannot be delivered returns to the dead-letter queue after `delivery_limit` more attempts.
     pub async fn redrive(&self, connection: &Connection) -> Result<u32, DeliveryError> {
+        // Only what is there now: a message that dies again while this runs is not picked up twice.
+        let waiting = self.dead_letters(connection).await?;
         let channel = confirm_channel(connection).await?;
         let mut moved = 0;
-        while let Some(message) = channel
-            .basic_get(self.dead_letter_queue().into(), BasicGetOptions::default())
-            .await?
+        while moved < waiting
+            && let Some(message) = channel
+                .basic_get(self.dead_letter_queue().into(), BasicGetOptions::default())
+                .await?
         {
             let delivery = message.delivery;
             let Some(agency) = origin(
@@ -332,7 +359,7 @@ impl Amqp {
             if stop.is_cancelled() {
                 break;
             }
-            match self.establish(&workflow).await {
+            match self.clone().establish(&workflow).await {
                 Ok(connection) => {
                     tracing::info!("connected to RabbitMQ; exchanges declared");
                     backoff = Duration::from_millis(200);
@@ -360,7 +387,10 @@ impl Amqp {
         }
     }
 
-    async fn establish(&self, workflow: &Workflow) -> Result<Arc<Connection>, DeliveryError> {
+    async fn establish(
+        self: Arc<Self>,
+        workflow: &Workflow,
+    ) -> Result<Arc<Connection>, DeliveryError> {
         let connection = self.connect().await?;
         let agencies: Vec<AgencyId> = workflow
             .directory()
@@ -375,7 +405,7 @@ impl Amqp {
         // Every agency's queue is declared now, in the background: a session declares its own queue
         // before consuming and the relay declares any queue a publish finds missing, so nothing
         // waits for the whole directory.
-        let (background, amqp_queues) = (connection.clone(), self.queue_declarer());
+        let (background, amqp_queues) = (connection.clone(), self.clone());
         tokio::spawn(async move {
             let started = std::time::Instant::now();
             match amqp_queues.declare_queues(&background, &agencies).await {
@@ -585,10 +615,13 @@ impl Amqp {
             }
             for (entry, body) in unroutable {
                 tracing::info!(agency = %entry.agency, "no queue for the agency; declaring it");
-                self.declare_agency(channel, &entry.agency).await?;
+                self.ensure_queue(channel, &entry.agency).await?;
                 let confirmation = self.publish_one(channel, &entry, &body).await?.await?;
                 if confirmation.is_ack() && confirmation.take_message().is_none() {
                     done.push(entry.seq);
+                } else {
+                    // Declared once, and gone since (deleted by hand?): declare it again next time.
+                    self.forget_queue(&entry.agency);
                 }
             }
             Ok::<(), DeliveryError>(())
@@ -644,7 +677,7 @@ impl Amqp {
         agency: &AgencyId,
         window: u16,
     ) -> Result<Consumer, DeliveryError> {
-        self.declare_agency(channel, agency).await?;
+        self.ensure_queue(channel, agency).await?;
         channel
             .basic_qos(window, BasicQosOptions::default())
             .await?;

@@ -130,50 +130,22 @@ impl Workflow {
             .into());
         }
         let fingerprint = new.fingerprint();
-        if let Some(existing) = self
-            .store
-            .referral_by_client_ref(sender, &new.client_ref)
-            .await?
-        {
-            return self.resubmitted(existing, &fingerprint).await;
-        }
-
-        let directory = self.directory().await?;
-        if !directory.has_kind(&new.kind) {
-            return Err(FieldError::new(
-                "kind",
-                format!(
-                    "{:?} is not a referral kind in the directory",
-                    new.kind.as_str()
-                ),
-            )
-            .into());
-        }
-        let recipient = match &new.addressee {
-            Addressee::Agency(id) => {
-                if directory.agency(id).is_none() {
-                    return Err(FieldError::new(
-                        "recipient.agency_id",
-                        format!("{id} is not an agency in the directory"),
-                    )
-                    .into());
+        // No read first: the store recognises a repeated `client_ref` as it inserts.
+        let recipient = match self.route(sender, &new).await {
+            Ok(recipient) => recipient,
+            Err(e) => {
+                // A retry of a referral accepted earlier gets the same answer, even if the
+                // directory has changed since.
+                if let Some(existing) = self
+                    .store
+                    .referral_by_client_ref(sender, &new.client_ref)
+                    .await?
+                {
+                    return self.resubmitted(existing, &fingerprint).await;
                 }
-                id.clone()
+                return Err(e);
             }
-            Addressee::Service { service, province } => directory
-                .providers(service, province)
-                .into_iter()
-                .find(|a| &a.id != sender)
-                .map(|a| a.id.clone())
-                .ok_or_else(|| {
-                    BrokerError::Unroutable(format!(
-                        "no agency in the directory offers {service} in province {province}"
-                    ))
-                })?,
         };
-        if &recipient == sender {
-            return Err(FieldError::new("recipient", "an agency cannot refer to itself").into());
-        }
 
         let now = OffsetDateTime::now_utc();
         let referral = Referral {
@@ -219,6 +191,48 @@ impl Workflow {
                 self.resubmitted(*existing, &referral.fingerprint).await
             }
         }
+    }
+
+    /// The agency a new referral goes to: the one it names, or the provider of the service in the
+    /// province, checked against the directory.
+    async fn route(&self, sender: &AgencyId, new: &NewReferral) -> Result<AgencyId, BrokerError> {
+        let directory = self.directory().await?;
+        if !directory.has_kind(&new.kind) {
+            return Err(FieldError::new(
+                "kind",
+                format!(
+                    "{:?} is not a referral kind in the directory",
+                    new.kind.as_str()
+                ),
+            )
+            .into());
+        }
+        let recipient = match &new.addressee {
+            Addressee::Agency(id) => {
+                if directory.agency(id).is_none() {
+                    return Err(FieldError::new(
+                        "recipient.agency_id",
+                        format!("{id} is not an agency in the directory"),
+                    )
+                    .into());
+                }
+                id.clone()
+            }
+            Addressee::Service { service, province } => directory
+                .providers(service, province)
+                .into_iter()
+                .find(|a| &a.id != sender)
+                .map(|a| a.id.clone())
+                .ok_or_else(|| {
+                    BrokerError::Unroutable(format!(
+                        "no agency in the directory offers {service} in province {province}"
+                    ))
+                })?,
+        };
+        if &recipient == sender {
+            return Err(FieldError::new("recipient", "an agency cannot refer to itself").into());
+        }
+        Ok(recipient)
     }
 
     async fn resubmitted(

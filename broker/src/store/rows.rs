@@ -40,6 +40,22 @@ macro_rules! impl_columns {
 impl_columns!(sqlx::sqlite::SqliteRow);
 impl_columns!(sqlx::postgres::PgRow);
 
+/// The embedded store's writer reads the odd row back through `rusqlite`.
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn maybe_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(self.get(column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(self.get(column)?)
+    }
+}
+
 /// Binds an event's columns, in the order `id, referral_id, kind, actor, actor_person, at, note,
 /// state_after, details, request_id`, to a query of either backend.
 macro_rules! bind_event {

@@ -1,20 +1,21 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! Reads go to a pool of connections, which WAL lets run beside the writer. Every write goes through
-//! the one [`Writer`], which commits concurrent writes in one transaction (group commit), so the
-//! fsync that `synchronous=FULL` costs is paid once per batch rather than once per request. Each
-//! write runs in its own savepoint, so the others in its batch never see a half of it. Queries are
-//! static SQL with bound parameters.
+//! Reads go to a pool of sqlx connections, which WAL lets run beside the writer. Every write goes
+//! through the one [`Writer`] (a thread with its own `rusqlite` connection), which commits concurrent
+//! writes in one transaction (group commit), so the fsync that `synchronous=FULL` costs is paid once
+//! per batch rather than once per request. Each write runs in its own savepoint, so the others in its
+//! batch never see a half of it. Queries are static SQL with bound parameters.
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::{Connection, params};
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, SqliteConnection};
 
 use super::rows;
 use super::writer::Writer;
@@ -51,18 +52,16 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        // The writer's own connection: one, so writes never queue on SQLite's lock inside this
-        // process (another process, such as `directory import`, waits on the busy timeout).
-        let writes = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
-        Ok(Self {
-            pool,
-            writer: Writer::start(writes),
-        })
+        // One writing connection, so writes never queue on SQLite's lock inside this process
+        // (another process, such as `directory import`, waits on the busy timeout).
+        if options.get_filename() == Path::new(":memory:") {
+            return Err(rows::corrupt(
+                "database",
+                "an in-memory database cannot be shared by the readers and the writer; give a file",
+            ));
+        }
+        let writer = Writer::start(options.get_filename(), durable)?;
+        Ok(Self { pool, writer })
     }
 
     /// Opens the database file at `path`.
@@ -84,150 +83,163 @@ fn json_list<T: ToString>(items: &[T]) -> String {
     serde_json::Value::from(items.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string()
 }
 
-async fn insert_event(conn: &mut SqliteConnection, event: &Event) -> Result<(), StoreError> {
+fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
     let details =
         serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
-    let query = sqlx::query(
+    conn.prepare_cached(
         "INSERT INTO referral_events \
          (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    );
-    rows::bind_event!(query, event, details)
-        .execute(&mut *conn)
-        .await?;
+    )?
+    .execute(params![
+        event.id.to_string(),
+        event.referral_id.to_string(),
+        event.kind.as_str(),
+        event.actor.as_str(),
+        event.actor_person.as_str(),
+        micros(event.at),
+        event.note.as_str(),
+        event.state_after.as_str(),
+        details,
+        event.request_id.as_ref().map(|r| r.as_str()),
+    ])?;
     Ok(())
 }
 
-async fn insert_deliveries(
-    conn: &mut SqliteConnection,
+fn insert_deliveries(
+    conn: &Connection,
     referral_id: ReferralId,
     deliveries: &[NewDelivery],
     at: i64,
 ) -> Result<(), StoreError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+    )?;
     for d in deliveries {
-        sqlx::query(
-            "INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-             VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(d.agency.as_str())
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(referral_id.to_string())
-        .bind(d.event_id.map(|e| e.to_string()))
-        .bind(at)
-        .execute(&mut *conn)
-        .await?;
+        insert.execute(params![
+            d.agency.as_str(),
+            uuid::Uuid::now_v7().to_string(),
+            referral_id.to_string(),
+            d.event_id.map(|e| e.to_string()),
+            at,
+        ])?;
     }
     Ok(())
 }
 
-async fn grant_access(
-    conn: &mut SqliteConnection,
+fn grant_access(
+    conn: &Connection,
     referral_id: ReferralId,
     agency: &AgencyId,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT OR IGNORE INTO referral_access (referral_id, agency_id) VALUES (?, ?)")
-        .bind(referral_id.to_string())
-        .bind(agency.as_str())
-        .execute(&mut *conn)
-        .await?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO referral_access (referral_id, agency_id) VALUES (?, ?)",
+    )?
+    .execute(params![referral_id.to_string(), agency.as_str()])?;
     Ok(())
 }
 
-async fn event_by_request(
-    conn: &mut SqliteConnection,
+fn event_by_request(
+    conn: &Connection,
     actor: &AgencyId,
     request_id: &RequestId,
 ) -> Result<Option<Event>, StoreError> {
-    let row = sqlx::query("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")
-        .bind(actor.as_str())
-        .bind(request_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    row.as_ref().map(rows::event).transpose()
-}
-
-async fn referral_by_client_ref(
-    conn: &mut SqliteConnection,
-    sender: &AgencyId,
-    client_ref: &ClientRef,
-) -> Result<Option<Referral>, StoreError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE sender = ? AND client_ref = ?"
-    )))
-    .bind(sender.as_str())
-    .bind(client_ref.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|r| rows::referral(&r, true)).transpose()
+    let mut query =
+        conn.prepare_cached("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")?;
+    let mut rows = query.query(params![actor.as_str(), request_id.as_str()])?;
+    rows.next()?.map(rows::event).transpose()
 }
 
 /// Inserts a new referral with its access, first event and deliveries, unless its sender already
-/// used its `client_ref`.
-async fn submit(
-    conn: &mut SqliteConnection,
+/// used its `client_ref`: then it returns the id of the referral that has it.
+fn submit(
+    conn: &Connection,
     referral: &Referral,
     event: &Event,
     deliveries: &[NewDelivery],
-) -> Result<SubmitOutcome, StoreError> {
-    let query = sqlx::query(
-        "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
-         addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
-         subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-         updated_at, case_file) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (sender, client_ref) DO NOTHING",
-    );
-    let inserted = rows::bind_referral!(query, referral)
-        .execute(&mut *conn)
-        .await?;
-    if inserted.rows_affected() == 0 {
-        return match referral_by_client_ref(conn, &referral.sender, &referral.client_ref).await? {
-            Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
-            None => Err(rows::corrupt(
-                "referrals",
-                "a client_ref conflict without its referral",
-            )),
-        };
+) -> Result<Option<ReferralId>, StoreError> {
+    let (agency, service, province) = rows::addressee_columns(&referral.addressee);
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
+             addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+             subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+             updated_at, case_file) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (sender, client_ref) DO NOTHING",
+        )?
+        .execute(params![
+            referral.id.to_string(),
+            referral.sender.as_str(),
+            referral.client_ref.as_str(),
+            referral.fingerprint,
+            agency,
+            service,
+            province,
+            referral.recipient.as_str(),
+            referral.kind.as_str(),
+            referral.urgency.as_str(),
+            referral.subject.sex.as_str(),
+            referral.subject.age_band.as_str(),
+            referral.subject.province.as_str(),
+            referral.client_pseudonym.as_ref().map(|p| p.as_str()),
+            referral.state.as_str(),
+            referral.version,
+            micros(referral.created_at),
+            micros(referral.updated_at),
+            referral.case_file.as_bytes(),
+        ])?;
+    if inserted == 0 {
+        let existing: String = conn
+            .prepare_cached("SELECT id FROM referrals WHERE sender = ? AND client_ref = ?")?
+            .query_row(
+                params![referral.sender.as_str(), referral.client_ref.as_str()],
+                |row| row.get(0),
+            )?;
+        return ReferralId::parse("id", &existing)
+            .map(Some)
+            .map_err(|e| rows::corrupt("referrals", e));
     }
-    grant_access(conn, referral.id, &referral.sender).await?;
-    grant_access(conn, referral.id, &referral.recipient).await?;
-    insert_event(conn, event).await?;
-    insert_deliveries(conn, referral.id, deliveries, micros(event.at)).await?;
-    Ok(SubmitOutcome::Created)
+    grant_access(conn, referral.id, &referral.sender)?;
+    grant_access(conn, referral.id, &referral.recipient)?;
+    insert_event(conn, event)?;
+    insert_deliveries(conn, referral.id, deliveries, micros(event.at))?;
+    Ok(None)
 }
 
 /// Applies a change if its version is still current and its request id unused.
-async fn apply(conn: &mut SqliteConnection, change: &Change) -> Result<ChangeOutcome, StoreError> {
+fn apply(conn: &Connection, change: &Change) -> Result<ChangeOutcome, StoreError> {
     if let Some(request_id) = &change.event.request_id
-        && let Some(done) = event_by_request(conn, &change.event.actor, request_id).await?
+        && let Some(done) = event_by_request(conn, &change.event.actor, request_id)?
     {
         return Ok(ChangeOutcome::Duplicate(Box::new(done)));
     }
-    let updated = sqlx::query(
-        "UPDATE referrals SET state = ?, version = version + 1, updated_at = ?, \
-         recipient = COALESCE(?, recipient) WHERE id = ? AND version = ?",
-    )
-    .bind(change.state.as_str())
-    .bind(micros(change.at))
-    .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
-    .bind(change.referral_id.to_string())
-    .bind(change.expected_version)
-    .execute(&mut *conn)
-    .await?;
-    if updated.rows_affected() == 0 {
+    let updated = conn
+        .prepare_cached(
+            "UPDATE referrals SET state = ?, version = version + 1, updated_at = ?, \
+             recipient = COALESCE(?, recipient) WHERE id = ? AND version = ?",
+        )?
+        .execute(params![
+            change.state.as_str(),
+            micros(change.at),
+            change.new_recipient.as_ref().map(|a| a.as_str()),
+            change.referral_id.to_string(),
+            change.expected_version,
+        ])?;
+    if updated == 0 {
         return Ok(ChangeOutcome::Stale);
     }
     if let Some(recipient) = &change.new_recipient {
-        grant_access(conn, change.referral_id, recipient).await?;
+        grant_access(conn, change.referral_id, recipient)?;
     }
-    insert_event(conn, &change.event).await?;
+    insert_event(conn, &change.event)?;
     insert_deliveries(
         conn,
         change.referral_id,
         &change.deliveries,
         micros(change.at),
-    )
-    .await?;
+    )?;
     Ok(ChangeOutcome::Recorded)
 }
 
@@ -236,21 +248,18 @@ impl Store for SqliteStore {
     async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError> {
         let document =
             serde_json::to_string(directory).map_err(|e| rows::corrupt("directory", e))?;
+        let at = micros(time::OffsetDateTime::now_utc());
         self.writer
             .write(Box::new(move |conn| {
-                Box::pin(async move {
-                    Ok(sqlx::query_scalar(
+                Ok(conn
+                    .prepare_cached(
                         "INSERT INTO directory (id, document, version, imported_at) \
                          VALUES (1, ?, 1, ?) \
                          ON CONFLICT (id) DO UPDATE SET document = excluded.document, \
                          version = directory.version + 1, imported_at = excluded.imported_at \
                          RETURNING version",
-                    )
-                    .bind(document)
-                    .bind(micros(time::OffsetDateTime::now_utc()))
-                    .fetch_one(&mut *conn)
-                    .await?)
-                })
+                    )?
+                    .query_row(params![document, at], |row| row.get(0))?)
             }))
             .await
     }
@@ -281,12 +290,23 @@ impl Store for SqliteStore {
         event: &Event,
         deliveries: &[NewDelivery],
     ) -> Result<SubmitOutcome, StoreError> {
-        let (referral, event, deliveries) = (referral.clone(), event.clone(), deliveries.to_vec());
-        self.writer
+        let (new, first, deliveries) = (referral.clone(), event.clone(), deliveries.to_vec());
+        let taken = self
+            .writer
             .write(Box::new(move |conn| {
-                Box::pin(async move { submit(conn, &referral, &event, &deliveries).await })
+                submit(conn, &new, &first, &deliveries)
             }))
-            .await
+            .await?;
+        let Some(existing) = taken else {
+            return Ok(SubmitOutcome::Created);
+        };
+        match self.referral(existing).await? {
+            Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
+            None => Err(rows::corrupt(
+                "referrals",
+                "a client_ref conflict without its referral",
+            )),
+        }
     }
 
     async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError> {
@@ -304,8 +324,14 @@ impl Store for SqliteStore {
         sender: &AgencyId,
         client_ref: &ClientRef,
     ) -> Result<Option<Referral>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        referral_by_client_ref(&mut conn, sender, client_ref).await
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE sender = ? AND client_ref = ?"
+        )))
+        .bind(sender.as_str())
+        .bind(client_ref.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| rows::referral(&r, true)).transpose()
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
@@ -400,8 +426,12 @@ impl Store for SqliteStore {
         actor: &AgencyId,
         request_id: &RequestId,
     ) -> Result<Option<Event>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        event_by_request(&mut conn, actor, request_id).await
+        let row = sqlx::query("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")
+            .bind(actor.as_str())
+            .bind(request_id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::event).transpose()
     }
 
     async fn list(
@@ -437,9 +467,7 @@ impl Store for SqliteStore {
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
         let change = change.clone();
         self.writer
-            .write(Box::new(move |conn| {
-                Box::pin(async move { apply(conn, &change).await })
-            }))
+            .write(Box::new(move |conn| apply(conn, &change)))
             .await
     }
 
@@ -481,29 +509,22 @@ impl Store for SqliteStore {
         // One process writes an SQLite file, so its clock is the database's clock.
         let now = micros(time::OffsetDateTime::now_utc());
         let until = now.saturating_add(i64::try_from(lease.as_micros()).unwrap_or(i64::MAX));
-        let rows = self
-            .writer
+        self.writer
             .write(Box::new(move |conn| {
-                Box::pin(async move {
-                    Ok(sqlx::query(
-                        "UPDATE mailbox SET lease_until = ?1 WHERE seq IN \
-                         (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < ?2 \
-                          ORDER BY seq LIMIT ?3) RETURNING *",
-                    )
-                    .bind(until)
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(&mut *conn)
-                    .await?)
-                })
+                let mut lease = conn.prepare_cached(
+                    "UPDATE mailbox SET lease_until = ?1 WHERE seq IN \
+                     (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < ?2 \
+                      ORDER BY seq LIMIT ?3) RETURNING *",
+                )?;
+                let mut rows = lease.query(params![until, now, i64::from(limit)])?;
+                let mut entries = Vec::new();
+                while let Some(row) = rows.next()? {
+                    entries.push(rows::mailbox(row)?);
+                }
+                entries.sort_by_key(|e| e.seq);
+                Ok(entries)
             }))
-            .await?;
-        let mut entries = rows
-            .iter()
-            .map(rows::mailbox)
-            .collect::<Result<Vec<_>, _>>()?;
-        entries.sort_by_key(|e| e.seq);
-        Ok(entries)
+            .await
     }
 
     async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
@@ -513,15 +534,11 @@ impl Store for SqliteStore {
         let list = serde_json::Value::from(seqs.to_vec()).to_string();
         self.writer
             .write(Box::new(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "DELETE FROM mailbox WHERE seq IN (SELECT value FROM json_each(?))",
-                    )
-                    .bind(list)
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(())
-                })
+                conn.prepare_cached(
+                    "DELETE FROM mailbox WHERE seq IN (SELECT value FROM json_each(?))",
+                )?
+                .execute(params![list])?;
+                Ok(())
             }))
             .await
     }
@@ -542,17 +559,15 @@ impl Store for SqliteStore {
         let (agency, list) = (agency.as_str().to_owned(), json_list(delivery_ids));
         self.writer
             .write(Box::new(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(
-                        "DELETE FROM mailbox WHERE agency_id = ? \
-                         AND delivery_id IN (SELECT value FROM json_each(?))",
-                    )
-                    .bind(agency)
-                    .bind(list)
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(done.rows_affected())
-                })
+                // `+agency_id` keeps SQLite on the delivery id's unique index rather than walking
+                // all of the agency's rows.
+                let done = conn
+                    .prepare_cached(
+                        "DELETE FROM mailbox WHERE delivery_id IN (SELECT value FROM json_each(?)) \
+                         AND +agency_id = ?",
+                    )?
+                    .execute(params![list, agency])?;
+                Ok(done as u64)
             }))
             .await
     }

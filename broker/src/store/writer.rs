@@ -3,21 +3,25 @@
 //!
 //! SQLite admits one writer at a time and, with `synchronous=FULL`, each commit waits for an fsync
 //! (milliseconds on ordinary disks). Committing each request on its own would cap the broker at a few
-//! hundred commits a second however many cores it had. Instead, callers hand their write to this task
-//! as a [`Job`]; while one batch is committing, the next callers queue, and the task runs all of them
-//! in one transaction with one fsync. Nothing waits on a timer: a lone write is committed at once.
+//! hundred commits a second however many cores it had. Instead, callers hand their write to this
+//! writer as a job; while one batch is committing, the next callers queue, and the writer runs all of
+//! them in one transaction with one fsync. Nothing waits on a timer: a lone write is committed at once.
+//!
+//! The writer is a thread of its own holding a plain `rusqlite` connection, and runs each job's
+//! statements directly on it. The reading side of the store uses sqlx's pool, whose connections each
+//! live on a worker thread and cost a hand-off between threads per statement; for the writer, which
+//! runs every write of the broker one after another, that hand-off was the bottleneck.
 //!
 //! Each job runs inside its own `SAVEPOINT`, so a job that fails (a unique violation, say) is rolled
 //! back alone and the others still commit. A caller hears its result only after the `COMMIT`: a write
 //! the broker acknowledges is on disk. If the commit itself fails, every job of the batch gets the
 //! error and nothing of the batch is written.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::future::BoxFuture;
-use sqlx::SqliteConnection;
-use sqlx::pool::PoolConnection;
-use sqlx::{Sqlite, SqlitePool};
+use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
@@ -26,16 +30,17 @@ use crate::error::StoreError;
 const MAX_BATCH: usize = 512;
 /// Writes that may wait for the writer before callers are slowed down.
 const QUEUE: usize = 4096;
+/// How long a write waits for another process (such as `spean-broker directory import`) to finish
+/// its own write to the same file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A write: runs on the writer's connection inside the open transaction.
-pub type Work<T> = Box<
-    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send,
->;
+/// A write: runs on the writer's connection, inside the batch's transaction and its own savepoint.
+pub type Work<T> = Box<dyn FnOnce(&Connection) -> Result<T, StoreError> + Send>;
 
 /// One queued write with the means to answer its caller.
 trait Job: Send {
     /// Runs the write; true if it succeeded (and its savepoint is to be kept).
-    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    fn run(&mut self, conn: &Connection) -> bool;
     /// Answers the caller: its own result if the batch committed, else the batch's error.
     fn finish(self: Box<Self>, batch: Result<(), Arc<StoreError>>);
 }
@@ -46,17 +51,15 @@ struct Queued<T> {
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T: Send + 'static> Job for Queued<T> {
-    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool> {
-        Box::pin(async move {
-            let Some(work) = self.work.take() else {
-                return false;
-            };
-            let outcome = work(conn).await;
-            let ok = outcome.is_ok();
-            self.outcome = Some(outcome);
-            ok
-        })
+impl<T: Send> Job for Queued<T> {
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let outcome = work(conn);
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
     }
 
     fn finish(self: Box<Self>, batch: Result<(), Arc<StoreError>>) {
@@ -70,25 +73,39 @@ impl<T: Send + 'static> Job for Queued<T> {
     }
 }
 
-/// The handle callers write through; cheap to clone.
-#[derive(Debug, Clone)]
+/// The handle callers write through; cheap to clone. The writer thread ends when every handle is
+/// dropped, after finishing what was queued.
+#[derive(Clone)]
 pub struct Writer {
     jobs: mpsc::Sender<Box<dyn Job>>,
 }
 
-impl std::fmt::Debug for dyn Job {
+impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Job")
+        f.write_str("Writer")
     }
 }
 
 impl Writer {
-    /// Starts the writer task on its own connection from `pool` (a pool of one connection that only
-    /// the writer uses). The task ends when every handle is dropped.
-    pub fn start(pool: SqlitePool) -> Self {
+    /// Opens the database file at `path` (already created and migrated) for writing and starts the
+    /// writer thread. `durable` selects `synchronous=FULL` over `NORMAL`, as for the readers.
+    pub fn start(path: &Path, durable: bool) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Every job runs in a savepoint, whose journal would otherwise go to a temporary file.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(pool, queue));
-        Self { jobs }
+        std::thread::Builder::new()
+            .name("spean-sqlite-writer".into())
+            .spawn(move || run(conn, queue))
+            .map_err(|e| StoreError::Corrupt {
+                table: "writer",
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(Self { jobs })
     }
 
     /// Queues `work`, and returns its result once the transaction it ran in has committed.
@@ -107,10 +124,9 @@ impl Writer {
     }
 }
 
-async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<Box<dyn Job>>) {
-    let mut connection: Option<PoolConnection<Sqlite>> = None;
+fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.recv().await {
+    while let Some(first) = queue.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -118,19 +134,8 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<Box<dyn Job>>) {
                 Err(_) => break,
             }
         }
-        let result = match connection.as_mut() {
-            Some(conn) => commit(conn, &mut batch).await,
-            None => match pool.acquire().await {
-                Ok(conn) => commit(connection.insert(conn), &mut batch).await,
-                Err(e) => Err(StoreError::from(e)),
-            },
-        };
-        let result = result.map_err(|e| {
+        let result = commit(&mut conn, &mut batch).map_err(|e| {
             tracing::error!(error = %crate::error::ErrorChain(&e), jobs = batch.len(), "a batch of writes failed");
-            // A connection in an unknown state is not reused: the next batch opens a fresh one.
-            if let Some(conn) = connection.take() {
-                drop(conn.detach());
-            }
             Arc::new(e)
         });
         for job in batch.drain(..) {
@@ -139,29 +144,16 @@ async fn run(pool: SqlitePool, mut queue: mpsc::Receiver<Box<dyn Job>>) {
     }
 }
 
-/// Runs the batch in one transaction, each job in its own savepoint. The statements between two jobs
-/// go to SQLite in one call, so a job costs one extra round trip to the connection's thread.
-async fn commit(conn: &mut SqliteConnection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    sqlx::raw_sql("BEGIN IMMEDIATE; SAVEPOINT job")
-        .execute(&mut *conn)
-        .await?;
-    let last = batch.len().saturating_sub(1);
-    let ran = async {
-        for (i, job) in batch.iter_mut().enumerate() {
-            let kept = job.run(conn).await;
-            let between = match (kept, i == last) {
-                (true, false) => "RELEASE job; SAVEPOINT job",
-                (false, false) => "ROLLBACK TO job; RELEASE job; SAVEPOINT job",
-                (true, true) => "RELEASE job; COMMIT",
-                (false, true) => "ROLLBACK TO job; RELEASE job; COMMIT",
-            };
-            sqlx::raw_sql(between).execute(&mut *conn).await?;
+/// Runs the batch in one transaction, each job in its own savepoint. Dropping the transaction or a
+/// savepoint without committing it rolls it back.
+fn commit(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for job in batch.iter_mut() {
+        let savepoint = tx.savepoint()?;
+        if job.run(&savepoint) {
+            savepoint.commit()?;
         }
-        Ok::<(), StoreError>(())
     }
-    .await;
-    if ran.is_err() {
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-    }
-    ran
+    tx.commit()?;
+    Ok(())
 }
