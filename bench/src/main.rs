@@ -68,11 +68,13 @@ struct Cli {
     /// Of those, how many have a delivery stream open at once (and send).
     #[arg(long, default_value_t = 200)]
     scale_connected: usize,
-    /// Administrative PostgreSQL URL; each run creates and drops its own database there.
+    /// Administrative PostgreSQL URL; each run creates and drops its own database there, with
+    /// this URL's options. The default turns TLS off: the server is on this machine, as RabbitMQ
+    /// is, and the baseline talks to RabbitMQ without TLS too.
     #[arg(
         long,
         env = "SPEAN_BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable"
     )]
     postgres_url: String,
     /// RabbitMQ URL without a vhost; each run creates and deletes its own vhost there.

@@ -32,12 +32,19 @@ impl Database {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await?;
-        let base = servers
+        // The run's database on the same server, with the admin URL's options (`?sslmode=…`).
+        let (path, options) = servers
             .postgres_admin_url
-            .rsplit_once('/')
-            .map_or(servers.postgres_admin_url.as_str(), |(b, _)| b);
+            .split_once('?')
+            .map_or((servers.postgres_admin_url.as_str(), None), |(p, o)| {
+                (p, Some(o))
+            });
+        let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
         Ok(Self {
-            url: format!("{base}/{name}"),
+            url: match options {
+                Some(options) => format!("{base}/{name}?{options}"),
+                None => format!("{base}/{name}"),
+            },
             admin_url: servers.postgres_admin_url.clone(),
             name,
         })

@@ -17,7 +17,7 @@ use crate::delivery::{DeliveryRef, Doorbell};
 use crate::directory::Directory;
 use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
-use crate::store::{Change, ChangeOutcome, NewDelivery, Store, SubmitOutcome};
+use crate::store::{Change, ChangeOutcome, NewDelivery, Snapshot, Store, SubmitOutcome};
 
 /// How many times a change is decided again after losing a race.
 const MAX_ATTEMPTS: usize = 8;
@@ -296,7 +296,15 @@ impl Workflow {
             {
                 return self.replayed(done, &action).await;
             }
-            let referral = self.visible(actor, action.referral_id).await?;
+            let snapshot = self
+                .store
+                .snapshot(action.referral_id)
+                .await?
+                .filter(|s| s.parties.contains(actor))
+                .ok_or_else(|| {
+                    BrokerError::NotFound(format!("referral {} not found", action.referral_id))
+                })?;
+            let referral = &snapshot.referral;
             let role = referral.role_of(actor).ok_or_else(|| {
                 BrokerError::Forbidden(format!(
                     "referral {} was redirected away from {actor}; it can no longer act on it",
@@ -306,7 +314,7 @@ impl Workflow {
             let transition = state::decide(referral.state, role, action.kind)?;
             let new_recipient = match &action.details {
                 EventDetails::Redirected { to, .. } => {
-                    Some(self.redirect_target(&referral, to).await?)
+                    Some(self.redirect_target(referral, to).await?)
                 }
                 _ => None,
             };
@@ -324,7 +332,7 @@ impl Workflow {
                 request_id: Some(action.request_id.clone()),
             };
             match self
-                .record(&referral, event.clone(), transition.to, new_recipient)
+                .record(&snapshot, event.clone(), transition.to, new_recipient)
                 .await?
             {
                 ChangeOutcome::Recorded => return Ok((event, transition.to)),
@@ -380,12 +388,13 @@ impl Workflow {
     /// itself to the new recipient), then wakes their sessions.
     async fn record(
         &self,
-        referral: &Referral,
+        snapshot: &Snapshot,
         event: Event,
         to: State,
         new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let mut parties = self.store.parties(referral.id).await?;
+        let referral = &snapshot.referral;
+        let mut parties = snapshot.parties.clone();
         let mut deliveries: Vec<NewDelivery> = Vec::new();
         if let Some(new) = &new_recipient {
             if !parties.contains(new) {
@@ -483,17 +492,15 @@ impl Workflow {
 
     async fn record_delivered(&self, agency: &AgencyId, id: ReferralId) -> Result<(), BrokerError> {
         for _ in 0..MAX_ATTEMPTS {
-            let Some(referral) = self.store.referral(id).await? else {
+            let Some(snapshot) = self.store.snapshot(id).await? else {
                 return Ok(());
             };
-            if &referral.recipient != agency {
+            if &snapshot.referral.recipient != agency
+                || !state::records_delivery(snapshot.history.iter().copied())
+            {
                 return Ok(());
             }
-            let history = self.store.history(id).await?;
-            if !state::records_delivery(history.iter().map(|e| e.kind)) {
-                return Ok(());
-            }
-            let to = state::after_delivery(referral.state);
+            let to = state::after_delivery(snapshot.referral.state);
             let event = Event {
                 id: uuid::Uuid::now_v7(),
                 referral_id: id,
@@ -506,7 +513,7 @@ impl Workflow {
                 details: EventDetails::None,
                 request_id: None,
             };
-            match self.record(&referral, event, to, None).await? {
+            match self.record(&snapshot, event, to, None).await? {
                 ChangeOutcome::Stale => continue,
                 _ => return Ok(()),
             }

@@ -51,6 +51,15 @@ pub struct Change {
     pub at: OffsetDateTime,
 }
 
+/// A referral as a decision about it needs it, read in one query: without its case file, with the
+/// agencies that may see it and the kinds of its events so far, oldest first.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub referral: Referral,
+    pub parties: Vec<AgencyId>,
+    pub history: Vec<crate::referral::EventKind>,
+}
+
 #[derive(Debug)]
 pub enum SubmitOutcome {
     Created,
@@ -89,6 +98,8 @@ pub trait Store: Send + Sync + 'static {
         sender: &AgencyId,
         client_ref: &ClientRef,
     ) -> Result<Option<Referral>, StoreError>;
+    /// The referral, who may see it and what happened to it, in one round trip; `None` if unknown.
+    async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError>;
     /// Whether `agency` may see the referral (sender, recipient, or a former recipient).
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError>;
     /// Every agency that may see the referral.

@@ -16,7 +16,9 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::rows;
-use super::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome, micros};
+use super::{
+    Change, ChangeOutcome, MailboxEntry, NewDelivery, Snapshot, Store, SubmitOutcome, micros,
+};
 use crate::directory::Directory;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
@@ -254,6 +256,28 @@ impl Store for PgStore {
         row.map(|r| rows::referral(&r, true)).transpose()
     }
 
+    async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError> {
+        // `COLLATE "C"`: byte order, as SQLite's, whatever the database's collation.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            referral_columns!(),
+            ", ARRAY(SELECT agency_id FROM referral_access WHERE referral_id = r.id \
+               ORDER BY agency_id COLLATE \"C\") AS parties, \
+             ARRAY(SELECT kind FROM referral_events WHERE referral_id = r.id ORDER BY seq) \
+               AS history \
+             FROM referrals r WHERE id = $1::uuid"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let parties: Vec<String> = row.try_get("parties")?;
+            let history: Vec<String> = row.try_get("history")?;
+            rows::snapshot(&row, parties, history)
+        })
+        .transpose()
+    }
+
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM referral_access \
@@ -305,6 +329,10 @@ impl Store for PgStore {
         row.as_ref().map(rows::event).transpose()
     }
 
+    /// The batch reads are not kept as prepared statements: PostgreSQL would soon plan them once
+    /// for any array of ids, and a plan chosen while the table was small (a sequential scan) would
+    /// then read the whole table for every batch as it grows. Unnamed, they are planned with the
+    /// ids in hand, which always finds the index.
     async fn referrals_with_history(
         &self,
         ids: &[ReferralId],
@@ -318,6 +346,7 @@ impl Store for PgStore {
             referral_columns!(),
             ", case_file FROM referrals WHERE id = ANY ($1::text[]::uuid[])"
         ))
+        .persistent(false)
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
@@ -326,6 +355,7 @@ impl Store for PgStore {
             event_columns!(),
             " FROM referral_events WHERE referral_id = ANY ($1::text[]::uuid[]) ORDER BY seq"
         ))
+        .persistent(false)
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
@@ -349,6 +379,7 @@ impl Store for PgStore {
             event_columns!(),
             " FROM referral_events WHERE id = ANY ($1::text[]::uuid[]) ORDER BY seq"
         ))
+        .persistent(false)
         .bind(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
@@ -510,9 +541,9 @@ impl Store for PgStore {
         let lease = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         let rows = sqlx::query(concat!(
             "WITH now AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS us) \
-             UPDATE mailbox SET lease_until = (SELECT us FROM now) + $1 WHERE seq IN \
-             (SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < (SELECT us FROM now) \
-              ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING ",
+             UPDATE mailbox SET lease_until = (SELECT us FROM now) + $1 WHERE seq = ANY (ARRAY( \
+             SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < (SELECT us FROM now) \
+              ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING ",
             mailbox_columns!()
         ))
         .bind(lease)

@@ -198,6 +198,25 @@ pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
     })
 }
 
+/// A snapshot from its referral columns and the parties and event kinds, as each backend lists them.
+pub(super) fn snapshot(
+    row: &impl Columns,
+    parties: Vec<String>,
+    history: Vec<String>,
+) -> Result<super::Snapshot, StoreError> {
+    Ok(super::Snapshot {
+        referral: referral(row, false)?,
+        parties: parties
+            .iter()
+            .map(|a| AgencyId::parse("agency_id", a).map_err(|e| corrupt("referral_access", e)))
+            .collect::<Result<_, _>>()?,
+        history: history
+            .iter()
+            .map(|k| EventKind::parse(k).ok_or_else(|| corrupt("referral_events", "kind")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 pub(super) fn mailbox(row: &impl Columns) -> Result<MailboxEntry, StoreError> {
     let bad = |what: &str| corrupt("mailbox", what);
     Ok(MailboxEntry {

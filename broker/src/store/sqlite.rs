@@ -19,7 +19,9 @@ use sqlx::sqlite::{
 
 use super::rows;
 use super::writer::Writer;
-use super::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome, micros};
+use super::{
+    Change, ChangeOutcome, MailboxEntry, NewDelivery, Snapshot, Store, SubmitOutcome, micros,
+};
 use crate::directory::Directory;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
@@ -332,6 +334,28 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| rows::referral(&r, true)).transpose()
+    }
+
+    async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REFERRAL_COLUMNS}, \
+             (SELECT json_group_array(agency_id) FROM (SELECT agency_id FROM referral_access \
+              WHERE referral_id = r.id ORDER BY agency_id)) AS parties, \
+             (SELECT json_group_array(kind) FROM (SELECT kind FROM referral_events \
+              WHERE referral_id = r.id ORDER BY seq)) AS history \
+             FROM referrals r WHERE id = ?"
+        )))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let list = |column: &str| -> Result<Vec<String>, StoreError> {
+                let json: String = row.try_get(column)?;
+                serde_json::from_str(&json).map_err(|e| rows::corrupt("referrals", e))
+            };
+            rows::snapshot(&row, list("parties")?, list("history")?)
+        })
+        .transpose()
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {

@@ -154,6 +154,7 @@ conformance!(
     listing_filters_and_pages,
     the_mailbox_keeps_order_and_forgets_confirmed_entries,
     deliveries_load_in_batches_with_their_histories,
+    a_snapshot_holds_the_referral_its_parties_and_its_history,
     a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,
     outbox_leases_hand_each_row_to_one_relay,
     the_directory_round_trips_and_versions,
@@ -656,6 +657,36 @@ async fn deliveries_load_in_batches_with_their_histories(f: Fixture) {
     assert_eq!(ids, want);
     assert!(store.referrals_with_history(&[]).await.unwrap().is_empty());
     assert!(store.events(&[]).await.unwrap().is_empty());
+}
+
+async fn a_snapshot_holds_the_referral_its_parties_and_its_history(f: Fixture) {
+    let store = f.store.clone();
+    let r = submit(&store, "s-1").await;
+    let ack = event(
+        &r,
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        None,
+    );
+    store
+        .apply(&change(&r, 1, ack, State::Acknowledged))
+        .await
+        .unwrap();
+    let snapshot = store.snapshot(r.id).await.unwrap().unwrap();
+    assert_eq!(snapshot.referral.id, r.id);
+    assert_eq!(snapshot.referral.state, State::Acknowledged);
+    assert_eq!(snapshot.referral.version, 2);
+    assert!(
+        snapshot.referral.case_file.is_empty(),
+        "a snapshot is for decisions; it carries no case file"
+    );
+    assert_eq!(snapshot.parties, [agency("ahc-swu"), agency("mlup-russey")]);
+    assert_eq!(
+        snapshot.history,
+        [EventKind::Submitted, EventKind::Acknowledged]
+    );
+    assert!(store.snapshot(ReferralId::new()).await.unwrap().is_none());
 }
 
 /// Writes that run together (the embedded store commits concurrent writes in one transaction) stay
