@@ -17,7 +17,7 @@ pub const PASSWORD: &str = "e2e-secret-b6f1";
 
 fn postgres_admin_url() -> String {
     std::env::var("SPEAN_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 fn amqp_server() -> (String, u16) {

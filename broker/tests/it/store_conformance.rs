@@ -1,6 +1,6 @@
 //! One suite of store tests, run against every backend: SQLite in a temporary file, and PostgreSQL
 //! in a fresh database per test on the server named by `SPEAN_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`). An unreachable PostgreSQL fails the test.
+//! `postgres://postgres@127.0.0.1:5432/test`). An unreachable PostgreSQL fails the test.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +90,7 @@ async fn sqlite() -> Fixture {
 /// A fresh database on the test server, migrated by [`PgStore::connect`].
 async fn postgres() -> Fixture {
     let admin = std::env::var("SPEAN_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let database = format!("spean_test_{}", uuid::Uuid::now_v7().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
