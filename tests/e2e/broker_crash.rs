@@ -113,25 +113,11 @@ async fn a_broker_killed_mid_stream_loses_nothing_it_acknowledged_and_duplicates
     );
 
     // And every one of them reaches the recipient, once.
-    let mut ngo = broker.client("mlup-russey").await;
-    let (tx, rx) = tokio::sync::mpsc::channel(512);
-    tx.send(pb::SubscribeRequest {
-        request: Some(pb::subscribe_request::Request::Hello(pb::Hello {
-            window: 500,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut stream = ngo
-        .delivery
-        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = broker.client("mlup-russey").await.subscribe(500).await;
     let mut received: BTreeMap<String, usize> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while received.len() < ids.len() {
-        let d = tokio::time::timeout_at(deadline, stream.message())
+        let d = tokio::time::timeout_at(deadline, stream.deliveries.message())
             .await
             .expect("not every acknowledged referral reached the recipient in time")
             .unwrap()
@@ -139,13 +125,7 @@ async fn a_broker_killed_mid_stream_loses_nothing_it_acknowledged_and_duplicates
         if let Some(pb::delivery::Payload::Referral(r)) = d.payload {
             *received.entry(r.envelope.unwrap().referral_id).or_default() += 1;
         }
-        tx.send(pb::SubscribeRequest {
-            request: Some(pb::subscribe_request::Request::Confirm(pb::Confirm {
-                delivery_id: d.delivery_id,
-            })),
-        })
-        .await
-        .unwrap();
+        stream.confirm(d.delivery_id).await;
     }
     assert_eq!(received.keys().cloned().collect::<BTreeSet<_>>(), ids);
     assert!(

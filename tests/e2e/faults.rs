@@ -386,21 +386,12 @@ async fn a_delivery_never_confirmed_is_set_aside_at_the_delivery_limit_and_redri
             handed_out <= 10,
             "delivered {handed_out} times and never set aside"
         );
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tx.send(pb::SubscribeRequest {
-            request: Some(pb::subscribe_request::Request::Hello(pb::Hello {
-                window: 1,
-            })),
-        })
-        .await
-        .unwrap();
-        let mut stream = ngo
-            .delivery
-            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        let next = tokio::time::timeout(std::time::Duration::from_secs(2), stream.message()).await;
+        let mut stream = ngo.subscribe(1).await;
+        let next = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            stream.deliveries.message(),
+        )
+        .await;
         if let Ok(Ok(Some(delivery))) = next {
             match delivery.payload {
                 Some(pb::delivery::Payload::Referral(r)) => {

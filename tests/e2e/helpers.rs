@@ -241,6 +241,49 @@ pub struct GrpcClient {
     pub delivery: DeliveryServiceClient<Channel>,
 }
 
+/// A raw delivery stream, as an adapter opens it: confirmations go in through `confirms`.
+pub struct RawStream {
+    pub confirms: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    pub deliveries: tonic::Streaming<pb::Delivery>,
+}
+
+impl RawStream {
+    /// Confirms a delivery, as an adapter does once it has stored it.
+    pub async fn confirm(&self, delivery_id: String) {
+        self.confirms
+            .send(pb::SubscribeRequest {
+                request: Some(pb::subscribe_request::Request::Confirm(pb::Confirm {
+                    delivery_id,
+                })),
+            })
+            .await
+            .unwrap();
+    }
+}
+
+impl GrpcClient {
+    /// Opens a delivery stream with the given window.
+    pub async fn subscribe(&mut self, window: u32) -> RawStream {
+        let (confirms, rx) = tokio::sync::mpsc::channel(window.max(1) as usize + 1);
+        confirms
+            .send(pb::SubscribeRequest {
+                request: Some(pb::subscribe_request::Request::Hello(pb::Hello { window })),
+            })
+            .await
+            .unwrap();
+        let deliveries = self
+            .delivery
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawStream {
+            confirms,
+            deliveries,
+        }
+    }
+}
+
 pub const KHMER_NAME: &str = "សុខ ស្រីល័ក្ខ";
 
 /// Story 1's referral: LAMA, a 6-year-old girl from Pailin, addressed by service and province.

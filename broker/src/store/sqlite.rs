@@ -567,9 +567,11 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Both halves answer: a reader, and the writer (an empty job, which also shows that writes are
+    /// not stuck behind something).
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        self.writer.write(Box::new(|_| Ok(()))).await
     }
 
     async fn settle(

@@ -56,7 +56,16 @@ impl<T: Send> Job for Queued<T> {
         let Some(work) = self.work.take() else {
             return false;
         };
-        let outcome = work(conn);
+        // A job that panics (a bug) fails alone, like any failed job, instead of taking the one
+        // writer of the broker down with it.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| {
+                tracing::error!("a write panicked; it was rolled back");
+                Err(StoreError::Corrupt {
+                    table: "writer",
+                    reason: "a write panicked".into(),
+                })
+            });
         let ok = outcome.is_ok();
         self.outcome = Some(outcome);
         ok
