@@ -565,16 +565,7 @@ impl Amqp {
     ) -> Result<Published, DeliveryError> {
         let wanted: Vec<(AgencyId, DeliveryRef)> = batch
             .iter()
-            .map(|e| {
-                (
-                    e.agency.clone(),
-                    DeliveryRef {
-                        delivery_id: e.delivery_id,
-                        referral_id: e.referral_id,
-                        event_id: e.event_id,
-                    },
-                )
-            })
+            .map(|e| (e.agency.clone(), e.reference()))
             .collect();
         let contents = workflow
             .load_deliveries(&wanted)

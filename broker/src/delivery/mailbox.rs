@@ -56,11 +56,7 @@ impl MailboxSession {
                 let batch = entries
                     .into_iter()
                     .map(|e| {
-                        let reference = DeliveryRef {
-                            delivery_id: e.delivery_id,
-                            referral_id: e.referral_id,
-                            event_id: e.event_id,
-                        };
+                        let reference = e.reference();
                         self.in_flight.insert(reference.delivery_id, reference);
                         Pending {
                             reference,

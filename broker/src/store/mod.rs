@@ -30,6 +30,17 @@ pub struct MailboxEntry {
     pub event_id: Option<uuid::Uuid>,
 }
 
+impl MailboxEntry {
+    /// What the entry delivers, as a delivery session tracks it.
+    pub fn reference(&self) -> crate::delivery::DeliveryRef {
+        crate::delivery::DeliveryRef {
+            delivery_id: self.delivery_id,
+            referral_id: self.referral_id,
+            event_id: self.event_id,
+        }
+    }
+}
+
 /// A delivery to enqueue with a change.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -102,8 +113,6 @@ pub trait Store: Send + Sync + 'static {
     async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError>;
     /// Whether `agency` may see the referral (sender, recipient, or a former recipient).
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError>;
-    /// Every agency that may see the referral.
-    async fn parties(&self, id: ReferralId) -> Result<Vec<AgencyId>, StoreError>;
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError>;
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError>;
     /// The referrals with these ids (with case files), each with its history, in one round trip per

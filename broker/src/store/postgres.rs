@@ -289,22 +289,6 @@ impl Store for PgStore {
         .await?)
     }
 
-    async fn parties(&self, id: ReferralId) -> Result<Vec<AgencyId>, StoreError> {
-        // `COLLATE "C"`: byte order, as SQLite's, whatever the database's collation.
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT agency_id FROM referral_access WHERE referral_id = $1::uuid \
-             ORDER BY agency_id COLLATE \"C\"",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|a| {
-                AgencyId::parse("agency_id", a).map_err(|e| rows::corrupt("referral_access", e))
-            })
-            .collect()
-    }
-
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query(concat!(
             "SELECT ",

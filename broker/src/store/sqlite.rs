@@ -369,20 +369,6 @@ impl Store for SqliteStore {
         Ok(found.is_some())
     }
 
-    async fn parties(&self, id: ReferralId) -> Result<Vec<AgencyId>, StoreError> {
-        let rows: Vec<String> = sqlx::query_scalar(
-            "SELECT agency_id FROM referral_access WHERE referral_id = ? ORDER BY agency_id",
-        )
-        .bind(id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|a| {
-                AgencyId::parse("agency_id", a).map_err(|e| rows::corrupt("referral_access", e))
-            })
-            .collect()
-    }
-
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError> {
         let rows = sqlx::query("SELECT * FROM referral_events WHERE referral_id = ? ORDER BY seq")
             .bind(id.to_string())

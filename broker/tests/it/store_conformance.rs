@@ -458,7 +458,7 @@ async fn a_redirect_grants_access_to_the_new_recipient(f: Fixture) {
     store.apply(&c).await.unwrap();
     let got = store.referral(r.id).await.unwrap().unwrap();
     assert_eq!(got.recipient, agency("dosvy-24"));
-    let parties = store.parties(r.id).await.unwrap();
+    let parties = store.snapshot(r.id).await.unwrap().unwrap().parties;
     assert_eq!(
         parties,
         [agency("ahc-swu"), agency("dosvy-24"), agency("mlup-russey")]
