@@ -418,10 +418,10 @@ impl Production {
         (c, ch)
     }
 
-    /// Messages ready in a queue (a passive declare: it must exist).
-    pub async fn depth(&self, queue: &str) -> u32 {
+    /// A passive declare of `queue`, on a channel of its own since a miss closes the channel.
+    async fn passive_declare(&self, queue: &str) -> Result<lapin::Queue, lapin::Error> {
         let (c, ch) = self.channel().await;
-        let q = ch
+        let declared = ch
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -430,28 +430,19 @@ impl Production {
                 },
                 FieldTable::default(),
             )
-            .await
-            .unwrap();
+            .await;
         let _ = c.close(200, "ok".into()).await;
-        q.message_count()
+        declared
     }
 
-    /// Whether a queue exists (a passive declare, on a channel of its own since a miss closes it).
+    /// Messages ready in a queue, which must exist.
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.passive_declare(queue).await.unwrap().message_count()
+    }
+
+    /// Whether a queue exists.
     async fn queue_exists(&self, queue: &str) -> bool {
-        let (c, ch) = self.channel().await;
-        let exists = ch
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .is_ok();
-        let _ = c.close(200, "ok".into()).await;
-        exists
+        self.passive_declare(queue).await.is_ok()
     }
 
     /// Publishes bytes that are not a Spean delivery straight into an agency's queue, once the broker
