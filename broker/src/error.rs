@@ -39,7 +39,7 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// From the embedded store's writer, which talks to SQLite through `rusqlite`.
+    /// From the embedded store's writer and readers, which talk to SQLite through `rusqlite`.
     #[error("database error")]
     Sqlite(#[from] rusqlite::Error),
     /// A stored row that does not decode: a bug or a hand-edited database, never a caller's fault.
@@ -48,9 +48,9 @@ pub enum StoreError {
     /// The write was committed together with others (see `store::writer`) and that commit failed.
     #[error("the transaction this write was part of failed")]
     Batch(#[source] std::sync::Arc<StoreError>),
-    /// The embedded store's writer task is gone: the broker is shutting down.
-    #[error("the store's writer has stopped")]
-    WriterGone,
+    /// The embedded store's writer or reader threads are gone: the broker is shutting down.
+    #[error("the store's threads have stopped")]
+    Stopped,
 }
 
 impl StoreError {
@@ -83,7 +83,7 @@ impl StoreError {
                     | rusqlite::ErrorCode::DiskFull
             ),
             StoreError::Batch(e) => e.is_transient(),
-            StoreError::WriterGone => true,
+            StoreError::Stopped => true,
             _ => false,
         }
     }

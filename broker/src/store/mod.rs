@@ -3,9 +3,11 @@
 //! [`Store`] is the contract; [`sqlite`] is the embedded default and [`postgres`] the production
 //! store. Every change to a referral arrives as one [`Change`] and is written in one transaction with
 //! its history event and its deliveries, so a crash leaves either all of it or none. Embedded writes
-//! go through one [`writer`] that commits concurrent writes together.
+//! go through one [`writer`] that commits concurrent writes together, and embedded reads through a
+//! few [`readers`].
 
 pub mod postgres;
+pub mod readers;
 mod rows;
 pub mod sqlite;
 pub mod writer;

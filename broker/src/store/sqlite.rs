@@ -1,22 +1,24 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! Reads go to a pool of sqlx connections, which WAL lets run beside the writer. Every write goes
-//! through the one [`Writer`] (a thread with its own `rusqlite` connection), which commits concurrent
-//! writes in one transaction (group commit), so the fsync that `synchronous=FULL` costs is paid once
-//! per batch rather than once per request. Each write runs in its own savepoint, so the others in its
-//! batch never see a half of it. Queries are static SQL with bound parameters.
+//! Reads go to a few [`Readers`] (threads with their own `rusqlite` connections), which WAL lets run
+//! beside the writer. Every write goes through the one [`Writer`] (a thread with its own `rusqlite`
+//! connection), which commits concurrent writes in one transaction (group commit), so the fsync that
+//! `synchronous=FULL` costs is paid once per batch rather than once per request. Each write runs in
+//! its own savepoint, so the others in its batch never see a half of it. Queries are static SQL with
+//! bound parameters. sqlx runs the migrations, and its one connection stays open for administrative
+//! access (tests use it to reach past the store).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, params};
-use sqlx::Row;
+use rusqlite::{Connection, OptionalExtension, params};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+use super::readers::Readers;
 use super::rows;
 use super::writer::Writer;
 use super::{
@@ -29,8 +31,9 @@ use crate::referral::{Event, ListQuery, Referral};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    /// Readers.
+    /// Migrations and administrative access only.
     pool: SqlitePool,
+    readers: Readers,
     writer: Writer,
 }
 
@@ -50,7 +53,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(1)
             .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -63,7 +66,12 @@ impl SqliteStore {
             ));
         }
         let writer = Writer::start(options.get_filename(), durable)?;
-        Ok(Self { pool, writer })
+        let readers = Readers::start(options.get_filename())?;
+        Ok(Self {
+            pool,
+            readers,
+            writer,
+        })
     }
 
     /// Opens the database file at `path`.
@@ -83,6 +91,26 @@ const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_a
 /// A list of ids as the JSON array `json_each` reads: one bound parameter however many ids.
 fn json_list<T: ToString>(items: &[T]) -> String {
     serde_json::Value::from(items.iter().map(ToString::to_string).collect::<Vec<_>>()).to_string()
+}
+
+/// The first row a query returns, mapped; `None` if it returns none.
+fn first<T>(
+    mut rows: rusqlite::Rows<'_>,
+    map: impl FnOnce(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    rows.next()?.map(map).transpose()
+}
+
+/// Every row a query returns, mapped.
+fn all<T>(
+    mut rows: rusqlite::Rows<'_>,
+    map: impl Fn(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut mapped = Vec::new();
+    while let Some(row) = rows.next()? {
+        mapped.push(map(row)?);
+    }
+    Ok(mapped)
 }
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
@@ -149,8 +177,10 @@ fn event_by_request(
 ) -> Result<Option<Event>, StoreError> {
     let mut query =
         conn.prepare_cached("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")?;
-    let mut rows = query.query(params![actor.as_str(), request_id.as_str()])?;
-    rows.next()?.map(rows::event).transpose()
+    first(
+        query.query(params![actor.as_str(), request_id.as_str()])?,
+        |r| rows::event(r),
+    )
 }
 
 /// Inserts a new referral with its access, first event and deliveries, unless its sender already
@@ -267,23 +297,31 @@ impl Store for SqliteStore {
     }
 
     async fn directory(&self) -> Result<Option<(Directory, i64)>, StoreError> {
-        let row = sqlx::query("SELECT document, version FROM directory WHERE id = 1")
-            .fetch_optional(&self.pool)
+        let row: Option<(String, i64)> = self
+            .readers
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT document, version FROM directory WHERE id = 1")?
+                    .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?)
+            })
             .await?;
-        row.map(|row| {
-            let doc: String = row.try_get("document")?;
+        row.map(|(doc, version)| {
             let dir = serde_json::from_str(&doc).map_err(|e| rows::corrupt("directory", e))?;
-            Ok((dir, row.try_get("version")?))
+            Ok((dir, version))
         })
         .transpose()
     }
 
     async fn directory_version(&self) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT version FROM directory WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        self.readers
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT version FROM directory WHERE id = 1")?
+                    .query_row([], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
     }
 
     async fn submit(
@@ -312,13 +350,15 @@ impl Store for SqliteStore {
     }
 
     async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE id = ?"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| rows::referral(&r, true)).transpose()
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE id = ?"
+                ))?;
+                first(query.query(params![id])?, |r| rows::referral(r, true))
+            })
+            .await
     }
 
     async fn referral_by_client_ref(
@@ -326,63 +366,78 @@ impl Store for SqliteStore {
         sender: &AgencyId,
         client_ref: &ClientRef,
     ) -> Result<Option<Referral>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE sender = ? AND client_ref = ?"
-        )))
-        .bind(sender.as_str())
-        .bind(client_ref.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| rows::referral(&r, true)).transpose()
+        let (sender, client_ref) = (sender.clone(), client_ref.clone());
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals \
+                     WHERE sender = ? AND client_ref = ?"
+                ))?;
+                first(
+                    query.query(params![sender.as_str(), client_ref.as_str()])?,
+                    |r| rows::referral(r, true),
+                )
+            })
+            .await
     }
 
     async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REFERRAL_COLUMNS}, \
-             (SELECT json_group_array(agency_id) FROM (SELECT agency_id FROM referral_access \
-              WHERE referral_id = r.id ORDER BY agency_id)) AS parties, \
-             (SELECT json_group_array(kind) FROM (SELECT kind FROM referral_events \
-              WHERE referral_id = r.id ORDER BY seq)) AS history \
-             FROM referrals r WHERE id = ?"
-        )))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let list = |column: &str| -> Result<Vec<String>, StoreError> {
-                let json: String = row.try_get(column)?;
-                serde_json::from_str(&json).map_err(|e| rows::corrupt("referrals", e))
-            };
-            rows::snapshot(&row, list("parties")?, list("history")?)
-        })
-        .transpose()
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, \
+                     (SELECT json_group_array(agency_id) FROM (SELECT agency_id FROM referral_access \
+                      WHERE referral_id = r.id ORDER BY agency_id)) AS parties, \
+                     (SELECT json_group_array(kind) FROM (SELECT kind FROM referral_events \
+                      WHERE referral_id = r.id ORDER BY seq)) AS history \
+                     FROM referrals r WHERE id = ?"
+                ))?;
+                first(query.query(params![id])?, |row| {
+                    let list = |column: &str| -> Result<Vec<String>, StoreError> {
+                        let json: String = row.get(column)?;
+                        serde_json::from_str(&json).map_err(|e| rows::corrupt("referrals", e))
+                    };
+                    rows::snapshot(row, list("parties")?, list("history")?)
+                })
+            })
+            .await
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM referral_access WHERE agency_id = ? AND referral_id = ?",
-        )
-        .bind(agency.as_str())
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(found.is_some())
+        let (agency, id) = (agency.clone(), id.to_string());
+        self.readers
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT 1 FROM referral_access WHERE agency_id = ? AND referral_id = ?",
+                    )?
+                    .exists(params![agency.as_str(), id])?)
+            })
+            .await
     }
 
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM referral_events WHERE referral_id = ? ORDER BY seq")
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(rows::event).collect()
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM referral_events WHERE referral_id = ? ORDER BY seq",
+                )?;
+                all(query.query(params![id])?, |r| rows::event(r))
+            })
+            .await
     }
 
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
-        let row = sqlx::query("SELECT * FROM referral_events WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::event).transpose()
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query =
+                    conn.prepare_cached("SELECT * FROM referral_events WHERE id = ?")?;
+                first(query.query(params![id])?, |r| rows::event(r))
+            })
+            .await
     }
 
     async fn referrals_with_history(
@@ -393,42 +448,37 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let list = json_list(ids);
-        let referrals = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals \
-             WHERE id IN (SELECT value FROM json_each(?))"
-        )))
-        .bind(&list)
-        .fetch_all(&self.pool)
-        .await?;
-        let events = sqlx::query(
-            "SELECT * FROM referral_events \
-             WHERE referral_id IN (SELECT value FROM json_each(?)) ORDER BY seq",
-        )
-        .bind(&list)
-        .fetch_all(&self.pool)
-        .await?;
-        let events = events
-            .iter()
-            .map(rows::event)
-            .collect::<Result<Vec<_>, _>>()?;
-        let referrals = referrals
-            .iter()
-            .map(|r| rows::referral(r, true))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(super::with_histories(referrals, events))
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals \
+                     WHERE id IN (SELECT value FROM json_each(?))"
+                ))?;
+                let referrals = all(query.query(params![list])?, |r| rows::referral(r, true))?;
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM referral_events \
+                     WHERE referral_id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+                )?;
+                let events = all(query.query(params![list])?, |r| rows::event(r))?;
+                Ok(super::with_histories(referrals, events))
+            })
+            .await
     }
 
     async fn events(&self, ids: &[uuid::Uuid]) -> Result<Vec<Event>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT * FROM referral_events WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq",
-        )
-        .bind(json_list(ids))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::event).collect()
+        let list = json_list(ids);
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM referral_events \
+                     WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+                )?;
+                all(query.query(params![list])?, |r| rows::event(r))
+            })
+            .await
     }
 
     async fn event_by_request(
@@ -436,12 +486,10 @@ impl Store for SqliteStore {
         actor: &AgencyId,
         request_id: &RequestId,
     ) -> Result<Option<Event>, StoreError> {
-        let row = sqlx::query("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")
-            .bind(actor.as_str())
-            .bind(request_id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::event).transpose()
+        let (actor, request_id) = (actor.clone(), request_id.clone());
+        self.readers
+            .read(move |conn| event_by_request(conn, &actor, &request_id))
+            .await
     }
 
     async fn list(
@@ -453,25 +501,29 @@ impl Store for SqliteStore {
             serde_json::Value::from(query.states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
                 .to_string()
         });
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {REFERRAL_COLUMNS} FROM referrals r \
-             WHERE r.id IN (SELECT referral_id FROM referral_access WHERE agency_id = ?1) \
-             AND (?2 IS NULL OR (?2 = 'sender' AND r.sender = ?1) \
-                              OR (?2 = 'recipient' AND r.recipient = ?1)) \
-             AND (?3 IS NULL OR r.state IN (SELECT value FROM json_each(?3))) \
-             AND (?4 IS NULL OR r.kind = ?4) \
-             AND (?5 IS NULL OR r.id < ?5) \
-             ORDER BY r.id DESC LIMIT ?6"
-        )))
-        .bind(agency.as_str())
-        .bind(query.role.map(|r| r.to_string()))
-        .bind(states)
-        .bind(query.kind.as_ref().map(|k| k.as_str().to_owned()))
-        .bind(query.before.map(|b| b.to_string()))
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(|r| rows::referral(r, false)).collect()
+        let bound = (
+            agency.as_str().to_owned(),
+            query.role.map(|r| r.to_string()),
+            states,
+            query.kind.as_ref().map(|k| k.as_str().to_owned()),
+            query.before.map(|b| b.to_string()),
+            i64::from(query.limit),
+        );
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals r \
+                     WHERE r.id IN (SELECT referral_id FROM referral_access WHERE agency_id = ?1) \
+                     AND (?2 IS NULL OR (?2 = 'sender' AND r.sender = ?1) \
+                                      OR (?2 = 'recipient' AND r.recipient = ?1)) \
+                     AND (?3 IS NULL OR r.state IN (SELECT value FROM json_each(?3))) \
+                     AND (?4 IS NULL OR r.kind = ?4) \
+                     AND (?5 IS NULL OR r.id < ?5) \
+                     ORDER BY r.id DESC LIMIT ?6"
+                ))?;
+                all(query.query(bound)?, |r| rows::referral(r, false))
+            })
+            .await
     }
 
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
@@ -487,15 +539,18 @@ impl Store for SqliteStore {
         after: i64,
         limit: u32,
     ) -> Result<Vec<MailboxEntry>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM mailbox WHERE agency_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-        )
-        .bind(agency.as_str())
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(rows::mailbox).collect()
+        let agency = agency.clone();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM mailbox WHERE agency_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                )?;
+                all(
+                    query.query(params![agency.as_str(), after, i64::from(limit)])?,
+                    |r| rows::mailbox(r),
+                )
+            })
+            .await
     }
 
     async fn mailbox_entry(
@@ -503,12 +558,17 @@ impl Store for SqliteStore {
         agency: &AgencyId,
         delivery_id: uuid::Uuid,
     ) -> Result<Option<MailboxEntry>, StoreError> {
-        let row = sqlx::query("SELECT * FROM mailbox WHERE agency_id = ? AND delivery_id = ?")
-            .bind(agency.as_str())
-            .bind(delivery_id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(rows::mailbox).transpose()
+        let (agency, delivery_id) = (agency.clone(), delivery_id.to_string());
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM mailbox WHERE agency_id = ? AND delivery_id = ?",
+                )?;
+                first(query.query(params![agency.as_str(), delivery_id])?, |r| {
+                    rows::mailbox(r)
+                })
+            })
+            .await
     }
 
     async fn lease_outbox(
@@ -556,7 +616,9 @@ impl Store for SqliteStore {
     /// Both halves answer: a reader, and the writer (an empty job, which also shows that writes are
     /// not stuck behind something).
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.readers
+            .read(|conn| Ok(conn.prepare_cached("SELECT 1")?.exists([])?))
+            .await?;
         self.writer.write(Box::new(|_| Ok(()))).await
     }
 

@@ -8,9 +8,9 @@
 //! them in one transaction with one fsync. Nothing waits on a timer: a lone write is committed at once.
 //!
 //! The writer is a thread of its own holding a plain `rusqlite` connection, and runs each job's
-//! statements directly on it. The reading side of the store uses sqlx's pool, whose connections each
-//! live on a worker thread and cost a hand-off between threads per statement; for the writer, which
-//! runs every write of the broker one after another, that hand-off was the bottleneck.
+//! statements directly on it. sqlx runs each SQLite connection on a worker thread and hands every
+//! statement across threads; for the writer, which runs every write of the broker one after another,
+//! that hand-off was the bottleneck (the [`super::readers`] avoid it for the same reason).
 //!
 //! Each job runs inside its own `SAVEPOINT`, so a job that fails (a unique violation, say) is rolled
 //! back alone and the others still commit. A caller hears its result only after the `COMMIT`: a write
@@ -21,7 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::StoreError;
@@ -74,7 +74,7 @@ impl<T: Send> Job for Queued<T> {
     fn finish(self: Box<Self>, batch: Result<(), Arc<StoreError>>) {
         let answer = match (batch, self.outcome) {
             (Ok(()), Some(outcome)) => outcome,
-            (Ok(()), None) => Err(StoreError::WriterGone),
+            (Ok(()), None) => Err(StoreError::Stopped),
             (Err(e), _) => Err(StoreError::Batch(e)),
         };
         // The caller may have gone (its request was cancelled); the write stands all the same.
@@ -106,6 +106,7 @@ impl Writer {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Every job runs in a savepoint, whose journal would otherwise go to a temporary file.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
+        super::readers::tune(&conn)?;
         let (jobs, queue) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("spean-sqlite-writer".into())
@@ -125,11 +126,8 @@ impl Writer {
             outcome: None,
             reply,
         });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
     }
 }
 
@@ -153,16 +151,102 @@ fn run(mut conn: Connection, mut queue: mpsc::Receiver<Box<dyn Job>>) {
     }
 }
 
-/// Runs the batch in one transaction, each job in its own savepoint. Dropping the transaction or a
-/// savepoint without committing it rolls it back.
+/// Runs the batch in one transaction, each job in its own savepoint; a failed job's savepoint is
+/// rolled back, and so is the whole transaction if anything else fails. The transaction statements
+/// are cached: parsing them anew for every job cost more than many of the jobs.
 fn commit(conn: &mut Connection, batch: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    for job in batch.iter_mut() {
-        let savepoint = tx.savepoint()?;
-        if job.run(&savepoint) {
-            savepoint.commit()?;
+    let run = |sql: &str| -> Result<(), StoreError> {
+        conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    };
+    run("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        for job in batch.iter_mut() {
+            run("SAVEPOINT job")?;
+            if !job.run(conn) {
+                run("ROLLBACK TO job")?;
+            }
+            run("RELEASE job")?;
+        }
+        run("COMMIT")
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(conn: &Connection, value: &str) -> i64 {
+        conn.query_row("SELECT count(*) FROM t WHERE v = ?", [value], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Jobs queued while the writer is busy commit together; one that fails half-way and one that
+    /// panics are rolled back alone, and the writer goes on.
+    #[tokio::test]
+    async fn a_failed_job_is_rolled_back_alone_and_its_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (v TEXT NOT NULL)")
+            .unwrap();
+        let writer = Writer::start(&path, true).unwrap();
+
+        // Hold the writer inside a job so that everything below queues into one batch.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let spawn = |work: Work<()>| {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.write(work).await })
+        };
+        let blocker = spawn(Box::new(move |conn| {
+            held.recv().unwrap();
+            conn.execute("INSERT INTO t (v) VALUES ('first')", [])?;
+            Ok(())
+        }));
+        let insert = |v: &'static str| -> Work<()> {
+            Box::new(move |conn| {
+                conn.execute("INSERT INTO t (v) VALUES (?)", [v])?;
+                Ok(())
+            })
+        };
+        let good = spawn(insert("good"));
+        let failing = spawn(Box::new(|conn| {
+            conn.execute("INSERT INTO t (v) VALUES ('half')", [])?;
+            conn.execute("INSERT INTO missing (v) VALUES ('x')", [])?;
+            Ok(())
+        }));
+        let panicking = spawn(Box::new(|conn| {
+            conn.execute("INSERT INTO t (v) VALUES ('panicked')", [])?;
+            panic!("a bug in a write");
+        }));
+        let after = spawn(insert("after"));
+        // Give the queued writes time to reach the channel before the blocker lets go.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.send(()).unwrap();
+
+        blocker.await.unwrap().unwrap();
+        good.await.unwrap().unwrap();
+        assert!(failing.await.unwrap().is_err());
+        assert!(panicking.await.unwrap().is_err());
+        after.await.unwrap().unwrap();
+        // And a write after the batch still goes through.
+        writer.write(insert("later")).await.unwrap();
+
+        let check = Connection::open(&path).unwrap();
+        for (value, expected) in [
+            ("first", 1),
+            ("good", 1),
+            ("half", 0),
+            ("panicked", 0),
+            ("after", 1),
+            ("later", 1),
+        ] {
+            assert_eq!(count(&check, value), expected, "rows with {value}");
         }
     }
-    tx.commit()?;
-    Ok(())
 }
