@@ -10,6 +10,10 @@ pub enum AdapterError {
     #[error("local store: {0}")]
     Store(#[from] sqlx::Error),
 
+    /// From the store's writing connection, which talks to SQLite through `rusqlite`.
+    #[error("local store: {0}")]
+    StoreWrite(#[from] rusqlite::Error),
+
     #[error("local store migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 

@@ -1,6 +1,12 @@
 //! The local SQLite copy of everything that concerns this agency, shared by the daemon and the command
 //! line (WAL mode, a busy timeout, and `BEGIN IMMEDIATE` so two processes queue instead of failing).
 //!
+//! Whatever stores what the broker sent (deliveries, and the answers to submits and actions) runs on
+//! one plain `rusqlite` connection, a whole transaction per hand-off to a blocking thread. The rest
+//! (listings, the outbox) uses an sqlx pool, which runs each connection on a worker thread and hands
+//! every statement and row across threads: cheap enough for a command, but on the delivery path,
+//! several statements per delivery, those hand-offs cost more than the writes.
+//!
 //! Every write that stores something received is idempotent: referrals by referral id, events by event
 //! id, deliveries by delivery id. A referral's state is the `state_after` of its newest event (event ids
 //! are UUIDv7, so the greatest id is the newest), whatever order the events arrived in.
@@ -8,9 +14,10 @@
 use std::{path::Path, str::FromStr, time::Duration};
 
 use prost::Message;
+use rusqlite::{Connection, OptionalExtension, params};
 use spean_proto::v1::{Delivery, Envelope, FeedbackEvent, Referral, delivery, feedback_event};
 use sqlx::{
-    Row, SqliteConnection, SqlitePool,
+    Row, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
@@ -28,10 +35,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opens a write transaction up front, so it waits on the busy timeout instead of failing on upgrade.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
-/// The local store; cheap to clone (a connection pool).
+/// The local store; cheap to clone (a connection pool and a shared writing connection).
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    writer: std::sync::Arc<std::sync::Mutex<Connection>>,
 }
 
 /// What storing one delivery did, for the daemon's log line.
@@ -122,7 +130,13 @@ impl Store {
         let mut attempt: u32 = 0;
         loop {
             match Self::connect(options.clone()).await {
-                Ok(pool) => return Ok(Self { pool }),
+                Ok(pool) => {
+                    let writer = open_writer(path)?;
+                    return Ok(Self {
+                        pool,
+                        writer: std::sync::Arc::new(std::sync::Mutex::new(writer)),
+                    });
+                }
                 Err(_) if attempt < 20 => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
@@ -163,30 +177,56 @@ impl Store {
         &self,
         deliveries: &[Delivery],
     ) -> Result<Vec<Stored>, AdapterError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let mut outcomes = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            outcomes.push(put_delivery(&mut tx, delivery).await?);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+        let deliveries = deliveries.to_vec();
+        self.write(move |conn| {
+            deliveries
+                .iter()
+                .map(|delivery| put_delivery(conn, delivery))
+                .collect()
+        })
+        .await
+    }
+
+    /// Runs `work` in one write transaction on the writing connection, on a blocking thread; on any
+    /// error the transaction is rolled back.
+    async fn write<T, F>(&self, work: F) -> Result<T, AdapterError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, AdapterError> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            // Cached: parsing these anew for every batch would cost more than small batches.
+            conn.prepare_cached(BEGIN_WRITE)?.execute([])?;
+            let result = work(&conn).and_then(|value| {
+                conn.prepare_cached("COMMIT")?.execute([])?;
+                Ok(value)
+            });
+            if result.is_err() && !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            result
+        })
+        .await
+        .map_err(|e| AdapterError::Unavailable(format!("the local store's writer failed: {e}")))?
     }
 
     /// Stores a referral and its history (idempotent); true if the referral was new.
     pub async fn store_referral(&self, referral: &Referral) -> Result<bool, AdapterError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let new = put_referral(&mut tx, referral).await?;
-        tx.commit().await?;
-        Ok(new)
+        let referral = referral.clone();
+        self.write(move |conn| put_referral(conn, &referral)).await
     }
 
     /// Stores one event (idempotent) and moves its referral's state; true if the event was new.
     pub async fn store_event(&self, event: &FeedbackEvent) -> Result<bool, AdapterError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let new = put_event(&mut tx, event).await?;
-        refresh_referral(&mut tx, &event.referral_id).await?;
-        tx.commit().await?;
-        Ok(new)
+        let event = event.clone();
+        self.write(move |conn| {
+            let new = put_event(conn, &event)?;
+            refresh_referral(conn, &event.referral_id)?;
+            Ok(new)
+        })
+        .await
     }
 
     pub async fn referral(&self, referral_id: &str) -> Result<Option<ReferralRow>, AdapterError> {
@@ -321,11 +361,12 @@ impl Store {
         request_id: &str,
         referral: &Referral,
     ) -> Result<(), AdapterError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        put_referral(&mut tx, referral).await?;
-        mark_sent(&mut tx, request_id, Some(referral_id_of(referral))).await?;
-        tx.commit().await?;
-        Ok(())
+        let (request_id, referral) = (request_id.to_owned(), referral.clone());
+        self.write(move |conn| {
+            put_referral(conn, &referral)?;
+            mark_sent(conn, &request_id, Some(referral_id_of(&referral)))
+        })
+        .await
     }
 
     /// Stores the event the broker returned for an action and marks the request sent, together.
@@ -334,12 +375,13 @@ impl Store {
         request_id: &str,
         event: &FeedbackEvent,
     ) -> Result<(), AdapterError> {
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        put_event(&mut tx, event).await?;
-        refresh_referral(&mut tx, &event.referral_id).await?;
-        mark_sent(&mut tx, request_id, Some(&event.referral_id)).await?;
-        tx.commit().await?;
-        Ok(())
+        let (request_id, event) = (request_id.to_owned(), event.clone());
+        self.write(move |conn| {
+            put_event(conn, &event)?;
+            refresh_referral(conn, &event.referral_id)?;
+            mark_sent(conn, &request_id, Some(&event.referral_id))
+        })
+        .await
     }
 
     /// The broker refused the request for good: keep it, with why, and never send it again.
@@ -380,47 +422,54 @@ fn referral_id_of(referral: &Referral) -> &str {
         .map_or("", |e| e.referral_id.as_str())
 }
 
-async fn mark_sent(
-    conn: &mut SqliteConnection,
+/// Opens the writing connection to a store file that [`Store::open`] has created and migrated.
+fn open_writer(path: &Path) -> Result<Connection, AdapterError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL, as for the pool: see `Store::open`.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // Without the query planner stability guarantee SQLite (built with `SQLITE_ENABLE_STAT4`)
+    // prepares a statement again whenever a value bound where it could change the plan changes.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(conn)
+}
+
+fn mark_sent(
+    conn: &Connection,
     request_id: &str,
     referral_id: Option<&str>,
 ) -> Result<(), AdapterError> {
-    sqlx::query(
+    conn.prepare_cached(
         "UPDATE outbox SET status = 'sent', error = NULL, sent_at = ?, \
          referral_id = COALESCE(referral_id, ?) WHERE request_id = ? AND status <> 'sent'",
-    )
-    .bind(now())
-    .bind(referral_id)
-    .bind(request_id)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![now(), referral_id, request_id])?;
     Ok(())
 }
 
 /// Stores one delivery inside an open transaction; a delivery id seen before changes nothing.
-async fn put_delivery(
-    tx: &mut SqliteConnection,
-    delivery: &Delivery,
-) -> Result<Stored, AdapterError> {
-    let seen = sqlx::query("SELECT 1 FROM deliveries WHERE delivery_id = ?")
-        .bind(&delivery.delivery_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .is_some();
+fn put_delivery(tx: &Connection, delivery: &Delivery) -> Result<Stored, AdapterError> {
+    let seen = tx
+        .prepare_cached("SELECT 1 FROM deliveries WHERE delivery_id = ?")?
+        .exists(params![delivery.delivery_id])?;
     if seen {
         return Ok(Stored::RepeatedDelivery);
     }
     let stored = match &delivery.payload {
         Some(delivery::Payload::Referral(referral)) => {
-            let new = put_referral(tx, referral).await?;
+            let new = put_referral(tx, referral)?;
             Stored::Referral {
                 referral_id: referral_id_of(referral).to_owned(),
                 new,
             }
         }
         Some(delivery::Payload::Feedback(event)) => {
-            let new = put_event(tx, event).await?;
-            refresh_referral(tx, &event.referral_id).await?;
+            let new = put_event(tx, event)?;
+            refresh_referral(tx, &event.referral_id)?;
             Stored::Event {
                 event_id: event.event_id.clone(),
                 referral_id: event.referral_id.clone(),
@@ -431,19 +480,13 @@ async fn put_delivery(
         }
         None => Stored::Empty,
     };
-    sqlx::query("INSERT INTO deliveries (delivery_id, received_at) VALUES (?, ?)")
-        .bind(&delivery.delivery_id)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+    tx.prepare_cached("INSERT INTO deliveries (delivery_id, received_at) VALUES (?, ?)")?
+        .execute(params![delivery.delivery_id, now()])?;
     Ok(stored)
 }
 
 /// Inserts or refreshes a referral and stores its history; true if the referral was not stored before.
-async fn put_referral(
-    conn: &mut SqliteConnection,
-    referral: &Referral,
-) -> Result<bool, AdapterError> {
+fn put_referral(conn: &Connection, referral: &Referral) -> Result<bool, AdapterError> {
     let envelope = referral.envelope.clone().unwrap_or_default();
     if envelope.referral_id.is_empty() {
         return Err(AdapterError::Invalid {
@@ -452,67 +495,63 @@ async fn put_referral(
         });
     }
     let subject = envelope.subject.clone().unwrap_or_default();
-    let existed = sqlx::query("SELECT 1 FROM referrals WHERE referral_id = ?")
-        .bind(&envelope.referral_id)
-        .fetch_optional(&mut *conn)
-        .await?
+    let existed = conn
+        .prepare_cached("SELECT 1 FROM referrals WHERE referral_id = ?")?
+        .query_row(params![envelope.referral_id], |_| Ok(()))
+        .optional()?
         .is_some();
     let created_at = timestamp(envelope.created_at.as_ref());
     let updated_at = timestamp(envelope.updated_at.as_ref());
     if existed {
         // A later copy (a redelivery, or the submit answer after a redelivered event) refreshes the
         // envelope; an empty case file never overwrites one we have.
-        sqlx::query(
-            "UPDATE referrals SET recipient = ?, envelope = ?, \
-             case_file = CASE WHEN length(?) > 0 THEN ? ELSE case_file END, \
-             updated_at = max(updated_at, ?) WHERE referral_id = ?",
-        )
-        .bind(&envelope.recipient_agency_id)
-        .bind(envelope.encode_to_vec())
-        .bind(&referral.case_file)
-        .bind(&referral.case_file)
-        .bind(&updated_at)
-        .bind(&envelope.referral_id)
-        .execute(&mut *conn)
-        .await?;
+        conn.prepare_cached(
+            "UPDATE referrals SET recipient = ?1, envelope = ?2, \
+             case_file = CASE WHEN length(?3) > 0 THEN ?3 ELSE case_file END, \
+             updated_at = max(updated_at, ?4) WHERE referral_id = ?5",
+        )?
+        .execute(params![
+            envelope.recipient_agency_id,
+            envelope.encode_to_vec(),
+            referral.case_file,
+            updated_at,
+            envelope.referral_id,
+        ])?;
     } else {
-        sqlx::query(
+        conn.prepare_cached(
             "INSERT INTO referrals (referral_id, client_ref, sender, recipient, kind, urgency, \
              subject_sex, subject_age_band, subject_province, client_pseudonym, state, case_file, \
              envelope, created_at, updated_at, received_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&envelope.referral_id)
-        .bind(&envelope.client_ref)
-        .bind(&envelope.sender_agency_id)
-        .bind(&envelope.recipient_agency_id)
-        .bind(&envelope.kind)
-        .bind(urgency_name(envelope.urgency))
-        .bind(sex_name(subject.sex))
-        .bind(age_band_name(subject.age_band))
-        .bind(&subject.province)
-        .bind(&envelope.client_pseudonym)
-        .bind(state_name(referral.state))
-        .bind(&referral.case_file)
-        .bind(envelope.encode_to_vec())
-        .bind(&created_at)
-        .bind(&updated_at)
-        .bind(now())
-        .execute(&mut *conn)
-        .await?;
+        )?
+        .execute(params![
+            envelope.referral_id,
+            envelope.client_ref,
+            envelope.sender_agency_id,
+            envelope.recipient_agency_id,
+            envelope.kind,
+            urgency_name(envelope.urgency),
+            sex_name(subject.sex),
+            age_band_name(subject.age_band),
+            subject.province,
+            envelope.client_pseudonym,
+            state_name(referral.state),
+            referral.case_file,
+            envelope.encode_to_vec(),
+            created_at,
+            updated_at,
+            now(),
+        ])?;
     }
     for event in &referral.history {
-        put_event(conn, event).await?;
+        put_event(conn, event)?;
     }
-    refresh_referral(conn, &envelope.referral_id).await?;
+    refresh_referral(conn, &envelope.referral_id)?;
     Ok(!existed)
 }
 
 /// Inserts an event unless stored before; true if it was new. The referral need not exist yet.
-async fn put_event(
-    conn: &mut SqliteConnection,
-    event: &FeedbackEvent,
-) -> Result<bool, AdapterError> {
+fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterError> {
     if event.event_id.is_empty() {
         return Err(AdapterError::Invalid {
             field: "event.event_id",
@@ -523,34 +562,31 @@ async fn put_event(
         Some(feedback_event::Details::Redirected(r)) => Some(r.to_agency_id.as_str()),
         _ => None,
     };
-    let inserted = sqlx::query(
-        "INSERT INTO events (event_id, referral_id, kind, actor_agency_id, actor_person, at, note, \
-         state_after, redirect_to, encoded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&event.event_id)
-    .bind(&event.referral_id)
-    .bind(kind_name(event.kind))
-    .bind(&event.actor_agency_id)
-    .bind(&event.actor_person)
-    .bind(timestamp(event.at.as_ref()))
-    .bind(&event.note)
-    .bind(state_name(event.state_after))
-    .bind(redirect_to)
-    .bind(event.encode_to_vec())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO events (event_id, referral_id, kind, actor_agency_id, actor_person, at, \
+             note, state_after, redirect_to, encoded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (event_id) DO NOTHING",
+        )?
+        .execute(params![
+            event.event_id,
+            event.referral_id,
+            kind_name(event.kind),
+            event.actor_agency_id,
+            event.actor_person,
+            timestamp(event.at.as_ref()),
+            event.note,
+            state_name(event.state_after),
+            redirect_to,
+            event.encode_to_vec(),
+        ])?;
     Ok(inserted > 0)
 }
 
 /// Makes a referral's state, last event, update time and (after a redirect) recipient follow its
 /// newest stored event. Does nothing when the referral is not stored yet.
-async fn refresh_referral(
-    conn: &mut SqliteConnection,
-    referral_id: &str,
-) -> Result<(), AdapterError> {
-    sqlx::query(
+fn refresh_referral(conn: &Connection, referral_id: &str) -> Result<(), AdapterError> {
+    conn.prepare_cached(
         "UPDATE referrals SET \
            state = COALESCE((SELECT state_after FROM events WHERE referral_id = ?1 \
                              ORDER BY event_id DESC LIMIT 1), state), \
@@ -562,10 +598,8 @@ async fn refresh_referral(
                                  AND redirect_to IS NOT NULL ORDER BY event_id DESC LIMIT 1), \
                                 recipient) \
          WHERE referral_id = ?1",
-    )
-    .bind(referral_id)
-    .execute(&mut *conn)
-    .await?;
+    )?
+    .execute(params![referral_id])?;
     Ok(())
 }
 
