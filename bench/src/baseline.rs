@@ -59,7 +59,7 @@ impl Submitter for Publishers {
 /// Measures the baseline's sustained throughput in a vhost of its own, removed afterwards.
 pub async fn run(
     servers: &Servers,
-    shape: Shape,
+    shape: &Shape,
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<Throughput> {
@@ -71,7 +71,7 @@ pub async fn run(
 
 async fn measure_in(
     vhost: &Vhost,
-    shape: Shape,
+    shape: &Shape,
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<Throughput> {
@@ -141,7 +141,7 @@ async fn measure_in(
         channels: Arc::new(channels),
         queues: Arc::new(queues),
     };
-    let result = load::closed_loop(&publishers, &recorder, shape, warmup, measure).await;
+    let result = load::sustained(&publishers, &recorder, shape, warmup, measure).await;
     consumers.shutdown().await;
     let _ = publishing.close(200, "done".into()).await;
     let _ = consuming.close(200, "done".into()).await;

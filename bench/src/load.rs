@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -30,12 +31,13 @@ pub trait Submitter: Clone + Send + Sync + 'static {
 }
 
 /// How many senders and how much each keeps in flight: the same for the baseline and Spean.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Shape {
     /// Agencies (baseline: queues); each has one sending and one receiving client.
     pub agencies: usize,
-    /// Messages each sending agency keeps in flight end to end in the closed loop.
-    pub inflight: usize,
+    /// The closed loop's windows, tried in turn: messages each sending agency keeps in flight end
+    /// to end. See [`sustained`].
+    pub windows: Vec<usize>,
 }
 
 /// The recipient of a sender's `seq`-th message: every other agency in turn, never itself.
@@ -51,6 +53,10 @@ static NEXT_PHASE: AtomicU32 = AtomicU32::new(1);
 pub struct Throughput {
     /// Messages received per second during the measured window.
     pub per_second: f64,
+    /// Messages each sending agency kept in flight.
+    pub inflight: usize,
+    /// Every closed loop run in the search for this one (see [`sustained`]), this one included.
+    pub steps: Vec<Step>,
     pub received: u64,
     pub seconds: f64,
     /// Sends the system accepted over the whole phase (warm-up and window).
@@ -63,23 +69,84 @@ pub struct Throughput {
     pub latency: Latency,
 }
 
-/// Runs the closed loop: `warmup` unmeasured, then `measure` measured; then waits (bounded) for what
-/// is still in flight so the next phase starts on an idle system.
-pub async fn closed_loop<S: Submitter>(
+/// One closed loop of the search for the sustained maximum.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub inflight: usize,
+    pub per_second: f64,
+    /// Sends accepted over the step (warm-up and window).
+    pub accepted: u64,
+}
+
+/// A step must beat the best so far by this much for the search to try a wider window.
+const WORTH_WIDENING: f64 = 1.05;
+
+/// The sustained maximum: closed loops with each of `shape.windows` in turn, the best of them.
+///
+/// One fixed window measures latency as much as capacity: with too few messages in flight the
+/// system waits between them and the loop reports less than it sustains. So the window widens
+/// until throughput stops rising (a step gaining less than 5 % on the best so far ends the
+/// search), and the best step is the maximum. The baseline and Spean search the same windows.
+pub async fn sustained<S: Submitter>(
     submitter: &S,
     recorder: &Arc<Recorder>,
-    shape: Shape,
+    shape: &Shape,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<Throughput> {
+    let mut best: Option<Throughput> = None;
+    let mut steps = Vec::new();
+    for &inflight in &shape.windows {
+        let step = closed_loop(
+            submitter,
+            recorder,
+            shape.agencies,
+            inflight,
+            warmup,
+            measure,
+        )
+        .await?;
+        steps.push(Step {
+            inflight,
+            per_second: step.per_second,
+            accepted: step.accepted,
+        });
+        let widen = worth_widening(best.as_ref().map(|b| b.per_second), step.per_second);
+        if best.as_ref().is_none_or(|b| step.per_second > b.per_second) {
+            best = Some(step);
+        }
+        if !widen {
+            break;
+        }
+    }
+    let mut best = best.context("no closed-loop window to try")?;
+    best.steps = steps;
+    Ok(best)
+}
+
+/// Whether a step that reached `step` per second, after a best of `best`, calls for a wider window.
+fn worth_widening(best: Option<f64>, step: f64) -> bool {
+    best.is_none_or(|b| step >= b * WORTH_WIDENING)
+}
+
+/// Runs one closed loop: `warmup` unmeasured, then `measure` measured; then waits (bounded) for
+/// what is still in flight so the next phase starts on an idle system.
+async fn closed_loop<S: Submitter>(
+    submitter: &S,
+    recorder: &Arc<Recorder>,
+    agencies: usize,
+    inflight: usize,
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<Throughput> {
     let phase = NEXT_PHASE.fetch_add(1, Ordering::Relaxed);
-    let window = Arc::new(Semaphore::new(shape.agencies * shape.inflight));
+    let window = Arc::new(Semaphore::new(agencies * inflight));
     recorder.begin(phase, Some(window.clone()))?;
     let sends = Arc::new(Sends::default());
     let seq = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
-    for from in 0..shape.agencies {
-        for _ in 0..shape.inflight {
+    for from in 0..agencies {
+        for _ in 0..inflight {
             let (submitter, window, sends, seq, recorder) = (
                 submitter.clone(),
                 window.clone(),
@@ -100,7 +167,7 @@ pub async fn closed_loop<S: Submitter>(
                         seq: n,
                         sent_us: recorder.micros_at(Instant::now()),
                     };
-                    let to = recipient(from, n, shape.agencies);
+                    let to = recipient(from, n, agencies);
                     match submitter.submit(from, to, tag.encode()).await {
                         Ok(()) => {
                             sends.ok.fetch_add(1, Ordering::Relaxed);
@@ -130,6 +197,8 @@ pub async fn closed_loop<S: Submitter>(
     let seconds = (end - start).as_secs_f64();
     Ok(Throughput {
         per_second: received as f64 / seconds,
+        inflight,
+        steps: Vec::new(),
         received,
         seconds,
         accepted: sends.ok.load(Ordering::Relaxed),
@@ -220,5 +289,24 @@ async fn settle(recorder: &Recorder, sends: &Sends, limit: Duration) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_widens_while_throughput_rises_by_five_percent() {
+        assert!(worth_widening(None, 100.0));
+        assert!(worth_widening(Some(100.0), 105.0));
+        assert!(!worth_widening(Some(100.0), 104.0));
+        assert!(!worth_widening(Some(100.0), 80.0));
+    }
+
+    #[test]
+    fn each_sender_sends_to_every_other_agency_in_turn() {
+        let to: Vec<usize> = (0..6).map(|seq| recipient(1, seq, 4)).collect();
+        assert_eq!(to, [2, 3, 0, 2, 3, 0]);
     }
 }

@@ -83,8 +83,14 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "{} agencies, each one sender ({} in flight, closed loop) and one receiver\n",
-            self.shape.agencies, self.shape.inflight
+            "{} agencies, each one sender and one receiver; closed-loop windows tried: {} in flight per agency\n",
+            self.shape.agencies,
+            self.shape
+                .windows
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         );
 
         let mut rows = Vec::new();
@@ -110,6 +116,7 @@ impl Report {
                 "system",
                 "msgs/s",
                 "vs baseline",
+                "msgs/s by window",
                 "errors",
                 "wire B/msg",
                 "p50 ms",
@@ -262,6 +269,11 @@ fn throughput_row(name: &str, t: &Throughput, ratio: Option<f64>) -> Vec<String>
         name.to_owned(),
         format!("{:.0}", t.per_second),
         ratio.map_or_else(|| "-".into(), |r| format!("{:.0}%", r * 100.0)),
+        t.steps
+            .iter()
+            .map(|s| format!("{}: {:.0}", s.inflight, s.per_second))
+            .collect::<Vec<_>>()
+            .join(", "),
         t.send_errors.to_string(),
         t.wire_bytes_per_message
             .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
@@ -278,6 +290,7 @@ fn failed_row(name: &str, error: &str) -> Vec<String> {
     vec![
         name.to_owned(),
         format!("not measured: {short}"),
+        "-".into(),
         "-".into(),
         "-".into(),
         "-".into(),

@@ -71,7 +71,7 @@ impl Run {
 pub async fn run(
     name: &str,
     env: &[(String, String)],
-    shape: Shape,
+    shape: &Shape,
     timing: &Timing,
     root: &Path,
 ) -> Run {
@@ -97,7 +97,7 @@ pub async fn run(
 async fn measure(
     broker: &BrokerProcess,
     ids: &[String],
-    shape: Shape,
+    shape: &Shape,
     timing: &Timing,
     dir: &Path,
     run: &mut Run,
@@ -113,16 +113,17 @@ async fn measure(
 
     let cpu_before = broker.cpu_seconds();
     let throughput =
-        load::closed_loop(&senders, &recorder, shape, timing.warmup, timing.measure).await?;
+        load::sustained(&senders, &recorder, shape, timing.warmup, timing.measure).await?;
+    // Over every step of the search, each referral accepted in any of them.
+    let accepted: u64 = throughput.steps.iter().map(|s| s.accepted).sum();
     if let (Some(before), Some(after)) = (cpu_before, broker.cpu_seconds())
-        && throughput.accepted > 0
+        && accepted > 0
     {
-        run.broker_cpu_ms_per_referral =
-            Some((after - before) * 1000.0 / throughput.accepted as f64);
+        run.broker_cpu_ms_per_referral = Some((after - before) * 1000.0 / accepted as f64);
     }
     eprintln!(
-        "  {}: {:.0} referrals/s sustained ({} errors)",
-        run.name, throughput.per_second, throughput.send_errors
+        "  {}: {:.0} referrals/s sustained with {} in flight per agency ({} errors)",
+        run.name, throughput.per_second, throughput.inflight, throughput.send_errors
     );
     let max = throughput.per_second;
     let failed = throughput.received == 0;
