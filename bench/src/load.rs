@@ -78,15 +78,17 @@ pub struct Step {
     pub accepted: u64,
 }
 
-/// A step must beat the best so far by this much for the search to try a wider window.
-const WORTH_WIDENING: f64 = 1.05;
+/// A step must beat the best so far by this much to count as a gain.
+const GAIN: f64 = 1.05;
+/// Steps in a row without a gain that end the search: one alone may be a dip of the machine's.
+const PATIENCE: u32 = 2;
 
 /// The sustained maximum: closed loops with each of `shape.windows` in turn, the best of them.
 ///
 /// One fixed window measures latency as much as capacity: with too few messages in flight the
 /// system waits between them and the loop reports less than it sustains. So the window widens
-/// until throughput stops rising (a step gaining less than 5 % on the best so far ends the
-/// search), and the best step is the maximum. The baseline and Spean search the same windows.
+/// until throughput stops rising (two steps in a row gaining less than 5 % on the best so far end
+/// the search), and the best step is the maximum. The baseline and Spean search the same windows.
 pub async fn sustained<S: Submitter>(
     submitter: &S,
     recorder: &Arc<Recorder>,
@@ -96,6 +98,7 @@ pub async fn sustained<S: Submitter>(
 ) -> anyhow::Result<Throughput> {
     let mut best: Option<Throughput> = None;
     let mut steps = Vec::new();
+    let mut search = Search::default();
     for &inflight in &shape.windows {
         let step = closed_loop(
             submitter,
@@ -111,11 +114,11 @@ pub async fn sustained<S: Submitter>(
             per_second: step.per_second,
             accepted: step.accepted,
         });
-        let widen = worth_widening(best.as_ref().map(|b| b.per_second), step.per_second);
+        let go_on = search.go_on(step.per_second);
         if best.as_ref().is_none_or(|b| step.per_second > b.per_second) {
             best = Some(step);
         }
-        if !widen {
+        if !go_on {
             break;
         }
     }
@@ -124,9 +127,25 @@ pub async fn sustained<S: Submitter>(
     Ok(best)
 }
 
-/// Whether a step that reached `step` per second, after a best of `best`, calls for a wider window.
-fn worth_widening(best: Option<f64>, step: f64) -> bool {
-    best.is_none_or(|b| step >= b * WORTH_WIDENING)
+/// Where the search for the sustained maximum stands: the best rate so far, and the steps in a
+/// row since one gained on it.
+#[derive(Debug, Default)]
+struct Search {
+    best: Option<f64>,
+    misses: u32,
+}
+
+impl Search {
+    /// Records a step's rate; false once the search should stop.
+    fn go_on(&mut self, rate: f64) -> bool {
+        if self.best.is_none_or(|b| rate >= b * GAIN) {
+            self.misses = 0;
+        } else {
+            self.misses += 1;
+        }
+        self.best = Some(self.best.map_or(rate, |b| b.max(rate)));
+        self.misses < PATIENCE
+    }
 }
 
 /// Runs one closed loop: `warmup` unmeasured, then `measure` measured; then waits (bounded) for
@@ -296,12 +315,22 @@ async fn settle(recorder: &Recorder, sends: &Sends, limit: Duration) {
 mod tests {
     use super::*;
 
+    /// How many of `rates` the search measures before it stops.
+    fn steps_taken(rates: &[f64]) -> usize {
+        let mut search = Search::default();
+        rates
+            .iter()
+            .position(|&rate| !search.go_on(rate))
+            .map_or(rates.len(), |i| i + 1)
+    }
+
     #[test]
-    fn the_window_widens_while_throughput_rises_by_five_percent() {
-        assert!(worth_widening(None, 100.0));
-        assert!(worth_widening(Some(100.0), 105.0));
-        assert!(!worth_widening(Some(100.0), 104.0));
-        assert!(!worth_widening(Some(100.0), 80.0));
+    fn the_window_widens_until_two_steps_in_a_row_gain_less_than_five_percent() {
+        assert_eq!(steps_taken(&[100.0, 150.0, 200.0, 260.0, 300.0]), 5);
+        assert_eq!(steps_taken(&[100.0, 150.0, 140.0, 155.0, 300.0]), 4);
+        // One dip is not the end: the next step gains on the best again.
+        assert_eq!(steps_taken(&[100.0, 80.0, 120.0, 119.0, 118.0]), 5);
+        assert_eq!(steps_taken(&[100.0, 104.0, 200.0]), 3);
     }
 
     #[test]

@@ -311,8 +311,8 @@ fn notes() -> Vec<String> {
             .into(),
         "Closed loop: each agency keeps a window of referrals in flight from Submit to the recipient's \
          receipt; throughput counts receipts in the measured window after a warm-up. The window \
-         widens (--inflight) until throughput gains less than 5 %; the best step is the maximum, \
-         for the baseline and Spean alike."
+         widens (--inflight) until two steps in a row gain less than 5 %; the best step is the \
+         maximum, for the baseline and Spean alike."
             .into(),
         "Open loop: sends on a fixed schedule at a fraction of that run's own maximum; latency runs \
          from the scheduled send time to the recipient client's receipt of the delivery, so queueing \
