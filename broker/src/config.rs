@@ -132,6 +132,14 @@ pub struct DeliveryConfig {
     /// How often a waiting delivery session re-reads its mailbox even without a wake-up (a safety net;
     /// writes in this process wake sessions at once).
     pub poll_interval_ms: u64,
+    /// How long a connection may stay silent before the broker pings it (HTTP/2 PING). An adapter
+    /// whose network vanished without closing the connection (a mobile network dropping, a NAT
+    /// forgetting it) sends nothing more, and until the connection closes its delivery stream
+    /// keeps the deliveries it was sent and never confirmed.
+    pub keepalive_interval_ms: u64,
+    /// How long the broker waits for the answer to a ping before it closes the connection; the
+    /// stream's unconfirmed deliveries then go to the adapter's next connection.
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +213,8 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             poll_interval_ms: 1000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 20_000,
         }
     }
 }
@@ -286,6 +296,18 @@ impl Config {
         if self.delivery.poll_interval_ms == 0 {
             return Err(invalid("delivery.poll_interval_ms", "must be at least 1"));
         }
+        if self.delivery.keepalive_interval_ms == 0 {
+            return Err(invalid(
+                "delivery.keepalive_interval_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.delivery.keepalive_timeout_ms == 0 {
+            return Err(invalid(
+                "delivery.keepalive_timeout_ms",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 
@@ -336,5 +358,16 @@ mod tests {
             .extract::<Config>()
             .unwrap_err();
         assert!(err.to_string().contains("max_case_bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_zero_keepalive_is_refused_naming_the_field() {
+        let mut config = Config::default();
+        config.delivery.keepalive_timeout_ms = 0;
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration: delivery.keepalive_timeout_ms: must be at least 1"
+        );
     }
 }

@@ -309,7 +309,10 @@ impl Broker {
             .instrument(tracing::info_span!("health")),
         );
 
+        let delivery = &self.config.delivery;
         let server = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_millis(delivery.keepalive_interval_ms)))
+            .http2_keepalive_timeout(Some(Duration::from_millis(delivery.keepalive_timeout_ms)))
             .tls_config(self.tls)?
             .add_service(health_service)
             .add_service(reflection)

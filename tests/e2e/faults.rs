@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use spean_proto::v1 as pb;
 
-use crate::helpers::{AdapterProcess, BrokerProcess, ServingStatus, eventually, lama};
+use crate::helpers::{AdapterProcess, BrokerProcess, Relay, ServingStatus, eventually, lama};
 use crate::production::{PASSWORD, Production};
 use crate::traffic::{self, ACK, Ledger, RECIPIENTS, Responses, SENDER};
 
@@ -350,6 +350,64 @@ async fn a_message_that_is_not_a_spean_delivery_is_dead_lettered_at_once_and_rep
 /// returns to its queue each time the stream ends. At the delivery limit RabbitMQ sets it aside in
 /// the dead-letter queue instead of looping; the broker reports it; and once the cause is fixed an
 /// operator re-drives it, and it reaches the adapter once.
+/// A connection that goes silent without closing (a mobile network dropping, a NAT forgetting it)
+/// must not keep what it was sent: the broker pings it, gets no answer, closes it, and the
+/// unconfirmed delivery goes to the agency's next connection. Without the ping RabbitMQ holds the
+/// delivery for the silent connection's consumer until TCP gives up, some 15 minutes later.
+#[tokio::test]
+async fn a_connection_gone_silent_hands_its_unconfirmed_delivery_to_the_next() {
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = env.broker_env();
+    for key in ["INTERVAL", "TIMEOUT"] {
+        settings.push((
+            format!("SPEAN_BROKER_DELIVERY__KEEPALIVE_{key}_MS"),
+            "500".into(),
+        ));
+    }
+    let broker =
+        BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &settings).await;
+    broker.wait_for_health(ServingStatus::Serving).await;
+    let recipient = RECIPIENTS[0];
+    let relay = Relay::start(broker.addr).await;
+    let mut far = broker.client_at(&relay.url(), recipient).await;
+    let mut far_stream = far.subscribe(8).await;
+
+    let mut request = lama("gone-silent");
+    request.recipient = Some(pb::Recipient {
+        target: Some(pb::recipient::Target::AgencyId(recipient.into())),
+    });
+    broker
+        .client(SENDER)
+        .await
+        .referrals
+        .submit(request)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        far_stream.deliveries.message(),
+    )
+    .await
+    .expect("the referral reached the first connection")
+    .unwrap()
+    .unwrap();
+
+    relay.go_silent();
+    let mut near = broker.client(recipient).await;
+    let mut near_stream = near.subscribe(8).await;
+    let again = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        near_stream.deliveries.message(),
+    )
+    .await
+    .expect("the delivery the silent connection held never reached the next one")
+    .unwrap()
+    .unwrap();
+    assert_eq!(again.delivery_id, first.delivery_id);
+    drop(far_stream);
+}
+
 #[tokio::test]
 async fn a_delivery_never_confirmed_is_set_aside_at_the_delivery_limit_and_redriven() {
     let env = Production::new().await;

@@ -212,6 +212,12 @@ impl BrokerProcess {
 
     /// A gRPC client presenting `agency`'s certificate.
     pub async fn client(&self, agency: &str) -> GrpcClient {
+        self.client_at(&self.url(), agency).await
+    }
+
+    /// A gRPC client presenting `agency`'s certificate, reaching the broker through `url` (a
+    /// [`Relay`]'s, say).
+    pub async fn client_at(&self, url: &str, agency: &str) -> GrpcClient {
         let dir = self.identity(agency);
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(
@@ -222,7 +228,7 @@ impl BrokerProcess {
                 std::fs::read(dir.join("key.pem")).unwrap(),
             ))
             .domain_name("localhost");
-        let channel = Endpoint::from_shared(self.url())
+        let channel = Endpoint::from_shared(url.to_owned())
             .unwrap()
             .tls_config(tls)
             .unwrap()
@@ -234,6 +240,68 @@ impl BrokerProcess {
             delivery: DeliveryServiceClient::new(channel),
         }
     }
+}
+
+/// A TCP relay in front of the broker that can go silent: it then neither reads nor writes, yet
+/// keeps every connection open, as a mobile network that dropped or a NAT that forgot the
+/// connection does. Neither end sees a close or a reset.
+pub struct Relay {
+    pub addr: SocketAddr,
+    silent: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(to: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (silent, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(broker) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let (from_client, to_client) = client.into_split();
+                let (from_broker, to_broker) = broker.into_split();
+                tokio::spawn(pipe(from_client, to_broker, watch.clone()));
+                tokio::spawn(pipe(from_broker, to_client, watch.clone()));
+            }
+        });
+        Self { addr, silent }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// From now on nothing passes either way, and nothing is closed.
+    pub fn go_silent(&self) {
+        self.silent.send_replace(true);
+    }
+}
+
+/// Copies `from` to `to` until either closes or the relay goes silent; silent, it holds both open.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut silent: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0u8; 16 * 1024];
+    while !*silent.borrow_and_update() {
+        tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            _ = silent.changed() => {}
+        }
+    }
+    std::future::pending::<()>().await;
+    drop((from, to));
 }
 
 pub struct GrpcClient {
