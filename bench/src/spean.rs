@@ -131,7 +131,10 @@ async fn measure(
     if failed {
         anyhow::bail!("no referral was delivered in the closed loop");
     }
+    // Referrals accepted so far in this run; each brings two `delivered` feedback deliveries.
+    let mut referrals = accepted;
     for &fraction in &timing.fractions {
+        quiet(&recorder, &run.name, referrals).await;
         let rate = (max * fraction).max(1.0);
         let offered = load::open_loop(
             &senders,
@@ -152,12 +155,37 @@ async fn measure(
             offered.received,
             offered.scheduled
         );
+        referrals += offered.accepted;
         run.loads.push(offered);
     }
     run.feedback_deliveries = recorder.feedback.load(Ordering::Relaxed);
     run.stream_reconnects = recorder.reconnects.load(Ordering::Relaxed);
     subscribers.shutdown().await;
     Ok(())
+}
+
+/// Longest wait for the last phase's feedback before an open loop starts anyway.
+const QUIET_LIMIT: Duration = Duration::from_secs(30);
+
+/// Waits until the `delivered` feedback of all `referrals` accepted so far has reached the
+/// adapters (two each: the sender's and the recipient's), so an open loop starts on a quiet system.
+/// A closed loop ends once its referrals are received, with their feedback still on the way;
+/// without this wait the next phase's first seconds compete with it, and its tail shows that
+/// rather than its own load.
+async fn quiet(recorder: &Recorder, name: &str, referrals: u64) {
+    let start = std::time::Instant::now();
+    let expected = 2 * referrals;
+    while recorder.feedback.load(Ordering::Relaxed) < expected {
+        if start.elapsed() > QUIET_LIMIT {
+            eprintln!(
+                "  {name}: {} of {expected} feedback deliveries arrived in {}s; going on",
+                recorder.feedback.load(Ordering::Relaxed),
+                QUIET_LIMIT.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
