@@ -208,6 +208,9 @@ impl Senders {
 }
 
 impl Submitter for Senders {
+    /// `delivered`, to the sender and to the recipient.
+    const FEEDBACK_PER_MESSAGE: u64 = 2;
+
     async fn submit(&self, from: usize, to: usize, tag: String) -> Result<(), String> {
         let request = pb::SubmitRequest {
             client_ref: tag,
