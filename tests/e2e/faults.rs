@@ -384,26 +384,22 @@ async fn a_connection_gone_silent_hands_its_unconfirmed_delivery_to_the_next() {
         .submit(request)
         .await
         .unwrap();
-    let first = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        far_stream.deliveries.message(),
-    )
-    .await
-    .expect("the referral reached the first connection")
-    .unwrap()
-    .unwrap();
+    let first = far_stream
+        .next_within(
+            std::time::Duration::from_secs(10),
+            "the referral on the first connection",
+        )
+        .await;
 
     relay.go_silent();
     let mut near = broker.client(recipient).await;
     let mut near_stream = near.subscribe(8).await;
-    let again = tokio::time::timeout(
-        std::time::Duration::from_secs(20),
-        near_stream.deliveries.message(),
-    )
-    .await
-    .expect("the delivery the silent connection held never reached the next one")
-    .unwrap()
-    .unwrap();
+    let again = near_stream
+        .next_within(
+            std::time::Duration::from_secs(20),
+            "the delivery the silent connection held, on the next one",
+        )
+        .await;
     assert_eq!(again.delivery_id, first.delivery_id);
     drop(far_stream);
 }

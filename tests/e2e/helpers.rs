@@ -327,6 +327,15 @@ impl RawStream {
             .await
             .unwrap();
     }
+
+    /// The next delivery, which must come within `limit`; `what` names it in the failure.
+    pub async fn next_within(&mut self, limit: Duration, what: &str) -> pb::Delivery {
+        tokio::time::timeout(limit, self.deliveries.message())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: nothing came within {limit:?}"))
+            .unwrap()
+            .unwrap()
+    }
 }
 
 impl GrpcClient {
