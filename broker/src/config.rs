@@ -293,20 +293,21 @@ impl Config {
                 "must be smaller than limits.max_message_bytes",
             ));
         }
-        if self.delivery.poll_interval_ms == 0 {
-            return Err(invalid("delivery.poll_interval_ms", "must be at least 1"));
-        }
-        if self.delivery.keepalive_interval_ms == 0 {
-            return Err(invalid(
+        let delivery = &self.delivery;
+        for (field, ms) in [
+            ("delivery.poll_interval_ms", delivery.poll_interval_ms),
+            (
                 "delivery.keepalive_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.delivery.keepalive_timeout_ms == 0 {
-            return Err(invalid(
+                delivery.keepalive_interval_ms,
+            ),
+            (
                 "delivery.keepalive_timeout_ms",
-                "must be at least 1",
-            ));
+                delivery.keepalive_timeout_ms,
+            ),
+        ] {
+            if ms == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         Ok(())
     }
