@@ -80,6 +80,11 @@ pub struct AmqpConfig {
     pub delivery_limit: u32,
     /// Outbox rows published per batch (pipelined, one wait for all confirms).
     pub publish_batch: u32,
+    /// Most deliveries for one agency carried by one message. A batch's deliveries for the same
+    /// agency go out together, which spares RabbitMQ a message, a confirm and an ack for each; a
+    /// message is acked only when the adapter confirmed all of them, so a stream that drops returns
+    /// them all. 1 publishes each delivery alone.
+    pub bundle_max: u32,
     /// PEM file of the CA that signed RabbitMQ's certificate, for `amqps://`. Empty: no extra CA.
     pub ca_cert: PathBuf,
 }
@@ -91,6 +96,7 @@ impl Default for AmqpConfig {
             prefix: "spean".into(),
             delivery_limit: 100,
             publish_batch: 256,
+            bundle_max: 32,
             ca_cert: PathBuf::new(),
         }
     }
@@ -281,11 +287,14 @@ impl Config {
                 "must be empty or an amqp:// or amqps:// URL",
             ));
         }
-        if self.amqp.delivery_limit == 0 || self.amqp.publish_batch == 0 {
-            return Err(invalid(
-                "amqp.delivery_limit",
-                "delivery_limit and publish_batch must be at least 1",
-            ));
+        for (field, value) in [
+            ("amqp.delivery_limit", self.amqp.delivery_limit),
+            ("amqp.publish_batch", self.amqp.publish_batch),
+            ("amqp.bundle_max", self.amqp.bundle_max),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         if self.limits.max_case_file_bytes >= self.limits.max_message_bytes {
             return Err(invalid(
@@ -369,6 +378,17 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "configuration: delivery.keepalive_timeout_ms: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn a_zero_bundle_is_refused_naming_the_field() {
+        let mut config = Config::default();
+        config.amqp.bundle_max = 0;
+        let err = config.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "configuration: amqp.bundle_max: must be at least 1"
         );
     }
 }

@@ -2,7 +2,8 @@
 //! feedback between several adapters, breaks something mid-stream, and then checks by message id that
 //! everything the broker accepted arrived, and that each adapter's user sees it exactly once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use spean_proto::v1 as pb;
 
@@ -271,9 +272,13 @@ async fn an_adapter_offline_for_a_while_gets_its_filled_queue_once_it_reconnects
     traffic::send(&net.sender, "offline", 0..30).await;
     let accepted = net.accepted(30).await;
     let queue = format!("spean.agency.{}", RECIPIENTS[offline]);
-    eventually("the offline agency's queue to fill", || async {
-        (env.depth(&queue).await >= 15).then_some(())
-    })
+    eventually(
+        "the offline agency's deliveries all in its queue",
+        || async {
+            (env.outbox(RECIPIENTS[offline]).await == 0 && env.depth(&queue).await >= 1)
+                .then_some(())
+        },
+    )
     .await;
     // Meanwhile the agency that is online acknowledges all it got, through its outbox.
     let online = &net.recipients[1..];
@@ -283,6 +288,163 @@ async fn an_adapter_offline_for_a_while_gets_its_filled_queue_once_it_reconnects
     net.recipients[offline].start();
     net.finish(accepted).await;
     assert_eq!(env.depth(&queue).await, 0);
+}
+
+/// RabbitMQ out of reach for a while: submissions go on into the outbox. Once it is back, the relay
+/// publishes the agency's backlog in bundles (here of at most 10 deliveries a message). A stream
+/// that drops with one bundle fully confirmed and another partly confirmed gets the partly
+/// confirmed bundle again, whole, and nothing else; and a referral confirmed twice that way is
+/// recorded delivered once.
+#[tokio::test]
+async fn a_backlog_goes_out_in_bundles_and_a_partly_confirmed_bundle_comes_back_whole() {
+    const BACKLOG: usize = 20;
+    const BUNDLE: usize = 10;
+    const CONFIRMED: usize = 15;
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("broker");
+    let mut settings = env.broker_env();
+    settings.push(("SPEAN_BROKER_AMQP__BUNDLE_MAX".into(), BUNDLE.to_string()));
+    let out_of_reach: Vec<(String, String)> = settings
+        .iter()
+        .cloned()
+        .map(|(k, v)| match k.as_str() {
+            "SPEAN_BROKER_AMQP__URL" => (k, env.unreachable_amqp_url()),
+            _ => (k, v),
+        })
+        .collect();
+    let recipient = RECIPIENTS[0];
+    let mut broker = BrokerProcess::start_with(&data, "127.0.0.1:0", &out_of_reach).await;
+    let mut hospital = broker.client(SENDER).await;
+    let mut submitted = BTreeSet::new();
+    for n in 0..BACKLOG {
+        let mut request = lama(&format!("backlog-{n}"));
+        request.recipient = Some(pb::Recipient {
+            target: Some(pb::recipient::Target::AgencyId(recipient.into())),
+        });
+        let referral = hospital
+            .referrals
+            .submit(request)
+            .await
+            .unwrap()
+            .into_inner();
+        submitted.insert(referral.referral.unwrap().envelope.unwrap().referral_id);
+    }
+    assert_eq!(env.outbox(recipient).await, BACKLOG as i64);
+
+    broker.kill().await;
+    let broker = BrokerProcess::start_with(&data, &broker.addr.to_string(), &settings).await;
+    broker.wait_for_health(ServingStatus::Serving).await;
+    eventually("the backlog published", || async {
+        (env.outbox(recipient).await == 0).then_some(())
+    })
+    .await;
+    let queue = format!("spean.agency.{recipient}");
+    assert_eq!(env.depth(&queue).await, (BACKLOG / BUNDLE) as u32);
+
+    // The first stream confirms 15 referrals: one bundle whole, five of the other, and the
+    // `delivered` feedback those 15 confirmations bring the recipient.
+    let mut ngo = broker.client(recipient).await;
+    let mut stream = ngo.subscribe(BACKLOG as u32).await;
+    let mut referrals = Vec::new();
+    for _ in 0..BACKLOG {
+        let delivery = stream
+            .next_within(Duration::from_secs(10), "the backlog")
+            .await;
+        referrals.push((referral_of(&delivery), delivery.delivery_id));
+    }
+    let received: BTreeSet<String> = referrals.iter().map(|(r, _)| r.clone()).collect();
+    assert_eq!(received, submitted);
+    for (_, delivery_id) in &referrals[..CONFIRMED] {
+        stream.confirm(delivery_id.clone()).await;
+    }
+    for _ in 0..CONFIRMED {
+        let feedback = stream
+            .next_within(Duration::from_secs(10), "feedback")
+            .await;
+        assert!(matches!(
+            feedback.payload,
+            Some(pb::delivery::Payload::Feedback(_))
+        ));
+        stream.confirm(feedback.delivery_id).await;
+    }
+    eventually(
+        "every message acked but the partly confirmed bundle",
+        || async { (env.unacked(recipient) == 1).then_some(()) },
+    )
+    .await;
+    drop(stream);
+
+    // The next stream gets that bundle again, all of it: ten referrals, five of them confirmed
+    // before. Only the five confirmed for the first time bring feedback.
+    let mut stream = ngo.subscribe(BACKLOG as u32).await;
+    let (mut again, mut feedback) = (Vec::new(), 0);
+    while again.len() < BUNDLE || feedback < BUNDLE - (CONFIRMED - BUNDLE) {
+        let delivery = stream
+            .next_within(
+                Duration::from_secs(10),
+                "the returned bundle and its feedback",
+            )
+            .await;
+        match delivery.payload {
+            Some(pb::delivery::Payload::Referral(_)) => {
+                again.push(referral_of(&delivery));
+            }
+            _ => feedback += 1,
+        }
+        stream.confirm(delivery.delivery_id).await;
+    }
+    let first_stream_only: BTreeSet<String> = referrals[..CONFIRMED]
+        .iter()
+        .map(|(r, _)| r.clone())
+        .collect();
+    let again: BTreeSet<String> = again.into_iter().collect();
+    assert_eq!(again.len(), BUNDLE);
+    assert_eq!(
+        again.intersection(&first_stream_only).count(),
+        CONFIRMED - BUNDLE
+    );
+    let unseen: BTreeSet<String> = referrals[CONFIRMED..]
+        .iter()
+        .map(|(r, _)| r.clone())
+        .collect();
+    assert!(unseen.is_subset(&again));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), stream.deliveries.message())
+            .await
+            .is_err(),
+        "a delivery came after the returned bundle and its feedback"
+    );
+    eventually("everything acked", || async {
+        (env.unacked(recipient) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(env.depth(&queue).await, 0);
+    for id in &submitted {
+        let referral = hospital
+            .referrals
+            .get(pb::GetRequest {
+                referral_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let delivered = referral
+            .history
+            .iter()
+            .filter(|e| e.kind == pb::FeedbackKind::Delivered as i32)
+            .count();
+        assert_eq!(delivered, 1, "{id} recorded delivered {delivered} times");
+    }
+}
+
+fn referral_of(delivery: &pb::Delivery) -> String {
+    match &delivery.payload {
+        Some(pb::delivery::Payload::Referral(r)) => {
+            r.envelope.as_ref().unwrap().referral_id.clone()
+        }
+        other => panic!("expected a referral, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -99,16 +99,18 @@ impl PrivateRabbit {
     }
 
     fn ctl(&self, args: &[&str]) {
-        let status = StdCommand::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+        let output = self.ctl_output(args);
+        assert!(output.status.success(), "rabbitmqctl {args:?} failed");
+    }
+
+    fn ctl_output(&self, args: &[&str]) -> std::process::Output {
+        StdCommand::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
             .arg("-n")
             .arg(&self.node)
             .args(args)
             .env("HOME", self.dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "rabbitmqctl {args:?} failed");
+            .output()
+            .unwrap()
     }
 
     pub async fn wait_until_up(&self) {
@@ -438,6 +440,56 @@ impl Production {
     /// Messages ready in a queue, which must exist.
     pub async fn depth(&self, queue: &str) -> u32 {
         self.passive_declare(queue).await.unwrap().message_count()
+    }
+
+    /// Messages an agency's queue has handed to a consumer that has not acked them yet
+    /// (`rabbitmqctl`: a passive declare counts only the ready ones).
+    pub fn unacked(&self, agency: &str) -> u32 {
+        let queue = format!("spean.agency.{agency}");
+        let args = [
+            "list_queues",
+            "-q",
+            "-p",
+            &self.vhost,
+            "name",
+            "messages_unacknowledged",
+        ];
+        let output = match &self.rabbit {
+            Some(r) => r.ctl_output(&args),
+            None => StdCommand::new("rabbitmqctl").args(args).output().unwrap(),
+        };
+        assert!(output.status.success(), "rabbitmqctl list_queues failed");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| {
+                let (name, count) = line.split_once('\t')?;
+                (name == queue).then(|| count.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no queue {queue}"))
+    }
+
+    /// Outbox rows not yet published (and confirmed by RabbitMQ) for `agency`.
+    pub async fn outbox(&self, agency: &str) -> i64 {
+        let mut db = sqlx::PgConnection::connect(&self.database_url)
+            .await
+            .unwrap();
+        let rows = sqlx::query_scalar("SELECT count(*) FROM mailbox WHERE agency_id = $1")
+            .bind(agency)
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let _ = db.close().await;
+        rows
+    }
+
+    /// An AMQP URL for this environment's vhost on a port where nothing listens: a RabbitMQ out of
+    /// reach.
+    pub fn unreachable_amqp_url(&self) -> String {
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/{}",
+            free_port(),
+            self.vhost
+        )
     }
 
     /// Whether a queue exists.

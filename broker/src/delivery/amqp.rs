@@ -9,18 +9,18 @@
 //!   `delivery_limit` times end up, visible and re-drivable (`spean-broker dead-letters`).
 //!
 //! The [`relay`](Amqp::relay) publishes the store's mailbox (the transactional outbox) in batches,
-//! `mandatory` and persistent, waits for every publisher confirm, and only then deletes the rows. Rows
+//! `mandatory` and persistent, each agency's deliveries in a batch bundled into as few messages as
+//! [`bundle`](super::bundle) allows, waits for every publisher confirm, and only then deletes the rows. Rows
 //! are *leased* (`lease_until`) so that several broker processes never publish the same row at the
 //! same time; a relay that dies mid-batch leaves its leases to expire and another relay republishes.
 //! A delivery session consumes its agency's queue with a bounded prefetch and acks a message only when
-//! the adapter confirmed it on the same stream.
+//! the adapter confirmed every delivery in it on the same stream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use lapin::Acker;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -28,18 +28,17 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
-use prost::Message;
-use spean_proto::v1 as pb;
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
 use tracing::Instrument;
 
+use super::bundle::{self, BUNDLE_TYPE, BundleAck, Outgoing};
 use super::{DeliveryError, DeliveryRef, Doorbell, Pending, Settle};
 use crate::config::AmqpConfig;
 use crate::error::ErrorChain;
 use crate::gateway::convert;
-use crate::ids::{AgencyId, ReferralId};
+use crate::ids::AgencyId;
 use crate::referral::workflow::Workflow;
 use crate::store::{MailboxEntry, Store};
 
@@ -530,33 +529,33 @@ impl Amqp {
         confirming.shutdown().await;
     }
 
-    /// Publishes one delivery, persistent and `mandatory`, to its agency's routing key.
+    /// Publishes one bundle, persistent and `mandatory`, to its agency's routing key.
     async fn publish_one(
         &self,
         channel: &Channel,
-        entry: &MailboxEntry,
-        body: &[u8],
+        outgoing: &Outgoing,
     ) -> Result<lapin::PublisherConfirm, DeliveryError> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
-            .with_message_id(ShortString::from(entry.delivery_id.to_string()));
+            .with_type(ShortString::from(BUNDLE_TYPE))
+            .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()));
         Ok(channel
             .basic_publish(
                 self.exchange().into(),
-                entry.agency.as_str().into(),
+                outgoing.agency.as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 },
-                body,
+                &outgoing.body,
                 properties,
             )
             .await?)
     }
 
-    /// Publishes a leased batch without waiting for confirms, and returns what is needed to settle
-    /// it. Rows whose referral or event no longer exists have nothing to carry: they are settled as
-    /// if published.
+    /// Publishes a leased batch, bundled per agency, without waiting for confirms, and returns what
+    /// is needed to settle it. Rows whose referral or event no longer exists have nothing to carry:
+    /// they are settled as if published.
     async fn publish(
         &self,
         channel: &Channel,
@@ -572,14 +571,20 @@ impl Amqp {
             .await
             .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
         let mut published = Published::default();
+        let mut deliveries = Vec::with_capacity(batch.len());
         for (entry, content) in batch.into_iter().zip(contents) {
-            let Some(content) = content else {
-                published.empty.push(entry.seq);
-                continue;
-            };
-            let body = convert::delivery(entry.delivery_id, content).encode_to_vec();
-            let confirm = self.publish_one(channel, &entry, &body).await?;
-            published.pending.push((entry, body, confirm));
+            match content {
+                Some(content) => deliveries.push((
+                    entry.agency,
+                    entry.seq,
+                    convert::delivery(entry.delivery_id, content),
+                )),
+                None => published.empty.push(entry.seq),
+            }
+        }
+        for outgoing in bundle::bundle(deliveries, self.config.bundle_max as usize) {
+            let confirm = self.publish_one(channel, &outgoing).await?;
+            published.pending.push((outgoing, confirm));
         }
         Ok(published)
     }
@@ -594,25 +599,25 @@ impl Amqp {
         let mut done = std::mem::take(&mut empty);
         let waited = tokio::time::timeout(CONFIRM_TIMEOUT, async {
             let mut unroutable = Vec::new();
-            for (entry, body, confirm) in pending {
+            for (outgoing, confirm) in pending {
                 let confirmation = confirm.await?;
                 if !confirmation.is_ack() {
-                    tracing::warn!(delivery_id = %entry.delivery_id, "RabbitMQ refused a message; it will be published again");
+                    tracing::warn!(agency = %outgoing.agency, deliveries = outgoing.seqs.len(), "RabbitMQ refused a message; it will be published again");
                 } else if confirmation.take_message().is_some() {
-                    unroutable.push((entry, body));
+                    unroutable.push(outgoing);
                 } else {
-                    done.push(entry.seq);
+                    done.extend(outgoing.seqs);
                 }
             }
-            for (entry, body) in unroutable {
-                tracing::info!(agency = %entry.agency, "no queue for the agency; declaring it");
-                self.ensure_queue(channel, &entry.agency).await?;
-                let confirmation = self.publish_one(channel, &entry, &body).await?.await?;
+            for outgoing in unroutable {
+                tracing::info!(agency = %outgoing.agency, "no queue for the agency; declaring it");
+                self.ensure_queue(channel, &outgoing.agency).await?;
+                let confirmation = self.publish_one(channel, &outgoing).await?.await?;
                 if confirmation.is_ack() && confirmation.take_message().is_none() {
-                    done.push(entry.seq);
+                    done.extend(outgoing.seqs);
                 } else {
                     // Declared once, and gone since (deleted by hand?): declare it again next time.
-                    self.forget_queue(&entry.agency);
+                    self.forget_queue(&outgoing.agency);
                 }
             }
             Ok::<(), DeliveryError>(())
@@ -656,6 +661,7 @@ impl Amqp {
         Ok(AmqpSession {
             channel,
             consumer,
+            received: std::collections::VecDeque::new(),
             in_flight: HashMap::new(),
         })
     }
@@ -707,50 +713,45 @@ fn jitter(d: Duration) -> Duration {
     d + d.mul_f64(nanos as f64 / 4000.0)
 }
 
-/// What a delivery message refers to, or `None` for a message Spean did not write (poison).
-fn reference(message: &pb::Delivery) -> Option<DeliveryRef> {
-    let delivery_id = uuid::Uuid::parse_str(&message.delivery_id).ok()?;
-    let (referral, event) = match message.payload.as_ref()? {
-        pb::delivery::Payload::Referral(r) => (r.envelope.as_ref()?.referral_id.as_str(), None),
-        pb::delivery::Payload::Feedback(e) => (
-            e.referral_id.as_str(),
-            Some(uuid::Uuid::parse_str(&e.event_id).ok()?),
-        ),
-    };
-    Some(DeliveryRef {
-        delivery_id,
-        referral_id: ReferralId::parse("referral_id", referral).ok()?,
-        event_id: event,
-    })
-}
-
-/// A leased batch on its way: rows with nothing to publish, and the published ones with their
-/// bodies (for a second publish if unroutable) and pending confirms.
+/// A leased batch on its way: rows with nothing to publish, and the published messages (kept for a
+/// second publish if unroutable) with their pending confirms.
 #[derive(Default)]
 struct Published {
     empty: Vec<i64>,
-    pending: Vec<(MailboxEntry, Vec<u8>, lapin::PublisherConfirm)>,
+    pending: Vec<(Outgoing, lapin::PublisherConfirm)>,
 }
 
 /// One adapter connection's consumer on its agency's queue.
 pub struct AmqpSession {
     channel: Channel,
     consumer: Consumer,
-    /// Sent and not yet confirmed, with every copy's acker: a row published twice (a lease that ran
-    /// out mid-publish) can reach one consumer twice, and both copies are acked together.
-    in_flight: HashMap<uuid::Uuid, (DeliveryRef, Vec<Acker>)>,
+    /// Received and not yet handed out: the rest of a bundle larger than the room the adapter's
+    /// window had when it arrived.
+    received: std::collections::VecDeque<Pending>,
+    /// Handed out or waiting in `received`, not yet confirmed, with the ack of every message that
+    /// carried it: a row published twice (a lease that ran out mid-publish) can reach one consumer
+    /// twice, and each copy's message counts it as settled when it is.
+    in_flight: HashMap<uuid::Uuid, InFlight>,
+}
+
+struct InFlight {
+    reference: DeliveryRef,
+    acks: Vec<Arc<BundleAck>>,
+    /// Sent down the stream; only then can the adapter's confirmation settle it.
+    handed_out: bool,
 }
 
 impl AmqpSession {
-    /// The next messages from the queue: waits for one, then takes whatever else has already
-    /// arrived, up to `room`. A second copy of a message in flight is not sent again. A message that
-    /// is not a Spean delivery never will be: it is rejected at once, which dead-letters it.
+    /// The next deliveries, at most `room`: what is left of an earlier bundle first, else waits for
+    /// a message and takes whatever else has already arrived. A second copy of a delivery in flight
+    /// is not sent again. A message that is not something Spean wrote never will be: it is rejected
+    /// at once, which dead-letters it.
     ///
     /// Cancel-safe: nothing is awaited once a message is taken from the consumer.
     pub async fn next_batch(&mut self, room: usize) -> Result<Vec<Pending>, DeliveryError> {
-        let mut batch = Vec::new();
-        while batch.len() < room.max(1) {
-            let next = if batch.is_empty() {
+        let room = room.max(1);
+        while self.received.len() < room {
+            let next = if self.received.is_empty() {
                 self.consumer.next().await
             } else {
                 match self.consumer.next().now_or_never() {
@@ -767,10 +768,8 @@ impl AmqpSession {
                     ));
                 }
             };
-            let decoded = pb::Delivery::decode(delivery.data.as_slice())
-                .ok()
-                .and_then(|m| reference(&m).map(|r| (m, r)));
-            let Some((message, reference)) = decoded else {
+            let kind = delivery.properties.kind().as_ref().map(|k| k.as_str());
+            let Some(deliveries) = bundle::unbundle(kind, &delivery.data) else {
                 tracing::error!(
                     queue = %delivery.routing_key,
                     "a message in the queue is not a Spean delivery; dead-lettering it"
@@ -781,23 +780,42 @@ impl AmqpSession {
                 });
                 continue;
             };
-            if let Some((_, copies)) = self.in_flight.get_mut(&reference.delivery_id) {
-                copies.push(delivery.acker);
-                continue;
+            let ack = BundleAck::new(delivery.acker, deliveries.len());
+            for (message, reference) in deliveries {
+                if let Some(known) = self.in_flight.get_mut(&reference.delivery_id) {
+                    known.acks.push(ack.clone());
+                    continue;
+                }
+                self.in_flight.insert(
+                    reference.delivery_id,
+                    InFlight {
+                        reference,
+                        acks: vec![ack.clone()],
+                        handed_out: false,
+                    },
+                );
+                self.received.push_back(Pending {
+                    reference,
+                    message: Some(message),
+                });
             }
-            self.in_flight
-                .insert(reference.delivery_id, (reference, vec![delivery.acker]));
-            batch.push(Pending {
-                reference,
-                message: Some(message),
-            });
+        }
+        let take = room.min(self.received.len());
+        let batch: Vec<Pending> = self.received.drain(..take).collect();
+        for pending in &batch {
+            if let Some(sent) = self.in_flight.get_mut(&pending.reference.delivery_id) {
+                sent.handed_out = true;
+            }
         }
         Ok(batch)
     }
 
     pub fn take(&mut self, delivery_id: uuid::Uuid) -> Option<(DeliveryRef, Settle)> {
-        let (reference, ackers) = self.in_flight.remove(&delivery_id)?;
-        Some((reference, Settle::Amqp(ackers)))
+        if !self.in_flight.get(&delivery_id)?.handed_out {
+            return None;
+        }
+        let sent = self.in_flight.remove(&delivery_id)?;
+        Some((sent.reference, Settle::Amqp(sent.acks)))
     }
 }
 

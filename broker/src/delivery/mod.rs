@@ -12,6 +12,7 @@
 //! not wait for a poll interval.
 
 pub mod amqp;
+pub mod bundle;
 pub mod mailbox;
 
 use std::collections::HashMap;
@@ -78,15 +79,16 @@ impl Session {
     }
 }
 
-/// What makes a confirmed delivery go away for good: deleting its mailbox row, or acking its message
-/// (every copy this session received). Owned, so settling runs beside the session's other work.
+/// What makes a confirmed delivery go away for good: deleting its mailbox row, or counting it settled
+/// in every message that carried it to this session (a message is acked once all its deliveries
+/// are). Owned, so settling runs beside the session's other work.
 pub enum Settle {
     Mailbox {
         store: std::sync::Arc<dyn crate::store::Store>,
         agency: AgencyId,
         delivery_id: uuid::Uuid,
     },
-    Amqp(Vec<lapin::Acker>),
+    Amqp(Vec<std::sync::Arc<bundle::BundleAck>>),
 }
 
 impl Settle {
@@ -99,11 +101,9 @@ impl Settle {
             } => {
                 store.settle(&agency, &[delivery_id]).await?;
             }
-            Settle::Amqp(ackers) => {
-                for acker in ackers {
-                    acker
-                        .ack(lapin::options::BasicAckOptions::default())
-                        .await?;
+            Settle::Amqp(acks) => {
+                for ack in acks {
+                    ack.settle_one().await?;
                 }
             }
         }
