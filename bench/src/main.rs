@@ -64,6 +64,10 @@ struct Cli {
     /// Default: 4,8,16,32,64 (`--quick`: 4,16,64).
     #[arg(long, value_delimiter = ',')]
     inflight: Vec<usize>,
+    /// Offer these rates (referrals per second) in the open loops instead of fractions of the
+    /// measured maximum: to compare two builds' latency at the same load, when their maxima differ.
+    #[arg(long, value_delimiter = ',')]
+    open_rates: Vec<f64>,
     /// Agencies registered in the scale run.
     #[arg(long, default_value_t = 1000)]
     scale_agencies: usize,
@@ -127,6 +131,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<Report> {
             open_duration: Duration::from_millis(1500),
             drain: Duration::from_secs(2),
             fractions: vec![0.2, 0.8],
+            rates: cli.open_rates.clone(),
             adapter_settle: Duration::from_secs(1),
         }
     } else {
@@ -136,6 +141,7 @@ async fn bench(cli: &Cli) -> anyhow::Result<Report> {
             open_duration: Duration::from_secs(10),
             drain: Duration::from_secs(15),
             fractions: vec![0.1, 0.2, 0.5, 0.8],
+            rates: cli.open_rates.clone(),
             adapter_settle: Duration::from_secs(3),
         }
     };

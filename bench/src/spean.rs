@@ -24,8 +24,24 @@ pub struct Timing {
     pub drain: Duration,
     /// Offered loads as fractions of the measured maximum.
     pub fractions: Vec<f64>,
+    /// Offered loads in referrals per second, instead of `fractions` when not empty.
+    pub rates: Vec<f64>,
     /// How long the idle adapter runs before its memory is read.
     pub adapter_settle: Duration,
+}
+
+impl Timing {
+    /// The open loops' offered loads, each as (fraction of `max`, referrals per second).
+    fn offers(&self, max: f64) -> Vec<(f64, f64)> {
+        if self.rates.is_empty() {
+            self.fractions
+                .iter()
+                .map(|&f| (f, (max * f).max(1.0)))
+                .collect()
+        } else {
+            self.rates.iter().map(|&r| (r / max, r.max(1.0))).collect()
+        }
+    }
 }
 
 /// An agency in the directory that takes no part in the load: the idle adapter's.
@@ -133,9 +149,8 @@ async fn measure(
     }
     // Referrals accepted so far in this run; each brings two `delivered` feedback deliveries.
     let mut referrals = accepted;
-    for &fraction in &timing.fractions {
+    for (fraction, rate) in timing.offers(max) {
         quiet(&recorder, &run.name, referrals).await;
-        let rate = (max * fraction).max(1.0);
         let offered = load::open_loop(
             &senders,
             &recorder,
@@ -319,4 +334,33 @@ pub async fn scale(
     }
     broker.stop().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(fractions: Vec<f64>, rates: Vec<f64>) -> Timing {
+        Timing {
+            warmup: Duration::ZERO,
+            measure: Duration::ZERO,
+            open_duration: Duration::ZERO,
+            drain: Duration::ZERO,
+            fractions,
+            rates,
+            adapter_settle: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn open_loops_offer_fractions_of_the_maximum_unless_rates_are_given() {
+        assert_eq!(
+            timing(vec![0.1, 0.5], vec![]).offers(600.0),
+            vec![(0.1, 60.0), (0.5, 300.0)]
+        );
+        assert_eq!(
+            timing(vec![0.1, 0.5], vec![60.0, 150.0]).offers(600.0),
+            vec![(0.1, 60.0), (0.25, 150.0)]
+        );
+    }
 }
