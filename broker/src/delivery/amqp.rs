@@ -10,9 +10,10 @@
 //!
 //! The [`relay`](Amqp::relay) publishes the store's mailbox (the transactional outbox) in batches,
 //! `mandatory` and persistent, each agency's deliveries in a batch bundled into as few messages as
-//! [`bundle`](super::bundle) allows, waits for every publisher confirm, and only then deletes the rows. Rows
-//! are *leased* (`lease_until`) so that several broker processes never publish the same row at the
-//! same time; a relay that dies mid-batch leaves its leases to expire and another relay republishes.
+//! [`bundle`](super::bundle) allows. It waits for every publisher confirm, and only then deletes the
+//! rows. Rows are *leased* (`lease_until`) so that several broker processes never publish the same
+//! row at the same time; a relay that dies mid-batch leaves its leases to expire and another relay
+//! republishes.
 //! A delivery session consumes its agency's queue with a bounded prefetch and acks a message only when
 //! the adapter confirmed every delivery in it on the same stream.
 
