@@ -371,24 +371,24 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_keepalive_is_refused_naming_the_field() {
-        let mut config = Config::default();
-        config.delivery.keepalive_timeout_ms = 0;
-        let err = config.validate().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "configuration: delivery.keepalive_timeout_ms: must be at least 1"
-        );
-    }
-
-    #[test]
-    fn a_zero_bundle_is_refused_naming_the_field() {
-        let mut config = Config::default();
-        config.amqp.bundle_max = 0;
-        let err = config.validate().unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "configuration: amqp.bundle_max: must be at least 1"
-        );
+    fn a_zero_count_or_interval_is_refused_naming_its_field() {
+        type Zero = fn(&mut Config);
+        let zeroes: [(&str, Zero); 4] = [
+            ("delivery.keepalive_timeout_ms", |c| {
+                c.delivery.keepalive_timeout_ms = 0
+            }),
+            ("amqp.delivery_limit", |c| c.amqp.delivery_limit = 0),
+            ("amqp.publish_batch", |c| c.amqp.publish_batch = 0),
+            ("amqp.bundle_max", |c| c.amqp.bundle_max = 0),
+        ];
+        for (field, zero) in zeroes {
+            let mut config = Config::default();
+            zero(&mut config);
+            let err = config.validate().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("configuration: {field}: must be at least 1")
+            );
+        }
     }
 }
