@@ -147,15 +147,7 @@ async fn a_referral_acknowledged_before_its_delivery_was_confirmed_still_shows_d
 
     // The referral was delivered: the broker's history and the hospital's both say so, once.
     let mut grpc = broker.client("ahc-swu").await;
-    let history = grpc
-        .referrals
-        .get(pb::GetRequest {
-            referral_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .history;
+    let history = grpc.referral(&id).await.history;
     let delivered = history
         .iter()
         .filter(|e| e.kind == pb::FeedbackKind::Delivered as i32)

@@ -421,14 +421,7 @@ async fn a_backlog_goes_out_in_bundles_and_a_partly_confirmed_bundle_comes_back_
     .await;
     assert_eq!(env.depth(&queue).await, 0);
     for id in &submitted {
-        let referral = hospital
-            .referrals
-            .get(pb::GetRequest {
-                referral_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let referral = hospital.referral(id).await;
         let delivered = referral
             .history
             .iter()

@@ -339,6 +339,17 @@ impl RawStream {
 }
 
 impl GrpcClient {
+    /// The referral as this agency sees it through `Get`, which must succeed.
+    pub async fn referral(&mut self, referral_id: &str) -> pb::Referral {
+        self.referrals
+            .get(pb::GetRequest {
+                referral_id: referral_id.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Opens a delivery stream with the given window.
     pub async fn subscribe(&mut self, window: u32) -> RawStream {
         let (confirms, rx) = tokio::sync::mpsc::channel(window.max(1) as usize + 1);

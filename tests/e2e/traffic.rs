@@ -279,14 +279,7 @@ impl Ledger {
         kinds.extend(self.actions.iter().map(|a| a.feedback));
         let mut events = BTreeMap::new();
         for (id, recipient) in &self.referrals {
-            let referral = client
-                .referrals
-                .get(pb::GetRequest {
-                    referral_id: id.clone(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let referral = client.referral(id).await;
             assert_eq!(
                 referral.envelope.as_ref().unwrap().recipient_agency_id,
                 *recipient
