@@ -2,9 +2,10 @@
 //! one only when the adapter confirms it on the same stream.
 //!
 //! One task per stream ([`pump`]) sends deliveries while the adapter's window has room and reads
-//! confirmations; each confirmation is applied and settled by a task of its own. Confirmations are
-//! thus applied concurrently, not one after another, so a stream's throughput is not one database
-//! commit per delivery; the store commits the concurrent writes of every stream together.
+//! confirmations. The confirmations that arrive together (an adapter stores a burst of deliveries in
+//! one transaction and confirms them at once) are applied and settled as a group, by a task of its
+//! own: groups are applied concurrently, not one after another, and a group is one read and one
+//! write of the store, so a stream's throughput is not one database commit per delivery.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -113,45 +114,64 @@ async fn pump(
     agency: AgencyId,
     mut session: Session,
     window: usize,
-    mut inbound: Streaming<pb::SubscribeRequest>,
+    inbound: Streaming<pb::SubscribeRequest>,
     tx: mpsc::Sender<Result<pb::Delivery, Status>>,
 ) {
     tracing::info!("adapter connected");
     // Sent and not yet settled: bounded by the adapter's window.
     let mut outstanding = 0usize;
-    // Confirmations being applied, each its own task: they hold database connections, so they must
+    // Confirmations being applied, a task per group: they hold database connections, so they must
     // make progress while this loop waits on something else (a batch load needs a connection too).
-    let mut settling: JoinSet<Result<(), Status>> = JoinSet::new();
+    // Each task returns how many deliveries it settled.
+    let mut settling: JoinSet<Result<usize, Status>> = JoinSet::new();
+    // What the adapter sent that is already here, up to a window's worth at a time: the
+    // confirmations of deliveries it stored together arrive together and are applied as a group.
+    let mut inbound = inbound.ready_chunks(window.max(1));
     let ended: Option<Status> = loop {
         let room = window.saturating_sub(outstanding);
         tokio::select! {
-            message = inbound.next() => match message {
-                Some(Ok(pb::SubscribeRequest { request: Some(pb::subscribe_request::Request::Confirm(c)) })) => {
-                    let Ok(id) = uuid::Uuid::parse_str(&c.delivery_id) else {
-                        break Some(invalid("confirm.delivery_id", "is not a delivery id"));
-                    };
-                    match session.take(id) {
-                        Some((reference, settle)) => {
-                            settling.spawn(confirm(
-                                shared.workflow.clone(),
-                                agency.clone(),
-                                reference,
-                                settle,
-                                shared.stop.clone(),
-                            ).in_current_span());
+            messages = inbound.next() => {
+                let Some(messages) = messages else { break None };
+                let mut group = Vec::with_capacity(messages.len());
+                let mut end = None;
+                for message in messages {
+                    match message {
+                        Ok(pb::SubscribeRequest { request: Some(pb::subscribe_request::Request::Confirm(c)) }) => {
+                            let Ok(id) = uuid::Uuid::parse_str(&c.delivery_id) else {
+                                end = Some(Some(invalid("confirm.delivery_id", "is not a delivery id")));
+                                break;
+                            };
+                            match session.take(id) {
+                                Some(taken) => group.push(taken),
+                                None => tracing::debug!(delivery_id = %id, "confirmation for nothing in flight; ignored"),
+                            }
                         }
-                        None => tracing::debug!(delivery_id = %id, "confirmation for nothing in flight; ignored"),
+                        Ok(_) => {
+                            end = Some(Some(invalid("request", "only confirm may follow the hello")));
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::info!(code = ?status.code(), "adapter stream ended with an error");
+                            end = Some(None);
+                            break;
+                        }
                     }
                 }
-                Some(Ok(_)) => break Some(invalid("request", "only confirm may follow the hello")),
-                Some(Err(status)) => {
-                    tracing::info!(code = ?status.code(), "adapter stream ended with an error");
-                    break None;
+                // Confirmations before a bad message still count: the adapter stored those.
+                if !group.is_empty() {
+                    settling.spawn(confirm(
+                        shared.workflow.clone(),
+                        agency.clone(),
+                        group,
+                        shared.stop.clone(),
+                    ).in_current_span());
                 }
-                None => break None,
+                if let Some(end) = end {
+                    break end;
+                }
             },
             Some(settled) = settling.join_next(), if !settling.is_empty() => match settled {
-                Ok(Ok(())) => outstanding = outstanding.saturating_sub(1),
+                Ok(Ok(settled)) => outstanding = outstanding.saturating_sub(settled),
                 Ok(Err(status)) => break Some(status),
                 Err(e) => {
                     tracing::error!(error = %e, "applying a confirmation failed");
@@ -178,7 +198,7 @@ async fn pump(
                             Loaded::Nothing(id) => {
                                 if let Some((_, settle)) = session.take(id) {
                                     outstanding += 1;
-                                    settling.spawn(settle_only(settle).in_current_span());
+                                    settling.spawn(async { settle_only(settle).await.map(|()| 1) }.in_current_span());
                                 }
                             }
                         }
@@ -239,22 +259,23 @@ async fn load(
         .collect())
 }
 
-/// Applies one confirmation, then settles the delivery. While the database is unavailable the
-/// confirmation is retried in place, with backoff: tearing the stream down would hand every
-/// unconfirmed delivery back to the queue, each return counting towards its delivery limit.
+/// Applies a group of confirmations, then settles their deliveries; returns how many. While the
+/// database is unavailable the group is retried in place, with backoff: tearing the stream down would
+/// hand every unconfirmed delivery back to the queue, each return counting towards its delivery
+/// limit. A retry decides again, so what an earlier attempt recorded is not recorded twice.
 async fn confirm(
     workflow: Arc<Workflow>,
     agency: AgencyId,
-    reference: DeliveryRef,
-    settle: Settle,
+    group: Vec<(DeliveryRef, Settle)>,
     stop: CancellationToken,
-) -> Result<(), Status> {
+) -> Result<usize, Status> {
+    let references: Vec<DeliveryRef> = group.iter().map(|(r, _)| *r).collect();
     let mut wait = Duration::from_millis(100);
     loop {
-        match workflow.confirmed(&agency, &reference).await {
+        match workflow.confirmed(&agency, &references).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
-                tracing::warn!(delivery_id = %reference.delivery_id, error = %ErrorChain(&e), "cannot apply a confirmation yet; retrying");
+                tracing::warn!(deliveries = references.len(), error = %ErrorChain(&e), "cannot apply confirmations yet; retrying");
                 tokio::select! {
                     _ = stop.cancelled() => return Err(unavailable("the broker is shutting down; reconnect")),
                     _ = tokio::time::sleep(wait) => {}
@@ -264,7 +285,9 @@ async fn confirm(
             Err(e) => return Err(e.into()),
         }
     }
-    settle_only(settle).await
+    let settled = group.len();
+    futures::future::try_join_all(group.into_iter().map(|(_, settle)| settle_only(settle))).await?;
+    Ok(settled)
 }
 
 async fn settle_only(settle: Settle) -> Result<(), Status> {

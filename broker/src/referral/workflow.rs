@@ -393,39 +393,20 @@ impl Workflow {
         to: State,
         new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let referral = &snapshot.referral;
-        let mut parties = snapshot.parties.clone();
-        let mut deliveries: Vec<NewDelivery> = Vec::new();
-        if let Some(new) = &new_recipient {
-            if !parties.contains(new) {
-                parties.push(new.clone());
-            }
-            deliveries.push(NewDelivery {
-                agency: new.clone(),
-                event_id: None,
-            });
-        }
-        deliveries.extend(parties.iter().map(|agency| NewDelivery {
-            agency: agency.clone(),
-            event_id: Some(event.id),
-        }));
-        let change = Change {
-            referral_id: referral.id,
-            expected_version: referral.version,
-            state: to,
-            new_recipient,
-            at: event.at,
-            event,
-            deliveries,
-        };
+        let (change, parties) = change_for(snapshot, event, to, new_recipient);
         let outcome = self.store.apply(&change).await?;
         if matches!(outcome, ChangeOutcome::Recorded) {
-            tracing::info!(referral_id = %referral.id, event = %change.event.kind, state = %to, "referral changed");
-            for agency in &parties {
-                self.doorbell.ring(agency);
-            }
+            self.announce(&change, &parties);
         }
         Ok(outcome)
+    }
+
+    /// Logs a recorded change and wakes the sessions of everyone who hears of it.
+    fn announce(&self, change: &Change, parties: &[AgencyId]) {
+        tracing::info!(referral_id = %change.referral_id, event = %change.event.kind, state = %change.state, "referral changed");
+        for agency in parties {
+            self.doorbell.ring(agency);
+        }
     }
 
     /// What each delivery carries, loaded for a batch in one query per table: the referral as it is
@@ -475,17 +456,47 @@ impl Workflow {
             .collect())
     }
 
-    /// The adapter of `agency` stored a delivery and confirmed it. For the referral itself this is
-    /// the moment it is delivered: the broker records that once. The caller then settles the delivery
-    /// with its backend, so a crash in between only causes a harmless redelivery.
-    #[tracing::instrument(skip_all, fields(agency = %agency, delivery_id = %delivery.delivery_id), err(Display))]
+    /// The adapter of `agency` stored these deliveries and confirmed them (together, as they arrived
+    /// on its stream). For a referral itself this is the moment it is delivered: the broker records
+    /// that once. The caller then settles the deliveries with its backend, so a crash in between
+    /// only causes a harmless redelivery. The referrals are decided on from one read of them all
+    /// and written with one [`Store::apply_all`]: on PostgreSQL a burst of confirmations costs two
+    /// statements, not two per referral. One that changed between the read and the write is
+    /// decided again on its own.
+    #[tracing::instrument(skip_all, fields(agency = %agency, deliveries = deliveries.len()), err(Display))]
     pub async fn confirmed(
         &self,
         agency: &AgencyId,
-        delivery: &DeliveryRef,
+        deliveries: &[DeliveryRef],
     ) -> Result<(), BrokerError> {
-        if delivery.event_id.is_none() {
-            self.record_delivered(agency, delivery.referral_id).await?;
+        let mut ids: Vec<ReferralId> = deliveries
+            .iter()
+            .filter(|d| d.event_id.is_none())
+            .map(|d| d.referral_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if let [id] = ids[..] {
+            return self.record_delivered(agency, id).await;
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut decided: Vec<(Change, Vec<AgencyId>)> = Vec::with_capacity(ids.len());
+        for snapshot in self.store.snapshots(&ids).await? {
+            if let Some((event, to)) = delivered_event(agency, &snapshot) {
+                decided.push(change_for(&snapshot, event, to, None));
+            }
+        }
+        let changes: Vec<Change> = decided.iter().map(|(c, _)| c.clone()).collect();
+        let outcomes = self.store.apply_all(&changes).await?;
+        for ((change, parties), outcome) in decided.iter().zip(outcomes) {
+            match outcome {
+                ChangeOutcome::Recorded => self.announce(change, parties),
+                ChangeOutcome::Stale => self.record_delivered(agency, change.referral_id).await?,
+                // A recorded delivery carries no request id, so it cannot repeat one.
+                ChangeOutcome::Duplicate(_) => {}
+            }
         }
         Ok(())
     }
@@ -495,23 +506,8 @@ impl Workflow {
             let Some(snapshot) = self.store.snapshot(id).await? else {
                 return Ok(());
             };
-            if &snapshot.referral.recipient != agency
-                || !state::records_delivery(snapshot.history.iter().copied())
-            {
+            let Some((event, to)) = delivered_event(agency, &snapshot) else {
                 return Ok(());
-            }
-            let to = state::after_delivery(snapshot.referral.state);
-            let event = Event {
-                id: uuid::Uuid::now_v7(),
-                referral_id: id,
-                kind: EventKind::Delivered,
-                actor: agency.clone(),
-                actor_person: FreeText::default(),
-                at: OffsetDateTime::now_utc(),
-                note: FreeText::default(),
-                state_after: to,
-                details: EventDetails::None,
-                request_id: None,
             };
             match self.record(&snapshot, event, to, None).await? {
                 ChangeOutcome::Stale => continue,
@@ -520,4 +516,65 @@ impl Workflow {
         }
         Err(BrokerError::Contended)
     }
+}
+
+/// The `delivered` event to record for a referral `agency` confirmed, and the state it leaves; `None`
+/// if nothing is to be recorded (the agency is not its recipient, or this delivery is recorded).
+fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, State)> {
+    if &snapshot.referral.recipient != agency
+        || !state::records_delivery(snapshot.history.iter().copied())
+    {
+        return None;
+    }
+    let to = state::after_delivery(snapshot.referral.state);
+    let event = Event {
+        id: uuid::Uuid::now_v7(),
+        referral_id: snapshot.referral.id,
+        kind: EventKind::Delivered,
+        actor: agency.clone(),
+        actor_person: FreeText::default(),
+        at: OffsetDateTime::now_utc(),
+        note: FreeText::default(),
+        state_after: to,
+        details: EventDetails::None,
+        request_id: None,
+    };
+    Some((event, to))
+}
+
+/// The change that records `event` on the referral read in `snapshot`, with a delivery of the event
+/// to every party (and, on redirect, the referral itself to the new recipient); and the parties, whose
+/// sessions are woken once it is recorded.
+fn change_for(
+    snapshot: &Snapshot,
+    event: Event,
+    to: State,
+    new_recipient: Option<AgencyId>,
+) -> (Change, Vec<AgencyId>) {
+    let referral = &snapshot.referral;
+    let mut parties = snapshot.parties.clone();
+    let mut deliveries: Vec<NewDelivery> = Vec::new();
+    if let Some(new) = &new_recipient {
+        if !parties.contains(new) {
+            parties.push(new.clone());
+        }
+        deliveries.push(NewDelivery {
+            agency: new.clone(),
+            event_id: None,
+        });
+    }
+    deliveries.extend(parties.iter().map(|agency| NewDelivery {
+        agency: agency.clone(),
+        event_id: Some(event.id),
+    }));
+    let change = Change {
+        referral_id: referral.id,
+        expected_version: referral.version,
+        state: to,
+        new_recipient,
+        at: event.at,
+        event,
+        deliveries,
+    };
+    (change, parties)
 }

@@ -113,6 +113,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Referral>, StoreError>;
     /// The referral, who may see it and what happened to it, in one round trip; `None` if unknown.
     async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError>;
+    /// The snapshots of these referrals, in one round trip where the backend allows; unknown ids
+    /// are left out. What a batch of confirmations decides on.
+    async fn snapshots(&self, ids: &[ReferralId]) -> Result<Vec<Snapshot>, StoreError> {
+        let read = futures::future::try_join_all(ids.iter().map(|id| self.snapshot(*id))).await?;
+        Ok(read.into_iter().flatten().collect())
+    }
     /// Whether `agency` may see the referral (sender, recipient, or a former recipient).
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError>;
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError>;
@@ -134,6 +140,13 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, agency: &AgencyId, query: &ListQuery)
     -> Result<Vec<Referral>, StoreError>;
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError>;
+    /// Applies each change as [`Store::apply`] would and returns their outcomes in order. Each change
+    /// is atomic on its own; after an error, some of them may have been recorded, so a caller
+    /// retries by deciding again. By default the changes go to [`Store::apply`] side by side; a
+    /// backend may write them in fewer statements.
+    async fn apply_all(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
+        futures::future::try_join_all(changes.iter().map(|c| self.apply(c))).await
+    }
 
     /// Up to `limit` mailbox entries for `agency` after position `after`, oldest first.
     async fn mailbox(

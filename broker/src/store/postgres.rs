@@ -9,6 +9,8 @@
 //! [`rows`] maps both backends from text), so statements cast bound ids with `$n::uuid` and select
 //! them as `::text`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +29,33 @@ use crate::referral::{Event, ListQuery, Referral};
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    submits: submits::Submits,
+    batches: Arc<Batches>,
+}
+
+/// How many batches of submits or changes PostgreSQL took whole, and how many it refused, whose
+/// parts were then written one by one. A rising `refused` means batches contend with each other.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub written: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct Batches {
+    written: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Batches {
+    fn count(&self, written: bool) {
+        let counter = if written {
+            &self.written
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl PgStore {
@@ -40,12 +69,26 @@ impl PgStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self { pool })
+        let batches = Arc::new(Batches::default());
+        let submits = submits::Submits::start(&pool, batches.clone());
+        Ok(Self {
+            pool,
+            submits,
+            batches,
+        })
     }
 
     /// The pool, for what the [`Store`] trait does not cover: health details and tests.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The batches written since the store connected, for diagnostics and tests.
+    pub fn batches(&self) -> BatchCounts {
+        BatchCounts {
+            written: self.batches.written.load(Ordering::Relaxed),
+            refused: self.batches.refused.load(Ordering::Relaxed),
+        }
     }
 
     /// A transaction at PostgreSQL's default READ COMMITTED. Writers are not serialised as in SQLite:
@@ -81,6 +124,8 @@ macro_rules! mailbox_columns {
          event_id::text AS event_id"
     };
 }
+
+mod submits;
 
 /// The event an actor recorded under a request id, read inside or outside a transaction.
 const EVENT_BY_REQUEST: &str = concat!(
@@ -124,6 +169,146 @@ fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+impl PgStore {
+    /// The statement of [`Store::apply_all`]: changes as parallel arrays for `unnest`, and their
+    /// deliveries flattened with the referral each belongs to.
+    async fn apply_batch(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
+        let n = changes.len();
+        let mut c = BatchColumns::with_capacity(n);
+        for change in changes {
+            let e = &change.event;
+            c.referral.push(change.referral_id.to_string());
+            c.version.push(change.expected_version);
+            c.state.push(change.state.as_str().to_owned());
+            c.at.push(micros(change.at));
+            c.recipient
+                .push(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()));
+            c.event.push(e.id.to_string());
+            c.kind.push(e.kind.as_str().to_owned());
+            c.actor.push(e.actor.as_str().to_owned());
+            c.person.push(e.actor_person.as_str().to_owned());
+            c.event_at.push(micros(e.at));
+            c.note.push(e.note.as_str().to_owned());
+            c.state_after.push(e.state_after.as_str().to_owned());
+            c.details.push(
+                serde_json::to_string(&e.details)
+                    .map_err(|err| rows::corrupt("referral_events", err))?,
+            );
+            let (agencies, deliveries, events) = delivery_columns(&change.deliveries);
+            c.d_referral.extend(std::iter::repeat_n(
+                change.referral_id.to_string(),
+                agencies.len(),
+            ));
+            c.d_agency.extend(agencies);
+            c.d_delivery.extend(deliveries);
+            c.d_event.extend(events);
+        }
+        let applied: Vec<String> = sqlx::query_scalar(
+            "WITH c AS ( \
+               SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], \
+                 $12::text[], $13::text[]) \
+               AS c(referral, version, state, at, recipient, event, kind, actor, person, \
+                 event_at, note, state_after, details)), \
+             u AS ( \
+               UPDATE referrals r SET state = c.state, version = r.version + 1, \
+               updated_at = c.at, recipient = COALESCE(c.recipient, r.recipient) \
+               FROM c WHERE r.id = c.referral::uuid AND r.version = c.version \
+               RETURNING r.id), \
+             e AS ( \
+               INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
+               state_after, details, request_id) \
+               SELECT c.event::uuid, u.id, c.kind, c.actor, c.person, c.event_at, c.note, \
+               c.state_after, c.details, NULL FROM c JOIN u ON u.id = c.referral::uuid), \
+             a AS ( \
+               INSERT INTO referral_access (referral_id, agency_id) \
+               SELECT u.id, c.recipient FROM c JOIN u ON u.id = c.referral::uuid \
+               WHERE c.recipient IS NOT NULL ON CONFLICT DO NOTHING), \
+             m AS ( \
+               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
+               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, c.at \
+               FROM unnest($14::text[], $15::text[], $16::text[], $17::text[]) \
+                 AS d(referral, agency, delivery, event) \
+               JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral) \
+             SELECT id::text FROM u",
+        )
+        .persistent(false)
+        .bind(c.referral)
+        .bind(c.version)
+        .bind(c.state)
+        .bind(c.at)
+        .bind(c.recipient)
+        .bind(c.event)
+        .bind(c.kind)
+        .bind(c.actor)
+        .bind(c.person)
+        .bind(c.event_at)
+        .bind(c.note)
+        .bind(c.state_after)
+        .bind(c.details)
+        .bind(c.d_referral)
+        .bind(c.d_agency)
+        .bind(c.d_delivery)
+        .bind(c.d_event)
+        .fetch_all(&self.pool)
+        .await?;
+        let applied: std::collections::HashSet<String> = applied.into_iter().collect();
+        Ok(changes
+            .iter()
+            .map(|change| {
+                if applied.contains(&change.referral_id.to_string()) {
+                    ChangeOutcome::Recorded
+                } else {
+                    ChangeOutcome::Stale
+                }
+            })
+            .collect())
+    }
+}
+
+/// The columns of a batch of changes, one array per column.
+#[derive(Default)]
+struct BatchColumns {
+    referral: Vec<String>,
+    version: Vec<i64>,
+    state: Vec<String>,
+    at: Vec<i64>,
+    recipient: Vec<Option<String>>,
+    event: Vec<String>,
+    kind: Vec<String>,
+    actor: Vec<String>,
+    person: Vec<String>,
+    event_at: Vec<i64>,
+    note: Vec<String>,
+    state_after: Vec<String>,
+    details: Vec<String>,
+    d_referral: Vec<String>,
+    d_agency: Vec<String>,
+    d_delivery: Vec<String>,
+    d_event: Vec<Option<String>>,
+}
+
+impl BatchColumns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            referral: Vec::with_capacity(n),
+            version: Vec::with_capacity(n),
+            state: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            recipient: Vec::with_capacity(n),
+            event: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            person: Vec::with_capacity(n),
+            event_at: Vec::with_capacity(n),
+            note: Vec::with_capacity(n),
+            state_after: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+            ..Self::default()
+        }
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError> {
@@ -164,67 +349,20 @@ impl Store for PgStore {
         )
     }
 
-    /// One statement: the referral (unless its `client_ref` is taken), its access, first event and
-    /// deliveries, each insert fed by the referral's `RETURNING`, so there is one round trip and one
-    /// commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
-    /// nothing; the existing referral is read back.
+    /// Written by [`submits`], together with the submits beside it.
     async fn submit(
         &self,
         referral: &Referral,
         event: &Event,
         deliveries: &[NewDelivery],
     ) -> Result<SubmitOutcome, StoreError> {
-        let details = serde_json::to_string(&event.details)
-            .map_err(|e| rows::corrupt("referral_events", e))?;
-        let query = sqlx::query(
-            "WITH r AS ( \
-               INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
-               addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
-               subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-               updated_at, case_file) \
-               VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-               $16, $17, $18, $19) \
-               ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
-             e AS ( \
-               INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
-               state_after, details, request_id) \
-               SELECT $20::uuid, $21::uuid, $22, $23, $24, $25, $26, $27, $28, $29 FROM r), \
-             a AS ( \
-               INSERT INTO referral_access (referral_id, agency_id) \
-               SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
-             m AS ( \
-               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-               SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31 \
-               FROM r, unnest($32::text[], $33::text[], $34::text[]) AS d(agency, delivery, event)) \
-             SELECT count(*) FROM r",
-        );
-        let query = rows::bind_referral!(query, referral);
-        let (agencies, delivery_ids, event_ids) = delivery_columns(deliveries);
-        let inserted: i64 = rows::bind_event!(query, event, details)
-            .bind(vec![
-                referral.sender.as_str().to_owned(),
-                referral.recipient.as_str().to_owned(),
-            ])
-            .bind(micros(event.at))
-            .bind(agencies)
-            .bind(delivery_ids)
-            .bind(event_ids)
-            .fetch_one(&self.pool)
+        self.submits
+            .submit(submits::Submission {
+                referral: referral.clone(),
+                event: event.clone(),
+                deliveries: deliveries.to_vec(),
+            })
             .await
-            .and_then(|row| row.try_get(0))?;
-        if inserted == 1 {
-            return Ok(SubmitOutcome::Created);
-        }
-        match self
-            .referral_by_client_ref(&referral.sender, &referral.client_ref)
-            .await?
-        {
-            Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
-            None => Err(rows::corrupt(
-                "referrals",
-                "a client_ref conflict without its referral",
-            )),
-        }
     }
 
     async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError> {
@@ -276,6 +414,33 @@ impl Store for PgStore {
             rows::snapshot(&row, parties, history)
         })
         .transpose()
+    }
+
+    /// Not kept prepared, for the reason given at [`PgStore::referrals_with_history`].
+    async fn snapshots(&self, ids: &[ReferralId]) -> Result<Vec<Snapshot>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            referral_columns!(),
+            ", ARRAY(SELECT agency_id FROM referral_access WHERE referral_id = r.id \
+               ORDER BY agency_id COLLATE \"C\") AS parties, \
+             ARRAY(SELECT kind FROM referral_events WHERE referral_id = r.id ORDER BY seq) \
+               AS history \
+             FROM referrals r WHERE id = ANY ($1::text[]::uuid[])"
+        ))
+        .persistent(false)
+        .bind(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let parties: Vec<String> = row.try_get("parties")?;
+                let history: Vec<String> = row.try_get("history")?;
+                rows::snapshot(row, parties, history)
+            })
+            .collect()
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
@@ -477,6 +642,30 @@ impl Store for PgStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Changes without request ids, each on a referral of its own, go in one statement and one
+    /// commit: the versioned updates, and fed by their `RETURNING` the events, access and deliveries
+    /// of the changes that applied; the others are stale. This is how a stream's confirmations are
+    /// recorded together. Anything else, or a batch the database refuses (a deadlock with another
+    /// batch, say), is applied change by change, which decides each on its own.
+    async fn apply_all(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
+        let mut ids = std::collections::HashSet::with_capacity(changes.len());
+        let batchable = changes.len() > 1
+            && changes
+                .iter()
+                .all(|c| c.event.request_id.is_none() && ids.insert(c.referral_id));
+        if batchable {
+            let written = self.apply_batch(changes).await;
+            self.batches.count(written.is_ok());
+            match written {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(e) => {
+                    tracing::debug!(error = %e, changes = changes.len(), "a batch of changes was refused; applying them one by one");
+                }
+            }
+        }
+        futures::future::try_join_all(changes.iter().map(|c| self.apply(c))).await
     }
 
     async fn mailbox(

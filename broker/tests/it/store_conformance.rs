@@ -11,7 +11,7 @@ use spean_broker::referral::{
     Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, ListQuery, Referral, Role,
     SealedCaseFile, Sex, State, Subject, Urgency,
 };
-use spean_broker::store::postgres::PgStore;
+use spean_broker::store::postgres::{BatchCounts, PgStore};
 use spean_broker::store::sqlite::SqliteStore;
 use spean_broker::store::{Change, ChangeOutcome, NewDelivery, Store, SubmitOutcome};
 use sqlx::Connection;
@@ -21,6 +21,8 @@ use time::OffsetDateTime;
 struct Fixture {
     store: Arc<dyn Store>,
     pool: RawPool,
+    /// The PostgreSQL store itself, whose batch counts show which path a write took.
+    pg: Option<PgStore>,
     _backing: Backing,
 }
 
@@ -30,6 +32,12 @@ enum RawPool {
 }
 
 impl Fixture {
+    /// PostgreSQL's batches so far; `None` on SQLite, which has no batches of its own (its writer
+    /// commits concurrent writes together instead).
+    fn batches(&self) -> Option<BatchCounts> {
+        self.pg.as_ref().map(PgStore::batches)
+    }
+
     /// Runs a statement straight on the backend's pool.
     async fn raw(&self, sql: &'static str) -> Result<(), sqlx::Error> {
         match &self.pool {
@@ -82,6 +90,7 @@ async fn sqlite() -> Fixture {
         .unwrap();
     Fixture {
         pool: RawPool::Sqlite(store.pool().clone()),
+        pg: None,
         store: Arc::new(store),
         _backing: Backing::Sqlite(dir),
     }
@@ -115,6 +124,7 @@ async fn postgres() -> Fixture {
         .unwrap();
     Fixture {
         pool: RawPool::Postgres(store.pool().clone()),
+        pg: Some(store.clone()),
         store: Arc::new(store),
         _backing: backing,
     }
@@ -161,6 +171,10 @@ conformance!(
     concurrent_changes_on_one_version_record_exactly_one,
     concurrent_retries_of_one_request_record_it_once,
     concurrent_submits_of_one_client_ref_create_one_referral,
+    changes_applied_together_each_apply_to_the_version_they_read,
+    a_refused_change_among_others_leaves_nothing_of_itself,
+    crossing_batches_of_changes_record_each_change_once,
+    submits_made_at_once_are_each_written_whole,
 );
 
 const KHMER: &str = "សុខ ស្រីល័ក្ខ";
@@ -895,6 +909,10 @@ async fn concurrent_submits_of_one_client_ref_create_one_referral(f: Fixture) {
     assert_eq!(created.len(), 1);
     assert_eq!(existing.len(), 7);
     assert!(existing.iter().all(|id| *id == created[0]));
+    if let Some(batches) = f.batches() {
+        // The submits that met in one batch settled their shared client_ref inside it.
+        assert!(batches.written >= 1 && batches.refused == 0, "{batches:?}");
+    }
     assert_eq!(
         store
             .mailbox(&agency("mlup-russey"), 0, 10)
@@ -904,4 +922,270 @@ async fn concurrent_submits_of_one_client_ref_create_one_referral(f: Fixture) {
         1
     );
     assert_eq!(store.history(created[0]).await.unwrap().len(), 1);
+}
+
+/// `apply_all` gives each change the outcome `apply` would: the stale one is written nowhere, a
+/// redirect grants access, a repeated request id returns its first event; and `snapshots` reads the
+/// referrals those changes are decided on.
+async fn changes_applied_together_each_apply_to_the_version_they_read(f: Fixture) {
+    let store = f.store.clone();
+    let (a, b, c) = (
+        submit(&store, "m-a").await,
+        submit(&store, "m-b").await,
+        submit(&store, "m-c").await,
+    );
+    let acked = event(
+        &b,
+        EventKind::Acknowledged,
+        "mlup-russey",
+        State::Acknowledged,
+        Some("k1"),
+    );
+    store
+        .apply(&change(&b, 1, acked.clone(), State::Acknowledged))
+        .await
+        .unwrap();
+    let mut snapshots = store
+        .snapshots(&[a.id, b.id, ReferralId::new()])
+        .await
+        .unwrap();
+    snapshots.sort_by_key(|s| s.referral.id);
+    let mut want = vec![(a.id, 1, 1), (b.id, 2, 2)];
+    want.sort();
+    let got: Vec<_> = snapshots
+        .iter()
+        .map(|s| (s.referral.id, s.referral.version, s.history.len()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(store.snapshots(&[]).await.unwrap().is_empty());
+
+    let delivered = |r: &Referral, version| {
+        let e = event(
+            r,
+            EventKind::Delivered,
+            "mlup-russey",
+            State::Delivered,
+            None,
+        );
+        change(r, version, e, State::Delivered)
+    };
+    let stale = delivered(&b, 1);
+    let mut redirect = change(
+        &c,
+        1,
+        event(&c, EventKind::Redirected, "mlup-russey", State::Sent, None),
+        State::Sent,
+    );
+    redirect.new_recipient = Some(agency("dosvy-24"));
+    redirect.deliveries.push(NewDelivery {
+        agency: agency("dosvy-24"),
+        event_id: None,
+    });
+    let changes = [delivered(&a, 1), stale.clone(), redirect];
+    let outcomes = store.apply_all(&changes).await.unwrap();
+    assert!(
+        matches!(
+            outcomes[..],
+            [
+                ChangeOutcome::Recorded,
+                ChangeOutcome::Stale,
+                ChangeOutcome::Recorded
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    if let Some(batches) = f.batches() {
+        // Written as one batch, not change by change.
+        assert_eq!(
+            batches,
+            BatchCounts {
+                written: 1,
+                refused: 0
+            }
+        );
+    }
+    let got = store.referral(a.id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.version), (State::Delivered, 2));
+    assert_eq!(
+        store.history(a.id).await.unwrap()[1].id,
+        changes[0].event.id
+    );
+    // Nothing of the stale change was written.
+    let got = store.referral(b.id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.version), (State::Acknowledged, 2));
+    assert!(store.event(stale.event.id).await.unwrap().is_none());
+    // The redirect moved the referral, granted access and queued it for the new recipient.
+    let got = store.referral(c.id).await.unwrap().unwrap();
+    assert_eq!((got.recipient, got.version), (agency("dosvy-24"), 2));
+    assert!(store.has_access(&agency("dosvy-24"), c.id).await.unwrap());
+    let queued = store.mailbox(&agency("dosvy-24"), 0, 10).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!((queued[0].referral_id, queued[0].event_id), (c.id, None));
+    // Each applied change queued its event for the sender: a's and c's, not b's stale one.
+    let events: Vec<_> = store
+        .mailbox(&a.sender, 0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| m.event_id)
+        .collect();
+    assert!(events.contains(&changes[0].event.id) && events.contains(&changes[2].event.id));
+    assert!(!events.contains(&stale.event.id));
+
+    // A request id used before returns its first event, beside a change that applies.
+    let again = change(&b, 2, acked.clone(), State::Acknowledged);
+    let outcomes = store.apply_all(&[again, delivered(&a, 2)]).await.unwrap();
+    assert!(
+        matches!(&outcomes[..], [ChangeOutcome::Duplicate(e), ChangeOutcome::Recorded] if e.id == acked.id),
+        "{outcomes:?}"
+    );
+    assert!(store.apply_all(&[]).await.unwrap().is_empty());
+}
+
+/// A change that cannot be written (its event id is taken) fails without a trace of itself, and
+/// whatever else was applied with it is whole or absent, never half-written.
+async fn a_refused_change_among_others_leaves_nothing_of_itself(f: Fixture) {
+    let store = f.store.clone();
+    let fine = submit(&store, "r-fine").await;
+    let broken = submit(&store, "r-broken").await;
+    let taken = store.history(broken.id).await.unwrap()[0].id;
+    let mut bad = event(
+        &broken,
+        EventKind::Delivered,
+        "mlup-russey",
+        State::Delivered,
+        None,
+    );
+    bad.id = taken;
+    let good = event(
+        &fine,
+        EventKind::Delivered,
+        "mlup-russey",
+        State::Delivered,
+        None,
+    );
+    let result = store
+        .apply_all(&[
+            change(&fine, 1, good.clone(), State::Delivered),
+            change(&broken, 1, bad, State::Delivered),
+        ])
+        .await;
+    assert!(result.is_err(), "{result:?}");
+    if let Some(batches) = f.batches() {
+        assert_eq!(
+            batches.refused, 1,
+            "the batch failed whole, then change by change"
+        );
+    }
+    let got = store.referral(broken.id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.version), (State::Sent, 1));
+    assert_eq!(store.history(broken.id).await.unwrap().len(), 1);
+    let got = store.referral(fine.id).await.unwrap().unwrap();
+    let history = store.history(fine.id).await.unwrap();
+    let recorded = store.event(good.id).await.unwrap().is_some();
+    assert_eq!(
+        (got.version, history.len()),
+        if recorded { (2, 2) } else { (1, 1) }
+    );
+}
+
+/// Two batches on the same referrals, in opposite orders, at once (two streams of one agency, say):
+/// every referral takes exactly one of the two changes made on its version, and neither batch fails.
+async fn crossing_batches_of_changes_record_each_change_once(f: Fixture) {
+    let store = f.store.clone();
+    let mut referrals = Vec::new();
+    for i in 0..6 {
+        referrals.push(submit(&store, &format!("x-{i}")).await);
+    }
+    let referrals = Arc::new(referrals);
+    let results = all_at_once(&store, 2, |n, store| {
+        let referrals = referrals.clone();
+        async move {
+            let mut changes: Vec<Change> = referrals
+                .iter()
+                .map(|r| {
+                    let e = event(
+                        r,
+                        EventKind::Delivered,
+                        "mlup-russey",
+                        State::Delivered,
+                        None,
+                    );
+                    change(r, 1, e, State::Delivered)
+                })
+                .collect();
+            if n == 1 {
+                changes.reverse();
+            }
+            store.apply_all(&changes).await.unwrap()
+        }
+    })
+    .await;
+    let recorded = results
+        .iter()
+        .flatten()
+        .filter(|o| matches!(o, ChangeOutcome::Recorded))
+        .count();
+    assert_eq!(recorded, referrals.len(), "{results:?}");
+    if let Some(batches) = f.batches() {
+        assert_eq!(batches.written + batches.refused, 2, "{batches:?}");
+    }
+    for r in referrals.iter() {
+        let history = store.history(r.id).await.unwrap();
+        assert_eq!(history.len(), 2, "one change of the two recorded");
+        assert_eq!(store.referral(r.id).await.unwrap().unwrap().version, 2);
+    }
+}
+
+/// Submits that arrive together (PostgreSQL writes them in one statement) each come back created,
+/// whole: the referral byte for byte, its first event, its access and its delivery.
+async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
+    let store = f.store.clone();
+    let outcomes = all_at_once(&store, 24, |i, store| {
+        let mut r = referral(&format!("together-{i}"));
+        if i % 2 == 0 {
+            r.addressee = Addressee::Agency(agency("mlup-russey"));
+        }
+        r.case_file = SealedCaseFile::new(format!("{KHMER} {i}").into_bytes());
+        let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
+        let d = [NewDelivery {
+            agency: r.recipient.clone(),
+            event_id: None,
+        }];
+        async move {
+            let outcome = store.submit(&r, &e, &d).await.unwrap();
+            (r, e, outcome)
+        }
+    })
+    .await;
+    if let Some(batches) = f.batches() {
+        assert!(batches.written >= 1 && batches.refused == 0, "{batches:?}");
+    }
+    let mut queued: Vec<_> = store
+        .mailbox(&agency("mlup-russey"), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.referral_id, m.event_id))
+        .collect();
+    queued.sort();
+    let mut want = Vec::new();
+    for (r, e, outcome) in outcomes {
+        assert!(matches!(outcome, SubmitOutcome::Created), "{outcome:?}");
+        let got = store.referral(r.id).await.unwrap().unwrap();
+        assert_eq!(got.case_file.as_bytes(), r.case_file.as_bytes());
+        assert_eq!(got.addressee, r.addressee);
+        assert_eq!(got.client_ref, r.client_ref);
+        let history = store.history(r.id).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].id, history[0].note.as_str()),
+            (e.id, e.note.as_str())
+        );
+        assert!(store.has_access(&r.sender, r.id).await.unwrap());
+        assert!(store.has_access(&r.recipient, r.id).await.unwrap());
+        want.push((r.id, None));
+    }
+    want.sort();
+    assert_eq!(queued, want);
 }

@@ -1,0 +1,376 @@
+//! Submits written together. PostgreSQL's work per statement (a round trip, binding, starting the
+//! executor, a commit and its WAL flush) is larger than its work per inserted row, and under load
+//! many agencies submit at once. So each submit waits in a queue, and a few writers each take
+//! whatever is waiting, up to [`MAX_BATCH`], and insert it in one statement. Nothing waits for a
+//! batch to fill: a submit that finds a writer idle is written at once, alone, as before.
+//!
+//! A batch is one transaction, and each submit in it still gets its own outcome: created, or the
+//! existing referral its `client_ref` names. If the database refuses the batch (two batches that
+//! insert the same `client_ref`s in opposite orders can deadlock), its submits are written one by
+//! one, so one submit's failure never becomes another's.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sqlx::Row;
+use sqlx::postgres::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Batches, delivery_columns, micros, rows};
+use crate::error::StoreError;
+use crate::ids::ReferralId;
+use crate::referral::{Event, Referral};
+use crate::store::{NewDelivery, SubmitOutcome};
+
+/// Writers taking batches from the queue: a quarter of the pool, so reads and changes keep theirs.
+const WRITERS: usize = 4;
+/// The most submits in one statement. Case files are at most a few hundred KiB, so a batch's
+/// parameters stay far below PostgreSQL's 1 GiB message limit.
+const MAX_BATCH: usize = 64;
+
+/// One submit, owned, as it waits in the queue.
+pub(super) struct Submission {
+    pub referral: Referral,
+    pub event: Event,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+type Reply = oneshot::Sender<Result<SubmitOutcome, StoreError>>;
+type Queue = Arc<Mutex<mpsc::Receiver<(Submission, Reply)>>>;
+
+/// The queue's sending end; the writers stop once every clone of it is dropped.
+#[derive(Debug, Clone)]
+pub(super) struct Submits {
+    queue: mpsc::Sender<(Submission, Reply)>,
+}
+
+impl Submits {
+    /// Starts the writers on the current runtime.
+    pub fn start(pool: &PgPool, batches: Arc<Batches>) -> Self {
+        let (queue, waiting) = mpsc::channel(WRITERS * MAX_BATCH);
+        let waiting: Queue = Arc::new(Mutex::new(waiting));
+        for _ in 0..WRITERS {
+            tokio::spawn(write(pool.clone(), waiting.clone(), batches.clone()));
+        }
+        Self { queue }
+    }
+
+    /// Queues the submit and waits for its outcome. Once queued it is written even if the caller
+    /// stops waiting, so a cancelled call leaves a whole referral or none, never part of one.
+    pub async fn submit(&self, submission: Submission) -> Result<SubmitOutcome, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send((submission, reply))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        outcome.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// A writer: takes what is waiting, writes it, answers each submit.
+async fn write(pool: PgPool, waiting: Queue, batches: Arc<Batches>) {
+    loop {
+        let mut batch = {
+            let mut waiting = waiting.lock().await;
+            let Some(first) = waiting.recv().await else {
+                return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH
+                && let Ok(next) = waiting.try_recv()
+            {
+                batch.push(next);
+            }
+            batch
+        };
+        if let [(submission, _)] = &batch[..] {
+            let outcome = submit_one(&pool, submission).await;
+            if let Some((_, reply)) = batch.pop() {
+                let _ = reply.send(outcome);
+            }
+            continue;
+        }
+        let inserted = insert_batch(&pool, &batch).await;
+        batches.count(inserted.is_ok());
+        match inserted {
+            Ok(created) => {
+                for (submission, reply) in batch {
+                    let outcome = if created.contains(&submission.referral.id) {
+                        Ok(SubmitOutcome::Created)
+                    } else {
+                        existing(&pool, &submission.referral).await
+                    };
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, submits = batch.len(), "a batch of submits was refused; writing them one by one");
+                futures::future::join_all(batch.into_iter().map(|(submission, reply)| {
+                    let pool = &pool;
+                    async move {
+                        let _ = reply.send(submit_one(pool, &submission).await);
+                    }
+                }))
+                .await;
+            }
+        }
+    }
+}
+
+/// One statement: the referral (unless its `client_ref` is taken), its access, first event and
+/// deliveries, each insert fed by the referral's `RETURNING`, so there is one round trip and one
+/// commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
+/// nothing; the existing referral is read back.
+async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, StoreError> {
+    let (referral, event) = (&s.referral, &s.event);
+    let details =
+        serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
+    let query = sqlx::query(
+        "WITH r AS ( \
+           INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
+           addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+           subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+           updated_at, case_file) \
+           VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+           $16, $17, $18, $19) \
+           ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
+         e AS ( \
+           INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
+           state_after, details, request_id) \
+           SELECT $20::uuid, $21::uuid, $22, $23, $24, $25, $26, $27, $28, $29 FROM r), \
+         a AS ( \
+           INSERT INTO referral_access (referral_id, agency_id) \
+           SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
+         m AS ( \
+           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
+           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31 \
+           FROM r, unnest($32::text[], $33::text[], $34::text[]) AS d(agency, delivery, event)) \
+         SELECT count(*) FROM r",
+    );
+    let query = rows::bind_referral!(query, referral);
+    let (agencies, delivery_ids, event_ids) = delivery_columns(&s.deliveries);
+    let inserted: i64 = rows::bind_event!(query, event, details)
+        .bind(vec![
+            referral.sender.as_str().to_owned(),
+            referral.recipient.as_str().to_owned(),
+        ])
+        .bind(micros(event.at))
+        .bind(agencies)
+        .bind(delivery_ids)
+        .bind(event_ids)
+        .fetch_one(pool)
+        .await
+        .and_then(|row| row.try_get(0))?;
+    if inserted == 1 {
+        Ok(SubmitOutcome::Created)
+    } else {
+        existing(pool, referral).await
+    }
+}
+
+/// The referral that already holds this submit's `client_ref`. The insert that found it waited for
+/// its transaction, so it is committed and visible.
+async fn existing(pool: &PgPool, referral: &Referral) -> Result<SubmitOutcome, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        referral_columns!(),
+        ", case_file FROM referrals WHERE sender = $1 AND client_ref = $2"
+    ))
+    .bind(referral.sender.as_str())
+    .bind(referral.client_ref.as_str())
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some(row) => Ok(SubmitOutcome::Existing(Box::new(rows::referral(
+            &row, true,
+        )?))),
+        None => Err(rows::corrupt(
+            "referrals",
+            "a client_ref conflict without its referral",
+        )),
+    }
+}
+
+/// The statement of a batch: the submits as parallel arrays for `unnest`, their deliveries
+/// flattened with the referral each belongs to. Returns the ids of the referrals it created; the
+/// others found their `client_ref` taken, by an earlier submit or by one in the same batch.
+async fn insert_batch(
+    pool: &PgPool,
+    batch: &[(Submission, Reply)],
+) -> Result<HashSet<ReferralId>, StoreError> {
+    let mut c = Columns::with_capacity(batch.len());
+    for (s, _) in batch {
+        c.push(s)?;
+    }
+    let created: Vec<String> = sqlx::query_scalar(
+        "WITH c AS ( \
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+             $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], $17::int8[], \
+             $18::int8[], $19::bytea[], $20::text[], $21::text[], $22::text[], $23::text[], \
+             $24::int8[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY \
+           AS c(id, sender, client_ref, fingerprint, addressee_agency, addressee_service, \
+             addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
+             subject_province, client_pseudonym, state, version, created_at, updated_at, \
+             case_file, event, event_kind, actor, actor_person, at, note, state_after, \
+             details, request_id, n)), \
+         r AS ( \
+           INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
+           addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+           subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+           updated_at, case_file) \
+           SELECT id::uuid, sender, client_ref, fingerprint, addressee_agency, \
+           addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+           subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+           updated_at, case_file FROM c ORDER BY n \
+           ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
+         e AS ( \
+           INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
+           state_after, details, request_id) \
+           SELECT c.event::uuid, r.id, c.event_kind, c.actor, c.actor_person, c.at, c.note, \
+           c.state_after, c.details, c.request_id \
+           FROM c JOIN r ON r.id = c.id::uuid ORDER BY c.n), \
+         a AS ( \
+           INSERT INTO referral_access (referral_id, agency_id) \
+           SELECT r.id, x FROM c JOIN r ON r.id = c.id::uuid, \
+           unnest(ARRAY[c.sender, c.recipient]) AS x ON CONFLICT DO NOTHING), \
+         m AS ( \
+           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
+           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, c.at \
+           FROM unnest($29::text[], $30::text[], $31::text[], $32::text[]) WITH ORDINALITY \
+             AS d(referral, agency, delivery, event, n) \
+           JOIN r ON r.id = d.referral::uuid JOIN c ON c.id = d.referral ORDER BY d.n) \
+         SELECT id::text FROM r",
+    )
+    .persistent(false)
+    .bind(c.id)
+    .bind(c.sender)
+    .bind(c.client_ref)
+    .bind(c.fingerprint)
+    .bind(c.addressee_agency)
+    .bind(c.addressee_service)
+    .bind(c.addressee_province)
+    .bind(c.recipient)
+    .bind(c.kind)
+    .bind(c.urgency)
+    .bind(c.sex)
+    .bind(c.age_band)
+    .bind(c.province)
+    .bind(c.pseudonym)
+    .bind(c.state)
+    .bind(c.version)
+    .bind(c.created_at)
+    .bind(c.updated_at)
+    .bind(c.case_file)
+    .bind(c.event)
+    .bind(c.event_kind)
+    .bind(c.actor)
+    .bind(c.actor_person)
+    .bind(c.at)
+    .bind(c.note)
+    .bind(c.state_after)
+    .bind(c.details)
+    .bind(c.request_id)
+    .bind(c.d_referral)
+    .bind(c.d_agency)
+    .bind(c.d_delivery)
+    .bind(c.d_event)
+    .fetch_all(pool)
+    .await?;
+    created
+        .iter()
+        .map(|id| ReferralId::parse("referrals.id", id).map_err(|e| rows::corrupt("referrals", e)))
+        .collect()
+}
+
+/// A batch's columns, one array per column, in the order of the statement's parameters.
+#[derive(Default)]
+struct Columns {
+    id: Vec<String>,
+    sender: Vec<String>,
+    client_ref: Vec<String>,
+    fingerprint: Vec<String>,
+    addressee_agency: Vec<Option<String>>,
+    addressee_service: Vec<Option<String>>,
+    addressee_province: Vec<Option<String>>,
+    recipient: Vec<String>,
+    kind: Vec<String>,
+    urgency: Vec<String>,
+    sex: Vec<String>,
+    age_band: Vec<String>,
+    province: Vec<String>,
+    pseudonym: Vec<Option<String>>,
+    state: Vec<String>,
+    version: Vec<i64>,
+    created_at: Vec<i64>,
+    updated_at: Vec<i64>,
+    case_file: Vec<Vec<u8>>,
+    event: Vec<String>,
+    event_kind: Vec<String>,
+    actor: Vec<String>,
+    actor_person: Vec<String>,
+    at: Vec<i64>,
+    note: Vec<String>,
+    state_after: Vec<String>,
+    details: Vec<String>,
+    request_id: Vec<Option<String>>,
+    d_referral: Vec<String>,
+    d_agency: Vec<String>,
+    d_delivery: Vec<String>,
+    d_event: Vec<Option<String>>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            id: Vec::with_capacity(n),
+            case_file: Vec::with_capacity(n),
+            ..Self::default()
+        }
+    }
+
+    fn push(&mut self, s: &Submission) -> Result<(), StoreError> {
+        let (r, e) = (&s.referral, &s.event);
+        let (agency, service, province) = rows::addressee_columns(&r.addressee);
+        self.id.push(r.id.to_string());
+        self.sender.push(r.sender.as_str().to_owned());
+        self.client_ref.push(r.client_ref.as_str().to_owned());
+        self.fingerprint.push(r.fingerprint.clone());
+        self.addressee_agency.push(agency);
+        self.addressee_service.push(service);
+        self.addressee_province.push(province);
+        self.recipient.push(r.recipient.as_str().to_owned());
+        self.kind.push(r.kind.as_str().to_owned());
+        self.urgency.push(r.urgency.as_str().to_owned());
+        self.sex.push(r.subject.sex.as_str().to_owned());
+        self.age_band.push(r.subject.age_band.as_str().to_owned());
+        self.province.push(r.subject.province.as_str().to_owned());
+        self.pseudonym
+            .push(r.client_pseudonym.as_ref().map(|p| p.as_str().to_owned()));
+        self.state.push(r.state.as_str().to_owned());
+        self.version.push(r.version);
+        self.created_at.push(micros(r.created_at));
+        self.updated_at.push(micros(r.updated_at));
+        self.case_file.push(r.case_file.as_bytes().to_vec());
+        self.event.push(e.id.to_string());
+        self.event_kind.push(e.kind.as_str().to_owned());
+        self.actor.push(e.actor.as_str().to_owned());
+        self.actor_person.push(e.actor_person.as_str().to_owned());
+        self.at.push(micros(e.at));
+        self.note.push(e.note.as_str().to_owned());
+        self.state_after.push(e.state_after.as_str().to_owned());
+        self.details.push(
+            serde_json::to_string(&e.details)
+                .map_err(|err| rows::corrupt("referral_events", err))?,
+        );
+        self.request_id
+            .push(e.request_id.as_ref().map(|r| r.as_str().to_owned()));
+        let (agencies, deliveries, events) = delivery_columns(&s.deliveries);
+        self.d_referral
+            .extend(std::iter::repeat_n(r.id.to_string(), agencies.len()));
+        self.d_agency.extend(agencies);
+        self.d_delivery.extend(deliveries);
+        self.d_event.extend(events);
+        Ok(())
+    }
+}
