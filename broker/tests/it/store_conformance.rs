@@ -175,6 +175,7 @@ conformance!(
     a_refused_change_among_others_leaves_nothing_of_itself,
     crossing_batches_of_changes_record_each_change_once,
     submits_made_at_once_are_each_written_whole,
+    confirmations_that_arrive_together_record_each_delivery_once,
 );
 
 const KHMER: &str = "សុខ ស្រីល័ក្ខ";
@@ -1188,4 +1189,91 @@ async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
     }
     want.sort();
     assert_eq!(queued, want);
+}
+
+/// What a delivery stream does with confirmations that arrive together: `delivered` is recorded once
+/// for each referral the agency received, in one batch on PostgreSQL, and nothing is recorded for a
+/// referral it is not the recipient of, one whose delivery is already recorded, or an event.
+async fn confirmations_that_arrive_together_record_each_delivery_once(f: Fixture) {
+    use spean_broker::delivery::{DeliveryRef, Doorbell};
+    use spean_broker::referral::workflow::{Limits, Workflow};
+
+    let store = f.store.clone();
+    let workflow = Workflow::new(
+        store.clone(),
+        Arc::new(Doorbell::default()),
+        Limits {
+            max_case_file_bytes: 1 << 20,
+        },
+    )
+    .await
+    .unwrap();
+    let (fresh, other, done) = (
+        submit(&store, "g-fresh").await,
+        submit(&store, "g-other").await,
+        submit(&store, "g-done").await,
+    );
+    let elsewhere = {
+        let mut r = referral("g-elsewhere");
+        r.recipient = agency("dosvy-24");
+        let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
+        store.submit(&r, &e, &[]).await.unwrap();
+        r
+    };
+    let recorded = event(
+        &done,
+        EventKind::Delivered,
+        "mlup-russey",
+        State::Delivered,
+        None,
+    );
+    store
+        .apply(&change(&done, 1, recorded, State::Delivered))
+        .await
+        .unwrap();
+    let before = f.batches();
+    let delivery = |r: &Referral, event_id| DeliveryRef {
+        delivery_id: uuid::Uuid::now_v7(),
+        referral_id: r.id,
+        event_id,
+    };
+    let submitted = store.history(other.id).await.unwrap()[0].id;
+    let together = [
+        delivery(&fresh, None),
+        delivery(&other, None),
+        // The same referral again (a redelivery confirmed beside the first), and an event.
+        delivery(&fresh, None),
+        delivery(&other, Some(submitted)),
+        delivery(&done, None),
+        delivery(&elsewhere, None),
+    ];
+    workflow
+        .confirmed(&agency("mlup-russey"), &together)
+        .await
+        .unwrap();
+    let delivered = |history: Vec<Event>| {
+        history
+            .iter()
+            .filter(|e| e.kind == EventKind::Delivered)
+            .count()
+    };
+    for r in [&fresh, &other, &done] {
+        assert_eq!(delivered(store.history(r.id).await.unwrap()), 1);
+        let got = store.referral(r.id).await.unwrap().unwrap();
+        assert_eq!((got.state, got.version), (State::Delivered, 2));
+    }
+    assert_eq!(delivered(store.history(elsewhere.id).await.unwrap()), 0);
+    if let (Some(before), Some(after)) = (before, f.batches()) {
+        // `fresh` and `other` went in one statement; the rest was decided without a write.
+        assert_eq!(after.written - before.written, 1, "{after:?}");
+        assert_eq!(after.refused, before.refused);
+    }
+    // Confirmed again (the adapter's retry after a lost stream): nothing more is recorded.
+    workflow
+        .confirmed(&agency("mlup-russey"), &together)
+        .await
+        .unwrap();
+    for r in [&fresh, &other, &done] {
+        assert_eq!(delivered(store.history(r.id).await.unwrap()), 1);
+    }
 }
