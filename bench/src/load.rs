@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::probe;
-use crate::recorder::{Latency, Recorder, Sends, Tag};
+use crate::recorder::{Answers, Latency, Recorder, Sends, Tag};
 
 /// Sends one message from agency `from` to agency `to`, carrying `tag`; resolves when the system has
 /// taken responsibility for it (Spean: `Submit` answered; RabbitMQ: publisher confirm).
@@ -269,6 +269,8 @@ pub struct OpenLoad {
     pub first_error: Option<String>,
     /// Scheduled send → receipt by the recipient's client.
     pub latency: Latency,
+    /// Scheduled send → the answer to the send, for the sends accepted.
+    pub answered: Latency,
 }
 
 /// Sends `rate` messages per second for `duration`, each on its own task at its scheduled instant,
@@ -285,6 +287,7 @@ pub async fn open_loop<S: Submitter>(
     let phase = NEXT_PHASE.fetch_add(1, Ordering::Relaxed);
     recorder.begin(phase, None)?;
     let sends = Arc::new(Sends::default());
+    let answers = Arc::new(Answers::new()?);
     let scheduled = (rate * duration.as_secs_f64()).round() as u64;
     let start = Instant::now() + Duration::from_millis(10);
     for n in 0..scheduled {
@@ -297,11 +300,13 @@ pub async fn open_loop<S: Submitter>(
             seq: n,
             sent_us: recorder.micros_at(due),
         };
-        let (submitter, sends) = (submitter.clone(), sends.clone());
+        let (submitter, sends, answers) = (submitter.clone(), sends.clone(), answers.clone());
         sends.pending.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             match submitter.submit(from, to, tag.encode()).await {
                 Ok(()) => {
+                    let waited = Instant::now().saturating_duration_since(due);
+                    answers.record(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX));
                     sends.ok.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => sends.failed(e),
@@ -319,6 +324,7 @@ pub async fn open_loop<S: Submitter>(
         send_errors: sends.errors.load(Ordering::Relaxed),
         first_error: sends.first_error(),
         latency: recorder.latency(),
+        answered: answers.latency(),
     })
 }
 
@@ -355,6 +361,48 @@ mod tests {
         // One dip is not the end: the next step gains on the best again.
         assert_eq!(steps_taken(&[100.0, 80.0, 120.0, 119.0, 118.0]), 5);
         assert_eq!(steps_taken(&[100.0, 104.0, 200.0]), 3);
+    }
+
+    /// Answers each send after 20 ms and delivers it 30 ms later.
+    #[derive(Clone)]
+    struct Slow(Arc<Recorder>);
+
+    impl Submitter for Slow {
+        const FEEDBACK_PER_MESSAGE: u64 = 0;
+
+        async fn submit(&self, _from: usize, _to: usize, tag: String) -> Result<(), String> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let recorder = self.0.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                recorder.received(&tag);
+            });
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_open_loop_splits_the_answer_from_the_delivery() {
+        let recorder = Recorder::new().unwrap();
+        let submitter = Slow(recorder.clone());
+        let rate = 50.0;
+        let load = open_loop(
+            &submitter,
+            &recorder,
+            4,
+            0.5,
+            rate,
+            Duration::from_millis(400),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!((load.scheduled, load.accepted, load.received), (20, 20, 20));
+        assert_eq!(load.answered.count, 20);
+        // Lower bounds only: the sleeps guarantee them, and a busy machine may add to them.
+        assert!(load.answered.p50_ms >= 20.0, "{:?}", load.answered);
+        assert!(load.latency.p50_ms >= 50.0, "{:?}", load.latency);
+        assert!(load.latency.p50_ms > load.answered.p50_ms);
     }
 
     #[test]

@@ -330,7 +330,8 @@ fn notes() -> Vec<String> {
             .into(),
         "Open loop: sends on a fixed schedule at a fraction of that run's own maximum; latency runs \
          from the scheduled send time to the recipient client's receipt of the delivery, so queueing \
-         in the sender is included."
+         in the sender is included. `answered` runs from the same scheduled time to the Submit \
+         call's answer (the referral stored and queued); the rest of the latency is delivery."
             .into(),
         "Wire B/msg: bytes received on `lo` during the closed-loop window divided by messages received. \
          It counts every local hop (client↔broker gRPC over TLS incl. confirms and `delivered` feedback \

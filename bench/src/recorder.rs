@@ -173,3 +173,27 @@ impl Sends {
             .clone()
     }
 }
+
+/// Scheduled send → the system's answer to the send (for Spean, `Submit` returning: the referral is
+/// stored and queued). Beside the end-to-end latency it splits where the time went: before the
+/// referral was accepted, or between its acceptance and its receipt.
+pub struct Answers(Mutex<Histogram<u64>>);
+
+impl Answers {
+    pub fn new() -> anyhow::Result<Self> {
+        Ok(Self(Mutex::new(histogram()?)))
+    }
+
+    pub fn record(&self, micros: u64) {
+        self.lock().saturating_record(micros.max(1));
+    }
+
+    pub fn latency(&self) -> Latency {
+        Latency::of(&self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Histogram<u64>> {
+        // A panic while holding this lock leaves a histogram behind, still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -138,6 +138,8 @@ impl Report {
                     ms(l.latency.p90_ms),
                     ms(l.latency.p99_ms),
                     ms(l.latency.max_ms),
+                    ms(l.answered.p50_ms),
+                    ms(l.answered.p99_ms),
                 ]);
             }
         }
@@ -156,6 +158,8 @@ impl Report {
                     "p90 ms",
                     "p99 ms",
                     "max ms",
+                    "answered p50",
+                    "answered p99",
                 ],
                 &rows,
             ));
@@ -238,6 +242,10 @@ impl Report {
                         "{:.1} / {:.1} / {:.1} / {:.1}",
                         l.latency.p50_ms, l.latency.p90_ms, l.latency.p99_ms, l.latency.max_ms
                     ),
+                ]);
+                rows.push(vec![
+                    "Submit answered ms p50/p99".into(),
+                    format!("{:.1} / {:.1}", l.answered.p50_ms, l.answered.p99_ms),
                 ]);
             }
             rows.push(vec![
