@@ -482,15 +482,16 @@ impl Workflow {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut decided: Vec<(Change, Vec<AgencyId>)> = Vec::with_capacity(ids.len());
+        let (mut changes, mut parties) = (Vec::with_capacity(ids.len()), Vec::new());
         for snapshot in self.store.snapshots(&ids).await? {
             if let Some((event, to)) = delivered_event(agency, &snapshot) {
-                decided.push(change_for(&snapshot, event, to, None));
+                let (change, told) = change_for(&snapshot, event, to, None);
+                changes.push(change);
+                parties.push(told);
             }
         }
-        let changes: Vec<Change> = decided.iter().map(|(c, _)| c.clone()).collect();
         let outcomes = self.store.apply_all(&changes).await?;
-        for ((change, parties), outcome) in decided.iter().zip(outcomes) {
+        for ((change, parties), outcome) in changes.iter().zip(&parties).zip(outcomes) {
             match outcome {
                 ChangeOutcome::Recorded => self.announce(change, parties),
                 ChangeOutcome::Stale => self.record_delivered(agency, change.referral_id).await?,

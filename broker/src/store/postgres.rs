@@ -5,6 +5,10 @@
 //! `FOR UPDATE SKIP LOCKED` and a lease, so relays in several processes never publish the same row at
 //! the same time. Queries are static SQL with bound parameters.
 //!
+//! Writes that arrive together are batched, because PostgreSQL's cost per statement outweighs its
+//! cost per row: concurrent submits go through [`submits`], and the changes of confirmations that
+//! arrived together through [`Store::apply_all`], each as one statement over `unnest`ed arrays.
+//!
 //! Ids are `uuid` columns. The domain binds and reads them as text (sqlx's `uuid` feature is off and
 //! [`rows`] maps both backends from text), so statements cast bound ids with `$n::uuid` and select
 //! them as `::text`.
