@@ -129,6 +129,23 @@ macro_rules! mailbox_columns {
     };
 }
 
+/// What [`snapshot_of`] reads: a referral without its case file, who may see it (`COLLATE "C"`:
+/// byte order, as SQLite's, whatever the database's collation) and the kinds of its events; the
+/// caller adds the `WHERE`.
+macro_rules! snapshot_select {
+    () => {
+        concat!(
+            "SELECT ",
+            referral_columns!(),
+            ", ARRAY(SELECT agency_id FROM referral_access WHERE referral_id = r.id \
+               ORDER BY agency_id COLLATE \"C\") AS parties, \
+             ARRAY(SELECT kind FROM referral_events WHERE referral_id = r.id ORDER BY seq) \
+               AS history \
+             FROM referrals r "
+        )
+    };
+}
+
 mod submits;
 
 /// The event an actor recorded under a request id, read inside or outside a transaction.
@@ -167,6 +184,32 @@ async fn recorded_request<'e>(
         .fetch_optional(executor)
         .await?;
     row.as_ref().map(rows::event).transpose()
+}
+
+/// The referral `sender` submitted under `client_ref`, with its case file: what a repeated submit
+/// returns, read by the store and by the submit writers alike.
+async fn by_client_ref(
+    pool: &PgPool,
+    sender: &AgencyId,
+    client_ref: &ClientRef,
+) -> Result<Option<Referral>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        referral_columns!(),
+        ", case_file FROM referrals WHERE sender = $1 AND client_ref = $2"
+    ))
+    .bind(sender.as_str())
+    .bind(client_ref.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| rows::referral(&r, true)).transpose()
+}
+
+/// A row of [`snapshot_select!`], as a [`Snapshot`].
+fn snapshot_of(row: &sqlx::postgres::PgRow) -> Result<Snapshot, StoreError> {
+    let parties: Vec<String> = row.try_get("parties")?;
+    let history: Vec<String> = row.try_get("history")?;
+    rows::snapshot(row, parties, history)
 }
 
 fn is_unique_violation(err: &sqlx::Error) -> bool {
@@ -386,38 +429,15 @@ impl Store for PgStore {
         sender: &AgencyId,
         client_ref: &ClientRef,
     ) -> Result<Option<Referral>, StoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            referral_columns!(),
-            ", case_file FROM referrals WHERE sender = $1 AND client_ref = $2"
-        ))
-        .bind(sender.as_str())
-        .bind(client_ref.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| rows::referral(&r, true)).transpose()
+        by_client_ref(&self.pool, sender, client_ref).await
     }
 
     async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError> {
-        // `COLLATE "C"`: byte order, as SQLite's, whatever the database's collation.
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            referral_columns!(),
-            ", ARRAY(SELECT agency_id FROM referral_access WHERE referral_id = r.id \
-               ORDER BY agency_id COLLATE \"C\") AS parties, \
-             ARRAY(SELECT kind FROM referral_events WHERE referral_id = r.id ORDER BY seq) \
-               AS history \
-             FROM referrals r WHERE id = $1::uuid"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let parties: Vec<String> = row.try_get("parties")?;
-            let history: Vec<String> = row.try_get("history")?;
-            rows::snapshot(&row, parties, history)
-        })
-        .transpose()
+        let row = sqlx::query(concat!(snapshot_select!(), "WHERE id = $1::uuid"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(snapshot_of).transpose()
     }
 
     /// Not kept prepared, for the reason given at [`PgStore::referrals_with_history`].
@@ -426,25 +446,14 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(concat!(
-            "SELECT ",
-            referral_columns!(),
-            ", ARRAY(SELECT agency_id FROM referral_access WHERE referral_id = r.id \
-               ORDER BY agency_id COLLATE \"C\") AS parties, \
-             ARRAY(SELECT kind FROM referral_events WHERE referral_id = r.id ORDER BY seq) \
-               AS history \
-             FROM referrals r WHERE id = ANY ($1::text[]::uuid[])"
+            snapshot_select!(),
+            "WHERE id = ANY ($1::text[]::uuid[])"
         ))
         .persistent(false)
         .bind(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let parties: Vec<String> = row.try_get("parties")?;
-                let history: Vec<String> = row.try_get("history")?;
-                rows::snapshot(row, parties, history)
-            })
-            .collect()
+        rows.iter().map(snapshot_of).collect()
     }
 
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {

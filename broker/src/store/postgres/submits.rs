@@ -16,7 +16,7 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Batches, delivery_columns, micros, rows};
+use super::{Batches, by_client_ref, delivery_columns, micros, rows};
 use crate::error::StoreError;
 use crate::ids::ReferralId;
 use crate::referral::{Event, Referral};
@@ -171,19 +171,8 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
 /// The referral that already holds this submit's `client_ref`. The insert that found it waited for
 /// its transaction, so it is committed and visible.
 async fn existing(pool: &PgPool, referral: &Referral) -> Result<SubmitOutcome, StoreError> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        referral_columns!(),
-        ", case_file FROM referrals WHERE sender = $1 AND client_ref = $2"
-    ))
-    .bind(referral.sender.as_str())
-    .bind(referral.client_ref.as_str())
-    .fetch_optional(pool)
-    .await?;
-    match row {
-        Some(row) => Ok(SubmitOutcome::Existing(Box::new(rows::referral(
-            &row, true,
-        )?))),
+    match by_client_ref(pool, &referral.sender, &referral.client_ref).await? {
+        Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
         None => Err(rows::corrupt(
             "referrals",
             "a client_ref conflict without its referral",
