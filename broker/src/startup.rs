@@ -230,7 +230,8 @@ impl Broker {
                     max_case_file_bytes: config.limits.max_case_file_bytes,
                 },
             )
-            .await?,
+            .await?
+            .carrying_deliveries(!config.amqp.url.is_empty()),
         );
         let amqp = (!config.amqp.url.is_empty()).then(|| Amqp::new(config.amqp.clone()));
         let listener = TcpListener::bind(config.listen)

@@ -305,14 +305,7 @@ async fn a_backlog_goes_out_in_bundles_and_a_partly_confirmed_bundle_comes_back_
     let data = dir.path().join("broker");
     let mut settings = env.broker_env();
     settings.push(("SPEAN_BROKER_AMQP__BUNDLE_MAX".into(), BUNDLE.to_string()));
-    let out_of_reach: Vec<(String, String)> = settings
-        .iter()
-        .cloned()
-        .map(|(k, v)| match k.as_str() {
-            "SPEAN_BROKER_AMQP__URL" => (k, env.unreachable_amqp_url()),
-            _ => (k, v),
-        })
-        .collect();
+    let out_of_reach = env.out_of_reach(&settings);
     let recipient = RECIPIENTS[0];
     let mut broker = BrokerProcess::start_with(&data, "127.0.0.1:0", &out_of_reach).await;
     let mut hospital = broker.client(SENDER).await;
@@ -428,6 +421,99 @@ async fn a_backlog_goes_out_in_bundles_and_a_partly_confirmed_bundle_comes_back_
             .filter(|e| e.kind == pb::FeedbackKind::Delivered as i32)
             .count();
         assert_eq!(delivered, 1, "{id} recorded delivered {delivered} times");
+    }
+}
+
+/// On the production path a referral's outbox row carries it as submitted, case file included,
+/// so the relay publishes it without reading it back. One redirected before the relay published it
+/// still reaches the former recipient without its case file, as one redirected before its
+/// delivery always did, and reaches the new recipient with it; one not redirected keeps it.
+#[tokio::test]
+async fn a_referral_redirected_before_it_was_published_reaches_the_former_recipient_without_its_case_file()
+ {
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("broker");
+    let settings = env.broker_env();
+    let out_of_reach = env.out_of_reach(&settings);
+    let mut broker = BrokerProcess::start_with(&data, "127.0.0.1:0", &out_of_reach).await;
+    let mut hospital = broker.client(SENDER).await;
+    let mut ids = Vec::new();
+    for client_ref in ["carried-kept", "carried-moved"] {
+        let referral = hospital
+            .referrals
+            .submit(lama(client_ref))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(referral.referral.unwrap().envelope.unwrap().referral_id);
+    }
+    let (kept, moved) = (ids[0].clone(), ids[1].clone());
+    let mut ngo = broker.client("mlup-russey").await;
+    ngo.referrals
+        .redirect(pb::RedirectRequest {
+            action: Some(pb::Action {
+                referral_id: moved.clone(),
+                request_id: "redirect-1".into(),
+                actor_person: "សុភា (Sophea)".into(),
+                note: String::new(),
+            }),
+            redirect: Some(pb::Redirect {
+                to_agency_id: "dosvy-24".into(),
+                reason: "cannot travel to Pailin".into(),
+            }),
+        })
+        .await
+        .unwrap();
+    // Nothing was published: both referrals still wait in the NGO's outbox.
+    assert_eq!(
+        env.outbox("mlup-russey").await,
+        3,
+        "two referrals and the redirect's event"
+    );
+    assert_eq!(
+        env.carried_referrals("mlup-russey").await,
+        1,
+        "the redirect left the moved referral's body in the former recipient's outbox"
+    );
+
+    broker.kill().await;
+    let broker = BrokerProcess::start_with(&data, &broker.addr.to_string(), &settings).await;
+    broker.wait_for_health(ServingStatus::Serving).await;
+    let case_file = lama("any").case_file;
+    let mut ngo = broker.client("mlup-russey").await;
+    let mut stream = ngo.subscribe(10).await;
+    let mut seen = BTreeMap::new();
+    while seen.len() < 2 {
+        let delivery = stream
+            .next_within(Duration::from_secs(10), "the NGO's referrals")
+            .await;
+        if let Some(pb::delivery::Payload::Referral(r)) = &delivery.payload {
+            seen.insert(referral_of(&delivery), r.case_file.clone());
+        }
+        stream.confirm(delivery.delivery_id).await;
+    }
+    assert_eq!(seen[&kept], case_file, "the referral kept its case file");
+    assert!(
+        seen[&moved].is_empty(),
+        "the former recipient got the case file"
+    );
+
+    let mut department = broker.client("dosvy-24").await;
+    let mut stream = department.subscribe(10).await;
+    loop {
+        let delivery = stream
+            .next_within(Duration::from_secs(10), "the department's referral")
+            .await;
+        if let Some(pb::delivery::Payload::Referral(r)) = &delivery.payload {
+            assert_eq!(referral_of(&delivery), moved);
+            assert_eq!(
+                r.case_file, case_file,
+                "the new recipient reads the case file"
+            );
+            break;
+        }
+        stream.confirm(delivery.delivery_id).await;
     }
 }
 

@@ -470,16 +470,45 @@ impl Production {
 
     /// Outbox rows not yet published (and confirmed by RabbitMQ) for `agency`.
     pub async fn outbox(&self, agency: &str) -> i64 {
+        self.count("SELECT count(*) FROM mailbox WHERE agency_id = $1", agency)
+            .await
+    }
+
+    /// Referrals queued in `agency`'s outbox that carry their delivery (with its case file) in the
+    /// row, rather than being read back when published.
+    pub async fn carried_referrals(&self, agency: &str) -> i64 {
+        self.count(
+            "SELECT count(*) FROM mailbox WHERE agency_id = $1 AND event_id IS NULL \
+             AND body IS NOT NULL",
+            agency,
+        )
+        .await
+    }
+
+    async fn count(&self, query: &'static str, agency: &str) -> i64 {
         let mut db = sqlx::PgConnection::connect(&self.database_url)
             .await
             .unwrap();
-        let rows = sqlx::query_scalar("SELECT count(*) FROM mailbox WHERE agency_id = $1")
+        let rows = sqlx::query_scalar(query)
             .bind(agency)
             .fetch_one(&mut db)
             .await
             .unwrap();
         let _ = db.close().await;
         rows
+    }
+
+    /// `settings` with RabbitMQ out of reach ([`Production::unreachable_amqp_url`]): a broker
+    /// started with them accepts referrals and keeps them in its outbox.
+    pub fn out_of_reach(&self, settings: &[(String, String)]) -> Vec<(String, String)> {
+        settings
+            .iter()
+            .cloned()
+            .map(|(k, v)| match k.as_str() {
+                "SPEAN_BROKER_AMQP__URL" => (k, self.unreachable_amqp_url()),
+                _ => (k, v),
+            })
+            .collect()
     }
 
     /// An AMQP URL for this environment's vhost on a port where nothing listens: a RabbitMQ out of

@@ -29,6 +29,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use prost::Message;
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -555,7 +556,8 @@ impl Amqp {
     }
 
     /// Publishes a leased batch, bundled per agency, without waiting for confirms, and returns what
-    /// is needed to settle it. Rows whose referral or event no longer exists have nothing to carry:
+    /// is needed to settle it. A row that carries its delivery goes as it is; the others are loaded
+    /// first, all in one read. Rows whose referral or event no longer exists have nothing to carry:
     /// they are settled as if published.
     async fn publish(
         &self,
@@ -565,21 +567,26 @@ impl Amqp {
     ) -> Result<Published, DeliveryError> {
         let wanted: Vec<(AgencyId, DeliveryRef)> = batch
             .iter()
+            .filter(|e| e.carried.is_none())
             .map(|e| (e.agency.clone(), e.reference()))
             .collect();
-        let contents = workflow
+        let mut contents = workflow
             .load_deliveries(&wanted)
             .await
-            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?;
+            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?
+            .into_iter();
         let mut published = Published::default();
         let mut deliveries = Vec::with_capacity(batch.len());
-        for (entry, content) in batch.into_iter().zip(contents) {
-            match content {
-                Some(content) => deliveries.push((
-                    entry.agency,
-                    entry.seq,
-                    convert::delivery(entry.delivery_id, content),
-                )),
+        for entry in batch {
+            let encoded = match &entry.carried {
+                Some(body) => Some(bundle::with_id(entry.delivery_id, body)),
+                None => contents
+                    .next()
+                    .flatten()
+                    .map(|content| convert::delivery(entry.delivery_id, content).encode_to_vec()),
+            };
+            match encoded {
+                Some(encoded) => deliveries.push((entry.agency, entry.seq, encoded)),
                 None => published.empty.push(entry.seq),
             }
         }

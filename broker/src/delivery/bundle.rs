@@ -24,7 +24,9 @@ use prost::Message;
 use spean_proto::v1 as pb;
 
 use super::DeliveryRef;
+use crate::gateway::convert;
 use crate::ids::{AgencyId, ReferralId};
+use crate::referral::workflow::DeliveryContent;
 
 /// The AMQP `type` of a message holding a [`DeliveryBundle`].
 pub const BUNDLE_TYPE: &str = "spean.v1.DeliveryBundle";
@@ -44,6 +46,38 @@ pub struct DeliveryBundle {
     pub deliveries: Vec<pb::Delivery>,
 }
 
+/// The same wire form as [`DeliveryBundle`] (field 1, length-delimited, repeated), written from
+/// deliveries already encoded: a carried delivery goes out without being decoded.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EncodedBundle {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    deliveries: Vec<Vec<u8>>,
+}
+
+/// A delivery's content encoded when its change is written, to be carried in its outbox row: a
+/// `spean.v1.Delivery` without its `delivery_id`. The relay then publishes it without reading the
+/// referral or event back from the store.
+pub fn carried(content: DeliveryContent) -> Vec<u8> {
+    pb::Delivery {
+        delivery_id: String::new(),
+        payload: Some(convert::payload(content)),
+    }
+    .encode_to_vec()
+}
+
+/// A [`carried`] delivery with its id, encoded. Protobuf reads concatenated messages as one (a
+/// field present in both takes the later value, and `carried` has no id), so the id's encoding
+/// followed by the carried bytes is the whole delivery, byte for byte what encoding it whole gives.
+pub fn with_id(delivery_id: uuid::Uuid, carried: &[u8]) -> Vec<u8> {
+    let head = pb::Delivery {
+        delivery_id: delivery_id.to_string(),
+        payload: None,
+    };
+    let mut out = head.encode_to_vec();
+    out.extend_from_slice(carried);
+    out
+}
+
 /// One message to publish: its agency, its body, and the outbox rows it carries (deleted once
 /// RabbitMQ confirms it).
 #[derive(Debug)]
@@ -53,21 +87,21 @@ pub struct Outgoing {
     pub body: Vec<u8>,
 }
 
-/// Groups a batch's deliveries, already in outbox order, into messages: one per agency and at
-/// most `max` deliveries (and about [`MAX_BUNDLE_BYTES`]) each. Each agency's deliveries keep
-/// their order, within a message and from one message to the next. `max` of 1 publishes every
-/// delivery alone, still as a bundle.
-pub fn bundle(deliveries: Vec<(AgencyId, i64, pb::Delivery)>, max: usize) -> Vec<Outgoing> {
+/// Groups a batch's deliveries (each an encoded `spean.v1.Delivery`), already in outbox order,
+/// into messages: one per agency and at most `max` deliveries (and about [`MAX_BUNDLE_BYTES`])
+/// each. Each agency's deliveries keep their order, within a message and from one message to the
+/// next. `max` of 1 publishes every delivery alone, still as a bundle.
+pub fn bundle(deliveries: Vec<(AgencyId, i64, Vec<u8>)>, max: usize) -> Vec<Outgoing> {
     let max = max.max(1);
     // Agencies in order of their first delivery in the batch; a batch holds few agencies.
-    let mut open: Vec<(AgencyId, Vec<i64>, DeliveryBundle, usize)> = Vec::new();
+    let mut open: Vec<(AgencyId, Vec<i64>, EncodedBundle, usize)> = Vec::new();
     let mut done = Vec::new();
     for (agency, seq, delivery) in deliveries {
-        let size = delivery.encoded_len();
+        let size = delivery.len();
         let slot = match open.iter().position(|(a, ..)| *a == agency) {
             Some(i) => i,
             None => {
-                open.push((agency.clone(), Vec::new(), DeliveryBundle::default(), 0));
+                open.push((agency.clone(), Vec::new(), EncodedBundle::default(), 0));
                 open.len() - 1
             }
         };
@@ -178,6 +212,13 @@ mod tests {
         }
     }
 
+    fn encoded(batch: Vec<(AgencyId, i64, pb::Delivery)>) -> Vec<(AgencyId, i64, Vec<u8>)> {
+        batch
+            .into_iter()
+            .map(|(a, s, d)| (a, s, d.encode_to_vec()))
+            .collect()
+    }
+
     fn contents(out: &Outgoing) -> Vec<pb::Delivery> {
         unbundle(Some(BUNDLE_TYPE), &out.body)
             .unwrap()
@@ -195,11 +236,8 @@ mod tests {
                 (to.clone(), i64::from(n), referral(n, "សុខា"))
             })
             .collect();
-        let sent: Vec<_> = batch
-            .iter()
-            .map(|(a, s, d)| (a.clone(), *s, d.clone()))
-            .collect();
-        let out = bundle(batch, 2);
+        let sent = batch.clone();
+        let out = bundle(encoded(batch), 2);
         let per_agency = |who: &AgencyId| -> Vec<i64> {
             out.iter()
                 .filter(|o| o.agency == *who)
@@ -231,13 +269,43 @@ mod tests {
         let batch = (0..4)
             .map(|n| (a.clone(), i64::from(n), referral(n, &big)))
             .collect();
-        let out = bundle(batch, 64);
+        let out = bundle(encoded(batch), 64);
         let sizes: Vec<usize> = out.iter().map(|o| o.seqs.len()).collect();
         assert_eq!(sizes, vec![2, 2]);
         let huge = "ក".repeat(MAX_BUNDLE_BYTES);
-        let out = bundle(vec![(a.clone(), 1, referral(1, &huge))], 64);
+        let out = bundle(encoded(vec![(a.clone(), 1, referral(1, &huge))]), 64);
         assert_eq!(out.len(), 1);
         assert_eq!(contents(&out[0]).len(), 1);
+    }
+
+    #[test]
+    fn a_carried_delivery_with_its_id_is_the_delivery_encoded_whole() {
+        use crate::referral::{Event, EventDetails, EventKind, FreeText, State};
+        let event = Event {
+            id: uuid::Uuid::now_v7(),
+            referral_id: ReferralId::new(),
+            kind: EventKind::Acknowledged,
+            actor: agency("mlup-russey"),
+            actor_person: FreeText::parse("actor_person", "សុខា", 200).unwrap(),
+            at: time::OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap(),
+            note: FreeText::parse("note", "បានទទួល — received", 200).unwrap(),
+            state_after: State::Acknowledged,
+            details: EventDetails::None,
+            request_id: None,
+        };
+        let delivery_id = uuid::Uuid::now_v7();
+        let whole = convert::delivery(delivery_id, DeliveryContent::Event(Box::new(event.clone())));
+        let body = carried(DeliveryContent::Event(Box::new(event)));
+        assert!(
+            !String::from_utf8_lossy(&body).contains(&delivery_id.to_string()),
+            "a carried delivery has no id of its own"
+        );
+        let joined = with_id(delivery_id, &body);
+        assert_eq!(joined, whole.encode_to_vec());
+        let out = bundle(vec![(agency("mlup-russey"), 7, joined)], 64);
+        let read = unbundle(Some(BUNDLE_TYPE), &out[0].body).unwrap();
+        assert_eq!(read[0].0, whole);
+        assert_eq!(read[0].1.delivery_id, delivery_id);
     }
 
     #[test]

@@ -371,15 +371,19 @@ pub fn referral(r: Referral, history: &[Event]) -> pb::Referral {
 
 /// One delivery as it goes down a `Subscribe` stream (or into an agency's queue).
 pub fn delivery(delivery_id: uuid::Uuid, content: DeliveryContent) -> pb::Delivery {
-    let payload = match content {
+    pb::Delivery {
+        delivery_id: delivery_id.to_string(),
+        payload: Some(payload(content)),
+    }
+}
+
+/// What a delivery carries, without its id.
+pub fn payload(content: DeliveryContent) -> pb::delivery::Payload {
+    match content {
         DeliveryContent::Referral(r, history) => {
             pb::delivery::Payload::Referral(referral(*r, &history))
         }
         DeliveryContent::Event(event) => pb::delivery::Payload::Feedback(self::event(&event)),
-    };
-    pb::Delivery {
-        delivery_id: delivery_id.to_string(),
-        payload: Some(payload),
     }
 }
 

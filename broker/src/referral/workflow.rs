@@ -13,7 +13,7 @@ use tokio::sync::RwLock;
 
 use super::state::{self, EventKind, State};
 use super::{Action, Addressee, Event, EventDetails, FreeText, ListQuery, NewReferral, Referral};
-use crate::delivery::{DeliveryRef, Doorbell};
+use crate::delivery::{DeliveryRef, Doorbell, bundle};
 use crate::directory::Directory;
 use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
@@ -48,6 +48,9 @@ pub struct Workflow {
     doorbell: Arc<Doorbell>,
     limits: Limits,
     directory: RwLock<CachedDirectory>,
+    /// Whether deliveries are encoded when their change is written and carried in the outbox
+    /// rows ([`Workflow::carrying_deliveries`]).
+    carry: bool,
 }
 
 impl Workflow {
@@ -69,7 +72,18 @@ impl Workflow {
                 version,
                 checked: Instant::now(),
             }),
+            carry: false,
         })
+    }
+
+    /// Encodes each delivery when its change is written, for the store to carry in its outbox row
+    /// ([`crate::store::NewDelivery::body`]), if the store does. For the RabbitMQ relay: it then
+    /// publishes a batch as it leased it, without reading the referrals and events back, which
+    /// takes a round trip to the database out of its serial cycle. Embedded delivery reads its
+    /// mailbox rows as they are and has no use for it.
+    pub fn carrying_deliveries(mut self, carry: bool) -> Self {
+        self.carry = carry && self.store.carries_deliveries();
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -147,7 +161,7 @@ impl Workflow {
             }
         };
 
-        let now = OffsetDateTime::now_utc();
+        let now = now();
         let referral = Referral {
             id: ReferralId::new(),
             client_ref: new.client_ref,
@@ -180,6 +194,12 @@ impl Workflow {
         let deliveries = [NewDelivery {
             agency: recipient.clone(),
             event_id: None,
+            body: self.carry.then(|| {
+                bundle::carried(DeliveryContent::Referral(
+                    Box::new(referral.clone()),
+                    vec![event.clone()],
+                ))
+            }),
         }];
         match self.store.submit(&referral, &event, &deliveries).await? {
             SubmitOutcome::Created => {
@@ -318,7 +338,7 @@ impl Workflow {
                 }
                 _ => None,
             };
-            let now = OffsetDateTime::now_utc();
+            let now = now();
             let event = Event {
                 id: uuid::Uuid::now_v7(),
                 referral_id: referral.id,
@@ -393,7 +413,7 @@ impl Workflow {
         to: State,
         new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let (change, parties) = change_for(snapshot, event, to, new_recipient);
+        let (change, parties) = change_for(snapshot, event, to, new_recipient, self.carry);
         let outcome = self.store.apply(&change).await?;
         if matches!(outcome, ChangeOutcome::Recorded) {
             self.announce(&change, &parties);
@@ -485,7 +505,7 @@ impl Workflow {
         let (mut changes, mut parties) = (Vec::with_capacity(ids.len()), Vec::new());
         for snapshot in self.store.snapshots(&ids).await? {
             if let Some((event, to)) = delivered_event(agency, &snapshot) {
-                let (change, told) = change_for(&snapshot, event, to, None);
+                let (change, told) = change_for(&snapshot, event, to, None, self.carry);
                 changes.push(change);
                 parties.push(told);
             }
@@ -519,6 +539,12 @@ impl Workflow {
     }
 }
 
+/// The current time as the store keeps it, in whole microseconds: what a caller is answered, what a
+/// carried delivery holds and what a later read returns are then the same instant.
+fn now() -> OffsetDateTime {
+    crate::store::from_micros(crate::store::micros(OffsetDateTime::now_utc()))
+}
+
 /// The `delivered` event to record for a referral `agency` confirmed, and the state it leaves; `None`
 /// if nothing is to be recorded (the agency is not its recipient, or this delivery is recorded).
 fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, State)> {
@@ -534,7 +560,7 @@ fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, Sta
         kind: EventKind::Delivered,
         actor: agency.clone(),
         actor_person: FreeText::default(),
-        at: OffsetDateTime::now_utc(),
+        at: now(),
         note: FreeText::default(),
         state_after: to,
         details: EventDetails::None,
@@ -545,12 +571,15 @@ fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, Sta
 
 /// The change that records `event` on the referral read in `snapshot`, with a delivery of the event
 /// to every party (and, on redirect, the referral itself to the new recipient); and the parties, whose
-/// sessions are woken once it is recorded.
+/// sessions are woken once it is recorded. With `carry`, the event's deliveries carry it encoded.
+/// The referral sent on a redirect never does: the snapshot has no case file, so it is loaded
+/// when it is published.
 fn change_for(
     snapshot: &Snapshot,
     event: Event,
     to: State,
     new_recipient: Option<AgencyId>,
+    carry: bool,
 ) -> (Change, Vec<AgencyId>) {
     let referral = &snapshot.referral;
     let mut parties = snapshot.parties.clone();
@@ -562,11 +591,14 @@ fn change_for(
         deliveries.push(NewDelivery {
             agency: new.clone(),
             event_id: None,
+            body: None,
         });
     }
+    let body = carry.then(|| bundle::carried(DeliveryContent::Event(Box::new(event.clone()))));
     deliveries.extend(parties.iter().map(|agency| NewDelivery {
         agency: agency.clone(),
         event_id: Some(event.id),
+        body: body.clone(),
     }));
     let change = Change {
         referral_id: referral.id,

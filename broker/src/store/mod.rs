@@ -30,6 +30,9 @@ pub struct MailboxEntry {
     pub referral_id: ReferralId,
     /// `None`: the referral itself; otherwise one history event.
     pub event_id: Option<uuid::Uuid>,
+    /// The delivery as it was encoded when queued ([`NewDelivery::body`]), if the store carries
+    /// it and the outbox relay leased the row; `None`: load the content when sending.
+    pub carried: Option<Vec<u8>>,
 }
 
 impl MailboxEntry {
@@ -48,6 +51,10 @@ impl MailboxEntry {
 pub struct NewDelivery {
     pub agency: AgencyId,
     pub event_id: Option<uuid::Uuid>,
+    /// The delivery encoded now, without its id ([`crate::delivery::bundle::carried`]), for a
+    /// store that [carries deliveries](Store::carries_deliveries): the relay publishes it as it is
+    /// instead of reading the referral or event back. `None`: loaded when it is sent.
+    pub body: Option<Vec<u8>>,
 }
 
 /// One change to an existing referral: the new state, the event that explains it, and who hears of it.
@@ -169,6 +176,12 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         lease: std::time::Duration,
     ) -> Result<Vec<MailboxEntry>, StoreError>;
+    /// Whether mailbox rows keep [`NewDelivery::body`] and hand it back from
+    /// [`Store::lease_outbox`]. Worth it only with RabbitMQ, whose relay publishes the body as it
+    /// is; a store that does not simply ignores bodies, and its relay loads every delivery.
+    fn carries_deliveries(&self) -> bool {
+        false
+    }
     /// Deletes rows RabbitMQ confirmed.
     async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError>;
     /// A round trip to the database, for health checks.

@@ -155,20 +155,34 @@ const EVENT_BY_REQUEST: &str = concat!(
     " FROM referral_events WHERE actor = $1 AND request_id = $2"
 );
 
-/// A change's deliveries as three parallel arrays (agency, new delivery id, event id or NULL) for
-/// `unnest`: any number of deliveries in one statement.
-fn delivery_columns(deliveries: &[NewDelivery]) -> (Vec<String>, Vec<String>, Vec<Option<String>>) {
-    let mut columns = (
-        Vec::with_capacity(deliveries.len()),
-        Vec::with_capacity(deliveries.len()),
-        Vec::with_capacity(deliveries.len()),
-    );
-    for d in deliveries {
-        columns.0.push(d.agency.as_str().to_owned());
-        columns.1.push(uuid::Uuid::now_v7().to_string());
-        columns.2.push(d.event_id.map(|e| e.to_string()));
+/// A change's deliveries as parallel arrays for `unnest`: any number of deliveries in one
+/// statement.
+#[derive(Default)]
+struct DeliveryColumns {
+    agency: Vec<String>,
+    /// A new delivery id for each.
+    delivery: Vec<String>,
+    /// NULL: the referral itself.
+    event: Vec<Option<String>>,
+    /// The carried delivery, or NULL.
+    body: Vec<Option<Vec<u8>>>,
+}
+
+impl DeliveryColumns {
+    fn of(deliveries: &[NewDelivery]) -> Self {
+        let mut columns = Self::default();
+        columns.extend(deliveries);
+        columns
     }
-    columns
+
+    fn extend(&mut self, deliveries: &[NewDelivery]) {
+        for d in deliveries {
+            self.agency.push(d.agency.as_str().to_owned());
+            self.delivery.push(uuid::Uuid::now_v7().to_string());
+            self.event.push(d.event_id.map(|e| e.to_string()));
+            self.body.push(d.body.clone());
+        }
+    }
 }
 
 /// The event `actor` recorded under `request_id`, if any, read through `executor` (the pool or an open
@@ -241,14 +255,11 @@ impl PgStore {
                 serde_json::to_string(&e.details)
                     .map_err(|err| rows::corrupt("referral_events", err))?,
             );
-            let (agencies, deliveries, events) = delivery_columns(&change.deliveries);
             c.d_referral.extend(std::iter::repeat_n(
                 change.referral_id.to_string(),
-                agencies.len(),
+                change.deliveries.len(),
             ));
-            c.d_agency.extend(agencies);
-            c.d_delivery.extend(deliveries);
-            c.d_event.extend(events);
+            c.d.extend(&change.deliveries);
         }
         let applied: Vec<String> = sqlx::query_scalar(
             "WITH c AS ( \
@@ -272,11 +283,18 @@ impl PgStore {
                SELECT u.id, c.recipient FROM c JOIN u ON u.id = c.referral::uuid \
                WHERE c.recipient IS NOT NULL ON CONFLICT DO NOTHING), \
              m AS ( \
-               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, c.at \
-               FROM unnest($14::text[], $15::text[], $16::text[], $17::text[]) \
-                 AS d(referral, agency, delivery, event) \
-               JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral) \
+               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, \
+               body) \
+               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, c.at, d.body \
+               FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[]) \
+                 AS d(referral, agency, delivery, event, body) \
+               JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral), \
+             x AS ( \
+               UPDATE mailbox SET body = NULL FROM c JOIN u ON u.id = c.referral::uuid \
+               JOIN referrals r ON r.id = u.id \
+               WHERE c.recipient IS NOT NULL AND mailbox.agency_id = r.recipient \
+               AND mailbox.referral_id = u.id AND mailbox.event_id IS NULL \
+               AND mailbox.body IS NOT NULL) \
              SELECT id::text FROM u",
         )
         .persistent(false)
@@ -294,9 +312,10 @@ impl PgStore {
         .bind(c.state_after)
         .bind(c.details)
         .bind(c.d_referral)
-        .bind(c.d_agency)
-        .bind(c.d_delivery)
-        .bind(c.d_event)
+        .bind(c.d.agency)
+        .bind(c.d.delivery)
+        .bind(c.d.event)
+        .bind(c.d.body)
         .fetch_all(&self.pool)
         .await?;
         let applied: std::collections::HashSet<String> = applied.into_iter().collect();
@@ -329,10 +348,9 @@ struct BatchColumns {
     note: Vec<String>,
     state_after: Vec<String>,
     details: Vec<String>,
+    /// The referral each delivery belongs to, beside its columns.
     d_referral: Vec<String>,
-    d_agency: Vec<String>,
-    d_delivery: Vec<String>,
-    d_event: Vec<Option<String>>,
+    d: DeliveryColumns,
 }
 
 impl BatchColumns {
@@ -614,9 +632,16 @@ impl Store for PgStore {
                INSERT INTO referral_access (referral_id, agency_id) \
                SELECT u.id, $3 FROM u WHERE $3::text IS NOT NULL ON CONFLICT DO NOTHING), \
              m AS ( \
-               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, $2 \
-               FROM u, unnest($16::text[], $17::text[], $18::text[]) AS d(agency, delivery, event)) \
+               INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, \
+               body) \
+               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, $2, d.body \
+               FROM u, unnest($16::text[], $17::text[], $18::text[], $19::bytea[]) \
+                 AS d(agency, delivery, event, body)), \
+             x AS ( \
+               UPDATE mailbox SET body = NULL FROM u, referrals r \
+               WHERE $3::text IS NOT NULL AND r.id = u.id AND mailbox.agency_id = r.recipient \
+               AND mailbox.referral_id = u.id AND mailbox.event_id IS NULL \
+               AND mailbox.body IS NOT NULL) \
              SELECT count(*) FROM u",
         )
         .bind(change.state.as_str())
@@ -624,11 +649,12 @@ impl Store for PgStore {
         .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
         .bind(change.referral_id.to_string())
         .bind(change.expected_version);
-        let (agencies, delivery_ids, event_ids) = delivery_columns(&change.deliveries);
+        let d = DeliveryColumns::of(&change.deliveries);
         let applied = rows::bind_event!(query, change.event, details)
-            .bind(agencies)
-            .bind(delivery_ids)
-            .bind(event_ids)
+            .bind(d.agency)
+            .bind(d.delivery)
+            .bind(d.event)
+            .bind(d.body)
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0));
@@ -730,7 +756,8 @@ impl Store for PgStore {
              UPDATE mailbox SET lease_until = (SELECT us FROM now) + $1 WHERE seq = ANY (ARRAY( \
              SELECT seq FROM mailbox WHERE lease_until IS NULL OR lease_until < (SELECT us FROM now) \
               ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING ",
-            mailbox_columns!()
+            mailbox_columns!(),
+            ", body"
         ))
         .bind(lease)
         .bind(i64::from(limit))
@@ -738,10 +765,18 @@ impl Store for PgStore {
         .await?;
         let mut entries = rows
             .iter()
-            .map(rows::mailbox)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|row| {
+                let mut entry = rows::mailbox(row)?;
+                entry.carried = row.try_get("body")?;
+                Ok(entry)
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         entries.sort_by_key(|e| e.seq);
         Ok(entries)
+    }
+
+    fn carries_deliveries(&self) -> bool {
+        true
     }
 
     async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError> {

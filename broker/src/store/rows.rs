@@ -232,5 +232,6 @@ pub(super) fn mailbox(row: &impl Columns) -> Result<MailboxEntry, StoreError> {
             .map(|e| uuid::Uuid::parse_str(&e))
             .transpose()
             .map_err(|_| bad("event_id"))?,
+        carried: None,
     })
 }

@@ -176,6 +176,7 @@ conformance!(
     crossing_batches_of_changes_record_each_change_once,
     submits_made_at_once_are_each_written_whole,
     confirmations_that_arrive_together_record_each_delivery_once,
+    carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recipient,
 );
 
 const KHMER: &str = "សុខ ស្រីល័ក្ខ";
@@ -233,6 +234,7 @@ async fn submit(store: &Arc<dyn Store>, client_ref: &str) -> Referral {
     let d = [NewDelivery {
         agency: r.recipient.clone(),
         event_id: None,
+        body: None,
     }];
     assert!(matches!(
         store.submit(&r, &e, &d).await.unwrap(),
@@ -251,9 +253,28 @@ fn change(r: &Referral, version: i64, e: Event, to: State) -> Change {
         deliveries: vec![NewDelivery {
             agency: r.sender.clone(),
             event_id: Some(e.id),
+            body: None,
         }],
         event: e,
     }
+}
+
+/// The NGO redirects `r`, read at version 1, to `to`: its event to the sender, and the referral
+/// itself to the new recipient.
+fn redirect(r: &Referral, to: &str) -> Change {
+    let mut redirect = change(
+        r,
+        1,
+        event(r, EventKind::Redirected, "mlup-russey", State::Sent, None),
+        State::Sent,
+    );
+    redirect.new_recipient = Some(agency(to));
+    redirect.deliveries.push(NewDelivery {
+        agency: agency(to),
+        event_id: None,
+        body: None,
+    });
+    redirect
 }
 
 /// Runs `task` on `n` tasks at once: each first takes a pooled connection (so the pool is warm) and
@@ -752,6 +773,7 @@ async fn a_failed_write_leaves_nothing_and_spares_the_writes_beside_it(f: Fixtur
                     let d = [NewDelivery {
                         agency: r.recipient.clone(),
                         event_id: None,
+                        body: None,
                     }];
                     matches!(
                         store.submit(&r, &e, &d).await.unwrap(),
@@ -895,6 +917,7 @@ async fn concurrent_submits_of_one_client_ref_create_one_referral(f: Fixture) {
         let d = [NewDelivery {
             agency: r.recipient.clone(),
             event_id: None,
+            body: None,
         }];
         async move { (r.id, store.submit(&r, &e, &d).await.unwrap()) }
     })
@@ -971,18 +994,7 @@ async fn changes_applied_together_each_apply_to_the_version_they_read(f: Fixture
         change(r, version, e, State::Delivered)
     };
     let stale = delivered(&b, 1);
-    let mut redirect = change(
-        &c,
-        1,
-        event(&c, EventKind::Redirected, "mlup-russey", State::Sent, None),
-        State::Sent,
-    );
-    redirect.new_recipient = Some(agency("dosvy-24"));
-    redirect.deliveries.push(NewDelivery {
-        agency: agency("dosvy-24"),
-        event_id: None,
-    });
-    let changes = [delivered(&a, 1), stale.clone(), redirect];
+    let changes = [delivered(&a, 1), stale.clone(), redirect(&c, "dosvy-24")];
     let outcomes = store.apply_all(&changes).await.unwrap();
     assert!(
         matches!(
@@ -1152,6 +1164,7 @@ async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
         let d = [NewDelivery {
             agency: r.recipient.clone(),
             event_id: None,
+            body: None,
         }];
         async move {
             let outcome = store.submit(&r, &e, &d).await.unwrap();
@@ -1275,5 +1288,97 @@ async fn confirmations_that_arrive_together_record_each_delivery_once(f: Fixture
         .unwrap();
     for r in [&fresh, &other, &done] {
         assert_eq!(delivered(store.history(r.id).await.unwrap()), 1);
+    }
+}
+
+/// A store that carries deliveries hands each row's body back with its lease, so the relay
+/// publishes it without loading it. A redirect, applied alone or in a batch, clears the body of
+/// the referral still queued for the former recipient: loaded at publish time, it goes without its
+/// case file. A store that does not carry them leases every row without a body.
+async fn carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recipient(f: Fixture) {
+    let store = f.store.clone();
+    let submit_carried = |client_ref: &str| {
+        let store = store.clone();
+        let r = referral(client_ref);
+        async move {
+            let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
+            let d = [NewDelivery {
+                agency: r.recipient.clone(),
+                event_id: None,
+                body: Some(format!("referral {}", r.client_ref.as_str()).into_bytes()),
+            }];
+            assert!(matches!(
+                store.submit(&r, &e, &d).await.unwrap(),
+                SubmitOutcome::Created
+            ));
+            r
+        }
+    };
+    let (a, b, c) = (
+        submit_carried("k-a").await,
+        submit_carried("k-b").await,
+        submit_carried("k-c").await,
+    );
+    assert!(matches!(
+        store.apply(&redirect(&b, "dosvy-24")).await.unwrap(),
+        ChangeOutcome::Recorded
+    ));
+    let mut acked = change(
+        &a,
+        1,
+        event(
+            &a,
+            EventKind::Acknowledged,
+            "mlup-russey",
+            State::Acknowledged,
+            None,
+        ),
+        State::Acknowledged,
+    );
+    acked.deliveries[0].body = Some("acknowledged".as_bytes().to_vec());
+    let outcomes = store
+        .apply_all(&[acked.clone(), redirect(&c, "dosvy-24")])
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            outcomes[..],
+            [ChangeOutcome::Recorded, ChangeOutcome::Recorded]
+        ),
+        "{outcomes:?}"
+    );
+    if let Some(batches) = f.batches() {
+        assert_eq!(batches.written, 1, "the redirect went through the batch");
+    }
+
+    let leased = store
+        .lease_outbox(100, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let body = |who: &str, r: &Referral, event: Option<uuid::Uuid>| {
+        let found: Vec<_> = leased
+            .iter()
+            .filter(|e| e.agency == agency(who) && e.referral_id == r.id && e.event_id == event)
+            .collect();
+        assert_eq!(found.len(), 1, "{who} {event:?}");
+        found[0]
+            .carried
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let carries = store.carries_deliveries();
+    let expect = |text: &str| carries.then(|| text.to_owned());
+    assert_eq!(body("mlup-russey", &a, None), expect("referral k-a"));
+    assert_eq!(
+        body("ahc-swu", &a, Some(acked.event.id)),
+        expect("acknowledged")
+    );
+    for r in [&b, &c] {
+        assert_eq!(
+            body("mlup-russey", r, None),
+            None,
+            "the former recipient's queued referral keeps its body"
+        );
+        assert_eq!(body("dosvy-24", r, None), None);
     }
 }

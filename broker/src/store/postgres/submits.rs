@@ -16,7 +16,7 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Batches, by_client_ref, delivery_columns, micros, rows};
+use super::{Batches, DeliveryColumns, by_client_ref, micros, rows};
 use crate::error::StoreError;
 use crate::ids::ReferralId;
 use crate::referral::{Event, Referral};
@@ -142,22 +142,24 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
            INSERT INTO referral_access (referral_id, agency_id) \
            SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
          m AS ( \
-           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31 \
-           FROM r, unnest($32::text[], $33::text[], $34::text[]) AS d(agency, delivery, event)) \
+           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body) \
+           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31, d.body \
+           FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[]) \
+             AS d(agency, delivery, event, body)) \
          SELECT count(*) FROM r",
     );
     let query = rows::bind_referral!(query, referral);
-    let (agencies, delivery_ids, event_ids) = delivery_columns(&s.deliveries);
+    let d = DeliveryColumns::of(&s.deliveries);
     let inserted: i64 = rows::bind_event!(query, event, details)
         .bind(vec![
             referral.sender.as_str().to_owned(),
             referral.recipient.as_str().to_owned(),
         ])
         .bind(micros(event.at))
-        .bind(agencies)
-        .bind(delivery_ids)
-        .bind(event_ids)
+        .bind(d.agency)
+        .bind(d.delivery)
+        .bind(d.event)
+        .bind(d.body)
         .fetch_one(pool)
         .await
         .and_then(|row| row.try_get(0))?;
@@ -224,10 +226,10 @@ async fn insert_batch(
            SELECT r.id, x FROM c JOIN r ON r.id = c.id::uuid, \
            unnest(ARRAY[c.sender, c.recipient]) AS x ON CONFLICT DO NOTHING), \
          m AS ( \
-           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, c.at \
-           FROM unnest($29::text[], $30::text[], $31::text[], $32::text[]) WITH ORDINALITY \
-             AS d(referral, agency, delivery, event, n) \
+           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body) \
+           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, c.at, d.body \
+           FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[]) \
+             WITH ORDINALITY AS d(referral, agency, delivery, event, body, n) \
            JOIN r ON r.id = d.referral::uuid JOIN c ON c.id = d.referral ORDER BY d.n) \
          SELECT id::text FROM r",
     )
@@ -261,9 +263,10 @@ async fn insert_batch(
     .bind(c.details)
     .bind(c.request_id)
     .bind(c.d_referral)
-    .bind(c.d_agency)
-    .bind(c.d_delivery)
-    .bind(c.d_event)
+    .bind(c.d.agency)
+    .bind(c.d.delivery)
+    .bind(c.d.event)
+    .bind(c.d.body)
     .fetch_all(pool)
     .await?;
     created
@@ -303,10 +306,9 @@ struct Columns {
     state_after: Vec<String>,
     details: Vec<String>,
     request_id: Vec<Option<String>>,
+    /// The referral each delivery belongs to, beside its columns.
     d_referral: Vec<String>,
-    d_agency: Vec<String>,
-    d_delivery: Vec<String>,
-    d_event: Vec<Option<String>>,
+    d: DeliveryColumns,
 }
 
 impl Columns {
@@ -354,12 +356,9 @@ impl Columns {
         );
         self.request_id
             .push(e.request_id.as_ref().map(|r| r.as_str().to_owned()));
-        let (agencies, deliveries, events) = delivery_columns(&s.deliveries);
         self.d_referral
-            .extend(std::iter::repeat_n(r.id.to_string(), agencies.len()));
-        self.d_agency.extend(agencies);
-        self.d_delivery.extend(deliveries);
-        self.d_event.extend(events);
+            .extend(std::iter::repeat_n(r.id.to_string(), s.deliveries.len()));
+        self.d.extend(&s.deliveries);
         Ok(())
     }
 }
