@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::rows;
@@ -62,31 +62,15 @@ impl Batches {
     }
 }
 
-/// How long a pooled connection, and the plans it holds, live before the pool replaces it.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30 * 60);
-
 impl PgStore {
     /// Connects to `url` (`postgres://...`) and runs the migrations. Sixteen connections leave room on a
     /// server's default 100 for several brokers; a request that waits 10 s for one fails (and maps to
     /// UNAVAILABLE) rather than hanging behind a saturated pool.
-    ///
-    /// Sessions use generic plans (`plan_cache_mode = force_generic_plan`): a prepared statement is
-    /// planned once per connection instead of at every execution. PostgreSQL otherwise keeps
-    /// re-planning the batch writes, whose many CTEs and array parameters make planning cost more
-    /// than running them: under load, parsing and planning took 17 % of the whole machine, and 5 %
-    /// with generic plans (`docs/performance.md`, step 11). A generic plan is made for the tables
-    /// as they are when it is made. It is made again when autovacuum's `ANALYZE` invalidates it, or
-    /// at the latest when the pool replaces the connection after [`CONNECTION_LIFETIME`], so a plan
-    /// made while a table was nearly empty does not outlive the table's growth for long.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = url
-            .parse::<PgConnectOptions>()?
-            .options([("plan_cache_mode", "force_generic_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(10))
-            .max_lifetime(CONNECTION_LIFETIME)
-            .connect_with(options)
+            .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let batches = Arc::new(Batches::default());
@@ -313,6 +297,7 @@ impl PgStore {
                AND mailbox.body IS NOT NULL) \
              SELECT id::text FROM u",
         )
+        .persistent(false)
         .bind(c.referral)
         .bind(c.version)
         .bind(c.state)
@@ -526,10 +511,8 @@ impl Store for PgStore {
 
     /// The batch reads are not kept as prepared statements: PostgreSQL would soon plan them once
     /// for any array of ids, and a plan chosen while the table was small (a sequential scan) would
-    /// then read the whole table for every batch until it is planned again. Unnamed, they are
-    /// planned at every execution for the table as it is then, which finds the index once the
-    /// table is large enough to need it. (The batch writes are kept prepared despite the same
-    /// risk, because planning them costs far more; see [`PgStore::connect`].)
+    /// then read the whole table for every batch as it grows. Unnamed, they are planned with the
+    /// ids in hand, which always finds the index.
     async fn referrals_with_history(
         &self,
         ids: &[ReferralId],

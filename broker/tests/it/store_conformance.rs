@@ -179,19 +179,6 @@ conformance!(
     carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recipient,
 );
 
-/// Every session of the production store plans a prepared statement once (see
-/// `PgStore::connect`): without it, PostgreSQL plans the batch writes again at every execution.
-#[tokio::test]
-async fn postgres_sessions_use_generic_plans() {
-    let f = postgres().await;
-    let pool = f.pg.as_ref().unwrap().pool();
-    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    assert_eq!(mode, "force_generic_plan");
-}
-
 const KHMER: &str = "សុខ ស្រីល័ក្ខ";
 
 fn agency(id: &str) -> AgencyId {

@@ -233,6 +233,7 @@ async fn insert_batch(
            JOIN r ON r.id = d.referral::uuid JOIN c ON c.id = d.referral ORDER BY d.n) \
          SELECT id::text FROM r",
     )
+    .persistent(false)
     .bind(c.id)
     .bind(c.sender)
     .bind(c.client_ref)
