@@ -261,7 +261,52 @@ impl PgStore {
             ));
             c.d.extend(&change.deliveries);
         }
-        let applied: Vec<String> = sqlx::query_scalar(
+        let statement = if changes.iter().any(|c| c.new_recipient.is_some()) {
+            CHANGES_WITH_REDIRECTS
+        } else {
+            CHANGES
+        };
+        let applied: Vec<String> = sqlx::query_scalar(statement)
+            .persistent(false)
+            .bind(c.referral)
+            .bind(c.version)
+            .bind(c.state)
+            .bind(c.at)
+            .bind(c.recipient)
+            .bind(c.event)
+            .bind(c.kind)
+            .bind(c.actor)
+            .bind(c.person)
+            .bind(c.event_at)
+            .bind(c.note)
+            .bind(c.state_after)
+            .bind(c.details)
+            .bind(c.d_referral)
+            .bind(c.d.agency)
+            .bind(c.d.delivery)
+            .bind(c.d.event)
+            .bind(c.d.body)
+            .fetch_all(&self.pool)
+            .await?;
+        let applied: std::collections::HashSet<String> = applied.into_iter().collect();
+        Ok(changes
+            .iter()
+            .map(|change| {
+                if applied.contains(&change.referral_id.to_string()) {
+                    ChangeOutcome::Recorded
+                } else {
+                    ChangeOutcome::Stale
+                }
+            })
+            .collect())
+    }
+}
+
+/// The statement of [`PgStore::apply_batch`], with `$redirects` (CTEs that only a redirect needs)
+/// between the shared CTEs and the final `SELECT`.
+macro_rules! change_batch {
+    ($($redirects:literal)?) => {
+        concat!(
             "WITH c AS ( \
                SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], \
                  $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], $11::text[], \
@@ -278,59 +323,39 @@ impl PgStore {
                state_after, details, request_id) \
                SELECT c.event::uuid, u.id, c.kind, c.actor, c.person, c.event_at, c.note, \
                c.state_after, c.details, NULL FROM c JOIN u ON u.id = c.referral::uuid), \
-             a AS ( \
-               INSERT INTO referral_access (referral_id, agency_id) \
-               SELECT u.id, c.recipient FROM c JOIN u ON u.id = c.referral::uuid \
-               WHERE c.recipient IS NOT NULL ON CONFLICT DO NOTHING), \
              m AS ( \
                INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, \
                body) \
                SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, c.at, d.body \
                FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[]) \
                  AS d(referral, agency, delivery, event, body) \
-               JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral), \
-             x AS ( \
-               UPDATE mailbox SET body = NULL FROM c JOIN u ON u.id = c.referral::uuid \
-               JOIN referrals r ON r.id = u.id \
-               WHERE c.recipient IS NOT NULL AND mailbox.agency_id = r.recipient \
-               AND mailbox.referral_id = u.id AND mailbox.event_id IS NULL \
-               AND mailbox.body IS NOT NULL) \
-             SELECT id::text FROM u",
+               JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral) ",
+            $($redirects,)?
+            "SELECT id::text FROM u"
         )
-        .persistent(false)
-        .bind(c.referral)
-        .bind(c.version)
-        .bind(c.state)
-        .bind(c.at)
-        .bind(c.recipient)
-        .bind(c.event)
-        .bind(c.kind)
-        .bind(c.actor)
-        .bind(c.person)
-        .bind(c.event_at)
-        .bind(c.note)
-        .bind(c.state_after)
-        .bind(c.details)
-        .bind(c.d_referral)
-        .bind(c.d.agency)
-        .bind(c.d.delivery)
-        .bind(c.d.event)
-        .bind(c.d.body)
-        .fetch_all(&self.pool)
-        .await?;
-        let applied: std::collections::HashSet<String> = applied.into_iter().collect();
-        Ok(changes
-            .iter()
-            .map(|change| {
-                if applied.contains(&change.referral_id.to_string()) {
-                    ChangeOutcome::Recorded
-                } else {
-                    ChangeOutcome::Stale
-                }
-            })
-            .collect())
-    }
+    };
 }
+
+/// Changes none of which redirects, such as a burst of confirmations' `delivered`: planned at
+/// every execution, so it carries no CTE it does not need.
+const CHANGES: &str = change_batch!();
+
+/// Changes among which at least one redirect: the new recipient gains access, and the referral
+/// still queued for the former recipient loses its carried body (so the relay loads it, without
+/// its case file). `referrals r` in `x` reads the row as it was before `u` (one snapshot for the
+/// whole statement): the former recipient.
+const CHANGES_WITH_REDIRECTS: &str = change_batch!(
+    ", a AS ( \
+       INSERT INTO referral_access (referral_id, agency_id) \
+       SELECT u.id, c.recipient FROM c JOIN u ON u.id = c.referral::uuid \
+       WHERE c.recipient IS NOT NULL ON CONFLICT DO NOTHING), \
+     x AS ( \
+       UPDATE mailbox SET body = NULL FROM c JOIN u ON u.id = c.referral::uuid \
+       JOIN referrals r ON r.id = u.id \
+       WHERE c.recipient IS NOT NULL AND mailbox.agency_id = r.recipient \
+       AND mailbox.referral_id = u.id AND mailbox.event_id IS NULL \
+       AND mailbox.body IS NOT NULL) "
+);
 
 /// The columns of a batch of changes, one array per column.
 #[derive(Default)]
