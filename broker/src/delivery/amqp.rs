@@ -18,6 +18,7 @@
 //! the adapter confirmed every delivery in it on the same stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -58,6 +59,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
 /// Channels used at once to declare the agencies' queues at startup.
 const DECLARE_CHANNELS: usize = 8;
+/// Outbox rows the relay deletes between two requests to clear them out ([`Store::tidy_outbox`]):
+/// at the benchmark's maximum, every three or four seconds.
+const TIDY_AFTER_ROWS: usize = 20_000;
 
 pub struct Amqp {
     config: AmqpConfig,
@@ -69,6 +73,9 @@ pub struct Amqp {
     /// `basic.consume` fails with `noproc`, answered with INTERNAL_ERROR). So each queue is declared
     /// once per process, and whoever needs it waits for that one declaration.
     declared: Mutex<HashMap<AgencyId, Arc<OnceCell<()>>>>,
+    /// Rows deleted since the outbox was last tidied, and whether a tidy is running.
+    deleted: AtomicUsize,
+    tidying: Arc<AtomicBool>,
 }
 
 impl Amqp {
@@ -78,6 +85,8 @@ impl Amqp {
             connection: RwLock::new(None),
             healthy: watch::channel(false).0,
             declared: Mutex::new(HashMap::new()),
+            deleted: AtomicUsize::new(0),
+            tidying: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -515,8 +524,10 @@ impl Amqp {
                         (self.clone(), workflow.store().clone(), ch.clone());
                     confirming.spawn(
                         async move {
-                            amqp.settle_published(&settle_on, store.as_ref(), published)
+                            let deleted = amqp
+                                .settle_published(&settle_on, store.as_ref(), published)
                                 .await;
+                            amqp.tidy_if_due(&store, deleted);
                         }
                         .in_current_span(),
                     );
@@ -597,12 +608,37 @@ impl Amqp {
         Ok(published)
     }
 
+    /// Counts rows the relay deleted and, every [`TIDY_AFTER_ROWS`], has the store clear them out
+    /// in a task of its own, one at a time, so no batch waits for it.
+    fn tidy_if_due(&self, store: &Arc<dyn Store>, deleted: usize) {
+        let total = self.deleted.fetch_add(deleted, Ordering::Relaxed) + deleted;
+        if total < TIDY_AFTER_ROWS || self.tidying.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.deleted.store(0, Ordering::Relaxed);
+        let (store, tidying) = (store.clone(), self.tidying.clone());
+        tokio::spawn(
+            async move {
+                if let Err(e) = store.tidy_outbox().await {
+                    tracing::warn!(error = %ErrorChain(&e), "could not clear out the outbox's deleted rows");
+                }
+                tidying.store(false, Ordering::Release);
+            }
+            .in_current_span(),
+        );
+    }
+
     /// Waits for a batch's publisher confirms (bounded by [`CONFIRM_TIMEOUT`], well inside the
     /// lease) and deletes the rows RabbitMQ confirmed. A message RabbitMQ could not route (its
     /// agency's queue does not exist yet: added since start, or still being declared) gets its queue
     /// declared and is published once more. Whatever is not confirmed stays leased and is published
-    /// again when the lease ends.
-    async fn settle_published(&self, channel: &Channel, store: &dyn Store, published: Published) {
+    /// again when the lease ends. Returns how many rows it deleted.
+    async fn settle_published(
+        &self,
+        channel: &Channel,
+        store: &dyn Store,
+        published: Published,
+    ) -> usize {
         let Published { mut empty, pending } = published;
         let mut done = std::mem::take(&mut empty);
         let waited = tokio::time::timeout(CONFIRM_TIMEOUT, async {
@@ -643,8 +679,12 @@ impl Amqp {
                 let _ = channel.close(200, "confirms timed out".into()).await;
             }
         }
-        if let Err(e) = store.remove_published(&done).await {
-            tracing::warn!(error = %ErrorChain(&e), "published rows stay leased; they will be published again");
+        match store.remove_published(&done).await {
+            Ok(()) => done.len(),
+            Err(e) => {
+                tracing::warn!(error = %ErrorChain(&e), "published rows stay leased; they will be published again");
+                0
+            }
         }
     }
 

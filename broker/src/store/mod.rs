@@ -184,6 +184,12 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Deletes rows RabbitMQ confirmed.
     async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError>;
+    /// Clears out the outbox rows [`Store::remove_published`] deleted, for a backend that leaves
+    /// them behind until a vacuum: the relay calls it each time it has deleted many rows. A
+    /// backend may skip it, for instance while another process is at it.
+    async fn tidy_outbox(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// A round trip to the database, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Removes entries `agency`'s adapter confirmed; returns how many were still there.

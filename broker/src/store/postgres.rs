@@ -815,6 +815,22 @@ impl Store for PgStore {
         Ok(())
     }
 
+    /// The outbox is a queue: every row is inserted, leased and deleted within moments, and the
+    /// deleted rows stay in the table and its index until a vacuum. The lease reads the index from
+    /// its oldest entry, so it walks every dead entry first: in a full benchmark run the table held
+    /// 1,600 live rows and 500,000 dead ones before autovacuum's first visit, and each lease read
+    /// 1,600 index pages. Autovacuum visits a database at most once a minute (`autovacuum_naptime`),
+    /// which at 6,000 deleted rows a second is far too seldom, so the relay asks for a vacuum
+    /// itself. `SKIP_LOCKED`: if autovacuum or another broker is vacuuming the table already, this
+    /// one does nothing rather than wait. `INDEX_CLEANUP ON`: the dead index entries are what the
+    /// lease walks, so they are removed even when PostgreSQL would judge the heap clean enough.
+    async fn tidy_outbox(&self) -> Result<(), StoreError> {
+        sqlx::raw_sql("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) mailbox")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -177,6 +177,7 @@ conformance!(
     submits_made_at_once_are_each_written_whole,
     confirmations_that_arrive_together_record_each_delivery_once,
     carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recipient,
+    tidying_the_outbox_clears_out_published_rows_and_keeps_the_rest,
 );
 
 const KHMER: &str = "សុខ ស្រីល័ក្ខ";
@@ -1381,4 +1382,55 @@ async fn carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recip
         );
         assert_eq!(body("dosvy-24", r, None), None);
     }
+}
+
+/// Published rows are deleted, but on PostgreSQL they stay in the table until a vacuum, and the
+/// relay's lease walks past every one of them. Tidying clears them out: with every row published,
+/// the table is empty again, down to its last page. Rows not yet published stay, and are leased.
+async fn tidying_the_outbox_clears_out_published_rows_and_keeps_the_rest(f: Fixture) {
+    let store = f.store.clone();
+    for n in 0..200 {
+        submit(&store, &format!("t-{n}")).await;
+    }
+    let lease = Duration::from_secs(30);
+    let published: Vec<i64> = store
+        .lease_outbox(500, lease)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(published.len(), 200);
+    store.remove_published(&published).await.unwrap();
+    let size = |pool: &sqlx::PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT pg_relation_size('mailbox')")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    if let Some(pg) = &f.pg {
+        assert!(
+            size(pg.pool()).await > 0,
+            "deleted rows stay until a vacuum"
+        );
+    }
+    store.tidy_outbox().await.unwrap();
+    if let Some(pg) = &f.pg {
+        assert_eq!(
+            size(pg.pool()).await,
+            0,
+            "the deleted rows were cleared out"
+        );
+    }
+
+    let fresh = submit(&store, "t-late").await;
+    store.tidy_outbox().await.unwrap();
+    let leased = store.lease_outbox(10, lease).await.unwrap();
+    assert_eq!(
+        leased.iter().map(|e| e.referral_id).collect::<Vec<_>>(),
+        [fresh.id]
+    );
 }
