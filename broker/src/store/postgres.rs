@@ -168,6 +168,20 @@ struct DeliveryColumns {
     body: Vec<Option<Vec<u8>>>,
 }
 
+/// Binds a [`DeliveryColumns`]' arrays, in the order every statement takes them: agency,
+/// delivery id, event id, body.
+macro_rules! bind_deliveries {
+    ($query:expr, $d:expr) => {{
+        let d = $d;
+        $query
+            .bind(d.agency)
+            .bind(d.delivery)
+            .bind(d.event)
+            .bind(d.body)
+    }};
+}
+use bind_deliveries;
+
 impl DeliveryColumns {
     fn of(deliveries: &[NewDelivery]) -> Self {
         let mut columns = Self::default();
@@ -266,7 +280,7 @@ impl PgStore {
         } else {
             CHANGES
         };
-        let applied: Vec<String> = sqlx::query_scalar(statement)
+        let query = sqlx::query_scalar(statement)
             .persistent(false)
             .bind(c.referral)
             .bind(c.version)
@@ -281,13 +295,8 @@ impl PgStore {
             .bind(c.note)
             .bind(c.state_after)
             .bind(c.details)
-            .bind(c.d_referral)
-            .bind(c.d.agency)
-            .bind(c.d.delivery)
-            .bind(c.d.event)
-            .bind(c.d.body)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(c.d_referral);
+        let applied: Vec<String> = bind_deliveries!(query, c.d).fetch_all(&self.pool).await?;
         let applied: std::collections::HashSet<String> = applied.into_iter().collect();
         Ok(changes
             .iter()
@@ -674,12 +683,8 @@ impl Store for PgStore {
         .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
         .bind(change.referral_id.to_string())
         .bind(change.expected_version);
-        let d = DeliveryColumns::of(&change.deliveries);
-        let applied = rows::bind_event!(query, change.event, details)
-            .bind(d.agency)
-            .bind(d.delivery)
-            .bind(d.event)
-            .bind(d.body)
+        let query = rows::bind_event!(query, change.event, details);
+        let applied = bind_deliveries!(query, DeliveryColumns::of(&change.deliveries))
             .fetch_one(&self.pool)
             .await
             .and_then(|row| row.try_get::<i64, _>(0));

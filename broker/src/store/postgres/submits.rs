@@ -16,7 +16,7 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Batches, DeliveryColumns, by_client_ref, micros, rows};
+use super::{Batches, DeliveryColumns, bind_deliveries, by_client_ref, micros, rows};
 use crate::error::StoreError;
 use crate::ids::ReferralId;
 use crate::referral::{Event, Referral};
@@ -149,17 +149,13 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
          SELECT count(*) FROM r",
     );
     let query = rows::bind_referral!(query, referral);
-    let d = DeliveryColumns::of(&s.deliveries);
-    let inserted: i64 = rows::bind_event!(query, event, details)
+    let query = rows::bind_event!(query, event, details)
         .bind(vec![
             referral.sender.as_str().to_owned(),
             referral.recipient.as_str().to_owned(),
         ])
-        .bind(micros(event.at))
-        .bind(d.agency)
-        .bind(d.delivery)
-        .bind(d.event)
-        .bind(d.body)
+        .bind(micros(event.at));
+    let inserted: i64 = bind_deliveries!(query, DeliveryColumns::of(&s.deliveries))
         .fetch_one(pool)
         .await
         .and_then(|row| row.try_get(0))?;
@@ -193,7 +189,7 @@ async fn insert_batch(
     for (s, _) in batch {
         c.push(s)?;
     }
-    let created: Vec<String> = sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "WITH c AS ( \
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
@@ -262,13 +258,8 @@ async fn insert_batch(
     .bind(c.state_after)
     .bind(c.details)
     .bind(c.request_id)
-    .bind(c.d_referral)
-    .bind(c.d.agency)
-    .bind(c.d.delivery)
-    .bind(c.d.event)
-    .bind(c.d.body)
-    .fetch_all(pool)
-    .await?;
+    .bind(c.d_referral);
+    let created: Vec<String> = bind_deliveries!(query, c.d).fetch_all(pool).await?;
     created
         .iter()
         .map(|id| ReferralId::parse("referrals.id", id).map_err(|e| rows::corrupt("referrals", e)))
