@@ -643,6 +643,8 @@ impl Store for PgStore {
     /// of the same row makes this one wait, then match no row: the change is stale, unless it was a
     /// retry of this very request that won, which the request id shows. A request id this actor used
     /// on another referral fails the event's unique constraint and with it the whole statement.
+    /// On a redirect, `x` clears the body of the referral still queued for the former recipient
+    /// (`referrals r` is read as it was before `u`: one snapshot for the whole statement).
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
         let actor = &change.event.actor;
         let request_id = change.event.request_id.as_ref();
