@@ -168,6 +168,55 @@ struct DeliveryColumns {
     body: Vec<Option<Vec<u8>>>,
 }
 
+/// Events as parallel arrays for `unnest`, one element per change or submission of a batch:
+/// what both batch statements insert into `referral_events`.
+#[derive(Default)]
+struct EventColumns {
+    id: Vec<String>,
+    kind: Vec<String>,
+    actor: Vec<String>,
+    person: Vec<String>,
+    at: Vec<i64>,
+    note: Vec<String>,
+    state_after: Vec<String>,
+    details: Vec<String>,
+}
+
+impl EventColumns {
+    fn push(&mut self, e: &Event) -> Result<(), StoreError> {
+        self.id.push(e.id.to_string());
+        self.kind.push(e.kind.as_str().to_owned());
+        self.actor.push(e.actor.as_str().to_owned());
+        self.person.push(e.actor_person.as_str().to_owned());
+        self.at.push(micros(e.at));
+        self.note.push(e.note.as_str().to_owned());
+        self.state_after.push(e.state_after.as_str().to_owned());
+        self.details.push(
+            serde_json::to_string(&e.details)
+                .map_err(|err| rows::corrupt("referral_events", err))?,
+        );
+        Ok(())
+    }
+}
+
+/// Binds an [`EventColumns`]' arrays, in the order both batch statements take them: id, kind,
+/// actor, actor_person, at, note, state_after, details.
+macro_rules! bind_events {
+    ($query:expr, $e:expr) => {{
+        let e = $e;
+        $query
+            .bind(e.id)
+            .bind(e.kind)
+            .bind(e.actor)
+            .bind(e.person)
+            .bind(e.at)
+            .bind(e.note)
+            .bind(e.state_after)
+            .bind(e.details)
+    }};
+}
+use bind_events;
+
 /// Binds a [`DeliveryColumns`]' arrays, in the order every statement takes them: agency,
 /// delivery id, event id, body.
 macro_rules! bind_deliveries {
@@ -258,17 +307,7 @@ impl PgStore {
             c.at.push(micros(change.at));
             c.recipient
                 .push(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()));
-            c.event.push(e.id.to_string());
-            c.kind.push(e.kind.as_str().to_owned());
-            c.actor.push(e.actor.as_str().to_owned());
-            c.person.push(e.actor_person.as_str().to_owned());
-            c.event_at.push(micros(e.at));
-            c.note.push(e.note.as_str().to_owned());
-            c.state_after.push(e.state_after.as_str().to_owned());
-            c.details.push(
-                serde_json::to_string(&e.details)
-                    .map_err(|err| rows::corrupt("referral_events", err))?,
-            );
+            c.e.push(e)?;
             c.d_referral.extend(std::iter::repeat_n(
                 change.referral_id.to_string(),
                 change.deliveries.len(),
@@ -286,16 +325,8 @@ impl PgStore {
             .bind(c.version)
             .bind(c.state)
             .bind(c.at)
-            .bind(c.recipient)
-            .bind(c.event)
-            .bind(c.kind)
-            .bind(c.actor)
-            .bind(c.person)
-            .bind(c.event_at)
-            .bind(c.note)
-            .bind(c.state_after)
-            .bind(c.details)
-            .bind(c.d_referral);
+            .bind(c.recipient);
+        let query = bind_events!(query, c.e).bind(c.d_referral);
         let applied: Vec<String> = bind_deliveries!(query, c.d).fetch_all(&self.pool).await?;
         let applied: std::collections::HashSet<String> = applied.into_iter().collect();
         Ok(changes
@@ -374,14 +405,7 @@ struct BatchColumns {
     state: Vec<String>,
     at: Vec<i64>,
     recipient: Vec<Option<String>>,
-    event: Vec<String>,
-    kind: Vec<String>,
-    actor: Vec<String>,
-    person: Vec<String>,
-    event_at: Vec<i64>,
-    note: Vec<String>,
-    state_after: Vec<String>,
-    details: Vec<String>,
+    e: EventColumns,
     /// The referral each delivery belongs to, beside its columns.
     d_referral: Vec<String>,
     d: DeliveryColumns,
@@ -395,14 +419,6 @@ impl BatchColumns {
             state: Vec::with_capacity(n),
             at: Vec::with_capacity(n),
             recipient: Vec::with_capacity(n),
-            event: Vec::with_capacity(n),
-            kind: Vec::with_capacity(n),
-            actor: Vec::with_capacity(n),
-            person: Vec::with_capacity(n),
-            event_at: Vec::with_capacity(n),
-            note: Vec::with_capacity(n),
-            state_after: Vec::with_capacity(n),
-            details: Vec::with_capacity(n),
             ..Self::default()
         }
     }

@@ -16,7 +16,10 @@ use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Batches, DeliveryColumns, bind_deliveries, by_client_ref, micros, rows};
+use super::{
+    Batches, DeliveryColumns, EventColumns, bind_deliveries, bind_events, by_client_ref, micros,
+    rows,
+};
 use crate::error::StoreError;
 use crate::ids::ReferralId;
 use crate::referral::{Event, Referral};
@@ -248,17 +251,10 @@ async fn insert_batch(
     .bind(c.version)
     .bind(c.created_at)
     .bind(c.updated_at)
-    .bind(c.case_file)
-    .bind(c.event)
-    .bind(c.event_kind)
-    .bind(c.actor)
-    .bind(c.actor_person)
-    .bind(c.at)
-    .bind(c.note)
-    .bind(c.state_after)
-    .bind(c.details)
-    .bind(c.request_id)
-    .bind(c.d_referral);
+    .bind(c.case_file);
+    let query = bind_events!(query, c.e)
+        .bind(c.request_id)
+        .bind(c.d_referral);
     let created: Vec<String> = bind_deliveries!(query, c.d).fetch_all(pool).await?;
     created
         .iter()
@@ -288,14 +284,7 @@ struct Columns {
     created_at: Vec<i64>,
     updated_at: Vec<i64>,
     case_file: Vec<Vec<u8>>,
-    event: Vec<String>,
-    event_kind: Vec<String>,
-    actor: Vec<String>,
-    actor_person: Vec<String>,
-    at: Vec<i64>,
-    note: Vec<String>,
-    state_after: Vec<String>,
-    details: Vec<String>,
+    e: EventColumns,
     request_id: Vec<Option<String>>,
     /// The referral each delivery belongs to, beside its columns.
     d_referral: Vec<String>,
@@ -334,17 +323,7 @@ impl Columns {
         self.created_at.push(micros(r.created_at));
         self.updated_at.push(micros(r.updated_at));
         self.case_file.push(r.case_file.as_bytes().to_vec());
-        self.event.push(e.id.to_string());
-        self.event_kind.push(e.kind.as_str().to_owned());
-        self.actor.push(e.actor.as_str().to_owned());
-        self.actor_person.push(e.actor_person.as_str().to_owned());
-        self.at.push(micros(e.at));
-        self.note.push(e.note.as_str().to_owned());
-        self.state_after.push(e.state_after.as_str().to_owned());
-        self.details.push(
-            serde_json::to_string(&e.details)
-                .map_err(|err| rows::corrupt("referral_events", err))?,
-        );
+        self.e.push(e)?;
         self.request_id
             .push(e.request_id.as_ref().map(|r| r.as_str().to_owned()));
         self.d_referral
