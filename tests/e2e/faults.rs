@@ -517,6 +517,74 @@ async fn a_referral_redirected_before_it_was_published_reaches_the_former_recipi
     }
 }
 
+/// With RabbitMQ up, each referral and its feedback are handed by the broker that wrote them to
+/// its own relay and published straight after the commit, without a lease: their rows are held for
+/// 15 s, and this broker's relay is set never to poll, so they could only arrive this soon by the
+/// handoff. Their rows go once RabbitMQ confirms them.
+#[tokio::test]
+async fn carried_deliveries_are_handed_to_the_relay_and_published_without_a_lease() {
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = env.broker_env();
+    settings.push((
+        "SPEAN_BROKER_DELIVERY__POLL_INTERVAL_MS".into(),
+        "3600000".into(),
+    ));
+    let broker =
+        BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &settings).await;
+    broker.wait_for_health(ServingStatus::Serving).await;
+    env.watch_leases().await;
+    let mut ngo = broker.client("mlup-russey").await;
+    let mut ngo_stream = ngo.subscribe(10).await;
+    let mut hospital = broker.client(SENDER).await;
+    let mut hospital_stream = hospital.subscribe(10).await;
+    let mut sent = BTreeSet::new();
+    for n in 0..3 {
+        let referral = hospital
+            .referrals
+            .submit(lama(&format!("handed-{n}")))
+            .await
+            .unwrap()
+            .into_inner();
+        sent.insert(referral.referral.unwrap().envelope.unwrap().referral_id);
+    }
+    let mut received = BTreeSet::new();
+    while received.len() < sent.len() {
+        let delivery = ngo_stream
+            .next_within(Duration::from_secs(10), "a handed-off referral")
+            .await;
+        if let Some(pb::delivery::Payload::Referral(_)) = &delivery.payload {
+            received.insert(referral_of(&delivery));
+        }
+        ngo_stream.confirm(delivery.delivery_id).await;
+    }
+    assert_eq!(received, sent);
+    // The hospital hears that each was delivered: feedback written by the confirmation, handed
+    // off in turn.
+    let mut told = BTreeSet::new();
+    while told.len() < sent.len() {
+        let delivery = hospital_stream
+            .next_within(Duration::from_secs(10), "a handed-off `delivered` event")
+            .await;
+        if let Some(pb::delivery::Payload::Feedback(e)) = &delivery.payload
+            && e.kind == pb::FeedbackKind::Delivered as i32
+        {
+            told.insert(e.referral_id.clone());
+        }
+        hospital_stream.confirm(delivery.delivery_id).await;
+    }
+    assert_eq!(told, sent);
+    eventually("the handed-off rows deleted", || async {
+        (env.outbox("mlup-russey").await == 0 && env.outbox(SENDER).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.leases_seen().await,
+        0,
+        "a relay leased a handed-off row"
+    );
+}
+
 fn referral_of(delivery: &pb::Delivery) -> String {
     match &delivery.payload {
         Some(pb::delivery::Payload::Referral(r)) => {

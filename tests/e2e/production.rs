@@ -485,6 +485,39 @@ impl Production {
         .await
     }
 
+    /// From now on, records every outbox row a relay leases: a trigger on `mailbox` notes each
+    /// `UPDATE` that sets `lease_until`. For telling a relay's lease from a handoff, which publishes
+    /// and deletes rows without updating them. Call it once the broker has created its tables.
+    pub async fn watch_leases(&self) {
+        let mut db = sqlx::PgConnection::connect(&self.database_url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE test_leases_seen (delivery_id uuid NOT NULL); \
+             CREATE FUNCTION test_lease_seen() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN INSERT INTO test_leases_seen VALUES (NEW.delivery_id); RETURN NEW; END $$; \
+             CREATE TRIGGER test_lease_seen BEFORE UPDATE OF lease_until ON mailbox \
+             FOR EACH ROW WHEN (NEW.lease_until IS NOT NULL) EXECUTE FUNCTION test_lease_seen();",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+        let _ = db.close().await;
+    }
+
+    /// Outbox rows leased since [`Production::watch_leases`].
+    pub async fn leases_seen(&self) -> i64 {
+        let mut db = sqlx::PgConnection::connect(&self.database_url)
+            .await
+            .unwrap();
+        let n = sqlx::query_scalar("SELECT count(*) FROM test_leases_seen")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        let _ = db.close().await;
+        n
+    }
+
     async fn count(&self, query: &'static str, agency: &str) -> i64 {
         let mut db = sqlx::PgConnection::connect(&self.database_url)
             .await

@@ -13,7 +13,9 @@
 //! [`bundle`](super::bundle) allows. It waits for every publisher confirm, and only then deletes the
 //! rows. Rows are *leased* (`lease_until`) so that several broker processes never publish the same
 //! row at the same time; a relay that dies mid-batch leaves its leases to expire and another relay
-//! republishes.
+//! republishes. Carried deliveries skip the lease: their rows are written *held* for the relay of
+//! the broker that wrote them, which is handed them after the commit ([`Handoff`]); a hold that
+//! runs out is leased like any other row.
 //! A delivery session consumes its agency's queue with a bounded prefetch and acks a message only when
 //! the adapter confirmed every delivery in it on the same stream.
 
@@ -37,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::bundle::{self, BUNDLE_TYPE, BundleAck, Outgoing};
-use super::{DeliveryError, DeliveryRef, Doorbell, Pending, Settle};
+use super::{DeliveryError, DeliveryRef, Doorbell, Handoff, Pending, Settle};
 use crate::config::AmqpConfig;
 use crate::error::ErrorChain;
 use crate::gateway::convert;
@@ -47,8 +49,9 @@ use crate::store::{MailboxEntry, Store};
 
 /// A refused first connect can otherwise hang (see the lapin notes in `docs/operations.md`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a relay owns the rows it leased; after that another relay may publish them.
-const LEASE: Duration = Duration::from_secs(15);
+/// How long a relay owns the rows it leased, and how long the rows of deliveries handed to it are
+/// held for it; after that another relay may publish them.
+pub const LEASE: Duration = Duration::from_secs(15);
 /// How long a published batch may wait for its publisher confirms: well inside [`LEASE`], so no
 /// other relay publishes those rows while this one may still delete them.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -455,10 +458,14 @@ impl Amqp {
         }
     }
 
-    /// Publishes the outbox until `stop`: lease a batch, load what its rows carry (one query per
-    /// table), publish every row, and hand the publisher confirms to a task that deletes the rows
-    /// RabbitMQ confirmed. The next batch is leased while earlier ones wait for their confirms, up to
-    /// [`BATCHES_IN_FLIGHT`]; the leases keep those rows out of it.
+    /// Publishes the outbox until `stop`. Deliveries handed over by this process's writes
+    /// ([`Doorbell::queued`]) go first, as they are: their rows are held for this relay, so it
+    /// neither leases nor reads them. Otherwise, when woken by the doorbell or the poll interval,
+    /// it leases a batch of rows no relay holds (rows written without a carried body, and held
+    /// rows whose handoff did not happen in time), loads what they do not carry (one query per
+    /// table), and publishes them. Either way a task then waits for the publisher confirms and
+    /// deletes the rows RabbitMQ confirmed, while the relay goes on, up to [`BATCHES_IN_FLIGHT`]
+    /// batches at once; the leases and holds keep those rows out of the next lease.
     pub async fn relay(
         self: Arc<Self>,
         workflow: Arc<Workflow>,
@@ -467,6 +474,19 @@ impl Amqp {
         stop: CancellationToken,
     ) {
         let mut bell = doorbell.listen_any();
+        let mut handoffs = doorbell.take_handoffs();
+        if handoffs.is_none() {
+            tracing::warn!(
+                "another relay in this process takes the handed-off deliveries; this one only leases"
+            );
+        }
+        let mut waiting: Vec<Handoff> = Vec::new();
+        // Whether the outbox may hold rows to lease: at start, after the doorbell, and every poll
+        // interval. While both are due, leases and handoffs take turns, so that a steady stream of
+        // handoffs does not keep rows that must be leased waiting.
+        let mut lease_due = true;
+        let mut leased_last = false;
+        let mut last_lease = tokio::time::Instant::now();
         let mut channel: Option<Channel> = None;
         let mut confirming = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
@@ -475,6 +495,7 @@ impl Amqp {
             }
             while confirming.try_join_next().is_some() {}
             let Some(connection) = self.current() else {
+                doorbell.set_handing_off(false);
                 channel = None;
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -488,37 +509,73 @@ impl Amqp {
             let ch = match open {
                 Ok(c) => c,
                 Err(e) => {
+                    doorbell.set_handing_off(false);
                     tracing::warn!(error = %ErrorChain(&e), "relay cannot open a channel");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            bell.borrow_and_update();
-            let leased = workflow
-                .store()
-                .lease_outbox(self.config.publish_batch, LEASE)
-                .await;
-            let batch = match leased {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %ErrorChain(&e), "relay cannot read the outbox; retrying");
-                    channel = Some(ch);
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            doorbell.set_handing_off(handoffs.is_some());
+            if matches!(bell.has_changed(), Ok(true)) || last_lease.elapsed() >= poll {
+                lease_due = true;
+            }
+            let handed = if lease_due && !leased_last {
+                Vec::new()
+            } else {
+                take_handed(&mut waiting, handoffs.as_mut(), self.config.publish_batch)
+            };
+            let published = if !handed.is_empty() {
+                leased_last = false;
+                let deliveries = handed
+                    .into_iter()
+                    .map(|h| {
+                        let encoded = bundle::with_id(h.delivery_id, &h.body);
+                        (h.agency, h.delivery_id, encoded)
+                    })
+                    .collect();
+                self.publish_encoded(&ch, deliveries, Published::default())
+                    .await
+            } else if lease_due {
+                leased_last = true;
+                last_lease = tokio::time::Instant::now();
+                bell.borrow_and_update();
+                let leased = workflow
+                    .store()
+                    .lease_outbox(self.config.publish_batch, LEASE)
+                    .await;
+                match leased {
+                    Ok(batch) if batch.is_empty() => {
+                        lease_due = false;
+                        channel = Some(ch);
+                        continue;
+                    }
+                    Ok(batch) => self.publish(&ch, &workflow, batch).await,
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "relay cannot read the outbox; retrying");
+                        channel = Some(ch);
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
                     }
                 }
-            };
-            if batch.is_empty() {
+            } else {
                 channel = Some(ch);
+                let handed = async {
+                    match handoffs.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = bell.changed() => {}
-                    _ = tokio::time::sleep(poll) => {}
+                    _ = bell.changed() => lease_due = true,
+                    _ = tokio::time::sleep(poll.saturating_sub(last_lease.elapsed())) => lease_due = true,
+                    Some(h) = handed => waiting.extend(h),
                 }
                 continue;
-            }
-            match self.publish(&ch, &workflow, batch).await {
+            };
+            match published {
                 Ok(published) => {
                     let (amqp, store, settle_on) =
                         (self.clone(), workflow.store().clone(), ch.clone());
@@ -534,11 +591,12 @@ impl Amqp {
                     channel = Some(ch);
                 }
                 Err(e) => {
-                    // The leases stay: these rows are published again when they run out.
+                    // The leases and holds stay: these rows are published again when they run out.
                     tracing::warn!(error = %ErrorChain(&e), "publishing failed; the batch will be published again");
                 }
             }
         }
+        doorbell.set_handing_off(false);
         confirming.shutdown().await;
     }
 
@@ -597,10 +655,21 @@ impl Amqp {
                     .map(|content| convert::delivery(entry.delivery_id, content).encode_to_vec()),
             };
             match encoded {
-                Some(encoded) => deliveries.push((entry.agency, entry.seq, encoded)),
-                None => published.empty.push(entry.seq),
+                Some(encoded) => deliveries.push((entry.agency, entry.delivery_id, encoded)),
+                None => published.empty.push(entry.delivery_id),
             }
         }
+        self.publish_encoded(channel, deliveries, published).await
+    }
+
+    /// Publishes encoded deliveries, in order, bundled per agency, without waiting for confirms,
+    /// adding each message to `published`.
+    async fn publish_encoded(
+        &self,
+        channel: &Channel,
+        deliveries: Vec<(AgencyId, uuid::Uuid, Vec<u8>)>,
+        mut published: Published,
+    ) -> Result<Published, DeliveryError> {
         for outgoing in bundle::bundle(deliveries, self.config.bundle_max as usize) {
             let confirm = self.publish_one(channel, &outgoing).await?;
             published.pending.push((outgoing, confirm));
@@ -646,11 +715,11 @@ impl Amqp {
             for (outgoing, confirm) in pending {
                 let confirmation = confirm.await?;
                 if !confirmation.is_ack() {
-                    tracing::warn!(agency = %outgoing.agency, deliveries = outgoing.seqs.len(), "RabbitMQ refused a message; it will be published again");
+                    tracing::warn!(agency = %outgoing.agency, deliveries = outgoing.ids.len(), "RabbitMQ refused a message; it will be published again");
                 } else if confirmation.take_message().is_some() {
                     unroutable.push(outgoing);
                 } else {
-                    done.extend(outgoing.seqs);
+                    done.extend(outgoing.ids);
                 }
             }
             for outgoing in unroutable {
@@ -658,7 +727,7 @@ impl Amqp {
                 self.ensure_queue(channel, &outgoing.agency).await?;
                 let confirmation = self.publish_one(channel, &outgoing).await?.await?;
                 if confirmation.is_ack() && confirmation.take_message().is_none() {
-                    done.extend(outgoing.seqs);
+                    done.extend(outgoing.ids);
                 } else {
                     // Declared once, and gone since (deleted by hand?): declare it again next time.
                     self.forget_queue(&outgoing.agency);
@@ -765,7 +834,7 @@ fn jitter(d: Duration) -> Duration {
 /// second publish if unroutable) with their pending confirms.
 #[derive(Default)]
 struct Published {
-    empty: Vec<i64>,
+    empty: Vec<uuid::Uuid>,
     pending: Vec<(Outgoing, lapin::PublisherConfirm)>,
 }
 
@@ -875,4 +944,30 @@ impl Drop for AmqpSession {
             let _ = channel.close(200, "adapter disconnected".into()).await;
         });
     }
+}
+
+/// The deliveries handed to the relay that it publishes next: those it already took, then what
+/// waits in `handoffs`, up to `limit`. A handoff older than its hold less [`CONFIRM_TIMEOUT`] is
+/// left out: its row may be leased by another relay before this one could delete it, so it is left
+/// to the relays' leases.
+fn take_handed(
+    waiting: &mut Vec<Handoff>,
+    handoffs: Option<&mut tokio::sync::mpsc::Receiver<Vec<Handoff>>>,
+    limit: u32,
+) -> Vec<Handoff> {
+    let limit = limit.max(1) as usize;
+    if let Some(handoffs) = handoffs {
+        while waiting.len() < limit
+            && let Ok(more) = handoffs.try_recv()
+        {
+            waiting.extend(more);
+        }
+    }
+    let rest = waiting.split_off(waiting.len().min(limit));
+    let taken = std::mem::replace(waiting, rest);
+    let fresh = LEASE.saturating_sub(CONFIRM_TIMEOUT);
+    taken
+        .into_iter()
+        .filter(|h| h.written.elapsed() < fresh)
+        .collect()
 }

@@ -78,12 +78,12 @@ pub fn with_id(delivery_id: uuid::Uuid, carried: &[u8]) -> Vec<u8> {
     out
 }
 
-/// One message to publish: its agency, its body, and the outbox rows it carries (deleted once
-/// RabbitMQ confirms it).
+/// One message to publish: its agency, its body, and what it carries (the relay's delivery ids,
+/// whose outbox rows are deleted once RabbitMQ confirms it).
 #[derive(Debug)]
-pub struct Outgoing {
+pub struct Outgoing<K = uuid::Uuid> {
     pub agency: AgencyId,
-    pub seqs: Vec<i64>,
+    pub ids: Vec<K>,
     pub body: Vec<u8>,
 }
 
@@ -91,12 +91,12 @@ pub struct Outgoing {
 /// into messages: one per agency and at most `max` deliveries (and about [`MAX_BUNDLE_BYTES`])
 /// each. Each agency's deliveries keep their order, within a message and from one message to the
 /// next. `max` of 1 publishes every delivery alone, still as a bundle.
-pub fn bundle(deliveries: Vec<(AgencyId, i64, Vec<u8>)>, max: usize) -> Vec<Outgoing> {
+pub fn bundle<K>(deliveries: Vec<(AgencyId, K, Vec<u8>)>, max: usize) -> Vec<Outgoing<K>> {
     let max = max.max(1);
     // Agencies in order of their first delivery in the batch; a batch holds few agencies.
-    let mut open: Vec<(AgencyId, Vec<i64>, EncodedBundle, usize)> = Vec::new();
+    let mut open: Vec<(AgencyId, Vec<K>, EncodedBundle, usize)> = Vec::new();
     let mut done = Vec::new();
-    for (agency, seq, delivery) in deliveries {
+    for (agency, id, delivery) in deliveries {
         let size = delivery.len();
         let slot = match open.iter().position(|(a, ..)| *a == agency) {
             Some(i) => i,
@@ -105,22 +105,22 @@ pub fn bundle(deliveries: Vec<(AgencyId, i64, Vec<u8>)>, max: usize) -> Vec<Outg
                 open.len() - 1
             }
         };
-        let (_, seqs, bundle, bytes) = &mut open[slot];
-        if !seqs.is_empty() && (seqs.len() >= max || *bytes + size > MAX_BUNDLE_BYTES) {
+        let (_, ids, bundle, bytes) = &mut open[slot];
+        if !ids.is_empty() && (ids.len() >= max || *bytes + size > MAX_BUNDLE_BYTES) {
             done.push(Outgoing {
                 agency,
-                seqs: std::mem::take(seqs),
+                ids: std::mem::take(ids),
                 body: std::mem::take(bundle).encode_to_vec(),
             });
             *bytes = 0;
         }
-        seqs.push(seq);
+        ids.push(id);
         bundle.deliveries.push(delivery);
         *bytes += size;
     }
-    done.extend(open.into_iter().map(|(agency, seqs, bundle, _)| Outgoing {
+    done.extend(open.into_iter().map(|(agency, ids, bundle, _)| Outgoing {
         agency,
-        seqs,
+        ids,
         body: bundle.encode_to_vec(),
     }));
     done
@@ -219,7 +219,7 @@ mod tests {
             .collect()
     }
 
-    fn contents(out: &Outgoing) -> Vec<pb::Delivery> {
+    fn contents(out: &Outgoing<i64>) -> Vec<pb::Delivery> {
         unbundle(Some(BUNDLE_TYPE), &out.body)
             .unwrap()
             .into_iter()
@@ -241,15 +241,15 @@ mod tests {
         let per_agency = |who: &AgencyId| -> Vec<i64> {
             out.iter()
                 .filter(|o| o.agency == *who)
-                .flat_map(|o| o.seqs.clone())
+                .flat_map(|o| o.ids.clone())
                 .collect()
         };
         assert_eq!(per_agency(&a), vec![1, 2, 4, 5]);
         assert_eq!(per_agency(&b), vec![0, 3, 6]);
-        assert!(out.iter().all(|o| !o.seqs.is_empty() && o.seqs.len() <= 2));
+        assert!(out.iter().all(|o| !o.ids.is_empty() && o.ids.len() <= 2));
         for o in &out {
             let expected: Vec<_> = o
-                .seqs
+                .ids
                 .iter()
                 .map(|s| sent.iter().find(|(_, seq, _)| seq == s).unwrap().2.clone())
                 .collect();
@@ -270,7 +270,7 @@ mod tests {
             .map(|n| (a.clone(), i64::from(n), referral(n, &big)))
             .collect();
         let out = bundle(encoded(batch), 64);
-        let sizes: Vec<usize> = out.iter().map(|o| o.seqs.len()).collect();
+        let sizes: Vec<usize> = out.iter().map(|o| o.ids.len()).collect();
         assert_eq!(sizes, vec![2, 2]);
         let huge = "ក".repeat(MAX_BUNDLE_BYTES);
         let out = bundle(encoded(vec![(a.clone(), 1, referral(1, &huge))]), 64);

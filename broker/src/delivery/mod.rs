@@ -9,7 +9,9 @@
 //!   the agency's quorum queue, acking a message only when the adapter confirmed it.
 //!
 //! [`Doorbell`] wakes waiting sessions and the relay as soon as something is written, so delivery does
-//! not wait for a poll interval.
+//! not wait for a poll interval; with RabbitMQ it hands carried deliveries to the relay straight
+//! after their commit ([`Handoff`]), so that most deliveries are published without the relay
+//! leasing their rows.
 
 pub mod amqp;
 pub mod bundle;
@@ -17,12 +19,14 @@ pub mod mailbox;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use spean_proto::v1 as pb;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ReferralId};
+use crate::store::NewDelivery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -111,23 +115,91 @@ impl Settle {
     }
 }
 
-/// Wakes the delivery sessions of an agency, and the outbox relay, when something was queued.
+/// A carried delivery, handed by the broker that wrote it to its own relay once the change was
+/// committed ([`Doorbell::queued`]). Its row is held ([`crate::store::NewDelivery::held`]), so no
+/// relay leases it meanwhile: this relay publishes it and deletes the row once RabbitMQ confirms.
+#[derive(Debug)]
+pub struct Handoff {
+    pub agency: AgencyId,
+    pub delivery_id: uuid::Uuid,
+    /// [`crate::store::NewDelivery::body`]: the delivery without its id.
+    pub body: Vec<u8>,
+    /// When it was written: past its hold, its row may be leased by any relay.
+    pub written: std::time::Instant,
+}
+
+/// Writes handed to the relay and not yet taken. Beyond this many the relay is far behind, and a
+/// write's deliveries are left to the relay's lease once their hold runs out.
+const HANDOFFS_WAITING: usize = 4096;
+
+/// Wakes the delivery sessions of an agency, and the outbox relay, when something was queued; and
+/// hands carried deliveries to the relay.
 #[derive(Debug)]
 pub struct Doorbell {
     bells: Mutex<HashMap<AgencyId, watch::Sender<u64>>>,
     any: watch::Sender<u64>,
+    handoff: mpsc::Sender<Vec<Handoff>>,
+    handed: Mutex<Option<mpsc::Receiver<Vec<Handoff>>>>,
+    /// Whether the relay can publish handoffs now (it has a channel to RabbitMQ).
+    handing_off: AtomicBool,
 }
 
 impl Default for Doorbell {
     fn default() -> Self {
+        let (handoff, handed) = mpsc::channel(HANDOFFS_WAITING);
         Self {
             bells: Mutex::default(),
             any: watch::channel(0).0,
+            handoff,
+            handed: Mutex::new(Some(handed)),
+            handing_off: AtomicBool::new(false),
         }
     }
 }
 
 impl Doorbell {
+    /// A change or submission with these deliveries was committed. Held deliveries (carried ones,
+    /// with RabbitMQ) go to the relay as they are; for the others the agency's sessions and the
+    /// relay are woken, to read them from the store. Nobody is woken for a held delivery: the
+    /// relay would find its row held and nothing else to lease.
+    pub fn queued(&self, deliveries: &[NewDelivery]) {
+        let now = std::time::Instant::now();
+        let mut handed = Vec::new();
+        for d in deliveries {
+            match (&d.body, d.held) {
+                (Some(body), Some(_)) => handed.push(Handoff {
+                    agency: d.agency.clone(),
+                    delivery_id: d.id,
+                    body: body.clone(),
+                    written: now,
+                }),
+                _ => self.ring(&d.agency),
+            }
+        }
+        if !handed.is_empty() && self.handoff.try_send(handed).is_err() {
+            tracing::debug!(
+                "the relay is not taking handed-off deliveries; they are published once their hold runs out"
+            );
+        }
+    }
+
+    /// Whether a write should hold its carried deliveries for a handoff: only while the relay can
+    /// publish them. Rows written while RabbitMQ is out of reach are left free, so that they go
+    /// out as soon as it is back rather than when their hold runs out.
+    pub fn handing_off(&self) -> bool {
+        self.handing_off.load(Ordering::Relaxed)
+    }
+
+    /// Set by the relay: whether it can publish handoffs now.
+    pub fn set_handing_off(&self, open: bool) {
+        self.handing_off.store(open, Ordering::Relaxed);
+    }
+
+    /// What the relay publishes without leasing; taken once, by this process's relay.
+    pub fn take_handoffs(&self) -> Option<mpsc::Receiver<Vec<Handoff>>> {
+        self.handed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
     pub fn ring(&self, agency: &AgencyId) {
         {
             let bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());

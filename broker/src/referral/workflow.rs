@@ -43,6 +43,11 @@ struct CachedDirectory {
     checked: Instant,
 }
 
+/// How long a carried delivery's row is held for the relay of the broker that wrote it: the
+/// relay's own lease, so that a handoff that did not happen is published by any relay as late as a
+/// lease that ran out.
+const HANDOFF_HOLD: std::time::Duration = crate::delivery::amqp::LEASE;
+
 pub struct Workflow {
     store: Arc<dyn Store>,
     doorbell: Arc<Doorbell>,
@@ -81,9 +86,19 @@ impl Workflow {
     /// publishes a batch as it leased it, without reading the referrals and events back, which
     /// takes a round trip to the database out of its serial cycle. Embedded delivery reads its
     /// mailbox rows as they are and has no use for it.
+    ///
+    /// Carried deliveries are also written held ([`crate::store::NewDelivery::held`]) and handed
+    /// to this process's relay once the change is committed ([`Doorbell::queued`]), which
+    /// publishes them without leasing their rows: the relay's handoff.
     pub fn carrying_deliveries(mut self, carry: bool) -> Self {
         self.carry = carry && self.store.carries_deliveries();
         self
+    }
+
+    /// How long a carried delivery written now is held for the relay's handoff: only while the
+    /// relay can take it ([`Doorbell::handing_off`]).
+    fn held(&self) -> Option<std::time::Duration> {
+        (self.carry && self.doorbell.handing_off()).then_some(HANDOFF_HOLD)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -192,6 +207,7 @@ impl Workflow {
             request_id: None,
         };
         let deliveries = [NewDelivery {
+            id: uuid::Uuid::now_v7(),
             agency: recipient.clone(),
             event_id: None,
             body: self.carry.then(|| {
@@ -200,11 +216,12 @@ impl Workflow {
                     vec![event.clone()],
                 ))
             }),
+            held: self.held(),
         }];
         match self.store.submit(&referral, &event, &deliveries).await? {
             SubmitOutcome::Created => {
                 tracing::info!(referral_id = %referral.id, recipient = %recipient, "referral submitted");
-                self.doorbell.ring(&recipient);
+                self.doorbell.queued(&deliveries);
                 Ok((referral, vec![event], true))
             }
             SubmitOutcome::Existing(existing) => {
@@ -413,20 +430,19 @@ impl Workflow {
         to: State,
         new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let (change, parties) = change_for(snapshot, event, to, new_recipient, self.carry);
+        let change = change_for(snapshot, event, to, new_recipient, self.carry, self.held());
         let outcome = self.store.apply(&change).await?;
         if matches!(outcome, ChangeOutcome::Recorded) {
-            self.announce(&change, &parties);
+            self.announce(&change);
         }
         Ok(outcome)
     }
 
-    /// Logs a recorded change and wakes the sessions of everyone who hears of it.
-    fn announce(&self, change: &Change, parties: &[AgencyId]) {
+    /// Logs a recorded change and sends its deliveries on their way: wakes the sessions of
+    /// everyone who hears of it, or hands carried deliveries to the relay.
+    fn announce(&self, change: &Change) {
         tracing::info!(referral_id = %change.referral_id, event = %change.event.kind, state = %change.state, "referral changed");
-        for agency in parties {
-            self.doorbell.ring(agency);
-        }
+        self.doorbell.queued(&change.deliveries);
     }
 
     /// What each delivery carries, loaded for a batch in one query per table: the referral as it is
@@ -502,18 +518,23 @@ impl Workflow {
         if ids.is_empty() {
             return Ok(());
         }
-        let (mut changes, mut parties) = (Vec::with_capacity(ids.len()), Vec::new());
+        let mut changes = Vec::with_capacity(ids.len());
         for snapshot in self.store.snapshots(&ids).await? {
             if let Some((event, to)) = delivered_event(agency, &snapshot) {
-                let (change, told) = change_for(&snapshot, event, to, None, self.carry);
-                changes.push(change);
-                parties.push(told);
+                changes.push(change_for(
+                    &snapshot,
+                    event,
+                    to,
+                    None,
+                    self.carry,
+                    self.held(),
+                ));
             }
         }
         let outcomes = self.store.apply_all(&changes).await?;
-        for ((change, parties), outcome) in changes.iter().zip(&parties).zip(outcomes) {
+        for (change, outcome) in changes.iter().zip(outcomes) {
             match outcome {
-                ChangeOutcome::Recorded => self.announce(change, parties),
+                ChangeOutcome::Recorded => self.announce(change),
                 ChangeOutcome::Stale => self.record_delivered(agency, change.referral_id).await?,
                 // A recorded delivery carries no request id, so it cannot repeat one.
                 ChangeOutcome::Duplicate(_) => {}
@@ -570,8 +591,8 @@ fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, Sta
 }
 
 /// The change that records `event` on the referral read in `snapshot`, with a delivery of the event
-/// to every party (and, on redirect, the referral itself to the new recipient); and the parties, whose
-/// sessions are woken once it is recorded. With `carry`, the event's deliveries carry it encoded.
+/// to every party (and, on redirect, the referral itself to the new recipient). With `carry`, the
+/// event's deliveries carry it encoded, and are `held` for the relay's handoff if that is given.
 /// The referral sent on a redirect never does: the snapshot has no case file, so it is loaded
 /// when it is published.
 fn change_for(
@@ -580,7 +601,8 @@ fn change_for(
     to: State,
     new_recipient: Option<AgencyId>,
     carry: bool,
-) -> (Change, Vec<AgencyId>) {
+    held: Option<std::time::Duration>,
+) -> Change {
     let referral = &snapshot.referral;
     let mut parties = snapshot.parties.clone();
     let mut deliveries: Vec<NewDelivery> = Vec::new();
@@ -589,18 +611,22 @@ fn change_for(
             parties.push(new.clone());
         }
         deliveries.push(NewDelivery {
+            id: uuid::Uuid::now_v7(),
             agency: new.clone(),
             event_id: None,
             body: None,
+            held: None,
         });
     }
     let body = carry.then(|| bundle::carried(DeliveryContent::Event(Box::new(event.clone()))));
     deliveries.extend(parties.iter().map(|agency| NewDelivery {
+        id: uuid::Uuid::now_v7(),
         agency: agency.clone(),
         event_id: Some(event.id),
         body: body.clone(),
+        held: held.filter(|_| carry),
     }));
-    let change = Change {
+    Change {
         referral_id: referral.id,
         expected_version: referral.version,
         state: to,
@@ -608,6 +634,5 @@ fn change_for(
         at: event.at,
         event,
         deliveries,
-    };
-    (change, parties)
+    }
 }

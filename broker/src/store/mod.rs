@@ -49,12 +49,20 @@ impl MailboxEntry {
 /// A delivery to enqueue with a change.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
+    /// Made by the caller, so that it can publish the delivery itself once the change is written
+    /// ([`NewDelivery::held`]).
+    pub id: uuid::Uuid,
     pub agency: AgencyId,
     pub event_id: Option<uuid::Uuid>,
     /// The delivery encoded now, without its id ([`crate::delivery::bundle::carried`]), for a
     /// store that [carries deliveries](Store::carries_deliveries): the relay publishes it as it is
     /// instead of reading the referral or event back. `None`: loaded when it is sent.
     pub body: Option<Vec<u8>>,
+    /// Kept out of every relay's lease for this long after it is written, as if leased then: the
+    /// broker that writes a carried delivery publishes it itself straight after the commit (the
+    /// relay's handoff), and a relay takes the row only if that did not happen in time. `None`:
+    /// any relay may lease it at once.
+    pub held: Option<std::time::Duration>,
 }
 
 /// One change to an existing referral: the new state, the event that explains it, and who hears of it.
@@ -182,8 +190,9 @@ pub trait Store: Send + Sync + 'static {
     fn carries_deliveries(&self) -> bool {
         false
     }
-    /// Deletes rows RabbitMQ confirmed.
-    async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError>;
+    /// Deletes the rows of deliveries RabbitMQ confirmed, by delivery id: the relay publishes
+    /// rows it leased and deliveries handed to it as they were written alike.
+    async fn remove_published(&self, delivery_ids: &[uuid::Uuid]) -> Result<(), StoreError>;
     /// Clears out the outbox rows [`Store::remove_published`] deleted, for a backend that leaves
     /// them behind until a vacuum: the relay calls it each time it has deleted many rows. A
     /// backend may skip it, for instance while another process is at it.

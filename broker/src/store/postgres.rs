@@ -155,6 +155,16 @@ const EVENT_BY_REQUEST: &str = concat!(
     " FROM referral_events WHERE actor = $1 AND request_id = $2"
 );
 
+/// The `lease_until` of a new outbox row from `d`, the statement's deliveries: now by the
+/// database's clock (the one every relay's lease reads) plus `d.held`, or NULL for a row any relay
+/// may lease at once ([`NewDelivery::held`]).
+macro_rules! held_until {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + d.held"
+    };
+}
+pub(crate) use held_until;
+
 /// A change's deliveries as parallel arrays for `unnest`: any number of deliveries in one
 /// statement.
 #[derive(Default)]
@@ -166,6 +176,8 @@ struct DeliveryColumns {
     event: Vec<Option<String>>,
     /// The carried delivery, or NULL.
     body: Vec<Option<Vec<u8>>>,
+    /// How long the row is held, in microseconds, or NULL.
+    held: Vec<Option<i64>>,
 }
 
 /// Events as parallel arrays for `unnest`, one element per change or submission of a batch:
@@ -218,7 +230,7 @@ macro_rules! bind_events {
 use bind_events;
 
 /// Binds a [`DeliveryColumns`]' arrays, in the order every statement takes them: agency,
-/// delivery id, event id, body.
+/// delivery id, event id, body, hold.
 macro_rules! bind_deliveries {
     ($query:expr, $d:expr) => {{
         let d = $d;
@@ -227,6 +239,7 @@ macro_rules! bind_deliveries {
             .bind(d.delivery)
             .bind(d.event)
             .bind(d.body)
+            .bind(d.held)
     }};
 }
 use bind_deliveries;
@@ -241,9 +254,13 @@ impl DeliveryColumns {
     fn extend(&mut self, deliveries: &[NewDelivery]) {
         for d in deliveries {
             self.agency.push(d.agency.as_str().to_owned());
-            self.delivery.push(uuid::Uuid::now_v7().to_string());
+            self.delivery.push(d.id.to_string());
             self.event.push(d.event_id.map(|e| e.to_string()));
             self.body.push(d.body.clone());
+            self.held.push(
+                d.held
+                    .map(|h| i64::try_from(h.as_micros()).unwrap_or(i64::MAX)),
+            );
         }
     }
 }
@@ -365,10 +382,11 @@ macro_rules! change_batch {
                c.state_after, c.details, NULL FROM c JOIN u ON u.id = c.referral::uuid), \
              m AS ( \
                INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, \
-               body) \
-               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, c.at, d.body \
-               FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[]) \
-                 AS d(referral, agency, delivery, event, body) \
+               body, lease_until) \
+               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, c.at, d.body, \
+               ", held_until!(), " \
+               FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[], \
+                 $19::int8[]) AS d(referral, agency, delivery, event, body, held) \
                JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral) ",
             $($redirects,)?
             "SELECT id::text FROM u"
@@ -671,7 +689,7 @@ impl Store for PgStore {
         }
         let details = serde_json::to_string(&change.event.details)
             .map_err(|e| rows::corrupt("referral_events", e))?;
-        let query = sqlx::query(
+        let query = sqlx::query(concat!(
             "WITH u AS ( \
                UPDATE referrals SET state = $1, version = version + 1, updated_at = $2, \
                recipient = COALESCE($3, recipient) WHERE id = $4::uuid AND version = $5 \
@@ -685,17 +703,20 @@ impl Store for PgStore {
                SELECT u.id, $3 FROM u WHERE $3::text IS NOT NULL ON CONFLICT DO NOTHING), \
              m AS ( \
                INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, \
-               body) \
-               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, $2, d.body \
-               FROM u, unnest($16::text[], $17::text[], $18::text[], $19::bytea[]) \
-                 AS d(agency, delivery, event, body)), \
+               body, lease_until) \
+               SELECT d.agency, d.delivery::uuid, u.id, d.event::uuid, $2, d.body, \
+               ",
+            held_until!(),
+            " \
+               FROM u, unnest($16::text[], $17::text[], $18::text[], $19::bytea[], $20::int8[]) \
+                 AS d(agency, delivery, event, body, held)), \
              x AS ( \
                UPDATE mailbox SET body = NULL FROM u, referrals r \
                WHERE $3::text IS NOT NULL AND r.id = u.id AND mailbox.agency_id = r.recipient \
                AND mailbox.referral_id = u.id AND mailbox.event_id IS NULL \
                AND mailbox.body IS NOT NULL) \
-             SELECT count(*) FROM u",
-        )
+             SELECT count(*) FROM u"
+        ))
         .bind(change.state.as_str())
         .bind(micros(change.at))
         .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
@@ -827,12 +848,17 @@ impl Store for PgStore {
         true
     }
 
-    async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
+    async fn remove_published(&self, delivery_ids: &[uuid::Uuid]) -> Result<(), StoreError> {
+        if delivery_ids.is_empty() {
             return Ok(());
         }
-        sqlx::query("DELETE FROM mailbox WHERE seq = ANY ($1)")
-            .bind(seqs)
+        sqlx::query("DELETE FROM mailbox WHERE delivery_id = ANY ($1::text[]::uuid[])")
+            .bind(
+                delivery_ids
+                    .iter()
+                    .map(|id| id.to_string())
+                    .collect::<Vec<_>>(),
+            )
             .execute(&self.pool)
             .await?;
         Ok(())

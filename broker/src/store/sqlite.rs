@@ -143,16 +143,22 @@ fn insert_deliveries(
     at: i64,
 ) -> Result<(), StoreError> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at) \
-         VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, \
+         lease_until) VALUES (?, ?, ?, ?, ?, ?)",
     )?;
     for d in deliveries {
+        // Held by this process's clock, the one its relay's leases read.
+        let held = d.held.map(|h| {
+            micros(time::OffsetDateTime::now_utc())
+                .saturating_add(i64::try_from(h.as_micros()).unwrap_or(i64::MAX))
+        });
         insert.execute(params![
             d.agency.as_str(),
-            uuid::Uuid::now_v7().to_string(),
+            d.id.to_string(),
             referral_id.to_string(),
             d.event_id.map(|e| e.to_string()),
             at,
+            held,
         ])?;
     }
     Ok(())
@@ -597,15 +603,21 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn remove_published(&self, seqs: &[i64]) -> Result<(), StoreError> {
-        if seqs.is_empty() {
+    async fn remove_published(&self, delivery_ids: &[uuid::Uuid]) -> Result<(), StoreError> {
+        if delivery_ids.is_empty() {
             return Ok(());
         }
-        let list = serde_json::Value::from(seqs.to_vec()).to_string();
+        let list = serde_json::Value::from(
+            delivery_ids
+                .iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .to_string();
         self.writer
             .write(Box::new(move |conn| {
                 conn.prepare_cached(
-                    "DELETE FROM mailbox WHERE seq IN (SELECT value FROM json_each(?))",
+                    "DELETE FROM mailbox WHERE delivery_id IN (SELECT value FROM json_each(?))",
                 )?
                 .execute(params![list])?;
                 Ok(())

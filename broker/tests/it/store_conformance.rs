@@ -13,7 +13,7 @@ use spean_broker::referral::{
 };
 use spean_broker::store::postgres::{BatchCounts, PgStore};
 use spean_broker::store::sqlite::SqliteStore;
-use spean_broker::store::{Change, ChangeOutcome, NewDelivery, Store, SubmitOutcome};
+use spean_broker::store::{Change, ChangeOutcome, MailboxEntry, NewDelivery, Store, SubmitOutcome};
 use sqlx::Connection;
 use time::OffsetDateTime;
 
@@ -167,6 +167,7 @@ conformance!(
     a_snapshot_holds_the_referral_its_parties_and_its_history,
     a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,
     outbox_leases_hand_each_row_to_one_relay,
+    held_deliveries_stay_out_of_leases_until_their_hold_runs_out,
     the_directory_round_trips_and_versions,
     concurrent_changes_on_one_version_record_exactly_one,
     concurrent_retries_of_one_request_record_it_once,
@@ -230,18 +231,31 @@ fn event(r: &Referral, kind: EventKind, actor: &str, state: State, request: Opti
 }
 
 async fn submit(store: &Arc<dyn Store>, client_ref: &str) -> Referral {
+    submit_with(store, client_ref, None, None).await.0
+}
+
+/// Submits a referral whose delivery to its recipient carries `body` and is `held`; returns it
+/// with that delivery's id.
+async fn submit_with(
+    store: &Arc<dyn Store>,
+    client_ref: &str,
+    body: Option<Vec<u8>>,
+    held: Option<Duration>,
+) -> (Referral, uuid::Uuid) {
     let r = referral(client_ref);
     let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
     let d = [NewDelivery {
+        id: uuid::Uuid::now_v7(),
         agency: r.recipient.clone(),
         event_id: None,
-        body: None,
+        body,
+        held,
     }];
     assert!(matches!(
         store.submit(&r, &e, &d).await.unwrap(),
         SubmitOutcome::Created
     ));
-    r
+    (r, d[0].id)
 }
 
 fn change(r: &Referral, version: i64, e: Event, to: State) -> Change {
@@ -252,9 +266,11 @@ fn change(r: &Referral, version: i64, e: Event, to: State) -> Change {
         new_recipient: None,
         at: e.at,
         deliveries: vec![NewDelivery {
+            id: uuid::Uuid::now_v7(),
             agency: r.sender.clone(),
             event_id: Some(e.id),
             body: None,
+            held: None,
         }],
         event: e,
     }
@@ -271,9 +287,11 @@ fn redirect(r: &Referral, to: &str) -> Change {
     );
     redirect.new_recipient = Some(agency(to));
     redirect.deliveries.push(NewDelivery {
+        id: uuid::Uuid::now_v7(),
         agency: agency(to),
         event_id: None,
         body: None,
+        held: None,
     });
     redirect
 }
@@ -772,9 +790,11 @@ async fn a_failed_write_leaves_nothing_and_spares_the_writes_beside_it(f: Fixtur
                     let r = referral(&format!("w-new-{n}"));
                     let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
                     let d = [NewDelivery {
+                        id: uuid::Uuid::now_v7(),
                         agency: r.recipient.clone(),
                         event_id: None,
                         body: None,
+                        held: None,
                     }];
                     matches!(
                         store.submit(&r, &e, &d).await.unwrap(),
@@ -808,7 +828,7 @@ async fn outbox_leases_hand_each_row_to_one_relay(f: Fixture) {
     assert!(first.iter().all(|a| second.iter().all(|b| a.seq != b.seq)));
     assert!(store.lease_outbox(10, lease).await.unwrap().is_empty());
     store
-        .remove_published(&first.iter().map(|e| e.seq).collect::<Vec<_>>())
+        .remove_published(&first.iter().map(|e| e.delivery_id).collect::<Vec<_>>())
         .await
         .unwrap();
     // Published rows are gone; the two still leased stay in the mailbox.
@@ -836,6 +856,68 @@ async fn outbox_leases_hand_each_row_to_one_relay(f: Fixture) {
         again.iter().map(|e| e.referral_id).collect::<Vec<_>>(),
         [fresh.id]
     );
+}
+
+/// A delivery written held stays out of every relay's lease until its hold runs out: the broker
+/// that wrote it publishes it itself (the relay's handoff), and deletes its row by delivery id once
+/// RabbitMQ confirmed it. One written without a hold is leased at once. Submits, a change alone and
+/// changes in a batch all write the hold.
+async fn held_deliveries_stay_out_of_leases_until_their_hold_runs_out(f: Fixture) {
+    let store = f.store.clone();
+    let (long, short) = (Duration::from_secs(60), Duration::from_millis(150));
+    let (a, a_sent) = submit_with(&store, "h-a", None, Some(long)).await;
+    let (b, b_sent) = submit_with(&store, "h-b", None, None).await;
+    let (c, c_sent) = submit_with(&store, "h-c", None, Some(short)).await;
+    let lease = Duration::from_secs(30);
+    let ids = |entries: Vec<MailboxEntry>| -> Vec<uuid::Uuid> {
+        entries.iter().map(|e| e.delivery_id).collect()
+    };
+    assert_eq!(ids(store.lease_outbox(10, lease).await.unwrap()), [b_sent]);
+
+    let acknowledged = |r: &Referral| {
+        let mut ack = change(
+            r,
+            1,
+            event(
+                r,
+                EventKind::Acknowledged,
+                "mlup-russey",
+                State::Acknowledged,
+                None,
+            ),
+            State::Acknowledged,
+        );
+        ack.deliveries[0].held = Some(long);
+        ack
+    };
+    assert!(matches!(
+        store.apply(&acknowledged(&a)).await.unwrap(),
+        ChangeOutcome::Recorded
+    ));
+    let together = store
+        .apply_all(&[acknowledged(&b), acknowledged(&c)])
+        .await
+        .unwrap();
+    assert!(
+        together
+            .iter()
+            .all(|o| matches!(o, ChangeOutcome::Recorded))
+    );
+    assert!(store.lease_outbox(10, lease).await.unwrap().is_empty());
+    let hospital = store.mailbox(&agency("ahc-swu"), 0, 10).await.unwrap();
+    assert_eq!(
+        hospital.len(),
+        3,
+        "held rows are in the mailbox all the same"
+    );
+
+    // `a` was handed off and published: its row goes, by delivery id.
+    store.remove_published(&[a_sent]).await.unwrap();
+    let ngo = ids(store.mailbox(&agency("mlup-russey"), 0, 10).await.unwrap());
+    assert_eq!(ngo, [b_sent, c_sent]);
+    // `c`'s hand-off did not happen: once its hold runs out, a relay leases it; the rest stay held.
+    tokio::time::sleep(short * 2).await;
+    assert_eq!(ids(store.lease_outbox(10, lease).await.unwrap()), [c_sent]);
 }
 
 async fn the_directory_round_trips_and_versions(f: Fixture) {
@@ -916,9 +998,11 @@ async fn concurrent_submits_of_one_client_ref_create_one_referral(f: Fixture) {
         let r = referral("same-client");
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
         let d = [NewDelivery {
+            id: uuid::Uuid::now_v7(),
             agency: r.recipient.clone(),
             event_id: None,
             body: None,
+            held: None,
         }];
         async move { (r.id, store.submit(&r, &e, &d).await.unwrap()) }
     })
@@ -1163,9 +1247,11 @@ async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
         r.case_file = SealedCaseFile::new(format!("{KHMER} {i}").into_bytes());
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
         let d = [NewDelivery {
+            id: uuid::Uuid::now_v7(),
             agency: r.recipient.clone(),
             event_id: None,
             body: None,
+            held: None,
         }];
         async move {
             let outcome = store.submit(&r, &e, &d).await.unwrap();
@@ -1298,22 +1384,10 @@ async fn confirmations_that_arrive_together_record_each_delivery_once(f: Fixture
 /// case file. A store that does not carry them leases every row without a body.
 async fn carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recipient(f: Fixture) {
     let store = f.store.clone();
-    let submit_carried = |client_ref: &str| {
+    let submit_carried = |client_ref: &'static str| {
+        let body = format!("referral {client_ref}").into_bytes();
         let store = store.clone();
-        let r = referral(client_ref);
-        async move {
-            let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-            let d = [NewDelivery {
-                agency: r.recipient.clone(),
-                event_id: None,
-                body: Some(format!("referral {}", r.client_ref.as_str()).into_bytes()),
-            }];
-            assert!(matches!(
-                store.submit(&r, &e, &d).await.unwrap(),
-                SubmitOutcome::Created
-            ));
-            r
-        }
+        async move { submit_with(&store, client_ref, Some(body), None).await.0 }
     };
     let (a, b, c) = (
         submit_carried("k-a").await,
@@ -1393,12 +1467,12 @@ async fn tidying_the_outbox_clears_out_published_rows_and_keeps_the_rest(f: Fixt
         submit(&store, &format!("t-{n}")).await;
     }
     let lease = Duration::from_secs(30);
-    let published: Vec<i64> = store
+    let published: Vec<uuid::Uuid> = store
         .lease_outbox(500, lease)
         .await
         .unwrap()
         .iter()
-        .map(|e| e.seq)
+        .map(|e| e.delivery_id)
         .collect();
     assert_eq!(published.len(), 200);
     store.remove_published(&published).await.unwrap();

@@ -17,8 +17,8 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    Batches, DeliveryColumns, EventColumns, bind_deliveries, bind_events, by_client_ref, micros,
-    rows,
+    Batches, DeliveryColumns, EventColumns, bind_deliveries, bind_events, by_client_ref,
+    held_until, micros, rows,
 };
 use crate::error::StoreError;
 use crate::ids::ReferralId;
@@ -128,7 +128,7 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
     let (referral, event) = (&s.referral, &s.event);
     let details =
         serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
-    let query = sqlx::query(
+    let query = sqlx::query(concat!(
         "WITH r AS ( \
            INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
            addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
@@ -145,12 +145,14 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
            INSERT INTO referral_access (referral_id, agency_id) \
            SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
          m AS ( \
-           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body) \
-           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31, d.body \
-           FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[]) \
-             AS d(agency, delivery, event, body)) \
-         SELECT count(*) FROM r",
-    );
+           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body, \
+           lease_until) \
+           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31, d.body, ",
+        held_until!(),
+        " FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[], $36::int8[]) \
+             AS d(agency, delivery, event, body, held)) \
+         SELECT count(*) FROM r"
+    ));
     let query = rows::bind_referral!(query, referral);
     let query = rows::bind_event!(query, event, details)
         .bind(vec![
@@ -192,7 +194,7 @@ async fn insert_batch(
     for (s, _) in batch {
         c.push(s)?;
     }
-    let query = sqlx::query_scalar(
+    let query = sqlx::query_scalar(concat!(
         "WITH c AS ( \
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
@@ -225,13 +227,15 @@ async fn insert_batch(
            SELECT r.id, x FROM c JOIN r ON r.id = c.id::uuid, \
            unnest(ARRAY[c.sender, c.recipient]) AS x ON CONFLICT DO NOTHING), \
          m AS ( \
-           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body) \
-           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, c.at, d.body \
-           FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[]) \
-             WITH ORDINALITY AS d(referral, agency, delivery, event, body, n) \
+           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body, \
+           lease_until) \
+           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, c.at, d.body, ",
+        held_until!(),
+        " FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[], \
+             $34::int8[]) WITH ORDINALITY AS d(referral, agency, delivery, event, body, held, n) \
            JOIN r ON r.id = d.referral::uuid JOIN c ON c.id = d.referral ORDER BY d.n) \
-         SELECT id::text FROM r",
-    )
+         SELECT id::text FROM r"
+    ))
     .persistent(false)
     .bind(c.id)
     .bind(c.sender)
