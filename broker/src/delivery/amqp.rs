@@ -496,6 +496,8 @@ impl Amqp {
             while confirming.try_join_next().is_some() {}
             let Some(connection) = self.current() else {
                 doorbell.set_handing_off(false);
+                // Their rows go out by lease once their holds run out, loaded as they are then.
+                waiting.clear();
                 channel = None;
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -523,6 +525,9 @@ impl Amqp {
                 Vec::new()
             } else {
                 take_handed(&mut waiting, handoffs.as_mut(), self.config.publish_batch)
+                    .into_iter()
+                    .filter(|h| !doorbell.redirected(h))
+                    .collect()
             };
             let published = if !handed.is_empty() {
                 leased_last = false;

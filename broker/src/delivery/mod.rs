@@ -122,6 +122,9 @@ impl Settle {
 pub struct Handoff {
     pub agency: AgencyId,
     pub delivery_id: uuid::Uuid,
+    pub referral_id: ReferralId,
+    /// The referral itself (with its case file), rather than one of its events.
+    pub is_referral: bool,
     /// [`crate::store::NewDelivery::body`]: the delivery without its id.
     pub body: Vec<u8>,
     /// When it was written: past its hold, its row may be leased by any relay.
@@ -131,6 +134,9 @@ pub struct Handoff {
 /// Writes handed to the relay and not yet taken. Beyond this many the relay is far behind, and a
 /// write's deliveries are left to the relay's lease once their hold runs out.
 const HANDOFFS_WAITING: usize = 4096;
+
+/// How long [`Doorbell::redirected`] remembers a redirect: longer than any handoff waits.
+const REDIRECT_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Wakes the delivery sessions of an agency, and the outbox relay, when something was queued; and
 /// hands carried deliveries to the relay.
@@ -142,6 +148,8 @@ pub struct Doorbell {
     handed: Mutex<Option<mpsc::Receiver<Vec<Handoff>>>>,
     /// Whether the relay can publish handoffs now (it has a channel to RabbitMQ).
     handing_off: AtomicBool,
+    /// Referrals this process redirected lately, and when ([`Doorbell::redirected`]).
+    redirected: Mutex<HashMap<ReferralId, std::time::Instant>>,
 }
 
 impl Default for Doorbell {
@@ -153,23 +161,32 @@ impl Default for Doorbell {
             handoff,
             handed: Mutex::new(Some(handed)),
             handing_off: AtomicBool::new(false),
+            redirected: Mutex::default(),
         }
     }
 }
 
 impl Doorbell {
-    /// A change or submission with these deliveries was committed. Held deliveries (carried ones,
-    /// with RabbitMQ) go to the relay as they are; for the others the agency's sessions and the
-    /// relay are woken, to read them from the store. Nobody is woken for a held delivery: the
-    /// relay would find its row held and nothing else to lease.
-    pub fn queued(&self, deliveries: &[NewDelivery]) {
+    /// A change or submission of `referral_id` with these deliveries was committed; `redirect`
+    /// if it redirected the referral. Held deliveries (carried ones, with RabbitMQ) go to the
+    /// relay as they are; for the others the agency's sessions and the relay are woken, to read
+    /// them from the store. Nobody is woken for a held delivery: the relay would find its row held
+    /// and nothing else to lease.
+    pub fn queued(&self, referral_id: ReferralId, deliveries: &[NewDelivery], redirect: bool) {
         let now = std::time::Instant::now();
+        if redirect {
+            let mut redirected = self.redirected.lock().unwrap_or_else(|p| p.into_inner());
+            redirected.retain(|_, at| now.duration_since(*at) < REDIRECT_MEMORY);
+            redirected.insert(referral_id, now);
+        }
         let mut handed = Vec::new();
         for d in deliveries {
             match (&d.body, d.held) {
                 (Some(body), Some(_)) => handed.push(Handoff {
                     agency: d.agency.clone(),
                     delivery_id: d.id,
+                    referral_id,
+                    is_referral: d.event_id.is_none(),
                     body: body.clone(),
                     written: now,
                 }),
@@ -193,6 +210,22 @@ impl Doorbell {
     /// Set by the relay: whether it can publish handoffs now.
     pub fn set_handing_off(&self, open: bool) {
         self.handing_off.store(open, Ordering::Relaxed);
+    }
+
+    /// Whether a handed-off delivery of the referral itself must not be published as it was
+    /// handed over: the referral was redirected since. A redirect clears the case file from the
+    /// former recipient's queued referral in the store; the handoff still holds it. Left to the
+    /// relay's lease once its hold runs out, the row is loaded as it is now, without the case
+    /// file. A redirect made through another broker is not seen here: there the handoff's
+    /// window (from the commit to the publish, milliseconds unless the relay is behind) is the
+    /// lease's window (from the lease to the publish) before it.
+    pub fn redirected(&self, handoff: &Handoff) -> bool {
+        handoff.is_referral
+            && self
+                .redirected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&handoff.referral_id)
     }
 
     /// What the relay publishes without leasing; taken once, by this process's relay.
@@ -254,5 +287,55 @@ impl Backend {
                 amqp.open_session(&agency, window).await?,
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(agency: &str, event_id: Option<uuid::Uuid>) -> NewDelivery {
+        NewDelivery {
+            id: uuid::Uuid::now_v7(),
+            agency: AgencyId::parse("agency", agency).unwrap(),
+            event_id,
+            body: Some(b"carried".to_vec()),
+            held: Some(std::time::Duration::from_secs(15)),
+        }
+    }
+
+    /// Held deliveries are handed to the relay and wake nobody; the others ring their agency. A
+    /// referral redirected after its handoff is not published from the handoff (its case file
+    /// was cleared in the store), while its events and other referrals still are.
+    #[tokio::test]
+    async fn held_deliveries_are_handed_off_and_a_redirect_withdraws_the_referral() {
+        let bell = Doorbell::default();
+        let mut handoffs = bell.take_handoffs().unwrap();
+        assert!(bell.take_handoffs().is_none(), "one relay takes them");
+        let mut ngo = bell.listen(&AgencyId::parse("agency", "mlup-russey").unwrap());
+        let (moved, kept) = (ReferralId::new(), ReferralId::new());
+        bell.queued(moved, &[held("mlup-russey", None)], false);
+        bell.queued(kept, &[held("mlup-russey", None)], false);
+        let unheld = NewDelivery {
+            held: None,
+            ..held("mlup-russey", None)
+        };
+        bell.queued(kept, &[unheld], false);
+        assert!(ngo.has_changed().unwrap(), "an unheld delivery rings");
+        ngo.borrow_and_update();
+
+        let event = uuid::Uuid::now_v7();
+        bell.queued(moved, &[held("ahc-swu", Some(event))], true);
+        assert!(!ngo.has_changed().unwrap(), "held deliveries ring nobody");
+        let handed: Vec<Handoff> = std::iter::from_fn(|| handoffs.try_recv().ok())
+            .flatten()
+            .collect();
+        assert_eq!(handed.len(), 3);
+        let withdrawn: Vec<(ReferralId, bool)> = handed
+            .iter()
+            .map(|h| (h.referral_id, bell.redirected(h)))
+            .collect();
+        assert_eq!(withdrawn, [(moved, true), (kept, false), (moved, false)]);
+        assert_eq!(handed[2].agency.as_str(), "ahc-swu");
     }
 }

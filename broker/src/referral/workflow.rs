@@ -221,7 +221,7 @@ impl Workflow {
         match self.store.submit(&referral, &event, &deliveries).await? {
             SubmitOutcome::Created => {
                 tracing::info!(referral_id = %referral.id, recipient = %recipient, "referral submitted");
-                self.doorbell.queued(&deliveries);
+                self.doorbell.queued(referral.id, &deliveries, false);
                 Ok((referral, vec![event], true))
             }
             SubmitOutcome::Existing(existing) => {
@@ -442,7 +442,11 @@ impl Workflow {
     /// everyone who hears of it, or hands carried deliveries to the relay.
     fn announce(&self, change: &Change) {
         tracing::info!(referral_id = %change.referral_id, event = %change.event.kind, state = %change.state, "referral changed");
-        self.doorbell.queued(&change.deliveries);
+        self.doorbell.queued(
+            change.referral_id,
+            &change.deliveries,
+            change.new_recipient.is_some(),
+        );
     }
 
     /// What each delivery carries, loaded for a batch in one query per table: the referral as it is
