@@ -57,6 +57,10 @@ pub const LEASE: Duration = Duration::from_secs(15);
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// Published batches waiting for their confirms while the relay leases the next.
 const BATCHES_IN_FLIGHT: usize = 4;
+/// Handed-off batches waiting for their confirms while the relay takes the next. Fewer than
+/// [`BATCHES_IN_FLIGHT`]: a handoff is published as soon as it arrives, so under load this limit
+/// is what gathers handoffs into bundles, one message per agency rather than one per write.
+const HANDOFFS_IN_FLIGHT: usize = 2;
 /// How often a connection, and the dead-letter queue, are checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
@@ -489,11 +493,16 @@ impl Amqp {
         let mut last_lease = tokio::time::Instant::now();
         let mut channel: Option<Channel> = None;
         let mut confirming = tokio::task::JoinSet::new();
+        // Handed-off batches still settling. While they are at their limit, new handoffs gather,
+        // and go out together in the next batch.
+        let mut handing = tokio::task::JoinSet::new();
         while !stop.is_cancelled() {
             while confirming.len() >= BATCHES_IN_FLIGHT {
                 confirming.join_next().await;
             }
             while confirming.try_join_next().is_some() {}
+            while handing.try_join_next().is_some() {}
+            let handoff_room = handing.len() < HANDOFFS_IN_FLIGHT;
             let Some(connection) = self.current() else {
                 doorbell.set_handing_off(false);
                 // Their rows go out by lease once their holds run out, loaded as they are then.
@@ -521,7 +530,7 @@ impl Amqp {
             if matches!(bell.has_changed(), Ok(true)) || last_lease.elapsed() >= poll {
                 lease_due = true;
             }
-            let handed = if lease_due && !leased_last {
+            let handed = if (lease_due && !leased_last) || !handoff_room {
                 Vec::new()
             } else {
                 take_handed(&mut waiting, handoffs.as_mut(), self.config.publish_batch)
@@ -529,7 +538,8 @@ impl Amqp {
                     .filter(|h| !doorbell.redirected(h))
                     .collect()
             };
-            let published = if !handed.is_empty() {
+            let from_handoff = !handed.is_empty();
+            let published = if from_handoff {
                 leased_last = false;
                 let deliveries = handed
                     .into_iter()
@@ -576,7 +586,8 @@ impl Amqp {
                     _ = stop.cancelled() => break,
                     _ = bell.changed() => lease_due = true,
                     _ = tokio::time::sleep(poll.saturating_sub(last_lease.elapsed())) => lease_due = true,
-                    Some(h) = handed => waiting.extend(h),
+                    Some(h) = handed, if handoff_room => waiting.extend(h),
+                    Some(_) = handing.join_next(), if !handing.is_empty() => {}
                 }
                 continue;
             };
@@ -584,15 +595,18 @@ impl Amqp {
                 Ok(published) => {
                     let (amqp, store, settle_on) =
                         (self.clone(), workflow.store().clone(), ch.clone());
-                    confirming.spawn(
-                        async move {
-                            let deleted = amqp
-                                .settle_published(&settle_on, store.as_ref(), published)
-                                .await;
-                            amqp.tidy_if_due(&store, deleted);
-                        }
-                        .in_current_span(),
-                    );
+                    let settle = async move {
+                        let deleted = amqp
+                            .settle_published(&settle_on, store.as_ref(), published)
+                            .await;
+                        amqp.tidy_if_due(&store, deleted);
+                    }
+                    .in_current_span();
+                    if from_handoff {
+                        handing.spawn(settle);
+                    } else {
+                        confirming.spawn(settle);
+                    }
                     channel = Some(ch);
                 }
                 Err(e) => {
@@ -603,6 +617,7 @@ impl Amqp {
         }
         doorbell.set_handing_off(false);
         confirming.shutdown().await;
+        handing.shutdown().await;
     }
 
     /// Publishes one bundle, persistent and `mandatory`, to its agency's routing key.
