@@ -306,6 +306,12 @@ fn snapshot_of(row: &sqlx::postgres::PgRow) -> Result<Snapshot, StoreError> {
     rows::snapshot(row, parties, history)
 }
 
+/// Ids as the text array every `= ANY ($n::text[]::uuid[])` binds: the statements take uuids as
+/// text, since the pool maps no uuid type.
+fn as_text<T: ToString>(ids: &[T]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}
+
 fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -536,7 +542,7 @@ impl Store for PgStore {
             "WHERE id = ANY ($1::text[]::uuid[])"
         ))
         .persistent(false)
-        .bind(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+        .bind(as_text(ids))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(snapshot_of).collect()
@@ -588,7 +594,7 @@ impl Store for PgStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let ids = as_text(ids);
         let referrals = sqlx::query(concat!(
             "SELECT ",
             referral_columns!(),
@@ -628,7 +634,7 @@ impl Store for PgStore {
             " FROM referral_events WHERE id = ANY ($1::text[]::uuid[]) ORDER BY seq"
         ))
         .persistent(false)
-        .bind(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>())
+        .bind(as_text(ids))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(rows::event).collect()
@@ -853,12 +859,7 @@ impl Store for PgStore {
             return Ok(());
         }
         sqlx::query("DELETE FROM mailbox WHERE delivery_id = ANY ($1::text[]::uuid[])")
-            .bind(
-                delivery_ids
-                    .iter()
-                    .map(|id| id.to_string())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(as_text(delivery_ids))
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -897,12 +898,7 @@ impl Store for PgStore {
             "DELETE FROM mailbox WHERE agency_id = $1 AND delivery_id = ANY ($2::text[]::uuid[])",
         )
         .bind(agency.as_str())
-        .bind(
-            delivery_ids
-                .iter()
-                .map(|id| id.to_string())
-                .collect::<Vec<_>>(),
-        )
+        .bind(as_text(delivery_ids))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
