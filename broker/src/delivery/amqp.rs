@@ -14,13 +14,13 @@
 //! rows. Rows are *leased* (`lease_until`) so that several broker processes never publish the same
 //! row at the same time; a relay that dies mid-batch leaves its leases to expire and another relay
 //! republishes. Carried deliveries skip the lease: their rows are written *held* for the relay of
-//! the broker that wrote them, which is handed them after the commit ([`Handoff`]); a hold that
+//! the broker that wrote them, which is handed them after the commit ([`Handoff`](super::Handoff)); a hold that
 //! runs out is leased like any other row.
 //! A delivery session consumes its agency's queue with a bounded prefetch and acks a message only when
 //! the adapter confirmed every delivery in it on the same stream.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -30,45 +30,30 @@ use lapin::options::{
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind};
-use prost::Message;
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
-use tracing::Instrument;
-
-use super::bundle::{self, BUNDLE_TYPE, BundleAck, Outgoing};
-use super::{DeliveryError, DeliveryRef, Doorbell, Handoff, Pending, Settle};
+use super::bundle::{self, BundleAck};
+use super::{DeliveryError, DeliveryRef, Pending, Settle};
 use crate::config::AmqpConfig;
 use crate::error::ErrorChain;
-use crate::gateway::convert;
 use crate::ids::AgencyId;
 use crate::referral::workflow::Workflow;
-use crate::store::{MailboxEntry, Store};
+
+mod relay;
 
 /// A refused first connect can otherwise hang (see the lapin notes in `docs/operations.md`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a relay owns the rows it leased, and how long the rows of deliveries handed to it are
 /// held for it; after that another relay may publish them.
 pub const LEASE: Duration = Duration::from_secs(15);
-/// How long a published batch may wait for its publisher confirms: well inside [`LEASE`], so no
-/// other relay publishes those rows while this one may still delete them.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
-/// Published batches waiting for their confirms while the relay leases the next.
-const BATCHES_IN_FLIGHT: usize = 4;
-/// Handed-off batches waiting for their confirms while the relay takes the next. Fewer than
-/// [`BATCHES_IN_FLIGHT`]: a handoff is published as soon as it arrives, so under load this limit
-/// is what gathers handoffs into bundles, one message per agency rather than one per write.
-const HANDOFFS_IN_FLIGHT: usize = 2;
 /// How often a connection, and the dead-letter queue, are checked.
 const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
 /// Channels used at once to declare the agencies' queues at startup.
 const DECLARE_CHANNELS: usize = 8;
-/// Outbox rows the relay deletes between two requests to clear them out ([`Store::tidy_outbox`]):
-/// at the benchmark's maximum, every three or four seconds.
-const TIDY_AFTER_ROWS: usize = 20_000;
 
 pub struct Amqp {
     config: AmqpConfig,
@@ -462,321 +447,6 @@ impl Amqp {
         }
     }
 
-    /// Publishes the outbox until `stop`. Deliveries handed over by this process's writes
-    /// ([`Doorbell::queued`]) go first, as they are: their rows are held for this relay, so it
-    /// neither leases nor reads them. Otherwise, when woken by the doorbell or the poll interval,
-    /// it leases a batch of rows no relay holds (rows written without a carried body, and held
-    /// rows whose handoff did not happen in time), loads what they do not carry (one query per
-    /// table), and publishes them. Either way a task then waits for the publisher confirms and
-    /// deletes the rows RabbitMQ confirmed, while the relay goes on, up to [`BATCHES_IN_FLIGHT`]
-    /// batches at once; the leases and holds keep those rows out of the next lease.
-    pub async fn relay(
-        self: Arc<Self>,
-        workflow: Arc<Workflow>,
-        doorbell: Arc<Doorbell>,
-        poll: Duration,
-        stop: CancellationToken,
-    ) {
-        let mut bell = doorbell.listen_any();
-        let mut handoffs = doorbell.take_handoffs();
-        if handoffs.is_none() {
-            tracing::warn!(
-                "another relay in this process takes the handed-off deliveries; this one only leases"
-            );
-        }
-        let mut waiting: Vec<Handoff> = Vec::new();
-        // Whether the outbox may hold rows to lease: at start, after the doorbell, and every poll
-        // interval. While both are due, leases and handoffs take turns, so that a steady stream of
-        // handoffs does not keep rows that must be leased waiting.
-        let mut lease_due = true;
-        let mut leased_last = false;
-        let mut last_lease = tokio::time::Instant::now();
-        let mut channel: Option<Channel> = None;
-        let mut confirming = tokio::task::JoinSet::new();
-        // Handed-off batches still settling. While they are at their limit, new handoffs gather,
-        // and go out together in the next batch.
-        let mut handing = tokio::task::JoinSet::new();
-        while !stop.is_cancelled() {
-            while confirming.len() >= BATCHES_IN_FLIGHT {
-                confirming.join_next().await;
-            }
-            while confirming.try_join_next().is_some() {}
-            while handing.try_join_next().is_some() {}
-            let handoff_room = handing.len() < HANDOFFS_IN_FLIGHT;
-            let Some(connection) = self.current() else {
-                doorbell.set_handing_off(false);
-                // Their rows go out by lease once their holds run out, loaded as they are then.
-                waiting.clear();
-                channel = None;
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                }
-            };
-            let open = match channel.take() {
-                Some(c) if c.status().connected() => Ok(c),
-                _ => confirm_channel(&connection).await,
-            };
-            let ch = match open {
-                Ok(c) => c,
-                Err(e) => {
-                    doorbell.set_handing_off(false);
-                    tracing::warn!(error = %ErrorChain(&e), "relay cannot open a channel");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            };
-            doorbell.set_handing_off(handoffs.is_some());
-            if matches!(bell.has_changed(), Ok(true)) || last_lease.elapsed() >= poll {
-                lease_due = true;
-            }
-            let handed = if (lease_due && !leased_last) || !handoff_room {
-                Vec::new()
-            } else {
-                take_handed(&mut waiting, handoffs.as_mut(), self.config.publish_batch)
-                    .into_iter()
-                    .filter(|h| !doorbell.redirected(h))
-                    .collect()
-            };
-            let from_handoff = !handed.is_empty();
-            let published = if from_handoff {
-                leased_last = false;
-                let deliveries = handed
-                    .into_iter()
-                    .map(|h| {
-                        let encoded = bundle::with_id(h.delivery_id, &h.body);
-                        (h.agency, h.delivery_id, encoded)
-                    })
-                    .collect();
-                self.publish_encoded(&ch, deliveries, Published::default())
-                    .await
-            } else if lease_due {
-                leased_last = true;
-                last_lease = tokio::time::Instant::now();
-                bell.borrow_and_update();
-                let leased = workflow
-                    .store()
-                    .lease_outbox(self.config.publish_batch, LEASE)
-                    .await;
-                match leased {
-                    Ok(batch) if batch.is_empty() => {
-                        lease_due = false;
-                        channel = Some(ch);
-                        continue;
-                    }
-                    Ok(batch) => self.publish(&ch, &workflow, batch).await,
-                    Err(e) => {
-                        tracing::warn!(error = %ErrorChain(&e), "relay cannot read the outbox; retrying");
-                        channel = Some(ch);
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                }
-            } else {
-                channel = Some(ch);
-                let handed = async {
-                    match handoffs.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = bell.changed() => lease_due = true,
-                    _ = tokio::time::sleep(poll.saturating_sub(last_lease.elapsed())) => lease_due = true,
-                    Some(h) = handed, if handoff_room => waiting.extend(h),
-                    Some(_) = handing.join_next(), if !handing.is_empty() => {}
-                }
-                continue;
-            };
-            match published {
-                Ok(published) => {
-                    let (amqp, store, settle_on) =
-                        (self.clone(), workflow.store().clone(), ch.clone());
-                    let settle = async move {
-                        let deleted = amqp
-                            .settle_published(&settle_on, store.as_ref(), published)
-                            .await;
-                        amqp.tidy_if_due(&store, deleted);
-                    }
-                    .in_current_span();
-                    if from_handoff {
-                        handing.spawn(settle);
-                    } else {
-                        confirming.spawn(settle);
-                    }
-                    channel = Some(ch);
-                }
-                Err(e) => {
-                    // The leases and holds stay: these rows are published again when they run out.
-                    tracing::warn!(error = %ErrorChain(&e), "publishing failed; the batch will be published again");
-                }
-            }
-        }
-        doorbell.set_handing_off(false);
-        confirming.shutdown().await;
-        handing.shutdown().await;
-    }
-
-    /// Publishes one bundle, persistent and `mandatory`, to its agency's routing key.
-    async fn publish_one(
-        &self,
-        channel: &Channel,
-        outgoing: &Outgoing,
-    ) -> Result<lapin::PublisherConfirm, DeliveryError> {
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_type(ShortString::from(BUNDLE_TYPE))
-            .with_message_id(ShortString::from(uuid::Uuid::now_v7().to_string()));
-        Ok(channel
-            .basic_publish(
-                self.exchange().into(),
-                outgoing.agency.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &outgoing.body,
-                properties,
-            )
-            .await?)
-    }
-
-    /// Publishes a leased batch, bundled per agency, without waiting for confirms, and returns what
-    /// is needed to settle it. A row that carries its delivery goes as it is; the others are loaded
-    /// first, all in one read. Rows whose referral or event no longer exists have nothing to carry:
-    /// they are settled as if published.
-    async fn publish(
-        &self,
-        channel: &Channel,
-        workflow: &Workflow,
-        batch: Vec<MailboxEntry>,
-    ) -> Result<Published, DeliveryError> {
-        let wanted: Vec<(AgencyId, DeliveryRef)> = batch
-            .iter()
-            .filter(|e| e.carried.is_none())
-            .map(|e| (e.agency.clone(), e.reference()))
-            .collect();
-        let mut contents = workflow
-            .load_deliveries(&wanted)
-            .await
-            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?
-            .into_iter();
-        let mut published = Published::default();
-        let mut deliveries = Vec::with_capacity(batch.len());
-        for entry in batch {
-            let encoded = match &entry.carried {
-                Some(body) => Some(bundle::with_id(entry.delivery_id, body)),
-                None => contents
-                    .next()
-                    .flatten()
-                    .map(|content| convert::delivery(entry.delivery_id, content).encode_to_vec()),
-            };
-            match encoded {
-                Some(encoded) => deliveries.push((entry.agency, entry.delivery_id, encoded)),
-                None => published.empty.push(entry.delivery_id),
-            }
-        }
-        self.publish_encoded(channel, deliveries, published).await
-    }
-
-    /// Publishes encoded deliveries, in order, bundled per agency, without waiting for confirms,
-    /// adding each message to `published`.
-    async fn publish_encoded(
-        &self,
-        channel: &Channel,
-        deliveries: Vec<(AgencyId, uuid::Uuid, Vec<u8>)>,
-        mut published: Published,
-    ) -> Result<Published, DeliveryError> {
-        for outgoing in bundle::bundle(deliveries, self.config.bundle_max as usize) {
-            let confirm = self.publish_one(channel, &outgoing).await?;
-            published.pending.push((outgoing, confirm));
-        }
-        Ok(published)
-    }
-
-    /// Counts rows the relay deleted and, every [`TIDY_AFTER_ROWS`], has the store clear them out
-    /// in a task of its own, one at a time, so no batch waits for it.
-    fn tidy_if_due(&self, store: &Arc<dyn Store>, deleted: usize) {
-        let total = self.deleted.fetch_add(deleted, Ordering::Relaxed) + deleted;
-        if total < TIDY_AFTER_ROWS || self.tidying.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.deleted.store(0, Ordering::Relaxed);
-        let (store, tidying) = (store.clone(), self.tidying.clone());
-        tokio::spawn(
-            async move {
-                if let Err(e) = store.tidy_outbox().await {
-                    tracing::warn!(error = %ErrorChain(&e), "could not clear out the outbox's deleted rows");
-                }
-                tidying.store(false, Ordering::Release);
-            }
-            .in_current_span(),
-        );
-    }
-
-    /// Waits for a batch's publisher confirms (bounded by [`CONFIRM_TIMEOUT`], well inside the
-    /// lease) and deletes the rows RabbitMQ confirmed. A message RabbitMQ could not route (its
-    /// agency's queue does not exist yet: added since start, or still being declared) gets its queue
-    /// declared and is published once more. Whatever is not confirmed stays leased and is published
-    /// again when the lease ends. Returns how many rows it deleted.
-    async fn settle_published(
-        &self,
-        channel: &Channel,
-        store: &dyn Store,
-        published: Published,
-    ) -> usize {
-        let Published { mut empty, pending } = published;
-        let mut done = std::mem::take(&mut empty);
-        let waited = tokio::time::timeout(CONFIRM_TIMEOUT, async {
-            let mut unroutable = Vec::new();
-            for (outgoing, confirm) in pending {
-                let confirmation = confirm.await?;
-                if !confirmation.is_ack() {
-                    tracing::warn!(agency = %outgoing.agency, deliveries = outgoing.ids.len(), "RabbitMQ refused a message; it will be published again");
-                } else if confirmation.take_message().is_some() {
-                    unroutable.push(outgoing);
-                } else {
-                    done.extend(outgoing.ids);
-                }
-            }
-            for outgoing in unroutable {
-                tracing::info!(agency = %outgoing.agency, "no queue for the agency; declaring it");
-                self.ensure_queue(channel, &outgoing.agency).await?;
-                let confirmation = self.publish_one(channel, &outgoing).await?.await?;
-                if confirmation.is_ack() && confirmation.take_message().is_none() {
-                    done.extend(outgoing.ids);
-                } else {
-                    // Declared once, and gone since (deleted by hand?): declare it again next time.
-                    self.forget_queue(&outgoing.agency);
-                }
-            }
-            Ok::<(), DeliveryError>(())
-        })
-        .await;
-        match waited {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %ErrorChain(&e), "publisher confirms lost; unconfirmed rows will be published again");
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "publisher confirms are late; reopening the channel, unconfirmed rows will be published again"
-                );
-                let _ = channel.close(200, "confirms timed out".into()).await;
-            }
-        }
-        match store.remove_published(&done).await {
-            Ok(()) => done.len(),
-            Err(e) => {
-                tracing::warn!(error = %ErrorChain(&e), "published rows stay leased; they will be published again");
-                0
-            }
-        }
-    }
-
     /// Starts consuming `agency`'s queue for one adapter connection.
     pub async fn open_session(
         &self,
@@ -848,14 +518,6 @@ fn origin(properties: &BasicProperties, queue_prefix: &str) -> Option<String> {
 fn jitter(d: Duration) -> Duration {
     let nanos = uuid::Uuid::now_v7().as_u128() as u64 % 1000;
     d + d.mul_f64(nanos as f64 / 4000.0)
-}
-
-/// A leased batch on its way: rows with nothing to publish, and the published messages (kept for a
-/// second publish if unroutable) with their pending confirms.
-#[derive(Default)]
-struct Published {
-    empty: Vec<uuid::Uuid>,
-    pending: Vec<(Outgoing, lapin::PublisherConfirm)>,
 }
 
 /// One adapter connection's consumer on its agency's queue.
@@ -964,30 +626,4 @@ impl Drop for AmqpSession {
             let _ = channel.close(200, "adapter disconnected".into()).await;
         });
     }
-}
-
-/// The deliveries handed to the relay that it publishes next: those it already took, then what
-/// waits in `handoffs`, up to `limit`. A handoff older than its hold less [`CONFIRM_TIMEOUT`] is
-/// left out: its row may be leased by another relay before this one could delete it, so it is left
-/// to the relays' leases.
-fn take_handed(
-    waiting: &mut Vec<Handoff>,
-    handoffs: Option<&mut tokio::sync::mpsc::Receiver<Vec<Handoff>>>,
-    limit: u32,
-) -> Vec<Handoff> {
-    let limit = limit.max(1) as usize;
-    if let Some(handoffs) = handoffs {
-        while waiting.len() < limit
-            && let Ok(more) = handoffs.try_recv()
-        {
-            waiting.extend(more);
-        }
-    }
-    let rest = waiting.split_off(waiting.len().min(limit));
-    let taken = std::mem::replace(waiting, rest);
-    let fresh = LEASE.saturating_sub(CONFIRM_TIMEOUT);
-    taken
-        .into_iter()
-        .filter(|h| h.written.elapsed() < fresh)
-        .collect()
 }
