@@ -128,6 +128,10 @@ impl BrokerProcess {
         probe::memory(self.child.id()?)
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn cpu_seconds(&self) -> Option<f64> {
         probe::cpu_seconds(self.child.id()?)
     }

@@ -341,5 +341,11 @@ fn notes() -> Vec<String> {
         "Memory: VmHWM (peak resident) and VmRSS from /proc/<pid>/status. The idle adapter is a real \
          `spean-adapter run` connected to the broker with nothing addressed to it."
             .into(),
+        "CPU ms per referral: user + system time from /proc/<pid>/stat over the phase (the closed \
+         loop's every window; an open loop including the wait for its last receipts) divided by the \
+         referrals accepted in it: the broker; every `postgres` process; RabbitMQ's `beam.smp` and \
+         its helpers; the benchmark (senders and the adapters' receiving code). Machine busy: \
+         /proc/stat's busy share over the phase, including time stolen by the hypervisor."
+            .into(),
     ]
 }

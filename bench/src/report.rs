@@ -194,6 +194,49 @@ impl Report {
             ));
         }
 
+        let rows: Vec<Vec<String>> = self
+            .runs
+            .iter()
+            .flat_map(|r| {
+                r.cpu.iter().map(|c| {
+                    let u = &c.usage;
+                    vec![
+                        r.name.clone(),
+                        c.phase.clone(),
+                        format!("{:.0}", c.per_second),
+                        format!("{:.2}", u.broker_ms),
+                        format!("{:.2}", u.postgres_ms),
+                        format!("{:.2}", u.rabbitmq_ms),
+                        format!("{:.2}", u.bench_ms),
+                        format!(
+                            "{:.2}",
+                            u.broker_ms + u.postgres_ms + u.rabbitmq_ms + u.bench_ms
+                        ),
+                        format!("{:.0}%", u.machine_busy_percent),
+                    ]
+                })
+            })
+            .collect();
+        if !rows.is_empty() {
+            out.push_str(
+                "\nCPU ms per referral, by process (and how busy the whole machine was)\n",
+            );
+            out.push_str(&table(
+                &[
+                    "system",
+                    "phase",
+                    "referrals/s",
+                    "broker",
+                    "PostgreSQL",
+                    "RabbitMQ",
+                    "benchmark",
+                    "sum",
+                    "machine busy",
+                ],
+                &rows,
+            ));
+        }
+
         if let Some(s) = &self.scale {
             let _ = writeln!(
                 out,

@@ -4,14 +4,14 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::broker::{self, BrokerProcess, Senders};
 use crate::load::{self, OpenLoad, Shape, Throughput};
-use crate::probe::Memory;
+use crate::probe::{CpuReading, CpuUse, Memory};
 use crate::recorder::Recorder;
 use crate::servers::Vhost;
 
@@ -61,6 +61,8 @@ pub struct Run {
     /// Broker CPU time during the closed loop per referral accepted there: far below
     /// 1 s / throughput means the broker waits rather than computes.
     pub broker_cpu_ms_per_referral: Option<f64>,
+    /// Where the CPU went, per referral, in the closed loop and in each open loop.
+    pub cpu: Vec<PhaseCpu>,
     pub feedback_deliveries: u64,
     pub stream_reconnects: u64,
 }
@@ -77,6 +79,7 @@ impl Run {
             broker_memory: None,
             idle_adapter_memory: None,
             broker_cpu_ms_per_referral: None,
+            cpu: Vec::new(),
             feedback_deliveries: 0,
             stream_reconnects: 0,
         }
@@ -128,10 +131,19 @@ async fn measure(
     let senders = Senders::new(broker, ids)?;
 
     let cpu_before = broker.cpu_seconds();
+    let pid = broker.pid().unwrap_or(0);
+    let (reading, started) = (CpuReading::now(pid), Instant::now());
     let throughput =
         load::sustained(&senders, &recorder, shape, timing.warmup, timing.measure).await?;
     // Over every step of the search, each referral accepted in any of them.
     let accepted: u64 = throughput.steps.iter().map(|s| s.accepted).sum();
+    run.cpu.extend(PhaseCpu::between(
+        "closed loop",
+        reading,
+        started,
+        pid,
+        accepted,
+    ));
     if let (Some(before), Some(after)) = (cpu_before, broker.cpu_seconds())
         && accepted > 0
     {
@@ -151,6 +163,7 @@ async fn measure(
     let mut referrals = accepted;
     for (fraction, rate) in timing.offers(max) {
         quiet(&recorder, &run.name, referrals).await;
+        let (reading, started) = (CpuReading::now(pid), Instant::now());
         let offered = load::open_loop(
             &senders,
             &recorder,
@@ -171,12 +184,48 @@ async fn measure(
             offered.scheduled
         );
         referrals += offered.accepted;
+        run.cpu.extend(PhaseCpu::between(
+            &format!("{rate:.0}/s"),
+            reading,
+            started,
+            pid,
+            offered.accepted,
+        ));
         run.loads.push(offered);
     }
     run.feedback_deliveries = recorder.feedback.load(Ordering::Relaxed);
     run.stream_reconnects = recorder.reconnects.load(Ordering::Relaxed);
     subscribers.shutdown().await;
     Ok(())
+}
+
+/// Where one phase's CPU went.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseCpu {
+    /// `closed loop` (every window tried), or an open loop's offered rate.
+    pub phase: String,
+    /// Referrals accepted per second over the phase (for an open loop, including the wait for
+    /// its last receipts).
+    pub per_second: f64,
+    pub usage: CpuUse,
+}
+
+impl PhaseCpu {
+    /// The phase that began with `reading` at `started` and ends now, with `referrals` accepted.
+    fn between(
+        phase: &str,
+        reading: CpuReading,
+        started: Instant,
+        broker_pid: u32,
+        referrals: u64,
+    ) -> Option<Self> {
+        let usage = reading.per_referral(&CpuReading::now(broker_pid), referrals)?;
+        Some(Self {
+            phase: phase.into(),
+            per_second: referrals as f64 / started.elapsed().as_secs_f64().max(1e-3),
+            usage,
+        })
+    }
 }
 
 /// Longest wait for the last phase's feedback before an open loop starts anyway.
