@@ -184,9 +184,9 @@ impl Relay {
     }
 
     /// The channel to publish on: the one kept from the last turn if it is still open, else a new
-    /// one. `None` (after a pause) while RabbitMQ is out of reach; meanwhile nothing is handed off,
-    /// and what was waiting is dropped: its rows go out by lease once their holds run out, loaded
-    /// as they are then.
+    /// one. `None` (after a pause) while no channel can be had; meanwhile writes hold nothing for
+    /// a handoff. Without a connection, what was waiting is dropped: its rows go out by lease once
+    /// their holds run out, loaded as they are then.
     async fn open_channel(&mut self) -> Option<Channel> {
         let (pause, failure) = match self.amqp.current() {
             None => {
