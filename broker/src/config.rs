@@ -161,6 +161,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `spean_broker=debug`; `RUST_LOG` overrides it.
     pub filter: String,
+    /// Log a line when each span closes, with the time it was busy and the time it waited: a
+    /// submit, a recorded change, a batch of confirmations. For finding where slow answers wait
+    /// (the store, the disk, a lock) in a running broker; a line per request, so off by default.
+    pub span_timings: bool,
 }
 
 impl Default for Config {
@@ -230,6 +234,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Text,
             filter: "info".into(),
+            span_timings: false,
         }
     }
 }
