@@ -8,14 +8,14 @@
 //! - `<prefix>.dead-letter`: a durable fanout exchange and a quorum queue where messages returned
 //!   `delivery_limit` times end up, visible and re-drivable (`spean-broker dead-letters`).
 //!
-//! The [`relay`](Amqp::relay) publishes the store's mailbox (the transactional outbox) in batches,
-//! `mandatory` and persistent, each agency's deliveries in a batch bundled into as few messages as
-//! [`bundle`](super::bundle) allows. It waits for every publisher confirm, and only then deletes the
-//! rows. Rows are *leased* (`lease_until`) so that several broker processes never publish the same
-//! row at the same time; a relay that dies mid-batch leaves its leases to expire and another relay
-//! republishes. Carried deliveries skip the lease: their rows are written *held* for the relay of
-//! the broker that wrote them, which is handed them after the commit ([`Handoff`](super::Handoff)); a hold that
-//! runs out is leased like any other row.
+//! The [`relay`](Amqp::relay) (module `relay`) publishes the store's mailbox (the transactional
+//! outbox) in batches, `mandatory` and persistent, each agency's deliveries in a batch bundled into
+//! as few messages as [`bundle`](super::bundle) allows. It waits for every publisher confirm, and
+//! only then deletes the rows. Rows are *leased* (`lease_until`) so that several broker processes
+//! never publish the same row at the same time; a relay that dies mid-batch leaves its leases to
+//! expire and another relay republishes. Carried deliveries skip the lease: their rows are written
+//! *held* for the relay of the broker that wrote them, which is handed them after the commit
+//! ([`Handoff`](super::Handoff)); a hold that runs out is leased like any other row.
 //! A delivery session consumes its agency's queue with a bounded prefetch and acks a message only when
 //! the adapter confirmed every delivery in it on the same stream.
 
