@@ -157,10 +157,12 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError>;
     /// Applies each change as [`Store::apply`] would and returns their outcomes in order. Each change
     /// is atomic on its own; after an error, some of them may have been recorded, so a caller
-    /// retries by deciding again. By default the changes go to [`Store::apply`] side by side; a
-    /// backend may write them in fewer statements.
+    /// retries by deciding again. Every change is decided by the time this returns, the error
+    /// included: none is still on its way to the database, to be recorded after the caller read
+    /// what was. By default the changes go to [`Store::apply`] side by side; a backend may write
+    /// them in fewer statements.
     async fn apply_all(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
-        futures::future::try_join_all(changes.iter().map(|c| self.apply(c))).await
+        apply_each(self, changes).await
     }
 
     /// Up to `limit` mailbox entries for `agency` after position `after`, oldest first.
@@ -236,4 +238,18 @@ pub(crate) fn micros(t: OffsetDateTime) -> i64 {
 pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// [`Store::apply`] for each change, side by side, waiting for every one of them before it returns
+/// the first error, if any. `try_join_all` would return at the first error and drop the others
+/// mid-flight, when their statements may already be on their way: they could then be recorded
+/// after the caller had read the store and decided on what it saw.
+pub(crate) async fn apply_each<S: Store + ?Sized>(
+    store: &S,
+    changes: &[Change],
+) -> Result<Vec<ChangeOutcome>, StoreError> {
+    futures::future::join_all(changes.iter().map(|c| store.apply(c)))
+        .await
+        .into_iter()
+        .collect()
 }

@@ -779,7 +779,7 @@ impl Store for PgStore {
                 }
             }
         }
-        futures::future::try_join_all(changes.iter().map(|c| self.apply(c))).await
+        super::apply_each(self, changes).await
     }
 
     async fn mailbox(

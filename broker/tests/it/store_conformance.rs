@@ -1187,6 +1187,75 @@ async fn a_refused_change_among_others_leaves_nothing_of_itself(f: Fixture) {
     );
 }
 
+/// After an error, `apply_all` returns only once every other change of the call is decided, so
+/// that what a caller reads next is what was recorded. It used to return at the first error and
+/// drop the others mid-flight, whose statements could still commit afterwards: the caller then
+/// saw a referral at its old version beside the event of its new one. On PostgreSQL a row lock
+/// holds one change back for as long as the test wants, while the other fails at once.
+#[tokio::test]
+async fn on_postgres_apply_all_returns_after_an_error_only_once_every_change_is_decided() {
+    let f = postgres().await;
+    let RawPool::Postgres(pool) = &f.pool else {
+        unreachable!("a PostgreSQL fixture")
+    };
+    let store = f.store.clone();
+    let fine = submit(&store, "r-held-back").await;
+    let broken = submit(&store, "r-broken").await;
+    let mut bad = event(
+        &broken,
+        EventKind::Delivered,
+        "mlup-russey",
+        State::Delivered,
+        None,
+    );
+    bad.id = store.history(broken.id).await.unwrap()[0].id;
+    // A request id keeps the two out of one batch statement: each is applied alone, side by side.
+    let good = event(
+        &fine,
+        EventKind::Delivered,
+        "mlup-russey",
+        State::Delivered,
+        Some("held-back-1"),
+    );
+    let changes = vec![
+        change(&fine, 1, good.clone(), State::Delivered),
+        change(&broken, 1, bad, State::Delivered),
+    ];
+
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM referrals WHERE id = $1::text::uuid FOR UPDATE")
+        .bind(fine.id.to_string())
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let applying = tokio::spawn({
+        let store = store.clone();
+        async move { store.apply_all(&changes).await }
+    });
+    // The broken change fails at once; the other waits for the lock.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !applying.is_finished(),
+        "apply_all returned while one of its changes was still on its way"
+    );
+    lock.commit().await.unwrap();
+    let result = applying.await.unwrap();
+    assert!(result.is_err(), "{result:?}");
+
+    let got = store.referral(fine.id).await.unwrap().unwrap();
+    let history = store.history(fine.id).await.unwrap();
+    assert_eq!(
+        (got.state, got.version, history.len()),
+        (State::Delivered, 2, 2)
+    );
+    assert!(history.iter().any(|e| e.id == good.id));
+    let got = store.referral(broken.id).await.unwrap().unwrap();
+    assert_eq!(
+        (got.version, store.history(broken.id).await.unwrap().len()),
+        (1, 1)
+    );
+}
+
 /// Two batches on the same referrals, in opposite orders, at once (two streams of one agency, say):
 /// every referral takes exactly one of the two changes made on its version, and neither batch fails.
 async fn crossing_batches_of_changes_record_each_change_once(f: Fixture) {
