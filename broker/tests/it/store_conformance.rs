@@ -1140,21 +1140,26 @@ async fn changes_applied_together_each_apply_to_the_version_they_read(f: Fixture
     assert!(store.apply_all(&[]).await.unwrap().is_empty());
 }
 
+/// A `delivered` event for `r` that the store must refuse: its id is that of `r`'s first event.
+async fn refused_event(store: &Arc<dyn Store>, r: &Referral) -> Event {
+    let mut bad = event(
+        r,
+        EventKind::Delivered,
+        "mlup-russey",
+        State::Delivered,
+        None,
+    );
+    bad.id = store.history(r.id).await.unwrap()[0].id;
+    bad
+}
+
 /// A change that cannot be written (its event id is taken) fails without a trace of itself, and
 /// whatever else was applied with it is whole or absent, never half-written.
 async fn a_refused_change_among_others_leaves_nothing_of_itself(f: Fixture) {
     let store = f.store.clone();
     let fine = submit(&store, "r-fine").await;
     let broken = submit(&store, "r-broken").await;
-    let taken = store.history(broken.id).await.unwrap()[0].id;
-    let mut bad = event(
-        &broken,
-        EventKind::Delivered,
-        "mlup-russey",
-        State::Delivered,
-        None,
-    );
-    bad.id = taken;
+    let bad = refused_event(&store, &broken).await;
     let good = event(
         &fine,
         EventKind::Delivered,
@@ -1201,14 +1206,7 @@ async fn on_postgres_apply_all_returns_after_an_error_only_once_every_change_is_
     let store = f.store.clone();
     let fine = submit(&store, "r-held-back").await;
     let broken = submit(&store, "r-broken").await;
-    let mut bad = event(
-        &broken,
-        EventKind::Delivered,
-        "mlup-russey",
-        State::Delivered,
-        None,
-    );
-    bad.id = store.history(broken.id).await.unwrap()[0].id;
+    let bad = refused_event(&store, &broken).await;
     // A request id keeps the two out of one batch statement: each is applied alone, side by side.
     let good = event(
         &fine,
