@@ -17,7 +17,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use spean_proto::v1::{Delivery, Envelope, FeedbackEvent, Referral, delivery, feedback_event};
 use sqlx::{
-    Row, SqlitePool,
+    ConnectOptions, Row, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
@@ -26,6 +26,9 @@ use crate::{
     AdapterError,
     referral::{age_band_name, kind_name, sex_name, state_name, urgency_name},
 };
+
+/// A statement slower than this is reported at `info` ([`Store::open`]).
+const SLOW_STATEMENT: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -123,7 +126,12 @@ impl Store {
             // FULL: a delivery is confirmed to the broker only after it is stored, so the store
             // must survive power loss too, or a confirmed referral could vanish.
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT);
+            .busy_timeout(BUSY_TIMEOUT)
+            // sqlx warns of any statement over a second. On a field laptop's slow disk a
+            // migration or a commit can take that long, and a command (which logs warnings
+            // only) would print the warning before its own answer or error. The daemon, which
+            // logs at info, still reports them.
+            .log_slow_statements(log::LevelFilter::Info, SLOW_STATEMENT);
         // A daemon and a command started together on a fresh file race to switch it to WAL and to
         // migrate; SQLite answers the loser "database is locked" at once, without waiting on the
         // busy timeout. The loser tries again and finds the file ready.

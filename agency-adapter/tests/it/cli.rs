@@ -129,8 +129,12 @@ fn a_malformed_date_is_refused_before_anything_is_queued() {
         ],
     );
 
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).starts_with("error: invalid date"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.starts_with("error: invalid date"),
+        "stderr: {stderr}"
+    );
     let outbox = json(&adapter(dir.path(), "agency-b", &["outbox", "--json"]));
     assert!(outbox.as_array().unwrap().is_empty());
 }
@@ -173,4 +177,42 @@ fn a_queued_request_run_again_stays_one_row_and_other_content_under_its_key_is_r
     );
     let outbox = json(&adapter(dir.path(), "agency-b", &["outbox", "--json"]));
     assert_eq!(outbox.as_array().unwrap().len(), 1, "{outbox}");
+}
+
+/// A command's own answer is all it prints, even when a statement is slow: a write that waits
+/// 1.5 s for the store (held here by another connection, as a slow disk or the daemon would)
+/// is queued, and sqlx's note of the slow statement stays below the commands' `warn` level.
+#[test]
+fn a_slow_write_is_not_reported_to_the_person_running_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    // Creates and migrates the store.
+    json(&adapter(dir.path(), "agency-b", &["outbox", "--json"]));
+
+    let holder = rusqlite::Connection::open(dir.path().join("agency-b.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let (started, release) = std::sync::mpsc::channel::<()>();
+    let held = std::thread::spawn(move || {
+        started.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    release.recv().unwrap();
+    let output = adapter(
+        dir.path(),
+        "agency-b",
+        &[
+            "followup",
+            "r-1",
+            "--activity",
+            "home_visit",
+            "--date",
+            "2025-01-02",
+            "--json",
+        ],
+    );
+    held.join().unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("slow statement"), "stderr: {stderr}");
+    assert_eq!(json(&output)["status"], "queued");
 }
