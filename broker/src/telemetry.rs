@@ -1,17 +1,21 @@
 //! Logging, set up once per process. Log lines carry ids, codes and states, never case-file content or
 //! free text: the types that hold those do not print them.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber (stderr). `RUST_LOG` overrides the configured filter.
+/// Installs the global subscriber (stderr). `RUST_LOG` overrides the configured filter. Colours
+/// only on a terminal: a log file or a journal gets plain text.
 pub fn init(config: &LogConfig) {
+    let ansi = std::io::stderr().is_terminal();
     let _ = match config.format {
         LogFormat::Json => builder(config, std::io::stderr).json().try_init(),
-        LogFormat::Text => builder(config, std::io::stderr).try_init(),
+        LogFormat::Text => builder(config, std::io::stderr).with_ansi(ansi).try_init(),
     };
 }
 

@@ -228,6 +228,11 @@ async fn story_1_lama_runs_to_the_end_and_the_hospital_sees_every_event_once() {
                 "the {who}'s log contains {content:?}"
             );
         }
+        // Written to a file, not a terminal: plain text, for log collectors and `grep`.
+        assert!(
+            !log.contains('\u{1b}'),
+            "the {who}'s log holds terminal colour codes"
+        );
     }
     hospital.kill().await;
     ngo.kill().await;
