@@ -21,6 +21,20 @@ fn adapter(dir: &Path, agency: &str, args: &[&str]) -> std::process::Output {
         .expect("run spean-adapter")
 }
 
+/// Records a home visit on `r-1` dated `date`, with `extra` arguments.
+fn followup(dir: &Path, date: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "followup",
+        "r-1",
+        "--activity",
+        "home_visit",
+        "--date",
+        date,
+    ];
+    args.extend_from_slice(extra);
+    adapter(dir, "agency-b", &args)
+}
+
 fn json(output: &std::process::Output) -> Value {
     assert!(
         output.status.success(),
@@ -116,18 +130,7 @@ fn an_action_queued_offline_waits_in_the_outbox_in_order() {
 #[test]
 fn a_malformed_date_is_refused_before_anything_is_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let output = adapter(
-        dir.path(),
-        "agency-b",
-        &[
-            "followup",
-            "r-1",
-            "--activity",
-            "home_visit",
-            "--date",
-            "01/02/2025",
-        ],
-    );
+    let output = followup(dir.path(), "01/02/2025", &[]);
 
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
@@ -197,19 +200,7 @@ fn a_slow_write_is_not_reported_to_the_person_running_a_command() {
         holder.execute_batch("COMMIT").unwrap();
     });
     release.recv().unwrap();
-    let output = adapter(
-        dir.path(),
-        "agency-b",
-        &[
-            "followup",
-            "r-1",
-            "--activity",
-            "home_visit",
-            "--date",
-            "2025-01-02",
-            "--json",
-        ],
-    );
+    let output = followup(dir.path(), "2025-01-02", &["--json"]);
     held.join().unwrap();
 
     let stderr = String::from_utf8_lossy(&output.stderr);

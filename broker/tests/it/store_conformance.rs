@@ -1153,26 +1153,37 @@ async fn refused_event(store: &Arc<dyn Store>, r: &Referral) -> Event {
     bad
 }
 
-/// A change that cannot be written (its event id is taken) fails without a trace of itself, and
-/// whatever else was applied with it is whole or absent, never half-written.
-async fn a_refused_change_among_others_leaves_nothing_of_itself(f: Fixture) {
-    let store = f.store.clone();
-    let fine = submit(&store, "r-fine").await;
-    let broken = submit(&store, "r-broken").await;
-    let bad = refused_event(&store, &broken).await;
+/// Two referrals and a change for each, to apply together: a `delivered` on `fine` (its event
+/// returned, with `request` as its request id) and one the store must refuse on `broken`.
+async fn a_good_change_and_a_refused_one(
+    store: &Arc<dyn Store>,
+    fine: &str,
+    request: Option<&str>,
+) -> (Referral, Referral, Event, Vec<Change>) {
+    let fine = submit(store, fine).await;
+    let broken = submit(store, "r-broken").await;
+    let bad = refused_event(store, &broken).await;
     let good = event(
         &fine,
         EventKind::Delivered,
         "mlup-russey",
         State::Delivered,
-        None,
+        request,
     );
-    let result = store
-        .apply_all(&[
-            change(&fine, 1, good.clone(), State::Delivered),
-            change(&broken, 1, bad, State::Delivered),
-        ])
-        .await;
+    let changes = vec![
+        change(&fine, 1, good.clone(), State::Delivered),
+        change(&broken, 1, bad, State::Delivered),
+    ];
+    (fine, broken, good, changes)
+}
+
+/// A change that cannot be written (its event id is taken) fails without a trace of itself, and
+/// whatever else was applied with it is whole or absent, never half-written.
+async fn a_refused_change_among_others_leaves_nothing_of_itself(f: Fixture) {
+    let store = f.store.clone();
+    let (fine, broken, good, changes) =
+        a_good_change_and_a_refused_one(&store, "r-fine", None).await;
+    let result = store.apply_all(&changes).await;
     assert!(result.is_err(), "{result:?}");
     if let Some(batches) = f.batches() {
         assert_eq!(
@@ -1204,21 +1215,9 @@ async fn on_postgres_apply_all_returns_after_an_error_only_once_every_change_is_
         unreachable!("a PostgreSQL fixture")
     };
     let store = f.store.clone();
-    let fine = submit(&store, "r-held-back").await;
-    let broken = submit(&store, "r-broken").await;
-    let bad = refused_event(&store, &broken).await;
     // A request id keeps the two out of one batch statement: each is applied alone, side by side.
-    let good = event(
-        &fine,
-        EventKind::Delivered,
-        "mlup-russey",
-        State::Delivered,
-        Some("held-back-1"),
-    );
-    let changes = vec![
-        change(&fine, 1, good.clone(), State::Delivered),
-        change(&broken, 1, bad, State::Delivered),
-    ];
+    let (fine, broken, good, changes) =
+        a_good_change_and_a_refused_one(&store, "r-held-back", Some("held-back-1")).await;
 
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("SELECT 1 FROM referrals WHERE id = $1::text::uuid FOR UPDATE")

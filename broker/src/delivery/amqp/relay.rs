@@ -219,7 +219,7 @@ impl Relay {
         }
         // A lease waits for its turn if the last turn was one.
         let lease_first = self.lease_due && !self.leased_last;
-        if self.handing.len() < HANDOFFS_IN_FLIGHT && !lease_first {
+        if self.handoff_room() && !lease_first {
             let handed: Vec<Handoff> = take_handed(
                 &mut self.waiting,
                 self.handoffs.as_mut(),
@@ -287,7 +287,7 @@ impl Relay {
     /// Waits for the first of: a handoff (if there is room for its batch), the doorbell, the poll
     /// interval (either makes a lease due), a handed-off batch settled, or `stop`.
     async fn wait(&mut self) {
-        let handoff_room = self.handing.len() < HANDOFFS_IN_FLIGHT;
+        let handoff_room = self.handoff_room();
         let handoffs = &mut self.handoffs;
         let handed = async move {
             match handoffs {
@@ -302,6 +302,12 @@ impl Relay {
             Some(h) = handed, if handoff_room => self.waiting.extend(h),
             Some(_) = self.handing.join_next(), if !self.handing.is_empty() => {}
         }
+    }
+
+    /// Whether another handed-off batch may go out: fewer than [`HANDOFFS_IN_FLIGHT`] are
+    /// settling.
+    fn handoff_room(&self) -> bool {
+        self.handing.len() < HANDOFFS_IN_FLIGHT
     }
 
     /// Sleeps for `pause`, or until `stop`.
