@@ -132,10 +132,6 @@ impl BrokerProcess {
         self.child.id()
     }
 
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        probe::cpu_seconds(self.child.id()?)
-    }
-
     pub fn identity(&self, agency: &str) -> PathBuf {
         self.data_dir.join("pki").join("agencies").join(agency)
     }

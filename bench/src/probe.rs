@@ -26,22 +26,6 @@ pub fn memory(pid: u32) -> Option<Memory> {
     })
 }
 
-/// CPU seconds (user + system) `pid` has used so far: with a referral count, it tells whether the
-/// broker is busy computing or waiting (on fsync, on another process).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    cpu_seconds_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// CPU seconds (user + system) from the text of a `/proc/<pid>/stat`.
-fn cpu_seconds_of(stat: &str) -> Option<f64> {
-    // Fields after the parenthesised command name (which may hold spaces): utime is the 12th.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(ticks / 100.0)
-}
-
 /// CPU seconds used so far by each process a Spean run spreads its work over, and by the machine:
 /// two readings around a phase tell where its CPU went. At low load every referral is a round of
 /// small writes, publishes and wake-ups in every process; at the closed loop's maximum they are
@@ -147,10 +131,16 @@ fn command_and_cpu(pid: u32) -> Option<(String, f64)> {
     command_and_cpu_of(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
+/// The same from the text of a `/proc/<pid>/stat`.
 fn command_and_cpu_of(stat: &str) -> Option<(String, f64)> {
-    let (head, _) = stat.rsplit_once(')')?;
+    // The command name is in parentheses and may hold spaces and parentheses itself; the fields
+    // after the last `)` follow, utime the 12th and stime the 13th.
+    let (head, rest) = stat.rsplit_once(')')?;
     let (_, command) = head.split_once('(')?;
-    Some((command.to_owned(), cpu_seconds_of(stat)?))
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some((command.to_owned(), ticks / 100.0))
 }
 
 /// The machine's busy and total CPU seconds, from the first line of `/proc/stat`.
@@ -258,9 +248,10 @@ mod tests {
         let me = std::process::id();
         let before = CpuReading::now(0);
         // Spin until this process has used 0.3 s more CPU, however busy the machine is.
-        let (start, deadline) = (cpu_seconds(me).unwrap(), std::time::Instant::now());
+        let cpu = || command_and_cpu(me).unwrap().1;
+        let (start, deadline) = (cpu(), std::time::Instant::now());
         let mut x = 0u64;
-        while cpu_seconds(me).unwrap() - start < 0.3 {
+        while cpu() - start < 0.3 {
             assert!(deadline.elapsed().as_secs() < 30, "got no CPU for 30 s");
             for _ in 0..100_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));

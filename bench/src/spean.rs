@@ -130,25 +130,20 @@ async fn measure(
     broker::subscribe_all(broker, ids, dir, &recorder, &mut subscribers).await?;
     let senders = Senders::new(broker, ids)?;
 
-    let cpu_before = broker.cpu_seconds();
-    let pid = broker.pid().unwrap_or(0);
+    let broker_pid = broker.pid();
+    let pid = broker_pid.unwrap_or(0);
     let (reading, started) = (CpuReading::now(pid), Instant::now());
     let throughput =
         load::sustained(&senders, &recorder, shape, timing.warmup, timing.measure).await?;
     // Over every step of the search, each referral accepted in any of them.
     let accepted: u64 = throughput.steps.iter().map(|s| s.accepted).sum();
-    run.cpu.extend(PhaseCpu::between(
-        "closed loop",
-        reading,
-        started,
-        pid,
-        accepted,
-    ));
-    if let (Some(before), Some(after)) = (cpu_before, broker.cpu_seconds())
-        && accepted > 0
-    {
-        run.broker_cpu_ms_per_referral = Some((after - before) * 1000.0 / accepted as f64);
-    }
+    let closed = PhaseCpu::between("closed loop", reading, started, pid, accepted);
+    // The memory table's broker column is the closed loop's broker share, from the same readings.
+    run.broker_cpu_ms_per_referral = closed
+        .as_ref()
+        .filter(|_| broker_pid.is_some())
+        .map(|c| c.usage.broker_ms);
+    run.cpu.extend(closed);
     eprintln!(
         "  {}: {:.0} referrals/s sustained with {} in flight per agency ({} errors)",
         run.name, throughput.per_second, throughput.inflight, throughput.send_errors
