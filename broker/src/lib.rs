@@ -22,12 +22,14 @@ pub mod delivery;
 pub mod directory;
 pub mod error;
 pub mod gateway;
-pub mod ids;
 pub mod pki;
-pub mod referral;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
+pub mod workflow;
+
+pub use spean_domain::{ids, referral};
 
 pub use config::Config;
 pub use startup::Broker;

@@ -20,15 +20,15 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::delivery::amqp::Amqp;
-use crate::delivery::{Backend, Doorbell};
+use crate::delivery::{Backend, Dispatch};
 use crate::directory::{Directory, DirectoryError};
 use crate::error::{BrokerError, StoreError};
 use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared};
 use crate::pki::{Pki, PkiError};
-use crate::referral::workflow::{Limits, Workflow};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
+use crate::workflow::{Limits, Workflow};
 
 /// The built-in demo directory, a copy of the shared fixture network.
 pub const DEMO_DIRECTORY: &[u8] = include_bytes!("../../fixtures/network.json");
@@ -67,7 +67,7 @@ pub struct Broker {
     config: Arc<Config>,
     listener: TcpListener,
     workflow: Arc<Workflow>,
-    doorbell: Arc<Doorbell>,
+    dispatch: Arc<Dispatch>,
     amqp: Option<Arc<Amqp>>,
     tls: ServerTlsConfig,
 }
@@ -221,17 +221,17 @@ impl Broker {
                 read(pki.server_key())?,
             ))
             .client_ca_root(Certificate::from_pem(read(pki.ca_cert())?));
-        let doorbell = Arc::new(Doorbell::default());
+        let dispatch = Arc::new(Dispatch::default());
         let workflow = Arc::new(
             Workflow::new(
                 store,
-                doorbell.clone(),
+                dispatch.clone(),
                 Limits {
                     max_case_file_bytes: config.limits.max_case_file_bytes,
                 },
             )
             .await?
-            .carrying_deliveries(!config.amqp.url.is_empty()),
+            .carrying_deliveries(!config.amqp.url.is_empty(), crate::delivery::amqp::LEASE),
         );
         let amqp = (!config.amqp.url.is_empty()).then(|| Amqp::new(config.amqp.clone()));
         let listener = TcpListener::bind(config.listen)
@@ -241,7 +241,7 @@ impl Broker {
             config: Arc::new(config),
             listener,
             workflow,
-            doorbell,
+            dispatch,
             amqp,
             tls,
         })
@@ -275,18 +275,21 @@ impl Broker {
                 source: std::io::Error::other(e.to_string()),
             })?;
 
+        // The loops that run beside the server, joined on shutdown so that none is cut off
+        // mid-publish or mid-transaction.
+        let mut background = tokio::task::JoinSet::new();
         let backend = match &self.amqp {
             Some(amqp) => {
-                tokio::spawn(
+                background.spawn(
                     amqp.clone()
-                        .supervise(self.workflow.clone(), stop.clone())
+                        .supervise(self.workflow.store().clone(), stop.clone())
                         .instrument(tracing::info_span!("amqp")),
                 );
-                tokio::spawn(
+                background.spawn(
                     amqp.clone()
                         .relay(
-                            self.workflow.clone(),
-                            self.doorbell.clone(),
+                            self.workflow.store().clone(),
+                            self.dispatch.clone(),
                             Duration::from_millis(self.config.delivery.poll_interval_ms),
                             stop.clone(),
                         )
@@ -296,14 +299,14 @@ impl Broker {
             }
             None => Backend::Mailbox {
                 store: self.workflow.store().clone(),
-                doorbell: self.doorbell.clone(),
+                dispatch: self.dispatch.clone(),
                 poll: Duration::from_millis(self.config.delivery.poll_interval_ms),
             },
         };
-        tokio::spawn(
+        background.spawn(
             report_health(
                 health.clone(),
-                self.workflow.clone(),
+                self.workflow.store().clone(),
                 self.amqp.clone(),
                 stop.clone(),
             )
@@ -334,21 +337,36 @@ impl Broker {
                 stop.clone().cancelled_owned(),
             );
 
-        tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                stop.cancel();
+        tokio::spawn(
+            {
+                let stop = stop.clone();
+                async move {
+                    shutdown.await;
+                    tracing::info!("shutting down");
+                    stop.cancel();
+                }
             }
-        });
+            .instrument(tracing::info_span!("shutdown")),
+        );
         tokio::pin!(server);
-        tokio::select! {
-            result = &mut server => result?,
+        let served = tokio::select! {
+            result = &mut server => result,
             _ = async { stop.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 tracing::warn!("calls still in flight after the grace period; stopping anyway");
+                Ok(())
             }
+        };
+        stop.cancel();
+        let joined = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
+        if joined.is_err() {
+            tracing::warn!(
+                "background tasks still running after the grace period; stopping anyway"
+            );
         }
+        served?;
         Ok(())
     }
 }
@@ -357,18 +375,21 @@ impl Broker {
 /// otherwise, so a load balancer sends adapters to another broker meanwhile.
 async fn report_health(
     health: HealthReporter,
-    workflow: Arc<Workflow>,
+    store: Arc<dyn crate::store::Store>,
     amqp: Option<Arc<Amqp>>,
     stop: CancellationToken,
 ) {
     let amqp_health = amqp.as_ref().map(|a| a.healthy());
     let mut last = None;
     loop {
-        let database = workflow.store().ping().await.is_ok();
+        let database = store.ping().await.is_ok();
         let queues = amqp_health.as_ref().is_none_or(|h| *h.borrow());
         let serving = database && queues;
         if last != Some(serving) {
             let status = if serving {
+                if last.is_some() {
+                    tracing::info!("serving again: the database and RabbitMQ answer");
+                }
                 ServingStatus::Serving
             } else {
                 tracing::warn!(database, rabbitmq = queues, "not serving");

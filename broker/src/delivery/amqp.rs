@@ -36,11 +36,11 @@ use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::bundle::{self, BundleAck};
-use super::{DeliveryError, DeliveryRef, Pending, Settle};
+use super::{DeliveryError, Pending, Settle};
 use crate::config::AmqpConfig;
 use crate::error::ErrorChain;
 use crate::ids::AgencyId;
-use crate::referral::workflow::Workflow;
+use crate::store::{DeliveryRef, Store};
 
 mod relay;
 
@@ -355,13 +355,13 @@ impl Amqp {
 
     /// Keeps one connection up: connects, declares the topology, watches it, reconnects with
     /// backoff after a loss, and reports health meanwhile. Also reports dead letters.
-    pub async fn supervise(self: Arc<Self>, workflow: Arc<Workflow>, stop: CancellationToken) {
+    pub async fn supervise(self: Arc<Self>, store: Arc<dyn Store>, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         loop {
             if stop.is_cancelled() {
                 break;
             }
-            match self.clone().establish(&workflow).await {
+            match self.clone().establish(store.as_ref()).await {
                 Ok(connection) => {
                     tracing::info!("connected to RabbitMQ; exchanges declared");
                     backoff = Duration::from_millis(200);
@@ -391,17 +391,14 @@ impl Amqp {
 
     async fn establish(
         self: Arc<Self>,
-        workflow: &Workflow,
+        store: &dyn Store,
     ) -> Result<Arc<Connection>, DeliveryError> {
         let connection = self.connect().await?;
-        let agencies: Vec<AgencyId> = workflow
+        let agencies: Vec<AgencyId> = store
             .directory()
-            .await
-            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?
-            .agencies
-            .iter()
-            .map(|a| a.id.clone())
-            .collect();
+            .await?
+            .map(|(directory, _)| directory.agencies.iter().map(|a| a.id.clone()).collect())
+            .unwrap_or_default();
         self.declare_exchanges(&connection).await?;
         let connection = Arc::new(connection);
         // Every agency's queue is declared now, in the background: a session declares its own queue

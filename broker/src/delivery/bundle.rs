@@ -24,9 +24,7 @@ use prost::Message;
 use spean_proto::v1 as pb;
 
 use super::DeliveryRef;
-use crate::gateway::convert;
 use crate::ids::{AgencyId, ReferralId};
-use crate::referral::workflow::DeliveryContent;
 
 /// The AMQP `type` of a message holding a [`DeliveryBundle`].
 pub const BUNDLE_TYPE: &str = "spean.v1.DeliveryBundle";
@@ -52,30 +50,6 @@ pub struct DeliveryBundle {
 struct EncodedBundle {
     #[prost(bytes = "vec", repeated, tag = "1")]
     deliveries: Vec<Vec<u8>>,
-}
-
-/// A delivery's content encoded when its change is written, to be carried in its outbox row: a
-/// `spean.v1.Delivery` without its `delivery_id`. The relay then publishes it without reading the
-/// referral or event back from the store.
-pub fn carried(content: DeliveryContent) -> Vec<u8> {
-    pb::Delivery {
-        delivery_id: String::new(),
-        payload: Some(convert::payload(content)),
-    }
-    .encode_to_vec()
-}
-
-/// A [`carried`] delivery with its id, encoded. Protobuf reads concatenated messages as one (a
-/// field present in both takes the later value, and `carried` has no id), so the id's encoding
-/// followed by the carried bytes is the whole delivery, byte for byte what encoding it whole gives.
-pub fn with_id(delivery_id: uuid::Uuid, carried: &[u8]) -> Vec<u8> {
-    let head = pb::Delivery {
-        delivery_id: delivery_id.to_string(),
-        payload: None,
-    };
-    let mut out = head.encode_to_vec();
-    out.extend_from_slice(carried);
-    out
 }
 
 /// One message to publish: its agency, its body, and what it carries (the relay's delivery ids,
@@ -280,7 +254,8 @@ mod tests {
 
     #[test]
     fn a_carried_delivery_with_its_id_is_the_delivery_encoded_whole() {
-        use crate::referral::{Event, EventDetails, EventKind, FreeText, State};
+        use crate::referral::{DeliveryContent, Event, EventDetails, EventKind, FreeText, State};
+        use crate::wire;
         let event = Event {
             id: uuid::Uuid::now_v7(),
             referral_id: ReferralId::new(),
@@ -294,13 +269,13 @@ mod tests {
             request_id: None,
         };
         let delivery_id = uuid::Uuid::now_v7();
-        let whole = convert::delivery(delivery_id, DeliveryContent::Event(Box::new(event.clone())));
-        let body = carried(DeliveryContent::Event(Box::new(event)));
+        let whole = wire::delivery(delivery_id, DeliveryContent::Event(Box::new(event.clone())));
+        let body = wire::carried(DeliveryContent::Event(Box::new(event)));
         assert!(
             !String::from_utf8_lossy(&body).contains(&delivery_id.to_string()),
             "a carried delivery has no id of its own"
         );
-        let joined = with_id(delivery_id, &body);
+        let joined = wire::with_id(delivery_id, &body);
         assert_eq!(joined, whole.encode_to_vec());
         let out = bundle(vec![(agency("mlup-russey"), 7, joined)], 64);
         let read = unbundle(Some(BUNDLE_TYPE), &out[0].body).unwrap();

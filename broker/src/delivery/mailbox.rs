@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{DeliveryError, DeliveryRef, Doorbell, Pending, Settle};
+use super::{DeliveryError, Doorbell, Pending, Settle};
 use crate::ids::AgencyId;
-use crate::store::Store;
+use crate::store::{DeliveryRef, Store};
 
 pub struct MailboxSession {
     store: Arc<dyn Store>,

@@ -8,25 +8,34 @@
 //!   RabbitMQ with publisher confirms and deletes them once confirmed, and a delivery session consumes
 //!   the agency's quorum queue, acking a message only when the adapter confirmed it.
 //!
-//! [`Doorbell`] wakes waiting sessions and the relay as soon as something is written, so delivery does
-//! not wait for a poll interval; with RabbitMQ it hands carried deliveries to the relay straight
-//! after their commit ([`Handoff`]), so that most deliveries are published without the relay
-//! leasing their rows.
+//! Both backends make what a delivery carries at the moment it goes down an adapter's stream from
+//! [`contents`], through the one rule of who sees what ([`crate::referral::view`]).
+//!
+//! [`Dispatch`] is what a write tells delivery once its change is committed: its
+//! [`doorbell::Doorbell`] wakes waiting sessions and the relay, so that delivery does not wait for
+//! a poll interval, and with RabbitMQ its [`handoff::Handoffs`] hand carried deliveries straight to
+//! this process's relay, so that most deliveries are published without the relay leasing their
+//! rows. The words of the outbox (carried, held, handoff, lease, settle, tidy) are defined once, in
+//! the glossary of `docs/architecture.md`.
 
 pub mod amqp;
 pub mod bundle;
+pub mod contents;
+pub mod doorbell;
+pub mod handoff;
 pub mod mailbox;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use spean_proto::v1 as pb;
-use tokio::sync::{mpsc, watch};
 
+pub use self::contents::contents;
+pub use self::doorbell::Doorbell;
+pub use self::handoff::{Handoff, Handoffs};
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ReferralId};
-use crate::store::NewDelivery;
+use crate::store::{DeliveryRef, NewDelivery, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -36,15 +45,6 @@ pub enum DeliveryError {
     Amqp(#[from] lapin::Error),
     #[error("RabbitMQ is unavailable: {0}")]
     Unavailable(String),
-}
-
-/// What a delivery is about, kept while it is in flight so its confirmation can be applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DeliveryRef {
-    pub delivery_id: uuid::Uuid,
-    pub referral_id: ReferralId,
-    /// `None`: the referral itself.
-    pub event_id: Option<uuid::Uuid>,
 }
 
 /// One delivery ready to go down a stream. The mailbox backend leaves `message` empty (the gateway
@@ -88,11 +88,11 @@ impl Session {
 /// are). Owned, so settling runs beside the session's other work.
 pub enum Settle {
     Mailbox {
-        store: std::sync::Arc<dyn crate::store::Store>,
+        store: Arc<dyn Store>,
         agency: AgencyId,
         delivery_id: uuid::Uuid,
     },
-    Amqp(Vec<std::sync::Arc<bundle::BundleAck>>),
+    Amqp(Vec<Arc<bundle::BundleAck>>),
 }
 
 impl Settle {
@@ -115,70 +115,21 @@ impl Settle {
     }
 }
 
-/// A carried delivery, handed by the broker that wrote it to its own relay once the change was
-/// committed ([`Doorbell::queued`]). Its row is held ([`crate::store::NewDelivery::held`]), so no
-/// relay leases it meanwhile: this relay publishes it and deletes the row once RabbitMQ confirms.
-#[derive(Debug)]
-pub struct Handoff {
-    pub agency: AgencyId,
-    pub delivery_id: uuid::Uuid,
-    pub referral_id: ReferralId,
-    /// The referral itself (with its case file), rather than one of its events.
-    pub is_referral: bool,
-    /// [`crate::store::NewDelivery::body`]: the delivery without its id.
-    pub body: Vec<u8>,
-    /// When it was written: past its hold, its row may be leased by any relay.
-    pub written: std::time::Instant,
+/// What a committed write tells delivery: the doorbell that wakes sessions and the relay, and the
+/// handoffs to this process's relay. One per process, shared by the workflow and the backends.
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    pub doorbell: Doorbell,
+    pub handoffs: Handoffs,
 }
 
-/// Writes handed to the relay and not yet taken. Beyond this many the relay is far behind, and a
-/// write's deliveries are left to the relay's lease once their hold runs out.
-const HANDOFFS_WAITING: usize = 4096;
-
-/// How long [`Doorbell::redirected`] remembers a redirect: longer than any handoff waits.
-const REDIRECT_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Wakes the delivery sessions of an agency, and the outbox relay, when something was queued; and
-/// hands carried deliveries to the relay.
-#[derive(Debug)]
-pub struct Doorbell {
-    bells: Mutex<HashMap<AgencyId, watch::Sender<u64>>>,
-    any: watch::Sender<u64>,
-    handoff: mpsc::Sender<Vec<Handoff>>,
-    handed: Mutex<Option<mpsc::Receiver<Vec<Handoff>>>>,
-    /// Whether the relay can publish handoffs now (it has a channel to RabbitMQ).
-    handing_off: AtomicBool,
-    /// Referrals this process redirected lately, and when ([`Doorbell::redirected`]).
-    redirected: Mutex<HashMap<ReferralId, std::time::Instant>>,
-}
-
-impl Default for Doorbell {
-    fn default() -> Self {
-        let (handoff, handed) = mpsc::channel(HANDOFFS_WAITING);
-        Self {
-            bells: Mutex::default(),
-            any: watch::channel(0).0,
-            handoff,
-            handed: Mutex::new(Some(handed)),
-            handing_off: AtomicBool::new(false),
-            redirected: Mutex::default(),
-        }
-    }
-}
-
-impl Doorbell {
-    /// A change or submission of `referral_id` with these deliveries was committed; `redirect`
-    /// if it redirected the referral. Held deliveries (carried ones, with RabbitMQ) go to the
-    /// relay as they are; for the others the agency's sessions and the relay are woken, to read
-    /// them from the store. Nobody is woken for a held delivery: the relay would find its row held
-    /// and nothing else to lease.
-    pub fn queued(&self, referral_id: ReferralId, deliveries: &[NewDelivery], redirect: bool) {
+impl Dispatch {
+    /// A change or submission of `referral_id` with these deliveries was committed. Held
+    /// deliveries (carried ones, with RabbitMQ) go to the relay as they are; for the others the
+    /// agency's sessions and the relay are woken, to read them from the store. Nobody is woken for
+    /// a held delivery: the relay would find its row held and nothing else to lease.
+    pub fn queued(&self, referral_id: ReferralId, deliveries: &[NewDelivery]) {
         let now = std::time::Instant::now();
-        if redirect {
-            let mut redirected = self.redirected.lock().unwrap_or_else(|p| p.into_inner());
-            redirected.retain(|_, at| now.duration_since(*at) < REDIRECT_MEMORY);
-            redirected.insert(referral_id, now);
-        }
         let mut handed = Vec::new();
         for d in deliveries {
             match (&d.body, d.held) {
@@ -186,74 +137,20 @@ impl Doorbell {
                     agency: d.agency.clone(),
                     delivery_id: d.id,
                     referral_id,
-                    is_referral: d.event_id.is_none(),
                     body: body.clone(),
                     written: now,
                 }),
-                _ => self.ring(&d.agency),
+                _ => self.doorbell.ring(&d.agency),
             }
         }
-        if !handed.is_empty() && self.handoff.try_send(handed).is_err() {
-            tracing::debug!(
-                "the relay is not taking handed-off deliveries; they are published once their hold runs out"
-            );
-        }
+        self.handoffs.hand(handed);
     }
 
-    /// Whether a write should hold its carried deliveries for a handoff: only while the relay can
-    /// publish them. Rows written while RabbitMQ is out of reach are left free, so that they go
-    /// out as soon as it is back rather than when their hold runs out.
-    pub fn handing_off(&self) -> bool {
-        self.handing_off.load(Ordering::Relaxed)
-    }
-
-    /// Set by the relay: whether it can publish handoffs now.
-    pub fn set_handing_off(&self, open: bool) {
-        self.handing_off.store(open, Ordering::Relaxed);
-    }
-
-    /// Whether a handed-off delivery of the referral itself must not be published as it was
-    /// handed over: the referral was redirected since. A redirect clears the case file from the
-    /// former recipient's queued referral in the store; the handoff still holds it. Left to the
-    /// relay's lease once its hold runs out, the row is loaded as it is now, without the case
-    /// file. A redirect made through another broker is not seen here: there the handoff's
-    /// window (from the commit to the publish, milliseconds unless the relay is behind) is the
-    /// lease's window (from the lease to the publish) before it.
-    pub fn redirected(&self, handoff: &Handoff) -> bool {
-        handoff.is_referral
-            && self
-                .redirected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(&handoff.referral_id)
-    }
-
-    /// What the relay publishes without leasing; taken once, by this process's relay.
-    pub fn take_handoffs(&self) -> Option<mpsc::Receiver<Vec<Handoff>>> {
-        self.handed.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    pub fn ring(&self, agency: &AgencyId) {
-        {
-            let bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(bell) = bells.get(agency) {
-                bell.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
-        self.any.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    pub fn listen(&self, agency: &AgencyId) -> watch::Receiver<u64> {
-        let mut bells = self.bells.lock().unwrap_or_else(|p| p.into_inner());
-        bells
-            .entry(agency.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
-    /// Rings on every delivery for any agency: what the relay waits on.
-    pub fn listen_any(&self) -> watch::Receiver<u64> {
-        self.any.subscribe()
+    /// How long a write should hold its carried deliveries for a handoff: `hold`, but only while
+    /// the relay can publish them. Rows written while RabbitMQ is out of reach are left free, so
+    /// that they go out as soon as it is back rather than when their hold runs out.
+    pub fn hold(&self, hold: Duration) -> Option<Duration> {
+        self.handoffs.is_open().then_some(hold)
     }
 }
 
@@ -261,11 +158,11 @@ impl Doorbell {
 #[derive(Clone)]
 pub enum Backend {
     Mailbox {
-        store: std::sync::Arc<dyn crate::store::Store>,
-        doorbell: std::sync::Arc<Doorbell>,
-        poll: std::time::Duration,
+        store: Arc<dyn Store>,
+        dispatch: Arc<Dispatch>,
+        poll: Duration,
     },
-    Amqp(std::sync::Arc<amqp::Amqp>),
+    Amqp(Arc<amqp::Amqp>),
 }
 
 impl Backend {
@@ -275,11 +172,11 @@ impl Backend {
         match self {
             Backend::Mailbox {
                 store,
-                doorbell,
+                dispatch,
                 poll,
             } => Ok(Session::Mailbox(mailbox::MailboxSession::open(
                 store.clone(),
-                doorbell,
+                &dispatch.doorbell,
                 agency,
                 *poll,
             ))),
@@ -300,42 +197,51 @@ mod tests {
             agency: AgencyId::parse("agency", agency).unwrap(),
             event_id,
             body: Some(b"carried".to_vec()),
-            held: Some(std::time::Duration::from_secs(15)),
+            held: Some(Duration::from_secs(15)),
         }
     }
 
-    /// Held deliveries are handed to the relay and wake nobody; the others ring their agency. A
-    /// referral redirected after its handoff is not published from the handoff (its case file
-    /// was cleared in the store), while its events and other referrals still are.
+    /// Held deliveries are handed to the relay and wake nobody; the others ring their agency.
     #[tokio::test]
-    async fn held_deliveries_are_handed_off_and_a_redirect_withdraws_the_referral() {
-        let bell = Doorbell::default();
-        let mut handoffs = bell.take_handoffs().unwrap();
-        assert!(bell.take_handoffs().is_none(), "one relay takes them");
-        let mut ngo = bell.listen(&AgencyId::parse("agency", "mlup-russey").unwrap());
-        let (moved, kept) = (ReferralId::new(), ReferralId::new());
-        bell.queued(moved, &[held("mlup-russey", None)], false);
-        bell.queued(kept, &[held("mlup-russey", None)], false);
+    async fn held_deliveries_are_handed_off_and_the_others_ring() {
+        let dispatch = Dispatch::default();
+        let mut handoffs = dispatch.handoffs.take_receiver().unwrap();
+        assert!(
+            dispatch.handoffs.take_receiver().is_none(),
+            "one relay takes them"
+        );
+        let mut ngo = dispatch
+            .doorbell
+            .listen(&AgencyId::parse("agency", "mlup-russey").unwrap());
+        let (first, second) = (ReferralId::new(), ReferralId::new());
+        dispatch.queued(first, &[held("mlup-russey", None)]);
         let unheld = NewDelivery {
             held: None,
             ..held("mlup-russey", None)
         };
-        bell.queued(kept, &[unheld], false);
+        dispatch.queued(second, &[unheld]);
         assert!(ngo.has_changed().unwrap(), "an unheld delivery rings");
         ngo.borrow_and_update();
 
-        let event = uuid::Uuid::now_v7();
-        bell.queued(moved, &[held("ahc-swu", Some(event))], true);
+        dispatch.queued(second, &[held("ahc-swu", Some(uuid::Uuid::now_v7()))]);
         assert!(!ngo.has_changed().unwrap(), "held deliveries ring nobody");
         let handed: Vec<Handoff> = std::iter::from_fn(|| handoffs.try_recv().ok())
             .flatten()
             .collect();
-        assert_eq!(handed.len(), 3);
-        let withdrawn: Vec<(ReferralId, bool)> = handed
+        let got: Vec<(ReferralId, &str)> = handed
             .iter()
-            .map(|h| (h.referral_id, bell.redirected(h)))
+            .map(|h| (h.referral_id, h.agency.as_str()))
             .collect();
-        assert_eq!(withdrawn, [(moved, true), (kept, false), (moved, false)]);
-        assert_eq!(handed[2].agency.as_str(), "ahc-swu");
+        assert_eq!(got, [(first, "mlup-russey"), (second, "ahc-swu")]);
+    }
+
+    /// A write holds its carried deliveries only while the relay can take them.
+    #[test]
+    fn deliveries_are_held_only_while_the_relay_takes_handoffs() {
+        let dispatch = Dispatch::default();
+        let hold = Duration::from_secs(15);
+        assert_eq!(dispatch.hold(hold), None);
+        dispatch.handoffs.set_open(true);
+        assert_eq!(dispatch.hold(hold), Some(hold));
     }
 }

@@ -21,11 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{Shared, caller, convert};
-use crate::delivery::{Backend, DeliveryRef, Pending, Session, Settle};
+use super::{Shared, caller};
+use crate::delivery::{Backend, Pending, Session, Settle, contents};
 use crate::error::{BrokerError, ErrorChain, FieldError};
 use crate::ids::AgencyId;
-use crate::referral::workflow::Workflow;
+use crate::store::{DeliveryRef, Store};
+use crate::wire;
+use crate::workflow::Workflow;
 
 const DEFAULT_WINDOW: u16 = 64;
 const MAX_WINDOW: u32 = 1000;
@@ -180,7 +182,7 @@ async fn pump(
             },
             batch = session.next_batch(room), if room > 0 => match batch {
                 Ok(batch) => {
-                    let deliveries = match load(&shared.workflow, &agency, batch).await {
+                    let deliveries = match load(shared.workflow.store().as_ref(), &agency, batch).await {
                         Ok(d) => d,
                         Err(status) => break Some(status),
                     };
@@ -232,28 +234,44 @@ enum Loaded {
     Nothing(uuid::Uuid),
 }
 
-/// The messages of a batch: as published (RabbitMQ), or loaded now in one go (mailbox).
+/// The messages of a batch, made now. An event goes as it was published (RabbitMQ); every other
+/// delivery, and every delivery of a referral itself on either backend, is loaded in one go
+/// through [`contents`], which applies who may see what as the referral stands now: a referral
+/// published before a redirect (through any broker) reaches its former recipient without its case
+/// file.
 async fn load(
-    workflow: &Workflow,
+    store: &dyn Store,
     agency: &AgencyId,
     batch: Vec<Pending>,
 ) -> Result<Vec<Loaded>, Status> {
+    let made_now = |p: &Pending| p.message.is_none() || p.reference.event_id.is_none();
     let wanted: Vec<(AgencyId, DeliveryRef)> = batch
         .iter()
-        .filter(|p| p.message.is_none())
+        .filter(|p| made_now(p))
         .map(|p| (agency.clone(), p.reference))
         .collect();
-    let mut contents = workflow.load_deliveries(&wanted).await?.into_iter();
+    let mut loaded = if wanted.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        contents(store, &wanted)
+            .await
+            .map_err(BrokerError::from)?
+            .into_iter()
+    };
     Ok(batch
         .into_iter()
         .map(|pending| {
             let id = pending.reference.delivery_id;
-            match pending.message {
-                Some(message) => Loaded::Send(Box::new(message)),
-                None => match contents.next().flatten() {
-                    Some(content) => Loaded::Send(Box::new(convert::delivery(id, content))),
+            if made_now(&pending) {
+                match loaded.next().flatten() {
+                    Some(content) => Loaded::Send(Box::new(wire::delivery(id, content))),
                     None => Loaded::Nothing(id),
-                },
+                }
+            } else {
+                match pending.message {
+                    Some(message) => Loaded::Send(Box::new(message)),
+                    None => Loaded::Nothing(id),
+                }
             }
         })
         .collect())

@@ -1,8 +1,7 @@
 //! The gRPC gateway: tonic services behind mutual TLS, where the client certificate is the caller's
-//! identity. Each service parses its request ([`convert`]), asks the [`Workflow`], and lets
+//! identity. Each service parses its request ([`crate::wire`]), asks the [`Workflow`], and lets
 //! `From<BrokerError> for Status` (in `error.rs`) choose the status.
 
-pub mod convert;
 mod delivery;
 mod directory;
 mod referral;
@@ -14,7 +13,7 @@ use tonic::Request;
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::ids::AgencyId;
-use crate::referral::workflow::Workflow;
+use crate::workflow::Workflow;
 
 pub use delivery::DeliveryGateway;
 pub use directory::DirectoryGateway;

@@ -4,10 +4,11 @@ use spean_proto::v1 as pb;
 use spean_proto::v1::referral_service_server::ReferralService;
 use tonic::{Request, Response, Status};
 
-use super::{GatewayResult, Shared, caller, convert, respond};
+use super::{GatewayResult, Shared, caller, respond};
 use crate::error::BrokerError;
 use crate::ids::ReferralId;
-use crate::referral::{Action, EventDetails, EventKind, ListQuery, NewReferral};
+use crate::referral::ListQuery;
+use crate::wire::{self, FeedbackRequest};
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
@@ -21,21 +22,21 @@ impl ReferralGateway {
         Self { shared }
     }
 
-    async fn act(
+    /// Any feedback RPC: parse the action its request asks for and record it.
+    async fn feedback<R: FeedbackRequest + Clone>(
         &self,
-        agency_of: &Request<impl Send>,
-        action: Result<Action, crate::error::FieldError>,
+        request: Request<R>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let agency = caller(&self.shared, agency_of).await?;
-        let action = action.map_err(BrokerError::from)?;
+        let agency = caller(&self.shared, &request).await?;
+        let action = parsed(request.into_inner().into_action())?;
         respond(
             self.shared
                 .workflow
                 .act(&agency, action)
                 .await
                 .map(|(event, state)| pb::FeedbackResponse {
-                    event: Some(convert::event(&event)),
-                    state: convert::state(state) as i32,
+                    event: Some(wire::event(&event)),
+                    state: wire::state(state) as i32,
                 }),
         )
     }
@@ -52,10 +53,10 @@ impl ReferralService for ReferralGateway {
         request: Request<pb::SubmitRequest>,
     ) -> GatewayResult<pb::SubmitResponse> {
         let sender = caller(&self.shared, &request).await?;
-        let new = parsed(NewReferral::try_from(request.into_inner()))?;
+        let new = parsed(wire::new_referral(request.into_inner()))?;
         respond(self.shared.workflow.submit(&sender, new).await.map(
             |(referral, history, created)| pb::SubmitResponse {
-                referral: Some(convert::referral(referral, &history)),
+                referral: Some(wire::referral(referral, &history)),
                 created,
             },
         ))
@@ -72,7 +73,7 @@ impl ReferralService for ReferralGateway {
                 .workflow
                 .get(&agency, id)
                 .await
-                .map(|(referral, history)| convert::referral(referral, &history)),
+                .map(|(referral, history)| wire::referral(referral, &history)),
         )
     }
 
@@ -91,11 +92,11 @@ impl ReferralService for ReferralGateway {
             }
         };
         let query = ListQuery {
-            role: parsed(convert::role(req.role))?,
+            role: parsed(wire::role(req.role))?,
             states: parsed(
                 req.states
                     .iter()
-                    .map(|s| convert::state_from_pb("states", *s))
+                    .map(|s| wire::state_from_pb("states", *s))
                     .collect::<Result<Vec<_>, _>>(),
             )?,
             kind: parsed(
@@ -126,104 +127,79 @@ impl ReferralService for ReferralGateway {
             referrals: found
                 .iter()
                 .map(|r| pb::ReferralSummary {
-                    envelope: Some(convert::envelope(r)),
-                    state: convert::state(r.state) as i32,
+                    envelope: Some(wire::envelope(r)),
+                    state: wire::state(r.state) as i32,
                 })
                 .collect(),
             next_page_token,
         }))
     }
 
+    // Every feedback RPC is the same: its request names the action ([`FeedbackRequest`]).
     async fn acknowledge(
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::action(r.action, EventKind::Acknowledged, EventDetails::None);
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn accept(
         &self,
         request: Request<pb::AcceptRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::acceptance(r.acceptance)
-            .and_then(|d| convert::action(r.action, EventKind::Accepted, d));
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn decline(
         &self,
         request: Request<pb::DeclineRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::decline(r.decline)
-            .and_then(|d| convert::action(r.action, EventKind::Declined, d));
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn redirect(
         &self,
         request: Request<pb::RedirectRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::redirect(r.redirect)
-            .and_then(|d| convert::action(r.action, EventKind::Redirected, d));
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn mark_in_progress(
         &self,
         request: Request<pb::MarkInProgressRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::action(r.action, EventKind::InProgress, EventDetails::None);
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn record_follow_up(
         &self,
         request: Request<pb::RecordFollowUpRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::follow_up(r.follow_up)
-            .and_then(|d| convert::action(r.action, EventKind::FollowUp, d));
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn complete(
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::outcome(r.outcome)
-            .and_then(|d| convert::action(r.action, EventKind::Completed, d));
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn fail(&self, request: Request<pb::FailRequest>) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::failure(r.failure)
-            .and_then(|d| convert::action(r.action, EventKind::Failed, d));
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn withdraw(
         &self,
         request: Request<pb::WithdrawRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::action(r.action, EventKind::Withdrawn, EventDetails::None);
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 
     async fn mark_entered_in_error(
         &self,
         request: Request<pb::MarkEnteredInErrorRequest>,
     ) -> GatewayResult<pb::FeedbackResponse> {
-        let r = request.get_ref().clone();
-        let action = convert::action(r.action, EventKind::EnteredInError, EventDetails::None);
-        self.act(&request, action).await
+        self.feedback(request).await
     }
 }

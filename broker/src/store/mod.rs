@@ -20,6 +20,15 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral, State};
 
+/// What a delivery is about, kept while it is in flight so its confirmation can be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryRef {
+    pub delivery_id: uuid::Uuid,
+    pub referral_id: ReferralId,
+    /// `None`: the referral itself.
+    pub event_id: Option<uuid::Uuid>,
+}
+
 /// A message waiting in an agency's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEntry {
@@ -37,8 +46,8 @@ pub struct MailboxEntry {
 
 impl MailboxEntry {
     /// What the entry delivers, as a delivery session tracks it.
-    pub fn reference(&self) -> crate::delivery::DeliveryRef {
-        crate::delivery::DeliveryRef {
+    pub fn reference(&self) -> DeliveryRef {
+        DeliveryRef {
             delivery_id: self.delivery_id,
             referral_id: self.referral_id,
             event_id: self.event_id,
@@ -54,7 +63,7 @@ pub struct NewDelivery {
     pub id: uuid::Uuid,
     pub agency: AgencyId,
     pub event_id: Option<uuid::Uuid>,
-    /// The delivery encoded now, without its id ([`crate::delivery::bundle::carried`]), for a
+    /// The delivery encoded now, without its id ([`crate::wire::carried`]), for a
     /// store that [carries deliveries](Store::carries_deliveries): the relay publishes it as it is
     /// instead of reading the referral or event back. `None`: loaded when it is sent.
     pub body: Option<Vec<u8>>,

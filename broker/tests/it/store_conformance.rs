@@ -1361,13 +1361,14 @@ async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
 /// for each referral the agency received, in one batch on PostgreSQL, and nothing is recorded for a
 /// referral it is not the recipient of, one whose delivery is already recorded, or an event.
 async fn confirmations_that_arrive_together_record_each_delivery_once(f: Fixture) {
-    use spean_broker::delivery::{DeliveryRef, Doorbell};
-    use spean_broker::referral::workflow::{Limits, Workflow};
+    use spean_broker::delivery::Dispatch;
+    use spean_broker::store::DeliveryRef;
+    use spean_broker::workflow::{Limits, Workflow};
 
     let store = f.store.clone();
     let workflow = Workflow::new(
         store.clone(),
-        Arc::new(Doorbell::default()),
+        Arc::new(Dispatch::default()),
         Limits {
             max_case_file_bytes: 1 << 20,
         },

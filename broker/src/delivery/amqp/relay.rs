@@ -1,7 +1,7 @@
 //! The outbox relay: publishes the store's mailbox to RabbitMQ and deletes what RabbitMQ confirmed.
 //!
 //! Each turn of [`Relay::run`] does one of three things, chosen by [`Relay::choose`]:
-//! - **hand off**: publish deliveries this process's writes handed over ([`Doorbell::queued`]) as
+//! - **hand off**: publish deliveries this process's writes handed over ([`Dispatch::queued`]) as
 //!   they are. Their rows are held for this relay, so it neither leases nor reads them.
 //! - **lease**: when woken by the doorbell or the poll interval, lease a batch of rows no relay
 //!   holds (rows written without a carried body, and held rows whose handoff did not happen in
@@ -29,12 +29,11 @@ use tracing::Instrument;
 
 use super::{Amqp, LEASE, confirm_channel};
 use crate::delivery::bundle::{self, BUNDLE_TYPE, Outgoing};
-use crate::delivery::{DeliveryError, Doorbell, Handoff};
+use crate::delivery::{DeliveryError, Dispatch, Handoff, contents};
 use crate::error::ErrorChain;
-use crate::gateway::convert;
 use crate::ids::AgencyId;
-use crate::referral::workflow::Workflow;
-use crate::store::{MailboxEntry, Store};
+use crate::store::{DeliveryRef, MailboxEntry, Store};
+use crate::wire;
 
 /// How long a published batch may wait for its publisher confirms: well inside [`LEASE`], so no
 /// other relay publishes those rows while this one may still delete them.
@@ -58,12 +57,12 @@ impl Amqp {
     /// Publishes the outbox until `stop`; see the [module](self) for how.
     pub async fn relay(
         self: Arc<Self>,
-        workflow: Arc<Workflow>,
-        doorbell: Arc<Doorbell>,
+        store: Arc<dyn Store>,
+        dispatch: Arc<Dispatch>,
         poll: Duration,
         stop: CancellationToken,
     ) {
-        Relay::new(self, workflow, doorbell, poll, stop).run().await;
+        Relay::new(self, store, dispatch, poll, stop).run().await;
     }
 }
 
@@ -80,8 +79,8 @@ enum Turn {
 /// A relay's state between turns.
 struct Relay {
     amqp: Arc<Amqp>,
-    workflow: Arc<Workflow>,
-    doorbell: Arc<Doorbell>,
+    store: Arc<dyn Store>,
+    dispatch: Arc<Dispatch>,
     poll: Duration,
     stop: CancellationToken,
     bell: watch::Receiver<u64>,
@@ -109,13 +108,13 @@ struct Relay {
 impl Relay {
     fn new(
         amqp: Arc<Amqp>,
-        workflow: Arc<Workflow>,
-        doorbell: Arc<Doorbell>,
+        store: Arc<dyn Store>,
+        dispatch: Arc<Dispatch>,
         poll: Duration,
         stop: CancellationToken,
     ) -> Self {
-        let bell = doorbell.listen_any();
-        let handoffs = doorbell.take_handoffs();
+        let bell = dispatch.doorbell.listen_any();
+        let handoffs = dispatch.handoffs.take_receiver();
         if handoffs.is_none() {
             tracing::warn!(
                 "another relay in this process takes the handed-off deliveries; this one only leases"
@@ -123,8 +122,8 @@ impl Relay {
         }
         Self {
             amqp,
-            workflow,
-            doorbell,
+            store,
+            dispatch,
             poll,
             stop,
             bell,
@@ -149,7 +148,7 @@ impl Relay {
             let Some(channel) = self.open_channel().await else {
                 continue;
             };
-            self.doorbell.set_handing_off(self.handoffs.is_some());
+            self.dispatch.handoffs.set_open(self.handoffs.is_some());
             let (published, handed_off) = match self.choose() {
                 Turn::HandOff(handed) => (self.publish_handed(&channel, handed).await, true),
                 Turn::Lease => match self.lease(&channel).await {
@@ -178,7 +177,7 @@ impl Relay {
                 }
             }
         }
-        self.doorbell.set_handing_off(false);
+        self.dispatch.handoffs.set_open(false);
         self.confirming.shutdown().await;
         self.handing.shutdown().await;
     }
@@ -202,7 +201,7 @@ impl Relay {
                 },
             },
         };
-        self.doorbell.set_handing_off(false);
+        self.dispatch.handoffs.set_open(false);
         if let Some(e) = failure {
             tracing::warn!(error = %ErrorChain(&e), "relay cannot open a channel");
         }
@@ -224,10 +223,7 @@ impl Relay {
                 &mut self.waiting,
                 self.handoffs.as_mut(),
                 self.amqp.config.publish_batch,
-            )
-            .into_iter()
-            .filter(|h| !self.doorbell.redirected(h))
-            .collect();
+            );
             if !handed.is_empty() {
                 return Turn::HandOff(handed);
             }
@@ -249,7 +245,7 @@ impl Relay {
         let deliveries = handed
             .into_iter()
             .map(|h| {
-                let encoded = bundle::with_id(h.delivery_id, &h.body);
+                let encoded = wire::with_id(h.delivery_id, &h.body);
                 (h.agency, h.delivery_id, encoded)
             })
             .collect();
@@ -266,8 +262,7 @@ impl Relay {
         self.last_lease = Instant::now();
         self.bell.borrow_and_update();
         let leased = self
-            .workflow
-            .store()
+            .store
             .lease_outbox(self.amqp.config.publish_batch, LEASE)
             .await;
         match leased {
@@ -275,7 +270,7 @@ impl Relay {
                 self.lease_due = false;
                 None
             }
-            Ok(batch) => Some(self.amqp.publish(channel, &self.workflow, batch).await),
+            Ok(batch) => Some(self.amqp.publish(channel, self.store.as_ref(), batch).await),
             Err(e) => {
                 tracing::warn!(error = %ErrorChain(&e), "relay cannot read the outbox; retrying");
                 self.pause(STORE_PAUSE).await;
@@ -321,11 +316,7 @@ impl Relay {
     /// Waits for a published batch's confirms and deletes its rows in a task of its own, counted
     /// among the handed-off or the leased batches in flight.
     fn settle_in_background(&mut self, channel: &Channel, published: Published, handed_off: bool) {
-        let (amqp, store, channel) = (
-            self.amqp.clone(),
-            self.workflow.store().clone(),
-            channel.clone(),
-        );
+        let (amqp, store, channel) = (self.amqp.clone(), self.store.clone(), channel.clone());
         let settle = async move {
             let deleted = amqp
                 .settle_published(&channel, store.as_ref(), published)
@@ -381,28 +372,24 @@ impl Amqp {
     async fn publish(
         &self,
         channel: &Channel,
-        workflow: &Workflow,
+        store: &dyn Store,
         batch: Vec<MailboxEntry>,
     ) -> Result<Published, DeliveryError> {
-        let wanted: Vec<(AgencyId, crate::delivery::DeliveryRef)> = batch
+        let wanted: Vec<(AgencyId, DeliveryRef)> = batch
             .iter()
             .filter(|e| e.carried.is_none())
             .map(|e| (e.agency.clone(), e.reference()))
             .collect();
-        let mut contents = workflow
-            .load_deliveries(&wanted)
-            .await
-            .map_err(|e| DeliveryError::Unavailable(e.to_string()))?
-            .into_iter();
+        let mut contents = contents(store, &wanted).await?.into_iter();
         let mut published = Published::default();
         let mut deliveries = Vec::with_capacity(batch.len());
         for entry in batch {
             let encoded = match &entry.carried {
-                Some(body) => Some(bundle::with_id(entry.delivery_id, body)),
+                Some(body) => Some(wire::with_id(entry.delivery_id, body)),
                 None => contents
                     .next()
                     .flatten()
-                    .map(|content| convert::delivery(entry.delivery_id, content).encode_to_vec()),
+                    .map(|content| wire::delivery(entry.delivery_id, content).encode_to_vec()),
             };
             match encoded {
                 Some(encoded) => deliveries.push((entry.agency, entry.delivery_id, encoded)),

@@ -1,16 +1,20 @@
-//! Conversions between the wire types (`spean_proto::v1`) and the domain. Requests parse with
-//! `TryFrom` and name the failing field; responses are built from domain values.
+//! The wire codec: conversions between the wire types (`spean_proto::v1`) and the domain, for the
+//! gateway and for delivery alike. Requests parse into domain values and name the failing field;
+//! answers and deliveries are built from domain values. A referral goes out only as a
+//! [`ReferralView`], so what its reader may see was decided by the one rule in
+//! [`crate::referral::view`].
 
+use prost::Message;
 use prost_types::Timestamp;
 use spean_proto::v1 as pb;
 use time::OffsetDateTime;
 
 use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
-use crate::referral::workflow::DeliveryContent;
 use crate::referral::{
-    Action, Addressee, AgeBand, Code, Day, Event, EventDetails, EventKind, FreeText, NewReferral,
-    Referral, Role, SealedCaseFile, Sex, State, Subject, Urgency,
+    Action, Addressee, AgeBand, Code, Day, DeliveryContent, Event, EventDetails, EventKind,
+    FreeText, NewReferral, Referral, ReferralView, Role, SealedCaseFile, Sex, State, Subject,
+    Urgency,
 };
 
 /// Longest note, reason or summary.
@@ -63,10 +67,9 @@ fn age_band(raw: i32) -> Result<AgeBand, FieldError> {
     })
 }
 
-impl TryFrom<pb::SubmitRequest> for NewReferral {
-    type Error = FieldError;
-
-    fn try_from(req: pb::SubmitRequest) -> Result<Self, FieldError> {
+/// A submitted referral, parsed.
+pub fn new_referral(req: pb::SubmitRequest) -> Result<NewReferral, FieldError> {
+    {
         let client_ref = ClientRef::parse("client_ref", &req.client_ref)?;
         let recipient = required("recipient", req.recipient)?;
         let addressee = match required("recipient", recipient.target)? {
@@ -102,6 +105,39 @@ impl TryFrom<pb::SubmitRequest> for NewReferral {
             client_pseudonym,
         })
     }
+}
+
+/// A feedback request (`AcknowledgeRequest`, `AcceptRequest`, …) parsed into the action it asks
+/// for. The table below is the one place that says which request is which action and where its
+/// details are: adding an action is one row here, one in the state machine, and its RPC.
+pub trait FeedbackRequest {
+    fn into_action(self) -> Result<Action, FieldError>;
+}
+
+macro_rules! feedback_requests {
+    ($($request:ident: $kind:ident $(, $field:ident => $parse:path)?;)*) => {$(
+        impl FeedbackRequest for pb::$request {
+            fn into_action(self) -> Result<Action, FieldError> {
+                let details = feedback_requests!(@details self $(, $field, $parse)?);
+                action(self.action, EventKind::$kind, details)
+            }
+        }
+    )*};
+    (@details $request:ident) => { EventDetails::None };
+    (@details $request:ident, $field:ident, $parse:path) => { $parse($request.$field)? };
+}
+
+feedback_requests! {
+    AcknowledgeRequest: Acknowledged;
+    AcceptRequest: Accepted, acceptance => acceptance;
+    DeclineRequest: Declined, decline => decline;
+    RedirectRequest: Redirected, redirect => redirect;
+    MarkInProgressRequest: InProgress;
+    RecordFollowUpRequest: FollowUp, follow_up => follow_up;
+    CompleteRequest: Completed, outcome => outcome;
+    FailRequest: Failed, failure => failure;
+    WithdrawRequest: Withdrawn;
+    MarkEnteredInErrorRequest: EnteredInError;
 }
 
 /// Parses the fields every feedback action shares.
@@ -360,7 +396,9 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
     }
 }
 
-pub fn referral(r: Referral, history: &[Event]) -> pb::Referral {
+/// A referral with its history, as the party its view was made for may see it.
+pub fn referral(view: ReferralView, history: &[Event]) -> pb::Referral {
+    let r = view.into_referral();
     pb::Referral {
         envelope: Some(envelope(&r)),
         state: state(r.state) as i32,
@@ -385,6 +423,30 @@ pub fn payload(content: DeliveryContent) -> pb::delivery::Payload {
         }
         DeliveryContent::Event(event) => pb::delivery::Payload::Feedback(self::event(&event)),
     }
+}
+
+/// A delivery's content encoded when its change is written, to be carried in its outbox row: a
+/// `spean.v1.Delivery` without its `delivery_id`. The relay then publishes it without reading the
+/// referral or event back from the store.
+pub fn carried(content: DeliveryContent) -> Vec<u8> {
+    pb::Delivery {
+        delivery_id: String::new(),
+        payload: Some(payload(content)),
+    }
+    .encode_to_vec()
+}
+
+/// A [`carried`] delivery with its id, encoded. Protobuf reads concatenated messages as one (a
+/// field present in both takes the later value, and `carried` has no id), so the id's encoding
+/// followed by the carried bytes is the whole delivery, byte for byte what encoding it whole gives.
+pub fn with_id(delivery_id: uuid::Uuid, carried: &[u8]) -> Vec<u8> {
+    let head = pb::Delivery {
+        delivery_id: delivery_id.to_string(),
+        payload: None,
+    };
+    let mut out = head.encode_to_vec();
+    out.extend_from_slice(carried);
+    out
 }
 
 #[cfg(test)]
@@ -413,12 +475,12 @@ mod tests {
     }
 
     fn field_of(req: pb::SubmitRequest) -> String {
-        NewReferral::try_from(req).unwrap_err().field
+        new_referral(req).unwrap_err().field
     }
 
     #[test]
     fn a_valid_submission_parses() {
-        assert!(NewReferral::try_from(valid()).is_ok());
+        assert!(new_referral(valid()).is_ok());
     }
 
     #[test]

@@ -4,20 +4,25 @@
 //! store one [`Change`] holding the new state, its event and its deliveries. A change made on a stale
 //! read is decided again, so two concurrent actions cannot both win.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio::sync::RwLock;
 
-use super::state::{self, EventKind, State};
-use super::{Action, Addressee, Event, EventDetails, FreeText, ListQuery, NewReferral, Referral};
-use crate::delivery::{DeliveryRef, Doorbell, bundle};
+use crate::delivery::Dispatch;
 use crate::directory::Directory;
 use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
-use crate::store::{Change, ChangeOutcome, NewDelivery, Snapshot, Store, SubmitOutcome};
+use crate::referral::state::{self, EventKind, State};
+use crate::referral::{
+    Action, Addressee, DeliveryContent, Event, EventDetails, FreeText, ListQuery, NewReferral,
+    Referral, ReferralView,
+};
+use crate::store::{
+    Change, ChangeOutcome, DeliveryRef, NewDelivery, Snapshot, Store, SubmitOutcome,
+};
+use crate::wire;
 
 /// How many times a change is decided again after losing a race.
 const MAX_ATTEMPTS: usize = 8;
@@ -30,38 +35,28 @@ pub struct Limits {
     pub max_case_file_bytes: usize,
 }
 
-/// What a mailbox entry carries, loaded for sending.
-#[derive(Debug)]
-pub enum DeliveryContent {
-    Referral(Box<Referral>, Vec<Event>),
-    Event(Box<Event>),
-}
-
 struct CachedDirectory {
     directory: Arc<Directory>,
     version: Option<i64>,
     checked: Instant,
 }
 
-/// How long a carried delivery's row is held for the relay of the broker that wrote it: the
-/// relay's own lease, so that a handoff that did not happen is published by any relay as late as a
-/// lease that ran out.
-const HANDOFF_HOLD: std::time::Duration = crate::delivery::amqp::LEASE;
-
 pub struct Workflow {
     store: Arc<dyn Store>,
-    doorbell: Arc<Doorbell>,
+    dispatch: Arc<Dispatch>,
     limits: Limits,
     directory: RwLock<CachedDirectory>,
     /// Whether deliveries are encoded when their change is written and carried in the outbox
     /// rows ([`Workflow::carrying_deliveries`]).
     carry: bool,
+    /// How long a carried delivery's row is held for the relay of the broker that wrote it.
+    hold: Duration,
 }
 
 impl Workflow {
     pub async fn new(
         store: Arc<dyn Store>,
-        doorbell: Arc<Doorbell>,
+        dispatch: Arc<Dispatch>,
         limits: Limits,
     ) -> Result<Self, BrokerError> {
         let (directory, version) = match store.directory().await? {
@@ -70,7 +65,7 @@ impl Workflow {
         };
         Ok(Self {
             store,
-            doorbell,
+            dispatch,
             limits,
             directory: RwLock::new(CachedDirectory {
                 directory: Arc::new(directory),
@@ -78,6 +73,7 @@ impl Workflow {
                 checked: Instant::now(),
             }),
             carry: false,
+            hold: Duration::ZERO,
         })
     }
 
@@ -88,17 +84,22 @@ impl Workflow {
     /// mailbox rows as they are and has no use for it.
     ///
     /// Carried deliveries are also written held ([`crate::store::NewDelivery::held`]) and handed
-    /// to this process's relay once the change is committed ([`Doorbell::queued`]), which
+    /// to this process's relay once the change is committed ([`Dispatch::queued`]), which
     /// publishes them without leasing their rows: the relay's handoff.
-    pub fn carrying_deliveries(mut self, carry: bool) -> Self {
+    ///
+    /// `hold` is how long such a row stays out of every relay's lease: the relay's own lease, so
+    /// that a handoff that did not happen is published by any relay as late as a lease that ran
+    /// out. A policy value given at startup, so that this layer does not reach into delivery's.
+    pub fn carrying_deliveries(mut self, carry: bool, hold: Duration) -> Self {
         self.carry = carry && self.store.carries_deliveries();
+        self.hold = hold;
         self
     }
 
     /// How long a carried delivery written now is held for the relay's handoff: only while the
-    /// relay can take it ([`Doorbell::handing_off`]).
+    /// relay can take it ([`Dispatch::hold`]).
     fn held(&self) -> Option<std::time::Duration> {
-        (self.carry && self.doorbell.handing_off()).then_some(HANDOFF_HOLD)
+        self.dispatch.hold(self.hold).filter(|_| self.carry)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -146,7 +147,7 @@ impl Workflow {
         &self,
         sender: &AgencyId,
         new: NewReferral,
-    ) -> Result<(Referral, Vec<Event>, bool), BrokerError> {
+    ) -> Result<(ReferralView, Vec<Event>, bool), BrokerError> {
         if new.case_file.len() > self.limits.max_case_file_bytes {
             return Err(FieldError::new(
                 "case_file",
@@ -170,7 +171,7 @@ impl Workflow {
                     .referral_by_client_ref(sender, &new.client_ref)
                     .await?
                 {
-                    return self.resubmitted(existing, &fingerprint).await;
+                    return self.resubmitted(sender, existing, &fingerprint).await;
                 }
                 return Err(e);
             }
@@ -211,8 +212,8 @@ impl Workflow {
             agency: recipient.clone(),
             event_id: None,
             body: self.carry.then(|| {
-                bundle::carried(DeliveryContent::Referral(
-                    Box::new(referral.clone()),
+                wire::carried(DeliveryContent::Referral(
+                    Box::new(referral.clone().as_seen_by(&recipient)),
                     vec![event.clone()],
                 ))
             }),
@@ -221,11 +222,12 @@ impl Workflow {
         match self.store.submit(&referral, &event, &deliveries).await? {
             SubmitOutcome::Created => {
                 tracing::info!(referral_id = %referral.id, recipient = %recipient, "referral submitted");
-                self.doorbell.queued(referral.id, &deliveries, false);
-                Ok((referral, vec![event], true))
+                self.dispatch.queued(referral.id, &deliveries);
+                Ok((referral.as_seen_by(sender), vec![event], true))
             }
             SubmitOutcome::Existing(existing) => {
-                self.resubmitted(*existing, &referral.fingerprint).await
+                self.resubmitted(sender, *existing, &referral.fingerprint)
+                    .await
             }
         }
     }
@@ -274,9 +276,10 @@ impl Workflow {
 
     async fn resubmitted(
         &self,
+        sender: &AgencyId,
         existing: Referral,
         fingerprint: &str,
-    ) -> Result<(Referral, Vec<Event>, bool), BrokerError> {
+    ) -> Result<(ReferralView, Vec<Event>, bool), BrokerError> {
         if existing.fingerprint != fingerprint {
             return Err(BrokerError::AlreadyExists(format!(
                 "client_ref: {} was already used for referral {} with other content",
@@ -284,22 +287,18 @@ impl Workflow {
             )));
         }
         let history = self.store.history(existing.id).await?;
-        Ok((existing, history, false))
+        Ok((existing.as_seen_by(sender), history, false))
     }
 
-    /// A referral and its history as `agency` may see it: the case file only for its sender and its
-    /// current recipient.
+    /// A referral and its history as `agency` may see it ([`Referral::as_seen_by`]).
     pub async fn get(
         &self,
         agency: &AgencyId,
         id: ReferralId,
-    ) -> Result<(Referral, Vec<Event>), BrokerError> {
-        let mut referral = self.visible(agency, id).await?;
-        if referral.role_of(agency).is_none() {
-            referral.case_file = Default::default();
-        }
+    ) -> Result<(ReferralView, Vec<Event>), BrokerError> {
+        let referral = self.visible(agency, id).await?;
         let history = self.store.history(id).await?;
-        Ok((referral, history))
+        Ok((referral.as_seen_by(agency), history))
     }
 
     async fn visible(&self, agency: &AgencyId, id: ReferralId) -> Result<Referral, BrokerError> {
@@ -442,58 +441,7 @@ impl Workflow {
     /// everyone who hears of it, or hands carried deliveries to the relay.
     fn announce(&self, change: &Change) {
         tracing::info!(referral_id = %change.referral_id, event = %change.event.kind, state = %change.state, "referral changed");
-        self.doorbell.queued(
-            change.referral_id,
-            &change.deliveries,
-            change.new_recipient.is_some(),
-        );
-    }
-
-    /// What each delivery carries, loaded for a batch in one query per table: the referral as it is
-    /// now, or one event; `None` where it no longer exists. A referral queued for an agency that is
-    /// no longer its recipient (it redirected the referral before the delivery arrived) goes without
-    /// its case file, as a `Get` would.
-    pub async fn load_deliveries(
-        &self,
-        wanted: &[(AgencyId, DeliveryRef)],
-    ) -> Result<Vec<Option<DeliveryContent>>, BrokerError> {
-        let mut referral_ids: Vec<ReferralId> = wanted
-            .iter()
-            .filter(|(_, d)| d.event_id.is_none())
-            .map(|(_, d)| d.referral_id)
-            .collect();
-        referral_ids.sort_unstable();
-        referral_ids.dedup();
-        let event_ids: Vec<uuid::Uuid> = wanted.iter().filter_map(|(_, d)| d.event_id).collect();
-        let referrals: HashMap<ReferralId, (Referral, Vec<Event>)> = self
-            .store
-            .referrals_with_history(&referral_ids)
-            .await?
-            .into_iter()
-            .map(|(r, history)| (r.id, (r, history)))
-            .collect();
-        let events: HashMap<uuid::Uuid, Event> = self
-            .store
-            .events(&event_ids)
-            .await?
-            .into_iter()
-            .map(|e| (e.id, e))
-            .collect();
-        Ok(wanted
-            .iter()
-            .map(|(agency, d)| match d.event_id {
-                None => referrals.get(&d.referral_id).map(|(referral, history)| {
-                    let mut referral = referral.clone();
-                    if referral.role_of(agency).is_none() {
-                        referral.case_file = Default::default();
-                    }
-                    DeliveryContent::Referral(Box::new(referral), history.clone())
-                }),
-                Some(event_id) => events
-                    .get(&event_id)
-                    .map(|e| DeliveryContent::Event(Box::new(e.clone()))),
-            })
-            .collect())
+        self.dispatch.queued(change.referral_id, &change.deliveries);
     }
 
     /// The adapter of `agency` stored these deliveries and confirmed them (together, as they arrived
@@ -622,7 +570,7 @@ fn change_for(
             held: None,
         });
     }
-    let body = carry.then(|| bundle::carried(DeliveryContent::Event(Box::new(event.clone()))));
+    let body = carry.then(|| wire::carried(DeliveryContent::Event(Box::new(event.clone()))));
     deliveries.extend(parties.iter().map(|agency| NewDelivery {
         id: uuid::Uuid::now_v7(),
         agency: agency.clone(),

@@ -4,7 +4,7 @@
 //! these values, and [`state`] decides what may change.
 
 pub mod state;
-pub mod workflow;
+pub mod view;
 
 use std::fmt;
 
@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 pub use state::{EventKind, Role, State};
+pub use view::{Audience, ReferralView};
 
 /// The encoded case file: bytes the broker stores and forwards but never reads.
 ///
@@ -395,6 +396,14 @@ pub struct Action {
     pub details: EventDetails,
 }
 
+/// What one delivery carries to an agency: the referral as that agency may see it, with its
+/// history, or one event of its history.
+#[derive(Debug)]
+pub enum DeliveryContent {
+    Referral(Box<ReferralView>, Vec<Event>),
+    Event(Box<Event>),
+}
+
 /// Filters for listing an agency's referrals.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -407,8 +416,35 @@ pub struct ListQuery {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A stored referral from `sender` to `recipient` whose case file is a Khmer name.
+    pub(crate) fn sample(sender: &str, recipient: &str) -> Referral {
+        let agency = |raw| AgencyId::parse("agency", raw).unwrap();
+        let at = OffsetDateTime::UNIX_EPOCH;
+        Referral {
+            id: ReferralId::new(),
+            client_ref: ClientRef::parse("client_ref", "ref-1").unwrap(),
+            fingerprint: String::new(),
+            sender: agency(sender),
+            addressee: Addressee::Agency(agency(recipient)),
+            recipient: agency(recipient),
+            kind: Code::parse("kind", "lama").unwrap(),
+            urgency: Urgency::Emergency,
+            subject: Subject {
+                sex: Sex::Female,
+                age_band: AgeBand::Age5To9,
+                province: ProvinceCode::parse("province", "24").unwrap(),
+            },
+            client_pseudonym: None,
+            state: State::Sent,
+            version: 1,
+            created_at: at,
+            updated_at: at,
+            case_file: SealedCaseFile::new("សុខ".as_bytes().to_vec()),
+        }
+    }
 
     #[test]
     fn sensitive_values_never_print_their_content() {

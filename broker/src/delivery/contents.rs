@@ -1,0 +1,65 @@
+//! What a delivery carries, made when it is sent: the one place where deliveries meet the rule of
+//! who sees what.
+//!
+//! The mailbox backend loads every delivery here; the RabbitMQ backend loads here every delivery
+//! of a referral itself, whatever its message carried when it was published, because the referral
+//! may have been redirected since (through any broker of the deployment) and its former recipient
+//! must then not get the case file.
+
+use std::collections::HashMap;
+
+use crate::error::StoreError;
+use crate::ids::{AgencyId, ReferralId};
+use crate::referral::{DeliveryContent, Event, Referral};
+use crate::store::{DeliveryRef, Store};
+
+/// What each delivery carries, loaded for a batch in one query per table: the referral as its
+/// agency may see it now ([`Referral::as_seen_by`]), or one event; `None` where it no longer
+/// exists.
+pub async fn contents(
+    store: &dyn Store,
+    wanted: &[(AgencyId, DeliveryRef)],
+) -> Result<Vec<Option<DeliveryContent>>, StoreError> {
+    let mut referral_ids: Vec<ReferralId> = wanted
+        .iter()
+        .filter(|(_, d)| d.event_id.is_none())
+        .map(|(_, d)| d.referral_id)
+        .collect();
+    referral_ids.sort_unstable();
+    referral_ids.dedup();
+    let event_ids: Vec<uuid::Uuid> = wanted.iter().filter_map(|(_, d)| d.event_id).collect();
+    let referrals: HashMap<ReferralId, (Referral, Vec<Event>)> = if referral_ids.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .referrals_with_history(&referral_ids)
+            .await?
+            .into_iter()
+            .map(|(r, history)| (r.id, (r, history)))
+            .collect()
+    };
+    let events: HashMap<uuid::Uuid, Event> = if event_ids.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .events(&event_ids)
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e))
+            .collect()
+    };
+    Ok(wanted
+        .iter()
+        .map(|(agency, d)| match d.event_id {
+            None => referrals.get(&d.referral_id).map(|(referral, history)| {
+                DeliveryContent::Referral(
+                    Box::new(referral.clone().as_seen_by(agency)),
+                    history.clone(),
+                )
+            }),
+            Some(event_id) => events
+                .get(&event_id)
+                .map(|e| DeliveryContent::Event(Box::new(e.clone()))),
+        })
+        .collect())
+}

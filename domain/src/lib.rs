@@ -1,0 +1,18 @@
+//! # spean-domain
+//! What Spean means by a referral, shared by the broker and the agency adapter: values that parse,
+//! the state machine, and who may see what. No I/O and no wire types: the crate depends on no
+//! transport, store or protobuf library, so the compiler refuses such an import here.
+//!
+//! # Layout
+//! - [`error`]: [`FieldError`], a value that failed to parse, naming its field.
+//! - [`ids`]: identifiers that parse (`AgencyId`, `ReferralId`, `ClientRef`, `ProvinceCode`, …).
+//! - [`referral`]: what a sender submits, what is stored and what happened; [`referral::state`] is
+//!   the state machine, written once; [`referral::view`] is the one rule for who sees the case file.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod ids;
+pub mod referral;
+
+pub use error::FieldError;
