@@ -1,11 +1,13 @@
-//! The connection to the broker: one tonic channel with mutual TLS, carrying both the referral
-//! service (unary calls, each bounded by [`REQUEST_TIMEOUT`]) and the delivery stream (unbounded, kept
-//! honest by HTTP/2 keep-alives instead).
+//! The connection to the broker: one tonic channel with mutual TLS, carrying the referral and
+//! directory services (unary calls, each bounded by [`REQUEST_TIMEOUT`]) and the delivery stream
+//! (unbounded, kept honest by HTTP/2 keep-alives instead).
 
 use std::time::Duration;
 
 use spean_proto::v1::{
-    delivery_service_client::DeliveryServiceClient, referral_service_client::ReferralServiceClient,
+    delivery_service_client::DeliveryServiceClient,
+    directory_service_client::DirectoryServiceClient,
+    referral_service_client::ReferralServiceClient,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
 
@@ -24,6 +26,8 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Broker {
     pub referrals: ReferralServiceClient<Channel>,
     pub deliveries: DeliveryServiceClient<Channel>,
+    /// Read by `send --to` for the recipient's provinces.
+    pub directory: DirectoryServiceClient<Channel>,
 }
 
 impl Broker {
@@ -39,7 +43,7 @@ impl Broker {
             ));
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|error| AdapterError::Invalid {
-                field: "broker",
+                field: "broker".into(),
                 reason: error.to_string(),
             })?
             .tls_config(tls)
@@ -56,7 +60,8 @@ impl Broker {
             .map_err(|_| AdapterError::Unavailable("connect timed out".into()))??;
         Ok(Self {
             referrals: ReferralServiceClient::new(channel.clone()),
-            deliveries: DeliveryServiceClient::new(channel),
+            deliveries: DeliveryServiceClient::new(channel.clone()),
+            directory: DirectoryServiceClient::new(channel),
         })
     }
 }

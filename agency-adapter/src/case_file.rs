@@ -56,7 +56,7 @@ impl CaseFile {
     /// Parses the JSON form. The error names the position only, never the content.
     pub fn from_json(json: &[u8]) -> Result<Self, AdapterError> {
         serde_json::from_slice(json).map_err(|error| AdapterError::Invalid {
-            field: "case_file",
+            field: "case_file".into(),
             reason: format!(
                 "not a case file (line {}, column {}): {:?}",
                 error.line(),

@@ -73,13 +73,13 @@ impl Settings {
     fn validate(&self) -> Result<(), AdapterError> {
         if !(self.broker.starts_with("https://") || self.broker.starts_with("http://")) {
             return Err(AdapterError::Invalid {
-                field: "broker",
+                field: "broker".into(),
                 reason: format!("{:?} is not an http(s) URL", self.broker),
             });
         }
         if self.identity.as_os_str().is_empty() {
             return Err(AdapterError::Invalid {
-                field: "identity",
+                field: "identity".into(),
                 reason: "empty path".into(),
             });
         }

@@ -39,7 +39,7 @@ pub async fn subscribe(
     };
     on_connected();
     tracing::info!("subscribed to deliveries");
-    let kill_after_store = fault_injected();
+    let kill_after_store = fault::kill_after_store();
     let mut batch: Vec<Delivery> = Vec::with_capacity(WINDOW as usize);
     loop {
         // Shutdown is only looked at here, between batches: a batch being stored is finished and
@@ -67,7 +67,7 @@ pub async fn subscribe(
             log_stored(delivery, stored);
         }
         if kill_after_store {
-            kill_self();
+            fault::kill_self();
         }
         for delivery in batch.drain(..) {
             send(
@@ -84,14 +84,33 @@ pub async fn subscribe(
 
 /// Fault injection for the end-to-end tests: with `SPEAN_ADAPTER_FAULT=kill-after-store` the daemon
 /// SIGKILLs itself right after storing a delivery and before confirming it, the one moment a crash
-/// test cannot hit from outside. Read once per subscription; unset in any real deployment.
-fn fault_injected() -> bool {
-    std::env::var("SPEAN_ADAPTER_FAULT").is_ok_and(|v| v == "kill-after-store")
+/// test cannot hit from outside. Compiled only with the `fault-injection` feature, which the
+/// end-to-end test crate turns on, so a build for agencies cannot be made to kill itself by its
+/// environment.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    /// Read once per subscription.
+    pub fn kill_after_store() -> bool {
+        std::env::var("SPEAN_ADAPTER_FAULT").is_ok_and(|v| v == "kill-after-store")
+    }
+
+    pub fn kill_self() {
+        tracing::warn!(
+            "SPEAN_ADAPTER_FAULT=kill-after-store: killing this process before confirming"
+        );
+        // Ignored on purpose: if the signal cannot be raised, the delivery is simply confirmed.
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
-fn kill_self() {
-    tracing::warn!("SPEAN_ADAPTER_FAULT=kill-after-store: killing this process before confirming");
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+/// Without the `fault-injection` feature the switch does not exist: the variable is never read.
+#[cfg(not(feature = "fault-injection"))]
+mod fault {
+    pub fn kill_after_store() -> bool {
+        false
+    }
+
+    pub fn kill_self() {}
 }
 
 async fn send(

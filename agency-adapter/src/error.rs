@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use spean_domain::FieldError;
 use tonic::Code;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,10 @@ pub enum AdapterError {
     #[error("identity {path}: {reason}")]
     Identity { path: PathBuf, reason: String },
 
-    /// A value given on the command line or in a file that does not parse; names the field.
+    /// A value given on the command line or in a file that does not parse; names the field. Owned,
+    /// because the domain's parse errors carry a field path built at run time.
     #[error("invalid {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
 
     /// An idempotency key (`client_ref` or `request_id`) already in the outbox for a different request.
     /// Queuing the new request under it would report the old row and never send the new one.
@@ -104,6 +106,17 @@ impl AdapterError {
     /// True when the request should stay queued and be retried with the same key.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_) | Self::Broker { .. })
+    }
+}
+
+/// The network's own rules ([`spean_domain::ids`]) refused a value: the same verdict the broker would
+/// give, reached before anything is queued.
+impl From<FieldError> for AdapterError {
+    fn from(error: FieldError) -> Self {
+        Self::Invalid {
+            field: error.field,
+            reason: error.reason,
+        }
     }
 }
 

@@ -9,7 +9,9 @@ use std::{
 
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
-use crate::{AdapterError, referral::AgencyId};
+use spean_domain::ids::AgencyId;
+
+use crate::AdapterError;
 
 /// What this adapter presents to the broker, and the agency id it proves.
 #[derive(Clone)]
@@ -62,7 +64,8 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, AdapterError> {
     })
 }
 
-/// The common name of the first certificate in a PEM file.
+/// The common name of the first certificate in a PEM file. It must be an agency id by the network's
+/// rule: the broker refuses any other name, so an adapter holding one could never be let in.
 pub fn agency_id_of(cert_pem: &[u8]) -> Result<AgencyId, String> {
     let der = CertificateDer::from_pem_slice(cert_pem).map_err(|error| error.to_string())?;
     let (_, cert) =
@@ -74,5 +77,37 @@ pub fn agency_id_of(cert_pem: &[u8]) -> Result<AgencyId, String> {
         .ok_or("the certificate's subject has no common name")?
         .as_str()
         .map_err(|error| error.to_string())?;
-    AgencyId::parse(common_name).map_err(|error| error.to_string())
+    AgencyId::parse("common name", common_name).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_for(common_name: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem().into_bytes()
+    }
+
+    #[test]
+    fn the_agency_id_is_the_common_name() {
+        let id = agency_id_of(&cert_for("mlup-russey")).unwrap();
+        assert_eq!(id.as_str(), "mlup-russey");
+    }
+
+    #[test]
+    fn a_common_name_the_broker_refuses_as_an_agency_id_is_refused_here_too() {
+        for refused in ["MLUP_Russey", "a", "mlup.russey", "-mlup"] {
+            let error = agency_id_of(&cert_for(refused)).unwrap_err();
+            assert!(
+                error.starts_with(&format!("common name: {refused:?} is not an agency id"))
+                    || error.starts_with("common name: must be 2 to 64"),
+                "{refused}: {error}"
+            );
+        }
+    }
 }

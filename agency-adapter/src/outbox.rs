@@ -8,7 +8,9 @@ use spean_proto::v1::{
     AcceptRequest, AcknowledgeRequest, Action, CompleteRequest, DeclineRequest, FailRequest,
     FeedbackEvent, FeedbackResponse, MarkEnteredInErrorRequest, MarkInProgressRequest,
     RecordFollowUpRequest, RedirectRequest, Referral, SubmitRequest, WithdrawRequest,
+    referral_service_client::ReferralServiceClient,
 };
+use tonic::transport::Channel;
 
 use crate::{
     AdapterError,
@@ -16,62 +18,110 @@ use crate::{
     store::{OutboxRow, Store},
 };
 
-/// One request to the broker, as stored in the outbox.
-#[derive(Clone)]
-pub enum OutgoingRequest {
-    Submit(SubmitRequest),
-    Acknowledge(AcknowledgeRequest),
-    Accept(AcceptRequest),
-    Decline(DeclineRequest),
-    Redirect(RedirectRequest),
-    MarkInProgress(MarkInProgressRequest),
-    RecordFollowUp(RecordFollowUpRequest),
-    Complete(CompleteRequest),
-    Fail(FailRequest),
-    Withdraw(WithdrawRequest),
-    MarkEnteredInError(MarkEnteredInErrorRequest),
-}
-
 /// What the broker answered to a request that went through.
 pub enum Outcome {
     Submitted(Referral),
     Recorded(FeedbackEvent),
 }
 
+/// Builds [`OutgoingRequest`] from the table of feedback actions below it: every `match` on an
+/// action is written here once, for all rows.
+macro_rules! outgoing_requests {
+    ($($variant:ident($request:ident) => $rpc:ident;)*) => {
+        /// One request to the broker, as stored in the outbox.
+        #[derive(Clone)]
+        pub enum OutgoingRequest {
+            Submit(SubmitRequest),
+            $($variant($request),)*
+        }
+
+        impl OutgoingRequest {
+            /// Every operation name an outbox row can hold.
+            pub const OPERATIONS: &[&str] = &["submit", $(stringify!($rpc),)*];
+
+            /// The operation name stored in the outbox's `operation` column: the RPC, in snake case.
+            pub fn operation(&self) -> &'static str {
+                match self {
+                    Self::Submit(_) => "submit",
+                    $(Self::$variant(_) => stringify!($rpc),)*
+                }
+            }
+
+            fn action(&self) -> Option<&Action> {
+                match self {
+                    Self::Submit(_) => None,
+                    $(Self::$variant(r) => r.action.as_ref(),)*
+                }
+            }
+
+            /// Fills the fields every action shares; a submit has none, and is left as it is.
+            pub fn set_action(&mut self, action: Action) {
+                match self {
+                    Self::Submit(_) => {}
+                    $(Self::$variant(r) => r.action = Some(action),)*
+                }
+            }
+
+            pub fn encode(&self) -> Vec<u8> {
+                match self {
+                    Self::Submit(r) => r.encode_to_vec(),
+                    $(Self::$variant(r) => r.encode_to_vec(),)*
+                }
+            }
+
+            /// Reads a request back from its outbox row.
+            pub fn decode(operation: &str, payload: &[u8]) -> Result<Self, AdapterError> {
+                let decoded = match operation {
+                    "submit" => SubmitRequest::decode(payload).map(Self::Submit),
+                    $(stringify!($rpc) => $request::decode(payload).map(Self::$variant),)*
+                    other => {
+                        return Err(AdapterError::Invalid {
+                            field: "outbox.operation".into(),
+                            reason: format!("unknown operation {other:?}"),
+                        });
+                    }
+                };
+                decoded.map_err(|source| AdapterError::Decode {
+                    what: "outbox request",
+                    source,
+                })
+            }
+
+            /// Makes the call, with no time limit of its own: [`OutgoingRequest::call`] sets it.
+            async fn call_unbounded(
+                self,
+                client: &mut ReferralServiceClient<Channel>,
+            ) -> Result<Outcome, AdapterError> {
+                match self {
+                    Self::Submit(r) => client.submit(r).await?.into_inner().referral.map_or_else(
+                        || Err(missing("SubmitResponse.referral")),
+                        |r| Ok(Outcome::Submitted(r)),
+                    ),
+                    $(Self::$variant(r) => recorded(client.$rpc(r).await?),)*
+                }
+            }
+        }
+    };
+}
+
+// The feedback actions, one row each: the variant, its request message, and the `ReferralService`
+// client method that sends it. The method's name is also the operation stored in the outbox, so a
+// stored row and the call it makes cannot disagree. Stored names never change: rows written by an
+// older adapter must still read back.
+outgoing_requests! {
+    Acknowledge(AcknowledgeRequest) => acknowledge;
+    Accept(AcceptRequest) => accept;
+    Decline(DeclineRequest) => decline;
+    Redirect(RedirectRequest) => redirect;
+    MarkInProgress(MarkInProgressRequest) => mark_in_progress;
+    RecordFollowUp(RecordFollowUpRequest) => record_follow_up;
+    Complete(CompleteRequest) => complete;
+    Fail(FailRequest) => fail;
+    Withdraw(WithdrawRequest) => withdraw;
+    MarkEnteredInError(MarkEnteredInErrorRequest) => mark_entered_in_error;
+}
+
 impl OutgoingRequest {
-    /// The operation name stored in the outbox's `operation` column (the RPC, in snake case).
-    pub fn operation(&self) -> &'static str {
-        match self {
-            Self::Submit(_) => "submit",
-            Self::Acknowledge(_) => "acknowledge",
-            Self::Accept(_) => "accept",
-            Self::Decline(_) => "decline",
-            Self::Redirect(_) => "redirect",
-            Self::MarkInProgress(_) => "mark_in_progress",
-            Self::RecordFollowUp(_) => "record_follow_up",
-            Self::Complete(_) => "complete",
-            Self::Fail(_) => "fail",
-            Self::Withdraw(_) => "withdraw",
-            Self::MarkEnteredInError(_) => "mark_entered_in_error",
-        }
-    }
-
-    fn action(&self) -> Option<&Action> {
-        match self {
-            Self::Submit(_) => None,
-            Self::Acknowledge(r) => r.action.as_ref(),
-            Self::Accept(r) => r.action.as_ref(),
-            Self::Decline(r) => r.action.as_ref(),
-            Self::Redirect(r) => r.action.as_ref(),
-            Self::MarkInProgress(r) => r.action.as_ref(),
-            Self::RecordFollowUp(r) => r.action.as_ref(),
-            Self::Complete(r) => r.action.as_ref(),
-            Self::Fail(r) => r.action.as_ref(),
-            Self::Withdraw(r) => r.action.as_ref(),
-            Self::MarkEnteredInError(r) => r.action.as_ref(),
-        }
-    }
-
     /// The idempotency key: `client_ref` for a submit, `request_id` for an action.
     pub fn request_id(&self) -> &str {
         match self {
@@ -83,51 +133,6 @@ impl OutgoingRequest {
     /// The referral an action is about; unknown for a submit until the broker answers.
     pub fn referral_id(&self) -> Option<&str> {
         self.action().map(|a| a.referral_id.as_str())
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Self::Submit(r) => r.encode_to_vec(),
-            Self::Acknowledge(r) => r.encode_to_vec(),
-            Self::Accept(r) => r.encode_to_vec(),
-            Self::Decline(r) => r.encode_to_vec(),
-            Self::Redirect(r) => r.encode_to_vec(),
-            Self::MarkInProgress(r) => r.encode_to_vec(),
-            Self::RecordFollowUp(r) => r.encode_to_vec(),
-            Self::Complete(r) => r.encode_to_vec(),
-            Self::Fail(r) => r.encode_to_vec(),
-            Self::Withdraw(r) => r.encode_to_vec(),
-            Self::MarkEnteredInError(r) => r.encode_to_vec(),
-        }
-    }
-
-    /// Reads a request back from its outbox row.
-    pub fn decode(operation: &str, payload: &[u8]) -> Result<Self, AdapterError> {
-        let decoded = match operation {
-            "submit" => SubmitRequest::decode(payload).map(Self::Submit),
-            "acknowledge" => AcknowledgeRequest::decode(payload).map(Self::Acknowledge),
-            "accept" => AcceptRequest::decode(payload).map(Self::Accept),
-            "decline" => DeclineRequest::decode(payload).map(Self::Decline),
-            "redirect" => RedirectRequest::decode(payload).map(Self::Redirect),
-            "mark_in_progress" => MarkInProgressRequest::decode(payload).map(Self::MarkInProgress),
-            "record_follow_up" => RecordFollowUpRequest::decode(payload).map(Self::RecordFollowUp),
-            "complete" => CompleteRequest::decode(payload).map(Self::Complete),
-            "fail" => FailRequest::decode(payload).map(Self::Fail),
-            "withdraw" => WithdrawRequest::decode(payload).map(Self::Withdraw),
-            "mark_entered_in_error" => {
-                MarkEnteredInErrorRequest::decode(payload).map(Self::MarkEnteredInError)
-            }
-            other => {
-                return Err(AdapterError::Invalid {
-                    field: "outbox.operation",
-                    reason: format!("unknown operation {other:?}"),
-                });
-            }
-        };
-        decoded.map_err(|source| AdapterError::Decode {
-            what: "outbox request",
-            source,
-        })
     }
 
     /// Writes the request to the outbox, before any attempt to send it.
@@ -142,37 +147,29 @@ impl OutgoingRequest {
             .await
     }
 
+    /// The name the user gives the idempotency key under, for messages.
+    pub fn key_field(&self) -> &'static str {
+        match self {
+            Self::Submit(_) => "client_ref",
+            _ => "request_id",
+        }
+    }
+
     /// Makes the call. Bounded by [`REQUEST_TIMEOUT`], which counts as unavailability.
     async fn call(self, broker: &mut Broker) -> Result<Outcome, AdapterError> {
-        let client = &mut broker.referrals;
-        let call = async move {
-            let feedback = |r: tonic::Response<FeedbackResponse>| {
-                r.into_inner()
-                    .event
-                    .map(Outcome::Recorded)
-                    .ok_or_else(|| missing("FeedbackResponse.event"))
-            };
-            match self {
-                Self::Submit(r) => client.submit(r).await?.into_inner().referral.map_or_else(
-                    || Err(missing("SubmitResponse.referral")),
-                    |r| Ok(Outcome::Submitted(r)),
-                ),
-                Self::Acknowledge(r) => feedback(client.acknowledge(r).await?),
-                Self::Accept(r) => feedback(client.accept(r).await?),
-                Self::Decline(r) => feedback(client.decline(r).await?),
-                Self::Redirect(r) => feedback(client.redirect(r).await?),
-                Self::MarkInProgress(r) => feedback(client.mark_in_progress(r).await?),
-                Self::RecordFollowUp(r) => feedback(client.record_follow_up(r).await?),
-                Self::Complete(r) => feedback(client.complete(r).await?),
-                Self::Fail(r) => feedback(client.fail(r).await?),
-                Self::Withdraw(r) => feedback(client.withdraw(r).await?),
-                Self::MarkEnteredInError(r) => feedback(client.mark_entered_in_error(r).await?),
-            }
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, call)
+        tokio::time::timeout(REQUEST_TIMEOUT, self.call_unbounded(&mut broker.referrals))
             .await
             .map_err(|_| AdapterError::Unavailable("no answer in time".into()))?
     }
+}
+
+/// The event the broker recorded for an action.
+fn recorded(response: tonic::Response<FeedbackResponse>) -> Result<Outcome, AdapterError> {
+    response
+        .into_inner()
+        .event
+        .map(Outcome::Recorded)
+        .ok_or_else(|| missing("FeedbackResponse.event"))
 }
 
 fn missing(what: &str) -> AdapterError {
@@ -224,4 +221,54 @@ pub async fn send_row(
 ) -> Result<Outcome, AdapterError> {
     let request = OutgoingRequest::decode(&row.operation, &row.payload)?;
     send(store, broker, request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_operation_names_stay_what_older_rows_hold() {
+        assert_eq!(
+            OutgoingRequest::OPERATIONS,
+            [
+                "submit",
+                "acknowledge",
+                "accept",
+                "decline",
+                "redirect",
+                "mark_in_progress",
+                "record_follow_up",
+                "complete",
+                "fail",
+                "withdraw",
+                "mark_entered_in_error",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_operation_reads_back_as_itself_with_its_action() {
+        for &operation in OutgoingRequest::OPERATIONS {
+            let mut request = OutgoingRequest::decode(operation, &[]).unwrap();
+            assert_eq!(request.operation(), operation);
+            request.set_action(Action {
+                referral_id: "r-1".into(),
+                request_id: "k-1".into(),
+                actor_person: "សុភា".into(),
+                note: String::new(),
+            });
+            let again = OutgoingRequest::decode(operation, &request.encode()).unwrap();
+            if operation == "submit" {
+                assert_eq!(again.referral_id(), None);
+                assert_eq!(again.key_field(), "client_ref");
+            } else {
+                assert_eq!(again.referral_id(), Some("r-1"), "{operation}");
+                assert_eq!(again.request_id(), "k-1", "{operation}");
+                assert_eq!(again.key_field(), "request_id");
+                assert_eq!(again.action().unwrap().actor_person, "សុភា");
+            }
+        }
+        assert!(OutgoingRequest::decode("reopen", &[]).is_err());
+    }
 }

@@ -1,81 +1,21 @@
-//! Domain values with no I/O: agency ids and idempotency keys that parse, the lower-snake-case names
-//! users and scripts see for states, kinds and enums, and who must act next on a referral.
+//! The adapter's side of the vocabulary, with no I/O: idempotency keys, the lower-snake-case names
+//! users and scripts see for states, kinds and enums, and who must act next on a referral. Ids and
+//! keys themselves are [`spean_domain::ids`], so the adapter refuses exactly what the broker refuses.
 
-use std::fmt;
-
+use spean_domain::FieldError;
 use spean_proto::v1::{AgeBand, FeedbackKind, ReferralState, Sex, Urgency};
 
-use crate::AdapterError;
-
-/// A directory agency id, e.g. `mlup-russey`: the common name of the agency's certificate.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AgencyId(String);
-
-impl AgencyId {
-    pub fn parse(raw: &str) -> Result<Self, AdapterError> {
-        let ok = !raw.is_empty()
-            && raw.len() <= 128
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(AdapterError::Invalid {
-                field: "agency_id",
-                reason: format!("{raw:?} is not 1 to 128 characters of [A-Za-z0-9._-]"),
-            })
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for AgencyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A `client_ref` or `request_id`: the key that makes a retried request land once.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    pub fn parse(field: &'static str, raw: &str) -> Result<Self, AdapterError> {
-        let ok = (1..=128).contains(&raw.len())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
-        if ok {
-            Ok(Self(raw.to_owned()))
-        } else {
-            Err(AdapterError::Invalid {
-                field,
-                reason: format!("{raw:?} is not 1 to 128 characters of [A-Za-z0-9._:-]"),
-            })
-        }
-    }
-
-    /// A fresh key: a UUIDv7, so keys also sort by creation time.
-    pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn into_string(self) -> String {
-        self.0
-    }
-}
-
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// The idempotency key the user gave (`client_ref` or `request_id`), or a fresh one: a UUIDv7, so keys
+/// also sort by creation time. Both go through `parse`, the network's rule for the key
+/// ([`spean_domain::ids::ClientRef`], [`spean_domain::ids::RequestId`]), which the broker applies too,
+/// so a key the broker would refuse is refused here, before it is queued. A UUID always passes.
+pub fn key_or_new<K>(
+    given: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<K, FieldError>,
+) -> Result<K, FieldError> {
+    match given {
+        Some(raw) => parse(raw),
+        None => parse(&uuid::Uuid::now_v7().to_string()),
     }
 }
 
@@ -156,6 +96,8 @@ pub fn next_action(state: &str, recipient: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use spean_domain::ids::{ClientRef, RequestId};
+
     use super::*;
 
     #[test]
@@ -183,10 +125,18 @@ mod tests {
     }
 
     #[test]
-    fn keys_outside_the_alphabet_are_refused() {
-        assert!(IdempotencyKey::parse("client_ref", "ok.key:1-2_3").is_ok());
-        assert!(IdempotencyKey::parse("client_ref", "").is_err());
-        assert!(IdempotencyKey::parse("client_ref", "has space").is_err());
-        assert!(IdempotencyKey::parse("client_ref", &"x".repeat(129)).is_err());
+    fn a_given_key_is_checked_by_the_network_rule_and_a_new_one_passes_it() {
+        let parse = |raw: &str| ClientRef::parse("client_ref", raw);
+        assert_eq!(
+            key_or_new(Some("ok.key:1-2_3"), parse).unwrap().as_str(),
+            "ok.key:1-2_3"
+        );
+        let error = key_or_new(Some("has space"), parse).unwrap_err();
+        assert_eq!(error.field, "client_ref");
+        assert!(key_or_new(Some(""), parse).is_err());
+        assert!(key_or_new(Some(&"x".repeat(129)), parse).is_err());
+        let first = key_or_new(None, |raw| RequestId::parse("request_id", raw)).unwrap();
+        let second = key_or_new(None, |raw| RequestId::parse("request_id", raw)).unwrap();
+        assert!(first < second, "new keys sort by creation time");
     }
 }

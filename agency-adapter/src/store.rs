@@ -319,7 +319,7 @@ impl Store {
             .outbox_row(request_id)
             .await?
             .ok_or_else(|| AdapterError::Invalid {
-                field: "outbox.request_id",
+                field: "outbox.request_id".into(),
                 reason: format!("{request_id:?} conflicted on insert but cannot be read back"),
             })?;
         if existing.operation == operation && existing.payload == payload {
@@ -498,7 +498,7 @@ fn put_referral(conn: &Connection, referral: &Referral) -> Result<bool, AdapterE
     let envelope = referral.envelope.clone().unwrap_or_default();
     if envelope.referral_id.is_empty() {
         return Err(AdapterError::Invalid {
-            field: "referral.envelope.referral_id",
+            field: "referral.envelope.referral_id".into(),
             reason: "missing".into(),
         });
     }
@@ -562,7 +562,7 @@ fn put_referral(conn: &Connection, referral: &Referral) -> Result<bool, AdapterE
 fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterError> {
     if event.event_id.is_empty() {
         return Err(AdapterError::Invalid {
-            field: "event.event_id",
+            field: "event.event_id".into(),
             reason: "missing".into(),
         });
     }

@@ -2,8 +2,7 @@
 //! directory, gRPC clients holding agencies' certificates, adapter-equivalent subscribers, and one
 //! idle real `spean-adapter` for its memory.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -15,30 +14,14 @@ use spean_adapter::identity::Identity;
 use spean_adapter::store::Store;
 use spean_proto::v1 as pb;
 use spean_proto::v1::referral_service_client::ReferralServiceClient;
-use tokio::process::{Child, Command};
+use spean_testkit::{AdapterProcess, Patience};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TlsIdentity};
+use tonic::transport::Channel;
 
 use crate::load::Submitter;
 use crate::probe::{self, Memory};
 use crate::recorder::Recorder;
-
-/// A binary next to this one in the cargo target folder.
-pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .context("the benchmark binary has no folder")?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --workspace` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 /// The agency ids of a generated directory: `bench-0000`, `bench-0001`, …
 pub fn agency_ids(count: usize) -> Vec<String> {
@@ -61,12 +44,17 @@ fn write_seed(path: &Path, ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a broker may take to listen: a first start creates the PKI and, on the production
+/// path, declares a queue per agency, which takes minutes at scale. Looked for every 50 ms, which
+/// bounds the error of the startup time the report shows.
+const STARTUP: Patience = Patience {
+    limit: Duration::from_secs(300),
+    poll: Duration::from_millis(50),
+};
+
+/// The broker under test, as the shared harness starts it, with what the benchmark reads of it.
 pub struct BrokerProcess {
-    pub data_dir: PathBuf,
-    pub addr: std::net::SocketAddr,
-    child: Child,
-    /// How long from spawn until it accepted connections (includes creating the PKI and queues).
-    pub startup: Duration,
+    process: spean_testkit::BrokerProcess,
 }
 
 impl BrokerProcess {
@@ -79,109 +67,55 @@ impl BrokerProcess {
         std::fs::create_dir_all(data_dir)?;
         let seed = data_dir.join("seed.json");
         write_seed(&seed, ids)?;
-        let log = std::fs::File::create(data_dir.join("broker.log"))?;
-        let began = Instant::now();
-        let mut child = Command::new(sibling("spean-broker")?)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .env("SPEAN_BROKER_DIRECTORY__SEED", &seed)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        let addr_file = data_dir.join("broker.addr");
-        let deadline = began + Duration::from_secs(300);
-        let addr = loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the broker exited ({status}) before listening: {}",
-                    log_tail(data_dir)
-                );
-            }
-            let parsed = std::fs::read_to_string(&addr_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok());
-            if let Some(addr) = parsed
-                && tokio::net::TcpStream::connect(addr).await.is_ok()
-            {
-                break addr;
-            }
-            if Instant::now() > deadline {
-                bail!("the broker did not listen within 5 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        Ok(Self {
-            data_dir: data_dir.to_owned(),
-            addr,
-            child,
-            startup: began.elapsed(),
-        })
+        let mut all = vec![(
+            "SPEAN_BROKER_DIRECTORY__SEED".to_owned(),
+            seed.display().to_string(),
+        )];
+        all.extend_from_slice(env);
+        let process =
+            spean_testkit::BrokerProcess::start(data_dir, "127.0.0.1:0", &all, STARTUP).await?;
+        Ok(Self { process })
+    }
+
+    /// How long from spawn until it accepted connections (includes creating the PKI and queues).
+    pub fn startup(&self) -> Duration {
+        self.process.startup
     }
 
     pub fn memory(&self) -> Option<Memory> {
-        probe::memory(self.child.id()?)
+        probe::memory(self.process.pid()?)
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.process.pid()
     }
 
-    pub fn identity(&self, agency: &str) -> PathBuf {
-        self.data_dir.join("pki").join("agencies").join(agency)
+    pub fn url(&self) -> String {
+        self.process.url()
+    }
+
+    pub fn identity(&self, agency: &str) -> std::path::PathBuf {
+        self.process.identity(agency)
+    }
+
+    /// The end of the broker's log, to say why a run failed.
+    pub fn log_tail(&self) -> String {
+        self.process.log_tail()
     }
 
     /// A TLS channel presenting `agency`'s certificate; connects on first use.
     pub fn channel(&self, agency: &str) -> anyhow::Result<Channel> {
-        let dir = self.identity(agency);
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(dir.join("ca.pem"))?))
-            .identity(TlsIdentity::from_pem(
-                std::fs::read(dir.join("cert.pem"))?,
-                std::fs::read(dir.join("key.pem"))?,
-            ))
-            .domain_name("localhost");
-        Ok(Endpoint::from_shared(format!("https://{}", self.addr))?
-            .tls_config(tls)?
+        Ok(self
+            .process
+            .endpoint(agency)?
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .connect_lazy())
     }
 
     pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        let _ = self.process.kill().await;
     }
-}
-
-/// The end of the broker's log, to say why it failed.
-pub fn log_tail(data_dir: &Path) -> String {
-    let log = std::fs::read_to_string(data_dir.join("broker.log")).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
-    strip_ansi(&tail)
-}
-
-/// Removes terminal colour codes (`ESC [ … m`) the broker's log may hold.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Sending agencies' clients; implements the load's [`Submitter`] with `Submit` calls.
@@ -189,8 +123,8 @@ fn strip_ansi(text: &str) -> String {
 pub struct Senders {
     clients: Arc<Vec<ReferralServiceClient<Channel>>>,
     ids: Arc<Vec<String>>,
-    /// The same ~1 KiB encoded case file in every referral.
-    case_file: Arc<Vec<u8>>,
+    /// Every referral but its tag and recipient, built once: see [`request`].
+    request: Arc<pb::SubmitRequest>,
 }
 
 impl Senders {
@@ -202,7 +136,7 @@ impl Senders {
         Ok(Self {
             clients: Arc::new(clients),
             ids: Arc::new(ids.to_vec()),
-            case_file: Arc::new(case_file()),
+            request: Arc::new(request()),
         })
     }
 }
@@ -217,15 +151,7 @@ impl Submitter for Senders {
             recipient: Some(pb::Recipient {
                 target: Some(pb::recipient::Target::AgencyId(self.ids[to].clone())),
             }),
-            kind: "lama".into(),
-            urgency: pb::Urgency::Routine as i32,
-            subject: Some(pb::Subject {
-                sex: pb::Sex::Female as i32,
-                age_band: pb::AgeBand::AgeBand59 as i32,
-                province: "12".into(),
-            }),
-            case_file: self.case_file.as_ref().clone(),
-            client_pseudonym: String::new(),
+            ..self.request.as_ref().clone()
         };
         let mut client = self.clients[from].clone();
         client
@@ -236,12 +162,30 @@ impl Submitter for Senders {
     }
 }
 
-/// A case file of about 1 KiB with Khmer text, like a real LAMA referral's.
+/// Story 1's referral as the benchmark sends it, without its tag and recipient: routine rather
+/// than an emergency, about a child in province 12 (where every benchmark agency works), with the
+/// same ~1 KiB case file in every referral.
+fn request() -> pb::SubmitRequest {
+    let story = spean_testkit::lama("");
+    pb::SubmitRequest {
+        recipient: None,
+        urgency: pb::Urgency::Routine as i32,
+        subject: story.subject.map(|subject| pb::Subject {
+            province: "12".into(),
+            ..subject
+        }),
+        case_file: case_file(),
+        ..story
+    }
+}
+
+/// A case file of about 1 KiB with Khmer text, like a real LAMA referral's: story 1's child, with
+/// notes added until it weighs what a real one does.
 fn case_file() -> Vec<u8> {
     let mut file = pb::CaseFile {
         name: Some(pb::PersonName {
-            khmer: "សុខ ស្រីល័ក្ខ".into(),
-            latin: "Sok Sreyleak".into(),
+            khmer: spean_testkit::KHMER_NAME.into(),
+            latin: spean_testkit::LATIN_NAME.into(),
         }),
         date_of_birth: "2019-03-14".into(),
         reason_for_referral: "ក្រុមគ្រួសារចង់នាំកុមារចេញពីមន្ទីរពេទ្យមុនពេលព្យាបាលចប់".into(),
@@ -266,7 +210,7 @@ pub async fn subscribe_all(
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let open = Arc::new(AtomicUsize::new(0));
-    let url = format!("https://{}", broker.addr);
+    let url = broker.url();
     for id in ids {
         let identity = Identity::load(&broker.identity(id))?;
         let store = Store::open(&store_dir.join(format!("receiver-{id}.db"))).await?;
@@ -335,29 +279,16 @@ pub async fn idle_adapter_memory(
     store_dir: &Path,
     settle: Duration,
 ) -> anyhow::Result<Memory> {
-    let mut child = Command::new(sibling("spean-adapter")?)
-        .arg("--identity")
-        .arg(broker.identity(agency))
-        .arg("--broker")
-        .arg(format!("https://{}", broker.addr))
-        .arg("--store")
-        .arg(store_dir.join(format!("{agency}.db")))
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(
-            store_dir.join(format!("{agency}.log")),
-        )?)
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut adapter = AdapterProcess::new(agency, broker.identity(agency), broker.url(), store_dir);
+    adapter.start()?;
     tokio::time::sleep(settle).await;
-    if let Some(status) = child.try_wait()? {
+    if let Some(status) = adapter.try_exited()? {
         bail!("spean-adapter exited early ({status})");
     }
-    let memory = child
-        .id()
+    let memory = adapter
+        .pid()
         .and_then(probe::memory)
         .context("spean-adapter's memory is not readable")?;
-    let _ = child.kill().await;
+    let _ = adapter.kill().await;
     Ok(memory)
 }

@@ -230,8 +230,8 @@ async fn closed_loop<S: Submitter>(
     let received = received_after - received_before;
     let feedback = feedback_after - feedback_before;
     // What the window completed in full: a message whose feedback is still on the way is not done.
-    // In a short window at a wide window the feedback lags the messages, and counting the
-    // messages alone overstated the rate (production in `--quick`: 880/s against 500-660/s in 15 s).
+    // In a short measured window with many referrals in flight the feedback lags the messages, and
+    // counting the messages alone overstates the rate.
     let complete = match S::FEEDBACK_PER_MESSAGE {
         0 => received,
         n => received.min(feedback / n),

@@ -3,7 +3,8 @@
 //! # Layout
 //! - `servers`: a fresh PostgreSQL database and RabbitMQ vhost per run, removed afterwards.
 //! - `baseline`: the ceiling — lapin, 1 KiB persistent messages, quorum queues, confirms, manual acks.
-//! - `broker`: the real `spean-broker` process, agencies' gRPC clients, adapter-equivalent subscribers.
+//! - `broker`: the real `spean-broker` process (started by `spean-testkit`, the harness the
+//!   end-to-end tests use too), agencies' gRPC clients, adapter-equivalent subscribers.
 //! - `load`: closed-loop (sustained maximum) and open-loop (latency at a fixed offered rate) drivers.
 //! - `recorder`: where receivers report arrivals; tags carry their own send time.
 //! - `spean`: one Spean run (throughput, latency at fractions of it, memory) and the scale run.

@@ -104,9 +104,9 @@ pub async fn run(
     ids.pop();
     let mut run = Run::failed(name, String::new());
     run.error = None;
-    run.broker_startup_s = Some(broker.startup.as_secs_f64());
+    run.broker_startup_s = Some(broker.startup().as_secs_f64());
     if let Err(e) = measure(&broker, &ids, shape, timing, &dir, &mut run).await {
-        run.error = Some(format!("{e:#} (broker log: {})", broker::log_tail(&dir)));
+        run.error = Some(format!("{e:#} (broker log: {})", broker.log_tail()));
     }
     run.broker_memory = broker.memory();
     broker.stop().await;
@@ -324,7 +324,7 @@ pub async fn scale(
             return result;
         }
     };
-    result.broker_startup_s = Some(broker.startup.as_secs_f64());
+    result.broker_startup_s = Some(broker.startup().as_secs_f64());
     result.memory_after_start = broker.memory();
     // A first start declares every agency's quorum queue, which keeps RabbitMQ busy for a minute
     // or more; the load is measured once that is done, as on every later start.
@@ -374,7 +374,7 @@ pub async fn scale(
     }
     .await;
     if let Err(e) = outcome {
-        result.error = Some(format!("{e:#} (broker log: {})", broker::log_tail(&dir)));
+        result.error = Some(format!("{e:#} (broker log: {})", broker.log_tail()));
     }
     broker.stop().await;
     result

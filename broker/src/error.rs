@@ -23,6 +23,20 @@ pub enum StoreError {
     /// A stored row that does not decode: a bug or a hand-edited database, never a caller's fault.
     #[error("corrupt row in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    /// A stored value that its decoder refused, with the decoder's error as the cause.
+    #[error("corrupt value in {table}")]
+    Undecodable {
+        table: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The embedded store could not start one of its threads.
+    #[error("cannot start the store's {what} thread")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// The write was committed together with others (see `store::writer`) and that commit failed.
     #[error("the transaction this write was part of failed")]
     Batch(#[source] std::sync::Arc<StoreError>),

@@ -272,7 +272,7 @@ impl Broker {
             .build_v1()
             .map_err(|e| StartupError::Io {
                 what: "building reflection".into(),
-                source: std::io::Error::other(e.to_string()),
+                source: std::io::Error::other(e),
             })?;
 
         // The loops that run beside the server, joined on shutdown so that none is cut off

@@ -453,25 +453,9 @@ pub fn with_id(delivery_id: uuid::Uuid, carried: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// Story 1's referral, which is valid; each test breaks one field of it.
     fn valid() -> pb::SubmitRequest {
-        pb::SubmitRequest {
-            client_ref: "ahc-0001".into(),
-            recipient: Some(pb::Recipient {
-                target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
-                    service: "reintegration_follow_up".into(),
-                    province: "24".into(),
-                })),
-            }),
-            kind: "lama".into(),
-            urgency: pb::Urgency::Emergency as i32,
-            subject: Some(pb::Subject {
-                sex: pb::Sex::Female as i32,
-                age_band: pb::AgeBand::AgeBand59 as i32,
-                province: "24".into(),
-            }),
-            case_file: vec![1, 2, 3],
-            client_pseudonym: String::new(),
-        }
+        spean_testkit::lama("ahc-0001")
     }
 
     fn field_of(req: pb::SubmitRequest) -> String {

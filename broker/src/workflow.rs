@@ -448,7 +448,7 @@ impl Workflow {
     /// on its stream). For a referral itself this is the moment it is delivered: the broker records
     /// that once. The caller then settles the deliveries with its backend, so a crash in between
     /// only causes a harmless redelivery. The referrals are decided on from one read of them all
-    /// and written with one [`Store::apply_all`]: on PostgreSQL a burst of confirmations costs two
+    /// and written with one [`ReferralStore::apply_all`](crate::store::ReferralStore::apply_all): on PostgreSQL a burst of confirmations costs two
     /// statements, not two per referral. One that changed between the read and the write is
     /// decided again on its own.
     #[tracing::instrument(skip_all, fields(agency = %agency, deliveries = deliveries.len()), err(Display))]

@@ -4,8 +4,29 @@ use std::os::unix::process::ExitStatusExt;
 
 use spean_proto::v1 as pb;
 
-use crate::helpers::{AdapterProcess, BrokerProcess, eventually};
+use crate::helpers::{AdapterProcess, BrokerProcess, bin, eventually};
 use crate::story_lama::{send_lama, wait_for_state};
+
+/// Fails at once, saying why, when the adapter binary cannot kill itself on request. Only a build
+/// with the `fault-injection` feature can: `cargo test --workspace` builds it so (this crate's
+/// dev-dependency turns the feature on), but `cargo test -p spean-tests` builds no binary and runs
+/// whichever one the last build left, which may be a plain one. Without this check the test would
+/// wait for a kill that never comes.
+fn require_fault_injection() {
+    let adapter = bin("spean-adapter");
+    let output = std::process::Command::new(&adapter)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        version.contains("(fault-injection)"),
+        "{} is a build without the fault-injection feature ({}): run `cargo build -p \
+         spean-adapter --features fault-injection` or `cargo test --workspace` first",
+        adapter.display(),
+        version.trim_end()
+    );
+}
 
 #[tokio::test]
 async fn an_adapter_killed_between_storing_and_confirming_gets_the_delivery_again_and_shows_it_once()
@@ -18,6 +39,7 @@ async fn an_adapter_killed_between_storing_and_confirming_gets_the_delivery_agai
     let id = sent["referral_id"].as_str().unwrap().to_owned();
 
     // The daemon stores the delivery, then SIGKILLs itself before it can confirm.
+    require_fault_injection();
     ngo.start_with(&[("SPEAN_ADAPTER_FAULT", "kill-after-store")]);
     let status = ngo.exited().await;
     assert_eq!(
@@ -127,6 +149,7 @@ async fn a_referral_acknowledged_before_its_delivery_was_confirmed_still_shows_d
 
     // The NGO's daemon stores the referral and dies before confirming; a social worker, who sees it
     // in the inbox, acknowledges it at once.
+    require_fault_injection();
     ngo.start_with(&[("SPEAN_ADAPTER_FAULT", "kill-after-store")]);
     ngo.exited().await;
     let ack = ngo.json(&["ack", &id, "--by", "សុភា (Sophea)"]).await;

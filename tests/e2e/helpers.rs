@@ -1,60 +1,44 @@
-//! Starting, killing and driving the real binaries.
+//! Starting, killing and driving the real binaries. The harness the benchmark shares (finding the
+//! binaries, starting the broker until it listens, the adapter's command line, `eventually`, story
+//! 1's referral) is `spean-testkit`; here the tests' handles wrap it, panic on failure, and add what
+//! only tests ask: clients, health, the mailbox, the adapter's JSON commands and log counts.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use spean_proto::v1 as pb;
 use spean_proto::v1::delivery_service_client::DeliveryServiceClient;
 use spean_proto::v1::referral_service_client::ReferralServiceClient;
+use spean_testkit::Patience;
+pub use spean_testkit::{KHMER_NAME, PATIENCE, eventually, lama};
 use sqlx::Connection as _;
-use tokio::process::{Child, Command};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tokio::process::Command;
+use tonic::transport::Channel;
 pub use tonic_health::pb::health_check_response::ServingStatus;
-
-/// How long any effect across processes may take before a test fails.
-pub const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A binary built by cargo in this workspace's target folder.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/e2e-<hash> → target/<profile>/<name>
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
-        path.display()
-    );
-    path
-}
-
-/// Waits until `check` returns `Some`, polling; panics naming `what` after [`PATIENCE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    spean_testkit::binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A `spean-broker serve` process over a data folder that outlives it, so it can be restarted.
+/// Derefs to the shared [`spean_testkit::BrokerProcess`] for its address, folders and log.
 pub struct BrokerProcess {
-    pub data_dir: PathBuf,
-    pub addr: SocketAddr,
-    env: Vec<(String, String)>,
-    child: Child,
+    process: spean_testkit::BrokerProcess,
+    /// The settings the test gave, without the harness's defaults: a restart starts with them
+    /// again, and administrative commands get them (and only them).
+    settings: Vec<(String, String)>,
+}
+
+impl Deref for BrokerProcess {
+    type Target = spean_testkit::BrokerProcess;
+
+    fn deref(&self) -> &Self::Target {
+        &self.process
+    }
 }
 
 impl BrokerProcess {
@@ -65,45 +49,27 @@ impl BrokerProcess {
 
     /// Like [`BrokerProcess::start`], with extra `SPEAN_BROKER_*` settings (database, RabbitMQ).
     pub async fn start_with(data_dir: &Path, listen: &str, env: &[(String, String)]) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let addr_file = data_dir.join("broker.addr");
-        let _ = std::fs::remove_file(&addr_file);
-        std::fs::create_dir_all(data_dir).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("broker.log"))
-            .unwrap();
-        let child = Command::new(bin("spean-broker"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("serve")
-            .arg("--listen")
-            .arg(listen)
-            .env("SPEAN_BROKER_DELIVERY__POLL_INTERVAL_MS", "200")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = eventually("the broker's address file", || async {
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        })
-        .await;
-        eventually("the broker to accept connections", || async {
-            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-        })
-        .await;
+        // Deliveries polled often, so tests wait little; logs at info, which tests read.
+        let mut all = vec![
+            (
+                "SPEAN_BROKER_DELIVERY__POLL_INTERVAL_MS".to_owned(),
+                "200".to_owned(),
+            ),
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+        ];
+        all.extend_from_slice(env);
+        // A start waits for two things in turn, the address file and then a connection, and
+        // either may take [`PATIENCE`] (a broker waiting for its database writes no address).
+        let patience = Patience {
+            limit: PATIENCE * 2,
+            ..Patience::TESTS
+        };
+        let process = spean_testkit::BrokerProcess::start(data_dir, listen, &all, patience)
+            .await
+            .unwrap_or_else(|e| panic!("starting the broker: {e}"));
         Self {
-            data_dir: data_dir.to_owned(),
-            addr,
-            env: env.to_vec(),
-            child,
+            process,
+            settings: env.to_vec(),
         }
     }
 
@@ -112,7 +78,7 @@ impl BrokerProcess {
         let (dir, listen, env) = (
             self.data_dir.clone(),
             self.addr.to_string(),
-            self.env.clone(),
+            self.settings.clone(),
         );
         *self = Self::start_with(&dir, &listen, &env).await;
     }
@@ -123,55 +89,23 @@ impl BrokerProcess {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .output()
             .await
             .unwrap()
     }
 
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("broker.log")).unwrap_or_default()
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-
-    pub fn identity(&self, agency: &str) -> PathBuf {
-        self.pki_dir().join("agencies").join(agency)
-    }
-
-    /// The PKI folder: `<data_dir>/pki`, or the one shared through `SPEAN_BROKER_TLS__PKI_DIR`.
-    pub fn pki_dir(&self) -> PathBuf {
-        self.env
-            .iter()
-            .find(|(k, _)| k == "SPEAN_BROKER_TLS__PKI_DIR")
-            .map_or_else(|| self.data_dir.join("pki"), |(_, v)| PathBuf::from(v))
-    }
-
     /// SIGKILL: no shutdown code runs.
     pub async fn kill(&mut self) {
-        self.child.kill().await.unwrap();
+        self.process.kill().await.unwrap();
     }
 
     /// What the broker's gRPC health service answers for the whole server (any agency's certificate
     /// works), or why it could not be asked. Tests that expect NOT_SERVING assert exactly that, so a
     /// broker that stopped answering at all does not pass for one that reports itself unhealthy.
     pub async fn health(&self) -> Result<ServingStatus, String> {
-        let dir = self.identity("ahc-swu");
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(
-                std::fs::read(dir.join("ca.pem")).unwrap(),
-            ))
-            .identity(Identity::from_pem(
-                std::fs::read(dir.join("cert.pem")).unwrap(),
-                std::fs::read(dir.join("key.pem")).unwrap(),
-            ))
-            .domain_name("localhost");
-        let channel = Endpoint::from_shared(self.url())
-            .unwrap()
-            .tls_config(tls)
+        let channel = self
+            .endpoint("ahc-swu")
             .unwrap()
             .timeout(Duration::from_secs(5))
             .connect()
@@ -218,19 +152,7 @@ impl BrokerProcess {
     /// A gRPC client presenting `agency`'s certificate, reaching the broker through `url` (a
     /// [`Relay`]'s, say).
     pub async fn client_at(&self, url: &str, agency: &str) -> GrpcClient {
-        let dir = self.identity(agency);
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(
-                std::fs::read(dir.join("ca.pem")).unwrap(),
-            ))
-            .identity(Identity::from_pem(
-                std::fs::read(dir.join("cert.pem")).unwrap(),
-                std::fs::read(dir.join("key.pem")).unwrap(),
-            ))
-            .domain_name("localhost");
-        let channel = Endpoint::from_shared(url.to_owned())
-            .unwrap()
-            .tls_config(tls)
+        let channel = spean_testkit::agency_endpoint(url, &self.identity(agency))
             .unwrap()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10))
@@ -372,77 +294,33 @@ impl GrpcClient {
     }
 }
 
-pub const KHMER_NAME: &str = "សុខ ស្រីល័ក្ខ";
-
-/// Story 1's referral: LAMA, a 6-year-old girl from Pailin, addressed by service and province.
-pub fn lama(client_ref: &str) -> pb::SubmitRequest {
-    pb::SubmitRequest {
-        client_ref: client_ref.into(),
-        recipient: Some(pb::Recipient {
-            target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
-                service: "reintegration_follow_up".into(),
-                province: "24".into(),
-            })),
-        }),
-        kind: "lama".into(),
-        urgency: pb::Urgency::Emergency as i32,
-        subject: Some(pb::Subject {
-            sex: pb::Sex::Female as i32,
-            age_band: pb::AgeBand::AgeBand59 as i32,
-            province: "24".into(),
-        }),
-        case_file: prost::Message::encode_to_vec(&pb::CaseFile {
-            name: Some(pb::PersonName {
-                khmer: KHMER_NAME.into(),
-                latin: "Sok Sreyleak".into(),
-            }),
-            ..Default::default()
-        }),
-        client_pseudonym: String::new(),
-    }
+/// One agency's `spean-adapter`: its own store file, the broker's identity folder for the agency, a
+/// daemon that can be started, SIGKILLed and restarted, and the one-shot commands. Derefs to the
+/// shared [`spean_testkit::AdapterProcess`] for its agency, store and log.
+pub struct AdapterProcess {
+    process: spean_testkit::AdapterProcess,
 }
 
-/// One agency's `spean-adapter`: its own store file, the broker's identity folder for the agency, a
-/// daemon that can be started, SIGKILLed and restarted, and the one-shot commands.
-pub struct AdapterProcess {
-    pub agency: String,
-    identity: PathBuf,
-    store: PathBuf,
-    log: PathBuf,
-    broker_url: String,
-    daemon: Option<Child>,
+impl Deref for AdapterProcess {
+    type Target = spean_testkit::AdapterProcess;
+
+    fn deref(&self) -> &Self::Target {
+        &self.process
+    }
 }
 
 impl AdapterProcess {
     pub fn new(broker: &BrokerProcess, agency: &str, dir: &Path) -> Self {
-        Self {
-            agency: agency.to_owned(),
-            identity: broker.identity(agency),
-            store: dir.join(format!("{agency}.db")),
-            log: dir.join(format!("{agency}.log")),
-            broker_url: broker.url(),
-            daemon: None,
-        }
-    }
-
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("spean-adapter"));
-        cmd.arg("--identity")
-            .arg(&self.identity)
-            .arg("--broker")
-            .arg(&self.broker_url)
-            .arg("--store")
-            .arg(&self.store)
-            // Repeated deliveries are logged at debug level: on, so that a log counts every one.
-            .env("RUST_LOG", "info,spean_adapter::delivery=debug")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        cmd
+        let process =
+            spean_testkit::AdapterProcess::new(agency, broker.identity(agency), broker.url(), dir)
+                // Repeated deliveries are logged at debug level: on, so that a log counts every one.
+                .with_env("RUST_LOG", "info,spean_adapter::delivery=debug");
+        Self { process }
     }
 
     /// Runs a one-shot command and returns its output, whatever its exit status.
     pub async fn run(&self, args: &[&str]) -> std::process::Output {
-        self.command().args(args).output().await.unwrap()
+        self.process.run(args).await.unwrap()
     }
 
     /// Runs a command with `--json`, requires success, and parses what it printed.
@@ -469,22 +347,12 @@ impl AdapterProcess {
 
     /// Points later commands and daemon starts at another broker.
     pub fn point_to(&mut self, broker: &BrokerProcess) {
-        self.broker_url = broker.url();
+        self.process.point_to(broker.url());
     }
 
     /// Starts the daemon (`run`), with extra environment variables.
     pub fn start_with(&mut self, env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = self.command();
-        cmd.arg("run").stdout(Stdio::null()).stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        self.daemon = Some(cmd.spawn().unwrap());
+        self.process.start_with(env).unwrap();
     }
 
     pub fn start(&mut self) {
@@ -493,23 +361,16 @@ impl AdapterProcess {
 
     /// SIGKILL: the daemon gets no chance to finish anything.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            child.kill().await.unwrap();
-        }
+        self.process.kill().await.unwrap();
     }
 
     /// Waits for the daemon to exit on its own and returns how it ended.
     pub async fn exited(&mut self) -> std::process::ExitStatus {
-        let mut child = self.daemon.take().expect("no daemon running");
+        let mut child = self.process.take_daemon().expect("no daemon running");
         tokio::time::timeout(PATIENCE, child.wait())
             .await
             .expect("the daemon did not exit")
             .unwrap()
-    }
-
-    /// The daemon's log so far (every start appends to it).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// How many times the daemon's delivery stream was accepted by a broker, per its log.
@@ -531,7 +392,7 @@ impl AdapterProcess {
     /// `duplicate event delivery` for a repeat under another delivery id.
     pub fn event_deliveries(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
-        for line in self.log().lines().map(strip_ansi) {
+        for line in self.log().lines().map(spean_testkit::log::strip_ansi) {
             if line.contains("event received") || line.contains("duplicate event delivery") {
                 let id = field(&line, "event_id")
                     .unwrap_or_else(|| panic!("no event_id in the log line {line:?}"));
@@ -543,7 +404,7 @@ impl AdapterProcess {
 
     /// Deliveries the daemon stored (its store's `deliveries` table: one row per delivery id).
     pub async fn stored_deliveries(&self) -> i64 {
-        let url = format!("sqlite://{}", self.store.display());
+        let url = format!("sqlite://{}", self.store().display());
         let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
         let n = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries")
             .fetch_one(&mut db)
@@ -595,25 +456,6 @@ impl AdapterProcess {
             .find(|r| r["referral_id"] == referral_id)
             .and_then(|r| r["state"].as_str().map(str::to_owned))
     }
-}
-
-/// A log line without terminal colour codes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC '[' parameters, ended by a letter.
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The value of `name=value` in a text log line.

@@ -14,3 +14,4 @@ mod helpers;
 mod production;
 mod story_lama;
 mod traffic;
+mod visibility;

@@ -20,10 +20,17 @@ use crate::{
     telemetry,
 };
 
+/// What `--version` prints: a build that can kill itself on request says so, so that a test can
+/// tell it has one and an operator can tell a deployed binary is not one.
+#[cfg(feature = "fault-injection")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (fault-injection)");
+#[cfg(not(feature = "fault-injection"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Spean agency adapter: keeps this agency's inbox, sent referrals and their history in a local store,
 /// and sends referrals and feedback through the broker (queuing them while offline).
 #[derive(Debug, Parser)]
-#[command(name = "spean-adapter", version)]
+#[command(name = "spean-adapter", version = VERSION)]
 pub struct Cli {
     /// A TOML file with `identity`, `broker` and `store` (see config.example.toml).
     #[arg(long, global = true, env = "SPEAN_ADAPTER_CONFIG", value_name = "FILE")]
@@ -61,73 +68,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Acknowledge a referral: a person here has seen it.
-    Ack(ActionArgs),
-    /// Accept a referral with a planned action and its date.
-    Accept {
-        #[command(flatten)]
-        common: ActionArgs,
-        /// The planned action.
-        #[arg(long = "action", value_name = "TEXT")]
-        planned_action: String,
-        /// When the planned action is due (YYYY-MM-DD).
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        date: String,
-    },
-    /// Decline a referral.
-    Decline {
-        #[command(flatten)]
-        common: ActionArgs,
-        /// e.g. no_capacity, out_of_area, not_eligible, duplicate, other.
-        #[arg(long, value_name = "CODE")]
-        reason_code: String,
-        #[arg(long, value_name = "TEXT")]
-        reason: String,
-    },
-    /// Redirect a referral to another agency.
-    Redirect {
-        #[command(flatten)]
-        common: ActionArgs,
-        /// The agency to redirect to.
-        #[arg(long, value_name = "AGENCY")]
-        to: String,
-        #[arg(long, value_name = "TEXT")]
-        reason: String,
-    },
-    /// Mark a referral in progress.
-    Progress(ActionArgs),
-    /// Record a follow-up activity.
-    Followup {
-        #[command(flatten)]
-        common: ActionArgs,
-        /// e.g. home_visit, school_attendance, grant_received, appointment, interim_report.
-        #[arg(long, value_name = "CODE")]
-        activity: String,
-        /// When the activity happened (YYYY-MM-DD).
-        #[arg(long, value_name = "YYYY-MM-DD")]
-        date: String,
-    },
-    /// Complete a referral with its outcome.
-    Complete {
-        #[command(flatten)]
-        common: ActionArgs,
-        /// e.g. child_well_in_school, reunited_with_family.
-        #[arg(long, value_name = "CODE")]
-        outcome: String,
-        #[arg(long, value_name = "TEXT")]
-        summary: String,
-    },
-    /// Record that a referral failed.
-    Fail {
-        #[command(flatten)]
-        common: ActionArgs,
-        #[arg(long, value_name = "TEXT")]
-        reason: String,
-    },
-    /// Withdraw a referral this agency sent.
-    Withdraw(ActionArgs),
-    /// Mark a referral as entered in error.
-    Error(ActionArgs),
+    // The feedback actions (`ack`, `accept`, …), one subcommand each, defined beside what they send.
+    #[command(flatten)]
+    Act(send::Act),
     /// What this agency sent, its state and who acts next, plus unsent or rejected outbox rows.
     Status(ListArgs),
     /// The local outbox.
@@ -290,7 +233,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
-    use send::Act;
     match command {
         Command::Run => Ok(()),
         Command::Send(args) => send::send(ctx, *args).await,
@@ -298,54 +240,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Show { id, json } => views::show(ctx, &id, json).await,
         Command::Status(args) => views::status(ctx, &args).await,
         Command::Outbox { json } => views::outbox(ctx, json).await,
-        Command::Ack(common) => send::act(ctx, common, Act::Acknowledge).await,
-        Command::Accept {
-            common,
-            planned_action,
-            date,
-        } => {
-            send::act(
-                ctx,
-                common,
-                Act::Accept {
-                    planned_action,
-                    date,
-                },
-            )
-            .await
-        }
-        Command::Decline {
-            common,
-            reason_code,
-            reason,
-        } => {
-            send::act(
-                ctx,
-                common,
-                Act::Decline {
-                    reason_code,
-                    reason,
-                },
-            )
-            .await
-        }
-        Command::Redirect { common, to, reason } => {
-            send::act(ctx, common, Act::Redirect { to, reason }).await
-        }
-        Command::Progress(common) => send::act(ctx, common, Act::MarkInProgress).await,
-        Command::Followup {
-            common,
-            activity,
-            date,
-        } => send::act(ctx, common, Act::FollowUp { activity, date }).await,
-        Command::Complete {
-            common,
-            outcome,
-            summary,
-        } => send::act(ctx, common, Act::Complete { outcome, summary }).await,
-        Command::Fail { common, reason } => send::act(ctx, common, Act::Fail { reason }).await,
-        Command::Withdraw(common) => send::act(ctx, common, Act::Withdraw).await,
-        Command::Error(common) => send::act(ctx, common, Act::EnteredInError).await,
+        Command::Act(act) => send::act(ctx, act).await,
     }
 }
 

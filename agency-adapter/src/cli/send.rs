@@ -8,9 +8,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-use clap::Args;
+use anyhow::{Context as _, anyhow};
+use clap::{Args, Subcommand};
 use serde_json::json;
+use spean_domain::ids::{AgencyId, ClientRef, ProvinceCode, RequestId};
 use spean_proto::v1::{
     AcceptRequest, Acceptance, AcknowledgeRequest, Action, AgeBand, CompleteRequest, Decline,
     DeclineRequest, FailRequest, Failure, FollowUp, MarkEnteredInErrorRequest,
@@ -24,8 +25,9 @@ use crate::{
     AdapterError,
     broker::Broker,
     case_file::CaseFile,
+    directory,
     outbox::{self, Outcome, OutgoingRequest},
-    referral::{AgencyId, IdempotencyKey, kind_name, state_name},
+    referral::{key_or_new, kind_name, state_name},
     store::OutboxRow,
 };
 
@@ -49,7 +51,8 @@ pub struct SendArgs {
     pub sex: SexArg,
     #[arg(long, value_enum, default_value = "unknown")]
     pub age_band: AgeBandArg,
-    /// Two-digit province code where the subject lives [default: --province, when given].
+    /// Two-digit province code where the subject lives [default: --province with --service; with
+    /// --to, the recipient's province if the broker's directory lists only one for it].
     #[arg(long, value_name = "CODE")]
     pub subject_province: Option<String>,
     /// The idempotency key [default: a new UUIDv7].
@@ -90,20 +93,14 @@ enum Sending {
     Queued(String),
 }
 
-/// The name the user gave the request's idempotency key under, for messages.
-fn key_field(request: &OutgoingRequest) -> &'static str {
-    match request {
-        OutgoingRequest::Submit(_) => "client_ref",
-        _ => "request_id",
-    }
-}
-
-/// Outbox first, then one try. A key already in the outbox with the same content reports that row
-/// as it stands instead of queuing again; with other content it is refused by the store.
+/// Outbox first, then one try, on `broker` if the command is already connected. A key already in the
+/// outbox with the same content reports that row as it stands instead of queuing again; with other
+/// content it is refused by the store.
 async fn enqueue_and_try(
     ctx: &Context,
     request: OutgoingRequest,
     queue_only: bool,
+    broker: Option<Broker>,
 ) -> anyhow::Result<Sending> {
     let request_id = request.request_id().to_owned();
     let request_id = request_id.as_str();
@@ -124,7 +121,7 @@ async fn enqueue_and_try(
     match row.status.as_str() {
         "sent" => return Ok(Sending::AlreadySent(row)),
         "rejected" => {
-            let field = key_field(&request);
+            let field = request.key_field();
             anyhow::bail!(
                 "{field} {request_id:?} was refused by the broker before ({}) and is not sent \
                  again; give a new {field}",
@@ -136,7 +133,11 @@ async fn enqueue_and_try(
     if queue_only {
         return Ok(Sending::Queued("--queue-only".into()));
     }
-    let mut broker = match Broker::connect(&ctx.settings.broker, &ctx.identity).await {
+    let connected = match broker {
+        Some(broker) => Ok(broker),
+        None => Broker::connect(&ctx.settings.broker, &ctx.identity).await,
+    };
+    let mut broker = match connected {
         Ok(broker) => broker,
         Err(error @ AdapterError::Unavailable(_)) => {
             ctx.store
@@ -162,21 +163,41 @@ fn announce_already_sent(key: &str) {
 }
 
 pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
-    let client_ref = match &args.client_ref {
-        Some(raw) => IdempotencyKey::parse("client_ref", raw)?,
-        None => IdempotencyKey::generate(),
-    };
-    let recipient = match (&args.to, &args.service, &args.province) {
-        (Some(to), _, _) => Target::AgencyId(AgencyId::parse(to)?.to_string()),
-        (None, Some(service), Some(province)) => Target::Service(ServiceInProvince {
-            service: service.clone(),
-            province: province_code("province", province)?,
-        }),
+    // Parse errors go through `AdapterError` so that they read `invalid <field>: <reason>`.
+    let client_ref = key_or_new(args.client_ref.as_deref(), |raw| {
+        ClientRef::parse("client_ref", raw)
+    })
+    .map_err(AdapterError::from)?;
+    let (recipient, to) = match (&args.to, &args.service, &args.province) {
+        (Some(to), _, _) => {
+            let to = AgencyId::parse("to", to).map_err(AdapterError::from)?;
+            (Target::AgencyId(to.to_string()), Some(to))
+        }
+        (None, Some(service), Some(province)) => {
+            let service = ServiceInProvince {
+                service: service.clone(),
+                province: ProvinceCode::parse("province", province)
+                    .map_err(AdapterError::from)?
+                    .to_string(),
+            };
+            (Target::Service(service), None)
+        }
         _ => anyhow::bail!("give --to AGENCY, or --service KIND with --province CODE"),
     };
-    let subject_province = match args.subject_province.as_ref().or(args.province.as_ref()) {
-        Some(code) => province_code("subject_province", code)?,
-        None => {
+    let mut broker = None;
+    let subject_province = match (
+        args.subject_province.as_ref().or(args.province.as_ref()),
+        &to,
+    ) {
+        (Some(code), _) => {
+            ProvinceCode::parse("subject_province", code).map_err(AdapterError::from)?
+        }
+        (None, Some(to)) => {
+            let (province, connected) = recipients_province(ctx, to).await?;
+            broker = Some(connected);
+            province
+        }
+        (None, None) => {
             anyhow::bail!("give --subject-province CODE (the province where the subject lives)")
         }
     };
@@ -210,12 +231,18 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         subject: Some(Subject {
             sex: Sex::from(args.sex) as i32,
             age_band: AgeBand::from(args.age_band) as i32,
-            province: subject_province,
+            province: subject_province.to_string(),
         }),
         case_file: case_file.encode(),
         client_pseudonym: args.pseudonym.unwrap_or_default(),
     };
-    let sending = enqueue_and_try(ctx, OutgoingRequest::Submit(request), args.queue_only).await?;
+    let sending = enqueue_and_try(
+        ctx,
+        OutgoingRequest::Submit(request),
+        args.queue_only,
+        broker,
+    )
+    .await?;
     let referral_id = match &sending {
         Sending::Sent(outcome) => match outcome.as_ref() {
             Outcome::Submitted(referral) => {
@@ -246,47 +273,122 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kind-specific part of each feedback action.
-pub(super) enum Act {
-    Acknowledge,
-    Accept {
-        planned_action: String,
-        date: String,
-    },
-    Decline {
-        reason_code: String,
-        reason: String,
-    },
-    Redirect {
-        to: String,
-        reason: String,
-    },
-    MarkInProgress,
-    FollowUp {
-        activity: String,
-        date: String,
-    },
-    Complete {
-        outcome: String,
-        summary: String,
-    },
-    Fail {
-        reason: String,
-    },
-    Withdraw,
-    EnteredInError,
+/// The subject's province when the sender gave none: the recipient's, when the broker's directory
+/// lists exactly one for it. A recipient serving several (or all) leaves the choice to the sender,
+/// who is told which they are. The connection is handed back for the send itself.
+async fn recipients_province(
+    ctx: &Context,
+    to: &AgencyId,
+) -> anyhow::Result<(ProvinceCode, Broker)> {
+    let give_one =
+        |why: String| anyhow!("--subject-province: {why}; give one with --subject-province");
+    let cannot_ask = |error: AdapterError| {
+        give_one(format!(
+            "cannot ask the broker's directory which provinces {to} serves ({error})"
+        ))
+    };
+    let mut broker = Broker::connect(&ctx.settings.broker, &ctx.identity)
+        .await
+        .map_err(cannot_ask)?;
+    let agency = directory::agency(&mut broker, to)
+        .await
+        .map_err(cannot_ask)?
+        .ok_or_else(|| anyhow!("--to: the directory has no agency {to}"))?;
+    match directory::sole_province(&agency) {
+        Some(code) => {
+            let code = ProvinceCode::parse("subject_province", code).map_err(AdapterError::from)?;
+            Ok((code, broker))
+        }
+        None => Err(give_one(format!(
+            "{to} serves {}",
+            directory::describe_provinces(&agency.provinces)
+        ))),
+    }
 }
 
-/// Checks a two-digit province code before it is queued; the broker checks it names a province.
-fn province_code(field: &'static str, raw: &str) -> Result<String, AdapterError> {
-    if raw.len() == 2 && raw.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(raw.to_owned())
-    } else {
-        Err(AdapterError::Invalid {
-            field,
-            reason: format!("{raw:?} is not a two-digit province code"),
-        })
-    }
+/// The feedback actions: one subcommand each, with the flags its details need. Adding one is a
+/// variant here and its arm in [`Act::into_parts`]; the outbox's table says how it is stored and sent.
+#[derive(Debug, Subcommand)]
+pub enum Act {
+    /// Acknowledge a referral: a person here has seen it.
+    Ack {
+        #[command(flatten)]
+        common: ActionArgs,
+    },
+    /// Accept a referral with a planned action and its date.
+    Accept {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// The planned action.
+        #[arg(long = "action", value_name = "TEXT")]
+        planned_action: String,
+        /// When the planned action is due (YYYY-MM-DD).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+    },
+    /// Decline a referral.
+    Decline {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// e.g. no_capacity, out_of_area, not_eligible, duplicate, other.
+        #[arg(long, value_name = "CODE")]
+        reason_code: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Redirect a referral to another agency.
+    Redirect {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// The agency to redirect to.
+        #[arg(long, value_name = "AGENCY")]
+        to: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Mark a referral in progress.
+    Progress {
+        #[command(flatten)]
+        common: ActionArgs,
+    },
+    /// Record a follow-up activity.
+    Followup {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// e.g. home_visit, school_attendance, grant_received, appointment, interim_report.
+        #[arg(long, value_name = "CODE")]
+        activity: String,
+        /// When the activity happened (YYYY-MM-DD).
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        date: String,
+    },
+    /// Complete a referral with its outcome.
+    Complete {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// e.g. child_well_in_school, reunited_with_family.
+        #[arg(long, value_name = "CODE")]
+        outcome: String,
+        #[arg(long, value_name = "TEXT")]
+        summary: String,
+    },
+    /// Record that a referral failed.
+    Fail {
+        #[command(flatten)]
+        common: ActionArgs,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Withdraw a referral this agency sent.
+    Withdraw {
+        #[command(flatten)]
+        common: ActionArgs,
+    },
+    /// Mark a referral as entered in error.
+    Error {
+        #[command(flatten)]
+        common: ActionArgs,
+    },
 }
 
 /// Checks a YYYY-MM-DD date before it is queued, so a typo fails now rather than in the daemon.
@@ -295,87 +397,117 @@ fn iso_date(field: &'static str, raw: &str) -> Result<String, AdapterError> {
     time::Date::parse(raw, format)
         .map(|_| raw.to_owned())
         .map_err(|error| AdapterError::Invalid {
-            field,
+            field: field.into(),
             reason: format!("{raw:?} is not a YYYY-MM-DD date: {error}"),
         })
 }
 
 impl Act {
-    fn into_request(self, action: Action) -> Result<OutgoingRequest, AdapterError> {
-        let action = Some(action);
+    /// The flags every action shares, and this action's request with its details checked (so a typo
+    /// fails now rather than in the daemon). The shared `action` field is filled in by [`act`].
+    fn into_parts(self) -> Result<(ActionArgs, OutgoingRequest), AdapterError> {
+        use OutgoingRequest as R;
         Ok(match self {
-            Act::Acknowledge => OutgoingRequest::Acknowledge(AcknowledgeRequest { action }),
+            Act::Ack { common } => (common, R::Acknowledge(AcknowledgeRequest::default())),
             Act::Accept {
+                common,
                 planned_action,
                 date,
-            } => OutgoingRequest::Accept(AcceptRequest {
-                action,
-                acceptance: Some(Acceptance {
-                    planned_action,
-                    planned_date: iso_date("date", &date)?,
+            } => (
+                common,
+                R::Accept(AcceptRequest {
+                    action: None,
+                    acceptance: Some(Acceptance {
+                        planned_action,
+                        planned_date: iso_date("date", &date)?,
+                    }),
                 }),
-            }),
+            ),
             Act::Decline {
+                common,
                 reason_code,
                 reason,
-            } => OutgoingRequest::Decline(DeclineRequest {
-                action,
-                decline: Some(Decline {
-                    reason_code,
-                    reason_text: reason,
+            } => (
+                common,
+                R::Decline(DeclineRequest {
+                    action: None,
+                    decline: Some(Decline {
+                        reason_code,
+                        reason_text: reason,
+                    }),
                 }),
-            }),
-            Act::Redirect { to, reason } => OutgoingRequest::Redirect(RedirectRequest {
-                action,
-                redirect: Some(Redirect {
-                    to_agency_id: AgencyId::parse(&to)?.to_string(),
-                    reason,
+            ),
+            Act::Redirect { common, to, reason } => (
+                common,
+                R::Redirect(RedirectRequest {
+                    action: None,
+                    redirect: Some(Redirect {
+                        to_agency_id: AgencyId::parse("to", &to)?.to_string(),
+                        reason,
+                    }),
                 }),
-            }),
-            Act::MarkInProgress => {
-                OutgoingRequest::MarkInProgress(MarkInProgressRequest { action })
+            ),
+            Act::Progress { common } => {
+                (common, R::MarkInProgress(MarkInProgressRequest::default()))
             }
-            Act::FollowUp { activity, date } => {
-                OutgoingRequest::RecordFollowUp(RecordFollowUpRequest {
-                    action,
+            Act::Followup {
+                common,
+                activity,
+                date,
+            } => (
+                common,
+                R::RecordFollowUp(RecordFollowUpRequest {
+                    action: None,
                     follow_up: Some(FollowUp {
                         activity,
                         date: iso_date("date", &date)?,
                     }),
-                })
-            }
-            Act::Complete { outcome, summary } => OutgoingRequest::Complete(CompleteRequest {
-                action,
-                outcome: Some(OutcomeDetails {
-                    outcome_code: outcome,
-                    summary,
                 }),
-            }),
-            Act::Fail { reason } => OutgoingRequest::Fail(FailRequest {
-                action,
-                failure: Some(Failure { reason }),
-            }),
-            Act::Withdraw => OutgoingRequest::Withdraw(WithdrawRequest { action }),
-            Act::EnteredInError => {
-                OutgoingRequest::MarkEnteredInError(MarkEnteredInErrorRequest { action })
-            }
+            ),
+            Act::Complete {
+                common,
+                outcome,
+                summary,
+            } => (
+                common,
+                R::Complete(CompleteRequest {
+                    action: None,
+                    outcome: Some(OutcomeDetails {
+                        outcome_code: outcome,
+                        summary,
+                    }),
+                }),
+            ),
+            Act::Fail { common, reason } => (
+                common,
+                R::Fail(FailRequest {
+                    action: None,
+                    failure: Some(Failure { reason }),
+                }),
+            ),
+            Act::Withdraw { common } => (common, R::Withdraw(WithdrawRequest::default())),
+            Act::Error { common } => (
+                common,
+                R::MarkEnteredInError(MarkEnteredInErrorRequest::default()),
+            ),
         })
     }
 }
 
-pub(super) async fn act(ctx: &Context, common: ActionArgs, act: Act) -> anyhow::Result<()> {
-    let request_id = match &common.request_id {
-        Some(raw) => IdempotencyKey::parse("request_id", raw)?,
-        None => IdempotencyKey::generate(),
-    };
-    let request = act.into_request(Action {
+pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
+    let (common, mut request) = act.into_parts()?;
+    let request_id = key_or_new(common.request_id.as_deref(), |raw| {
+        RequestId::parse("request_id", raw)
+    })
+    .map_err(AdapterError::from)?;
+    request.set_action(Action {
         referral_id: common.id.clone(),
         request_id: request_id.to_string(),
         actor_person: common.by.unwrap_or_default(),
         note: common.note.unwrap_or_default(),
-    })?;
+    });
     let operation = request.operation();
-    let sending = enqueue_and_try(ctx, request, common.queue_only).await?;
+    let sending = enqueue_and_try(ctx, request, common.queue_only, None).await?;
     let event = match &sending {
         Sending::Sent(outcome) => match outcome.as_ref() {
             Outcome::Recorded(event) => Some(event),

@@ -207,3 +207,81 @@ fn a_slow_write_is_not_reported_to_the_person_running_a_command() {
     assert!(!stderr.contains("slow statement"), "stderr: {stderr}");
     assert_eq!(json(&output)["status"], "queued");
 }
+
+/// Runs `args`, expects it refused with a message starting `expected`, and nothing queued.
+fn refused_before_queuing(dir: &Path, agency: &str, args: &[&str], expected: &str) {
+    let output = adapter(dir, agency, args);
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with(expected), "stderr: {stderr}");
+    let outbox = json(&adapter(dir, agency, &["outbox", "--json"]));
+    assert!(outbox.as_array().unwrap().is_empty(), "{outbox}");
+}
+
+#[test]
+fn an_agency_id_the_broker_would_refuse_is_refused_before_anything_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let send = |to| {
+        [
+            "send",
+            "--to",
+            to,
+            "--kind",
+            "lama",
+            "--urgency",
+            "urgent",
+            "--subject-province",
+            "12",
+        ]
+    };
+    refused_before_queuing(
+        dir.path(),
+        "agency-a",
+        &send("MLUP_Russey"),
+        "error: invalid to: \"MLUP_Russey\" is not an agency id",
+    );
+    refused_before_queuing(
+        dir.path(),
+        "agency-a",
+        &send("a"),
+        "error: invalid to: must be 2 to 64 characters long",
+    );
+    refused_before_queuing(
+        dir.path(),
+        "agency-b",
+        &["redirect", "r-1", "--to", "Mlup.Russey", "--reason", "x"],
+        "error: invalid to: \"Mlup.Russey\" is not an agency id",
+    );
+}
+
+#[test]
+fn without_the_broker_a_referral_to_an_agency_needs_the_subjects_province_given() {
+    let dir = tempfile::tempdir().unwrap();
+    refused_before_queuing(
+        dir.path(),
+        "agency-a",
+        &[
+            "send",
+            "--to",
+            "agency-b",
+            "--kind",
+            "lama",
+            "--urgency",
+            "urgent",
+        ],
+        "error: --subject-province: cannot ask the broker's directory which provinces agency-b \
+         serves (broker unavailable:",
+    );
+}
+
+#[test]
+fn a_key_the_broker_would_refuse_is_refused_before_anything_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    refused_before_queuing(
+        dir.path(),
+        "agency-b",
+        &["ack", "r-1", "--request-id", "has space"],
+        "error: invalid request_id: contains ' '",
+    );
+}

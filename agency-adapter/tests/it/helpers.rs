@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use prost_types::Timestamp;
-use spean_adapter::{case_file::CaseFile, store::Store};
+use spean_adapter::{broker::Broker, case_file::CaseFile, identity::Identity, store::Store};
 use spean_proto::v1::{
     Delivery, Envelope, FeedbackEvent, FeedbackKind, Recipient, Referral, ReferralState, Subject,
     Urgency, delivery::Payload, recipient::Target,
@@ -220,6 +220,36 @@ impl BrokerProcess {
 }
 
 impl BrokerProcess {
+    /// Starts `spean-adapter run` as `agency` with `env` added, on the store its commands use.
+    pub fn daemon(&self, agency: &str, env: &[(&str, &str)]) -> DaemonProcess {
+        let log = std::fs::File::create(self.dir.path().join(format!("{agency}-daemon.log")))
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_spean-adapter"))
+            .arg("--identity")
+            .arg(self.identity(agency))
+            .arg("--store")
+            .arg(self.dir.path().join(format!("{agency}.db")))
+            .args(["--broker", &self.url, "run"])
+            .envs(env.iter().copied())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start spean-adapter run");
+        DaemonProcess { child }
+    }
+
+    /// The broker's services as `agency` sees them, for what the adapter's commands do not show.
+    pub async fn client(&self, agency: &str) -> Broker {
+        // Ignored on purpose: it only fails when a provider is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let identity = Identity::load(&self.identity(agency)).expect("identity");
+        Broker::connect(&self.url, &identity)
+            .await
+            .expect("connect to the broker")
+    }
+
     /// Kills the broker; commands run after this find nothing listening at its address.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -230,6 +260,43 @@ impl BrokerProcess {
 impl Drop for BrokerProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// An adapter daemon, killed by its own process id when dropped.
+pub struct DaemonProcess {
+    child: Child,
+}
+
+impl DaemonProcess {
+    /// How it ended, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("daemon status")
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How long an effect in another process may take before a test fails.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Asks `check` until it answers, failing the test naming `what` after [`PATIENCE`].
+pub async fn eventually<T, F>(what: &str, mut check: impl FnMut() -> F) -> T
+where
+    F: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

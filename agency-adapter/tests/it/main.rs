@@ -1,12 +1,15 @@
 //! The adapter's integration tests: the local store through its public API, the binary's offline
 //! behaviour (queueing, the outbox, JSON output) with a throwaway identity and no broker, and the
-//! binary against a real `spean-broker` process (feedback commands, reused keys).
+//! binary against a real `spean-broker` process (feedback commands, reused keys, the subject's
+//! province from the directory, the daemon and its fault switch).
 
 // Tests may panic on a broken fixture: that is the failure we want to see.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod cli;
+mod daemon;
 mod feedback;
 mod helpers;
 mod idempotency;
+mod send;
 mod store;

@@ -6,8 +6,8 @@
 //! its deliveries. On a quiet network a bundle holds one delivery, and nothing waits to fill one.
 //!
 //! A message's AMQP `type` property says which form it has: [`BUNDLE_TYPE`] for a
-//! [`DeliveryBundle`], none for a single `spean.v1.Delivery`, the form brokers published before
-//! bundles. Both are read, so an upgrade leaves no queued message behind.
+//! [`DeliveryBundle`], none for a single `spean.v1.Delivery`, as a broker that does not bundle
+//! publishes it. Both are read, so that an upgrade leaves no such message behind in the queues.
 //!
 //! A bundle is acked once every delivery in it is settled ([`BundleAck`]). Until then a lost
 //! connection returns the whole bundle to its queue, and deliveries the adapter already confirmed
@@ -30,9 +30,9 @@ use crate::ids::{AgencyId, ReferralId};
 pub const BUNDLE_TYPE: &str = "spean.v1.DeliveryBundle";
 
 /// A bundle closes at this many bytes of deliveries, whatever the count allows: the largest case
-/// file allowed by default. A consumer's prefetch counts messages, so this keeps what one delivery
-/// session may hold in memory where it was before bundles (prefetch × one large delivery); a
-/// single larger delivery still goes, alone.
+/// file allowed by default. A consumer's prefetch counts messages, so this bounds what one
+/// delivery session may hold in memory to about prefetch × one large delivery, as if each message
+/// carried one delivery; a single larger delivery still goes, alone.
 const MAX_BUNDLE_BYTES: usize = 256 * 1024;
 
 /// The body of a bundled message: deliveries for one agency, in the order they were queued. Kept

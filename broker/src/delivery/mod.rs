@@ -37,14 +37,24 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ReferralId};
 use crate::store::{DeliveryRef, NewDelivery, Store};
 
+/// Why a delivery backend failed. Each cause stays a source, so that a log line shows the whole
+/// chain ([`crate::error::ErrorChain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("RabbitMQ: {0}")]
+    #[error("RabbitMQ error")]
     Amqp(#[from] lapin::Error),
+    /// The CA file configured for `amqps://` cannot be read.
+    #[error("reading RabbitMQ's CA certificate {}", path.display())]
+    CaCert {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No connection, or no consumer, to deliver through; a later attempt may find one.
     #[error("RabbitMQ is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(&'static str),
 }
 
 /// One delivery ready to go down a stream. The mailbox backend leaves `message` empty (the gateway

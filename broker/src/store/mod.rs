@@ -1,10 +1,17 @@
 //! Where referrals, their history and undelivered messages live.
 //!
-//! [`Store`] is the contract; [`sqlite`] is the embedded default and [`postgres`] the production
-//! store. Every change to a referral arrives as one [`Change`] and is written in one transaction with
-//! its history event and its deliveries, so a crash leaves either all of it or none. Embedded writes
-//! go through one [`writer`] that commits concurrent writes together, and embedded reads through a
-//! few [`readers`].
+//! Two traits state the contract: [`ReferralStore`] holds referrals, their events and the
+//! directory, and [`Mailbox`] holds the deliveries waiting for each agency, which delivery hands
+//! out and settles. A backend implements both over one database, as one [`Store`]. Every change to
+//! a referral arrives as one [`Change`] and is written in one transaction with its history event
+//! and its deliveries, so a crash leaves either all of it or none.
+//!
+//! # Layout
+//! - [`sqlite`]: the embedded default, one file in WAL mode; its writes go through one [`writer`]
+//!   that commits concurrent writes together, its reads through a few [`readers`].
+//! - [`postgres`]: the production store, shared by every broker process; writes that arrive
+//!   together are batched into one statement.
+//! - `rows`: stored rows to domain values, once for both backends.
 
 pub mod postgres;
 pub mod readers;
@@ -64,7 +71,7 @@ pub struct NewDelivery {
     pub agency: AgencyId,
     pub event_id: Option<uuid::Uuid>,
     /// The delivery encoded now, without its id ([`crate::wire::carried`]), for a
-    /// store that [carries deliveries](Store::carries_deliveries): the relay publishes it as it is
+    /// store that [carries deliveries](Mailbox::carries_deliveries): the relay publishes it as it is
     /// instead of reading the referral or event back. `None`: loaded when it is sent.
     pub body: Option<Vec<u8>>,
     /// Kept out of every relay's lease for this long after it is written, as if leased then: the
@@ -113,8 +120,11 @@ pub enum ChangeOutcome {
     Duplicate(Box<Event>),
 }
 
+/// The referrals, their history and the directory: what the use cases read, decide on and change.
+/// Every write here is one transaction that also queues the change's deliveries in the
+/// [`Mailbox`], so a referral and the messages about it are never out of step.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait ReferralStore: Send + Sync + 'static {
     /// Replaces the directory document; returns its new version.
     async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError>;
     /// The current directory and its version; `None` before the first import.
@@ -164,16 +174,24 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, agency: &AgencyId, query: &ListQuery)
     -> Result<Vec<Referral>, StoreError>;
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError>;
-    /// Applies each change as [`Store::apply`] would and returns their outcomes in order. Each change
-    /// is atomic on its own; after an error, some of them may have been recorded, so a caller
-    /// retries by deciding again. Every change is decided by the time this returns, the error
-    /// included: none is still on its way to the database, to be recorded after the caller read
-    /// what was. By default the changes go to [`Store::apply`] side by side; a backend may write
-    /// them in fewer statements.
+    /// Applies each change as [`ReferralStore::apply`] would and returns their outcomes in order.
+    /// Each change is atomic on its own; after an error, some of them may have been recorded, so a
+    /// caller retries by deciding again. Every change is decided by the time this returns, the
+    /// error included: none is still on its way to the database, to be recorded after the caller
+    /// read what was. By default the changes go to [`ReferralStore::apply`] side by side; a backend
+    /// may write them in fewer statements.
     async fn apply_all(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
         apply_each(self, changes).await
     }
+    /// A round trip to the database, for health checks.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
 
+/// The deliveries waiting for each agency, as delivery reads, hands out and settles them: the
+/// mailbox that adapter sessions read on the embedded path, and the same table as the outbox that
+/// the RabbitMQ relay leases and empties. Rows arrive only with a [`ReferralStore`] write.
+#[async_trait]
+pub trait Mailbox: Send + Sync + 'static {
     /// Up to `limit` mailbox entries for `agency` after position `after`, oldest first.
     async fn mailbox(
         &self,
@@ -187,6 +205,12 @@ pub trait Store: Send + Sync + 'static {
         agency: &AgencyId,
         delivery_id: uuid::Uuid,
     ) -> Result<Option<MailboxEntry>, StoreError>;
+    /// Removes entries `agency`'s adapter confirmed; returns how many were still there.
+    async fn settle(
+        &self,
+        agency: &AgencyId,
+        delivery_ids: &[uuid::Uuid],
+    ) -> Result<u64, StoreError>;
     /// Leases up to `limit` of the oldest mailbox rows that no relay holds, for `lease` by the
     /// database's clock: the outbox relay's claim, so that two relays never publish the same row at
     /// the same time.
@@ -196,7 +220,7 @@ pub trait Store: Send + Sync + 'static {
         lease: std::time::Duration,
     ) -> Result<Vec<MailboxEntry>, StoreError>;
     /// Whether mailbox rows keep [`NewDelivery::body`] and hand it back from
-    /// [`Store::lease_outbox`]. Worth it only with RabbitMQ, whose relay publishes the body as it
+    /// [`Mailbox::lease_outbox`]. Worth it only with RabbitMQ, whose relay publishes the body as it
     /// is; a store that does not simply ignores bodies, and its relay loads every delivery.
     fn carries_deliveries(&self) -> bool {
         false
@@ -204,21 +228,20 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the rows of deliveries RabbitMQ confirmed, by delivery id: the relay publishes
     /// rows it leased and deliveries handed to it as they were written alike.
     async fn remove_published(&self, delivery_ids: &[uuid::Uuid]) -> Result<(), StoreError>;
-    /// Clears out the outbox rows [`Store::remove_published`] deleted, for a backend that leaves
+    /// Clears out the outbox rows [`Mailbox::remove_published`] deleted, for a backend that leaves
     /// them behind until a vacuum: the relay calls it each time it has deleted many rows. A
     /// backend may skip it, for instance while another process is at it.
     async fn tidy_outbox(&self) -> Result<(), StoreError> {
         Ok(())
     }
-    /// A round trip to the database, for health checks.
-    async fn ping(&self) -> Result<(), StoreError>;
-    /// Removes entries `agency`'s adapter confirmed; returns how many were still there.
-    async fn settle(
-        &self,
-        agency: &AgencyId,
-        delivery_ids: &[uuid::Uuid],
-    ) -> Result<u64, StoreError>;
 }
+
+/// A whole backend: the referral store and its mailbox, which share one database and one
+/// transaction per write, so they are opened together and passed around as one `Arc<dyn Store>`.
+/// The methods of both traits are callable on `dyn Store` without importing them.
+pub trait Store: ReferralStore + Mailbox {}
+
+impl<S: ReferralStore + Mailbox> Store for S {}
 
 /// Pairs each referral with its events (given in history order, for any of the referrals).
 pub(crate) fn with_histories(
@@ -244,16 +267,22 @@ pub(crate) fn micros(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000) as i64
 }
 
+/// A lease or hold in microseconds, the unit stored timestamps count in; one too long for an
+/// `i64` lasts as long as one can.
+fn duration_micros(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
 pub(crate) fn from_micros(us: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// [`Store::apply`] for each change, side by side, waiting for every one of them before it returns
+/// [`ReferralStore::apply`] for each change, side by side, waiting for every one of them before it returns
 /// the first error, if any. `try_join_all` would return at the first error and drop the others
 /// mid-flight, when their statements may already be on their way: they could then be recorded
 /// after the caller had read the store and decided on what it saw.
-pub(crate) async fn apply_each<S: Store + ?Sized>(
+pub(crate) async fn apply_each<S: ReferralStore + ?Sized>(
     store: &S,
     changes: &[Change],
 ) -> Result<Vec<ChangeOutcome>, StoreError> {

@@ -63,9 +63,9 @@ impl Readers {
                         job(&conn);
                     }
                 })
-                .map_err(|e| StoreError::Corrupt {
-                    table: "readers",
-                    reason: format!("cannot start a reader thread: {e}"),
+                .map_err(|source| StoreError::Thread {
+                    what: "reader",
+                    source,
                 })?;
         }
         Ok(Self { jobs })
@@ -127,9 +127,9 @@ impl Readers {
 /// statement again whenever a value bound to a `LIMIT` changes, which the mailbox query's does on
 /// nearly every call.
 ///
-/// Memory-mapped I/O was tried and left off: it saved well under 1 % of the machine's time, and the
-/// mapped pages of the database file count in the broker's resident size, which then grows with the
-/// file and misleads whoever watches it.
+/// Memory-mapped I/O is left off: it saves little, and the mapped pages of the database file would
+/// count in the broker's resident size, which would then grow with the file and mislead whoever
+/// watches it.
 pub(super) fn tune(conn: &Connection) -> Result<(), StoreError> {
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,

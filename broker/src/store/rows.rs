@@ -18,29 +18,23 @@ pub(super) trait Columns {
     fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError>;
 }
 
-macro_rules! impl_columns {
-    ($row:ty) => {
-        impl Columns for $row {
-            fn text(&self, column: &str) -> Result<String, StoreError> {
-                Ok(sqlx::Row::try_get(self, column)?)
-            }
-            fn maybe_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-                Ok(sqlx::Row::try_get(self, column)?)
-            }
-            fn int(&self, column: &str) -> Result<i64, StoreError> {
-                Ok(sqlx::Row::try_get(self, column)?)
-            }
-            fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
-                Ok(sqlx::Row::try_get(self, column)?)
-            }
-        }
-    };
+/// The production store's rows.
+impl Columns for sqlx::postgres::PgRow {
+    fn text(&self, column: &str) -> Result<String, StoreError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn maybe_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn int(&self, column: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn bytes(&self, column: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
 }
 
-impl_columns!(sqlx::sqlite::SqliteRow);
-impl_columns!(sqlx::postgres::PgRow);
-
-/// The embedded store's writer reads the odd row back through `rusqlite`.
+/// The embedded store's rows, read through `rusqlite` by its writer and readers.
 impl Columns for rusqlite::Row<'_> {
     fn text(&self, column: &str) -> Result<String, StoreError> {
         Ok(self.get(column)?)
@@ -56,53 +50,6 @@ impl Columns for rusqlite::Row<'_> {
     }
 }
 
-/// Binds an event's columns, in the order `id, referral_id, kind, actor, actor_person, at, note,
-/// state_after, details, request_id`, to a query of either backend.
-macro_rules! bind_event {
-    ($query:expr, $event:expr, $details:expr) => {
-        $query
-            .bind($event.id.to_string())
-            .bind($event.referral_id.to_string())
-            .bind($event.kind.as_str())
-            .bind($event.actor.as_str())
-            .bind($event.actor_person.as_str())
-            .bind(super::micros($event.at))
-            .bind($event.note.as_str())
-            .bind($event.state_after.as_str())
-            .bind($details)
-            .bind($event.request_id.as_ref().map(|r| r.as_str().to_owned()))
-    };
-}
-pub(super) use bind_event;
-
-/// Binds a new referral's columns, in the order of the `INSERT INTO referrals` of both backends.
-macro_rules! bind_referral {
-    ($query:expr, $r:expr) => {{
-        let (agency, service, province) = super::rows::addressee_columns(&$r.addressee);
-        $query
-            .bind($r.id.to_string())
-            .bind($r.sender.as_str())
-            .bind($r.client_ref.as_str())
-            .bind(&$r.fingerprint)
-            .bind(agency)
-            .bind(service)
-            .bind(province)
-            .bind($r.recipient.as_str())
-            .bind($r.kind.as_str())
-            .bind($r.urgency.as_str())
-            .bind($r.subject.sex.as_str())
-            .bind($r.subject.age_band.as_str())
-            .bind($r.subject.province.as_str())
-            .bind($r.client_pseudonym.as_ref().map(|p| p.as_str().to_owned()))
-            .bind($r.state.as_str())
-            .bind($r.version)
-            .bind(super::micros($r.created_at))
-            .bind(super::micros($r.updated_at))
-            .bind($r.case_file.as_bytes())
-    }};
-}
-pub(super) use bind_referral;
-
 /// The three addressee columns: an agency, or a service and a province.
 pub(super) fn addressee_columns(
     addressee: &Addressee,
@@ -117,10 +64,21 @@ pub(super) fn addressee_columns(
     }
 }
 
-pub(super) fn corrupt(table: &'static str, reason: impl ToString) -> StoreError {
+pub(super) fn corrupt(table: &'static str, reason: &str) -> StoreError {
     StoreError::Corrupt {
         table,
-        reason: reason.to_string(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// A stored value that its decoder refused; the decoder's error stays the cause.
+pub(super) fn undecodable(
+    table: &'static str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::Undecodable {
+        table,
+        source: Box::new(source),
     }
 }
 
@@ -208,7 +166,7 @@ pub(super) fn snapshot(
         referral: referral(row, false)?,
         parties: parties
             .iter()
-            .map(|a| AgencyId::parse("agency_id", a).map_err(|e| corrupt("referral_access", e)))
+            .map(|a| AgencyId::parse("agency_id", a).map_err(|e| undecodable("referral_access", e)))
             .collect::<Result<_, _>>()?,
         history: history
             .iter()

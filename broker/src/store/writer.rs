@@ -10,7 +10,8 @@
 //! The writer is a thread of its own holding a plain `rusqlite` connection, and runs each job's
 //! statements directly on it. sqlx runs each SQLite connection on a worker thread and hands every
 //! statement across threads; for the writer, which runs every write of the broker one after another,
-//! that hand-off was the bottleneck (the [`super::readers`] avoid it for the same reason).
+//! those hand-offs would cost more than the writes (the [`super::readers`] avoid them for the same
+//! reason).
 //!
 //! Each job runs inside its own `SAVEPOINT`, so a job that fails (a unique violation, say) is rolled
 //! back alone and the others still commit. A caller hears its result only after the `COMMIT`: a write
@@ -111,9 +112,9 @@ impl Writer {
         std::thread::Builder::new()
             .name("spean-sqlite-writer".into())
             .spawn(move || run(conn, queue))
-            .map_err(|e| StoreError::Corrupt {
-                table: "writer",
-                reason: format!("cannot start the writer thread: {e}"),
+            .map_err(|source| StoreError::Thread {
+                what: "writer",
+                source,
             })?;
         Ok(Self { jobs })
     }

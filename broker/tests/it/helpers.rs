@@ -13,6 +13,9 @@ use spean_proto::v1::referral_service_client::ReferralServiceClient;
 use tokio::sync::oneshot;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+/// Story 1's referral and its case file, shared with the end-to-end tests and the benchmark.
+pub use spean_testkit::{KHMER_NAME, case_file, lama};
+
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -148,43 +151,6 @@ impl Client {
     pub async fn submit_lama(&mut self, client_ref: &str) -> String {
         let r = self.submit(lama(client_ref)).await.unwrap();
         r.referral.unwrap().envelope.unwrap().referral_id
-    }
-}
-
-pub const KHMER_NAME: &str = "សុខ ស្រីល័ក្ខ";
-
-/// The encoded case file of story 1's child, with Khmer text.
-pub fn case_file() -> Vec<u8> {
-    prost::Message::encode_to_vec(&pb::CaseFile {
-        name: Some(pb::PersonName {
-            khmer: KHMER_NAME.into(),
-            latin: "Sok Sreyleak".into(),
-        }),
-        date_of_birth: "2020-05-14".into(),
-        reason_for_referral: "គ្រួសារចាកចេញពីមន្ទីរពេទ្យ ត្រូវការតាមដាននៅផ្ទះ".into(),
-        ..Default::default()
-    })
-}
-
-/// Story 1: a LAMA referral for a 6-year-old girl from Pailin, addressed by service and province.
-pub fn lama(client_ref: &str) -> pb::SubmitRequest {
-    pb::SubmitRequest {
-        client_ref: client_ref.into(),
-        recipient: Some(pb::Recipient {
-            target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
-                service: "reintegration_follow_up".into(),
-                province: "24".into(),
-            })),
-        }),
-        kind: "lama".into(),
-        urgency: pb::Urgency::Emergency as i32,
-        subject: Some(pb::Subject {
-            sex: pb::Sex::Female as i32,
-            age_band: pb::AgeBand::AgeBand59 as i32,
-            province: "24".into(),
-        }),
-        case_file: case_file(),
-        client_pseudonym: String::new(),
     }
 }
 

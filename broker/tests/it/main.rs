@@ -7,6 +7,7 @@
 mod auth;
 mod config;
 mod delivery;
+mod delivery_conformance;
 mod feedback;
 mod helpers;
 mod store_conformance;

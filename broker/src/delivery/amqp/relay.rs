@@ -27,7 +27,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Amqp, LEASE, confirm_channel};
+use super::connection::confirm_channel;
+use super::{Amqp, LEASE};
 use crate::delivery::bundle::{self, BUNDLE_TYPE, Outgoing};
 use crate::delivery::{DeliveryError, Dispatch, Handoff, contents};
 use crate::error::ErrorChain;
@@ -44,8 +45,8 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// [`BATCHES_IN_FLIGHT`]: a handoff is published as soon as it arrives, so under load this limit
 /// is what gathers handoffs into bundles, one message per agency rather than one per write.
 const HANDOFFS_IN_FLIGHT: usize = 2;
-/// Outbox rows the relay deletes between two requests to clear them out ([`Store::tidy_outbox`]):
-/// at the benchmark's maximum, every three or four seconds.
+/// Outbox rows the relay deletes between two requests to clear them out ([`Mailbox::tidy_outbox`](crate::store::Mailbox::tidy_outbox)):
+/// each request clears out many batches' rows at once, not one batch's.
 const TIDY_AFTER_ROWS: usize = 20_000;
 /// How long the relay waits before trying again when it has no connection, no channel, or cannot
 /// read the outbox.

@@ -2,7 +2,8 @@
 //! executor, a commit and its WAL flush) is larger than its work per inserted row, and under load
 //! many agencies submit at once. So each submit waits in a queue, and a few writers each take
 //! whatever is waiting, up to [`MAX_BATCH`], and insert it in one statement. Nothing waits for a
-//! batch to fill: a submit that finds a writer idle is written at once, alone, as before.
+//! batch to fill: a submit that finds a writer idle is written at once, alone, in a statement of
+//! its own.
 //!
 //! A batch is one transaction, and each submit in it still gets its own outcome: created, or the
 //! existing referral its `client_ref` names. If the database refuses the batch (two batches that
@@ -12,18 +13,19 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sqlx::Row;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{
-    Batches, DeliveryColumns, EventColumns, bind_deliveries, bind_events, by_client_ref,
-    held_until, micros, rows,
+use super::Batches;
+use super::columns::{
+    DeliveryColumns, EventColumns, GRANT_ACCESS, INSERT_EVENT, INSERT_REFERRAL, Sql,
+    bind_deliveries, bind_event, bind_events, bind_referral, event_details, queue_deliveries,
 };
+use super::referrals::by_client_ref;
 use crate::error::StoreError;
 use crate::ids::ReferralId;
 use crate::referral::{Event, Referral};
-use crate::store::{NewDelivery, SubmitOutcome};
+use crate::store::{NewDelivery, SubmitOutcome, micros, rows};
 
 /// Writers taking batches from the queue: a quarter of the pool, so reads and changes keep theirs.
 const WRITERS: usize = 4;
@@ -120,50 +122,46 @@ async fn write(pool: PgPool, waiting: Queue, batches: Arc<Batches>) {
     }
 }
 
-/// One statement: the referral (unless its `client_ref` is taken), its access, first event and
+/// One submit: the referral (unless its `client_ref` is taken), its access, first event and
 /// deliveries, each insert fed by the referral's `RETURNING`, so there is one round trip and one
 /// commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
 /// nothing; the existing referral is read back.
-async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, StoreError> {
-    let (referral, event) = (&s.referral, &s.event);
-    let details =
-        serde_json::to_string(&event.details).map_err(|e| rows::corrupt("referral_events", e))?;
-    let query = sqlx::query(concat!(
+static SUBMIT: Sql = Sql::new(|| {
+    format!(
         "WITH r AS ( \
-           INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
-           addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
-           subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-           updated_at, case_file) \
+           {INSERT_REFERRAL} \
            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
            $16, $17, $18, $19) \
            ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
          e AS ( \
-           INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
-           state_after, details, request_id) \
+           {INSERT_EVENT} \
            SELECT $20::uuid, $21::uuid, $22, $23, $24, $25, $26, $27, $28, $29 FROM r), \
          a AS ( \
-           INSERT INTO referral_access (referral_id, agency_id) \
+           {GRANT_ACCESS} \
            SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
          m AS ( \
-           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body, \
-           lease_until) \
-           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, $31, d.body, ",
-        held_until!(),
-        " FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[], $36::int8[]) \
+           {deliveries} \
+           FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[], $36::int8[]) \
              AS d(agency, delivery, event, body, held)) \
-         SELECT count(*) FROM r"
-    ));
-    let query = rows::bind_referral!(query, referral);
-    let query = rows::bind_event!(query, event, details)
+         SELECT count(*) FROM r",
+        deliveries = queue_deliveries("r.id", "$31"),
+    )
+});
+
+/// Writes one submit alone, in [`SUBMIT`].
+async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, StoreError> {
+    let (referral, event) = (&s.referral, &s.event);
+    let details = event_details(event)?;
+    let query = bind_referral(sqlx::query_scalar::<_, i64>(SUBMIT.as_str()), referral);
+    let query = bind_event(query, event, details)
         .bind(vec![
             referral.sender.as_str().to_owned(),
             referral.recipient.as_str().to_owned(),
         ])
         .bind(micros(event.at));
-    let inserted: i64 = bind_deliveries!(query, DeliveryColumns::of(&s.deliveries))
+    let inserted = bind_deliveries(query, DeliveryColumns::of(&s.deliveries))
         .fetch_one(pool)
-        .await
-        .and_then(|row| row.try_get(0))?;
+        .await?;
     if inserted == 1 {
         Ok(SubmitOutcome::Created)
     } else {
@@ -183,18 +181,11 @@ async fn existing(pool: &PgPool, referral: &Referral) -> Result<SubmitOutcome, S
     }
 }
 
-/// The statement of a batch: the submits as parallel arrays for `unnest`, their deliveries
-/// flattened with the referral each belongs to. Returns the ids of the referrals it created; the
-/// others found their `client_ref` taken, by an earlier submit or by one in the same batch.
-async fn insert_batch(
-    pool: &PgPool,
-    batch: &[(Submission, Reply)],
-) -> Result<HashSet<ReferralId>, StoreError> {
-    let mut c = Columns::with_capacity(batch.len());
-    for (s, _) in batch {
-        c.push(s)?;
-    }
-    let query = sqlx::query_scalar(concat!(
+/// Submits as parallel arrays for `unnest`, their deliveries flattened with the referral each
+/// belongs to, `n` keeping every insert in the order the submits arrived. Not kept prepared, so
+/// that it is planned with the arrays in hand.
+static SUBMITS: Sql = Sql::new(|| {
+    format!(
         "WITH c AS ( \
            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
@@ -207,62 +198,71 @@ async fn insert_batch(
              case_file, event, event_kind, actor, actor_person, at, note, state_after, \
              details, request_id, n)), \
          r AS ( \
-           INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
-           addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
-           subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-           updated_at, case_file) \
+           {INSERT_REFERRAL} \
            SELECT id::uuid, sender, client_ref, fingerprint, addressee_agency, \
            addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
            subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
            updated_at, case_file FROM c ORDER BY n \
            ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
          e AS ( \
-           INSERT INTO referral_events (id, referral_id, kind, actor, actor_person, at, note, \
-           state_after, details, request_id) \
+           {INSERT_EVENT} \
            SELECT c.event::uuid, r.id, c.event_kind, c.actor, c.actor_person, c.at, c.note, \
            c.state_after, c.details, c.request_id \
            FROM c JOIN r ON r.id = c.id::uuid ORDER BY c.n), \
          a AS ( \
-           INSERT INTO referral_access (referral_id, agency_id) \
+           {GRANT_ACCESS} \
            SELECT r.id, x FROM c JOIN r ON r.id = c.id::uuid, \
            unnest(ARRAY[c.sender, c.recipient]) AS x ON CONFLICT DO NOTHING), \
          m AS ( \
-           INSERT INTO mailbox (agency_id, delivery_id, referral_id, event_id, created_at, body, \
-           lease_until) \
-           SELECT d.agency, d.delivery::uuid, r.id, d.event::uuid, c.at, d.body, ",
-        held_until!(),
-        " FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[], \
+           {deliveries} \
+           FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[], \
              $34::int8[]) WITH ORDINALITY AS d(referral, agency, delivery, event, body, held, n) \
            JOIN r ON r.id = d.referral::uuid JOIN c ON c.id = d.referral ORDER BY d.n) \
-         SELECT id::text FROM r"
-    ))
-    .persistent(false)
-    .bind(c.id)
-    .bind(c.sender)
-    .bind(c.client_ref)
-    .bind(c.fingerprint)
-    .bind(c.addressee_agency)
-    .bind(c.addressee_service)
-    .bind(c.addressee_province)
-    .bind(c.recipient)
-    .bind(c.kind)
-    .bind(c.urgency)
-    .bind(c.sex)
-    .bind(c.age_band)
-    .bind(c.province)
-    .bind(c.pseudonym)
-    .bind(c.state)
-    .bind(c.version)
-    .bind(c.created_at)
-    .bind(c.updated_at)
-    .bind(c.case_file);
-    let query = bind_events!(query, c.e)
+         SELECT id::text FROM r",
+        deliveries = queue_deliveries("r.id", "c.at"),
+    )
+});
+
+/// Writes a batch in one statement ([`SUBMITS`]). Returns the ids of the referrals it created; the
+/// others found their `client_ref` taken, by an earlier submit or by one in the same batch.
+async fn insert_batch(
+    pool: &PgPool,
+    batch: &[(Submission, Reply)],
+) -> Result<HashSet<ReferralId>, StoreError> {
+    let mut c = Columns::with_capacity(batch.len());
+    for (s, _) in batch {
+        c.push(s)?;
+    }
+    let query = sqlx::query_scalar(SUBMITS.as_str())
+        .persistent(false)
+        .bind(c.id)
+        .bind(c.sender)
+        .bind(c.client_ref)
+        .bind(c.fingerprint)
+        .bind(c.addressee_agency)
+        .bind(c.addressee_service)
+        .bind(c.addressee_province)
+        .bind(c.recipient)
+        .bind(c.kind)
+        .bind(c.urgency)
+        .bind(c.sex)
+        .bind(c.age_band)
+        .bind(c.province)
+        .bind(c.pseudonym)
+        .bind(c.state)
+        .bind(c.version)
+        .bind(c.created_at)
+        .bind(c.updated_at)
+        .bind(c.case_file);
+    let query = bind_events(query, c.e)
         .bind(c.request_id)
         .bind(c.d_referral);
-    let created: Vec<String> = bind_deliveries!(query, c.d).fetch_all(pool).await?;
+    let created: Vec<String> = bind_deliveries(query, c.d).fetch_all(pool).await?;
     created
         .iter()
-        .map(|id| ReferralId::parse("referrals.id", id).map_err(|e| rows::corrupt("referrals", e)))
+        .map(|id| {
+            ReferralId::parse("referrals.id", id).map_err(|e| rows::undecodable("referrals", e))
+        })
         .collect()
 }
 

@@ -1,0 +1,188 @@
+//! One connection to RabbitMQ, kept up for the whole process: opened with a timeout, its topology
+//! declared, watched, and opened again with backoff after a loss. Its state is the broker's health.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Amqp;
+use crate::delivery::DeliveryError;
+use crate::error::ErrorChain;
+use crate::ids::AgencyId;
+use crate::store::Store;
+
+/// A refused first connect can otherwise hang (see the lapin notes in `docs/operations.md`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connection is checked.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the dead-letter queue is checked, so that an operator hears of what is in it.
+const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
+/// The first wait before reconnecting, and the longest, between which the wait doubles.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Amqp {
+    /// True while a connection is up and the exchanges declared.
+    pub fn healthy(&self) -> watch::Receiver<bool> {
+        self.healthy.subscribe()
+    }
+
+    /// The supervised connection, if it is up.
+    pub(super) fn current(&self) -> Option<Arc<Connection>> {
+        let guard = self.connection.read().unwrap_or_else(|p| p.into_inner());
+        guard.clone().filter(|c| c.status().connected())
+    }
+
+    fn set_current(&self, connection: Option<Arc<Connection>>) {
+        let mut guard = self.connection.write().unwrap_or_else(|p| p.into_inner());
+        *guard = connection;
+    }
+
+    /// Opens a connection, bounded by [`CONNECT_TIMEOUT`].
+    pub async fn connect(&self) -> Result<Connection, DeliveryError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("spean-broker".into());
+        let tls = if self.config.ca_cert.as_os_str().is_empty() {
+            lapin::tcp::OwnedTLSConfig::default()
+        } else {
+            let pem = std::fs::read_to_string(&self.config.ca_cert).map_err(|source| {
+                DeliveryError::CaCert {
+                    path: self.config.ca_cert.clone(),
+                    source,
+                }
+            })?;
+            lapin::tcp::OwnedTLSConfig {
+                identity: None,
+                cert_chain: Some(pem),
+            }
+        };
+        let connect = Connection::connect_with_config(
+            self.config.url.expose(),
+            properties,
+            tls,
+            lapin::runtime::default_runtime()?,
+        );
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| DeliveryError::Unavailable("connect timed out"))?
+            .map_err(DeliveryError::from)
+    }
+
+    /// Keeps one connection up: connects, declares the topology, watches it, reconnects with
+    /// backoff after a loss, and reports health meanwhile. Also reports dead letters.
+    pub async fn supervise(self: Arc<Self>, store: Arc<dyn Store>, stop: CancellationToken) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            match self.clone().establish(store.as_ref()).await {
+                Ok(connection) => {
+                    tracing::info!("connected to RabbitMQ; exchanges declared");
+                    backoff = FIRST_BACKOFF;
+                    self.set_current(Some(connection.clone()));
+                    self.healthy.send_replace(true);
+                    self.watch(&connection, &stop).await;
+                    self.set_current(None);
+                    self.healthy.send_replace(false);
+                    if stop.is_cancelled() {
+                        let _ = connection.close(200, "shutting down".into()).await;
+                        break;
+                    }
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                }
+                Err(e) => {
+                    self.healthy.send_replace(false);
+                    tracing::warn!(error = %ErrorChain(&e), "cannot reach RabbitMQ; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(jitter(backoff)) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Connects and declares the exchanges. The agencies' queues are declared in the background:
+    /// a session declares its own queue before consuming and the relay declares any queue a
+    /// publish finds missing, so nothing waits for the whole directory.
+    async fn establish(
+        self: Arc<Self>,
+        store: &dyn Store,
+    ) -> Result<Arc<Connection>, DeliveryError> {
+        let connection = self.connect().await?;
+        let agencies: Vec<AgencyId> = store
+            .directory()
+            .await?
+            .map(|(directory, _)| directory.agencies.iter().map(|a| a.id.clone()).collect())
+            .unwrap_or_default();
+        self.declare_exchanges(&connection).await?;
+        let connection = Arc::new(connection);
+        let (background, amqp_queues) = (connection.clone(), self.clone());
+        let span = tracing::info_span!("declare_queues", queues = agencies.len());
+        tokio::spawn(
+            async move {
+                let started = std::time::Instant::now();
+                match amqp_queues.declare_queues(&background, &agencies).await {
+                    Ok(()) => tracing::info!(
+                        queues = agencies.len(),
+                        seconds = started.elapsed().as_secs_f32(),
+                        "agency queues declared"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %ErrorChain(&e), "declaring agency queues stopped; they are declared on first use")
+                    }
+                }
+            }
+            .instrument(span),
+        );
+        Ok(connection)
+    }
+
+    /// Returns when `connection` is lost or `stop` is cancelled, logging meanwhile whatever waits
+    /// in the dead-letter queue.
+    async fn watch(&self, connection: &Connection, stop: &CancellationToken) {
+        let mut since_check = Duration::ZERO;
+        while connection.status().connected() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            }
+            since_check += WATCH_INTERVAL;
+            if since_check >= DEAD_LETTER_CHECK {
+                since_check = Duration::ZERO;
+                if let Ok(n) = self.dead_letters(connection).await
+                    && n > 0
+                {
+                    tracing::error!(
+                        count = n,
+                        queue = %self.dead_letter_queue(),
+                        "messages are in the dead-letter queue; inspect and re-drive them with `spean-broker dead-letters`"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A channel in confirm mode: each publish on it is answered by RabbitMQ's publisher confirm.
+pub(super) async fn confirm_channel(connection: &Connection) -> Result<Channel, DeliveryError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+/// `d` and up to a quarter more, so that brokers that lost RabbitMQ together do not all reconnect
+/// at the same instant.
+fn jitter(d: Duration) -> Duration {
+    let nanos = uuid::Uuid::now_v7().as_u128() as u64 % 1000;
+    d + d.mul_f64(nanos as f64 / 4000.0)
+}

@@ -1,0 +1,120 @@
+//! The production store: PostgreSQL, shared by every broker process.
+//!
+//! Concurrency is optimistic (a change applies only to the version it read, see [`Change`]) and the
+//! unique constraints settle races on `client_ref` and `request_id`. The outbox relay claims rows with
+//! `FOR UPDATE SKIP LOCKED` and a lease, so relays in several processes never publish the same row at
+//! the same time. Queries are static SQL with bound parameters.
+//!
+//! Writes that arrive together are batched, because PostgreSQL's cost per statement outweighs its
+//! cost per row: concurrent submits go through `submits`, and the changes of confirmations that
+//! arrived together through
+//! [`ReferralStore::apply_all`](super::ReferralStore::apply_all), each as one statement over `unnest`ed
+//! arrays.
+//!
+//! Ids are `uuid` columns. The domain binds and reads them as text (sqlx's `uuid` feature is off and
+//! `rows` maps both backends from text), so statements cast bound ids with `$n::uuid` and select
+//! them as `::text`.
+//!
+//! # Layout
+//! - this file: connecting, migrating, and counting batches.
+//! - `referrals`: the [`ReferralStore`](super::ReferralStore): the directory and every read of referrals and events.
+//! - `submits`: the queue that submits wait in, and the writers that insert them in batches.
+//! - `changes`: a change to a referral in one statement, and changes that arrive together in one.
+//! - `mailbox`: the [`Mailbox`](super::Mailbox): sessions' reads and the outbox relay's leases.
+//! - `columns`: the columns, insert heads and parallel arrays the statements share.
+//!
+//! [`Change`]: super::Change
+
+mod changes;
+mod columns;
+mod mailbox;
+mod referrals;
+mod submits;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use crate::error::StoreError;
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    submits: submits::Submits,
+    batches: Arc<Batches>,
+}
+
+/// How many batches of submits or changes PostgreSQL took whole, and how many it refused, whose
+/// parts were then written one by one. A rising `refused` means batches contend with each other.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    pub written: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug, Default)]
+struct Batches {
+    written: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Batches {
+    fn count(&self, written: bool) {
+        let counter = if written {
+            &self.written
+        } else {
+            &self.refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`) and runs the migrations. Sixteen connections leave room on a
+    /// server's default 100 for several brokers; a request that waits 10 s for one fails (and maps to
+    /// UNAVAILABLE) rather than hanging behind a saturated pool.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let batches = Arc::new(Batches::default());
+        let submits = submits::Submits::start(&pool, batches.clone());
+        Ok(Self {
+            pool,
+            submits,
+            batches,
+        })
+    }
+
+    /// The pool, for what the store's traits do not cover: health details and tests.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The batches written since the store connected, for diagnostics and tests.
+    pub fn batches(&self) -> BatchCounts {
+        BatchCounts {
+            written: self.batches.written.load(Ordering::Relaxed),
+            refused: self.batches.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A transaction at PostgreSQL's default READ COMMITTED. Writers are not serialised as in SQLite:
+    /// the versioned `UPDATE` and the unique constraints settle every race instead, and each statement
+    /// sees what other transactions committed before it started.
+    async fn write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+/// Ids as the text array every `= ANY ($n::text[]::uuid[])` binds: the statements take uuids as
+/// text, since the pool maps no uuid type.
+fn as_text<T: ToString>(ids: &[T]) -> Vec<String> {
+    ids.iter().map(ToString::to_string).collect()
+}

@@ -1,0 +1,429 @@
+//! The embedded store's [`ReferralStore`]: the directory, referrals and their history. Reads go to
+//! the readers; a submit or change is one job for the writer, which queues its deliveries in the
+//! same savepoint ([`mailbox::queue`]).
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteStore, all, first, json_list, mailbox};
+use crate::directory::Directory;
+use crate::error::StoreError;
+use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
+use crate::referral::{Event, ListQuery, Referral};
+use crate::store::{
+    Change, ChangeOutcome, NewDelivery, ReferralStore, Snapshot, SubmitOutcome, micros, rows,
+    with_histories,
+};
+
+/// The columns [`rows::referral`] reads, without the case file.
+const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_agency, \
+    addressee_service, addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
+    subject_province, client_pseudonym, state, version, created_at, updated_at";
+
+fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
+    let details = serde_json::to_string(&event.details)
+        .map_err(|e| rows::undecodable("referral_events", e))?;
+    conn.prepare_cached(
+        "INSERT INTO referral_events \
+         (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        event.id.to_string(),
+        event.referral_id.to_string(),
+        event.kind.as_str(),
+        event.actor.as_str(),
+        event.actor_person.as_str(),
+        micros(event.at),
+        event.note.as_str(),
+        event.state_after.as_str(),
+        details,
+        event.request_id.as_ref().map(|r| r.as_str()),
+    ])?;
+    Ok(())
+}
+
+fn grant_access(
+    conn: &Connection,
+    referral_id: ReferralId,
+    agency: &AgencyId,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO referral_access (referral_id, agency_id) VALUES (?, ?)",
+    )?
+    .execute(params![referral_id.to_string(), agency.as_str()])?;
+    Ok(())
+}
+
+fn event_by_request(
+    conn: &Connection,
+    actor: &AgencyId,
+    request_id: &RequestId,
+) -> Result<Option<Event>, StoreError> {
+    let mut query =
+        conn.prepare_cached("SELECT * FROM referral_events WHERE actor = ? AND request_id = ?")?;
+    first(
+        query.query(params![actor.as_str(), request_id.as_str()])?,
+        |r| rows::event(r),
+    )
+}
+
+/// Inserts a new referral with its access, first event and deliveries, unless its sender already
+/// used its `client_ref`: then it returns the id of the referral that has it.
+fn submit(
+    conn: &Connection,
+    referral: &Referral,
+    event: &Event,
+    deliveries: &[NewDelivery],
+) -> Result<Option<ReferralId>, StoreError> {
+    let (agency, service, province) = rows::addressee_columns(&referral.addressee);
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
+             addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
+             subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
+             updated_at, case_file) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (sender, client_ref) DO NOTHING",
+        )?
+        .execute(params![
+            referral.id.to_string(),
+            referral.sender.as_str(),
+            referral.client_ref.as_str(),
+            referral.fingerprint,
+            agency,
+            service,
+            province,
+            referral.recipient.as_str(),
+            referral.kind.as_str(),
+            referral.urgency.as_str(),
+            referral.subject.sex.as_str(),
+            referral.subject.age_band.as_str(),
+            referral.subject.province.as_str(),
+            referral.client_pseudonym.as_ref().map(|p| p.as_str()),
+            referral.state.as_str(),
+            referral.version,
+            micros(referral.created_at),
+            micros(referral.updated_at),
+            referral.case_file.as_bytes(),
+        ])?;
+    if inserted == 0 {
+        let existing: String = conn
+            .prepare_cached("SELECT id FROM referrals WHERE sender = ? AND client_ref = ?")?
+            .query_row(
+                params![referral.sender.as_str(), referral.client_ref.as_str()],
+                |row| row.get(0),
+            )?;
+        return ReferralId::parse("id", &existing)
+            .map(Some)
+            .map_err(|e| rows::undecodable("referrals", e));
+    }
+    grant_access(conn, referral.id, &referral.sender)?;
+    grant_access(conn, referral.id, &referral.recipient)?;
+    insert_event(conn, event)?;
+    mailbox::queue(conn, referral.id, deliveries, micros(event.at))?;
+    Ok(None)
+}
+
+/// Applies a change if its version is still current and its request id unused.
+fn apply(conn: &Connection, change: &Change) -> Result<ChangeOutcome, StoreError> {
+    if let Some(request_id) = &change.event.request_id
+        && let Some(done) = event_by_request(conn, &change.event.actor, request_id)?
+    {
+        return Ok(ChangeOutcome::Duplicate(Box::new(done)));
+    }
+    let updated = conn
+        .prepare_cached(
+            "UPDATE referrals SET state = ?, version = version + 1, updated_at = ?, \
+             recipient = COALESCE(?, recipient) WHERE id = ? AND version = ?",
+        )?
+        .execute(params![
+            change.state.as_str(),
+            micros(change.at),
+            change.new_recipient.as_ref().map(|a| a.as_str()),
+            change.referral_id.to_string(),
+            change.expected_version,
+        ])?;
+    if updated == 0 {
+        return Ok(ChangeOutcome::Stale);
+    }
+    if let Some(recipient) = &change.new_recipient {
+        grant_access(conn, change.referral_id, recipient)?;
+    }
+    insert_event(conn, &change.event)?;
+    mailbox::queue(
+        conn,
+        change.referral_id,
+        &change.deliveries,
+        micros(change.at),
+    )?;
+    Ok(ChangeOutcome::Recorded)
+}
+
+#[async_trait]
+impl ReferralStore for SqliteStore {
+    async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError> {
+        let document =
+            serde_json::to_string(directory).map_err(|e| rows::undecodable("directory", e))?;
+        let at = micros(time::OffsetDateTime::now_utc());
+        self.writer
+            .write(Box::new(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "INSERT INTO directory (id, document, version, imported_at) \
+                         VALUES (1, ?, 1, ?) \
+                         ON CONFLICT (id) DO UPDATE SET document = excluded.document, \
+                         version = directory.version + 1, imported_at = excluded.imported_at \
+                         RETURNING version",
+                    )?
+                    .query_row(params![document, at], |row| row.get(0))?)
+            }))
+            .await
+    }
+
+    async fn directory(&self) -> Result<Option<(Directory, i64)>, StoreError> {
+        let row: Option<(String, i64)> = self
+            .readers
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT document, version FROM directory WHERE id = 1")?
+                    .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?)
+            })
+            .await?;
+        row.map(|(doc, version)| {
+            let dir = serde_json::from_str(&doc).map_err(|e| rows::undecodable("directory", e))?;
+            Ok((dir, version))
+        })
+        .transpose()
+    }
+
+    async fn directory_version(&self) -> Result<Option<i64>, StoreError> {
+        self.readers
+            .read(|conn| {
+                Ok(conn
+                    .prepare_cached("SELECT version FROM directory WHERE id = 1")?
+                    .query_row([], |row| row.get(0))
+                    .optional()?)
+            })
+            .await
+    }
+
+    async fn submit(
+        &self,
+        referral: &Referral,
+        event: &Event,
+        deliveries: &[NewDelivery],
+    ) -> Result<SubmitOutcome, StoreError> {
+        let (new, first, deliveries) = (referral.clone(), event.clone(), deliveries.to_vec());
+        let taken = self
+            .writer
+            .write(Box::new(move |conn| {
+                submit(conn, &new, &first, &deliveries)
+            }))
+            .await?;
+        let Some(existing) = taken else {
+            return Ok(SubmitOutcome::Created);
+        };
+        match self.referral(existing).await? {
+            Some(existing) => Ok(SubmitOutcome::Existing(Box::new(existing))),
+            None => Err(rows::corrupt(
+                "referrals",
+                "a client_ref conflict without its referral",
+            )),
+        }
+    }
+
+    async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError> {
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals WHERE id = ?"
+                ))?;
+                first(query.query(params![id])?, |r| rows::referral(r, true))
+            })
+            .await
+    }
+
+    async fn referral_by_client_ref(
+        &self,
+        sender: &AgencyId,
+        client_ref: &ClientRef,
+    ) -> Result<Option<Referral>, StoreError> {
+        let (sender, client_ref) = (sender.clone(), client_ref.clone());
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals \
+                     WHERE sender = ? AND client_ref = ?"
+                ))?;
+                first(
+                    query.query(params![sender.as_str(), client_ref.as_str()])?,
+                    |r| rows::referral(r, true),
+                )
+            })
+            .await
+    }
+
+    async fn snapshot(&self, id: ReferralId) -> Result<Option<Snapshot>, StoreError> {
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, \
+                     (SELECT json_group_array(agency_id) FROM (SELECT agency_id FROM referral_access \
+                      WHERE referral_id = r.id ORDER BY agency_id)) AS parties, \
+                     (SELECT json_group_array(kind) FROM (SELECT kind FROM referral_events \
+                      WHERE referral_id = r.id ORDER BY seq)) AS history \
+                     FROM referrals r WHERE id = ?"
+                ))?;
+                first(query.query(params![id])?, |row| {
+                    let list = |column: &str| -> Result<Vec<String>, StoreError> {
+                        let json: String = row.get(column)?;
+                        serde_json::from_str(&json).map_err(|e| rows::undecodable("referrals", e))
+                    };
+                    rows::snapshot(row, list("parties")?, list("history")?)
+                })
+            })
+            .await
+    }
+
+    async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError> {
+        let (agency, id) = (agency.clone(), id.to_string());
+        self.readers
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT 1 FROM referral_access WHERE agency_id = ? AND referral_id = ?",
+                    )?
+                    .exists(params![agency.as_str(), id])?)
+            })
+            .await
+    }
+
+    async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError> {
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM referral_events WHERE referral_id = ? ORDER BY seq",
+                )?;
+                all(query.query(params![id])?, |r| rows::event(r))
+            })
+            .await
+    }
+
+    async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError> {
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query =
+                    conn.prepare_cached("SELECT * FROM referral_events WHERE id = ?")?;
+                first(query.query(params![id])?, |r| rows::event(r))
+            })
+            .await
+    }
+
+    async fn referrals_with_history(
+        &self,
+        ids: &[ReferralId],
+    ) -> Result<Vec<(Referral, Vec<Event>)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = json_list(ids);
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS}, case_file FROM referrals \
+                     WHERE id IN (SELECT value FROM json_each(?))"
+                ))?;
+                let referrals = all(query.query(params![list])?, |r| rows::referral(r, true))?;
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM referral_events \
+                     WHERE referral_id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+                )?;
+                let events = all(query.query(params![list])?, |r| rows::event(r))?;
+                Ok(with_histories(referrals, events))
+            })
+            .await
+    }
+
+    async fn events(&self, ids: &[uuid::Uuid]) -> Result<Vec<Event>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = json_list(ids);
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT * FROM referral_events \
+                     WHERE id IN (SELECT value FROM json_each(?)) ORDER BY seq",
+                )?;
+                all(query.query(params![list])?, |r| rows::event(r))
+            })
+            .await
+    }
+
+    async fn event_by_request(
+        &self,
+        actor: &AgencyId,
+        request_id: &RequestId,
+    ) -> Result<Option<Event>, StoreError> {
+        let (actor, request_id) = (actor.clone(), request_id.clone());
+        self.readers
+            .read(move |conn| event_by_request(conn, &actor, &request_id))
+            .await
+    }
+
+    async fn list(
+        &self,
+        agency: &AgencyId,
+        query: &ListQuery,
+    ) -> Result<Vec<Referral>, StoreError> {
+        let states = (!query.states.is_empty()).then(|| {
+            serde_json::Value::from(query.states.iter().map(|s| s.as_str()).collect::<Vec<_>>())
+                .to_string()
+        });
+        let bound = (
+            agency.as_str().to_owned(),
+            query.role.map(|r| r.to_string()),
+            states,
+            query.kind.as_ref().map(|k| k.as_str().to_owned()),
+            query.before.map(|b| b.to_string()),
+            i64::from(query.limit),
+        );
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&format!(
+                    "SELECT {REFERRAL_COLUMNS} FROM referrals r \
+                     WHERE r.id IN (SELECT referral_id FROM referral_access WHERE agency_id = ?1) \
+                     AND (?2 IS NULL OR (?2 = 'sender' AND r.sender = ?1) \
+                                      OR (?2 = 'recipient' AND r.recipient = ?1)) \
+                     AND (?3 IS NULL OR r.state IN (SELECT value FROM json_each(?3))) \
+                     AND (?4 IS NULL OR r.kind = ?4) \
+                     AND (?5 IS NULL OR r.id < ?5) \
+                     ORDER BY r.id DESC LIMIT ?6"
+                ))?;
+                all(query.query(bound)?, |r| rows::referral(r, false))
+            })
+            .await
+    }
+
+    async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError> {
+        let change = change.clone();
+        self.writer
+            .write(Box::new(move |conn| apply(conn, &change)))
+            .await
+    }
+
+    /// Both halves answer: a reader, and the writer (an empty job, which also shows that writes are
+    /// not stuck behind something).
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.readers
+            .read(|conn| Ok(conn.prepare_cached("SELECT 1")?.exists([])?))
+            .await?;
+        self.writer.write(Box::new(|_| Ok(()))).await
+    }
+}

@@ -1,0 +1,80 @@
+//! One suite of store tests, run against every backend: each check below runs once on SQLite
+//! (`on_sqlite::…`) and once on PostgreSQL (`on_postgres::…`), each time on a fresh database
+//! ([`fixture`]). A check is an `async fn(Fixture)` in the module of its topic.
+
+mod changes;
+mod concurrency;
+mod directory;
+mod fixture;
+mod mailbox;
+mod reads;
+mod sample;
+mod submits;
+
+/// Generates one test per backend for each conformance check, named after the check.
+macro_rules! conformance {
+    ($($topic:ident: [$($name:ident),* $(,)?]),* $(,)?) => {
+        mod on_sqlite {
+            $($(
+                #[tokio::test]
+                async fn $name() {
+                    super::$topic::$name(super::fixture::sqlite().await).await;
+                }
+            )*)*
+        }
+        mod on_postgres {
+            $($(
+                #[tokio::test]
+                async fn $name() {
+                    super::$topic::$name(super::fixture::postgres().await).await;
+                }
+            )*)*
+        }
+    };
+}
+
+conformance!(
+    submits: [
+        a_submitted_referral_reads_back_byte_for_byte,
+        a_reused_client_ref_returns_the_existing_referral,
+        submits_made_at_once_are_each_written_whole,
+    ],
+    changes: [
+        a_change_applies_only_to_the_version_it_read,
+        a_repeated_request_id_returns_the_first_event,
+        history_is_ordered_and_append_only,
+        a_redirect_grants_access_to_the_new_recipient,
+        changes_applied_together_each_apply_to_the_version_they_read,
+        a_refused_change_among_others_leaves_nothing_of_itself,
+        confirmations_that_arrive_together_record_each_delivery_once,
+    ],
+    reads: [
+        listing_filters_and_pages,
+        deliveries_load_in_batches_with_their_histories,
+        a_snapshot_holds_the_referral_its_parties_and_its_history,
+    ],
+    mailbox: [
+        the_mailbox_keeps_order_and_forgets_confirmed_entries,
+        outbox_leases_hand_each_row_to_one_relay,
+        held_deliveries_stay_out_of_leases_until_their_hold_runs_out,
+        carried_deliveries_come_back_with_their_lease_but_not_to_a_former_recipient,
+        tidying_the_outbox_clears_out_published_rows_and_keeps_the_rest,
+    ],
+    directory: [the_directory_round_trips_and_versions],
+    concurrency: [
+        a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,
+        concurrent_changes_on_one_version_record_exactly_one,
+        concurrent_retries_of_one_request_record_it_once,
+        concurrent_submits_of_one_client_ref_create_one_referral,
+        crossing_batches_of_changes_record_each_change_once,
+    ],
+);
+
+/// A check that only PostgreSQL can run: it holds a row lock from outside the store.
+#[tokio::test]
+async fn on_postgres_apply_all_returns_after_an_error_only_once_every_change_is_decided() {
+    changes::apply_all_returns_after_an_error_only_once_every_change_is_decided(
+        fixture::postgres().await,
+    )
+    .await;
+}
