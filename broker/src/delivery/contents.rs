@@ -1,10 +1,9 @@
 //! What a delivery carries, made when it is sent: the one place where deliveries meet the rule of
 //! who sees what.
 //!
-//! The mailbox backend loads every delivery here; the RabbitMQ backend loads here every delivery
-//! of a referral itself, whatever its message carried when it was published, because the referral
-//! may have been redirected since (through any broker of the deployment) and its former recipient
-//! must then not get the case file.
+//! The mailbox backend loads every delivery here. The RabbitMQ backend sends a message as it was
+//! published, except a referral that was redirected since (through any broker of the deployment):
+//! its former recipient must not get the case file, so that delivery is made again here.
 
 use std::collections::HashMap;
 

@@ -7,6 +7,7 @@
 //! own: groups are applied concurrently, not one after another, and a group is one read and one
 //! write of the store, so a stream's throughput is not one database commit per delivery.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +25,8 @@ use tracing::Instrument;
 use super::{Shared, caller};
 use crate::delivery::{Backend, Pending, Session, Settle, contents};
 use crate::error::{BrokerError, ErrorChain, FieldError};
-use crate::ids::AgencyId;
+use crate::ids::{AgencyId, ReferralId};
+use crate::referral::Audience;
 use crate::store::{DeliveryRef, Store};
 use crate::wire;
 use crate::workflow::Workflow;
@@ -234,17 +236,38 @@ enum Loaded {
     Nothing(uuid::Uuid),
 }
 
-/// The messages of a batch, made now. An event goes as it was published (RabbitMQ); every other
-/// delivery, and every delivery of a referral itself on either backend, is loaded in one go
-/// through [`contents`], which applies who may see what as the referral stands now: a referral
-/// published before a redirect (through any broker) reaches its former recipient without its case
-/// file.
+/// The messages of a batch. Mailbox deliveries are loaded now, in one go, through [`contents`],
+/// which applies who may see what as the referral stands now. A RabbitMQ message goes as it was
+/// published, except a referral whose agency may no longer read its case file: a redirect since
+/// (through any broker) made it a former recipient, so that delivery is made again through
+/// [`contents`], without the case file. One light read of who each published referral is between
+/// now ([`ReferralStore::parties_now`](crate::store::ReferralStore::parties_now)) decides it.
 async fn load(
     store: &dyn Store,
     agency: &AgencyId,
     batch: Vec<Pending>,
 ) -> Result<Vec<Loaded>, Status> {
-    let made_now = |p: &Pending| p.message.is_none() || p.reference.event_id.is_none();
+    let published: Vec<ReferralId> = batch
+        .iter()
+        .filter(|p| p.message.is_some() && p.reference.event_id.is_none())
+        .map(|p| p.reference.referral_id)
+        .collect();
+    let withdrawn: HashSet<ReferralId> = if published.is_empty() {
+        HashSet::new()
+    } else {
+        store
+            .parties_now(&published)
+            .await
+            .map_err(BrokerError::from)?
+            .into_iter()
+            .filter(|p| !Audience::of(&p.sender, &p.recipient, agency).reads_case_file())
+            .map(|p| p.referral_id)
+            .collect()
+    };
+    let made_now = |p: &Pending| {
+        p.message.is_none()
+            || (p.reference.event_id.is_none() && withdrawn.contains(&p.reference.referral_id))
+    };
     let wanted: Vec<(AgencyId, DeliveryRef)> = batch
         .iter()
         .filter(|p| made_now(p))

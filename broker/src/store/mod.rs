@@ -36,6 +36,14 @@ pub struct DeliveryRef {
     pub event_id: Option<uuid::Uuid>,
 }
 
+/// A referral's sender and its recipient now ([`ReferralStore::parties_now`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartiesNow {
+    pub referral_id: ReferralId,
+    pub sender: AgencyId,
+    pub recipient: AgencyId,
+}
+
 /// A message waiting in an agency's mailbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailboxEntry {
@@ -165,6 +173,10 @@ pub trait ReferralStore: Send + Sync + 'static {
     ) -> Result<Vec<(Referral, Vec<Event>)>, StoreError>;
     /// The events with these ids; unknown ids are left out.
     async fn events(&self, ids: &[uuid::Uuid]) -> Result<Vec<Event>, StoreError>;
+    /// Who each of these referrals is between now, in one round trip and without case files:
+    /// what a delivery session checks a referral published earlier against, because a redirect
+    /// since (through any broker) changes who may read it. Unknown ids are left out.
+    async fn parties_now(&self, ids: &[ReferralId]) -> Result<Vec<PartiesNow>, StoreError>;
     async fn event_by_request(
         &self,
         actor: &AgencyId,

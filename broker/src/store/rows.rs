@@ -193,3 +193,14 @@ pub(super) fn mailbox(row: &impl Columns) -> Result<MailboxEntry, StoreError> {
         carried: None,
     })
 }
+
+/// The `id`, `sender` and `recipient` columns of a referral row.
+pub(super) fn parties_now(row: &impl Columns) -> Result<super::PartiesNow, StoreError> {
+    let bad = |what: &str| corrupt("referrals", what);
+    Ok(super::PartiesNow {
+        referral_id: ReferralId::parse("id", &row.text("id")?).map_err(|_| bad("id"))?,
+        sender: AgencyId::parse("sender", &row.text("sender")?).map_err(|_| bad("sender"))?,
+        recipient: AgencyId::parse("recipient", &row.text("recipient")?)
+            .map_err(|_| bad("recipient"))?,
+    })
+}

@@ -43,6 +43,12 @@ use crate::error::StoreError;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// A few connections for the delivery path's check of who a referral is with now
+    /// ([`ReferralStore::parties_now`](crate::store::ReferralStore::parties_now)), pinged only
+    /// after they sat idle: the main pool pings a connection on every acquire, a second round trip
+    /// that this check, in front of every referral a session sends, cannot afford. A connection
+    /// that died under it fails the check once, which is then made again on the main pool.
+    checks: PgPool,
     submits: submits::Submits,
     batches: Arc<Batches>,
 }
@@ -72,6 +78,9 @@ impl Batches {
     }
 }
 
+/// How long a connection of the checks' pool may sit idle before it is pinged on its next use.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 impl PgStore {
     /// Connects to `url` (`postgres://...`) and runs the migrations. Sixteen connections leave room on a
     /// server's default 100 for several brokers; a request that waits 10 s for one fails (and maps to
@@ -82,14 +91,34 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
+        let checks = PgPoolOptions::new()
+            .max_connections(4)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy(url)?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let batches = Arc::new(Batches::default());
         let submits = submits::Submits::start(&pool, batches.clone());
         Ok(Self {
             pool,
+            checks,
             submits,
             batches,
         })
+    }
+
+    /// The pool for the delivery path's checks ([`PgStore::checks`](Self)).
+    pub(super) fn checks(&self) -> &PgPool {
+        &self.checks
     }
 
     /// The pool, for what the store's traits do not cover: health details and tests.

@@ -12,8 +12,8 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral};
 use crate::store::{
-    Change, ChangeOutcome, NewDelivery, ReferralStore, Snapshot, SubmitOutcome, micros, rows,
-    with_histories,
+    Change, ChangeOutcome, NewDelivery, PartiesNow, ReferralStore, Snapshot, SubmitOutcome, micros,
+    rows, with_histories,
 };
 
 /// The event `actor` recorded under `request_id`, if any, read through `executor` (the pool or an open
@@ -213,6 +213,34 @@ impl ReferralStore for PgStore {
     /// for any array of ids, and a plan chosen while the table was small (a sequential scan) would
     /// then read the whole table for every batch as it grows. Unnamed, they are planned with the
     /// ids in hand, which always finds the index.
+    async fn parties_now(&self, ids: &[ReferralId]) -> Result<Vec<PartiesNow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = as_text(ids);
+        let read = |pool: PgPool| {
+            let ids = ids.clone();
+            async move {
+                sqlx::query(
+                    "SELECT id::text AS id, sender, recipient FROM referrals \
+                     WHERE id = ANY ($1::text[]::uuid[])",
+                )
+                .persistent(false)
+                .bind(ids)
+                .fetch_all(&pool)
+                .await
+            }
+        };
+        let rows = match read(self.checks().clone()).await.map_err(StoreError::from) {
+            Ok(rows) => rows,
+            // A connection of the checks' pool may have died unseen; the main pool's are
+            // pinged before use.
+            Err(e) if e.is_transient() => read(self.pool.clone()).await?,
+            Err(e) => return Err(e),
+        };
+        rows.iter().map(rows::parties_now).collect()
+    }
+
     async fn referrals_with_history(
         &self,
         ids: &[ReferralId],

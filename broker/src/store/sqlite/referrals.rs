@@ -11,8 +11,8 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral};
 use crate::store::{
-    Change, ChangeOutcome, NewDelivery, ReferralStore, Snapshot, SubmitOutcome, micros, rows,
-    with_histories,
+    Change, ChangeOutcome, NewDelivery, PartiesNow, ReferralStore, Snapshot, SubmitOutcome, micros,
+    rows, with_histories,
 };
 
 /// The columns [`rows::referral`] reads, without the case file.
@@ -321,6 +321,22 @@ impl ReferralStore for SqliteStore {
                 let mut query =
                     conn.prepare_cached("SELECT * FROM referral_events WHERE id = ?")?;
                 first(query.query(params![id])?, |r| rows::event(r))
+            })
+            .await
+    }
+
+    async fn parties_now(&self, ids: &[ReferralId]) -> Result<Vec<PartiesNow>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = json_list(ids);
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT id, sender, recipient FROM referrals \
+                     WHERE id IN (SELECT value FROM json_each(?))",
+                )?;
+                all(query.query(params![list])?, |r| rows::parties_now(r))
             })
             .await
     }

@@ -5,7 +5,7 @@ use spean_broker::referral::{Code, EventKind, ListQuery, Role, State};
 use spean_broker::store::ChangeOutcome;
 
 use super::fixture::Fixture;
-use super::sample::{KHMER, agency, change, event, submit};
+use super::sample::{KHMER, agency, change, event, redirect, submit};
 
 pub(super) async fn listing_filters_and_pages(f: Fixture) {
     let store = f.store.clone();
@@ -167,4 +167,34 @@ pub(super) async fn a_snapshot_holds_the_referral_its_parties_and_its_history(f:
         [EventKind::Submitted, EventKind::Acknowledged]
     );
     assert!(store.snapshot(ReferralId::new()).await.unwrap().is_none());
+}
+
+/// Who a referral is between now, read without its case file: what a delivery session checks a
+/// referral published earlier against. A redirect changes the recipient; an unknown id is left out.
+pub(super) async fn parties_now_follow_a_redirect_and_leave_unknown_ids_out(f: Fixture) {
+    let store = f.store.clone();
+    let (kept, moved) = (
+        submit(&store, "p-kept").await,
+        submit(&store, "p-moved").await,
+    );
+    assert!(matches!(
+        store.apply(&redirect(&moved, "dosvy-24")).await.unwrap(),
+        ChangeOutcome::Recorded
+    ));
+    let mut now = store
+        .parties_now(&[kept.id, moved.id, ReferralId::new()])
+        .await
+        .unwrap();
+    now.sort_by_key(|p| p.referral_id);
+    let mut want = vec![
+        (kept.id, agency("ahc-swu"), agency("mlup-russey")),
+        (moved.id, agency("ahc-swu"), agency("dosvy-24")),
+    ];
+    want.sort_by_key(|w| w.0);
+    let got: Vec<_> = now
+        .into_iter()
+        .map(|p| (p.referral_id, p.sender, p.recipient))
+        .collect();
+    assert_eq!(got, want);
+    assert!(store.parties_now(&[]).await.unwrap().is_empty());
 }
