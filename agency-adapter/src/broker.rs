@@ -28,6 +28,8 @@ pub struct Broker {
     pub deliveries: DeliveryServiceClient<Channel>,
     /// Read by `send --to` for the recipient's provinces.
     pub directory: DirectoryServiceClient<Channel>,
+    /// Who this agency is (from its certificate): the delivery stream stores only what concerns it.
+    pub agency_id: String,
 }
 
 impl Broker {
@@ -62,6 +64,7 @@ impl Broker {
             referrals: ReferralServiceClient::new(channel.clone()),
             deliveries: DeliveryServiceClient::new(channel.clone()),
             directory: DirectoryServiceClient::new(channel),
+            agency_id: identity.agency_id.as_str().to_owned(),
         })
     }
 }

@@ -71,10 +71,15 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), AdapterError> {
-        if !(self.broker.starts_with("https://") || self.broker.starts_with("http://")) {
+        // Only `https://`: over `http://` the adapter would send case files in clear to whoever
+        // answers at that address, and would never learn it had done so.
+        if !self.broker.starts_with("https://") {
             return Err(AdapterError::Invalid {
                 field: "broker".into(),
-                reason: format!("{:?} is not an http(s) URL", self.broker),
+                reason: format!(
+                    "{:?} is not an https:// URL; case files travel only over TLS",
+                    self.broker
+                ),
             });
         }
         if self.identity.as_os_str().is_empty() {
@@ -108,5 +113,30 @@ mod tests {
         assert_eq!(settings.store, PathBuf::from("flag.db"));
         assert_eq!(settings.broker, DEFAULT_BROKER);
         Ok(())
+    }
+
+    #[test]
+    fn a_broker_address_that_is_not_https_is_refused_naming_the_setting() {
+        for broker in [
+            "http://broker.example:50051",
+            "broker.example:50051",
+            "HTTP://x",
+        ] {
+            let result = Settings::load(
+                None,
+                Overrides {
+                    identity: Some("/identity".into()),
+                    broker: Some(broker.into()),
+                    ..Overrides::default()
+                },
+            );
+            match result {
+                Err(AdapterError::Invalid { field, reason }) => {
+                    assert_eq!(field, "broker");
+                    assert!(reason.contains("https://"), "{reason}");
+                }
+                other => panic!("{broker} was not refused: {other:?}"),
+            }
+        }
     }
 }

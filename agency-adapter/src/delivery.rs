@@ -4,9 +4,16 @@
 //!
 //! Deliveries that have already arrived together are stored together, in one transaction: under
 //! load that is one fsync for many deliveries instead of one each, and alone it is one delivery.
+//!
+//! A delivery is stored only if it concerns this agency ([`concerns`]): a broker that misroutes
+//! (by a bug, or because it is not the one it claims to be) must not fill this agency's store with
+//! another agency's case files. Such a delivery is logged by id and confirmed all the same, so it
+//! neither comes back forever nor holds a slot of the window that other deliveries need.
 
 use futures::FutureExt;
-use spean_proto::v1::{Confirm, Delivery, Hello, SubscribeRequest, subscribe_request::Request};
+use spean_proto::v1::{
+    Confirm, Delivery, Hello, SubscribeRequest, delivery::Payload, subscribe_request::Request,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -62,10 +69,7 @@ pub async fn subscribe(
                 Some(Ok(None)) | None => break,
             }
         }
-        let stored = store.store_deliveries(&batch).await?;
-        for (delivery, stored) in batch.iter().zip(&stored) {
-            log_stored(delivery, stored);
-        }
+        store_batch(store, &broker.agency_id, &batch).await?;
         if kill_after_store {
             fault::kill_self();
         }
@@ -80,6 +84,61 @@ pub async fn subscribe(
             on_confirmed(&delivery);
         }
     }
+}
+
+/// Stores, in one transaction, the deliveries of `batch` that concern `agency_id`, and logs (ids
+/// only) those that do not; the caller confirms them all.
+pub async fn store_batch(
+    store: &Store,
+    agency_id: &str,
+    batch: &[Delivery],
+) -> Result<(), AdapterError> {
+    let (ours, foreign): (Vec<&Delivery>, Vec<&Delivery>) = batch
+        .iter()
+        .partition(|delivery| concerns(delivery, agency_id));
+    for delivery in foreign {
+        log_foreign(delivery);
+    }
+    let ours: Vec<Delivery> = ours.into_iter().cloned().collect();
+    let stored = store.store_deliveries(&ours).await?;
+    for (delivery, stored) in ours.iter().zip(&stored) {
+        log_stored(delivery, stored);
+    }
+    Ok(())
+}
+
+/// Whether `delivery` is this agency's to store.
+///
+/// The broker sends a referral to its current recipient when it is submitted or redirected, as it
+/// stood when queued, so a referral must name `agency_id` as its recipient (or sender). A feedback
+/// event goes to every party of its referral and may arrive before the referral itself (the store
+/// keeps it until the referral comes, and shows it only with that referral), and a former recipient
+/// receives events on a referral whose envelope no longer names it: an event carries nothing the
+/// adapter could check it against, and is accepted. A delivery without payload stores nothing.
+pub fn concerns(delivery: &Delivery, agency_id: &str) -> bool {
+    match &delivery.payload {
+        Some(Payload::Referral(referral)) => referral.envelope.as_ref().is_some_and(|envelope| {
+            envelope.recipient_agency_id == agency_id || envelope.sender_agency_id == agency_id
+        }),
+        Some(Payload::Feedback(_)) | None => true,
+    }
+}
+
+/// A delivery refused by [`concerns`]: ids only, never content.
+fn log_foreign(delivery: &Delivery) {
+    let delivery_id = delivery.delivery_id.as_str();
+    let referral_id = match &delivery.payload {
+        Some(Payload::Referral(referral)) => referral
+            .envelope
+            .as_ref()
+            .map_or("", |envelope| envelope.referral_id.as_str()),
+        _ => "",
+    };
+    tracing::warn!(
+        %delivery_id,
+        %referral_id,
+        "delivery does not concern this agency; confirmed but not stored"
+    );
 }
 
 /// Fault injection for the end-to-end tests: with `SPEAN_ADAPTER_FAULT=kill-after-store` the daemon
@@ -134,7 +193,7 @@ fn log_stored(delivery: &Delivery, stored: &Stored) {
             new: true,
         } => {
             let sender = match &delivery.payload {
-                Some(spean_proto::v1::delivery::Payload::Referral(r)) => {
+                Some(Payload::Referral(r)) => {
                     if CaseFile::decode(&r.case_file).is_err() {
                         tracing::warn!(%delivery_id, %referral_id, "case file does not decode; stored as received");
                     }

@@ -119,6 +119,7 @@ const OUTBOX_COLUMNS: &str = "seq, request_id, operation, referral_id, payload, 
 impl Store {
     /// Opens (creating if needed) the store at `path` and brings its schema up to date.
     pub async fn open(path: &Path) -> Result<Self, AdapterError> {
+        create_private(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -428,6 +429,34 @@ fn referral_id_of(referral: &Referral) -> &str {
         .envelope
         .as_ref()
         .map_or("", |e| e.referral_id.as_str())
+}
+
+/// Creates the store's folder (0700) and file (0600) when they do not exist, before SQLite opens the
+/// file: it holds case files, and SQLite creates the `-wal` and `-shm` files with the main file's
+/// mode, so none of them is ever readable by another user. What exists keeps its mode.
+fn create_private(path: &Path) -> Result<(), AdapterError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let failed = |what: &str, error: std::io::Error| {
+        AdapterError::Config(format!("store: creating {what}: {error}"))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| failed(&format!("the folder {}", parent.display()), e))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(failed(&path.display().to_string(), error))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Opens the writing connection to a store file that [`Store::open`] has created and migrated.

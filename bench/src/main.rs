@@ -287,6 +287,8 @@ async fn production_env(
     let env = vec![
         ("SPEAN_BROKER_DATABASE__URL".to_owned(), db.url.clone()),
         ("SPEAN_BROKER_AMQP__URL".to_owned(), vhost.url.clone()),
+        // The benchmark's network: its CA and keys are made on first start.
+        ("SPEAN_BROKER_TLS__DEV_PKI".to_owned(), "true".to_owned()),
         (
             "SPEAN_BROKER_AMQP__PREFIX".to_owned(),
             format!("bench-{}", uuid::Uuid::now_v7().simple()),

@@ -87,6 +87,24 @@ pub struct AmqpConfig {
     pub bundle_max: u32,
     /// PEM file of the CA that signed RabbitMQ's certificate, for `amqps://`. Empty: no extra CA.
     pub ca_cert: PathBuf,
+    /// The AMQP heartbeat asked of RabbitMQ, in seconds, unless the URL sets `heartbeat` itself. A
+    /// partition that drops packets without a reset is noticed only through missed heartbeats,
+    /// after about two of them: with RabbitMQ's 60 s that was two minutes of accepted submits and
+    /// no deliveries while health said SERVING.
+    pub heartbeat_s: u16,
+}
+
+impl AmqpConfig {
+    /// The URL to connect with: `url`, with `heartbeat=`[`AmqpConfig::heartbeat_s`] added unless
+    /// it names a heartbeat already.
+    pub fn connect_url(&self) -> String {
+        let url = self.url.expose();
+        if url.contains("heartbeat=") {
+            return url.to_owned();
+        }
+        let joint = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{joint}heartbeat={}", self.heartbeat_s)
+    }
 }
 
 impl Default for AmqpConfig {
@@ -98,6 +116,7 @@ impl Default for AmqpConfig {
             publish_batch: 256,
             bundle_max: 32,
             ca_cert: PathBuf::new(),
+            heartbeat_s: 10,
         }
     }
 }
@@ -108,11 +127,30 @@ pub struct TlsConfig {
     /// Folder of the network CA and the broker's certificate. Empty: `<data_dir>/pki`.
     pub pki_dir: PathBuf,
     /// Create the CA, the server certificate and a certificate for every directory agency on start
-    /// when they are missing. For development and demos; production issues certificates with
-    /// `spean-broker pki` and keeps the CA key offline.
-    pub dev_pki: bool,
+    /// when they are missing (never replacing one that exists). For development and demos;
+    /// production issues certificates with `spean-broker pki` and keeps the CA key offline.
+    /// `"auto"` (the default) is on with the embedded SQLite store and off with PostgreSQL, so the
+    /// quick start needs no setting and a production broker never makes keys unasked.
+    pub dev_pki: DevPki,
     /// DNS names and IP addresses the development server certificate is issued for.
     pub server_names: Vec<String>,
+}
+
+/// `tls.dev_pki`: `true`, `false`, or `"auto"` ([`Config::dev_pki`] decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DevPki {
+    /// `true` or `false`: as said.
+    Set(bool),
+    /// `"auto"`: on with the embedded SQLite store, off with PostgreSQL.
+    Auto(AutoWord),
+}
+
+/// The one word [`DevPki::Auto`] is written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWord {
+    Auto,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,6 +168,20 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Largest encoded case file in a submission.
     pub max_case_file_bytes: usize,
+    /// Open connections the broker holds at once, handshakes included. One more is closed as soon
+    /// as it is accepted, so that sockets that never finish a handshake cannot use up the
+    /// process's file descriptors and lock every agency out.
+    pub max_connections: usize,
+    /// How long a new connection has to finish its TLS handshake (and present its certificate)
+    /// before it is closed.
+    pub handshake_timeout_ms: u64,
+    /// Concurrent calls (HTTP/2 streams) on one connection. An adapter needs one delivery stream
+    /// and a few calls in flight; a benchmark sender keeps a window of 64.
+    pub max_concurrent_streams: u32,
+    /// Open delivery streams (`Subscribe`) per agency, across its connections to this broker.
+    /// One more is refused with RESOURCE_EXHAUSTED: each stream holds a RabbitMQ channel, and one
+    /// agency must not take those the relay and the other agencies need.
+    pub max_streams_per_agency: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,7 +248,7 @@ impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             pki_dir: PathBuf::new(),
-            dev_pki: true,
+            dev_pki: DevPki::Auto(AutoWord::Auto),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
         }
     }
@@ -215,6 +267,10 @@ impl Default for LimitsConfig {
         Self {
             max_message_bytes: 1024 * 1024,
             max_case_file_bytes: 256 * 1024,
+            max_connections: 4096,
+            handshake_timeout_ms: 10_000,
+            max_concurrent_streams: 256,
+            max_streams_per_agency: 4,
         }
     }
 }
@@ -296,6 +352,19 @@ impl Config {
             ("amqp.delivery_limit", self.amqp.delivery_limit),
             ("amqp.publish_batch", self.amqp.publish_batch),
             ("amqp.bundle_max", self.amqp.bundle_max),
+            ("amqp.heartbeat_s", u32::from(self.amqp.heartbeat_s)),
+            (
+                "limits.max_concurrent_streams",
+                self.limits.max_concurrent_streams,
+            ),
+            (
+                "limits.max_connections",
+                u32::try_from(self.limits.max_connections).unwrap_or(u32::MAX),
+            ),
+            (
+                "limits.max_streams_per_agency",
+                u32::try_from(self.limits.max_streams_per_agency).unwrap_or(u32::MAX),
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
@@ -318,6 +387,10 @@ impl Config {
                 "delivery.keepalive_timeout_ms",
                 delivery.keepalive_timeout_ms,
             ),
+            (
+                "limits.handshake_timeout_ms",
+                self.limits.handshake_timeout_ms,
+            ),
         ] {
             if ms == 0 {
                 return Err(invalid(field, "must be at least 1"));
@@ -331,6 +404,42 @@ impl Config {
             format!("sqlite://{}", self.data_dir.join("broker.db").display())
         } else {
             self.database.url.expose().to_owned()
+        }
+    }
+
+    /// Warnings for connections to PostgreSQL or RabbitMQ on another host that are not verified
+    /// TLS: case data (the case file, until it is sealed end to end, and the free text of events)
+    /// would cross the network in clear, or to a server nobody checked.
+    pub fn insecure_transports(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let db = self.database_url();
+        if (db.starts_with("postgres:") || db.starts_with("postgresql:"))
+            && !is_local(url_host(&db))
+            && !(db.contains("sslmode=verify-full") || db.contains("sslmode=verify-ca"))
+        {
+            warnings.push(format!(
+                "database.url reaches {} without verified TLS: add sslmode=verify-full (and \
+                 sslrootcert=) to the URL",
+                url_host(&db)
+            ));
+        }
+        let amqp = self.amqp.url.expose();
+        if amqp.starts_with("amqp://") && !is_local(url_host(amqp)) {
+            warnings.push(format!(
+                "amqp.url reaches {} in clear: use amqps:// (and amqp.ca_cert)",
+                url_host(amqp)
+            ));
+        }
+        warnings
+    }
+
+    /// Whether to create a missing development PKI on start: `tls.dev_pki`, where `"auto"` means on
+    /// only for the embedded SQLite store. A PostgreSQL broker is a production one, and there a key
+    /// it made itself would be a CA key on the online host and identities no agency holds.
+    pub fn dev_pki(&self) -> bool {
+        match self.tls.dev_pki {
+            DevPki::Set(on) => on,
+            DevPki::Auto(_) => self.database_url().starts_with("sqlite:"),
         }
     }
 
@@ -348,9 +457,75 @@ impl Config {
     }
 }
 
+/// The host of a `scheme://user:password@host:port/path?query` URL; empty for none (a local
+/// socket, for PostgreSQL).
+fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    host.split(':').next().unwrap_or("")
+}
+
+/// Whether `host` is this machine: a loopback name or address, or a local socket.
+fn is_local(host: &str) -> bool {
+    host.is_empty()
+        || host == "localhost"
+        || host == "::1"
+        || host.starts_with("127.")
+        || host.starts_with("%2F")
+        || host.starts_with("%2f")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clear_or_unverified_links_to_other_hosts_are_warned_about() {
+        let with = |db: &str, amqp: &str| {
+            let mut c = Config::default();
+            c.database.url = Secret::new(db);
+            c.amqp.url = Secret::new(amqp);
+            c.insecure_transports()
+        };
+        assert!(
+            with(
+                "postgres://spean@127.0.0.1:5432/spean",
+                "amqp://g:g@localhost:5672/v"
+            )
+            .is_empty()
+        );
+        assert!(
+            with(
+                "postgres://spean:pw@db.example.org/spean?sslmode=verify-full",
+                "amqps://g:g@mq.example.org/v"
+            )
+            .is_empty()
+        );
+        let warned = with(
+            "postgres://spean:pw@db.example.org:5432/spean?sslmode=require",
+            "amqp://g:g@10.0.0.5:5672/v",
+        );
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(
+            warned[0].starts_with("database.url reaches db.example.org"),
+            "{warned:?}"
+        );
+        assert!(
+            warned[1].starts_with("amqp.url reaches 10.0.0.5"),
+            "{warned:?}"
+        );
+        assert!(
+            !warned.iter().any(|w| w.contains("pw")),
+            "a warning printed a password"
+        );
+        assert_eq!(url_host("postgres://u@[fd00::1]:5432/db"), "fd00::1");
+    }
 
     #[test]
     fn the_example_file_is_the_defaults() {
@@ -363,6 +538,50 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&from_file).unwrap(),
             serde_json::to_value(&defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn the_amqp_url_asks_for_a_short_heartbeat_unless_it_names_one() {
+        let with = |url: &str| AmqpConfig {
+            url: Secret::new(url),
+            ..AmqpConfig::default()
+        };
+        assert_eq!(
+            with("amqp://guest:guest@127.0.0.1:5672/%2f").connect_url(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+        );
+        assert_eq!(
+            with("amqps://h/v?frame_max=8192").connect_url(),
+            "amqps://h/v?frame_max=8192&heartbeat=10"
+        );
+        assert_eq!(
+            with("amqp://h/v?heartbeat=30").connect_url(),
+            "amqp://h/v?heartbeat=30"
+        );
+    }
+
+    #[test]
+    fn the_development_pki_is_on_by_default_only_for_the_embedded_store() {
+        let load = |toml: &str| -> Config {
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string(toml))
+                .extract()
+                .unwrap()
+        };
+        assert!(load("").dev_pki());
+        assert!(!load("[database]\nurl = \"postgres://spean@db/spean\"").dev_pki());
+        assert!(
+            load("[database]\nurl = \"postgres://spean@db/spean\"\n[tls]\ndev_pki = true")
+                .dev_pki()
+        );
+        assert!(!load("[tls]\ndev_pki = false").dev_pki());
+        assert!(load("[tls]\ndev_pki = \"auto\"").dev_pki());
+        assert!(
+            Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string("[tls]\ndev_pki = \"sometimes\""))
+                .extract::<Config>()
+                .is_err()
         );
     }
 

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker (embedded defaults: SQLite and a development CA under ./spean-data).
+    /// Run the broker (embedded defaults: SQLite and a development CA under ./spean-data; the
+    /// development CA is made only with SQLite unless `tls.dev_pki` says otherwise).
     Serve {
         /// Overrides `listen`, e.g. 127.0.0.1:0.
         #[arg(long)]
@@ -61,7 +62,13 @@ enum PkiCommand {
     /// Create the CA and the broker's server certificate.
     Init,
     /// Write an agency's certificate, key and the CA certificate to <pki>/agencies/AGENCY.
-    Issue { agency: String },
+    Issue {
+        agency: String,
+        /// Replace the agency's existing key and certificate. Its adapter is locked out until it
+        /// is given the new folder, so this is for a key that was lost or leaked.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -105,9 +112,9 @@ async fn main() -> anyhow::Result<()> {
                         pki.dir().display()
                     );
                 }
-                PkiCommand::Issue { agency } => {
+                PkiCommand::Issue { agency, force } => {
                     let agency = AgencyId::parse("AGENCY", &agency)?;
-                    let dir = pki.issue_agency(&agency)?;
+                    let dir = pki.issue_agency_with(&agency, force)?;
                     println!("{}", dir.display());
                 }
             }

@@ -12,7 +12,6 @@ use spean_proto::v1::directory_service_server::DirectoryServiceServer;
 use spean_proto::v1::referral_service_server::ReferralServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -23,7 +22,7 @@ use crate::delivery::amqp::Amqp;
 use crate::delivery::{Backend, Dispatch};
 use crate::directory::{Directory, DirectoryError};
 use crate::error::{BrokerError, StoreError};
-use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared};
+use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared, connections};
 use crate::pki::{Pki, PkiError};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
@@ -35,6 +34,11 @@ pub const DEMO_DIRECTORY: &[u8] = include_bytes!("../../fixtures/network.json");
 
 /// How long shutdown waits for calls in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Streams a client may have reset before the server has accepted them (hyper's default).
+const HTTP2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's protocol errors before it closes the connection
+/// (hyper's default).
+const HTTP2_MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -89,7 +93,8 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError>
     const FIRST_BACKOFF: Duration = Duration::from_millis(250);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-    std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+    // 0700: the folder holds the database, and with it every case file.
+    crate::pki::create_private_dir(&config.data_dir).map_err(io(format!(
         "creating the data folder {}",
         config.data_dir.display()
     )))?;
@@ -184,33 +189,44 @@ async fn seed_directory(config: &Config, store: &dyn Store) -> Result<(), Startu
     Ok(())
 }
 
-/// Creates whatever development certificates are missing.
+/// Makes sure the certificates the server needs are there: with the development PKI on, creates
+/// whatever is missing and can be made without replacing anything ([`Pki::ensure_dev`]); with it
+/// off, creates nothing and names the first missing file.
+///
+/// An agency left without an identity because `ca.key` is not here is a warning, not an error: its
+/// identity was issued offline (the production layout), and the other agencies are served meanwhile.
 async fn ensure_dev_pki(config: &Config, store: &dyn Store) -> Result<(), StartupError> {
     let pki = Pki::new(config.pki_dir());
-    if !pki.has_ca() {
-        pki.init()?;
+    if !config.dev_pki() {
+        return Ok(pki.check_server_files()?);
+    }
+    let agencies = match store.directory().await? {
+        Some((directory, _)) => directory.agencies.into_iter().map(|a| a.id).collect(),
+        None => Vec::new(),
+    };
+    let report = pki.ensure_dev(&config.tls.server_names, &agencies)?;
+    if report.created_ca {
         tracing::warn!(dir = %pki.dir().display(), "created a development CA");
     }
-    if !pki.server_cert().exists() {
-        pki.issue_server(&config.tls.server_names)?;
-    }
-    if let Some((directory, _)) = store.directory().await? {
-        for agency in &directory.agencies {
-            if !pki.agency_dir(&agency.id).join("cert.pem").exists() {
-                pki.issue_agency(&agency.id)?;
-            }
-        }
+    if !report.without_identity.is_empty() {
+        tracing::warn!(
+            dir = %pki.dir().display(),
+            agencies = %report.without_identity.join(","),
+            "these directory agencies have no identity folder here and ca.key is not here to \
+             issue one: issue them with `spean-broker pki issue` where the CA key is kept"
+        );
     }
     Ok(())
 }
 
 impl Broker {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        for warning in config.insecure_transports() {
+            tracing::warn!("INSECURE: {warning}");
+        }
         let store = open_store(&config).await?;
         seed_directory(&config, store.as_ref()).await?;
-        if config.tls.dev_pki {
-            ensure_dev_pki(&config, store.as_ref()).await?;
-        }
+        ensure_dev_pki(&config, store.as_ref()).await?;
         let pki = Pki::new(config.pki_dir());
         let read = |path: std::path::PathBuf| {
             std::fs::read(&path).map_err(io(format!("reading {}", path.display())))
@@ -220,7 +236,8 @@ impl Broker {
                 read(pki.server_cert())?,
                 read(pki.server_key())?,
             ))
-            .client_ca_root(Certificate::from_pem(read(pki.ca_cert())?));
+            .client_ca_root(Certificate::from_pem(read(pki.ca_cert())?))
+            .timeout(Duration::from_millis(config.limits.handshake_timeout_ms));
         let dispatch = Arc::new(Dispatch::default());
         let workflow = Arc::new(
             Workflow::new(
@@ -314,9 +331,15 @@ impl Broker {
         );
 
         let delivery = &self.config.delivery;
+        let limits = &self.config.limits;
         let server = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_millis(delivery.keepalive_interval_ms)))
             .http2_keepalive_timeout(Some(Duration::from_millis(delivery.keepalive_timeout_ms)))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            // hyper's guards against streams reset in a flood (CVE-2023-44487 and its kin), which
+            // tonic turns off unless they are set: hyper's own defaults.
+            .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
+            .http2_max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_ERROR_RESETS))
             .tls_config(self.tls)?
             .add_service(health_service)
             .add_service(reflection)
@@ -333,7 +356,7 @@ impl Broker {
                     .max_decoding_message_size(max),
             )
             .serve_with_incoming_shutdown(
-                connections(self.listener),
+                connections::limited(self.listener, limits.max_connections),
                 stop.clone().cancelled_owned(),
             );
 
@@ -409,32 +432,5 @@ async fn report_health(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
-    }
-}
-
-/// The connections `listener` accepts, with Nagle's algorithm off.
-///
-/// tonic sets `TCP_NODELAY` only on listeners it binds itself, and the broker binds its own (to
-/// know its address before serving). With Nagle on, an answer written in two parts (headers, then
-/// body and trailers) waits for the client's delayed ACK: some 40 ms on every call, which capped
-/// each agency's submits at about 25 per second per call in flight.
-fn connections(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
-}
-
-#[cfg(test)]
-mod tests {
-    use futures::StreamExt;
-
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = connections(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(accepted.nodelay().unwrap());
     }
 }

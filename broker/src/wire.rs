@@ -150,7 +150,7 @@ pub fn action(
     Ok(Action {
         referral_id: ReferralId::parse("action.referral_id", &a.referral_id)?,
         request_id: RequestId::parse("action.request_id", &a.request_id)?,
-        actor_person: FreeText::parse("action.actor_person", &a.actor_person, MAX_PERSON)?,
+        actor_person: FreeText::line("action.actor_person", &a.actor_person, MAX_PERSON)?,
         note: FreeText::parse("action.note", &a.note, MAX_TEXT)?,
         kind,
         details,
@@ -514,5 +514,87 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(err.field, "decline.reason_code");
+    }
+
+    /// Every free-text field of every feedback request goes through the same refusal of control
+    /// and bidi characters, naming itself; a staff name is one line.
+    #[test]
+    fn every_free_text_field_refuses_escapes_and_bidi_controls() {
+        let bad = "x\u{1b}[2J\u{202E}";
+        let with_action = |note: &str, person: &str| {
+            Some(pb::Action {
+                referral_id: "0190e1f0-0000-7000-8000-000000000001".into(),
+                request_id: "r-1".into(),
+                actor_person: person.into(),
+                note: note.into(),
+            })
+        };
+        let field = |r: Result<Action, FieldError>| r.unwrap_err().field;
+        assert_eq!(
+            field(action(
+                with_action(bad, "សុភា"),
+                EventKind::Acknowledged,
+                EventDetails::None
+            )),
+            "action.note"
+        );
+        assert_eq!(
+            field(action(
+                with_action("", "សុភា\nx"),
+                EventKind::Acknowledged,
+                EventDetails::None
+            )),
+            "action.actor_person"
+        );
+        assert_eq!(
+            acceptance(Some(pb::Acceptance {
+                planned_action: bad.into(),
+                planned_date: "2026-11-24".into(),
+            }))
+            .unwrap_err()
+            .field,
+            "acceptance.planned_action"
+        );
+        assert_eq!(
+            decline(Some(pb::Decline {
+                reason_code: "no_capacity".into(),
+                reason_text: bad.into(),
+            }))
+            .unwrap_err()
+            .field,
+            "decline.reason_text"
+        );
+        assert_eq!(
+            redirect(Some(pb::Redirect {
+                to_agency_id: "mlup-russey".into(),
+                reason: bad.into(),
+            }))
+            .unwrap_err()
+            .field,
+            "redirect.reason"
+        );
+        assert_eq!(
+            outcome(Some(pb::Outcome {
+                outcome_code: "reunified".into(),
+                summary: bad.into(),
+            }))
+            .unwrap_err()
+            .field,
+            "outcome.summary"
+        );
+        assert_eq!(
+            failure(Some(pb::Failure { reason: bad.into() }))
+                .unwrap_err()
+                .field,
+            "failure.reason"
+        );
+        let khmer = "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពីមន្ទីរពេទ្យ\nថ្ងៃស្អែក";
+        let ok = action(
+            with_action(khmer, "សុខ ស្រីល័ក្ខ"),
+            EventKind::Acknowledged,
+            EventDetails::None,
+        )
+        .unwrap();
+        assert_eq!(ok.note.as_str().as_bytes(), khmer.as_bytes());
     }
 }

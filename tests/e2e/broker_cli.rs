@@ -75,3 +75,50 @@ async fn directory_import_accepts_the_fixture_and_refuses_a_broken_file_by_field
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn pki_issue_refuses_to_replace_an_agency_key_unless_forced() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = broker(dir.path(), &["pki", "init"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = broker(dir.path(), &["pki", "issue", "mlup-russey"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = dir.path().join("pki/agencies/mlup-russey/key.pem");
+    let first = std::fs::read(&key).unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&dir.path().join("pki/agencies/mlup-russey")), 0o700);
+    assert_eq!(mode(&dir.path().join("pki/ca.key")), 0o600);
+
+    let again = broker(dir.path(), &["pki", "issue", "mlup-russey"]).await;
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("key.pem") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        first,
+        "the agency's key was replaced"
+    );
+
+    let forced = broker(dir.path(), &["pki", "issue", "--force", "mlup-russey"]).await;
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert_ne!(std::fs::read(&key).unwrap(), first);
+    assert_eq!(mode(&key), 0o600);
+}

@@ -11,6 +11,7 @@ mod broker_cli;
 mod broker_crash;
 mod faults;
 mod helpers;
+mod partitions;
 mod production;
 mod story_lama;
 mod traffic;

@@ -388,6 +388,8 @@ impl Production {
             ),
             ("SPEAN_BROKER_AMQP__URL".into(), amqp_url),
             ("SPEAN_BROKER_AMQP__DELIVERY_LIMIT".into(), "5".into()),
+            // The test network's CA and keys are made on first start, as an operator never would.
+            ("SPEAN_BROKER_TLS__DEV_PKI".into(), "true".into()),
         ];
         if let Some((_, ca)) = &self.amqps {
             env.push((

@@ -1,9 +1,16 @@
 //! `inbox`, `show`, `status` and `outbox`: read the local store only (they work offline) and print a
 //! table, or with `--json` one JSON value on stdout.
+//!
+//! Everything in a table or in `show` was written by a person at some agency (notes, reasons, names,
+//! the case file) and reaches this agency's terminal: it goes through [`shown`] first, so escape
+//! sequences cannot drive the terminal and bidirectional controls cannot make text read differently
+//! from what it says. `--json` needs none of this: JSON escapes control characters itself, and
+//! whoever reads it gets the text exactly as it was written.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use serde_json::{Value, json};
+use spean_domain::referral::is_bidi_control;
 use spean_proto::v1::{Envelope, FeedbackEvent, feedback_event::Details, recipient::Target};
 
 use super::{Context, ListArgs, print_json};
@@ -58,7 +65,7 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
         "referral", "received", "from", "kind", "urgency", "state", "name",
     ]);
     for i in &items {
-        table.add_row(vec![
+        table.add_row(cells(vec![
             i.referral_id.clone(),
             i.received_at.clone(),
             i.sender.clone(),
@@ -71,7 +78,7 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
                 .copied()
                 .collect::<Vec<_>>()
                 .join(" / "),
-        ]);
+        ]));
     }
     println!("{table}");
     Ok(())
@@ -92,7 +99,7 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
         }));
     }
     let referral = referral_json(&row, &envelope);
-    println!("referral {}", row.referral_id);
+    println!("referral {}", shown(&row.referral_id, Lines::One));
     for key in [
         "state",
         "sender",
@@ -115,7 +122,14 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
     let case = serde_json::to_value(&case_file)?;
     if let Value::Object(fields) = case {
         for (key, value) in fields {
-            println!("  {key}: {}", plain(&value));
+            // Free prose keeps its line breaks, indented under its key; every other value is one line.
+            let value = match &value {
+                Value::String(text) if MULTI_LINE_CASE_FIELDS.contains(&key.as_str()) => {
+                    shown(text, Lines::Many).replace('\n', "\n    ")
+                }
+                other => plain(other),
+            };
+            println!("  {key}: {value}");
         }
     }
     println!("history");
@@ -130,12 +144,12 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
     ]);
     for event in &history {
         table.add_row(vec![
-            timestamp(event.at.as_ref()),
-            kind_name(event.kind),
-            event.actor_agency_id.clone(),
-            event.actor_person.clone(),
-            event.note.clone(),
-            state_name(event.state_after),
+            shown(&timestamp(event.at.as_ref()), Lines::One),
+            shown(&kind_name(event.kind), Lines::One),
+            shown(&event.actor_agency_id, Lines::One),
+            shown(&event.actor_person, Lines::One),
+            shown(&event.note, Lines::Many),
+            shown(&state_name(event.state_after), Lines::One),
             plain(&details_json(event)),
         ]);
     }
@@ -217,7 +231,7 @@ pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()>
         "referral", "to", "kind", "urgency", "state", "next", "updated",
     ]);
     for r in &referrals {
-        table.add_row(vec![
+        table.add_row(cells(vec![
             r.referral_id.clone(),
             r.recipient.clone(),
             r.kind.clone(),
@@ -225,7 +239,7 @@ pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()>
             r.state.clone(),
             r.next_action.clone(),
             r.updated_at.clone(),
-        ]);
+        ]));
     }
     println!("{table}");
     if !outbox.is_empty() {
@@ -261,7 +275,7 @@ fn outbox_table(rows: &[OutboxItem]) -> Table {
         "error",
     ]);
     for r in rows {
-        table.add_row(vec![
+        table.add_row(cells(vec![
             r.seq.to_string(),
             r.request_id.clone(),
             r.operation.clone(),
@@ -269,7 +283,7 @@ fn outbox_table(rows: &[OutboxItem]) -> Table {
             r.status.clone(),
             r.attempts.to_string(),
             r.error.clone().unwrap_or_default(),
-        ]);
+        ]));
     }
     table
 }
@@ -282,11 +296,46 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-/// A JSON value as a human reads it: strings bare, objects as `key=value` pairs.
+/// The case-file fields that are prose, whose line breaks `show` keeps.
+const MULTI_LINE_CASE_FIELDS: [&str; 3] = ["reason_for_referral", "transport_needs", "notes"];
+
+/// Whether a text may keep its line breaks when shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// A name, an id, a table cell that must stay one line: a line break could forge a line.
+    One,
+    /// A note: its line breaks are the writer's.
+    Many,
+}
+
+/// `text` made safe for a terminal: control characters (but a line feed in [`Lines::Many`] text)
+/// and bidirectional embeddings, overrides and isolates are replaced by a visible `\u{…}`, so
+/// the reader sees that they were there. Everything else, Khmer with its combining marks and
+/// U+200B ZERO WIDTH SPACE included, passes byte for byte.
+pub fn shown(text: &str, lines: Lines) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let keep = c == '\n' && lines == Lines::Many;
+        if !keep && (c.is_control() || is_bidi_control(c)) {
+            out.push_str(&format!("\\u{{{:X}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A table row with every cell made one safe line.
+fn cells(row: Vec<String>) -> Vec<String> {
+    row.iter().map(|cell| shown(cell, Lines::One)).collect()
+}
+
+/// A JSON value as a human reads it, on one line: strings bare (made [`shown`]), objects as
+/// `key=value` pairs.
 fn plain(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => shown(s, Lines::One),
         Value::Object(map) => map
             .iter()
             .map(|(k, v)| format!("{k}={}", plain(v)))
@@ -365,5 +414,37 @@ fn details_json(event: &FeedbackEvent) -> Value {
         }
         Some(Details::Failed(f)) => json!({ "reason": f.reason }),
         None => json!({}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn khmer_is_shown_byte_for_byte() {
+        for khmer in [
+            "សុខ ស្រីល័ក្ខ",
+            "គ្រួសារចាកចេញពីមន្ទីរពេទ្យ",
+            "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពីមន្ទីរពេទ្យ\u{200F}",
+        ] {
+            assert_eq!(shown(khmer, Lines::One).as_bytes(), khmer.as_bytes());
+        }
+        let note = "ជួបគ្រួសារ\nនៅផ្ទះ";
+        assert_eq!(shown(note, Lines::Many), note);
+    }
+
+    #[test]
+    fn escapes_and_bidi_controls_are_shown_as_visible_escapes() {
+        assert_eq!(
+            shown("a\u{1b}[2Jb\u{202E}cd\u{2066}", Lines::Many),
+            "a\\u{1B}[2Jb\\u{202E}cd\\u{2066}"
+        );
+        assert_eq!(shown("x\ry\tz", Lines::Many), "x\\u{D}y\\u{9}z");
+        assert_eq!(
+            shown("Sok\n  state: completed", Lines::One),
+            "Sok\\u{A}  state: completed"
+        );
+        assert_eq!(plain(&json!({ "reason": "\u{9b}2J" })), "reason=\\u{9B}2J");
     }
 }

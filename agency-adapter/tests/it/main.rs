@@ -9,7 +9,9 @@
 mod cli;
 mod daemon;
 mod feedback;
+mod files;
 mod helpers;
 mod idempotency;
 mod send;
 mod store;
+mod trust;

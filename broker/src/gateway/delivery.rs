@@ -7,7 +7,7 @@
 //! own: groups are applied concurrently, not one after another, and a group is one read and one
 //! write of the store, so a stream's throughput is not one database commit per delivery.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +39,57 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 pub struct DeliveryGateway {
     shared: Shared,
     backend: Backend,
+    streams: Arc<OpenStreams>,
 }
 
 impl DeliveryGateway {
     pub fn new(shared: Shared, backend: Backend) -> Self {
-        Self { shared, backend }
+        Self {
+            shared,
+            backend,
+            streams: Arc::default(),
+        }
+    }
+}
+
+/// How many delivery streams each agency has open on this broker (`limits.max_streams_per_agency`).
+#[derive(Debug, Default)]
+struct OpenStreams(std::sync::Mutex<HashMap<AgencyId, usize>>);
+
+impl OpenStreams {
+    /// Counts one more stream for `agency`, or refuses it over `max`.
+    fn open(self: &Arc<Self>, agency: &AgencyId, max: usize) -> Result<StreamPlace, Status> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(agency.clone()).or_default();
+        if *n >= max {
+            return Err(Status::resource_exhausted(format!(
+                "limits.max_streams_per_agency: {agency} already has {n} delivery streams open on \
+                 this broker, the most it may; close one first"
+            )));
+        }
+        *n += 1;
+        Ok(StreamPlace {
+            streams: self.clone(),
+            agency: agency.clone(),
+        })
+    }
+}
+
+/// One counted stream; dropping it, when the stream ends however it ends, gives the place back.
+struct StreamPlace {
+    streams: Arc<OpenStreams>,
+    agency: AgencyId,
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut open = self.streams.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.agency) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.agency);
+            }
+        }
     }
 }
 
@@ -58,6 +104,9 @@ impl DeliveryService for DeliveryGateway {
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let agency = caller(&self.shared, &request).await?;
+        let place = self
+            .streams
+            .open(&agency, self.shared.config.limits.max_streams_per_agency)?;
         let mut inbound = request.into_inner();
         let window = match inbound.message().await? {
             Some(pb::SubscribeRequest {
@@ -89,15 +138,12 @@ impl DeliveryService for DeliveryGateway {
             })?;
         let (tx, rx) = mpsc::channel(usize::from(window));
         let span = tracing::info_span!("subscription", agency = %agency);
+        let shared = self.shared.clone();
         tokio::spawn(
-            pump(
-                self.shared.clone(),
-                agency,
-                session,
-                usize::from(window),
-                inbound,
-                tx,
-            )
+            async move {
+                pump(shared, agency, session, usize::from(window), inbound, tx).await;
+                drop(place);
+            }
             .instrument(span),
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -2,6 +2,7 @@
 //! identity. Each service parses its request ([`crate::wire`]), asks the [`Workflow`], and lets
 //! `From<BrokerError> for Status` (in `error.rs`) choose the status.
 
+pub mod connections;
 mod delivery;
 mod directory;
 mod referral;

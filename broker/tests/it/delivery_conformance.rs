@@ -78,6 +78,8 @@ async fn rabbitmq() -> Fixture {
     let broker = spawn_broker_with(|config| {
         config.database.url = Secret::new(database_url);
         config.amqp.url = Secret::new(amqp_url);
+        // A test network: its CA and keys are made on first start, as an operator never would.
+        config.tls.dev_pki = spean_broker::config::DevPki::Set(true);
     })
     .await;
     serving(&broker).await;

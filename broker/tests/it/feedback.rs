@@ -770,3 +770,84 @@ async fn an_accept_or_complete_missing_its_details_is_invalid_naming_the_field()
         .into_inner();
     assert_eq!(completed.state, pb::ReferralState::Completed as i32);
 }
+
+/// Free text reaches another agency's terminal: control characters and bidirectional controls are
+/// refused in every text field, naming it; Khmer (with U+200B between words), line breaks in notes
+/// and the direction marks U+200E/U+200F are kept byte for byte.
+#[tokio::test]
+async fn escapes_and_bidi_controls_in_free_text_are_invalid_and_khmer_survives_byte_for_byte() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut ngo = broker.client("mlup-russey").await;
+    let id = hospital.submit_lama("text-1").await;
+    let events = broker.count("referral_events").await;
+
+    let ack = |request_id: &str, person: &str, note: &str| pb::AcknowledgeRequest {
+        action: Some(pb::Action {
+            referral_id: id.clone(),
+            request_id: request_id.into(),
+            actor_person: person.into(),
+            note: note.into(),
+        }),
+    };
+    for (n, (field, person, note)) in [
+        ("action.note", "សុភា", "ok\u{1b}[2J"),
+        ("action.note", "សុភា", "paid\rfree"),
+        ("action.note", "សុភា", "file \u{202E}fdp.exe"),
+        ("action.note", "សុភា", "\u{2066}isolated\u{2069}"),
+        ("action.actor_person", "សុភា\n  forged line", ""),
+        ("action.actor_person", "\u{9b}31mSophea", ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let err = ngo
+            .referrals
+            .acknowledge(ack(&format!("bad-{n}"), person, note))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}: contains")),
+            "expected the message to name {field}: {}",
+            err.message()
+        );
+    }
+    let err = ngo
+        .referrals
+        .decline(pb::DeclineRequest {
+            action: action(&id, "bad-decline"),
+            decline: Some(pb::Decline {
+                reason_code: "no_capacity".into(),
+                reason_text: "ពេញ\u{202B}".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("decline.reason_text: contains"));
+    assert_eq!(broker.count("referral_events").await, events);
+
+    let person = "សុខ ស្រីល័ក្ខ";
+    let note = "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពីមន្ទីរពេទ្យ\r\nថ្ងៃស្អែក\t\u{200F}";
+    let recorded = ngo
+        .referrals
+        .acknowledge(ack("good", person, note))
+        .await
+        .unwrap()
+        .into_inner();
+    let event = recorded.event.unwrap();
+    assert_eq!(event.actor_person.as_bytes(), person.as_bytes());
+    assert_eq!(event.note.as_bytes(), note.as_bytes());
+    let got = hospital
+        .referrals
+        .get(pb::GetRequest {
+            referral_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let last = got.history.last().unwrap();
+    assert_eq!(last.note.as_bytes(), note.as_bytes());
+    assert_eq!(last.actor_person.as_bytes(), person.as_bytes());
+}

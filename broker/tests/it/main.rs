@@ -9,6 +9,8 @@ mod config;
 mod delivery;
 mod delivery_conformance;
 mod feedback;
+mod files;
 mod helpers;
+mod limits;
 mod store_conformance;
 mod submit;

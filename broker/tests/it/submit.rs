@@ -226,3 +226,38 @@ async fn the_directory_resolves_a_service_in_a_province_best_first() {
     let pailin = provinces.provinces.iter().find(|p| p.code == "24").unwrap();
     assert_eq!(pailin.name_km, "ប៉ៃលិន");
 }
+
+/// The case file is the sender's, opaque to the broker: bytes that would be refused in free text
+/// (an escape sequence, a bidi override) pass through untouched; the adapter renders them safely.
+#[tokio::test]
+async fn the_case_file_stays_opaque_bytes_whatever_text_it_holds() {
+    let broker = spawn_broker().await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let mut request = lama("opaque-1");
+    let case_file = pb::CaseFile {
+        name: Some(pb::PersonName {
+            khmer: "សុខ ស្រីល័ក្ខ\u{202E}".into(),
+            latin: "Sok\u{1b}[2J".into(),
+        }),
+        notes: "គ្រួសារចាកចេញពីមន្ទីរពេទ្យ".into(),
+        ..Default::default()
+    };
+    request.case_file = prost::Message::encode_to_vec(&case_file);
+    let id = hospital
+        .submit(request.clone())
+        .await
+        .unwrap()
+        .referral
+        .unwrap()
+        .envelope
+        .unwrap()
+        .referral_id;
+    let mut ngo = broker.client("mlup-russey").await;
+    let got = ngo
+        .referrals
+        .get(pb::GetRequest { referral_id: id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.case_file, request.case_file);
+}

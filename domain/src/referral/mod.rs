@@ -53,19 +53,69 @@ impl fmt::Debug for SealedCaseFile {
 pub struct FreeText(String);
 
 impl FreeText {
-    /// Accepts any UTF-8 text (Khmer included) up to `max` bytes.
+    /// Accepts any UTF-8 text (Khmer included, with its combining marks, U+200B ZERO WIDTH SPACE and
+    /// the U+200E/U+200F direction marks) up to `max` bytes, with line breaks and tabs: notes,
+    /// reasons, summaries and planned actions span lines.
+    ///
+    /// Refused, because the text is shown on another agency's terminal: control characters (escape
+    /// sequences could rewrite that screen; a lone carriage return could hide what came before it)
+    /// and the bidirectional embeddings, overrides and isolates U+202A–U+202E and U+2066–U+2069,
+    /// which make text read differently from what it says.
     pub fn parse(field: &'static str, raw: &str, max: usize) -> Result<Self, FieldError> {
+        Self::checked(field, raw, max, true)
+    }
+
+    /// Like [`FreeText::parse`], for text that is one line (a staff member's name): line breaks and
+    /// tabs are refused too, so a name cannot push a forged line into a table.
+    pub fn line(field: &'static str, raw: &str, max: usize) -> Result<Self, FieldError> {
+        Self::checked(field, raw, max, false)
+    }
+
+    fn checked(
+        field: &'static str,
+        raw: &str,
+        max: usize,
+        multi_line: bool,
+    ) -> Result<Self, FieldError> {
         if raw.len() > max {
             return Err(FieldError::new(
                 field,
                 format!("is {} bytes long; the limit is {max}", raw.len()),
             ));
         }
-        if raw
-            .chars()
-            .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
-        {
-            return Err(FieldError::new(field, "contains control characters"));
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            let line_break = match c {
+                '\n' | '\t' => true,
+                // Windows line ends: a carriage return only right before a line feed.
+                '\r' => chars.peek() == Some(&'\n'),
+                _ => false,
+            };
+            if line_break {
+                if multi_line {
+                    continue;
+                }
+                return Err(FieldError::new(
+                    field,
+                    format!("contains {c:?}; it must be one line"),
+                ));
+            }
+            if c.is_control() {
+                return Err(FieldError::new(
+                    field,
+                    format!("contains the control character U+{:04X}", u32::from(c)),
+                ));
+            }
+            if is_bidi_control(c) {
+                return Err(FieldError::new(
+                    field,
+                    format!(
+                        "contains the bidirectional control U+{:04X}, which makes text read \
+                         differently from what it says",
+                        u32::from(c)
+                    ),
+                ));
+            }
         }
         Ok(Self(raw.to_owned()))
     }
@@ -84,6 +134,13 @@ impl FreeText {
     pub fn from_stored(raw: String) -> Self {
         Self(raw)
     }
+}
+
+/// The bidirectional embeddings, overrides (U+202A–U+202E) and isolates (U+2066–U+2069): invisible
+/// characters that reorder the text around them. The marks U+200E and U+200F are not here: they
+/// only nudge neutral characters and cannot disguise text.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 impl fmt::Debug for FreeText {
@@ -469,6 +526,45 @@ pub(crate) mod tests {
                 .to_string(),
             "decline.reason_text: is required"
         );
+    }
+
+    #[test]
+    fn free_text_keeps_real_khmer_byte_for_byte() {
+        for khmer in [
+            "សុខ ស្រីល័ក្ខ",
+            "គ្រួសារចាកចេញពីមន្ទីរពេទ្យ",
+            // Khmer is written without spaces between words; U+200B marks the word breaks.
+            "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពី\u{200B}មន្ទីរពេទ្យ",
+            "ជួបគ្រួសារ\r\nនៅផ្ទះ\u{200F}",
+        ] {
+            let t = FreeText::parse("note", khmer, 1000).unwrap();
+            assert_eq!(t.as_str().as_bytes(), khmer.as_bytes());
+        }
+        let name = FreeText::line("action.actor_person", "សុខ ស្រីល័ក្ខ", 256).unwrap();
+        assert_eq!(name.as_str(), "សុខ ស្រីល័ក្ខ");
+    }
+
+    #[test]
+    fn free_text_refuses_escapes_bidi_controls_and_lone_carriage_returns() {
+        for bad in [
+            "a\u{1b}[2Jb",
+            "a\u{7f}",
+            "a\u{9b}31m",
+            "paid\rfree",
+            "a\u{202E}gnp.exe",
+            "a\u{202A}b",
+            "a\u{2066}b\u{2069}",
+        ] {
+            let error = FreeText::parse("decline.reason_text", bad, 100).unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("decline.reason_text: contains"),
+                "{error}"
+            );
+        }
+        assert!(FreeText::line("action.actor_person", "Sok\nFake line", 100).is_err());
+        assert!(FreeText::line("action.actor_person", "Sok\tDara", 100).is_err());
     }
 
     #[test]

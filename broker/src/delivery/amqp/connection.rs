@@ -61,8 +61,9 @@ impl Amqp {
                 cert_chain: Some(pem),
             }
         };
+        let url = self.config.connect_url();
         let connect = Connection::connect_with_config(
-            self.config.url.expose(),
+            &url,
             properties,
             tls,
             lapin::runtime::default_runtime()?,

@@ -43,7 +43,11 @@ impl SqliteStore {
     /// the migrations. `durable` selects `synchronous=FULL` (survives power loss) over `NORMAL`
     /// (survives a process crash).
     pub async fn connect(url: &str, durable: bool) -> Result<Self, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
+        let parsed = SqliteConnectOptions::from_str(url)?;
+        if parsed.get_filename() != Path::new(":memory:") {
+            create_private_file(parsed.get_filename())?;
+        }
+        let options = parsed
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(if durable {
@@ -82,6 +86,27 @@ impl SqliteStore {
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+}
+
+/// Creates the database file with mode 0600 if it does not exist, before SQLite opens it. The file
+/// holds every case file, and SQLite creates its `-wal` and `-shm` files with the main file's mode,
+/// so all three are the broker user's alone from their first byte. An existing file keeps its mode.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                error.kind(),
+                format!("creating the database file {}: {error}", path.display()),
+            ))))
+        }
+        _ => Ok(()),
     }
 }
 
