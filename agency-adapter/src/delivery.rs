@@ -93,6 +93,11 @@ pub async fn store_batch(
     agency_id: &str,
     batch: &[Delivery],
 ) -> Result<(), AdapterError> {
+    // Every delivery of a sound broker concerns this agency: store the batch as it came, without
+    // copying its case files.
+    if batch.iter().all(|delivery| concerns(delivery, agency_id)) {
+        return store_logged(store, batch).await;
+    }
     let (ours, foreign): (Vec<&Delivery>, Vec<&Delivery>) = batch
         .iter()
         .partition(|delivery| concerns(delivery, agency_id));
@@ -100,8 +105,13 @@ pub async fn store_batch(
         log_foreign(delivery);
     }
     let ours: Vec<Delivery> = ours.into_iter().cloned().collect();
-    let stored = store.store_deliveries(&ours).await?;
-    for (delivery, stored) in ours.iter().zip(&stored) {
+    store_logged(store, &ours).await
+}
+
+/// Stores `deliveries` in one transaction and logs each (ids only).
+async fn store_logged(store: &Store, deliveries: &[Delivery]) -> Result<(), AdapterError> {
+    let stored = store.store_deliveries(deliveries).await?;
+    for (delivery, stored) in deliveries.iter().zip(&stored) {
         log_stored(delivery, stored);
     }
     Ok(())

@@ -218,24 +218,11 @@ impl ReferralStore for PgStore {
             return Ok(Vec::new());
         }
         let ids = as_text(ids);
-        let read = |pool: PgPool| {
-            let ids = ids.clone();
-            async move {
-                sqlx::query(
-                    "SELECT id::text AS id, sender, recipient FROM referrals \
-                     WHERE id = ANY ($1::text[]::uuid[])",
-                )
-                .persistent(false)
-                .bind(ids)
-                .fetch_all(&pool)
-                .await
-            }
-        };
-        let rows = match read(self.checks().clone()).await.map_err(StoreError::from) {
+        let rows = match parties_now(self.checks(), &ids).await {
             Ok(rows) => rows,
             // A connection of the checks' pool may have died unseen; the main pool's are
             // pinged before use.
-            Err(e) if e.is_transient() => read(self.pool.clone()).await?,
+            Err(e) if e.is_transient() => parties_now(&self.pool, &ids).await?,
             Err(e) => return Err(e),
         };
         rows.iter().map(rows::parties_now).collect()
@@ -353,4 +340,19 @@ impl ReferralStore for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// [`ReferralStore::parties_now`]'s one statement, on `pool`.
+async fn parties_now(
+    pool: &PgPool,
+    ids: &[String],
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError> {
+    Ok(sqlx::query(
+        "SELECT id::text AS id, sender, recipient FROM referrals \
+         WHERE id = ANY ($1::text[]::uuid[])",
+    )
+    .persistent(false)
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
 }
