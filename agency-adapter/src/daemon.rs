@@ -25,7 +25,7 @@ pub struct Daemon {
 impl Daemon {
     pub async fn build(settings: &Settings) -> Result<Self, AdapterError> {
         let identity = Identity::load(&settings.identity)?;
-        let store = Store::open(&settings.store).await?;
+        let store = Store::open(&settings.store, &identity.agency_id).await?;
         Ok(Self {
             store,
             identity,

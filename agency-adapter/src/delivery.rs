@@ -8,7 +8,10 @@
 //! A delivery is stored only if it concerns this agency ([`concerns`]): a broker that misroutes
 //! (by a bug, or because it is not the one it claims to be) must not fill this agency's store with
 //! another agency's case files. Such a delivery is logged by id and confirmed all the same, so it
-//! neither comes back forever nor holds a slot of the window that other deliveries need.
+//! neither comes back forever nor holds a slot of the window that other deliveries need. A referral
+//! redirected away from this agency still reaches it, without its case file, as a former recipient's
+//! view: accepted, it only updates the referral already held (the store never inserts it), and the
+//! store removes the case file this agency held.
 
 use futures::FutureExt;
 use spean_proto::v1::{
@@ -120,15 +123,22 @@ async fn store_logged(store: &Store, deliveries: &[Delivery]) -> Result<(), Adap
 /// Whether `delivery` is this agency's to store.
 ///
 /// The broker sends a referral to its current recipient when it is submitted or redirected, as it
-/// stood when queued, so a referral must name `agency_id` as its recipient (or sender). A feedback
-/// event goes to every party of its referral and may arrive before the referral itself (the store
-/// keeps it until the referral comes, and shows it only with that referral), and a former recipient
-/// receives events on a referral whose envelope no longer names it: an event carries nothing the
-/// adapter could check it against, and is accepted. A delivery without payload stores nothing.
+/// stood when queued, so a referral with its case file must name `agency_id` as its recipient (or
+/// sender). A referral that names neither may still be this agency's: after a redirect away from it,
+/// the broker sends a former recipient its view of the referral, without the case file. So a
+/// referral naming neither party is accepted only with an empty case file; the store then only
+/// updates a referral it already holds, never inserts one, and a referral naming neither party with
+/// a case file is refused (no sound broker sends one). A feedback event goes to every party of its
+/// referral and may arrive before the referral itself (the store keeps it until the referral comes,
+/// and shows it only with that referral), and a former recipient receives events on a referral
+/// whose envelope no longer names it: an event carries nothing the adapter could check it against,
+/// and is accepted. A delivery without payload stores nothing.
 pub fn concerns(delivery: &Delivery, agency_id: &str) -> bool {
     match &delivery.payload {
         Some(Payload::Referral(referral)) => referral.envelope.as_ref().is_some_and(|envelope| {
-            envelope.recipient_agency_id == agency_id || envelope.sender_agency_id == agency_id
+            envelope.recipient_agency_id == agency_id
+                || envelope.sender_agency_id == agency_id
+                || referral.case_file.is_empty()
         }),
         Some(Payload::Feedback(_)) | None => true,
     }
@@ -233,6 +243,9 @@ fn log_stored(delivery: &Delivery, stored: &Stored) {
             ..
         } => {
             tracing::debug!(%delivery_id, %event_id, %referral_id, "duplicate event delivery");
+        }
+        Stored::NotHeld { referral_id } => {
+            tracing::info!(%delivery_id, %referral_id, "former recipient's view of a referral not held here; not stored");
         }
         Stored::RepeatedDelivery => tracing::debug!(%delivery_id, "duplicate delivery"),
         Stored::Empty => tracing::warn!(%delivery_id, "delivery without payload"),

@@ -10,11 +10,19 @@
 //! Every write that stores something received is idempotent: referrals by referral id, events by event
 //! id, deliveries by delivery id. A referral's state is the `state_after` of its newest event (event ids
 //! are UUIDv7, so the greatest id is the newest), whatever order the events arrived in.
+//!
+//! The store knows which agency it belongs to, because what it may keep depends on it: once a
+//! referral is redirected away from this agency (and this agency did not send it), the case file
+//! it held is removed in the same transaction that stored the redirect, and the removal recorded in
+//! `withdrawn_case_files` ([`withdraw_case_file_if_moved_on`]). A referral that names neither this
+//! agency as sender nor as recipient (a former recipient's view, sent without its case file) only
+//! updates a referral already held; it is never inserted.
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
+use spean_domain::ids::AgencyId;
 use spean_proto::v1::{Delivery, Envelope, FeedbackEvent, Referral, delivery, feedback_event};
 use sqlx::{
     ConnectOptions, Row, SqlitePool,
@@ -38,11 +46,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opens a write transaction up front, so it waits on the busy timeout instead of failing on upgrade.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
+/// Why a case file is withdrawn: the only way a referral leaves a recipient that did not send it.
+const BECAUSE_REDIRECTED: &str = "redirected";
+
 /// The local store; cheap to clone (a connection pool and a shared writing connection).
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
     writer: std::sync::Arc<std::sync::Mutex<Connection>>,
+    /// The agency this store belongs to: whether a case file may stay depends on who holds it.
+    agency: AgencyId,
 }
 
 /// What storing one delivery did, for the daemon's log line.
@@ -58,6 +71,10 @@ pub enum Stored {
         state_after: String,
         new: bool,
     },
+    /// A former recipient's view of a referral (it names neither this agency as sender nor as
+    /// recipient) that this store does not hold: nothing was written, since such a referral is only
+    /// ever an update to one held already.
+    NotHeld { referral_id: String },
     /// This delivery id was stored before: nothing was written.
     RepeatedDelivery,
     /// A delivery without a payload (a newer broker?): recorded so it is confirmed, nothing else.
@@ -95,6 +112,18 @@ impl ReferralRow {
     }
 }
 
+/// The record of a case file this agency held and removed because the referral left it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Withdrawal {
+    pub referral_id: String,
+    /// When this store removed it (local clock, RFC 3339 UTC).
+    pub withdrawn_at: String,
+    /// The agency the referral went to.
+    pub now_with: String,
+    /// Why it left, e.g. `redirected`.
+    pub because: String,
+}
+
 /// One request waiting for, sent to, or refused by the broker.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxRow {
@@ -117,8 +146,8 @@ const REFERRAL_COLUMNS: &str = "referral_id, client_ref, sender, recipient, kind
 const OUTBOX_COLUMNS: &str = "seq, request_id, operation, referral_id, payload, status, error, attempts, created_at, sent_at";
 
 impl Store {
-    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
-    pub async fn open(path: &Path) -> Result<Self, AdapterError> {
+    /// Opens (creating if needed) the store of `agency` at `path` and brings its schema up to date.
+    pub async fn open(path: &Path, agency: &AgencyId) -> Result<Self, AdapterError> {
         create_private(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
@@ -144,6 +173,7 @@ impl Store {
                     return Ok(Self {
                         pool,
                         writer: std::sync::Arc::new(std::sync::Mutex::new(writer)),
+                        agency: agency.clone(),
                     });
                 }
                 Err(_) if attempt < 20 => {
@@ -162,6 +192,11 @@ impl Store {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(pool)
+    }
+
+    /// The agency this store belongs to.
+    pub fn agency(&self) -> &AgencyId {
+        &self.agency
     }
 
     /// Closes the pool, checkpointing the WAL.
@@ -187,10 +222,11 @@ impl Store {
         deliveries: &[Delivery],
     ) -> Result<Vec<Stored>, AdapterError> {
         let deliveries = deliveries.to_vec();
+        let agency = self.agency.clone();
         self.write(move |conn| {
             deliveries
                 .iter()
-                .map(|delivery| put_delivery(conn, delivery))
+                .map(|delivery| put_delivery(conn, &agency, delivery))
                 .collect()
         })
         .await
@@ -221,21 +257,20 @@ impl Store {
         .map_err(|e| AdapterError::Unavailable(format!("the local store's writer failed: {e}")))?
     }
 
-    /// Stores a referral and its history (idempotent); true if the referral was new.
+    /// Stores a referral and its history (idempotent); true if the referral was new. A referral
+    /// naming neither this agency as sender nor as recipient is only an update: false, and nothing
+    /// written, when it is not held.
     pub async fn store_referral(&self, referral: &Referral) -> Result<bool, AdapterError> {
-        let referral = referral.clone();
-        self.write(move |conn| put_referral(conn, &referral)).await
+        let (referral, agency) = (referral.clone(), self.agency.clone());
+        self.write(move |conn| Ok(put_referral(conn, &agency, &referral)? == Put::New))
+            .await
     }
 
     /// Stores one event (idempotent) and moves its referral's state; true if the event was new.
     pub async fn store_event(&self, event: &FeedbackEvent) -> Result<bool, AdapterError> {
-        let event = event.clone();
-        self.write(move |conn| {
-            let new = put_event(conn, &event)?;
-            refresh_referral(conn, &event.referral_id)?;
-            Ok(new)
-        })
-        .await
+        let (event, agency) = (event.clone(), self.agency.clone());
+        self.write(move |conn| put_event_and_refresh(conn, &agency, &event))
+            .await
     }
 
     pub async fn referral(&self, referral_id: &str) -> Result<Option<ReferralRow>, AdapterError> {
@@ -243,6 +278,31 @@ impl Store {
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(referral_id)
             .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The record of the case file this agency removed from `referral_id`, if it did.
+    pub async fn withdrawal(&self, referral_id: &str) -> Result<Option<Withdrawal>, AdapterError> {
+        Ok(sqlx::query_as(
+            "SELECT referral_id, withdrawn_at, now_with, because FROM withdrawn_case_files \
+             WHERE referral_id = ?",
+        )
+        .bind(referral_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Referrals this agency received, newest first: those with it now and those redirected away
+    /// from it. The store holds only referrals this agency sent or received, so every one it did not
+    /// send was received.
+    pub async fn received(&self) -> Result<Vec<ReferralRow>, AdapterError> {
+        let sql = format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE recipient = ?1 OR sender <> ?1 \
+             ORDER BY created_at DESC, referral_id DESC"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.agency.as_str())
+            .fetch_all(&self.pool)
             .await?)
     }
 
@@ -371,8 +431,9 @@ impl Store {
         referral: &Referral,
     ) -> Result<(), AdapterError> {
         let (request_id, referral) = (request_id.to_owned(), referral.clone());
+        let agency = self.agency.clone();
         self.write(move |conn| {
-            put_referral(conn, &referral)?;
+            put_referral(conn, &agency, &referral)?;
             mark_sent(conn, &request_id, Some(referral_id_of(&referral)))
         })
         .await
@@ -385,9 +446,9 @@ impl Store {
         event: &FeedbackEvent,
     ) -> Result<(), AdapterError> {
         let (request_id, event) = (request_id.to_owned(), event.clone());
+        let agency = self.agency.clone();
         self.write(move |conn| {
-            put_event(conn, &event)?;
-            refresh_referral(conn, &event.referral_id)?;
+            put_event_and_refresh(conn, &agency, &event)?;
             mark_sent(conn, &request_id, Some(&event.referral_id))
         })
         .await
@@ -489,7 +550,11 @@ fn mark_sent(
 }
 
 /// Stores one delivery inside an open transaction; a delivery id seen before changes nothing.
-fn put_delivery(tx: &Connection, delivery: &Delivery) -> Result<Stored, AdapterError> {
+fn put_delivery(
+    tx: &Connection,
+    agency: &AgencyId,
+    delivery: &Delivery,
+) -> Result<Stored, AdapterError> {
     let seen = tx
         .prepare_cached("SELECT 1 FROM deliveries WHERE delivery_id = ?")?
         .exists(params![delivery.delivery_id])?;
@@ -498,15 +563,17 @@ fn put_delivery(tx: &Connection, delivery: &Delivery) -> Result<Stored, AdapterE
     }
     let stored = match &delivery.payload {
         Some(delivery::Payload::Referral(referral)) => {
-            let new = put_referral(tx, referral)?;
-            Stored::Referral {
-                referral_id: referral_id_of(referral).to_owned(),
-                new,
+            let referral_id = referral_id_of(referral).to_owned();
+            match put_referral(tx, agency, referral)? {
+                Put::NotHeld => Stored::NotHeld { referral_id },
+                put => Stored::Referral {
+                    referral_id,
+                    new: put == Put::New,
+                },
             }
         }
         Some(delivery::Payload::Feedback(event)) => {
-            let new = put_event(tx, event)?;
-            refresh_referral(tx, &event.referral_id)?;
+            let new = put_event_and_refresh(tx, agency, event)?;
             Stored::Event {
                 event_id: event.event_id.clone(),
                 referral_id: event.referral_id.clone(),
@@ -522,8 +589,25 @@ fn put_delivery(tx: &Connection, delivery: &Delivery) -> Result<Stored, AdapterE
     Ok(stored)
 }
 
-/// Inserts or refreshes a referral and stores its history; true if the referral was not stored before.
-fn put_referral(conn: &Connection, referral: &Referral) -> Result<bool, AdapterError> {
+/// What [`put_referral`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Put {
+    /// The referral was not stored before.
+    New,
+    /// The referral was stored before and is refreshed.
+    Updated,
+    /// A referral naming neither this agency as sender nor as recipient, not held: nothing written.
+    NotHeld,
+}
+
+/// Inserts or refreshes a referral and stores its history. A referral that names neither `agency`
+/// as sender nor as recipient (a former recipient's view) only refreshes a row already held: it is
+/// never inserted, so a misrouted delivery cannot plant another agency's referral here.
+fn put_referral(
+    conn: &Connection,
+    agency: &AgencyId,
+    referral: &Referral,
+) -> Result<Put, AdapterError> {
     let envelope = referral.envelope.clone().unwrap_or_default();
     if envelope.referral_id.is_empty() {
         return Err(AdapterError::Invalid {
@@ -537,6 +621,11 @@ fn put_referral(conn: &Connection, referral: &Referral) -> Result<bool, AdapterE
         .query_row(params![envelope.referral_id], |_| Ok(()))
         .optional()?
         .is_some();
+    let names_us = envelope.sender_agency_id == agency.as_str()
+        || envelope.recipient_agency_id == agency.as_str();
+    if !existed && !names_us {
+        return Ok(Put::NotHeld);
+    }
     let created_at = timestamp(envelope.created_at.as_ref());
     let updated_at = timestamp(envelope.updated_at.as_ref());
     if existed {
@@ -584,7 +673,21 @@ fn put_referral(conn: &Connection, referral: &Referral) -> Result<bool, AdapterE
         put_event(conn, event)?;
     }
     refresh_referral(conn, &envelope.referral_id)?;
-    Ok(!existed)
+    withdraw_case_file_if_moved_on(conn, agency, &envelope.referral_id)?;
+    Ok(if existed { Put::Updated } else { Put::New })
+}
+
+/// Stores one event, then makes its referral follow it (and withdraws the case file if the event
+/// took the referral away from this agency); true if the event was new.
+fn put_event_and_refresh(
+    conn: &Connection,
+    agency: &AgencyId,
+    event: &FeedbackEvent,
+) -> Result<bool, AdapterError> {
+    let new = put_event(conn, event)?;
+    refresh_referral(conn, &event.referral_id)?;
+    withdraw_case_file_if_moved_on(conn, agency, &event.referral_id)?;
+    Ok(new)
 }
 
 /// Inserts an event unless stored before; true if it was new. The referral need not exist yet.
@@ -638,6 +741,45 @@ fn refresh_referral(conn: &Connection, referral_id: &str) -> Result<(), AdapterE
     )?
     .execute(params![referral_id])?;
     Ok(())
+}
+
+/// Removes the case file `agency` holds for `referral_id` once the referral has left it, and records
+/// the removal; true if it removed one.
+///
+/// Why: a former recipient must no longer hold the child's details. The broker stops sending them
+/// after a redirect, but the copy already stored here would stay forever. So, in the transaction
+/// that stored the redirect (after the referral row has followed its events), a referral whose
+/// recipient and sender are both other agencies loses its case file. The sender keeps its own: it
+/// wrote it. Only a non-empty case file is removed, so storing the same event again finds nothing
+/// to do and leaves the record as it was; a referral redirected back here and away again is
+/// recorded anew.
+fn withdraw_case_file_if_moved_on(
+    conn: &Connection,
+    agency: &AgencyId,
+    referral_id: &str,
+) -> Result<bool, AdapterError> {
+    // One statement in the common case (the referral is still ours): it matches no row.
+    let now_with: Option<String> = conn
+        .prepare_cached(
+            "UPDATE referrals SET case_file = x'' WHERE referral_id = ?1 \
+             AND recipient <> ?2 AND sender <> ?2 AND length(case_file) > 0 RETURNING recipient",
+        )?
+        .query_row(params![referral_id, agency.as_str()], |row| row.get(0))
+        .optional()?;
+    let Some(now_with) = now_with else {
+        return Ok(false);
+    };
+    conn.prepare_cached(
+        "INSERT INTO withdrawn_case_files (referral_id, withdrawn_at, now_with, because) \
+         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (referral_id) DO UPDATE SET \
+         withdrawn_at = excluded.withdrawn_at, now_with = excluded.now_with, \
+         because = excluded.because",
+    )?
+    .execute(params![referral_id, now(), now_with, BECAUSE_REDIRECTED])?;
+    // Ids only. Logged before the commit: if the transaction then fails, the delivery comes again
+    // and the line is logged again when the removal does happen.
+    tracing::info!(%agency, %referral_id, %now_with, because = BECAUSE_REDIRECTED, "case file withdrawn");
+    Ok(true)
 }
 
 /// RFC 3339 in UTC with a fixed number of fraction digits, so that text order is time order.

@@ -213,7 +213,11 @@ pub async fn subscribe_all(
     let url = broker.url();
     for id in ids {
         let identity = Identity::load(&broker.identity(id))?;
-        let store = Store::open(&store_dir.join(format!("receiver-{id}.db"))).await?;
+        let store = Store::open(
+            &store_dir.join(format!("receiver-{id}.db")),
+            &identity.agency_id,
+        )
+        .await?;
         let (recorder, open, url) = (recorder.clone(), open.clone(), url.clone());
         tasks.spawn(async move {
             let mut counted = false;

@@ -35,6 +35,16 @@ pub struct DatabaseConfig {
     pub url: Secret,
     /// SQLite `synchronous=FULL`: a commit survives power loss, not only a crash of the process.
     pub durable: bool,
+    /// PostgreSQL: how long a request waits for a connection, a new one included, before it fails
+    /// with UNAVAILABLE.
+    pub acquire_timeout_ms: u64,
+    /// PostgreSQL: `statement_timeout` and `idle_in_transaction_session_timeout` of every
+    /// session, so that a statement stuck behind a lock, or a transaction a vanished broker left
+    /// open, holds nobody for long.
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL: the server's TCP keepalive for the broker's sessions (idle time and interval;
+    /// three probes), so that the server ends the sessions of a broker cut off without a reset.
+    pub keepalive_s: u64,
 }
 
 /// A value that must not appear in logs or `Debug` output (it may hold a password).
@@ -69,6 +79,11 @@ impl std::fmt::Debug for Secret {
 pub struct AmqpConfig {
     /// `amqp://user:password@host:5672/vhost` (or `amqps://`). Empty: deliver through the database
     /// mailbox instead (the embedded default).
+    ///
+    /// For a RabbitMQ cluster, name every node, comma-separated (a comma inside a password is
+    /// written `%2C`): the broker connects to the first that answers and, when its connection is
+    /// lost, goes on to the next. With one URL, losing that node stopped all delivery while the
+    /// other nodes held a quorum for every queue.
     pub url: Secret,
     /// Prefix of every exchange and queue, so several deployments (or test runs) share one RabbitMQ.
     pub prefix: String,
@@ -95,15 +110,27 @@ pub struct AmqpConfig {
 }
 
 impl AmqpConfig {
-    /// The URL to connect with: `url`, with `heartbeat=`[`AmqpConfig::heartbeat_s`] added unless
-    /// it names a heartbeat already.
-    pub fn connect_url(&self) -> String {
-        let url = self.url.expose();
-        if url.contains("heartbeat=") {
-            return url.to_owned();
-        }
-        let joint = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{joint}heartbeat={}", self.heartbeat_s)
+    /// The nodes named in `url`, in order: one URL each.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// The URLs to connect with, one per node: each with `heartbeat=`[`AmqpConfig::heartbeat_s`]
+    /// added unless it names a heartbeat already.
+    pub fn connect_urls(&self) -> Vec<String> {
+        self.nodes()
+            .map(|url| {
+                if url.contains("heartbeat=") {
+                    return url.to_owned();
+                }
+                let joint = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{joint}heartbeat={}", self.heartbeat_s)
+            })
+            .collect()
     }
 }
 
@@ -182,6 +209,11 @@ pub struct LimitsConfig {
     /// One more is refused with RESOURCE_EXHAUSTED: each stream holds a RabbitMQ channel, and one
     /// agency must not take those the relay and the other agencies need.
     pub max_streams_per_agency: usize,
+    /// How long a call may take before the broker answers it with CANCELLED and drops what it was
+    /// waiting for: a database connection that hangs without a reset (a silent partition) must
+    /// not hold a request, nor its adapter, for the minutes TCP takes to give up. Delivery
+    /// streams are bounded only until they are open.
+    pub request_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +272,9 @@ impl Default for DatabaseConfig {
         Self {
             url: Secret::default(),
             durable: true,
+            acquire_timeout_ms: 5_000,
+            statement_timeout_ms: 60_000,
+            keepalive_s: 10,
         }
     }
 }
@@ -271,6 +306,7 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: 10_000,
             max_concurrent_streams: 256,
             max_streams_per_agency: 4,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -341,11 +377,16 @@ impl Config {
                 "must be a sqlite:// or postgres:// URL",
             ));
         }
-        let amqp = self.amqp.url.expose();
-        if !(amqp.is_empty() || amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+        let amqp_given = !self.amqp.url.expose().trim().is_empty();
+        let amqp_nodes_valid = self.amqp.nodes().next().is_some()
+            && self
+                .amqp
+                .nodes()
+                .all(|url| url.starts_with("amqp://") || url.starts_with("amqps://"));
+        if amqp_given && !amqp_nodes_valid {
             return Err(invalid(
                 "amqp.url",
-                "must be empty or an amqp:// or amqps:// URL",
+                "must be empty or amqp:// or amqps:// URLs, comma-separated",
             ));
         }
         for (field, value) in [
@@ -353,6 +394,22 @@ impl Config {
             ("amqp.publish_batch", self.amqp.publish_batch),
             ("amqp.bundle_max", self.amqp.bundle_max),
             ("amqp.heartbeat_s", u32::from(self.amqp.heartbeat_s)),
+            (
+                "database.acquire_timeout_ms",
+                u32::try_from(self.database.acquire_timeout_ms).unwrap_or(u32::MAX),
+            ),
+            (
+                "database.statement_timeout_ms",
+                u32::try_from(self.database.statement_timeout_ms).unwrap_or(u32::MAX),
+            ),
+            (
+                "database.keepalive_s",
+                u32::try_from(self.database.keepalive_s).unwrap_or(u32::MAX),
+            ),
+            (
+                "limits.request_timeout_ms",
+                u32::try_from(self.limits.request_timeout_ms).unwrap_or(u32::MAX),
+            ),
             (
                 "limits.max_concurrent_streams",
                 self.limits.max_concurrent_streams,
@@ -423,12 +480,13 @@ impl Config {
                 url_host(&db)
             ));
         }
-        let amqp = self.amqp.url.expose();
-        if amqp.starts_with("amqp://") && !is_local(url_host(amqp)) {
-            warnings.push(format!(
-                "amqp.url reaches {} in clear: use amqps:// (and amqp.ca_cert)",
-                url_host(amqp)
-            ));
+        for amqp in self.amqp.nodes() {
+            if amqp.starts_with("amqp://") && !is_local(url_host(amqp)) {
+                warnings.push(format!(
+                    "amqp.url reaches {} in clear: use amqps:// (and amqp.ca_cert)",
+                    url_host(amqp)
+                ));
+            }
         }
         warnings
     }
@@ -548,17 +606,47 @@ mod tests {
             ..AmqpConfig::default()
         };
         assert_eq!(
-            with("amqp://guest:guest@127.0.0.1:5672/%2f").connect_url(),
-            "amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"
+            with("amqp://guest:guest@127.0.0.1:5672/%2f").connect_urls(),
+            ["amqp://guest:guest@127.0.0.1:5672/%2f?heartbeat=10"]
         );
         assert_eq!(
-            with("amqps://h/v?frame_max=8192").connect_url(),
-            "amqps://h/v?frame_max=8192&heartbeat=10"
+            with("amqps://h/v?frame_max=8192").connect_urls(),
+            ["amqps://h/v?frame_max=8192&heartbeat=10"]
         );
         assert_eq!(
-            with("amqp://h/v?heartbeat=30").connect_url(),
-            "amqp://h/v?heartbeat=30"
+            with("amqp://h/v?heartbeat=30").connect_urls(),
+            ["amqp://h/v?heartbeat=30"]
         );
+    }
+
+    #[test]
+    fn the_amqp_url_may_name_every_node_of_a_cluster() {
+        let mut config = Config::default();
+        config.database.url = Secret::new("postgres://localhost/spean");
+        config.amqp.url = Secret::new("amqp://g:p@n1:5672/v, amqp://g:p@n2:5673/v,amqps://n3/v");
+        assert!(config.validate().is_ok());
+        assert_eq!(
+            config.amqp.connect_urls(),
+            [
+                "amqp://g:p@n1:5672/v?heartbeat=10",
+                "amqp://g:p@n2:5673/v?heartbeat=10",
+                "amqps://n3/v?heartbeat=10"
+            ]
+        );
+        let warned = config.insecure_transports();
+        assert!(
+            warned.iter().any(|w| w.contains("reaches n1")),
+            "{warned:?}"
+        );
+        assert!(
+            warned.iter().any(|w| w.contains("reaches n2")),
+            "{warned:?}"
+        );
+        config.amqp.url = Secret::new("amqp://n1/v,http://n2/v");
+        let refused = config.validate().unwrap_err().to_string();
+        assert!(refused.contains("amqp.url"), "{refused}");
+        config.amqp.url = Secret::new(" , ");
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::error::{BrokerError, StoreError};
 use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared, connections};
 use crate::pki::{Pki, PkiError};
 use crate::store::Store;
-use crate::store::postgres::PgStore;
+use crate::store::postgres::{PgLimits, PgStore};
 use crate::store::sqlite::SqliteStore;
 use crate::workflow::{Limits, Workflow};
 
@@ -78,6 +78,8 @@ pub struct Broker {
 
 /// How often health is re-evaluated.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the health probe waits for the database before it counts it as not answering.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens the store the configuration names.
 ///
@@ -131,7 +133,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartupError>
         let result = match probe {
             Ok(Ok(connection)) => {
                 let _ = sqlx::Connection::close(connection).await;
-                PgStore::connect(&url).await
+                PgStore::connect(&url, pg_limits(&config.database)).await
             }
             Ok(Err(error)) => Err(StoreError::Database(error)),
             Err(_) => Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
@@ -333,6 +335,7 @@ impl Broker {
         let delivery = &self.config.delivery;
         let limits = &self.config.limits;
         let server = Server::builder()
+            .timeout(Duration::from_millis(limits.request_timeout_ms))
             .http2_keepalive_interval(Some(Duration::from_millis(delivery.keepalive_interval_ms)))
             .http2_keepalive_timeout(Some(Duration::from_millis(delivery.keepalive_timeout_ms)))
             .max_concurrent_streams(limits.max_concurrent_streams)
@@ -405,7 +408,11 @@ async fn report_health(
     let amqp_health = amqp.as_ref().map(|a| a.healthy());
     let mut last = None;
     loop {
-        let database = store.ping().await.is_ok();
+        // Bounded: a connection that hangs without a reset would otherwise keep reporting SERVING.
+        let database = matches!(
+            tokio::time::timeout(HEALTH_PROBE_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
         let queues = amqp_health.as_ref().is_none_or(|h| *h.borrow());
         let serving = database && queues;
         if last != Some(serving) {
@@ -432,5 +439,14 @@ async fn report_health(
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(HEALTH_INTERVAL) => {}
         }
+    }
+}
+
+/// The PostgreSQL pool's limits from `database.*`.
+fn pg_limits(config: &crate::config::DatabaseConfig) -> PgLimits {
+    PgLimits {
+        acquire_timeout: Duration::from_millis(config.acquire_timeout_ms),
+        statement_timeout: Duration::from_millis(config.statement_timeout_ms),
+        keepalive: Duration::from_secs(config.keepalive_s),
     }
 }

@@ -396,13 +396,15 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
     }
 }
 
-/// A referral with its history, as the party its view was made for may see it.
+/// A referral with its history, as the party its view was made for may see it: each event through
+/// the view too ([`ReferralView::event`]).
 pub fn referral(view: ReferralView, history: &[Event]) -> pb::Referral {
+    let history = history.iter().map(|e| event(&view.event(e))).collect();
     let r = view.into_referral();
     pb::Referral {
         envelope: Some(envelope(&r)),
         state: state(r.state) as i32,
-        history: history.iter().map(event).collect(),
+        history,
         case_file: r.case_file.into_bytes(),
     }
 }

@@ -16,8 +16,8 @@ use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
 use crate::referral::state::{self, EventKind, State};
 use crate::referral::{
-    Action, Addressee, DeliveryContent, Event, EventDetails, FreeText, ListQuery, NewReferral,
-    Referral, ReferralView,
+    Action, Addressee, Audience, DeliveryContent, Event, EventDetails, FreeText, ListQuery,
+    NewReferral, Referral, ReferralView,
 };
 use crate::store::{
     Change, ChangeOutcome, DeliveryRef, NewDelivery, Snapshot, Store, SubmitOutcome,
@@ -570,13 +570,27 @@ fn change_for(
             held: None,
         });
     }
+    // Who the referral is with once this change is written decides what each party reads of the
+    // event: a former recipient gets it through the view, without what people wrote.
+    let recipient = new_recipient.as_ref().unwrap_or(&referral.recipient);
     let body = carry.then(|| wire::carried(DeliveryContent::Event(Box::new(event.clone()))));
-    deliveries.extend(parties.iter().map(|agency| NewDelivery {
-        id: uuid::Uuid::now_v7(),
-        agency: agency.clone(),
-        event_id: Some(event.id),
-        body: body.clone(),
-        held: held.filter(|_| carry),
+    deliveries.extend(parties.iter().map(|agency| {
+        let audience = Audience::of(&referral.sender, recipient, agency);
+        let body = if audience.reads_notes() || &event.actor == agency {
+            body.clone()
+        } else {
+            carry.then(|| {
+                let seen = event.clone().as_seen_by(agency, audience);
+                wire::carried(DeliveryContent::Event(Box::new(seen)))
+            })
+        };
+        NewDelivery {
+            id: uuid::Uuid::now_v7(),
+            agency: agency.clone(),
+            event_id: Some(event.id),
+            body,
+            held: held.filter(|_| carry),
+        }
     }));
     Change {
         referral_id: referral.id,

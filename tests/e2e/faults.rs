@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use spean_proto::v1 as pb;
 
-use crate::helpers::{AdapterProcess, BrokerProcess, Relay, ServingStatus, eventually, lama};
+use crate::helpers::{
+    AdapterProcess, BrokerProcess, Relay, ServingStatus, eventually, lama, referral_id_of,
+};
 use crate::production::{PASSWORD, Production};
 use crate::traffic::{self, ACK, Ledger, RECIPIENTS, Responses, SENDER};
 
 /// A broker on `env` plus the sender's and recipients' adapters, all running.
-struct Network {
-    dir: tempfile::TempDir,
-    broker: BrokerProcess,
-    sender: AdapterProcess,
-    recipients: Vec<AdapterProcess>,
+pub(crate) struct Network {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) broker: BrokerProcess,
+    pub(crate) sender: AdapterProcess,
+    pub(crate) recipients: Vec<AdapterProcess>,
     /// Which referrals the recipients acknowledged so far (through their outboxes).
-    responses: Responses,
+    pub(crate) responses: Responses,
 }
 
 impl Network {
@@ -27,9 +29,13 @@ impl Network {
     }
 
     async fn start_in(dir: tempfile::TempDir, env: &Production) -> Self {
+        Self::start_with(dir, &env.broker_env()).await
+    }
+
+    /// The network with a broker started on `settings` (another RabbitMQ, say: `cluster.rs`).
+    pub(crate) async fn start_with(dir: tempfile::TempDir, settings: &[(String, String)]) -> Self {
         let broker =
-            BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &env.broker_env())
-                .await;
+            BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", settings).await;
         broker.wait_for_health(ServingStatus::Serving).await;
         let mut sender = AdapterProcess::new(&broker, SENDER, dir.path());
         sender.start();
@@ -54,7 +60,7 @@ impl Network {
     }
 
     /// What the broker accepted from the sender, once its outbox drained.
-    async fn accepted(&self, expected: usize) -> BTreeMap<String, String> {
+    pub(crate) async fn accepted(&self, expected: usize) -> BTreeMap<String, String> {
         traffic::accepted(
             &self.sender,
             &mut self.broker.client(SENDER).await,
@@ -66,7 +72,7 @@ impl Network {
     /// Acknowledges whatever is left through the recipients' outboxes, then checks the whole ledger
     /// by id: each referral in its recipient's inbox once, one `delivered` and one `acknowledged`
     /// event for each in the sender's adapter.
-    async fn finish(&mut self, referrals: BTreeMap<String, String>) {
+    pub(crate) async fn finish(&mut self, referrals: BTreeMap<String, String>) {
         self.responses
             .answer_all(&self.recipients, &[ACK], &referrals)
             .await;
@@ -83,7 +89,7 @@ impl Network {
 
 /// Referrals that must have reached their recipients before a fault starts, so that some are
 /// acknowledged during it.
-const BEFORE_FAULT: usize = 4;
+pub(crate) const BEFORE_FAULT: usize = 4;
 
 #[tokio::test]
 async fn production_broker_sigkilled_mid_stream_loses_and_duplicates_nothing() {
@@ -726,19 +732,15 @@ async fn a_delivery_never_confirmed_is_set_aside_at_the_delivery_limit_and_redri
     request.recipient = Some(pb::Recipient {
         target: Some(pb::recipient::Target::AgencyId(recipient.into())),
     });
-    let referral_id = broker
-        .client(SENDER)
-        .await
-        .referrals
-        .submit(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .referral
-        .unwrap()
-        .envelope
-        .unwrap()
-        .referral_id;
+    let referral_id = referral_id_of(
+        broker
+            .client(SENDER)
+            .await
+            .referrals
+            .submit(request)
+            .await
+            .unwrap(),
+    );
 
     // Receive it and drop the stream without confirming, until RabbitMQ stops handing it out.
     let dead_letters = "spean.dead-letter";

@@ -164,11 +164,12 @@ impl BrokerProcess {
     }
 }
 
-/// A TCP relay in front of the broker that can go silent: it then neither reads nor writes, yet
-/// keeps every connection open, as a mobile network that dropped or a NAT that forgot the
-/// connection does. Neither end sees a close or a reset.
+/// A TCP relay in front of the broker (or RabbitMQ) that can go silent: it then neither reads nor
+/// writes, yet keeps every connection open, as a mobile network that dropped or a NAT that forgot
+/// the connection does. Neither end sees a close or a reset. It can [`heal`](Relay::heal) again.
 pub struct Relay {
     pub addr: SocketAddr,
+    /// True while the relay is silent; every connection's pipes watch it.
     silent: tokio::sync::watch::Sender<bool>,
 }
 
@@ -179,13 +180,7 @@ impl Relay {
         let (silent, watch) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let Ok(broker) = tokio::net::TcpStream::connect(to).await else {
-                    continue;
-                };
-                let (from_client, to_client) = client.into_split();
-                let (from_broker, to_broker) = broker.into_split();
-                tokio::spawn(pipe(from_client, to_broker, watch.clone()));
-                tokio::spawn(pipe(from_broker, to_client, watch.clone()));
+                tokio::spawn(forward(client, to, watch.clone()));
             }
         });
         Self { addr, silent }
@@ -199,9 +194,40 @@ impl Relay {
     pub fn go_silent(&self) {
         self.silent.send_replace(true);
     }
+
+    /// The network is back: new connections are forwarded again. The connections held while
+    /// silent are closed, not resumed: the NAT or mobile network that forgot them answers their
+    /// next packet with a reset, so neither end may count on them, and each must notice and
+    /// connect again (RabbitMQ and the broker would also have given up on them by their
+    /// heartbeats).
+    pub fn heal(&self) {
+        self.silent.send_replace(false);
+    }
 }
 
-/// Copies `from` to `to` until either closes or the relay goes silent; silent, it holds both open.
+/// Forwards one accepted connection to `to` through two [`pipe`]s. A connection made while the
+/// relay is silent reaches nothing (its packets are lost like any other) and is closed when the
+/// relay heals.
+async fn forward(
+    client: tokio::net::TcpStream,
+    to: SocketAddr,
+    mut silent: tokio::sync::watch::Receiver<bool>,
+) {
+    if *silent.borrow_and_update() {
+        let _ = silent.wait_for(|silent| !*silent).await;
+        return;
+    }
+    let Ok(upstream) = tokio::net::TcpStream::connect(to).await else {
+        return;
+    };
+    let (from_client, to_client) = client.into_split();
+    let (from_upstream, to_upstream) = upstream.into_split();
+    tokio::spawn(pipe(from_client, to_upstream, silent.clone()));
+    tokio::spawn(pipe(from_upstream, to_client, silent));
+}
+
+/// Copies `from` to `to` until either closes or the relay goes silent; silent, it holds both open
+/// until the relay heals (or is dropped), and then closes both (see [`Relay::heal`]).
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -219,10 +245,15 @@ async fn pipe(
                     }
                 }
             },
-            _ = silent.changed() => {}
+            changed = silent.changed() => {
+                if changed.is_err() {
+                    // The relay is gone: so are its connections.
+                    return;
+                }
+            }
         }
     }
-    std::future::pending::<()>().await;
+    let _ = silent.wait_for(|silent| !*silent).await;
     drop((from, to));
 }
 
@@ -261,6 +292,11 @@ impl RawStream {
 }
 
 impl GrpcClient {
+    /// Submits story 1's referral under `client_ref` and returns its referral id.
+    pub async fn submit_lama(&mut self, client_ref: &str) -> String {
+        referral_id_of(self.referrals.submit(lama(client_ref)).await.unwrap())
+    }
+
     /// The referral as this agency sees it through `Get`, which must succeed.
     pub async fn referral(&mut self, referral_id: &str) -> pb::Referral {
         self.referrals
@@ -463,4 +499,15 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let key = format!(" {name}=");
     let start = line.find(&key)? + key.len();
     line[start..].split_whitespace().next()
+}
+
+/// The referral id in a `Submit` answer.
+pub fn referral_id_of(answer: tonic::Response<pb::SubmitResponse>) -> String {
+    answer
+        .into_inner()
+        .referral
+        .unwrap()
+        .envelope
+        .unwrap()
+        .referral_id
 }

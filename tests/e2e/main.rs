@@ -9,10 +9,12 @@
 mod adapter_crash;
 mod broker_cli;
 mod broker_crash;
+mod cluster;
 mod faults;
 mod helpers;
 mod partitions;
 mod production;
+mod queues;
 mod story_lama;
 mod traffic;
 mod visibility;

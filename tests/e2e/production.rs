@@ -114,18 +114,7 @@ impl PrivateRabbit {
     }
 
     pub async fn wait_until_up(&self) {
-        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port);
-        eventually("the private RabbitMQ node to accept connections", || {
-            let url = url.clone();
-            async move {
-                let c = Connection::connect(&url, ConnectionProperties::default())
-                    .await
-                    .ok()?;
-                let _ = c.close(200, "ok".into()).await;
-                Some(())
-            }
-        })
-        .await;
+        wait_for_amqp(self.port, "the private RabbitMQ node").await;
     }
 
     /// Stops the RabbitMQ application: every connection drops and the port closes; data stays.
@@ -152,7 +141,23 @@ impl Drop for PrivateRabbit {
     }
 }
 
-fn free_port() -> u16 {
+/// Waits until the RabbitMQ node on `port` (`what`, for the message) accepts an AMQP connection.
+pub(crate) async fn wait_for_amqp(port: u16, what: &str) {
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    eventually(&format!("{what} to accept connections"), || {
+        let url = url.clone();
+        async move {
+            let c = Connection::connect(&url, ConnectionProperties::default())
+                .await
+                .ok()?;
+            let _ = c.close(200, "ok".into()).await;
+            Some(())
+        }
+    })
+    .await;
+}
+
+pub(crate) fn free_port() -> u16 {
     // Ports above 20000 so the distribution port (+10000) stays valid.
     loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

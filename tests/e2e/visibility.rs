@@ -28,6 +28,22 @@ fn redirect(referral_id: &str) -> pb::RedirectRequest {
     }
 }
 
+/// Two brokers on `settings` sharing one PKI (the first's), both serving.
+async fn two_brokers(
+    dir: &std::path::Path,
+    mut settings: Vec<(String, String)>,
+) -> (BrokerProcess, BrokerProcess) {
+    let first = BrokerProcess::start_with(&dir.join("broker"), "127.0.0.1:0", &settings).await;
+    first.wait_for_health(ServingStatus::Serving).await;
+    settings.push((
+        "SPEAN_BROKER_TLS__PKI_DIR".into(),
+        dir.join("broker/pki").display().to_string(),
+    ));
+    let second = BrokerProcess::start_with(&dir.join("broker-2"), "127.0.0.1:0", &settings).await;
+    second.wait_for_health(ServingStatus::Serving).await;
+    (first, second)
+}
+
 /// The case file each referral delivery on `agency`'s stream carried, until one for `referral_id`
 /// arrived; confirms everything it reads.
 async fn case_file_delivered(broker: &BrokerProcess, agency: &str, referral_id: &str) -> Vec<u8> {
@@ -56,27 +72,13 @@ async fn a_referral_queued_before_a_redirect_through_another_broker_reaches_the_
  {
     let env = Production::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let first =
-        BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &env.broker_env())
-            .await;
-    first.wait_for_health(ServingStatus::Serving).await;
-    let mut settings = env.broker_env();
-    settings.push((
-        "SPEAN_BROKER_TLS__PKI_DIR".into(),
-        dir.path().join("broker/pki").display().to_string(),
-    ));
-    let second =
-        BrokerProcess::start_with(&dir.path().join("broker-2"), "127.0.0.1:0", &settings).await;
-    second.wait_for_health(ServingStatus::Serving).await;
+    let (first, second) = two_brokers(dir.path(), env.broker_env()).await;
 
-    let mut hospital = first.client(SENDER).await;
-    let submitted = hospital
-        .referrals
-        .submit(lama("across-brokers"))
+    let id = first
+        .client(SENDER)
         .await
-        .unwrap()
-        .into_inner();
-    let id = submitted.referral.unwrap().envelope.unwrap().referral_id;
+        .submit_lama("across-brokers")
+        .await;
     let queue = format!("spean.agency.{FORMER}");
     eventually(
         "the referral published to the recipient's queue",
@@ -99,16 +101,109 @@ async fn a_referral_queued_before_a_redirect_through_another_broker_reaches_the_
     );
     // And a later read through either broker agrees.
     for broker in [&first, &second] {
-        let read = broker
-            .client(FORMER)
-            .await
-            .referrals
-            .get(pb::GetRequest {
-                referral_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let read = broker.client(FORMER).await.referral(&id).await;
         assert!(read.case_file.is_empty());
     }
+}
+
+/// The first event of `kind` on `referral_id` that comes down `agency`'s stream; confirms
+/// everything it reads.
+async fn event_delivered(
+    broker: &BrokerProcess,
+    agency: &str,
+    referral_id: &str,
+    kind: pb::FeedbackKind,
+) -> pb::FeedbackEvent {
+    let mut client = broker.client(agency).await;
+    let mut stream = client.subscribe(10).await;
+    loop {
+        let delivery = stream
+            .next_within(Duration::from_secs(20), "the event's delivery")
+            .await;
+        stream.confirm(delivery.delivery_id.clone()).await;
+        if let Some(pb::delivery::Payload::Feedback(e)) = delivery.payload
+            && e.referral_id == referral_id
+            && e.kind == kind as i32
+        {
+            return e;
+        }
+    }
+}
+
+/// What the new recipient writes once the referral is with it: its staff member's name and a note,
+/// in Khmer.
+fn acknowledge(referral_id: &str) -> pb::AcknowledgeRequest {
+    pb::AcknowledgeRequest {
+        action: Some(pb::Action {
+            referral_id: referral_id.to_owned(),
+            request_id: "acknowledge-after-redirect".into(),
+            actor_person: "ដារ៉ា (Dara)".into(),
+            note: "កុមារស្នាក់នៅជាមួយយាយ".into(),
+        }),
+    }
+}
+
+/// After a redirect, on either delivery path and across two brokers, what the new recipient
+/// writes reaches the former recipient only as a skeleton (kind, time, agency), without the staff
+/// name or the note, on its stream and in a later read; the sender reads it whole, and the former
+/// recipient's own redirect stays whole for it.
+async fn later_notes_are_withheld_from_the_former_recipient(env: &Production, rabbitmq: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = env.broker_env();
+    if !rabbitmq {
+        settings.retain(|(k, _)| !k.starts_with("SPEAN_BROKER_AMQP__"));
+    }
+    let (first, second) = two_brokers(dir.path(), settings).await;
+
+    let id = first
+        .client(SENDER)
+        .await
+        .submit_lama("notes-after-redirect")
+        .await;
+    let mut ngo = second.client(FORMER).await;
+    ngo.referrals.redirect(redirect(&id)).await.unwrap();
+    case_file_delivered(&second, NEW, &id).await;
+    let mut province = second.client(NEW).await;
+    province
+        .referrals
+        .acknowledge(acknowledge(&id))
+        .await
+        .unwrap();
+
+    let seen = event_delivered(&first, FORMER, &id, pb::FeedbackKind::Acknowledged).await;
+    assert_eq!(seen.actor_agency_id, NEW);
+    assert!(
+        seen.note.is_empty() && seen.actor_person.is_empty(),
+        "the former recipient read what the new recipient wrote: {:?} / {:?}",
+        seen.note,
+        seen.actor_person
+    );
+    let whole = event_delivered(&first, SENDER, &id, pb::FeedbackKind::Acknowledged).await;
+    assert_eq!(whole.note, "កុមារស្នាក់នៅជាមួយយាយ");
+    assert_eq!(whole.actor_person, "ដារ៉ា (Dara)");
+
+    let read = first.client(FORMER).await.referral(&id).await;
+    let kind = |k: pb::FeedbackKind| {
+        read.history
+            .iter()
+            .find(|e| e.kind == k as i32)
+            .unwrap_or_else(|| panic!("no {k:?} in the history"))
+    };
+    let later = kind(pb::FeedbackKind::Acknowledged);
+    assert!(later.note.is_empty() && later.actor_person.is_empty());
+    let own = kind(pb::FeedbackKind::Redirected);
+    assert_eq!(
+        own.actor_person, "សុភា (Sophea)",
+        "its own redirect stays whole"
+    );
+}
+
+#[tokio::test]
+async fn later_notes_are_withheld_from_the_former_recipient_on_rabbitmq() {
+    later_notes_are_withheld_from_the_former_recipient(&Production::new().await, true).await;
+}
+
+#[tokio::test]
+async fn later_notes_are_withheld_from_the_former_recipient_on_the_database_mailbox() {
+    later_notes_are_withheld_from_the_former_recipient(&Production::new().await, false).await;
 }

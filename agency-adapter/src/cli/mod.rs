@@ -189,7 +189,7 @@ pub(crate) struct Context {
 impl Context {
     async fn open(settings: Settings) -> anyhow::Result<Self> {
         let identity = Identity::load(&settings.identity)?;
-        let store = Store::open(&settings.store).await?;
+        let store = Store::open(&settings.store, &identity.agency_id).await?;
         Ok(Self {
             settings,
             identity,

@@ -6,6 +6,10 @@
 //! sequences cannot drive the terminal and bidirectional controls cannot make text read differently
 //! from what it says. `--json` needs none of this: JSON escapes control characters itself, and
 //! whoever reads it gets the text exactly as it was written.
+//!
+//! A referral redirected away from this agency no longer carries its case file here (the store
+//! removed it): `inbox` still lists it, marked as no longer with this agency, and `show` says when
+//! the case file was withdrawn and where the referral went instead of printing an empty case file.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
@@ -19,7 +23,7 @@ use crate::{
     referral::{
         age_band_name, is_closed, kind_name, next_action, sex_name, state_name, urgency_name,
     },
-    store::{OutboxRow, ReferralRow, timestamp},
+    store::{OutboxRow, ReferralRow, Withdrawal, timestamp},
 };
 
 #[derive(Serialize)]
@@ -30,6 +34,8 @@ struct InboxItem {
     kind: String,
     urgency: String,
     state: String,
+    /// False once the referral was redirected away: `recipient` says where it is now.
+    with_this_agency: bool,
     name_km: String,
     name_latin: String,
     created_at: String,
@@ -37,7 +43,7 @@ struct InboxItem {
 }
 
 pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
-    let rows = ctx.store.received_by(ctx.me()).await?;
+    let rows = ctx.store.received().await?;
     let items: Vec<InboxItem> = rows
         .into_iter()
         .filter(|r| args.all || !is_closed(&r.state))
@@ -45,6 +51,7 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
             // A case file that does not decode still lists, without a name.
             let name = CaseFile::decode(&r.case_file).unwrap_or_default().name;
             InboxItem {
+                with_this_agency: r.recipient == ctx.me(),
                 referral_id: r.referral_id,
                 sender: r.sender,
                 recipient: r.recipient,
@@ -65,13 +72,18 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
         "referral", "received", "from", "kind", "urgency", "state", "name",
     ]);
     for i in &items {
+        let state = if i.with_this_agency {
+            i.state.clone()
+        } else {
+            format!("{} (no longer here: now with {})", i.state, i.recipient)
+        };
         table.add_row(cells(vec![
             i.referral_id.clone(),
             i.received_at.clone(),
             i.sender.clone(),
             i.kind.clone(),
             i.urgency.clone(),
-            i.state.clone(),
+            state,
             [i.name_km.as_str(), i.name_latin.as_str()]
                 .iter()
                 .filter(|n| !n.is_empty())
@@ -90,11 +102,23 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
     };
     let envelope = row.decode_envelope()?;
     let case_file = CaseFile::decode(&row.case_file)?;
+    // Only an empty case file can have been withdrawn: one held again (the referral came back)
+    // is shown as it is.
+    let withdrawal = if row.case_file.is_empty() {
+        ctx.store.withdrawal(id).await?
+    } else {
+        None
+    };
     let history = ctx.store.history(id).await?;
     if json_out {
+        let case_file = match &withdrawal {
+            Some(_) => Value::Null,
+            None => serde_json::to_value(&case_file)?,
+        };
         return print_json(&json!({
             "referral": referral_json(&row, &envelope),
             "case_file": case_file,
+            "case_file_withdrawn": withdrawal.as_ref().map(withdrawal_json),
             "history": history.iter().map(event_json).collect::<Vec<_>>(),
         }));
     }
@@ -119,8 +143,9 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
         plain(&referral["requested_recipient"])
     );
     println!("case file");
-    let case = serde_json::to_value(&case_file)?;
-    if let Value::Object(fields) = case {
+    if let Some(withdrawal) = &withdrawal {
+        println!("  {}", withdrawn_line(withdrawal));
+    } else if let Value::Object(fields) = serde_json::to_value(&case_file)? {
         for (key, value) in fields {
             // Free prose keeps its line breaks, indented under its key; every other value is one line.
             let value = match &value {
@@ -294,6 +319,24 @@ fn table(header: &[&str]) -> Table {
         .load_preset(UTF8_FULL_CONDENSED)
         .set_header(header.to_vec());
     table
+}
+
+/// What `show` prints in place of a withdrawn case file; the agency id came from the network.
+fn withdrawn_line(withdrawal: &Withdrawal) -> String {
+    format!(
+        "withdrawn {} (the referral was {} to {}); this agency no longer holds the case file",
+        shown(&withdrawal.withdrawn_at, Lines::One),
+        shown(&withdrawal.because, Lines::One),
+        shown(&withdrawal.now_with, Lines::One),
+    )
+}
+
+fn withdrawal_json(withdrawal: &Withdrawal) -> Value {
+    json!({
+        "withdrawn_at": withdrawal.withdrawn_at,
+        "now_with": withdrawal.now_with,
+        "because": withdrawal.because,
+    })
 }
 
 /// The case-file fields that are prose, whose line breaks `show` keeps.

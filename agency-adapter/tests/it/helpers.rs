@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use prost_types::Timestamp;
 use spean_adapter::{broker::Broker, case_file::CaseFile, identity::Identity, store::Store};
+use spean_domain::ids::AgencyId;
 use spean_proto::v1::{
-    Delivery, Envelope, FeedbackEvent, FeedbackKind, Recipient, Referral, ReferralState, Subject,
-    Urgency, delivery::Payload, recipient::Target,
+    Delivery, Envelope, FeedbackEvent, FeedbackKind, Recipient, Redirect, Referral, ReferralState,
+    Subject, Urgency, delivery::Payload, feedback_event::Details, recipient::Target,
 };
 
 pub struct TestStore {
@@ -20,15 +21,27 @@ pub struct TestStore {
     pub _dir: tempfile::TempDir,
 }
 
+/// A fresh store of `agency-b`, the recipient of the referrals [`referral`] builds.
 pub async fn fresh_store() -> TestStore {
+    fresh_store_of("agency-b").await
+}
+
+/// A fresh store belonging to `agency`.
+pub async fn fresh_store_of(agency: &str) -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("adapter.db");
-    let store = Store::open(&path).await.expect("open store");
+    let store = Store::open(&path, &agency_id(agency))
+        .await
+        .expect("open store");
     TestStore {
         store,
         path,
         _dir: dir,
     }
+}
+
+pub fn agency_id(raw: &str) -> AgencyId {
+    AgencyId::parse("agency", raw).expect("agency id")
 }
 
 /// A new UUIDv7: later calls sort after earlier ones, like the broker's ids.
@@ -52,6 +65,18 @@ pub fn event(referral_id: &str, kind: FeedbackKind, state_after: ReferralState) 
         state_after: state_after as i32,
         details: None,
     }
+}
+
+/// `agency-b` redirects the referral to `to`, with a Khmer note and reason; the referral is sent
+/// again, to its new recipient.
+pub fn redirected(referral_id: &str, to: &str) -> FeedbackEvent {
+    let mut redirected = event(referral_id, FeedbackKind::Redirected, ReferralState::Sent);
+    redirected.note = "ផ្ទេរទៅអង្គការផ្សេង".into();
+    redirected.details = Some(Details::Redirected(Redirect {
+        to_agency_id: to.into(),
+        reason: "មិនអាចធ្វើដំណើរទៅប៉ៃលិនបាន".into(),
+    }));
+    redirected
 }
 
 pub fn referral(referral_id: &str, case_file: &CaseFile, history: Vec<FeedbackEvent>) -> Referral {
@@ -308,4 +333,20 @@ pub fn json_of(output: &Output) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("stdout is JSON")
+}
+
+/// Stores, as a delivery, a new referral whose case file is Khmer, with its `submitted` event;
+/// returns its id.
+pub async fn store_khmer_referral(store: &Store) -> String {
+    let referral_id = id();
+    let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
+    store
+        .store_delivery(&delivery(Payload::Referral(referral(
+            &referral_id,
+            &khmer_case_file(),
+            vec![submitted],
+        ))))
+        .await
+        .unwrap();
+    referral_id
 }

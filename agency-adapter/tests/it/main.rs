@@ -12,6 +12,7 @@ mod feedback;
 mod files;
 mod helpers;
 mod idempotency;
+mod redirect;
 mod send;
 mod store;
 mod trust;

@@ -7,7 +7,9 @@ use spean_adapter::{
 };
 use spean_proto::v1::{FeedbackKind, ReferralState, delivery::Payload};
 
-use crate::helpers::{delivery, event, fresh_store, id, khmer_case_file, referral};
+use crate::helpers::{
+    agency_id, delivery, event, fresh_store, fresh_store_of, id, khmer_case_file, referral,
+};
 
 #[tokio::test]
 async fn storing_the_same_delivery_twice_keeps_one_referral() {
@@ -187,7 +189,7 @@ async fn khmer_names_round_trip_through_the_store_byte_for_byte() {
         .unwrap();
     t.store.close().await;
 
-    let reopened = Store::open(&t.path).await.unwrap();
+    let reopened = Store::open(&t.path, &agency_id("agency-b")).await.unwrap();
     let row = reopened.referral(&referral_id).await.unwrap().unwrap();
     let decoded = CaseFile::decode(&row.case_file).unwrap();
     assert_eq!(decoded.name.khmer.as_bytes(), "សុខ ស្រីល័ក្ខ".as_bytes());
@@ -220,7 +222,7 @@ async fn outbox_rows_survive_reopening_the_store() {
         .unwrap();
     t.store.close().await;
 
-    let reopened = Store::open(&t.path).await.unwrap();
+    let reopened = Store::open(&t.path, &agency_id("agency-b")).await.unwrap();
     let rows = reopened.outbox().await.unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].request_id, "req-1");
@@ -259,7 +261,7 @@ async fn a_rejected_request_leaves_the_queue_and_keeps_its_reason() {
 
 #[tokio::test]
 async fn a_submit_answer_stores_the_referral_and_marks_the_request_sent() {
-    let t = fresh_store().await;
+    let t = fresh_store_of("agency-a").await;
     let referral_id = id();
     t.store.enqueue("ref-1", "submit", None, b"").await.unwrap();
     let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);

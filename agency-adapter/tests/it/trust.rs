@@ -12,10 +12,10 @@ use spean_proto::v1::{
     Delivery, FeedbackKind, ReferralState, delivery::Payload, feedback_event::Details,
 };
 
-use crate::helpers::{delivery, event, id, identity, khmer_case_file, referral};
+use crate::helpers::{agency_id, delivery, event, id, identity, khmer_case_file, referral};
 
 /// Runs the binary as `agency` with its store in `dir`, against `broker`.
-fn adapter(dir: &Path, agency: &str, broker: &str, args: &[&str]) -> std::process::Output {
+pub fn adapter(dir: &Path, agency: &str, broker: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_spean-adapter"))
         .arg("--identity")
         .arg(identity(dir, agency))
@@ -115,7 +115,9 @@ async fn a_batch_stores_what_concerns_this_agency_and_nothing_else() {
 #[tokio::test]
 async fn show_prints_khmer_as_is_and_escapes_and_bidi_controls_visibly() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("agency-b.db")).await.unwrap();
+    let store = Store::open(&dir.path().join("agency-b.db"), &agency_id("agency-b"))
+        .await
+        .unwrap();
     let referral_id = id();
     let case_file = CaseFile::from_json(
         r#"{"name":{"khmer":"សុខ ស្រីល័ក្ខ","latin":"Sok\u001b[2J"},

@@ -3,14 +3,16 @@
 //!
 //! The mailbox backend loads every delivery here. The RabbitMQ backend sends a message as it was
 //! published, except a referral that was redirected since (through any broker of the deployment):
-//! its former recipient must not get the case file, so that delivery is made again here.
+//! its former recipient must not get the case file, so that delivery is made again here. An
+//! event published to RabbitMQ was made for each party when it was written (see
+//! `workflow::change_for`); one loaded here is made for its party as the referral stands now.
 
 use std::collections::HashMap;
 
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ReferralId};
-use crate::referral::{DeliveryContent, Event, Referral};
-use crate::store::{DeliveryRef, Store};
+use crate::referral::{Audience, DeliveryContent, Event, Referral};
+use crate::store::{DeliveryRef, PartiesNow, Store};
 
 /// What each delivery carries, loaded for a batch in one query per table: the referral as its
 /// agency may see it now ([`Referral::as_seen_by`]), or one event; `None` where it no longer
@@ -47,6 +49,20 @@ pub async fn contents(
             .map(|e| (e.id, e))
             .collect()
     };
+    // Who each event's referral is with now, so that a former recipient reads it through the view.
+    let mut event_referrals: Vec<ReferralId> = events.values().map(|e| e.referral_id).collect();
+    event_referrals.sort_unstable();
+    event_referrals.dedup();
+    let parties: HashMap<ReferralId, PartiesNow> = if event_referrals.is_empty() {
+        HashMap::new()
+    } else {
+        store
+            .parties_now(&event_referrals)
+            .await?
+            .into_iter()
+            .map(|p| (p.referral_id, p))
+            .collect()
+    };
     Ok(wanted
         .iter()
         .map(|(agency, d)| match d.event_id {
@@ -56,9 +72,16 @@ pub async fn contents(
                     history.clone(),
                 )
             }),
-            Some(event_id) => events
-                .get(&event_id)
-                .map(|e| DeliveryContent::Event(Box::new(e.clone()))),
+            Some(event_id) => events.get(&event_id).map(|e| {
+                let event = match parties.get(&e.referral_id) {
+                    Some(now) => {
+                        let audience = Audience::of(&now.sender, &now.recipient, agency);
+                        e.clone().as_seen_by(agency, audience)
+                    }
+                    None => e.clone(),
+                };
+                DeliveryContent::Event(Box::new(event))
+            }),
         })
         .collect())
 }

@@ -2,11 +2,18 @@
 //!
 //! Every answer and every delivery that carries a referral is made from a [`ReferralView`], and
 //! the only way to get one is [`Referral::as_seen_by`]. The wire codec takes a view, not a
-//! referral, so no path can put a case file on the wire without passing through this rule. The
-//! roles still to come (notified parties, coordinators, broadcast candidates) each become one more
-//! [`Audience`] here.
+//! referral, so no path can put a case file on the wire without passing through this rule. An
+//! event delivered on its own passes through [`Event::as_seen_by`]. The roles still to come
+//! (notified parties, coordinators, broadcast candidates) each become one more [`Audience`] here.
+//!
+//! A former recipient (the referral was redirected away from it) keeps the envelope and the
+//! skeleton of the history: what happened, when, by which agency, and where the referral went.
+//! It loses the case file and what people wrote after it let the referral go: notes, staff
+//! names, reasons, planned actions, outcomes. Its own events stay whole: they are its words.
 
-use super::Referral;
+use std::borrow::Cow;
+
+use super::{Event, EventDetails, Referral};
 use crate::ids::AgencyId;
 
 /// How an agency that may see a referral at all stands to it now. Whether it may see the referral
@@ -38,6 +45,12 @@ impl Audience {
     pub fn reads_case_file(self) -> bool {
         matches!(self, Audience::Sender | Audience::Recipient)
     }
+
+    /// Whether this audience reads what others wrote on the referral (notes, staff names, reasons,
+    /// outcomes): the same two parties. A former recipient sees only the skeleton of each event.
+    pub fn reads_notes(self) -> bool {
+        self.reads_case_file()
+    }
 }
 
 /// A referral as one of its parties may see it: its case file is there only if that party may read
@@ -46,6 +59,7 @@ impl Audience {
 pub struct ReferralView {
     referral: Referral,
     audience: Audience,
+    party: AgencyId,
 }
 
 impl ReferralView {
@@ -61,6 +75,40 @@ impl ReferralView {
     pub fn into_referral(self) -> Referral {
         self.referral
     }
+
+    /// One event of the referral's history as this view's party may see it
+    /// ([`Event::as_seen_by`]); borrowed when nothing is withheld, which is the common case.
+    pub fn event<'e>(&self, event: &'e Event) -> Cow<'e, Event> {
+        if self.audience.reads_notes() || event.actor == self.party {
+            Cow::Borrowed(event)
+        } else {
+            Cow::Owned(event.clone().as_seen_by(&self.party, self.audience))
+        }
+    }
+}
+
+impl Event {
+    /// This event as `party`, which stands to its referral as `audience`, may see it. An audience
+    /// that does not read notes gets the skeleton: kind, time, acting agency, state after, and for
+    /// a redirect where the referral went (the envelope it keeps names the new recipient too).
+    /// Everything a person wrote is withheld, and the codes of a decline, a follow-up and an
+    /// outcome with it, since they say as much about the child as the text. Its own events it
+    /// sees whole.
+    pub fn as_seen_by(mut self, party: &AgencyId, audience: Audience) -> Event {
+        if audience.reads_notes() || &self.actor == party {
+            return self;
+        }
+        self.actor_person = Default::default();
+        self.note = Default::default();
+        self.details = match self.details {
+            EventDetails::Redirected { to, .. } => EventDetails::Redirected {
+                to,
+                reason: Default::default(),
+            },
+            _ => EventDetails::None,
+        };
+        self
+    }
 }
 
 impl Referral {
@@ -74,6 +122,7 @@ impl Referral {
         ReferralView {
             referral: self,
             audience,
+            party: party.clone(),
         }
     }
 }
@@ -110,5 +159,72 @@ mod tests {
         assert!(former.referral().case_file.is_empty());
         let new = referral.as_seen_by(&agency("dosvy-24"));
         assert_eq!(new.referral().case_file.as_bytes(), "សុខ".as_bytes());
+    }
+
+    fn completed_by(actor: &str) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7(),
+            referral_id: crate::ids::ReferralId::new(),
+            kind: crate::referral::EventKind::Completed,
+            actor: agency(actor),
+            actor_person: crate::referral::FreeText::line("actor_person", "សុភា", 64).unwrap(),
+            at: time::OffsetDateTime::UNIX_EPOCH,
+            note: crate::referral::FreeText::parse("note", "កុមារនៅផ្ទះ", 512).unwrap(),
+            state_after: crate::referral::State::Completed,
+            details: EventDetails::Completed {
+                outcome_code: crate::referral::Code::parse("outcome_code", "reunified").unwrap(),
+                summary: crate::referral::FreeText::parse("summary", "ជួបគ្រួសារ", 512).unwrap(),
+            },
+            request_id: None,
+        }
+    }
+
+    #[test]
+    fn a_former_recipient_sees_only_the_skeleton_of_what_others_wrote() {
+        let event = completed_by("dosvy-24");
+        let seen = event
+            .clone()
+            .as_seen_by(&agency("mlup-russey"), Audience::FormerRecipient);
+        assert_eq!(seen.kind, event.kind);
+        assert_eq!(seen.state_after, event.state_after);
+        assert_eq!(seen.actor, event.actor);
+        assert!(seen.note.as_str().is_empty());
+        assert!(seen.actor_person.as_str().is_empty());
+        assert!(matches!(seen.details, EventDetails::None));
+        for audience in [Audience::Sender, Audience::Recipient] {
+            let seen = event.clone().as_seen_by(&agency("ahc-swu"), audience);
+            assert_eq!(seen.note.as_str(), "កុមារនៅផ្ទះ", "{audience:?}");
+        }
+    }
+
+    #[test]
+    fn a_former_recipient_keeps_its_own_words_and_where_a_redirect_went() {
+        let own = completed_by("mlup-russey")
+            .as_seen_by(&agency("mlup-russey"), Audience::FormerRecipient);
+        assert_eq!(own.actor_person.as_str(), "សុភា");
+        let mut redirect = completed_by("dosvy-24");
+        redirect.details = EventDetails::Redirected {
+            to: agency("fcf-kandal"),
+            reason: crate::referral::FreeText::parse("reason", "ឆ្ងាយ", 512).unwrap(),
+        };
+        let seen = redirect.as_seen_by(&agency("mlup-russey"), Audience::FormerRecipient);
+        match seen.details {
+            EventDetails::Redirected { to, reason } => {
+                assert_eq!(to.as_str(), "fcf-kandal");
+                assert!(reason.as_str().is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_view_withholds_history_only_from_a_former_recipient() {
+        let mut referral = sample("ahc-swu", "mlup-russey");
+        referral.recipient = agency("dosvy-24");
+        let event = completed_by("dosvy-24");
+        let former = referral.clone().as_seen_by(&agency("mlup-russey"));
+        assert!(former.event(&event).note.as_str().is_empty());
+        let sender = referral.as_seen_by(&agency("ahc-swu"));
+        assert!(matches!(sender.event(&event), Cow::Borrowed(_)));
     }
 }

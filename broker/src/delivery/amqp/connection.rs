@@ -2,6 +2,7 @@
 //! declared, watched, and opened again with backoff after a loss. Its state is the broker's health.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
@@ -25,6 +26,8 @@ const DEAD_LETTER_CHECK: Duration = Duration::from_secs(10);
 /// The first wait before reconnecting, and the longest, between which the wait doubles.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long closing a dropped connection may wait for RabbitMQ's answer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Amqp {
     /// True while a connection is up and the exchanges declared.
@@ -38,13 +41,89 @@ impl Amqp {
         guard.clone().filter(|c| c.status().connected())
     }
 
+    /// The supervised connection, if it is up, with its number ([`Amqp::generation`]).
+    pub(super) fn current_numbered(&self) -> Option<(Arc<Connection>, u64)> {
+        let guard = self.connection.read().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(Ordering::Relaxed);
+        guard
+            .clone()
+            .filter(|c| c.status().connected())
+            .map(|c| (c, generation))
+    }
+
+    /// Resolves once the connection numbered `generation` is given up on ([`Amqp::give_up_on`]):
+    /// whatever waits on it would otherwise wait for the heartbeat to notice.
+    pub(super) async fn given_up(&self, generation: u64) {
+        let mut suspect = self.suspect.subscribe();
+        let _ = suspect.wait_for(|g| *g == generation).await;
+    }
+
     fn set_current(&self, connection: Option<Arc<Connection>>) {
         let mut guard = self.connection.write().unwrap_or_else(|p| p.into_inner());
+        if connection.is_some() {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
         *guard = connection;
     }
 
-    /// Opens a connection, bounded by [`CONNECT_TIMEOUT`].
+    /// Reports `connection` dead although it looks up: publisher confirms on it stayed late, which
+    /// is what a partition that drops packets looks like before the heartbeat notices (and the
+    /// heartbeat may be long). If it is still the supervised connection, the supervisor drops it,
+    /// reports NOT_SERVING and connects again, to the next node first. A connection the server
+    /// has blocked (a resource alarm) is slow on purpose and is left alone.
+    pub(super) fn give_up_on(&self, connection: &Arc<Connection>) {
+        if connection.status().blocked() {
+            return;
+        }
+        let guard = self.connection.read().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            self.suspect
+                .send_replace(self.generation.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Opens a connection to the first node that answers, trying each configured node once,
+    /// starting with the one after the node whose connection was lost last ([`Amqp::next_node`]);
+    /// each attempt is bounded by [`CONNECT_TIMEOUT`]. With one node, that node.
     pub async fn connect(&self) -> Result<Connection, DeliveryError> {
+        let urls = self.config.connect_urls();
+        let first = self.next_node.load(Ordering::Relaxed);
+        let mut last = DeliveryError::Unavailable("no RabbitMQ node configured");
+        for i in 0..urls.len() {
+            let node = (first + i) % urls.len();
+            match self.connect_to(&urls[node]).await {
+                Ok(connection) => {
+                    self.node.store(node, Ordering::Relaxed);
+                    if urls.len() > 1 {
+                        tracing::info!(
+                            node = node + 1,
+                            of = urls.len(),
+                            "connected to RabbitMQ node"
+                        );
+                    }
+                    return Ok(connection);
+                }
+                Err(e) => {
+                    if urls.len() > 1 {
+                        tracing::warn!(node = node + 1, of = urls.len(), error = %ErrorChain(&e), "cannot reach this RabbitMQ node; trying the next");
+                    }
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// After the connection to the current node was lost, the next attempt starts with the next
+    /// node: the lost one may be down, and any node of the cluster serves every queue.
+    fn move_to_next_node(&self) {
+        let nodes = self.config.nodes().count().max(1);
+        let next = (self.node.load(Ordering::Relaxed) + 1) % nodes;
+        self.next_node.store(next, Ordering::Relaxed);
+    }
+
+    /// Opens a connection to one node, bounded by [`CONNECT_TIMEOUT`].
+    async fn connect_to(&self, url: &str) -> Result<Connection, DeliveryError> {
         let properties =
             ConnectionProperties::default().with_connection_name("spean-broker".into());
         let tls = if self.config.ca_cert.as_os_str().is_empty() {
@@ -61,9 +140,8 @@ impl Amqp {
                 cert_chain: Some(pem),
             }
         };
-        let url = self.config.connect_url();
         let connect = Connection::connect_with_config(
-            &url,
+            url,
             properties,
             tls,
             lapin::runtime::default_runtime()?,
@@ -88,14 +166,30 @@ impl Amqp {
                     backoff = FIRST_BACKOFF;
                     self.set_current(Some(connection.clone()));
                     self.healthy.send_replace(true);
-                    self.watch(&connection, &stop).await;
+                    let lost = self.watch(&connection, &stop).await;
                     self.set_current(None);
                     self.healthy.send_replace(false);
+                    self.move_to_next_node();
+                    // Closing waits for RabbitMQ's answer, which a silent partition never sends.
+                    let closing = connection.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            CLOSE_TIMEOUT,
+                            closing.close(200, "reconnecting".into()),
+                        )
+                        .await;
+                    });
                     if stop.is_cancelled() {
-                        let _ = connection.close(200, "shutting down".into()).await;
                         break;
                     }
-                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                    match lost {
+                        Lost::Closed => {
+                            tracing::warn!("lost the RabbitMQ connection; reconnecting")
+                        }
+                        Lost::Silent => tracing::warn!(
+                            "publisher confirms stay late on a connection that looks up: taking it for lost; reconnecting"
+                        ),
+                    }
                 }
                 Err(e) => {
                     self.healthy.send_replace(false);
@@ -146,13 +240,19 @@ impl Amqp {
         Ok(connection)
     }
 
-    /// Returns when `connection` is lost or `stop` is cancelled, logging meanwhile whatever waits
-    /// in the dead-letter queue.
-    async fn watch(&self, connection: &Connection, stop: &CancellationToken) {
+    /// Returns when `connection` is lost, is reported dead ([`Amqp::give_up_on`]) or `stop` is
+    /// cancelled, logging meanwhile whatever waits in the dead-letter queue.
+    async fn watch(&self, connection: &Connection, stop: &CancellationToken) -> Lost {
+        let generation = self.generation.load(Ordering::Relaxed);
+        let mut suspect = self.suspect.subscribe();
         let mut since_check = Duration::ZERO;
         while connection.status().connected() {
+            if *suspect.borrow_and_update() == generation {
+                return Lost::Silent;
+            }
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Lost::Closed,
+                _ = suspect.changed() => continue,
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {}
             }
             since_check += WATCH_INTERVAL;
@@ -169,7 +269,16 @@ impl Amqp {
                 }
             }
         }
+        Lost::Closed
     }
+}
+
+/// How a supervised connection ended.
+enum Lost {
+    /// It closed, or the process is stopping.
+    Closed,
+    /// It looked up, but its publisher confirms stayed late ([`Amqp::give_up_on`]).
+    Silent,
 }
 
 /// A channel in confirm mode: each publish on it is answered by RabbitMQ's publisher confirm.

@@ -6,15 +6,16 @@
 //!
 //! # Layout
 //! - this file: the [`Amqp`] handle every part shares, and the names of its exchanges and queues.
-//! - [`connection`]: one supervised connection, opened with a timeout, reconnected with backoff; the
-//!   health it reports.
+//! - [`connection`]: one supervised connection, opened with a timeout to the first node that
+//!   answers, reconnected with backoff (to the next node) when lost or found dead; the health it
+//!   reports.
 //! - [`topology`]: declaring the exchanges and queues, idempotently, and the queues' arguments.
 //! - [`dead_letters`]: counting what RabbitMQ dead-lettered, and re-driving it.
 //! - [`relay`]: the outbox relay (handoffs, leases, publisher confirms).
 //! - [`session`]: one adapter connection's consumer on its agency's queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -44,6 +45,14 @@ pub struct Amqp {
     connection: RwLock<Option<Arc<Connection>>>,
     /// Whether the connection is up and the exchanges declared, for the health service.
     healthy: watch::Sender<bool>,
+    /// Counts the connections the supervisor has set up; the current one's number.
+    generation: AtomicU64,
+    /// The number of a connection found dead while it still looks up (its publisher confirms stay
+    /// late: a partition that drops packets), which the supervisor then drops and replaces.
+    suspect: watch::Sender<u64>,
+    /// Index in [`AmqpConfig::nodes`] of the node connected to last, and of the node to try first.
+    node: AtomicUsize,
+    next_node: AtomicUsize,
     /// Agencies whose queue this process has declared, or is declaring. Declaring one quorum queue
     /// from two channels at once lets the second return before RabbitMQ has started the queue, and
     /// a consumer on it then crashes RabbitMQ's channel and, with it, the whole connection (3.10:
@@ -62,6 +71,10 @@ impl Amqp {
             config,
             connection: RwLock::new(None),
             healthy: watch::channel(false).0,
+            generation: AtomicU64::new(0),
+            suspect: watch::channel(0).0,
+            node: AtomicUsize::new(0),
+            next_node: AtomicUsize::new(0),
             declared: Mutex::new(HashMap::new()),
             deleted: AtomicUsize::new(0),
             tidying: Arc::new(AtomicBool::new(false)),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Connection};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
@@ -97,8 +97,9 @@ struct Relay {
     lease_due: bool,
     leased_last: bool,
     last_lease: Instant,
-    /// The channel publishes go on, kept from one turn to the next while it stays open.
-    channel: Option<Channel>,
+    /// The channel publishes go on, kept from one turn to the next while it stays open, and the
+    /// connection it is on (whose confirms, if they stay late, condemn it: [`Amqp::give_up_on`]).
+    channel: Option<(Channel, Arc<Connection>)>,
     /// Leased batches still settling.
     confirming: JoinSet<()>,
     /// Handed-off batches still settling. While they are at their limit, new handoffs gather, and
@@ -146,7 +147,7 @@ impl Relay {
             }
             while self.confirming.try_join_next().is_some() {}
             while self.handing.try_join_next().is_some() {}
-            let Some(channel) = self.open_channel().await else {
+            let Some((channel, connection)) = self.open_channel().await else {
                 continue;
             };
             self.dispatch.handoffs.set_open(self.handoffs.is_some());
@@ -155,20 +156,20 @@ impl Relay {
                 Turn::Lease => match self.lease(&channel).await {
                     Some(published) => (published, false),
                     None => {
-                        self.channel = Some(channel);
+                        self.channel = Some((channel, connection));
                         continue;
                     }
                 },
                 Turn::Wait => {
-                    self.channel = Some(channel);
+                    self.channel = Some((channel, connection));
                     self.wait().await;
                     continue;
                 }
             };
             match published {
                 Ok(published) => {
-                    self.settle_in_background(&channel, published, handed_off);
-                    self.channel = Some(channel);
+                    self.settle_in_background(&channel, &connection, published, handed_off);
+                    self.channel = Some((channel, connection));
                 }
                 // The channel is dropped with the batch: a publish that failed half-way leaves it
                 // in no known state.
@@ -187,7 +188,7 @@ impl Relay {
     /// one. `None` (after a pause) while no channel can be had; meanwhile writes hold nothing for
     /// a handoff. Without a connection, what was waiting is dropped: its rows go out by lease once
     /// their holds run out, loaded as they are then.
-    async fn open_channel(&mut self) -> Option<Channel> {
+    async fn open_channel(&mut self) -> Option<(Channel, Arc<Connection>)> {
         let (pause, failure) = match self.amqp.current() {
             None => {
                 self.waiting.clear();
@@ -195,9 +196,11 @@ impl Relay {
                 (NO_CONNECTION_PAUSE, None)
             }
             Some(connection) => match self.channel.take() {
-                Some(c) if c.status().connected() => return Some(c),
+                Some((c, on)) if c.status().connected() && Arc::ptr_eq(&on, &connection) => {
+                    return Some((c, on));
+                }
                 _ => match confirm_channel(&connection).await {
-                    Ok(c) => return Some(c),
+                    Ok(c) => return Some((c, connection)),
                     Err(e) => (NO_CHANNEL_PAUSE, Some(e)),
                 },
             },
@@ -316,11 +319,18 @@ impl Relay {
 
     /// Waits for a published batch's confirms and deletes its rows in a task of its own, counted
     /// among the handed-off or the leased batches in flight.
-    fn settle_in_background(&mut self, channel: &Channel, published: Published, handed_off: bool) {
-        let (amqp, store, channel) = (self.amqp.clone(), self.store.clone(), channel.clone());
+    fn settle_in_background(
+        &mut self,
+        channel: &Channel,
+        connection: &Arc<Connection>,
+        published: Published,
+        handed_off: bool,
+    ) {
+        let (amqp, store) = (self.amqp.clone(), self.store.clone());
+        let (channel, connection) = (channel.clone(), connection.clone());
         let settle = async move {
             let deleted = amqp
-                .settle_published(&channel, store.as_ref(), published)
+                .settle_published(&channel, &connection, store.as_ref(), published)
                 .await;
             amqp.tidy_if_due(&store, deleted);
         }
@@ -443,6 +453,7 @@ impl Amqp {
     async fn settle_published(
         &self,
         channel: &Channel,
+        connection: &Arc<Connection>,
         store: &dyn Store,
         published: Published,
     ) -> usize {
@@ -462,7 +473,7 @@ impl Amqp {
             }
             for outgoing in unroutable {
                 tracing::info!(agency = %outgoing.agency, "no queue for the agency; declaring it");
-                self.ensure_queue(channel, &outgoing.agency).await?;
+                self.ensure_queue(connection, &outgoing.agency).await?;
                 let confirmation = self.publish_one(channel, &outgoing).await?.await?;
                 if confirmation.is_ack() && confirmation.take_message().is_none() {
                     done.extend(outgoing.ids);
@@ -481,9 +492,11 @@ impl Amqp {
             }
             Err(_) => {
                 tracing::warn!(
-                    "publisher confirms are late; reopening the channel, unconfirmed rows will be published again"
+                    "publisher confirms are late; unconfirmed rows will be published again on a new connection"
                 );
-                let _ = channel.close(200, "confirms timed out".into()).await;
+                // A silent partition: closing would wait for an answer that never comes, and the
+                // connection looks up until the heartbeat notices. Give up on it now instead.
+                self.give_up_on(connection);
             }
         }
         match store.remove_published(&done).await {

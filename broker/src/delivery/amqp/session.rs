@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Consumer};
+use lapin::{Channel, Connection, Consumer};
 use tracing::Instrument;
 
 use super::Amqp;
@@ -20,15 +20,15 @@ use crate::store::DeliveryRef;
 impl Amqp {
     /// Starts consuming `agency`'s queue for one adapter connection.
     pub async fn open_session(
-        &self,
+        self: &Arc<Self>,
         agency: &AgencyId,
         window: u16,
     ) -> Result<AmqpSession, DeliveryError> {
-        let connection = self
-            .current()
+        let (connection, generation) = self
+            .current_numbered()
             .ok_or(DeliveryError::Unavailable("not connected"))?;
         let channel = connection.create_channel().await?;
-        let consumer = match self.consume(&channel, agency, window).await {
+        let consumer = match self.consume(&connection, &channel, agency, window).await {
             Ok(c) => c,
             Err(e) => {
                 // Do not leak the channel: a connection has a bounded number of them.
@@ -39,6 +39,8 @@ impl Amqp {
         Ok(AmqpSession {
             channel,
             consumer,
+            generation,
+            amqp: self.clone(),
             received: VecDeque::new(),
             in_flight: HashMap::new(),
         })
@@ -48,11 +50,12 @@ impl Amqp {
     /// `window` messages.
     async fn consume(
         &self,
+        connection: &Connection,
         channel: &Channel,
         agency: &AgencyId,
         window: u16,
     ) -> Result<Consumer, DeliveryError> {
-        self.ensure_queue(channel, agency).await?;
+        self.ensure_queue(connection, agency).await?;
         channel
             .basic_qos(window, BasicQosOptions::default())
             .await?;
@@ -72,6 +75,10 @@ pub struct AmqpSession {
     /// The session's own channel: closing it returns every unacked message to the queue.
     channel: Channel,
     consumer: Consumer,
+    /// The number of the connection the channel is on: a session ends when the supervisor gives
+    /// up on that connection, so that its adapter reconnects to one that works.
+    generation: u64,
+    amqp: Arc<Amqp>,
     /// Received and not yet handed out: the rest of a bundle larger than the room the adapter's
     /// window had when it arrived.
     received: VecDeque<Pending>,
@@ -99,7 +106,12 @@ impl AmqpSession {
         let room = room.max(1);
         while self.received.len() < room {
             let next = if self.received.is_empty() {
-                self.consumer.next().await
+                tokio::select! {
+                    next = self.consumer.next() => next,
+                    () = self.amqp.given_up(self.generation) => {
+                        return Err(DeliveryError::Unavailable("the RabbitMQ connection was given up"));
+                    }
+                }
             } else {
                 match self.consumer.next().now_or_never() {
                     Some(next) => next,

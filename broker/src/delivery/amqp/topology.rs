@@ -4,13 +4,15 @@
 //! - `<prefix>.deliveries`: a durable direct exchange; the routing key is the agency id.
 //! - `<prefix>.agency.<id>`: one durable **quorum** queue per agency, bound with its id, with
 //!   `x-delivery-limit`, `x-dead-letter-exchange`, `x-dead-letter-strategy=at-least-once` and
-//!   `x-overflow=reject-publish` (at-least-once dead-lettering requires it).
+//!   `x-overflow=reject-publish` (at-least-once dead-lettering requires it), and
+//!   `x-queue-leader-locator=balanced`, so that in a cluster the queues' leaders spread over the
+//!   nodes instead of all sitting on the node the broker declared them through.
 //! - `<prefix>.dead-letter`: a durable fanout exchange and a quorum queue where messages returned
 //!   `delivery_limit` times end up, visible and re-drivable (`spean-broker dead-letters`).
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Connection, ExchangeKind};
 
 use super::Amqp;
 use crate::delivery::DeliveryError;
@@ -35,6 +37,7 @@ impl Amqp {
         );
         args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
         args.insert("x-overflow".into(), text("reject-publish"));
+        args.insert("x-queue-leader-locator".into(), text("balanced"));
         args
     }
 
@@ -99,11 +102,9 @@ impl Amqp {
     ) -> Result<(), DeliveryError> {
         let chunk = agencies.len().div_ceil(DECLARE_CHANNELS).max(1);
         let declared = futures::future::join_all(agencies.chunks(chunk).map(|part| async move {
-            let channel = connection.create_channel().await?;
             for agency in part {
-                self.ensure_queue(&channel, agency).await?;
+                self.ensure_queue(connection, agency).await?;
             }
-            let _ = channel.close(200, "queues declared".into()).await;
             Ok::<(), DeliveryError>(())
         }))
         .await;
@@ -114,14 +115,14 @@ impl Amqp {
     /// declaration (see [`Amqp::declared`]).
     pub(super) async fn ensure_queue(
         &self,
-        channel: &Channel,
+        connection: &Connection,
         agency: &AgencyId,
     ) -> Result<(), DeliveryError> {
         let once = {
             let mut declared = self.declared.lock().unwrap_or_else(|p| p.into_inner());
             declared.entry(agency.clone()).or_default().clone()
         };
-        once.get_or_try_init(|| self.declare_agency(channel, agency))
+        once.get_or_try_init(|| self.declare_agency(connection, agency))
             .await
             .map(|_| ())
     }
@@ -132,22 +133,47 @@ impl Amqp {
         declared.remove(agency);
     }
 
-    /// Declares `agency`'s queue and binds it to the exchange with the agency's id.
+    /// Declares `agency`'s queue and binds it to the exchange with the agency's id, on a channel of
+    /// its own: a refused declaration closes its channel, and must not close a session's or the
+    /// relay's. (Opening one costs two round trips; declaring a quorum queue, tens of
+    /// milliseconds.)
+    ///
+    /// A queue declared by an earlier version has no leader locator, and RabbitMQ refuses to
+    /// declare it again with different arguments (PRECONDITION_FAILED). Its leader was placed long
+    /// ago, where the locator no longer matters, so it is taken as it is: checked passively and
+    /// bound.
     async fn declare_agency(
         &self,
-        channel: &Channel,
+        connection: &Connection,
         agency: &AgencyId,
     ) -> Result<(), DeliveryError> {
-        channel
-            .queue_declare(
-                self.queue(agency).into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                self.queue_arguments(),
-            )
-            .await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(self.queue(agency).into(), durable, self.queue_arguments())
+            .await;
+        let channel = match declared {
+            Ok(_) => channel,
+            Err(e) if refused_as_inequivalent(&e) => {
+                tracing::info!(queue = %self.queue(agency), "queue declared by an earlier version, without a leader locator; using it as it is");
+                let channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(
+                        self.queue(agency).into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..durable
+                        },
+                        FieldTable::default(),
+                    )
+                    .await?;
+                channel
+            }
+            Err(e) => return Err(e.into()),
+        };
         channel
             .queue_bind(
                 self.queue(agency).into(),
@@ -157,6 +183,16 @@ impl Amqp {
                 FieldTable::default(),
             )
             .await?;
+        let _ = channel.close(200, "queue declared".into()).await;
         Ok(())
     }
+}
+
+/// Whether RabbitMQ refused a declaration because the queue exists with other arguments.
+fn refused_as_inequivalent(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED))
+    )
 }

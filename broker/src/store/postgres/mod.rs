@@ -35,7 +35,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
 use crate::error::StoreError;
@@ -81,20 +83,59 @@ impl Batches {
 /// How long a connection of the checks' pool may sit idle before it is pinged on its next use.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// How the broker's connections guard against a server, or a network, that stops answering.
+#[derive(Debug, Clone, Copy)]
+pub struct PgLimits {
+    /// How long a request waits for a connection (a new one included) before it fails and maps to
+    /// UNAVAILABLE.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL's `statement_timeout` and `idle_in_transaction_session_timeout` on every
+    /// connection: a statement that runs longer is cancelled, and a transaction left open (by a
+    /// broker cut off mid-way) is ended, so that its row locks and leases do not hold the other
+    /// brokers.
+    pub statement_timeout: Duration,
+    /// PostgreSQL's TCP keepalive on every connection (`tcp_keepalives_idle`, and its interval;
+    /// three probes): the server notices a broker that vanished without a reset within about
+    /// four times this, and ends its sessions. sqlx 0.9 sets no keepalive on the broker's own
+    /// socket; the broker bounds each of its waits instead (the acquire timeout, the health
+    /// probe's deadline, `limits.request_timeout_ms`).
+    pub keepalive: Duration,
+}
+
+impl PgLimits {
+    /// The connect options for `url` with these limits as the session's settings.
+    fn options(&self, url: &str) -> Result<PgConnectOptions, StoreError> {
+        let millis = |d: Duration| format!("{}ms", d.as_millis());
+        let secs = |d: Duration| d.as_secs().max(1).to_string();
+        Ok(PgConnectOptions::from_str(url)?.options([
+            ("statement_timeout", millis(self.statement_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                millis(self.statement_timeout),
+            ),
+            ("tcp_keepalives_idle", secs(self.keepalive)),
+            ("tcp_keepalives_interval", secs(self.keepalive)),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]))
+    }
+}
+
 impl PgStore {
     /// Connects to `url` (`postgres://...`) and runs the migrations. Sixteen connections leave room on a
-    /// server's default 100 for several brokers; a request that waits 10 s for one fails (and maps to
-    /// UNAVAILABLE) rather than hanging behind a saturated pool.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    /// server's default 100 for several brokers; a request that waits `limits.acquire_timeout` for
+    /// one fails (and maps to UNAVAILABLE) rather than hanging behind a saturated pool or a server
+    /// that went silent.
+    pub async fn connect(url: &str, limits: PgLimits) -> Result<Self, StoreError> {
+        let options = limits.options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .acquire_timeout(limits.acquire_timeout)
+            .connect_with(options.clone())
             .await?;
         let checks = PgPoolOptions::new()
             .max_connections(4)
             .min_connections(0)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(limits.acquire_timeout)
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
@@ -104,7 +145,7 @@ impl PgStore {
                     Ok(true)
                 })
             })
-            .connect_lazy(url)?;
+            .connect_lazy_with(options);
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         let batches = Arc::new(Batches::default());
         let submits = submits::Submits::start(&pool, batches.clone());

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use spean_broker::store::Store;
-use spean_broker::store::postgres::{BatchCounts, PgStore};
+use spean_broker::store::postgres::{BatchCounts, PgLimits, PgStore};
 use spean_broker::store::sqlite::SqliteStore;
 use sqlx::Connection;
 
@@ -88,6 +88,14 @@ pub(super) async fn sqlite() -> Fixture {
     }
 }
 
+/// The pool's limits in these tests: the statement timeout differs from the default so that a
+/// test can tell it was applied.
+pub(super) const LIMITS: PgLimits = PgLimits {
+    acquire_timeout: std::time::Duration::from_secs(10),
+    statement_timeout: std::time::Duration::from_millis(4_321),
+    keepalive: std::time::Duration::from_secs(7),
+};
+
 /// A fresh database on the test server, migrated by [`PgStore::connect`].
 pub(super) async fn postgres() -> Fixture {
     let admin = std::env::var("SPEAN_TEST_POSTGRES_URL")
@@ -111,7 +119,7 @@ pub(super) async fn postgres() -> Fixture {
         admin: admin.clone(),
         database: database.clone(),
     };
-    let store = PgStore::connect(&with_database(&admin, &database))
+    let store = PgStore::connect(&with_database(&admin, &database), LIMITS)
         .await
         .unwrap();
     Fixture {

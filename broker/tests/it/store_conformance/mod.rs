@@ -79,3 +79,30 @@ async fn on_postgres_apply_all_returns_after_an_error_only_once_every_change_is_
     )
     .await;
 }
+
+/// Every PostgreSQL session of the store carries the limits it was given: a statement stuck behind
+/// a lock, or a transaction left open by a broker cut off mid-way, is ended by the server, and the
+/// server probes the broker's socket so that it notices a broker gone without a reset.
+#[tokio::test]
+async fn on_postgres_every_session_carries_the_statement_timeout_and_keepalive() {
+    let f = fixture::postgres().await;
+    let pg = f.pg.as_ref().unwrap();
+    for (setting, expected) in [
+        ("statement_timeout", "4321ms"),
+        ("idle_in_transaction_session_timeout", "4321ms"),
+        ("tcp_keepalives_idle", "7"),
+        ("tcp_keepalives_interval", "7"),
+        ("tcp_keepalives_count", "3"),
+    ] {
+        let value: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {setting}")))
+            .fetch_one(pg.pool())
+            .await
+            .unwrap();
+        assert_eq!(value, expected, "{setting}");
+    }
+    let stuck = sqlx::query("SELECT pg_sleep(30)").execute(pg.pool()).await;
+    let refused = stuck
+        .expect_err("the statement ran past its timeout")
+        .to_string();
+    assert!(refused.contains("statement timeout"), "{refused}");
+}
