@@ -323,6 +323,10 @@ impl Broker {
             },
         };
         background.spawn(
+            escalate(self.workflow.clone(), stop.clone())
+                .instrument(tracing::info_span!("escalation")),
+        );
+        background.spawn(
             report_health(
                 health.clone(),
                 self.workflow.store().clone(),
@@ -448,5 +452,28 @@ fn pg_limits(config: &crate::config::DatabaseConfig) -> PgLimits {
         acquire_timeout: Duration::from_millis(config.acquire_timeout_ms),
         statement_timeout: Duration::from_millis(config.statement_timeout_ms),
         keepalive: Duration::from_secs(config.keepalive_s),
+    }
+}
+
+/// How often a broker looks for acknowledgement deadlines that have passed.
+const ESCALATION_TICK: Duration = Duration::from_secs(1);
+
+/// Escalates referrals whose acknowledgement deadline passed, every [`ESCALATION_TICK`], from the
+/// first moment the broker runs: a broker that was down past a deadline fires it when it starts.
+/// Every broker of a deployment runs this; each escalation is written once
+/// ([`Workflow::escalate_due`]).
+async fn escalate(workflow: Arc<Workflow>, stop: CancellationToken) {
+    loop {
+        match workflow.escalate_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(escalated = n, "acknowledgement deadlines passed"),
+            Err(e) => {
+                tracing::warn!(error = %crate::error::ErrorChain(&e), "escalating failed; trying again")
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(ESCALATION_TICK) => {}
+        }
     }
 }

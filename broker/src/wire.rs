@@ -270,6 +270,7 @@ fn event_kind(k: EventKind) -> pb::FeedbackKind {
         EventKind::Failed => P::Failed,
         EventKind::Withdrawn => P::Withdrawn,
         EventKind::EnteredInError => P::EnteredInError,
+        EventKind::Escalated => P::Escalated,
     }
 }
 
@@ -315,6 +316,10 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
         })),
         EventDetails::Failed { reason } => Some(Details::Failed(pb::Failure {
             reason: reason.as_str().to_owned(),
+        })),
+        EventDetails::Escalated { tier, to } => Some(Details::Escalated(pb::Escalation {
+            tier: *tier,
+            to_agency_ids: to.iter().map(ToString::to_string).collect(),
         })),
     };
     pb::FeedbackEvent {

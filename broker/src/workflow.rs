@@ -16,11 +16,12 @@ use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
 use crate::referral::state::{self, EventKind, State};
 use crate::referral::{
-    Action, Addressee, Audience, DeliveryContent, Event, EventDetails, FreeText, ListQuery,
-    NewReferral, Referral, ReferralView,
+    Action, Addressee, Audience, Code, DeliveryContent, Event, EventDetails, FreeText, ListQuery,
+    NewReferral, Referral, ReferralView, Urgency,
 };
 use crate::store::{
-    Change, ChangeOutcome, DeliveryRef, NewDelivery, Snapshot, Store, SubmitOutcome,
+    Change, ChangeOutcome, DeadlineChange, DeliveryRef, DueDeadline, NewDelivery, Snapshot, Store,
+    SubmitOutcome,
 };
 use crate::wire;
 
@@ -51,7 +52,29 @@ pub struct Workflow {
     carry: bool,
     /// How long a carried delivery's row is held for the relay of the broker that wrote it.
     hold: Duration,
+    /// Where every decision reads the time: deadlines are decided on it, so tests drive it.
+    clock: Arc<dyn Clock>,
 }
+
+/// The time, as every decision of the workflow reads it. The broker runs on [`SystemClock`]; a
+/// test can pass its own to [`Workflow::with_clock`] and move time on at will.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The machine's clock, at the store's precision (microseconds), so that a time read back from
+/// the store compares equal to the one written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        crate::store::from_micros(crate::store::micros(OffsetDateTime::now_utc()))
+    }
+}
+
+/// Deadlines read and escalated per pass of [`Workflow::escalate_due`].
+const ESCALATION_BATCH: u32 = 100;
 
 impl Workflow {
     pub async fn new(
@@ -74,7 +97,18 @@ impl Workflow {
             }),
             carry: false,
             hold: Duration::ZERO,
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// Reads the time from `clock` instead of the machine's: for tests that move time on.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.clock.now()
     }
 
     /// Encodes each delivery when its change is written, for the store to carry in its outbox row
@@ -177,7 +211,11 @@ impl Workflow {
             }
         };
 
-        let now = now();
+        let now = self.now();
+        let deadline = self
+            .acknowledgement_deadline(&new.kind, new.urgency)
+            .await?
+            .map(|d| now + d);
         let referral = Referral {
             id: ReferralId::new(),
             client_ref: new.client_ref,
@@ -219,7 +257,11 @@ impl Workflow {
             }),
             held: self.held(),
         }];
-        match self.store.submit(&referral, &event, &deliveries).await? {
+        match self
+            .store
+            .submit(&referral, &event, &deliveries, deadline)
+            .await?
+        {
             SubmitOutcome::Created => {
                 tracing::info!(referral_id = %referral.id, recipient = %recipient, "referral submitted");
                 self.dispatch.queued(referral.id, &deliveries);
@@ -342,10 +384,17 @@ impl Workflow {
                 })?;
             let referral = &snapshot.referral;
             let role = referral.role_of(actor).ok_or_else(|| {
-                BrokerError::Forbidden(format!(
-                    "referral {} was redirected away from {actor}; it can no longer act on it",
-                    referral.id
-                ))
+                BrokerError::Forbidden(if snapshot.notified.contains(actor) {
+                    format!(
+                        "{actor} is notified of referral {} by an escalation; only its sender and recipient act on it",
+                        referral.id
+                    )
+                } else {
+                    format!(
+                        "referral {} was redirected away from {actor}; it can no longer act on it",
+                        referral.id
+                    )
+                })
             })?;
             let transition = state::decide(referral.state, role, action.kind)?;
             let new_recipient = match &action.details {
@@ -354,7 +403,7 @@ impl Workflow {
                 }
                 _ => None,
             };
-            let now = now();
+            let now = self.now();
             let event = Event {
                 id: uuid::Uuid::now_v7(),
                 referral_id: referral.id,
@@ -429,12 +478,96 @@ impl Workflow {
         to: State,
         new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let change = change_for(snapshot, event, to, new_recipient, self.carry, self.held());
+        let referral = &snapshot.referral;
+        let deadline = match event.kind {
+            // A new deadline starts for the new recipient.
+            EventKind::Redirected => {
+                match self
+                    .acknowledgement_deadline(&referral.kind, referral.urgency)
+                    .await?
+                {
+                    Some(d) => DeadlineChange::Set {
+                        due_at: event.at + d,
+                        escalations: 0,
+                    },
+                    None => DeadlineChange::Clear,
+                }
+            }
+            // A human answered, or the sender took the referral back: escalation stops.
+            EventKind::Acknowledged
+            | EventKind::Accepted
+            | EventKind::Declined
+            | EventKind::Withdrawn
+            | EventKind::EnteredInError => DeadlineChange::Clear,
+            _ => DeadlineChange::Keep,
+        };
+        let mut change = change_for(snapshot, event, to, new_recipient, self.carry, self.held());
+        change.deadline = deadline;
         let outcome = self.store.apply(&change).await?;
         if matches!(outcome, ChangeOutcome::Recorded) {
             self.announce(&change);
         }
         Ok(outcome)
+    }
+
+    /// How long a referral of `kind` and `urgency` waits for its recipient's acknowledgement
+    /// before it is escalated; `None` when the directory sets no escalation tiers, so that no
+    /// deadline is kept for nothing.
+    async fn acknowledgement_deadline(
+        &self,
+        kind: &Code,
+        urgency: Urgency,
+    ) -> Result<Option<Duration>, BrokerError> {
+        let directory = self.directory().await?;
+        Ok((directory.escalation_tiers() > 0)
+            .then(|| directory.acknowledgement_deadline(kind, urgency)))
+    }
+
+    /// Escalates every referral whose acknowledgement deadline has passed, up to
+    /// [`ESCALATION_BATCH`] of them; returns how many it escalated. Any broker may run this at
+    /// any time, several at once: each escalation is a versioned change, so of two brokers (or of
+    /// an escalation and the acknowledgement that crosses it) exactly one writes, and the other
+    /// finds the deadline moved on or gone.
+    pub async fn escalate_due(&self) -> Result<usize, BrokerError> {
+        let now = self.now();
+        let mut escalated = 0;
+        for due in self.store.due_deadlines(now, ESCALATION_BATCH).await? {
+            if self.escalate(&due, now).await? {
+                escalated += 1;
+            }
+        }
+        Ok(escalated)
+    }
+
+    /// Escalates one referral whose deadline passed, unless another broker or an acknowledgement
+    /// got there first; true if this call recorded the escalation.
+    async fn escalate(&self, due: &DueDeadline, now: OffsetDateTime) -> Result<bool, BrokerError> {
+        let directory = self.directory().await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(snapshot) = self.store.snapshot(due.referral_id).await? else {
+                return Ok(false);
+            };
+            let referral = &snapshot.referral;
+            let Some(current) = self.store.deadline(referral.id).await? else {
+                return Ok(false);
+            };
+            if current != *due || !matches!(referral.state, State::Sent | State::Delivered) {
+                // Moved on by another broker, or stopped by an answer, since it was read.
+                return Ok(false);
+            }
+            let (event, change) =
+                escalation(&directory, &snapshot, due, now, self.carry, self.held());
+            match self.store.apply(&change).await? {
+                ChangeOutcome::Recorded => {
+                    tracing::warn!(referral_id = %referral.id, recipient = %referral.recipient, tier = escalation_tier(&event), "acknowledgement deadline passed; escalated");
+                    self.announce(&change);
+                    return Ok(true);
+                }
+                ChangeOutcome::Duplicate(_) => return Ok(false),
+                ChangeOutcome::Stale => continue,
+            }
+        }
+        Err(BrokerError::Contended)
     }
 
     /// Logs a recorded change and sends its deliveries on their way: wakes the sessions of
@@ -472,7 +605,7 @@ impl Workflow {
         }
         let mut changes = Vec::with_capacity(ids.len());
         for snapshot in self.store.snapshots(&ids).await? {
-            if let Some((event, to)) = delivered_event(agency, &snapshot) {
+            if let Some((event, to)) = delivered_event(agency, &snapshot, self.now()) {
                 changes.push(change_for(
                     &snapshot,
                     event,
@@ -500,7 +633,7 @@ impl Workflow {
             let Some(snapshot) = self.store.snapshot(id).await? else {
                 return Ok(());
             };
-            let Some((event, to)) = delivered_event(agency, &snapshot) else {
+            let Some((event, to)) = delivered_event(agency, &snapshot, self.now()) else {
                 return Ok(());
             };
             match self.record(&snapshot, event, to, None).await? {
@@ -514,13 +647,13 @@ impl Workflow {
 
 /// The current time as the store keeps it, in whole microseconds: what a caller is answered, what a
 /// carried delivery holds and what a later read returns are then the same instant.
-fn now() -> OffsetDateTime {
-    crate::store::from_micros(crate::store::micros(OffsetDateTime::now_utc()))
-}
-
 /// The `delivered` event to record for a referral `agency` confirmed, and the state it leaves; `None`
 /// if nothing is to be recorded (the agency is not its recipient, or this delivery is recorded).
-fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, State)> {
+fn delivered_event(
+    agency: &AgencyId,
+    snapshot: &Snapshot,
+    at: OffsetDateTime,
+) -> Option<(Event, State)> {
     if &snapshot.referral.recipient != agency
         || !state::records_delivery(snapshot.history.iter().copied())
     {
@@ -533,7 +666,7 @@ fn delivered_event(agency: &AgencyId, snapshot: &Snapshot) -> Option<(Event, Sta
         kind: EventKind::Delivered,
         actor: agency.clone(),
         actor_person: FreeText::default(),
-        at: now(),
+        at,
         note: FreeText::default(),
         state_after: to,
         details: EventDetails::None,
@@ -600,5 +733,70 @@ fn change_for(
         at: event.at,
         event,
         deliveries,
+        deadline: DeadlineChange::Keep,
+        notified: Vec::new(),
+    }
+}
+
+/// The escalation of the referral read in `snapshot`, whose deadline `due` passed: the event (the
+/// recipient's silence, at `now`), delivered to every party and to the agencies of the tier,
+/// which become notified parties; and the next deadline, one tier on, or none after the last.
+/// A tier the directory no longer has escalates to its last one; a directory with no tiers left
+/// records the missed deadline and keeps none.
+fn escalation(
+    directory: &Directory,
+    snapshot: &Snapshot,
+    due: &DueDeadline,
+    now: OffsetDateTime,
+    carry: bool,
+    held: Option<std::time::Duration>,
+) -> (Event, Change) {
+    let referral = &snapshot.referral;
+    let tiers = directory.escalation_tiers();
+    let tier = (due.escalations as usize + 1).min(tiers.max(1));
+    let to = directory.escalate_to(tier, &referral.subject.province);
+    let event = Event {
+        id: uuid::Uuid::now_v7(),
+        referral_id: referral.id,
+        kind: EventKind::Escalated,
+        actor: referral.recipient.clone(),
+        actor_person: FreeText::default(),
+        at: now,
+        note: FreeText::default(),
+        state_after: referral.state,
+        details: EventDetails::Escalated {
+            tier: tier as u32,
+            to: to.clone(),
+        },
+        request_id: None,
+    };
+    let deadline = directory.acknowledgement_deadline(&referral.kind, referral.urgency);
+    let next = match (
+        directory.after_deadlines(tier),
+        directory.after_deadlines(tier + 1),
+    ) {
+        (Some(this), Some(after)) if tier > due.escalations as usize => DeadlineChange::Set {
+            due_at: due.due_at + deadline * after.saturating_sub(this),
+            escalations: tier as u32,
+        },
+        _ => DeadlineChange::Clear,
+    };
+    let mut snapshot = snapshot.clone();
+    for agency in &to {
+        if !snapshot.parties.contains(agency) {
+            snapshot.parties.push(agency.clone());
+        }
+    }
+    let mut change = change_for(&snapshot, event.clone(), referral.state, None, carry, held);
+    change.deadline = next;
+    change.notified = to;
+    (event, change)
+}
+
+/// The tier an escalation event records, for the log.
+fn escalation_tier(event: &Event) -> u32 {
+    match &event.details {
+        EventDetails::Escalated { tier, .. } => *tier,
+        _ => 0,
     }
 }

@@ -10,6 +10,7 @@ mod adapter_crash;
 mod broker_cli;
 mod broker_crash;
 mod cluster;
+mod escalation;
 mod faults;
 mod helpers;
 mod partitions;

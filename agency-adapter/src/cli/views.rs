@@ -456,6 +456,7 @@ fn details_json(event: &FeedbackEvent) -> Value {
             json!({ "outcome_code": o.outcome_code, "summary": o.summary })
         }
         Some(Details::Failed(f)) => json!({ "reason": f.reason }),
+        Some(Details::Escalated(e)) => json!({ "tier": e.tier, "to_agency_ids": e.to_agency_ids }),
         None => json!({}),
     }
 }

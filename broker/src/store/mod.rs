@@ -101,6 +101,39 @@ pub struct Change {
     pub event: Event,
     pub deliveries: Vec<NewDelivery>,
     pub at: OffsetDateTime,
+    /// What becomes of the referral's acknowledgement deadline; written only if the change applies.
+    pub deadline: DeadlineChange,
+    /// Agencies told of the referral by this change (an escalation), who gain access to it with the
+    /// role `notified`. An agency that already has access keeps its access as it was, and a new
+    /// recipient ([`Change::new_recipient`]) is a party, not notified. Written only if the change
+    /// applies.
+    pub notified: Vec<AgencyId>,
+}
+
+/// What a change does to its referral's acknowledgement deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeadlineChange {
+    /// The deadline stays as it is (or absent): what nearly every change does.
+    #[default]
+    Keep,
+    /// The referral no longer waits for an acknowledgement: its deadline is removed.
+    Clear,
+    /// The deadline is (re)set, for instance after an escalation fired: it falls due at `due_at`,
+    /// `escalations` tiers having fired so far.
+    Set {
+        due_at: OffsetDateTime,
+        escalations: u32,
+    },
+}
+
+/// A deadline that has passed ([`ReferralStore::due_deadlines`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDeadline {
+    pub referral_id: ReferralId,
+    /// When it fell due, to the microsecond (the stored precision).
+    pub due_at: OffsetDateTime,
+    /// Escalation tiers that fired so far.
+    pub escalations: u32,
 }
 
 /// A referral as a decision about it needs it, read in one query: without its case file, with the
@@ -108,7 +141,12 @@ pub struct Change {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub referral: Referral,
+    /// Every agency with access, in byte order: sender, recipients past and present, and agencies
+    /// [notified](Change::notified) by an escalation. Later events are delivered to all of them.
     pub parties: Vec<AgencyId>,
+    /// The agencies of `parties` that have access only because they were
+    /// [notified](Change::notified), in byte order.
+    pub notified: Vec<AgencyId>,
     pub history: Vec<crate::referral::EventKind>,
 }
 
@@ -140,12 +178,15 @@ pub trait ReferralStore: Send + Sync + 'static {
     async fn directory_version(&self) -> Result<Option<i64>, StoreError>;
 
     /// Inserts a new referral with its `submitted` event and deliveries, unless the sender already used
-    /// its `client_ref`.
+    /// its `client_ref`. With a `deadline`, the referral's acknowledgement deadline (no escalation
+    /// fired yet) is written with it, in the same transaction; a submit that finds its
+    /// `client_ref` taken ([`SubmitOutcome::Existing`]) writes none.
     async fn submit(
         &self,
         referral: &Referral,
         event: &Event,
         deliveries: &[NewDelivery],
+        deadline: Option<OffsetDateTime>,
     ) -> Result<SubmitOutcome, StoreError>;
     async fn referral(&self, id: ReferralId) -> Result<Option<Referral>, StoreError>;
     async fn referral_by_client_ref(
@@ -161,7 +202,8 @@ pub trait ReferralStore: Send + Sync + 'static {
         let read = futures::future::try_join_all(ids.iter().map(|id| self.snapshot(*id))).await?;
         Ok(read.into_iter().flatten().collect())
     }
-    /// Whether `agency` may see the referral (sender, recipient, or a former recipient).
+    /// Whether `agency` may see the referral (sender, recipient, a former recipient, or an agency
+    /// [notified](Change::notified) of it).
     async fn has_access(&self, agency: &AgencyId, id: ReferralId) -> Result<bool, StoreError>;
     async fn history(&self, id: ReferralId) -> Result<Vec<Event>, StoreError>;
     async fn event(&self, id: uuid::Uuid) -> Result<Option<Event>, StoreError>;
@@ -195,6 +237,21 @@ pub trait ReferralStore: Send + Sync + 'static {
     async fn apply_all(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
         apply_each(self, changes).await
     }
+    /// Up to `limit` acknowledgement deadlines due by `now` (`due_at <= now`), the oldest first.
+    ///
+    /// Nothing is claimed or locked: every broker may read the same deadline. Each caller turns
+    /// one into a [`Change`] on the version it read (which sets or clears the deadline), and the
+    /// version check lets only one of those changes apply, so a deadline fires once however many
+    /// brokers see it; the others' changes come back [`ChangeOutcome::Stale`] and write nothing.
+    /// Deadlines are stored rows, so they outlive a restart.
+    async fn due_deadlines(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError>;
+    /// The referral's acknowledgement deadline now, due or not; `None` if it has none (or the
+    /// referral is unknown). What a caller checks a deadline it read among the due ones against.
+    async fn deadline(&self, id: ReferralId) -> Result<Option<DueDeadline>, StoreError>;
     /// A round trip to the database, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 }

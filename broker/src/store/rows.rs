@@ -156,18 +156,27 @@ pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
     })
 }
 
-/// A snapshot from its referral columns and the parties and event kinds, as each backend lists them.
+/// The role of an agency given access by an escalation ([`super::Change::notified`]); every other
+/// access row has the role `party`.
+pub(super) const NOTIFIED: &str = "notified";
+
+/// A snapshot from its referral columns, the agencies with access (all of them, and those only
+/// notified) and the event kinds, as each backend lists them.
 pub(super) fn snapshot(
     row: &impl Columns,
     parties: Vec<String>,
+    notified: Vec<String>,
     history: Vec<String>,
 ) -> Result<super::Snapshot, StoreError> {
+    let agencies = |list: Vec<String>| -> Result<Vec<AgencyId>, StoreError> {
+        list.iter()
+            .map(|a| AgencyId::parse("agency_id", a).map_err(|e| undecodable("referral_access", e)))
+            .collect()
+    };
     Ok(super::Snapshot {
         referral: referral(row, false)?,
-        parties: parties
-            .iter()
-            .map(|a| AgencyId::parse("agency_id", a).map_err(|e| undecodable("referral_access", e)))
-            .collect::<Result<_, _>>()?,
+        parties: agencies(parties)?,
+        notified: agencies(notified)?,
         history: history
             .iter()
             .map(|k| EventKind::parse(k).ok_or_else(|| corrupt("referral_events", "kind")))
@@ -192,6 +201,23 @@ pub(super) fn mailbox(row: &impl Columns) -> Result<MailboxEntry, StoreError> {
             .map_err(|_| bad("event_id"))?,
         carried: None,
     })
+}
+
+/// The `referral_id`, `due_at` and `escalations` columns of a deadline row.
+pub(super) fn due_deadline(row: &impl Columns) -> Result<super::DueDeadline, StoreError> {
+    let bad = |what: &str| corrupt("referral_deadlines", what);
+    Ok(super::DueDeadline {
+        referral_id: ReferralId::parse("referral_id", &row.text("referral_id")?)
+            .map_err(|_| bad("referral_id"))?,
+        due_at: from_micros(row.int("due_at")?),
+        escalations: u32::try_from(row.int("escalations")?).map_err(|_| bad("escalations"))?,
+    })
+}
+
+/// Escalations as the `escalations` column stores them (an `INTEGER`); a count that does not fit,
+/// which no real schedule reaches, stays at the largest.
+pub(super) fn escalations_column(escalations: u32) -> i32 {
+    i32::try_from(escalations).unwrap_or(i32::MAX)
 }
 
 /// The `id`, `sender` and `recipient` columns of a referral row.

@@ -424,6 +424,12 @@ pub enum EventDetails {
     Failed {
         reason: FreeText,
     },
+    /// The escalation's tier (1: after one deadline) and the agencies it reached, which became
+    /// notified parties. No free text: every party and notified agency reads it whole.
+    Escalated {
+        tier: u32,
+        to: Vec<AgencyId>,
+    },
 }
 
 /// One append-only history entry.

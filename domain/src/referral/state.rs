@@ -117,10 +117,13 @@ pub enum EventKind {
     Failed,
     Withdrawn,
     EnteredInError,
+    /// Recorded by the broker when the recipient let an acknowledgement deadline pass: the
+    /// referral is escalated to the agencies of that tier, which become its notified parties.
+    Escalated,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Submitted,
         EventKind::Delivered,
         EventKind::Acknowledged,
@@ -133,6 +136,7 @@ impl EventKind {
         EventKind::Failed,
         EventKind::Withdrawn,
         EventKind::EnteredInError,
+        EventKind::Escalated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -148,6 +152,7 @@ impl EventKind {
             EventKind::Completed => "completed",
             EventKind::Failed => "failed",
             EventKind::Withdrawn => "withdrawn",
+            EventKind::Escalated => "escalated",
             EventKind::EnteredInError => "entered_in_error",
         }
     }
@@ -193,7 +198,9 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
     use State as S;
 
     let parties: &[Role] = match action {
-        E::Submitted | E::Delivered => return Err(TransitionError::NotAnAction { action }),
+        E::Submitted | E::Delivered | E::Escalated => {
+            return Err(TransitionError::NotAnAction { action });
+        }
         E::Withdrawn | E::EnteredInError => &[Role::Sender],
         E::FollowUp => &[Role::Sender, Role::Recipient],
         E::Acknowledged

@@ -105,6 +105,7 @@ impl Event {
                 to,
                 reason: Default::default(),
             },
+            escalated @ EventDetails::Escalated { .. } => escalated,
             _ => EventDetails::None,
         };
         self

@@ -15,17 +15,22 @@
 //! action would be planned anew every time and lose its request id. What the two share (the insert
 //! heads, the deliveries' insert and the clearing of a former recipient's body) is written once, in
 //! [`super::columns`] and [`clear_former_recipients_body`].
+//!
+//! A change that moves or clears its referral's acknowledgement deadline, or notifies agencies (an
+//! escalation), goes through a variant of either statement with CTEs for those, fed by the same
+//! `RETURNING`: a stale change writes neither. Nearly every change does neither, and its statement
+//! carries no such CTE, so the common path costs what it did.
 
 use std::collections::HashSet;
 
 use super::PgStore;
 use super::columns::{
-    DeliveryColumns, EventColumns, GRANT_ACCESS, INSERT_EVENT, Sql, bind_deliveries, bind_event,
-    bind_events, event_details, queue_deliveries,
+    AS_PARTY, DeliveryColumns, EventColumns, GRANT_ACCESS, GRANT_NOTIFIED, INSERT_EVENT, Sql,
+    Statement, bind_deliveries, bind_event, bind_events, event_details, queue_deliveries,
 };
 use super::referrals::recorded_request;
 use crate::error::StoreError;
-use crate::store::{Change, ChangeOutcome, apply_each, micros};
+use crate::store::{Change, ChangeOutcome, DeadlineChange, apply_each, micros, rows};
 
 /// The `UPDATE` that clears the carried body of a redirected referral still queued for its former
 /// recipient, so that the relay loads it when it publishes it, and it goes without its case file.
@@ -43,37 +48,94 @@ fn clear_former_recipients_body(redirected: &str) -> String {
 /// One change. A concurrent writer's update of the same row makes this one wait, then match no
 /// row: the change is stale, unless it was a retry of this very request that won, which the request
 /// id shows. A request id this actor used on another referral fails the event's unique constraint
-/// and with it the whole statement.
-static CHANGE: Sql = Sql::new(|| {
+/// and with it the whole statement. `deadline` (CTEs that only a change of the deadline or of who
+/// is notified needs) goes before the final `SELECT`.
+fn change(set_deadline: &str, deadline: &str) -> String {
     format!(
         "WITH u AS ( \
            UPDATE referrals SET state = $1, version = version + 1, updated_at = $2, \
-           recipient = COALESCE($3, recipient) WHERE id = $4::uuid AND version = $5 \
+           recipient = COALESCE($3, recipient){set_deadline} \
+           WHERE id = $4::uuid AND version = $5 \
            RETURNING id), \
          e AS ( \
            {INSERT_EVENT} \
            SELECT $6::uuid, $7::uuid, $8, $9, $10, $11, $12, $13, $14, $15 FROM u), \
          a AS ( \
            {GRANT_ACCESS} \
-           SELECT u.id, $3 FROM u WHERE $3::text IS NOT NULL ON CONFLICT DO NOTHING), \
+           SELECT u.id, $3 FROM u WHERE $3::text IS NOT NULL {AS_PARTY}), \
          m AS ( \
            {deliveries} \
            FROM u, unnest($16::text[], $17::text[], $18::text[], $19::bytea[], $20::int8[]) \
              AS d(agency, delivery, event, body, held)), \
          x AS ( \
            {cleared}) \
-         SELECT count(*) FROM u",
+         {deadline}SELECT count(*) FROM u",
         deliveries = queue_deliveries("u.id", "$2"),
         cleared = clear_former_recipients_body(
             "u, referrals r WHERE $3::text IS NOT NULL AND r.id = u.id"
         ),
     )
+}
+
+/// A change that neither touches its deadline nor notifies anyone: nearly all of them.
+static CHANGE: Sql = Sql::new(|| change("", ""));
+
+/// A change that sets or clears its deadline, or notifies agencies ([`bind_deadline`]): the
+/// notified gain access unless they have it (the new recipient, a party, is left to `a`, since one
+/// statement may not write a row twice); the deadline is set or cleared in the versioned update.
+static CHANGE_WITH_DEADLINE: Sql = Sql::new(|| {
+    change(
+        ", ack_due_at = CASE WHEN $24::bool THEN NULL ELSE COALESCE($22::int8, ack_due_at) END, \
+         escalations = CASE WHEN $24::bool THEN 0 ELSE COALESCE($23::int4, escalations) END",
+        &format!(
+            ", n AS ( \
+               {GRANT_NOTIFIED} \
+               SELECT u.id, x, 'notified' FROM u, unnest($21::text[]) AS x \
+               WHERE x IS DISTINCT FROM $3::text ON CONFLICT DO NOTHING) "
+        ),
+    )
 });
 
+/// Whether a change needs [`CHANGE_WITH_DEADLINE`] (or, in a batch, its batch counterpart).
+fn touches_deadline(change: &Change) -> bool {
+    change.deadline != DeadlineChange::Keep || !change.notified.is_empty()
+}
+
+/// Binds [`CHANGE_WITH_DEADLINE`]'s own parameters: the notified agencies, the deadline set (due
+/// and escalations, or NULLs) and whether it is cleared.
+fn bind_deadline<'q>(query: Statement<'q, i64>, change: &Change) -> Statement<'q, i64> {
+    let (due, escalations) = deadline_columns(change.deadline);
+    query
+        .bind(
+            change
+                .notified
+                .iter()
+                .map(|a| a.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(due)
+        .bind(escalations)
+        .bind(change.deadline == DeadlineChange::Clear)
+}
+
 /// Changes as parallel arrays for `unnest`, and their deliveries flattened with the referral each
-/// belongs to; `redirects` (CTEs that only a redirect needs) goes between the CTEs every batch
-/// needs and the final `SELECT`, which returns the referrals whose change applied.
-fn changes(redirects: &str) -> String {
+/// belongs to; `redirects` (CTEs that only a redirect needs) and `deadlines` (CTEs that only a
+/// change of a deadline or of who is notified needs) go between the CTEs every batch needs and the
+/// final `SELECT`, which returns the referrals whose change applied.
+fn changes(redirects: &str, deadlines: &str) -> String {
+    // With deadlines, each change's deadline (its due time, NULL to clear; absent to keep) is
+    // joined to it and written in the versioned update itself.
+    let (set_deadline, deadline_rows) = if deadlines.is_empty() {
+        ("", "")
+    } else {
+        (
+            ", ack_due_at = CASE WHEN dl.referral IS NULL THEN r.ack_due_at ELSE dl.due_at END, \
+             escalations = CASE WHEN dl.referral IS NULL THEN r.escalations \
+               ELSE COALESCE(dl.escalations, 0) END",
+            " LEFT JOIN unnest($22::text[], $23::int8[], $24::int4[]) \
+               AS dl(referral, due_at, escalations) ON dl.referral = c.referral",
+        )
+    };
     format!(
         "WITH c AS ( \
            SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], \
@@ -83,8 +145,8 @@ fn changes(redirects: &str) -> String {
              event_at, note, state_after, details)), \
          u AS ( \
            UPDATE referrals r SET state = c.state, version = r.version + 1, \
-           updated_at = c.at, recipient = COALESCE(c.recipient, r.recipient) \
-           FROM c WHERE r.id = c.referral::uuid AND r.version = c.version \
+           updated_at = c.at, recipient = COALESCE(c.recipient, r.recipient){set_deadline} \
+           FROM c{deadline_rows} WHERE r.id = c.referral::uuid AND r.version = c.version \
            RETURNING r.id), \
          e AS ( \
            {INSERT_EVENT} \
@@ -95,31 +157,55 @@ fn changes(redirects: &str) -> String {
            FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[], \
              $19::int8[]) AS d(referral, agency, delivery, event, body, held) \
            JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral) \
-         {redirects}SELECT id::text FROM u",
+         {redirects}{deadlines}SELECT id::text FROM u",
         deliveries = queue_deliveries("u.id", "c.at"),
     )
 }
 
 /// Changes none of which redirects, such as a burst of confirmations' `delivered`: planned at
 /// every execution, so it carries no CTE it does not need.
-static CHANGES: Sql = Sql::new(|| changes(""));
+static CHANGES: Sql = Sql::new(|| changes("", ""));
 
-/// Changes among which at least one redirect: the new recipient gains access, and the referral
-/// still queued for the former recipient loses its carried body.
-static CHANGES_WITH_REDIRECTS: Sql = Sql::new(|| {
-    changes(&format!(
+/// The CTEs of a batch among which at least one redirect: the new recipient gains access (as a
+/// party, also if it was notified before), and the referral still queued for the former recipient
+/// loses its carried body.
+fn redirects() -> String {
+    format!(
         ", a AS ( \
            {GRANT_ACCESS} \
            SELECT u.id, c.recipient FROM c JOIN u ON u.id = c.referral::uuid \
-           WHERE c.recipient IS NOT NULL ON CONFLICT DO NOTHING), \
+           WHERE c.recipient IS NOT NULL {AS_PARTY}), \
          x AS ( \
            {cleared}) ",
         cleared = clear_former_recipients_body(
             "c JOIN u ON u.id = c.referral::uuid JOIN referrals r ON r.id = u.id \
              WHERE c.recipient IS NOT NULL"
         ),
-    ))
-});
+    )
+}
+
+/// The CTEs of a batch among which at least one change sets or clears its deadline or notifies
+/// agencies, as [`CHANGE_WITH_DEADLINE`] does for one; their arrays hold only the changes that do
+/// ([`BatchColumns::deadlines`]). A NULL `due_at` clears the deadline.
+fn deadlines() -> String {
+    format!(
+        ", n AS ( \
+           {GRANT_NOTIFIED} \
+           SELECT u.id, x.agency, 'notified' \
+           FROM unnest($20::text[], $21::text[]) AS x(referral, agency) \
+           JOIN u ON u.id = x.referral::uuid JOIN c ON c.referral = x.referral \
+           WHERE x.agency IS DISTINCT FROM c.recipient ON CONFLICT DO NOTHING) "
+    )
+}
+
+/// Changes among which at least one redirect.
+static CHANGES_WITH_REDIRECTS: Sql = Sql::new(|| changes(&redirects(), ""));
+
+/// Changes among which at least one changes a deadline or notifies, and none redirects.
+static CHANGES_WITH_DEADLINES: Sql = Sql::new(|| changes("", &deadlines()));
+
+/// Changes among which both.
+static CHANGES_WITH_REDIRECTS_AND_DEADLINES: Sql = Sql::new(|| changes(&redirects(), &deadlines()));
 
 /// The columns of a batch of changes, one array per column.
 #[derive(Default)]
@@ -133,6 +219,37 @@ struct BatchColumns {
     /// The referral each delivery belongs to, beside its columns.
     d_referral: Vec<String>,
     d: DeliveryColumns,
+    deadlines: DeadlineColumns,
+}
+
+/// What the changes of a batch do to deadlines and access by notification, for
+/// [`deadlines`]: only the changes that do something.
+#[derive(Default)]
+struct DeadlineColumns {
+    /// Each notified agency, beside the referral it is notified of.
+    n_referral: Vec<String>,
+    n_agency: Vec<String>,
+    /// Each deadline set or cleared: its referral, and its due time and escalations (NULL: cleared).
+    referral: Vec<String>,
+    due_at: Vec<Option<i64>>,
+    escalations: Vec<Option<i32>>,
+}
+
+impl DeadlineColumns {
+    fn push(&mut self, change: &Change) {
+        let id = change.referral_id.to_string();
+        for agency in &change.notified {
+            self.n_referral.push(id.clone());
+            self.n_agency.push(agency.as_str().to_owned());
+        }
+        if change.deadline == DeadlineChange::Keep {
+            return;
+        }
+        let (due_at, escalations) = deadline_columns(change.deadline);
+        self.referral.push(id);
+        self.due_at.push(due_at);
+        self.escalations.push(escalations);
+    }
 }
 
 impl BatchColumns {
@@ -164,16 +281,26 @@ impl PgStore {
             return Ok(ChangeOutcome::Duplicate(Box::new(done)));
         }
         let details = event_details(&change.event)?;
-        let query = sqlx::query_scalar::<_, i64>(CHANGE.as_str())
+        let with_deadline = touches_deadline(change);
+        let statement = if with_deadline {
+            &CHANGE_WITH_DEADLINE
+        } else {
+            &CHANGE
+        };
+        let query = sqlx::query_scalar::<_, i64>(statement.as_str())
             .bind(change.state.as_str())
             .bind(micros(change.at))
             .bind(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()))
             .bind(change.referral_id.to_string())
             .bind(change.expected_version);
         let query = bind_event(query, &change.event, details);
-        let applied = bind_deliveries(query, DeliveryColumns::of(&change.deliveries))
-            .fetch_one(&self.pool)
-            .await;
+        let query = bind_deliveries(query, DeliveryColumns::of(&change.deliveries));
+        let query = if with_deadline {
+            bind_deadline(query, change)
+        } else {
+            query
+        };
+        let applied = query.fetch_one(&self.pool).await;
         match applied {
             Ok(1) => Ok(ChangeOutcome::Recorded),
             Ok(_) => Ok(match request_id {
@@ -227,8 +354,9 @@ impl PgStore {
         apply_each(self, changes).await
     }
 
-    /// The changes in one statement ([`CHANGES`], or [`CHANGES_WITH_REDIRECTS`] if any of them
-    /// redirects).
+    /// The changes in one statement: [`CHANGES`], or a variant with the CTEs that redirects
+    /// ([`CHANGES_WITH_REDIRECTS`]) or changes of deadlines and notifications
+    /// ([`CHANGES_WITH_DEADLINES`]) among them need.
     async fn apply_batch(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
         let mut c = BatchColumns::with_capacity(changes.len());
         for change in changes {
@@ -244,11 +372,15 @@ impl PgStore {
                 change.deliveries.len(),
             ));
             c.d.extend(&change.deliveries);
+            c.deadlines.push(change);
         }
-        let statement = if changes.iter().any(|c| c.new_recipient.is_some()) {
-            &CHANGES_WITH_REDIRECTS
-        } else {
-            &CHANGES
+        let redirects = changes.iter().any(|c| c.new_recipient.is_some());
+        let deadlines = changes.iter().any(touches_deadline);
+        let statement = match (redirects, deadlines) {
+            (false, false) => &CHANGES,
+            (true, false) => &CHANGES_WITH_REDIRECTS,
+            (false, true) => &CHANGES_WITH_DEADLINES,
+            (true, true) => &CHANGES_WITH_REDIRECTS_AND_DEADLINES,
         };
         let query = sqlx::query_scalar(statement.as_str())
             .persistent(false)
@@ -258,7 +390,19 @@ impl PgStore {
             .bind(c.at)
             .bind(c.recipient);
         let query = bind_events(query, c.e).bind(c.d_referral);
-        let applied: Vec<String> = bind_deliveries(query, c.d).fetch_all(&self.pool).await?;
+        let query = bind_deliveries(query, c.d);
+        let query = if deadlines {
+            let n = c.deadlines;
+            query
+                .bind(n.n_referral)
+                .bind(n.n_agency)
+                .bind(n.referral)
+                .bind(n.due_at)
+                .bind(n.escalations)
+        } else {
+            query
+        };
+        let applied: Vec<String> = query.fetch_all(&self.pool).await?;
         let applied: HashSet<String> = applied.into_iter().collect();
         Ok(changes
             .iter()
@@ -270,5 +414,19 @@ impl PgStore {
                 }
             })
             .collect())
+    }
+}
+
+/// A deadline as its two columns: its due time and escalations when set, NULLs otherwise.
+fn deadline_columns(deadline: DeadlineChange) -> (Option<i64>, Option<i32>) {
+    match deadline {
+        DeadlineChange::Set {
+            due_at,
+            escalations,
+        } => (
+            Some(micros(due_at)),
+            Some(rows::escalations_column(escalations)),
+        ),
+        DeadlineChange::Keep | DeadlineChange::Clear => (None, None),
     }
 }

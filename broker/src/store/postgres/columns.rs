@@ -45,14 +45,24 @@ pub(super) const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 10
 pub(super) const INSERT_REFERRAL: &str = "INSERT INTO referrals (id, sender, client_ref, \
     fingerprint, addressee_agency, addressee_service, addressee_province, recipient, kind, \
     urgency, subject_sex, subject_age_band, subject_province, client_pseudonym, state, version, \
-    created_at, updated_at, case_file)";
+    created_at, updated_at, case_file, ack_due_at)";
 
 /// The head of every insert of an event; [`bind_event`] binds its values.
 pub(super) const INSERT_EVENT: &str = "INSERT INTO referral_events (id, referral_id, kind, actor, \
     actor_person, at, note, state_after, details, request_id)";
 
-/// The head of every insert that gives an agency access to a referral.
+/// The head of every insert that gives an agency access to a referral as a party.
 pub(super) const GRANT_ACCESS: &str = "INSERT INTO referral_access (referral_id, agency_id)";
+
+/// What [`GRANT_ACCESS`] does for a new recipient that already has access: an agency that was only
+/// notified becomes a party, and a party stays one (the `WHERE` leaves its row unwritten).
+pub(super) const AS_PARTY: &str = "ON CONFLICT (agency_id, referral_id) DO UPDATE \
+    SET role = 'party' WHERE referral_access.role <> 'party'";
+
+/// The head of the insert that gives agencies access as notified ([`crate::store::Change::notified`]);
+/// it ends `ON CONFLICT DO NOTHING`, so an agency with access keeps it as it was.
+pub(super) const GRANT_NOTIFIED: &str =
+    "INSERT INTO referral_access (referral_id, agency_id, role)";
 
 /// The insert of deliveries into the mailbox, up to its `FROM`, which the statement adds: it
 /// yields the deliveries as `d`, unnested from the arrays [`bind_deliveries`] binds, beside the

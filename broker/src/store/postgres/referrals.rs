@@ -12,8 +12,8 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral};
 use crate::store::{
-    Change, ChangeOutcome, NewDelivery, PartiesNow, ReferralStore, Snapshot, SubmitOutcome, micros,
-    rows, with_histories,
+    Change, ChangeOutcome, DueDeadline, NewDelivery, PartiesNow, ReferralStore, Snapshot,
+    SubmitOutcome, micros, rows, with_histories,
 };
 
 /// The event `actor` recorded under `request_id`, if any, read through `executor` (the pool or an open
@@ -56,24 +56,31 @@ pub(super) async fn by_client_ref(
 }
 
 /// The statement of a snapshot, `condition` choosing the referrals: each referral without its case
-/// file, who may see it (`COLLATE "C"`: byte order, as SQLite's, whatever the database's
-/// collation) and the kinds of its events.
+/// file, who may see it and who of those was only notified (both from one read of its access rows;
+/// `COLLATE "C"`: byte order, as SQLite's, whatever the database's collation) and the kinds of its
+/// events.
 fn snapshots_where(condition: &str) -> String {
     format!(
         "SELECT {REFERRAL_COLUMNS}, \
-         ARRAY(SELECT agency_id FROM referral_access WHERE referral_id = r.id \
-           ORDER BY agency_id COLLATE \"C\") AS parties, \
+         coalesce(a.parties, '{{}}'::text[]) AS parties, \
+         coalesce(a.notified, '{{}}'::text[]) AS notified, \
          ARRAY(SELECT kind FROM referral_events WHERE referral_id = r.id ORDER BY seq) \
            AS history \
-         FROM referrals r {condition}"
+         FROM referrals r CROSS JOIN LATERAL ( \
+           SELECT array_agg(agency_id ORDER BY agency_id COLLATE \"C\") AS parties, \
+             array_agg(agency_id ORDER BY agency_id COLLATE \"C\") \
+               FILTER (WHERE role = 'notified') AS notified \
+           FROM referral_access WHERE referral_id = r.id) a \
+         {condition}"
     )
 }
 
 /// A row of [`snapshots_where`], as a [`Snapshot`].
 fn snapshot_of(row: &sqlx::postgres::PgRow) -> Result<Snapshot, StoreError> {
     let parties: Vec<String> = row.try_get("parties")?;
+    let notified: Vec<String> = row.try_get("notified")?;
     let history: Vec<String> = row.try_get("history")?;
-    rows::snapshot(row, parties, history)
+    rows::snapshot(row, parties, notified, history)
 }
 
 #[async_trait]
@@ -122,12 +129,14 @@ impl ReferralStore for PgStore {
         referral: &Referral,
         event: &Event,
         deliveries: &[NewDelivery],
+        deadline: Option<time::OffsetDateTime>,
     ) -> Result<SubmitOutcome, StoreError> {
         self.submits
             .submit(submits::Submission {
                 referral: referral.clone(),
                 event: event.clone(),
                 deliveries: deliveries.to_vec(),
+                deadline,
             })
             .await
     }
@@ -334,6 +343,33 @@ impl ReferralStore for PgStore {
     /// Written by `changes`: in one statement where the changes allow it.
     async fn apply_all(&self, changes: &[Change]) -> Result<Vec<ChangeOutcome>, StoreError> {
         self.apply_together(changes).await
+    }
+
+    async fn due_deadlines(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id::text AS referral_id, ack_due_at AS due_at, escalations::int8 AS escalations \
+             FROM referrals WHERE ack_due_at <= $1 ORDER BY ack_due_at, id LIMIT $2",
+        )
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::due_deadline).collect()
+    }
+
+    async fn deadline(&self, id: ReferralId) -> Result<Option<DueDeadline>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id::text AS referral_id, ack_due_at AS due_at, escalations::int8 AS escalations \
+             FROM referrals WHERE id = $1::uuid AND ack_due_at IS NOT NULL",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(rows::due_deadline).transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -38,6 +38,8 @@ pub(super) struct Submission {
     pub referral: Referral,
     pub event: Event,
     pub deliveries: Vec<NewDelivery>,
+    /// The acknowledgement deadline to write with the referral, if any.
+    pub deadline: Option<time::OffsetDateTime>,
 }
 
 type Reply = oneshot::Sender<Result<SubmitOutcome, StoreError>>;
@@ -122,8 +124,9 @@ async fn write(pool: PgPool, waiting: Queue, batches: Arc<Batches>) {
     }
 }
 
-/// One submit: the referral (unless its `client_ref` is taken), its access, first event and
-/// deliveries, each insert fed by the referral's `RETURNING`, so there is one round trip and one
+/// One submit: the referral (unless its `client_ref` is taken), its access, first event,
+/// deliveries, each insert fed by the referral's `RETURNING`, and its acknowledgement deadline
+/// (`$37`, NULL for none) in its own row, so there is one round trip and one
 /// commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
 /// nothing; the existing referral is read back.
 static SUBMIT: Sql = Sql::new(|| {
@@ -131,7 +134,7 @@ static SUBMIT: Sql = Sql::new(|| {
         "WITH r AS ( \
            {INSERT_REFERRAL} \
            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-           $16, $17, $18, $19) \
+           $16, $17, $18, $19, $37::int8) \
            ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
          e AS ( \
            {INSERT_EVENT} \
@@ -160,6 +163,7 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
         ])
         .bind(micros(event.at));
     let inserted = bind_deliveries(query, DeliveryColumns::of(&s.deliveries))
+        .bind(s.deadline.map(micros))
         .fetch_one(pool)
         .await?;
     if inserted == 1 {
@@ -182,7 +186,8 @@ async fn existing(pool: &PgPool, referral: &Referral) -> Result<SubmitOutcome, S
 }
 
 /// Submits as parallel arrays for `unnest`, their deliveries flattened with the referral each
-/// belongs to, `n` keeping every insert in the order the submits arrived. Not kept prepared, so
+/// belongs to, `n` keeping every insert in the order the submits arrived; each referral's
+/// acknowledgement deadline is one more of its columns. Not kept prepared, so
 /// that it is planned with the arrays in hand.
 static SUBMITS: Sql = Sql::new(|| {
     format!(
@@ -191,18 +196,19 @@ static SUBMITS: Sql = Sql::new(|| {
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
              $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], $17::int8[], \
              $18::int8[], $19::bytea[], $20::text[], $21::text[], $22::text[], $23::text[], \
-             $24::int8[], $25::text[], $26::text[], $27::text[], $28::text[]) WITH ORDINALITY \
+             $24::int8[], $25::text[], $26::text[], $27::text[], $28::text[], $35::int8[]) \
+           WITH ORDINALITY \
            AS c(id, sender, client_ref, fingerprint, addressee_agency, addressee_service, \
              addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
              subject_province, client_pseudonym, state, version, created_at, updated_at, \
              case_file, event, event_kind, actor, actor_person, at, note, state_after, \
-             details, request_id, n)), \
+             details, request_id, ack_due_at, n)), \
          r AS ( \
            {INSERT_REFERRAL} \
            SELECT id::uuid, sender, client_ref, fingerprint, addressee_agency, \
            addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
            subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-           updated_at, case_file FROM c ORDER BY n \
+           updated_at, case_file, ack_due_at FROM c ORDER BY n \
            ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
          e AS ( \
            {INSERT_EVENT} \
@@ -257,7 +263,10 @@ async fn insert_batch(
     let query = bind_events(query, c.e)
         .bind(c.request_id)
         .bind(c.d_referral);
-    let created: Vec<String> = bind_deliveries(query, c.d).fetch_all(pool).await?;
+    let created: Vec<String> = bind_deliveries(query, c.d)
+        .bind(c.ack_due_at)
+        .fetch_all(pool)
+        .await?;
     created
         .iter()
         .map(|id| {
@@ -293,6 +302,8 @@ struct Columns {
     /// The referral each delivery belongs to, beside its columns.
     d_referral: Vec<String>,
     d: DeliveryColumns,
+    /// Each submit's acknowledgement deadline (NULL: none), beside its referral's columns.
+    ack_due_at: Vec<Option<i64>>,
 }
 
 impl Columns {
@@ -333,6 +344,7 @@ impl Columns {
         self.d_referral
             .extend(std::iter::repeat_n(r.id.to_string(), s.deliveries.len()));
         self.d.extend(&s.deliveries);
+        self.ack_due_at.push(s.deadline.map(micros));
         Ok(())
     }
 }

@@ -11,8 +11,8 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral};
 use crate::store::{
-    Change, ChangeOutcome, NewDelivery, PartiesNow, ReferralStore, Snapshot, SubmitOutcome, micros,
-    rows, with_histories,
+    Change, ChangeOutcome, DeadlineChange, DueDeadline, NewDelivery, PartiesNow, ReferralStore,
+    Snapshot, SubmitOutcome, micros, rows, with_histories,
 };
 
 /// The columns [`rows::referral`] reads, without the case file.
@@ -43,15 +43,67 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Gives `agency` access to the referral as a party; one that was only notified becomes a party.
 fn grant_access(
     conn: &Connection,
     referral_id: ReferralId,
     agency: &AgencyId,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT OR IGNORE INTO referral_access (referral_id, agency_id) VALUES (?, ?)",
+        "INSERT INTO referral_access (referral_id, agency_id) VALUES (?, ?) \
+         ON CONFLICT (agency_id, referral_id) DO UPDATE SET role = 'party' \
+         WHERE referral_access.role <> 'party'",
     )?
     .execute(params![referral_id.to_string(), agency.as_str()])?;
+    Ok(())
+}
+
+/// Gives `agency` access to the referral as notified, unless it has access already.
+fn grant_notified(
+    conn: &Connection,
+    referral_id: ReferralId,
+    agency: &AgencyId,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO referral_access (referral_id, agency_id, role) VALUES (?, ?, ?) \
+         ON CONFLICT DO NOTHING",
+    )?
+    .execute(params![
+        referral_id.to_string(),
+        agency.as_str(),
+        rows::NOTIFIED
+    ])?;
+    Ok(())
+}
+
+/// Writes the referral's deadline as `deadline` says.
+fn write_deadline(
+    conn: &Connection,
+    referral_id: ReferralId,
+    deadline: DeadlineChange,
+) -> Result<(), StoreError> {
+    match deadline {
+        DeadlineChange::Keep => {}
+        DeadlineChange::Clear => {
+            conn.prepare_cached("DELETE FROM referral_deadlines WHERE referral_id = ?")?
+                .execute(params![referral_id.to_string()])?;
+        }
+        DeadlineChange::Set {
+            due_at,
+            escalations,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO referral_deadlines (referral_id, due_at, escalations) \
+                 VALUES (?, ?, ?) ON CONFLICT (referral_id) DO UPDATE \
+                 SET due_at = excluded.due_at, escalations = excluded.escalations",
+            )?
+            .execute(params![
+                referral_id.to_string(),
+                micros(due_at),
+                rows::escalations_column(escalations),
+            ])?;
+        }
+    }
     Ok(())
 }
 
@@ -68,13 +120,14 @@ fn event_by_request(
     )
 }
 
-/// Inserts a new referral with its access, first event and deliveries, unless its sender already
-/// used its `client_ref`: then it returns the id of the referral that has it.
+/// Inserts a new referral with its access, first event, deliveries and deadline, unless its sender
+/// already used its `client_ref`: then it returns the id of the referral that has it.
 fn submit(
     conn: &Connection,
     referral: &Referral,
     event: &Event,
     deliveries: &[NewDelivery],
+    deadline: Option<time::OffsetDateTime>,
 ) -> Result<Option<ReferralId>, StoreError> {
     let (agency, service, province) = rows::addressee_columns(&referral.addressee);
     let inserted = conn
@@ -122,6 +175,16 @@ fn submit(
     grant_access(conn, referral.id, &referral.recipient)?;
     insert_event(conn, event)?;
     mailbox::queue(conn, referral.id, deliveries, micros(event.at))?;
+    if let Some(due_at) = deadline {
+        write_deadline(
+            conn,
+            referral.id,
+            DeadlineChange::Set {
+                due_at,
+                escalations: 0,
+            },
+        )?;
+    }
     Ok(None)
 }
 
@@ -150,6 +213,10 @@ fn apply(conn: &Connection, change: &Change) -> Result<ChangeOutcome, StoreError
     if let Some(recipient) = &change.new_recipient {
         grant_access(conn, change.referral_id, recipient)?;
     }
+    for agency in &change.notified {
+        grant_notified(conn, change.referral_id, agency)?;
+    }
+    write_deadline(conn, change.referral_id, change.deadline)?;
     insert_event(conn, &change.event)?;
     mailbox::queue(
         conn,
@@ -214,12 +281,13 @@ impl ReferralStore for SqliteStore {
         referral: &Referral,
         event: &Event,
         deliveries: &[NewDelivery],
+        deadline: Option<time::OffsetDateTime>,
     ) -> Result<SubmitOutcome, StoreError> {
         let (new, first, deliveries) = (referral.clone(), event.clone(), deliveries.to_vec());
         let taken = self
             .writer
             .write(Box::new(move |conn| {
-                submit(conn, &new, &first, &deliveries)
+                submit(conn, &new, &first, &deliveries, deadline)
             }))
             .await?;
         let Some(existing) = taken else {
@@ -270,20 +338,33 @@ impl ReferralStore for SqliteStore {
         let id = id.to_string();
         self.readers
             .read(move |conn| {
+                // The parties as `[agency, role]` pairs: both lists of the snapshot from one read
+                // of the referral's access rows.
                 let mut query = conn.prepare_cached(&format!(
                     "SELECT {REFERRAL_COLUMNS}, \
-                     (SELECT json_group_array(agency_id) FROM (SELECT agency_id FROM referral_access \
+                     (SELECT json_group_array(json_array(agency_id, role)) FROM \
+                      (SELECT agency_id, role FROM referral_access \
                       WHERE referral_id = r.id ORDER BY agency_id)) AS parties, \
                      (SELECT json_group_array(kind) FROM (SELECT kind FROM referral_events \
                       WHERE referral_id = r.id ORDER BY seq)) AS history \
                      FROM referrals r WHERE id = ?"
                 ))?;
                 first(query.query(params![id])?, |row| {
-                    let list = |column: &str| -> Result<Vec<String>, StoreError> {
+                    fn list<T: serde::de::DeserializeOwned>(
+                        row: &rusqlite::Row<'_>,
+                        column: &str,
+                    ) -> Result<Vec<T>, StoreError> {
                         let json: String = row.get(column)?;
                         serde_json::from_str(&json).map_err(|e| rows::undecodable("referrals", e))
-                    };
-                    rows::snapshot(row, list("parties")?, list("history")?)
+                    }
+                    let access: Vec<(String, String)> = list(row, "parties")?;
+                    let notified = access
+                        .iter()
+                        .filter(|(_, role)| role == rows::NOTIFIED)
+                        .map(|(agency, _)| agency.clone())
+                        .collect();
+                    let parties = access.into_iter().map(|(agency, _)| agency).collect();
+                    rows::snapshot(row, parties, notified, list(row, "history")?)
                 })
             })
             .await
@@ -431,6 +512,36 @@ impl ReferralStore for SqliteStore {
         let change = change.clone();
         self.writer
             .write(Box::new(move |conn| apply(conn, &change)))
+            .await
+    }
+
+    async fn due_deadlines(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError> {
+        let (now, limit) = (micros(now), i64::from(limit));
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT referral_id, due_at, escalations FROM referral_deadlines \
+                     WHERE due_at <= ? ORDER BY due_at, referral_id LIMIT ?",
+                )?;
+                all(query.query(params![now, limit])?, |r| rows::due_deadline(r))
+            })
+            .await
+    }
+
+    async fn deadline(&self, id: ReferralId) -> Result<Option<DueDeadline>, StoreError> {
+        let id = id.to_string();
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT referral_id, due_at, escalations FROM referral_deadlines \
+                     WHERE referral_id = ?",
+                )?;
+                first(query.query(params![id])?, |r| rows::due_deadline(r))
+            })
             .await
     }
 

@@ -419,7 +419,7 @@ pub(super) async fn confirmations_that_arrive_together_record_each_delivery_once
         let mut r = referral("g-elsewhere");
         r.recipient = agency("dosvy-24");
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-        store.submit(&r, &e, &[]).await.unwrap();
+        store.submit(&r, &e, &[], None).await.unwrap();
         r
     };
     let recorded = event(

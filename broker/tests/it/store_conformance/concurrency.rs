@@ -56,7 +56,7 @@ pub(super) async fn a_failed_write_leaves_nothing_and_spares_the_writes_beside_i
                     let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
                     let d = [delivery(r.recipient.clone(), None)];
                     matches!(
-                        store.submit(&r, &e, &d).await.unwrap(),
+                        store.submit(&r, &e, &d, None).await.unwrap(),
                         SubmitOutcome::Created
                     )
                 }
@@ -140,7 +140,7 @@ pub(super) async fn concurrent_submits_of_one_client_ref_create_one_referral(f: 
         let r = referral("same-client");
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
         let d = [delivery(r.recipient.clone(), None)];
-        async move { (r.id, store.submit(&r, &e, &d).await.unwrap()) }
+        async move { (r.id, store.submit(&r, &e, &d, None).await.unwrap()) }
     })
     .await;
     let mut created = Vec::new();

@@ -30,6 +30,23 @@ impl Fixture {
         self.pg.as_ref().map(PgStore::batches)
     }
 
+    /// The same database opened by a second store, as a broker that restarted (or another broker
+    /// process) would open it; the store under test stays open beside it.
+    pub(super) async fn reopen(&self) -> Arc<dyn Store> {
+        match &self._backing {
+            Backing::Sqlite(dir) => Arc::new(
+                SqliteStore::open(&dir.path().join(SQLITE_FILE), false)
+                    .await
+                    .unwrap(),
+            ),
+            Backing::Postgres { admin, database } => Arc::new(
+                PgStore::connect(&with_database(admin, database), LIMITS)
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+
     /// Runs a statement straight on the backend's pool.
     pub(super) async fn raw(&self, sql: &'static str) -> Result<(), sqlx::Error> {
         match &self.pool {
@@ -41,7 +58,7 @@ impl Fixture {
 
 /// Keeps a backend's resources alive for the test and removes them after, also when the test panics.
 enum Backing {
-    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+    Sqlite(tempfile::TempDir),
     Postgres { admin: String, database: String },
 }
 
@@ -75,9 +92,12 @@ impl Drop for Backing {
     }
 }
 
+/// The SQLite database's file in its temporary folder.
+const SQLITE_FILE: &str = "store.db";
+
 pub(super) async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("store.db"), false)
+    let store = SqliteStore::open(&dir.path().join(SQLITE_FILE), false)
         .await
         .unwrap();
     Fixture {

@@ -4,7 +4,9 @@
 
 mod changes;
 mod concurrency;
+mod deadlines;
 mod directory;
+mod escalation;
 mod fixture;
 mod mailbox;
 mod reads;
@@ -62,6 +64,19 @@ conformance!(
         tidying_the_outbox_clears_out_published_rows_and_keeps_the_rest,
     ],
     directory: [the_directory_round_trips_and_versions],
+    deadlines: [
+        a_submitted_deadline_falls_due_once_its_time_has_passed,
+        submits_made_at_once_keep_their_deadlines_and_fall_due_oldest_first,
+        a_change_sets_clears_or_keeps_the_deadline,
+        changes_applied_together_set_clear_and_notify_each_on_their_own,
+        of_changes_racing_on_one_version_only_the_winner_moves_the_deadline_and_notifies,
+        notified_agencies_gain_access_and_a_party_stays_a_party,
+        deadlines_outlive_reopening_the_store,
+    ],
+    escalation: [
+        an_acknowledgement_crossing_its_deadline_is_never_followed_by_an_escalation,
+        a_deadline_nobody_answers_escalates_once_per_tier_however_many_look,
+    ],
     concurrency: [
         a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,
         concurrent_changes_on_one_version_record_exactly_one,

@@ -9,7 +9,7 @@ use spean_broker::referral::{
     Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, SealedCaseFile,
     Sex, State, Subject, Urgency,
 };
-use spean_broker::store::{Change, NewDelivery, Store, SubmitOutcome};
+use spean_broker::store::{Change, DeadlineChange, NewDelivery, Store, SubmitOutcome};
 use time::OffsetDateTime;
 
 pub(super) const KHMER: &str = "សុខ ស្រីល័ក្ខ";
@@ -99,7 +99,7 @@ pub(super) async fn submit_with(
         ..delivery(r.recipient.clone(), None)
     }];
     assert!(matches!(
-        store.submit(&r, &e, &d).await.unwrap(),
+        store.submit(&r, &e, &d, None).await.unwrap(),
         SubmitOutcome::Created
     ));
     (r, d[0].id)
@@ -114,6 +114,8 @@ pub(super) fn change(r: &Referral, version: i64, e: Event, to: State) -> Change 
         at: e.at,
         deliveries: vec![delivery(r.sender.clone(), Some(e.id))],
         event: e,
+        deadline: DeadlineChange::Keep,
+        notified: Vec::new(),
     }
 }
 

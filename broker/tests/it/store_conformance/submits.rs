@@ -53,7 +53,7 @@ pub(super) async fn a_reused_client_ref_returns_the_existing_referral(f: Fixture
     let first = submit(&store, "c-2").await;
     let again = referral("c-2");
     let e = event(&again, EventKind::Submitted, "ahc-swu", State::Sent, None);
-    match store.submit(&again, &e, &[]).await.unwrap() {
+    match store.submit(&again, &e, &[], None).await.unwrap() {
         SubmitOutcome::Existing(existing) => assert_eq!(existing.id, first.id),
         SubmitOutcome::Created => panic!("a second referral was created"),
     }
@@ -77,7 +77,7 @@ pub(super) async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
         let d = [delivery(r.recipient.clone(), None)];
         async move {
-            let outcome = store.submit(&r, &e, &d).await.unwrap();
+            let outcome = store.submit(&r, &e, &d, None).await.unwrap();
             (r, e, outcome)
         }
     })
