@@ -306,6 +306,22 @@ impl Store {
             .await?)
     }
 
+    /// How many times each referral was escalated (its `escalated` events), by referral id; only
+    /// referrals escalated at least once.
+    pub async fn escalations(
+        &self,
+    ) -> Result<std::collections::HashMap<String, i64>, AdapterError> {
+        let rows = sqlx::query(
+            "SELECT referral_id, count(*) AS n FROM events WHERE kind = 'escalated' \
+             GROUP BY referral_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("referral_id")?, row.try_get("n")?)))
+            .collect()
+    }
+
     /// Referrals addressed to `agency`, newest first.
     pub async fn received_by(&self, agency: &str) -> Result<Vec<ReferralRow>, AdapterError> {
         let sql = format!(

@@ -59,7 +59,8 @@ pub enum Command {
     Run,
     /// Send a referral.
     Send(Box<send::SendArgs>),
-    /// Referrals this agency received, newest first (open ones unless --all).
+    /// Referrals this agency received (open ones unless --all): first those waiting for its
+    /// acknowledgement, the escalated first, then the rest, newest first.
     Inbox(ListArgs),
     /// One referral: envelope, case file and full history.
     Show {

@@ -36,22 +36,34 @@ struct InboxItem {
     state: String,
     /// False once the referral was redirected away: `recipient` says where it is now.
     with_this_agency: bool,
+    /// With this agency and not acknowledged yet: its deadline runs, or has passed.
+    waiting_on_this_agency: bool,
+    /// How many times the broker escalated it because nobody here acknowledged it in time.
+    escalations: i64,
     name_km: String,
     name_latin: String,
     created_at: String,
     received_at: String,
 }
 
+/// The inbox: first what waits on this agency (referrals with it that nobody here has
+/// acknowledged yet), the most escalated and then the oldest first, since those are the ones the
+/// province and the coordinators already heard of; then the rest, newest first.
 pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
     let rows = ctx.store.received().await?;
-    let items: Vec<InboxItem> = rows
+    let escalations = ctx.store.escalations().await?;
+    let mut items: Vec<InboxItem> = rows
         .into_iter()
         .filter(|r| args.all || !is_closed(&r.state))
         .map(|r| {
             // A case file that does not decode still lists, without a name.
             let name = CaseFile::decode(&r.case_file).unwrap_or_default().name;
+            let with_this_agency = r.recipient == ctx.me();
             InboxItem {
-                with_this_agency: r.recipient == ctx.me(),
+                waiting_on_this_agency: with_this_agency
+                    && matches!(r.state.as_str(), "sent" | "delivered"),
+                escalations: escalations.get(&r.referral_id).copied().unwrap_or(0),
+                with_this_agency,
                 referral_id: r.referral_id,
                 sender: r.sender,
                 recipient: r.recipient,
@@ -65,6 +77,18 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
             }
         })
         .collect();
+    // Stable: within each group the store's order (newest first) stays.
+    items.sort_by(|a, b| {
+        b.waiting_on_this_agency
+            .cmp(&a.waiting_on_this_agency)
+            .then_with(|| match a.waiting_on_this_agency {
+                true => b
+                    .escalations
+                    .cmp(&a.escalations)
+                    .then_with(|| a.created_at.cmp(&b.created_at)),
+                false => std::cmp::Ordering::Equal,
+            })
+    });
     if args.json {
         return print_json(&items);
     }
@@ -72,7 +96,14 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
         "referral", "received", "from", "kind", "urgency", "state", "name",
     ]);
     for i in &items {
-        let state = if i.with_this_agency {
+        let state = if i.waiting_on_this_agency && i.escalations > 0 {
+            format!(
+                "{}: to acknowledge, escalated {} time(s)",
+                i.state, i.escalations
+            )
+        } else if i.waiting_on_this_agency {
+            format!("{}: to acknowledge", i.state)
+        } else if i.with_this_agency {
             i.state.clone()
         } else {
             format!("{} (no longer here: now with {})", i.state, i.recipient)

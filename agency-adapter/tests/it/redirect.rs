@@ -294,3 +294,59 @@ async fn show_and_inbox_say_the_case_file_was_withdrawn_and_where_the_referral_w
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains("no longer here"), "{stdout}");
 }
+
+/// `inbox` lists first what waits on this agency, the escalated before the rest and the oldest
+/// first among equals, then what it acknowledged, newest first.
+#[tokio::test]
+async fn inbox_lists_first_what_waits_on_this_agency_the_escalated_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        spean_adapter::store::Store::open(&dir.path().join("agency-b.db"), &agency_id("agency-b"))
+            .await
+            .unwrap();
+    let waiting = store_khmer_referral(&store).await;
+    let answered = store_khmer_referral(&store).await;
+    let escalated = store_khmer_referral(&store).await;
+    let acknowledged = event(
+        &answered,
+        FeedbackKind::Acknowledged,
+        ReferralState::Acknowledged,
+    );
+    let mut escalation = event(&escalated, FeedbackKind::Escalated, ReferralState::Sent);
+    escalation.actor_person = String::new();
+    escalation.details = Some(spean_proto::v1::feedback_event::Details::Escalated(
+        spean_proto::v1::Escalation {
+            tier: 1,
+            to_agency_ids: vec!["dosvy-24".into(), "mosvy-coord".into()],
+        },
+    ));
+    for e in [acknowledged, escalation] {
+        store
+            .store_delivery(&delivery(Payload::Feedback(e)))
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let run =
+        |args: &[&str]| crate::trust::adapter(dir.path(), "agency-b", "https://127.0.0.1:9", args);
+
+    let inbox = crate::helpers::json_of(&run(&["inbox", "--json"]));
+    let order: Vec<&str> = inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["referral_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [escalated.as_str(), waiting.as_str(), answered.as_str()]
+    );
+    assert_eq!(inbox[0]["escalations"], 1);
+    assert_eq!(inbox[0]["waiting_on_this_agency"], true);
+    assert_eq!(inbox[2]["waiting_on_this_agency"], false);
+    let table = String::from_utf8(run(&["inbox"]).stdout).unwrap();
+    assert!(
+        table.contains("to acknowledge, escalated 1 time(s)"),
+        "{table}"
+    );
+}
