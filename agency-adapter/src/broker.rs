@@ -1,10 +1,11 @@
-//! The connection to the broker: one tonic channel with mutual TLS, carrying the referral and
-//! directory services (unary calls, each bounded by [`REQUEST_TIMEOUT`]) and the delivery stream
+//! The connection to the broker: one tonic channel with mutual TLS, carrying the referral,
+//! directory and coordinator services (unary calls, each bounded by [`REQUEST_TIMEOUT`]) and the delivery stream
 //! (unbounded, kept honest by HTTP/2 keep-alives instead).
 
 use std::time::Duration;
 
 use spean_proto::v1::{
+    coordinator_service_client::CoordinatorServiceClient,
     delivery_service_client::DeliveryServiceClient,
     directory_service_client::DirectoryServiceClient,
     referral_service_client::ReferralServiceClient,
@@ -28,6 +29,9 @@ pub struct Broker {
     pub deliveries: DeliveryServiceClient<Channel>,
     /// Read by `send --to` for the recipient's provinces.
     pub directory: DirectoryServiceClient<Channel>,
+    /// Read by `overdue` and `figures --network`; the broker answers only coordinators and
+    /// authorities.
+    pub coordinator: CoordinatorServiceClient<Channel>,
     /// Who this agency is (from its certificate): the delivery stream stores only what concerns it.
     pub agency_id: String,
 }
@@ -63,7 +67,8 @@ impl Broker {
         Ok(Self {
             referrals: ReferralServiceClient::new(channel.clone()),
             deliveries: DeliveryServiceClient::new(channel.clone()),
-            directory: DirectoryServiceClient::new(channel),
+            directory: DirectoryServiceClient::new(channel.clone()),
+            coordinator: CoordinatorServiceClient::new(channel),
             agency_id: identity.agency_id.as_str().to_owned(),
         })
     }

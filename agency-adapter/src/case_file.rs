@@ -1,5 +1,6 @@
 //! The case file as JSON (what `send --case-file` reads and `show --json` prints), mirroring the
-//! `CaseFile` proto field for field. These types derive no `Debug` on purpose: case-file content must
+//! `CaseFile` proto field for field, and its follow-up part ([`CaseFile::follow_up_part`]): what a
+//! recipient hands, with the follow-up visits, to the agency it delegates them to. These types derive no `Debug` on purpose: case-file content must
 //! never reach a log line or an error message.
 
 use prost::Message;
@@ -69,6 +70,20 @@ impl CaseFile {
     /// The bytes that travel in `SubmitRequest.case_file`.
     pub fn encode(&self) -> Vec<u8> {
         v1::CaseFile::from(self.clone()).encode_to_vec()
+    }
+
+    /// What an agency making follow-up visits needs to find and recognise the child and to know it
+    /// may visit: name, date of birth, guardians, contact and consent. The reason for referral,
+    /// transport needs and notes stay with the recipient.
+    pub fn follow_up_part(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            date_of_birth: self.date_of_birth.clone(),
+            guardians: self.guardians.clone(),
+            contact: self.contact.clone(),
+            consent: self.consent.clone(),
+            ..Self::default()
+        }
     }
 
     /// Reads the bytes of `Referral.case_file` back.
@@ -179,6 +194,28 @@ mod tests {
         assert_eq!(back.guardians[0].name.khmer, "ម្ដាយ");
         assert_eq!(back.consent.given_by, "mother (ម្ដាយ)");
         assert!(back == case);
+        Ok(())
+    }
+
+    #[test]
+    fn the_follow_up_part_keeps_who_and_where_and_leaves_the_narrative() -> Result<(), AdapterError>
+    {
+        let json = r#"{"name":{"khmer":"សុខ ស្រីល័ក្ខ","latin":"Sok Sreyleak"},
+            "date_of_birth":"2016-03-01",
+            "guardians":[{"name":{"khmer":"ម្ដាយ"},"relationship":"mother","phone":"012"}],
+            "contact":{"address":"ភូមិ ស្រែ","directions":"ជិតវត្ត"},
+            "reason_for_referral":"ត្រូវការការថែទាំ","consent":{"given_by":"ម្ដាយ","scope":"visits"},
+            "transport_needs":"ម៉ូតូ","notes":"កំណត់ចំណាំ"}"#;
+        let whole = CaseFile::from_json(json.as_bytes())?;
+        let part = CaseFile::decode(&whole.follow_up_part().encode())?;
+        assert_eq!(part.name.khmer, "សុខ ស្រីល័ក្ខ");
+        assert_eq!(part.date_of_birth, "2016-03-01");
+        assert!(part.guardians == whole.guardians);
+        assert!(part.contact == whole.contact);
+        assert!(part.consent == whole.consent);
+        assert_eq!(part.reason_for_referral, "");
+        assert_eq!(part.transport_needs, "");
+        assert_eq!(part.notes, "");
         Ok(())
     }
 

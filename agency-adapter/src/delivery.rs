@@ -11,7 +11,9 @@
 //! neither comes back forever nor holds a slot of the window that other deliveries need. A referral
 //! redirected away from this agency still reaches it, without its case file, as a former recipient's
 //! view: accepted, it only updates the referral already held (the store never inserts it), and the
-//! store removes the case file this agency held.
+//! store removes the case file this agency held. A notified party (told by an escalation or a missed
+//! visit) and the delegate of a referral's follow-up visits receive a view without the case file
+//! too: the store inserts those, as its audience says.
 
 use futures::FutureExt;
 use spean_proto::v1::{
@@ -124,11 +126,14 @@ async fn store_logged(store: &Store, deliveries: &[Delivery]) -> Result<(), Adap
 ///
 /// The broker sends a referral to its current recipient when it is submitted or redirected, as it
 /// stood when queued, so a referral with its case file must name `agency_id` as its recipient (or
-/// sender). A referral that names neither may still be this agency's: after a redirect away from it,
-/// the broker sends a former recipient its view of the referral, without the case file. So a
-/// referral naming neither party is accepted only with an empty case file; the store then only
-/// updates a referral it already holds, never inserts one, and a referral naming neither party with
-/// a case file is refused (no sound broker sends one). A feedback event goes to every party of its
+/// sender). A referral that names neither may still be this agency's, always without the case file:
+/// a former recipient's view after a redirect away from it, or the view of a notified party or of
+/// the delegate of its follow-up (`Referral.audience` says which). So a referral naming neither
+/// party is accepted only with an empty case file, and a referral naming neither party with a case
+/// file is refused (no sound broker sends one). The store then inserts it only as a notified
+/// party's or a delegate's view; a former recipient's view only updates a referral already held.
+/// (A delegate's follow-up part of the case file travels inside the delegation event, which only
+/// the delegate receives whole.) A feedback event goes to every party of its
 /// referral and may arrive before the referral itself (the store keeps it until the referral comes,
 /// and shows it only with that referral), and a former recipient receives events on a referral
 /// whose envelope no longer names it: an event carries nothing the adapter could check it against,

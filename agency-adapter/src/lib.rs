@@ -6,12 +6,19 @@
 //! - [`referral`]: the adapter's vocabulary with no I/O: idempotency keys (checked by the network's
 //!   rules in `spean_domain::ids`, as the broker checks them), the names of states and kinds, and who
 //!   must act next.
-//! - [`case_file`]: the JSON form of the case file, converted to and from the `CaseFile` proto.
+//! - [`case_file`]: the JSON form of the case file, converted to and from the `CaseFile` proto, and
+//!   the follow-up part of it that a recipient hands to the agency it delegates visits to.
+//! - [`follow_up`]: the follow-up schedule and its delegation, read from a referral's history: who
+//!   makes the visits, which were made or missed, and whether the next is upcoming, due or overdue.
 //! - [`store`]: the local SQLite copy (referrals, events, outbox, deliveries); every write is one
 //!   transaction and every delivery write is idempotent.
 //! - [`outbox`]: outgoing requests, written locally first, then sent to the broker with their own key.
 //! - [`broker`]: the tonic channel to the broker (mutual TLS, timeouts).
 //! - [`directory`]: the provinces a recipient serves, read from the broker's directory.
+//! - [`coordinator`]: the calls a coordinator makes (overdue referrals, the network's figures), and
+//!   an agency's own figures.
+//! - [`figures`]: figures as agencies report them: counts with women and girls, human durations,
+//!   tables, CSV and JSON.
 //! - [`delivery`]: the `Subscribe` stream: store each delivery, then confirm it.
 //! - [`backoff`]: exponential backoff with jitter for reconnects and retries.
 //! - [`daemon`]: `run`: delivery and outbox relay until shutdown.
@@ -24,10 +31,13 @@ pub mod broker;
 pub mod case_file;
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod daemon;
 pub mod delivery;
 pub mod directory;
 pub mod error;
+pub mod figures;
+pub mod follow_up;
 pub mod identity;
 pub mod outbox;
 pub mod referral;

@@ -5,9 +5,10 @@
 
 use prost::Message;
 use spean_proto::v1::{
-    AcceptRequest, AcknowledgeRequest, Action, CompleteRequest, DeclineRequest, FailRequest,
-    FeedbackEvent, FeedbackResponse, MarkEnteredInErrorRequest, MarkInProgressRequest,
-    RecordFollowUpRequest, RedirectRequest, Referral, SubmitRequest, WithdrawRequest,
+    AcceptRequest, AcknowledgeRequest, Action, CompleteRequest, DeclineRequest,
+    DelegateFollowUpRequest, FailRequest, FeedbackEvent, FeedbackResponse,
+    MarkEnteredInErrorRequest, MarkInProgressRequest, RecordFollowUpRequest, RedirectRequest,
+    Referral, RevokeDelegationRequest, SubmitRequest, WithdrawRequest,
     referral_service_client::ReferralServiceClient,
 };
 use tonic::transport::Channel;
@@ -119,6 +120,8 @@ outgoing_requests! {
     Fail(FailRequest) => fail;
     Withdraw(WithdrawRequest) => withdraw;
     MarkEnteredInError(MarkEnteredInErrorRequest) => mark_entered_in_error;
+    DelegateFollowUp(DelegateFollowUpRequest) => delegate_follow_up;
+    RevokeDelegation(RevokeDelegationRequest) => revoke_delegation;
 }
 
 impl OutgoingRequest {
@@ -243,6 +246,8 @@ mod tests {
                 "fail",
                 "withdraw",
                 "mark_entered_in_error",
+                "delegate_follow_up",
+                "revoke_delegation",
             ]
         );
     }

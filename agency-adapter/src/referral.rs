@@ -3,7 +3,7 @@
 //! keys themselves are [`spean_domain::ids`], so the adapter refuses exactly what the broker refuses.
 
 use spean_domain::FieldError;
-use spean_proto::v1::{AgeBand, FeedbackKind, ReferralState, Sex, Urgency};
+use spean_proto::v1::{AgeBand, Audience, FeedbackKind, ReferralState, Sex, Urgency};
 
 /// The idempotency key the user gave (`client_ref` or `request_id`), or a fresh one: a UUIDv7, so keys
 /// also sort by creation time. Both go through `parse`, the network's rule for the key
@@ -51,6 +51,15 @@ pub fn sex_name(sex: i32) -> String {
     Sex::try_from(sex).map_or_else(
         |_| format!("unknown_{sex}"),
         |s| short_name(s.as_str_name(), "SEX_"),
+    )
+}
+
+/// How an agency stands to a referral: `sender`, `recipient`, `former_recipient`, `notified`,
+/// `delegate`.
+pub fn audience_name(audience: i32) -> String {
+    Audience::try_from(audience).map_or_else(
+        |_| format!("unknown_{audience}"),
+        |a| short_name(a.as_str_name(), "AUDIENCE_"),
     )
 }
 
@@ -111,6 +120,11 @@ mod tests {
         assert_eq!(kind_name(FeedbackKind::Acknowledged as i32), "acknowledged");
         assert_eq!(urgency_name(Urgency::Emergency as i32), "emergency");
         assert_eq!(age_band_name(AgeBand::AgeBand60Plus as i32), "60+");
+        assert_eq!(audience_name(Audience::Delegate as i32), "delegate");
+        assert_eq!(
+            kind_name(FeedbackKind::FollowUpOverdue as i32),
+            "follow_up_overdue"
+        );
     }
 
     #[test]

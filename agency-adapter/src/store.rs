@@ -14,16 +14,25 @@
 //! The store knows which agency it belongs to, because what it may keep depends on it: once a
 //! referral is redirected away from this agency (and this agency did not send it), the case file
 //! it held is removed in the same transaction that stored the redirect, and the removal recorded in
-//! `withdrawn_case_files` ([`withdraw_case_file_if_moved_on`]). A referral that names neither this
-//! agency as sender nor as recipient (a former recipient's view, sent without its case file) only
-//! updates a referral already held; it is never inserted.
+//! `withdrawn_case_files` ([`withdraw_case_file_if_moved_on`]). Likewise, once the follow-up a
+//! recipient delegated to this agency is taken back, the follow-up part of the case file its
+//! delegation carried is stripped from the stored event in the transaction that stored the
+//! revocation, and recorded there too ([`strip_ended_follow_up_parts`]).
+//!
+//! A referral that names neither this agency as sender nor as recipient comes without its case file.
+//! It is inserted only when the broker sent it to this agency as a notified party (an escalation or
+//! a missed visit reached it) or as the delegate of its follow-up (`Referral.audience`); otherwise
+//! (a former recipient's view) it only updates a referral already held. Each copy's audience is kept
+//! in `referral_audiences`.
 
 use std::{path::Path, str::FromStr, time::Duration};
 
 use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use spean_domain::ids::AgencyId;
-use spean_proto::v1::{Delivery, Envelope, FeedbackEvent, Referral, delivery, feedback_event};
+use spean_proto::v1::{
+    Audience, Delivery, Envelope, FeedbackEvent, Referral, delivery, feedback_event,
+};
 use sqlx::{
     ConnectOptions, Row, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
@@ -31,8 +40,8 @@ use sqlx::{
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
 
 use crate::{
-    AdapterError,
-    referral::{age_band_name, kind_name, sex_name, state_name, urgency_name},
+    AdapterError, follow_up,
+    referral::{age_band_name, audience_name, kind_name, sex_name, state_name, urgency_name},
 };
 
 /// A statement slower than this is reported at `info` ([`Store::open`]).
@@ -48,6 +57,9 @@ const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
 
 /// Why a case file is withdrawn: the only way a referral leaves a recipient that did not send it.
 const BECAUSE_REDIRECTED: &str = "redirected";
+
+/// Why the follow-up part of a case file is withdrawn: the recipient took the follow-up back.
+const BECAUSE_DELEGATION_REVOKED: &str = "delegation_revoked";
 
 /// The local store; cheap to clone (a connection pool and a shared writing connection).
 #[derive(Clone)]
@@ -71,9 +83,9 @@ pub enum Stored {
         state_after: String,
         new: bool,
     },
-    /// A former recipient's view of a referral (it names neither this agency as sender nor as
-    /// recipient) that this store does not hold: nothing was written, since such a referral is only
-    /// ever an update to one held already.
+    /// A referral that names neither this agency as sender nor as recipient, is not held here, and
+    /// was not sent to this agency as a notified party or a delegate (a former recipient's view):
+    /// nothing was written, since such a referral is only ever an update to one held already.
     NotHeld { referral_id: String },
     /// This delivery id was stored before: nothing was written.
     RepeatedDelivery,
@@ -96,6 +108,9 @@ pub struct ReferralRow {
     pub client_pseudonym: String,
     pub state: String,
     pub last_event_id: Option<String>,
+    /// How this agency stands to the referral (`recipient`, `notified`, `delegate`, ...), as the
+    /// newest copy the broker sent said; empty when no copy said.
+    pub audience: String,
     pub case_file: Vec<u8>,
     pub envelope: Vec<u8>,
     pub created_at: String,
@@ -112,15 +127,16 @@ impl ReferralRow {
     }
 }
 
-/// The record of a case file this agency held and removed because the referral left it.
+/// The record of a case file (or the follow-up part of one) this agency held and removed because
+/// the referral, or its follow-up, left it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Withdrawal {
     pub referral_id: String,
     /// When this store removed it (local clock, RFC 3339 UTC).
     pub withdrawn_at: String,
-    /// The agency the referral went to.
+    /// The agency the referral went to, or the recipient that took its follow-up back.
     pub now_with: String,
-    /// Why it left, e.g. `redirected`.
+    /// Why it left: `redirected`, or `delegation_revoked`.
     pub because: String,
 }
 
@@ -140,8 +156,9 @@ pub struct OutboxRow {
 }
 
 const REFERRAL_COLUMNS: &str = "referral_id, client_ref, sender, recipient, kind, urgency, subject_sex, \
-     subject_age_band, subject_province, client_pseudonym, state, last_event_id, case_file, envelope, \
-     created_at, updated_at, received_at";
+     subject_age_band, subject_province, client_pseudonym, state, last_event_id, \
+     COALESCE((SELECT audience FROM referral_audiences a WHERE a.referral_id = referrals.referral_id), '') \
+     AS audience, case_file, envelope, created_at, updated_at, received_at";
 
 const OUTBOX_COLUMNS: &str = "seq, request_id, operation, referral_id, payload, status, error, attempts, created_at, sent_at";
 
@@ -292,9 +309,9 @@ impl Store {
         .await?)
     }
 
-    /// Referrals this agency received, newest first: those with it now and those redirected away
-    /// from it. The store holds only referrals this agency sent or received, so every one it did not
-    /// send was received.
+    /// Referrals this agency received or was told of, newest first: those with it now, those
+    /// redirected away from it, and those it is a notified party or the delegate of. Every referral
+    /// the store holds and this agency did not send is one of these.
     pub async fn received(&self) -> Result<Vec<ReferralRow>, AdapterError> {
         let sql = format!(
             "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE recipient = ?1 OR sender <> ?1 \
@@ -612,13 +629,25 @@ enum Put {
     New,
     /// The referral was stored before and is refreshed.
     Updated,
-    /// A referral naming neither this agency as sender nor as recipient, not held: nothing written.
+    /// A referral naming neither this agency as sender nor as recipient, not held, and not a notified
+    /// party's or a delegate's view: nothing written.
     NotHeld,
 }
 
+/// Whether a referral naming neither `agency` as sender nor as recipient may be inserted: only a
+/// notified party's or a delegate's view, which never carries the case file.
+fn is_a_view_to_insert(referral: &Referral) -> bool {
+    let view = matches!(
+        Audience::try_from(referral.audience),
+        Ok(Audience::Notified | Audience::Delegate)
+    );
+    view && referral.case_file.is_empty()
+}
+
 /// Inserts or refreshes a referral and stores its history. A referral that names neither `agency`
-/// as sender nor as recipient (a former recipient's view) only refreshes a row already held: it is
-/// never inserted, so a misrouted delivery cannot plant another agency's referral here.
+/// as sender nor as recipient is inserted only as a notified party's or a delegate's view without a
+/// case file ([`is_a_view_to_insert`]); otherwise (a former recipient's view) it only refreshes a row
+/// already held, so a misrouted delivery cannot plant another agency's referral here.
 fn put_referral(
     conn: &Connection,
     agency: &AgencyId,
@@ -639,7 +668,7 @@ fn put_referral(
         .is_some();
     let names_us = envelope.sender_agency_id == agency.as_str()
         || envelope.recipient_agency_id == agency.as_str();
-    if !existed && !names_us {
+    if !existed && !names_us && !is_a_view_to_insert(referral) {
         return Ok(Put::NotHeld);
     }
     let created_at = timestamp(envelope.created_at.as_ref());
@@ -685,12 +714,30 @@ fn put_referral(
             now(),
         ])?;
     }
+    put_audience(conn, &envelope.referral_id, referral.audience)?;
     for event in &referral.history {
         put_event(conn, event)?;
     }
     refresh_referral(conn, &envelope.referral_id)?;
     withdraw_case_file_if_moved_on(conn, agency, &envelope.referral_id)?;
+    if referral.history.iter().any(follow_up::moves_the_delegation) {
+        strip_ended_follow_up_parts(conn, agency, &envelope.referral_id)?;
+    }
     Ok(if existed { Put::Updated } else { Put::New })
+}
+
+/// Records how this agency stands to a referral, as the newest copy says; a copy that does not say
+/// (an older broker) leaves what is recorded.
+fn put_audience(conn: &Connection, referral_id: &str, audience: i32) -> Result<(), AdapterError> {
+    if audience == Audience::Unspecified as i32 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO referral_audiences (referral_id, audience) VALUES (?1, ?2) \
+         ON CONFLICT (referral_id) DO UPDATE SET audience = excluded.audience",
+    )?
+    .execute(params![referral_id, audience_name(audience)])?;
+    Ok(())
 }
 
 /// Stores one event, then makes its referral follow it (and withdraws the case file if the event
@@ -703,6 +750,9 @@ fn put_event_and_refresh(
     let new = put_event(conn, event)?;
     refresh_referral(conn, &event.referral_id)?;
     withdraw_case_file_if_moved_on(conn, agency, &event.referral_id)?;
+    if follow_up::moves_the_delegation(event) {
+        strip_ended_follow_up_parts(conn, agency, &event.referral_id)?;
+    }
     Ok(new)
 }
 
@@ -785,17 +835,90 @@ fn withdraw_case_file_if_moved_on(
     let Some(now_with) = now_with else {
         return Ok(false);
     };
+    record_withdrawal(conn, referral_id, &now_with, BECAUSE_REDIRECTED)?;
+    // Ids only. Logged before the commit: if the transaction then fails, the delivery comes again
+    // and the line is logged again when the removal does happen.
+    tracing::info!(%agency, %referral_id, %now_with, because = BECAUSE_REDIRECTED, "case file withdrawn");
+    Ok(true)
+}
+
+/// Strips the follow-up part of the case file from every stored delegation of `referral_id` to
+/// `agency` that has ended, and records the removal; true if it stripped one.
+///
+/// Why: a delegate may hold the child's name, guardians and contact only while the follow-up is
+/// its. The revocation is delivered to it, so in the transaction that stores the revocation the part
+/// its delegation carried is removed from the stored event (re-encoded without it). It runs
+/// whenever a delegation or revocation is stored, whatever order they arrive in, and an event id
+/// already stored is never overwritten ([`put_event`]), so a delegation delivered again after its
+/// revocation cannot bring the part back.
+fn strip_ended_follow_up_parts(
+    conn: &Connection,
+    agency: &AgencyId,
+    referral_id: &str,
+) -> Result<bool, AdapterError> {
+    let moves = delegation_moves(conn, referral_id)?;
+    let ended = follow_up::ended_delegations_holding_a_part(&moves, agency.as_str());
+    for delegation in &ended {
+        conn.prepare_cached("UPDATE events SET encoded = ?1 WHERE event_id = ?2")?
+            .execute(params![
+                follow_up::without_follow_up_part(delegation).encode_to_vec(),
+                delegation.event_id
+            ])?;
+    }
+    if ended.is_empty() {
+        return Ok(false);
+    }
+    let taken_back_by: String = conn
+        .prepare_cached("SELECT recipient FROM referrals WHERE referral_id = ?")?
+        .query_row(params![referral_id], |row| row.get(0))
+        .optional()?
+        .unwrap_or_default();
+    record_withdrawal(
+        conn,
+        referral_id,
+        &taken_back_by,
+        BECAUSE_DELEGATION_REVOKED,
+    )?;
+    // Ids only, as for a redirect.
+    tracing::info!(%agency, %referral_id, now_with = %taken_back_by, because = BECAUSE_DELEGATION_REVOKED, "follow-up part of the case file withdrawn");
+    Ok(true)
+}
+
+/// The stored delegations and revocations of a referral, oldest first.
+fn delegation_moves(
+    conn: &Connection,
+    referral_id: &str,
+) -> Result<Vec<FeedbackEvent>, AdapterError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT encoded FROM events WHERE referral_id = ?1 \
+         AND kind IN ('follow_up_delegated', 'delegation_revoked') ORDER BY event_id",
+    )?;
+    let rows = statement.query_map(params![referral_id], |row| row.get::<_, Vec<u8>>(0))?;
+    rows.map(|bytes| {
+        FeedbackEvent::decode(bytes?.as_slice()).map_err(|source| AdapterError::Decode {
+            what: "stored event",
+            source,
+        })
+    })
+    .collect()
+}
+
+/// Records (or records anew) that this agency no longer holds a referral's case file, or its
+/// follow-up part: one row per referral, the latest removal.
+fn record_withdrawal(
+    conn: &Connection,
+    referral_id: &str,
+    now_with: &str,
+    because: &str,
+) -> Result<(), AdapterError> {
     conn.prepare_cached(
         "INSERT INTO withdrawn_case_files (referral_id, withdrawn_at, now_with, because) \
          VALUES (?1, ?2, ?3, ?4) ON CONFLICT (referral_id) DO UPDATE SET \
          withdrawn_at = excluded.withdrawn_at, now_with = excluded.now_with, \
          because = excluded.because",
     )?
-    .execute(params![referral_id, now(), now_with, BECAUSE_REDIRECTED])?;
-    // Ids only. Logged before the commit: if the transaction then fails, the delivery comes again
-    // and the line is logged again when the removal does happen.
-    tracing::info!(%agency, %referral_id, %now_with, because = BECAUSE_REDIRECTED, "case file withdrawn");
-    Ok(true)
+    .execute(params![referral_id, now(), now_with, because])?;
+    Ok(())
 }
 
 /// RFC 3339 in UTC with a fixed number of fraction digits, so that text order is time order.

@@ -100,6 +100,10 @@ pub enum BrokerError {
     /// A valid request the network cannot carry out as it stands (e.g. no agency offers the service).
     #[error("{0}")]
     Unroutable(String),
+    /// A valid request that the referral's state refuses outside the state machine's table (e.g.
+    /// revoking a delegation that does not exist).
+    #[error("{0}")]
+    Precondition(String),
     /// The broker cannot serve this right now (RabbitMQ down, shutting down); the caller retries.
     #[error("{0}")]
     Unavailable(String),
@@ -136,7 +140,9 @@ impl From<BrokerError> for tonic::Status {
                 }
             },
             BrokerError::Forbidden(m) => Status::permission_denied(m.clone()),
-            BrokerError::Unroutable(m) => Status::failed_precondition(m.clone()),
+            BrokerError::Unroutable(m) | BrokerError::Precondition(m) => {
+                Status::failed_precondition(m.clone())
+            }
             BrokerError::Unavailable(m) => Status::unavailable(m.clone()),
             BrokerError::Contended => Status::new(Code::Aborted, err.to_string()),
             BrokerError::Store(source) => {

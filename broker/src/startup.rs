@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use spean_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use spean_proto::v1::delivery_service_server::DeliveryServiceServer;
 use spean_proto::v1::directory_service_server::DirectoryServiceServer;
 use spean_proto::v1::referral_service_server::ReferralServiceServer;
@@ -22,7 +23,9 @@ use crate::delivery::amqp::Amqp;
 use crate::delivery::{Backend, Dispatch};
 use crate::directory::{Directory, DirectoryError};
 use crate::error::{BrokerError, StoreError};
-use crate::gateway::{DeliveryGateway, DirectoryGateway, ReferralGateway, Shared, connections};
+use crate::gateway::{
+    CoordinatorGateway, DeliveryGateway, DirectoryGateway, ReferralGateway, Shared, connections,
+};
 use crate::pki::{Pki, PkiError};
 use crate::store::Store;
 use crate::store::postgres::{PgLimits, PgStore};
@@ -356,6 +359,10 @@ impl Broker {
             )
             .add_service(
                 DeliveryServiceServer::new(DeliveryGateway::new(shared.clone(), backend))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                CoordinatorServiceServer::new(CoordinatorGateway::new(shared.clone()))
                     .max_decoding_message_size(max),
             )
             .add_service(

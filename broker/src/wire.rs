@@ -4,6 +4,9 @@
 //! [`ReferralView`], so what its reader may see was decided by the one rule in
 //! [`crate::referral::view`].
 
+mod figures;
+pub use figures::figures_response;
+
 use prost::Message;
 use prost_types::Timestamp;
 use spean_proto::v1 as pb;
@@ -12,9 +15,9 @@ use time::OffsetDateTime;
 use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
-    Action, Addressee, AgeBand, Code, Day, DeliveryContent, Event, EventDetails, EventKind,
-    FreeText, NewReferral, Referral, ReferralView, Role, SealedCaseFile, Sex, State, Subject,
-    Urgency,
+    Action, Addressee, AgeBand, Audience, Code, Day, DeliveryContent, Event, EventDetails,
+    EventKind, FreeText, NewReferral, Referral, ReferralView, Role, SealedCaseFile, Sex, State,
+    Subject, Urgency,
 };
 
 /// Longest note, reason or summary.
@@ -138,6 +141,8 @@ feedback_requests! {
     FailRequest: Failed, failure => failure;
     WithdrawRequest: Withdrawn;
     MarkEnteredInErrorRequest: EnteredInError;
+    DelegateFollowUpRequest: FollowUpDelegated, delegation => delegation;
+    RevokeDelegationRequest: DelegationRevoked;
 }
 
 /// Parses the fields every feedback action shares.
@@ -193,6 +198,23 @@ pub fn follow_up(raw: Option<pb::FollowUp>) -> Result<EventDetails, FieldError> 
     })
 }
 
+/// A delegation as requested. The agency it is taken back from, on a revocation, is the broker's
+/// to fill in (the history knows it), so [`EventDetails::DelegationRevoked`] is made there.
+pub fn delegation(raw: Option<pb::Delegation>) -> Result<EventDetails, FieldError> {
+    let d = required("delegation", raw)?;
+    if d.follow_up_case_file.is_empty() {
+        return Err(FieldError::new(
+            "delegation.follow_up_case_file",
+            "is required: the part of the case file the delegate's visits need",
+        ));
+    }
+    Ok(EventDetails::FollowUpDelegated {
+        to: AgencyId::parse("delegation.to_agency_id", &d.to_agency_id)?,
+        reason: FreeText::required("delegation.reason", &d.reason, MAX_TEXT)?,
+        follow_up_part: SealedCaseFile::new(d.follow_up_case_file),
+    })
+}
+
 pub fn outcome(raw: Option<pb::Outcome>) -> Result<EventDetails, FieldError> {
     let o = required("outcome", raw)?;
     Ok(EventDetails::Completed {
@@ -205,6 +227,60 @@ pub fn failure(raw: Option<pb::Failure>) -> Result<EventDetails, FieldError> {
     let f = required("failure", raw)?;
     Ok(EventDetails::Failed {
         reason: FreeText::required("failure.reason", &f.reason, MAX_TEXT)?,
+    })
+}
+
+/// A period asked for figures, `[from, to)`, and the province it is narrowed to.
+#[derive(Debug, Clone)]
+pub struct Period {
+    pub from: OffsetDateTime,
+    pub to: OffsetDateTime,
+    pub province: Option<ProvinceCode>,
+}
+
+pub fn period(req: pb::FiguresRequest) -> Result<Period, FieldError> {
+    let from = time_of("from", required("from", req.from)?)?;
+    let to = time_of("to", required("to", req.to)?)?;
+    if to <= from {
+        return Err(FieldError::new("to", "must be after from"));
+    }
+    let province = (!req.province.is_empty())
+        .then(|| ProvinceCode::parse("province", &req.province))
+        .transpose()?;
+    Ok(Period { from, to, province })
+}
+
+fn time_of(field: &'static str, t: Timestamp) -> Result<OffsetDateTime, FieldError> {
+    OffsetDateTime::from_unix_timestamp(t.seconds)
+        .ok()
+        .and_then(|at| at.replace_nanosecond(t.nanos.max(0) as u32).ok())
+        .ok_or_else(|| FieldError::new(field, "is not a valid time"))
+}
+
+/// The overdue list's filters, as asked.
+#[derive(Debug, Clone)]
+pub struct OverdueQuery {
+    pub province: Option<ProvinceCode>,
+    pub agency: Option<AgencyId>,
+    pub kind: Option<Code>,
+    pub urgency: Option<Urgency>,
+}
+
+/// The overdue list's filters, parsed; the page size and token are the gateway's.
+pub fn overdue_filter(req: &pb::ListOverdueRequest) -> Result<OverdueQuery, FieldError> {
+    Ok(OverdueQuery {
+        province: (!req.province.is_empty())
+            .then(|| ProvinceCode::parse("province", &req.province))
+            .transpose()?,
+        agency: (!req.agency_id.is_empty())
+            .then(|| AgencyId::parse("agency_id", &req.agency_id))
+            .transpose()?,
+        kind: (!req.kind.is_empty())
+            .then(|| Code::parse("kind", &req.kind))
+            .transpose()?,
+        urgency: (req.urgency != 0)
+            .then(|| urgency("urgency", req.urgency))
+            .transpose()?,
     })
 }
 
@@ -271,10 +347,13 @@ fn event_kind(k: EventKind) -> pb::FeedbackKind {
         EventKind::Withdrawn => P::Withdrawn,
         EventKind::EnteredInError => P::EnteredInError,
         EventKind::Escalated => P::Escalated,
+        EventKind::FollowUpOverdue => P::FollowUpOverdue,
+        EventKind::FollowUpDelegated => P::FollowUpDelegated,
+        EventKind::DelegationRevoked => P::DelegationRevoked,
     }
 }
 
-fn timestamp(t: OffsetDateTime) -> Timestamp {
+pub fn timestamp(t: OffsetDateTime) -> Timestamp {
     Timestamp {
         seconds: t.unix_timestamp(),
         nanos: t.nanosecond() as i32,
@@ -321,6 +400,29 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
             tier: *tier,
             to_agency_ids: to.iter().map(ToString::to_string).collect(),
         })),
+        EventDetails::FollowUpOverdue {
+            due_at,
+            missed_in_a_row,
+            ..
+        } => Some(Details::FollowUpOverdue(pb::MissedVisit {
+            due_at: Some(timestamp(*due_at)),
+            missed_in_a_row: *missed_in_a_row,
+        })),
+        EventDetails::FollowUpDelegated {
+            to,
+            reason,
+            follow_up_part,
+        } => Some(Details::Delegated(pb::Delegation {
+            to_agency_id: to.to_string(),
+            reason: reason.as_str().to_owned(),
+            follow_up_case_file: follow_up_part.as_bytes().to_vec(),
+        })),
+        EventDetails::DelegationRevoked { from } => {
+            Some(Details::DelegationRevoked(pb::Delegation {
+                to_agency_id: from.to_string(),
+                ..Default::default()
+            }))
+        }
     };
     pb::FeedbackEvent {
         event_id: e.id.to_string(),
@@ -332,6 +434,21 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
         note: e.note.as_str().to_owned(),
         state_after: state(e.state_after) as i32,
         details,
+        next_visit: e.next_visit.map(|v| pb::NextVisit {
+            due_at: Some(timestamp(v.due_at)),
+            grace_seconds: v.grace_seconds,
+            every_seconds: v.every_seconds,
+        }),
+    }
+}
+
+pub fn audience(a: Audience) -> pb::Audience {
+    match a {
+        Audience::Sender => pb::Audience::Sender,
+        Audience::Recipient => pb::Audience::Recipient,
+        Audience::FormerRecipient => pb::Audience::FormerRecipient,
+        Audience::Notified => pb::Audience::Notified,
+        Audience::Delegate => pb::Audience::Delegate,
     }
 }
 
@@ -405,8 +522,10 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
 /// the view too ([`ReferralView::event`]).
 pub fn referral(view: ReferralView, history: &[Event]) -> pb::Referral {
     let history = history.iter().map(|e| event(&view.event(e))).collect();
+    let audience = audience(view.audience()) as i32;
     let r = view.into_referral();
     pb::Referral {
+        audience,
         envelope: Some(envelope(&r)),
         state: state(r.state) as i32,
         history,

@@ -14,16 +14,22 @@ use crate::delivery::Dispatch;
 use crate::directory::Directory;
 use crate::error::{BrokerError, FieldError};
 use crate::ids::{AgencyId, ReferralId};
+use crate::referral::state::Role;
 use crate::referral::state::{self, EventKind, State};
 use crate::referral::{
     Action, Addressee, Audience, Code, DeliveryContent, Event, EventDetails, FreeText, ListQuery,
-    NewReferral, Referral, ReferralView, Urgency,
+    NewReferral, Referral, ReferralView, Urgency, delegate_in,
 };
 use crate::store::{
-    Change, ChangeOutcome, DeadlineChange, DeliveryRef, DueDeadline, NewDelivery, Snapshot, Store,
-    SubmitOutcome,
+    Change, ChangeOutcome, DeadlineChange, DeliveryRef, DueDeadline, NEVER, NewDelivery, Snapshot,
+    Store, SubmitOutcome,
 };
+
+mod coordination;
+mod schedule;
+
 use crate::wire;
+pub use coordination::{Overdue, OverdueFilter, OverdueReason};
 
 /// How many times a change is decided again after losing a race.
 const MAX_ATTEMPTS: usize = 8;
@@ -244,6 +250,7 @@ impl Workflow {
             state_after: State::Sent,
             details: EventDetails::None,
             request_id: None,
+            next_visit: None,
         };
         let deliveries = [NewDelivery {
             id: uuid::Uuid::now_v7(),
@@ -340,7 +347,8 @@ impl Workflow {
     ) -> Result<(ReferralView, Vec<Event>), BrokerError> {
         let referral = self.visible(agency, id).await?;
         let history = self.store.history(id).await?;
-        Ok((referral.as_seen_by(agency), history))
+        let standing = Audience::outside_party(&history, agency);
+        Ok((referral.as_seen_by_as(agency, standing), history))
     }
 
     async fn visible(&self, agency: &AgencyId, id: ReferralId) -> Result<Referral, BrokerError> {
@@ -383,19 +391,23 @@ impl Workflow {
                     BrokerError::NotFound(format!("referral {} not found", action.referral_id))
                 })?;
             let referral = &snapshot.referral;
-            let role = referral.role_of(actor).ok_or_else(|| {
-                BrokerError::Forbidden(if snapshot.notified.contains(actor) {
-                    format!(
-                        "{actor} is notified of referral {} by an escalation; only its sender and recipient act on it",
-                        referral.id
-                    )
-                } else {
-                    format!(
-                        "referral {} was redirected away from {actor}; it can no longer act on it",
-                        referral.id
-                    )
-                })
-            })?;
+            // The history, read only when the action needs to know who the follow-up is
+            // delegated to: a caller outside the two parties, or a delegation.
+            let history = if referral.role_of(actor).is_none()
+                || matches!(
+                    action.kind,
+                    EventKind::FollowUpDelegated | EventKind::DelegationRevoked
+                ) {
+                Some(self.store.history(referral.id).await?)
+            } else {
+                None
+            };
+            let delegate = history.as_deref().and_then(delegate_in);
+            let role = match referral.role_of(actor) {
+                Some(role) => role,
+                None if delegate.as_ref() == Some(actor) => Role::Delegate,
+                None => return Err(outside_party(&snapshot, actor)),
+            };
             let transition = state::decide(referral.state, role, action.kind)?;
             let new_recipient = match &action.details {
                 EventDetails::Redirected { to, .. } => {
@@ -403,7 +415,28 @@ impl Workflow {
                 }
                 _ => None,
             };
+            let details = match &action.details {
+                EventDetails::FollowUpDelegated { to, .. } => {
+                    self.delegation_target(referral, to, delegate.as_ref())
+                        .await?;
+                    action.details.clone()
+                }
+                _ if action.kind == EventKind::DelegationRevoked => {
+                    EventDetails::DelegationRevoked {
+                        from: delegate.clone().ok_or_else(|| {
+                            BrokerError::Precondition(format!(
+                                "the follow-up of referral {} is not delegated; there is nothing to revoke",
+                                referral.id
+                            ))
+                        })?,
+                    }
+                }
+                details => details.clone(),
+            };
             let now = self.now();
+            let (timer, next_visit) = self
+                .timer_after(referral, action.kind, &details, now)
+                .await?;
             let event = Event {
                 id: uuid::Uuid::now_v7(),
                 referral_id: referral.id,
@@ -413,13 +446,25 @@ impl Workflow {
                 at: now,
                 note: action.note.clone(),
                 state_after: transition.to,
-                details: action.details.clone(),
+                details,
                 request_id: Some(action.request_id.clone()),
+                next_visit,
             };
-            match self
-                .record(&snapshot, event.clone(), transition.to, new_recipient)
-                .await?
-            {
+            let told: Vec<AgencyId> = match &event.details {
+                EventDetails::FollowUpDelegated { to, .. } => vec![to.clone()],
+                _ => Vec::new(),
+            };
+            let mut change = change_for(
+                &snapshot,
+                event.clone(),
+                transition.to,
+                new_recipient,
+                &told,
+                self.carry,
+                self.held(),
+            );
+            change.deadline = timer;
+            match self.write(&change).await? {
                 ChangeOutcome::Recorded => return Ok((event, transition.to)),
                 ChangeOutcome::Duplicate(done) => return self.replayed(*done, &action).await,
                 ChangeOutcome::Stale => continue,
@@ -469,8 +514,48 @@ impl Workflow {
         Ok(to.clone())
     }
 
+    /// The agency a follow-up is delegated to, checked: in the directory, neither party, and
+    /// only while no delegation is in force (one agency makes the visits at a time).
+    async fn delegation_target(
+        &self,
+        referral: &Referral,
+        to: &AgencyId,
+        current: Option<&AgencyId>,
+    ) -> Result<(), BrokerError> {
+        let field = "delegation.to_agency_id";
+        if self.directory().await?.agency(to).is_none() {
+            return Err(
+                FieldError::new(field, format!("{to} is not an agency in the directory")).into(),
+            );
+        }
+        if to == &referral.recipient || to == &referral.sender {
+            return Err(FieldError::new(
+                field,
+                "must be another agency than the sender and the recipient",
+            )
+            .into());
+        }
+        if let Some(current) = current {
+            return Err(BrokerError::Precondition(format!(
+                "the follow-up of referral {} is delegated to {current}; revoke that delegation first",
+                referral.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Writes one change, then sends its deliveries on their way if it was recorded.
+    async fn write(&self, change: &Change) -> Result<ChangeOutcome, BrokerError> {
+        let outcome = self.store.apply(change).await?;
+        if matches!(outcome, ChangeOutcome::Recorded) {
+            self.announce(change);
+        }
+        Ok(outcome)
+    }
+
     /// Writes one change with deliveries of its event to every party (and, on redirect, the referral
-    /// itself to the new recipient), then wakes their sessions.
+    /// itself to the new recipient), then wakes their sessions: for the events the broker records
+    /// on a party's behalf (a delivery).
     async fn record(
         &self,
         snapshot: &Snapshot,
@@ -478,36 +563,20 @@ impl Workflow {
         to: State,
         new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let referral = &snapshot.referral;
-        let deadline = match event.kind {
-            // A new deadline starts for the new recipient.
-            EventKind::Redirected => {
-                match self
-                    .acknowledgement_deadline(&referral.kind, referral.urgency)
-                    .await?
-                {
-                    Some(d) => DeadlineChange::Set {
-                        due_at: event.at + d,
-                        escalations: 0,
-                    },
-                    None => DeadlineChange::Clear,
-                }
-            }
-            // A human answered, or the sender took the referral back: escalation stops.
-            EventKind::Acknowledged
-            | EventKind::Accepted
-            | EventKind::Declined
-            | EventKind::Withdrawn
-            | EventKind::EnteredInError => DeadlineChange::Clear,
-            _ => DeadlineChange::Keep,
-        };
-        let mut change = change_for(snapshot, event, to, new_recipient, self.carry, self.held());
-        change.deadline = deadline;
-        let outcome = self.store.apply(&change).await?;
-        if matches!(outcome, ChangeOutcome::Recorded) {
-            self.announce(&change);
-        }
-        Ok(outcome)
+        let (timer, _) = self
+            .timer_after(&snapshot.referral, event.kind, &event.details, event.at)
+            .await?;
+        let mut change = change_for(
+            snapshot,
+            event,
+            to,
+            new_recipient,
+            &[],
+            self.carry,
+            self.held(),
+        );
+        change.deadline = timer;
+        self.write(&change).await
     }
 
     /// How long a referral of `kind` and `urgency` waits for its recipient's acknowledgement
@@ -551,15 +620,41 @@ impl Workflow {
             let Some(current) = self.store.deadline(referral.id).await? else {
                 return Ok(false);
             };
-            if current != *due || !matches!(referral.state, State::Sent | State::Delivered) {
+            if current != *due {
                 // Moved on by another broker, or stopped by an answer, since it was read.
                 return Ok(false);
             }
-            let (event, change) =
-                escalation(&directory, &snapshot, due, now, self.carry, self.held());
+            let change = match referral.state {
+                State::Sent | State::Delivered => {
+                    escalation(&directory, &snapshot, due, now, self.carry, self.held())
+                }
+                State::Accepted | State::InProgress => {
+                    let history = self.store.history(referral.id).await?;
+                    let responsible =
+                        delegate_in(&history).unwrap_or_else(|| referral.recipient.clone());
+                    schedule::missed_visit(
+                        &directory,
+                        &snapshot,
+                        responsible,
+                        due,
+                        now,
+                        self.carry,
+                        self.held(),
+                    )
+                }
+                // A closed referral's timer is cleared with the change that closes it.
+                _ => return Ok(false),
+            };
             match self.store.apply(&change).await? {
                 ChangeOutcome::Recorded => {
-                    tracing::warn!(referral_id = %referral.id, recipient = %referral.recipient, tier = escalation_tier(&event), "acknowledgement deadline passed; escalated");
+                    match &change.event.details {
+                        EventDetails::Escalated { tier, .. } => {
+                            tracing::warn!(referral_id = %referral.id, recipient = %referral.recipient, tier, "acknowledgement deadline passed; escalated");
+                        }
+                        _ => {
+                            tracing::warn!(referral_id = %referral.id, responsible = %change.event.actor, "follow-up visit missed");
+                        }
+                    }
                     self.announce(&change);
                     return Ok(true);
                 }
@@ -611,6 +706,7 @@ impl Workflow {
                     event,
                     to,
                     None,
+                    &[],
                     self.carry,
                     self.held(),
                 ));
@@ -671,44 +767,72 @@ fn delivered_event(
         state_after: to,
         details: EventDetails::None,
         request_id: None,
+        next_visit: None,
     };
     Some((event, to))
 }
 
+/// Why an agency that may see a referral but is neither its sender, its recipient nor the
+/// delegate of its follow-up cannot act on it.
+fn outside_party(snapshot: &Snapshot, actor: &AgencyId) -> BrokerError {
+    let id = snapshot.referral.id;
+    BrokerError::Forbidden(if snapshot.notified.contains(actor) {
+        format!(
+            "{actor} is notified of referral {id} (by an escalation, a missed visit or a delegation since taken back); only its sender and recipient act on it"
+        )
+    } else {
+        format!("referral {id} was redirected away from {actor}; it can no longer act on it")
+    })
+}
+
 /// The change that records `event` on the referral read in `snapshot`, with a delivery of the event
-/// to every party (and, on redirect, the referral itself to the new recipient). With `carry`, the
-/// event's deliveries carry it encoded, and are `held` for the relay's handoff if that is given.
-/// The referral sent on a redirect never does: the snapshot has no case file, so it is loaded
-/// when it is published.
+/// to every party (and, on redirect, the referral itself to the new recipient). The agencies
+/// `told` of the referral by this change (an escalation, a missed visit, a delegation) gain
+/// access as notified parties, get the event, and get the referral itself if they did not see it
+/// before. With `carry`, the event's deliveries carry it encoded, and are `held` for the relay's
+/// handoff if that is given. A referral sent by a change never does: the snapshot has no case
+/// file, so it is loaded when it is published.
 fn change_for(
     snapshot: &Snapshot,
     event: Event,
     to: State,
     new_recipient: Option<AgencyId>,
+    told: &[AgencyId],
     carry: bool,
     held: Option<std::time::Duration>,
 ) -> Change {
     let referral = &snapshot.referral;
     let mut parties = snapshot.parties.clone();
     let mut deliveries: Vec<NewDelivery> = Vec::new();
+    let referral_to = |agency: &AgencyId| NewDelivery {
+        id: uuid::Uuid::now_v7(),
+        agency: agency.clone(),
+        event_id: None,
+        body: None,
+        held: None,
+    };
     if let Some(new) = &new_recipient {
         if !parties.contains(new) {
             parties.push(new.clone());
         }
-        deliveries.push(NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            agency: new.clone(),
-            event_id: None,
-            body: None,
-            held: None,
-        });
+        deliveries.push(referral_to(new));
+    }
+    for agency in told {
+        if !parties.contains(agency) {
+            parties.push(agency.clone());
+            deliveries.push(referral_to(agency));
+        }
     }
     // Who the referral is with once this change is written decides what each party reads of the
     // event: a former recipient gets it through the view, without what people wrote.
     let recipient = new_recipient.as_ref().unwrap_or(&referral.recipient);
     let body = carry.then(|| wire::carried(DeliveryContent::Event(Box::new(event.clone()))));
     deliveries.extend(parties.iter().map(|agency| {
-        let audience = Audience::of(&referral.sender, recipient, agency);
+        let audience = if event.addressed_to(agency) {
+            Audience::Delegate
+        } else {
+            Audience::of(&referral.sender, recipient, agency)
+        };
         let body = if audience.reads_notes() || &event.actor == agency {
             body.clone()
         } else {
@@ -734,15 +858,15 @@ fn change_for(
         event,
         deliveries,
         deadline: DeadlineChange::Keep,
-        notified: Vec::new(),
+        notified: told.to_vec(),
     }
 }
 
 /// The escalation of the referral read in `snapshot`, whose deadline `due` passed: the event (the
 /// recipient's silence, at `now`), delivered to every party and to the agencies of the tier,
-/// which become notified parties; and the next deadline, one tier on, or none after the last.
-/// A tier the directory no longer has escalates to its last one; a directory with no tiers left
-/// records the missed deadline and keeps none.
+/// which become notified parties; and the next deadline, one tier on. After the last tier the
+/// timer is kept at [`NEVER`], so that the referral stays on the overdue list until answered.
+/// A tier the directory no longer has escalates to its last one.
 fn escalation(
     directory: &Directory,
     snapshot: &Snapshot,
@@ -750,7 +874,7 @@ fn escalation(
     now: OffsetDateTime,
     carry: bool,
     held: Option<std::time::Duration>,
-) -> (Event, Change) {
+) -> Change {
     let referral = &snapshot.referral;
     let tiers = directory.escalation_tiers();
     let tier = (due.escalations as usize + 1).min(tiers.max(1));
@@ -769,6 +893,7 @@ fn escalation(
             to: to.clone(),
         },
         request_id: None,
+        next_visit: None,
     };
     let deadline = directory.acknowledgement_deadline(&referral.kind, referral.urgency);
     let next = match (
@@ -779,24 +904,12 @@ fn escalation(
             due_at: due.due_at + deadline * after.saturating_sub(this),
             escalations: tier as u32,
         },
-        _ => DeadlineChange::Clear,
+        _ => DeadlineChange::Set {
+            due_at: NEVER,
+            escalations: tier as u32,
+        },
     };
-    let mut snapshot = snapshot.clone();
-    for agency in &to {
-        if !snapshot.parties.contains(agency) {
-            snapshot.parties.push(agency.clone());
-        }
-    }
-    let mut change = change_for(&snapshot, event.clone(), referral.state, None, carry, held);
+    let mut change = change_for(snapshot, event, referral.state, None, &to, carry, held);
     change.deadline = next;
-    change.notified = to;
-    (event, change)
-}
-
-/// The tier an escalation event records, for the log.
-fn escalation_tier(event: &Event) -> u32 {
-    match &event.details {
-        EventDetails::Escalated { tier, .. } => *tier,
-        _ => 0,
-    }
+    change
 }

@@ -5,6 +5,8 @@
 //!
 //! # Layout
 //! - [`error`]: [`FieldError`], a value that failed to parse, naming its field.
+//! - [`figures`]: the network's figures for a period (counts split by sex, times to answer), pure
+//!   computation over referrals and their histories.
 //! - [`ids`]: identifiers that parse (`AgencyId`, `ReferralId`, `ClientRef`, `ProvinceCode`, …).
 //! - [`referral`]: what a sender submits, what is stored and what happened; [`referral::state`] is
 //!   the state machine, written once; [`referral::view`] is the one rule for who sees the case file.
@@ -12,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod figures;
 pub mod ids;
 pub mod referral;
 

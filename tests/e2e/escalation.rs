@@ -171,6 +171,34 @@ async fn story_1_escalates_once_per_tier_and_stops_when_acknowledged(rabbitmq: b
     };
     assert_eq!(tiers(&province), [1, 2], "the department's escalations");
     assert_eq!(tiers(&coordinator), [1, 2], "the coordinator's escalations");
+    // Both see the silent one on their overdue lists, and not the answered one.
+    for agency in [PROVINCE, COORDINATOR] {
+        let list = broker
+            .client(agency)
+            .await
+            .coordinator
+            .list_overdue(pb::ListOverdueRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .referrals;
+        let ids: Vec<&str> = list
+            .iter()
+            .map(|o| o.envelope.as_ref().unwrap().referral_id.as_str())
+            .collect();
+        assert_eq!(ids, [silent.as_str()], "{agency}'s overdue list");
+        assert_eq!(list[0].times, 2);
+        assert_eq!(list[0].waiting_on_agency_id, RECIPIENT);
+    }
+    // The recipient is no coordinator: it may not read the list.
+    let refused = broker
+        .client(RECIPIENT)
+        .await
+        .coordinator
+        .list_overdue(pb::ListOverdueRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     let read = broker.client(PROVINCE).await.referral(&answered).await;
     assert!(
         read.case_file.is_empty(),
@@ -221,6 +249,26 @@ async fn story_1_escalates_once_per_tier_and_stops_when_acknowledged_on_the_data
     story_1_escalates_once_per_tier_and_stops_when_acknowledged(false).await;
 }
 
+/// Two brokers on one PostgreSQL and RabbitMQ, sharing one CA, with the directory `seed`, both
+/// serving.
+async fn two_brokers(
+    env: &Production,
+    dir: &Path,
+    seed: (String, String),
+) -> (BrokerProcess, BrokerProcess) {
+    let mut settings = env.broker_env();
+    settings.push(seed);
+    let first = BrokerProcess::start_with(&dir.join("broker"), "127.0.0.1:0", &settings).await;
+    first.wait_for_health(ServingStatus::Serving).await;
+    settings.push((
+        "SPEAN_BROKER_TLS__PKI_DIR".into(),
+        dir.join("broker/pki").display().to_string(),
+    ));
+    let second = BrokerProcess::start_with(&dir.join("broker-2"), "127.0.0.1:0", &settings).await;
+    second.wait_for_health(ServingStatus::Serving).await;
+    (first, second)
+}
+
 /// Two brokers on one PostgreSQL and RabbitMQ both look for passed deadlines every second: each
 /// escalation is written once. One broker is then SIGKILLed before the next deadline and started
 /// again after it has passed, while the other is stopped too: it fires what it missed when it
@@ -229,19 +277,7 @@ async fn story_1_escalates_once_per_tier_and_stops_when_acknowledged_on_the_data
 async fn escalations_fire_once_with_two_brokers_and_across_a_kill() {
     let env = Production::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = env.broker_env();
-    settings.push(short_deadlines(dir.path()));
-    let mut first =
-        BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &settings).await;
-    first.wait_for_health(ServingStatus::Serving).await;
-    let mut with_pki = settings.clone();
-    with_pki.push((
-        "SPEAN_BROKER_TLS__PKI_DIR".into(),
-        dir.path().join("broker/pki").display().to_string(),
-    ));
-    let mut second =
-        BrokerProcess::start_with(&dir.path().join("broker-2"), "127.0.0.1:0", &with_pki).await;
-    second.wait_for_health(ServingStatus::Serving).await;
+    let (mut first, mut second) = two_brokers(&env, dir.path(), short_deadlines(dir.path())).await;
 
     let id = first
         .client(HOSPITAL)
@@ -264,4 +300,113 @@ async fn escalations_fire_once_with_two_brokers_and_across_a_kill() {
         escalations(&second, &id).await,
         BTreeMap::from([(1, 1), (2, 1)])
     );
+}
+
+/// The directory of [`short_deadlines`], with story 1's kind on a follow-up schedule of seconds:
+/// a visit every [`VISIT_EVERY`], missed [`VISIT_GRACE`] after it was due.
+pub(crate) fn short_schedule(dir: &Path) -> (String, String) {
+    let (key, path) = short_deadlines(dir);
+    let mut directory: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    directory["follow_up_schedules"]["lama"] = serde_json::json!({
+        "every": format!("{}s", VISIT_EVERY.as_secs()),
+        "grace": format!("{}s", VISIT_GRACE.as_secs()),
+    });
+    std::fs::write(&path, serde_json::to_vec(&directory).unwrap()).unwrap();
+    (key, path)
+}
+
+const VISIT_EVERY: Duration = Duration::from_secs(4);
+const VISIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The missed visits in a referral's history as its sender reads it: (due, missed in a row).
+async fn missed_visits(broker: &BrokerProcess, referral_id: &str) -> Vec<(i64, u32)> {
+    let read = broker.client(HOSPITAL).await.referral(referral_id).await;
+    read.history
+        .iter()
+        .filter_map(|e| match &e.details {
+            Some(pb::feedback_event::Details::FollowUpOverdue(m)) => {
+                Some((m.due_at.as_ref().unwrap().seconds, m.missed_in_a_row))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Missed visits come one per visit: each due one interval after the one before, counted 1, 2,
+/// 3, … in a row, never two for one visit.
+fn assert_once_per_visit(missed: &[(i64, u32)]) {
+    for (n, pair) in missed.windows(2).enumerate() {
+        assert_eq!(
+            pair[1].0 - pair[0].0,
+            VISIT_EVERY.as_secs() as i64,
+            "visit {n} and the next: {missed:?}"
+        );
+    }
+    let counts: Vec<u32> = missed.iter().map(|m| m.1).collect();
+    let expected: Vec<u32> = (1..=missed.len() as u32).collect();
+    assert_eq!(counts, expected, "{missed:?}");
+}
+
+/// Two brokers on one PostgreSQL and RabbitMQ record each missed follow-up visit once; both
+/// killed across several visits, the one started again records each visit it missed, once.
+#[tokio::test]
+async fn missed_visits_are_recorded_once_with_two_brokers_and_across_a_kill() {
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut first, mut second) = two_brokers(&env, dir.path(), short_schedule(dir.path())).await;
+
+    let id = first.client(HOSPITAL).await.submit_lama("visits").await;
+    let accepted = first
+        .client(RECIPIENT)
+        .await
+        .referrals
+        .accept(pb::AcceptRequest {
+            action: Some(pb::Action {
+                referral_id: id.clone(),
+                request_id: "accept".into(),
+                actor_person: "សុភា (Sophea)".into(),
+                note: String::new(),
+            }),
+            acceptance: Some(pb::Acceptance {
+                planned_action: "home visits".into(),
+                planned_date: "2026-01-01".into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = accepted.event.unwrap().next_visit.expect("a schedule");
+    assert_eq!(next.every_seconds as u64, VISIT_EVERY.as_secs());
+
+    // Both brokers look every second: three visits missed, one record each.
+    let started = std::time::Instant::now();
+    while missed_visits(&first, &id).await.len() < 3 {
+        assert!(
+            started.elapsed() < VISIT_EVERY * 6,
+            "visits were not missed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_once_per_visit(&missed_visits(&second, &id).await);
+
+    // Both down across two more visits; the one that comes back records them, once each.
+    let before = missed_visits(&first, &id).await.len();
+    first.kill().await;
+    second.kill().await;
+    tokio::time::sleep(VISIT_EVERY * 2 + Duration::from_secs(1)).await;
+    first.start_again().await;
+    first.wait_for_health(ServingStatus::Serving).await;
+    let started = std::time::Instant::now();
+    while missed_visits(&first, &id).await.len() < before + 2 {
+        assert!(
+            started.elapsed() < VISIT_EVERY * 4,
+            "the missed visits were not caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    second.start_again().await;
+    second.wait_for_health(ServingStatus::Serving).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_once_per_visit(&missed_visits(&second, &id).await);
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use spean_proto::v1 as pb;
+use spean_proto::v1::coordinator_service_client::CoordinatorServiceClient;
 use spean_proto::v1::delivery_service_client::DeliveryServiceClient;
 use spean_proto::v1::referral_service_client::ReferralServiceClient;
 use spean_testkit::Patience;
@@ -159,6 +160,7 @@ impl BrokerProcess {
             .connect_lazy();
         GrpcClient {
             referrals: ReferralServiceClient::new(channel.clone()),
+            coordinator: CoordinatorServiceClient::new(channel.clone()),
             delivery: DeliveryServiceClient::new(channel),
         }
     }
@@ -259,6 +261,7 @@ async fn pipe(
 
 pub struct GrpcClient {
     pub referrals: ReferralServiceClient<Channel>,
+    pub coordinator: CoordinatorServiceClient<Channel>,
     pub delivery: DeliveryServiceClient<Channel>,
 }
 

@@ -12,6 +12,7 @@ mod broker_crash;
 mod cluster;
 mod escalation;
 mod faults;
+mod follow_ups;
 mod helpers;
 mod partitions;
 mod production;

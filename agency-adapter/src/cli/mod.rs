@@ -1,9 +1,13 @@
 //! The command line: global options, the commands, and dispatch. Commands return `anyhow` errors;
 //! `main` prints them as `error: ...` and exits 1.
 //!
-//! - [`send`]: `send` and the feedback actions, which all go through the outbox first.
-//! - [`views`]: `inbox`, `show`, `status` and `outbox`, as tables or `--json`.
+//! - [`send`]: `send` and the feedback actions (delegating follow-up visits and taking them back
+//!   among them), which all go through the outbox first.
+//! - [`views`]: `inbox`, `show`, `status` and `outbox`, as tables or `--json`, from the local store.
+//! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
+//!   `--csv`.
 
+mod network;
 mod send;
 mod views;
 
@@ -59,10 +63,14 @@ pub enum Command {
     Run,
     /// Send a referral.
     Send(Box<send::SendArgs>),
-    /// Referrals this agency received (open ones unless --all): first those waiting for its
-    /// acknowledgement, the escalated first, then the rest, newest first.
+    /// Referrals this agency received, was told of, or makes the follow-up visits of (open ones
+    /// unless --all): first what needs it now (referrals waiting for its acknowledgement, and
+    /// follow-up visits of its own that are due or overdue), the escalated and overdue first; then
+    /// the rest, newest first. --json adds `audience`, `follow_up_delegated_here` and `follow_up`
+    /// (status, next_due_at, missed).
     Inbox(ListArgs),
-    /// One referral: envelope, case file and full history.
+    /// One referral: envelope, case file (for a delegate, the follow-up part it was handed), who
+    /// makes the follow-up visits, the visits made and missed and the next one due, and the history.
     Show {
         /// The referral id.
         id: String,
@@ -79,6 +87,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Referrals overdue now in this agency's provinces (coordinators and authorities only; asks
+    /// the broker): unacknowledged past their deadline, or with a follow-up visit missed.
+    Overdue(network::OverdueArgs),
+    /// Figures for a period as donors and the ministry ask for them, counts with women and girls
+    /// ("42 (17 F)"): this agency's own, or with --network the network's in its provinces
+    /// (coordinators and authorities only). Asks the broker.
+    Figures(network::FiguresArgs),
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +257,8 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Status(args) => views::status(ctx, &args).await,
         Command::Outbox { json } => views::outbox(ctx, json).await,
         Command::Act(act) => send::act(ctx, act).await,
+        Command::Overdue(args) => network::overdue(ctx, args).await,
+        Command::Figures(args) => network::figures(ctx, args).await,
     }
 }
 

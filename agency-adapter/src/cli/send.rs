@@ -14,10 +14,10 @@ use serde_json::json;
 use spean_domain::ids::{AgencyId, ClientRef, ProvinceCode, RequestId};
 use spean_proto::v1::{
     AcceptRequest, Acceptance, AcknowledgeRequest, Action, AgeBand, CompleteRequest, Decline,
-    DeclineRequest, FailRequest, Failure, FollowUp, MarkEnteredInErrorRequest,
-    MarkInProgressRequest, Outcome as OutcomeDetails, Recipient, RecordFollowUpRequest, Redirect,
-    RedirectRequest, ServiceInProvince, Sex, Subject, SubmitRequest, Urgency, WithdrawRequest,
-    recipient::Target,
+    DeclineRequest, DelegateFollowUpRequest, Delegation, FailRequest, Failure, FollowUp,
+    MarkEnteredInErrorRequest, MarkInProgressRequest, Outcome as OutcomeDetails, Recipient,
+    RecordFollowUpRequest, Redirect, RedirectRequest, RevokeDelegationRequest, ServiceInProvince,
+    Sex, Subject, SubmitRequest, Urgency, WithdrawRequest, recipient::Target,
 };
 
 use super::{ActionArgs, AgeBandArg, Context, SexArg, UrgencyArg, print_json};
@@ -389,6 +389,26 @@ pub enum Act {
         #[command(flatten)]
         common: ActionArgs,
     },
+    /// Hand the follow-up visits of a referral this agency accepted to another agency. The referral
+    /// stays here; the other agency may then record follow-ups, and receives the follow-up part of
+    /// the case file held here (name, date of birth, guardians, contact and consent; never the
+    /// reason for referral, transport needs or notes).
+    Delegate {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// The agency that makes the visits from now on.
+        #[arg(long, value_name = "AGENCY")]
+        to: String,
+        /// Why (e.g. it is nearer the family).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Take back the follow-up visits delegated to another agency; it loses the follow-up part of
+    /// the case file.
+    RevokeDelegation {
+        #[command(flatten)]
+        common: ActionArgs,
+    },
 }
 
 /// Checks a YYYY-MM-DD date before it is queued, so a typo fails now rather than in the daemon.
@@ -490,12 +510,68 @@ impl Act {
                 common,
                 R::MarkEnteredInError(MarkEnteredInErrorRequest::default()),
             ),
+            Act::Delegate { common, to, reason } => (
+                common,
+                R::DelegateFollowUp(DelegateFollowUpRequest {
+                    action: None,
+                    delegation: Some(Delegation {
+                        to_agency_id: AgencyId::parse("to", &to)?.to_string(),
+                        reason,
+                        // Filled from the store by `with_follow_up_part`.
+                        follow_up_case_file: Vec::new(),
+                    }),
+                }),
+            ),
+            Act::RevokeDelegation { common } => (
+                common,
+                R::RevokeDelegation(RevokeDelegationRequest::default()),
+            ),
         })
     }
 }
 
+/// A delegation carries the follow-up part of the case file this agency holds
+/// ([`CaseFile::follow_up_part`]): made here, so the broker never sees more than the delegate may.
+/// Other requests pass as they are. Built the same way from the same case file every time, so a
+/// delegation run again with its `--request-id` is the same request.
+async fn with_follow_up_part(
+    ctx: &Context,
+    referral_id: &str,
+    mut request: OutgoingRequest,
+) -> Result<OutgoingRequest, AdapterError> {
+    let OutgoingRequest::DelegateFollowUp(delegate) = &mut request else {
+        return Ok(request);
+    };
+    let row = ctx
+        .store
+        .referral(referral_id)
+        .await?
+        .ok_or_else(|| AdapterError::Invalid {
+            field: "id".into(),
+            reason: format!(
+                "referral {referral_id} is not in the local store; a delegation needs the case \
+                 file held here"
+            ),
+        })?;
+    if row.case_file.is_empty() {
+        return Err(AdapterError::Invalid {
+            field: "case_file".into(),
+            reason: format!(
+                "this agency holds no case file for referral {referral_id}, so it has no \
+                 follow-up part to delegate"
+            ),
+        });
+    }
+    let part = CaseFile::decode(&row.case_file)?.follow_up_part().encode();
+    if let Some(delegation) = delegate.delegation.as_mut() {
+        delegation.follow_up_case_file = part;
+    }
+    Ok(request)
+}
+
 pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
-    let (common, mut request) = act.into_parts()?;
+    let (common, request) = act.into_parts()?;
+    let mut request = with_follow_up_part(ctx, &common.id, request).await?;
     let request_id = key_or_new(common.request_id.as_deref(), |raw| {
         RequestId::parse("request_id", raw)
     })

@@ -10,16 +10,25 @@
 //! A referral redirected away from this agency no longer carries its case file here (the store
 //! removed it): `inbox` still lists it, marked as no longer with this agency, and `show` says when
 //! the case file was withdrawn and where the referral went instead of printing an empty case file.
+//!
+//! A referral this agency was only told of (a notified party) or makes the follow-up visits of (a
+//! delegate) is held without its case file: `inbox` lists it marked so, and `show` prints, for a
+//! delegate, the follow-up part of the case file its delegation carried, labelled as such. Both
+//! say who makes the follow-up visits and when the next is due: `show` with the visits made and
+//! missed, `inbox` first among what needs this agency when the visit is due or overdue.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use serde_json::{Value, json};
 use spean_domain::referral::is_bidi_control;
 use spean_proto::v1::{Envelope, FeedbackEvent, feedback_event::Details, recipient::Target};
+use time::OffsetDateTime;
 
 use super::{Context, ListArgs, print_json};
 use crate::{
-    case_file::CaseFile,
+    case_file::{CaseFile, PersonName},
+    figures::duration,
+    follow_up::{self, Schedule, VisitStatus},
     referral::{
         age_band_name, is_closed, kind_name, next_action, sex_name, state_name, urgency_name,
     },
@@ -34,61 +43,224 @@ struct InboxItem {
     kind: String,
     urgency: String,
     state: String,
-    /// False once the referral was redirected away: `recipient` says where it is now.
+    /// How this agency stands to it: `recipient`, `former_recipient`, `notified`, `delegate`.
+    audience: String,
+    /// False once the referral was redirected away, and for a referral this agency was only told
+    /// of or makes the follow-up visits of: `recipient` says whose it is.
     with_this_agency: bool,
     /// With this agency and not acknowledged yet: its deadline runs, or has passed.
     waiting_on_this_agency: bool,
     /// How many times the broker escalated it because nobody here acknowledged it in time.
     escalations: i64,
+    /// The recipient delegated the follow-up visits to this agency, and has not taken them back.
+    follow_up_delegated_here: bool,
+    /// The next follow-up visit, when the visits are this agency's to make (it is the recipient
+    /// and delegated none, or they are delegated to it) and one is scheduled; `null` otherwise.
+    follow_up: Option<FollowUpDue>,
     name_km: String,
     name_latin: String,
     created_at: String,
     received_at: String,
 }
 
-/// The inbox: first what waits on this agency (referrals with it that nobody here has
-/// acknowledged yet), the most escalated and then the oldest first, since those are the ones the
-/// province and the coordinators already heard of; then the rest, newest first.
+/// The next follow-up visit this agency has to make.
+#[derive(Serialize)]
+struct FollowUpDue {
+    /// `upcoming`, `due` or `overdue`.
+    status: VisitStatus,
+    next_due_at: String,
+    /// How many visits of this referral were missed so far (FOLLOW_UP_OVERDUE events).
+    missed: usize,
+}
+
+impl InboxItem {
+    /// Where it stands in the inbox: what needs this agency now comes first (an escalated
+    /// acknowledgement, an overdue visit, an acknowledgement, a due visit), then the rest.
+    fn rank(&self) -> u8 {
+        let visit = self.follow_up.as_ref().map(|f| f.status);
+        match (self.waiting_on_this_agency, self.escalations > 0, visit) {
+            (true, true, _) => 0,
+            (_, _, Some(VisitStatus::Overdue)) => 1,
+            (true, false, _) => 2,
+            (_, _, Some(VisitStatus::Due)) => 3,
+            _ => 4,
+        }
+    }
+
+    /// Within its rank: the most escalated or most missed, then the oldest (or longest due) first;
+    /// the rest keep the store's order (newest first).
+    fn order_within_rank(&self, other: &Self) -> std::cmp::Ordering {
+        let (mine, theirs) = (self.follow_up.as_ref(), other.follow_up.as_ref());
+        match self.rank() {
+            0 | 2 => other
+                .escalations
+                .cmp(&self.escalations)
+                .then_with(|| self.created_at.cmp(&other.created_at)),
+            1 | 3 => theirs
+                .map(|f| f.missed)
+                .cmp(&mine.map(|f| f.missed))
+                .then_with(|| {
+                    mine.map(|f| &f.next_due_at)
+                        .cmp(&theirs.map(|f| &f.next_due_at))
+                }),
+            _ => std::cmp::Ordering::Equal,
+        }
+    }
+
+    /// The state column: the state, and what this agency has to do about it or how it stands.
+    fn state_cell(&self) -> String {
+        let visit = match &self.follow_up {
+            Some(f) if f.status.needs_a_visit() => format!(
+                ", follow-up visit {} since {}{}",
+                f.status.as_str(),
+                f.next_due_at,
+                if f.missed > 0 {
+                    format!(", {} missed", f.missed)
+                } else {
+                    String::new()
+                }
+            ),
+            _ => String::new(),
+        };
+        if self.waiting_on_this_agency && self.escalations > 0 {
+            format!(
+                "{}: to acknowledge, escalated {} time(s)",
+                self.state, self.escalations
+            )
+        } else if self.waiting_on_this_agency {
+            format!("{}: to acknowledge", self.state)
+        } else if self.with_this_agency {
+            format!("{}{visit}", self.state)
+        } else {
+            match self.audience.as_str() {
+                _ if self.follow_up_delegated_here => format!(
+                    "{} (follow-up delegated here by {}){visit}",
+                    self.state, self.recipient
+                ),
+                "delegate" => format!(
+                    "{} (follow-up taken back by {})",
+                    self.state, self.recipient
+                ),
+                "notified" => format!("{} (notified; with {})", self.state, self.recipient),
+                _ => format!(
+                    "{} (no longer here: now with {})",
+                    self.state, self.recipient
+                ),
+            }
+        }
+    }
+}
+
+/// How this agency stands to a stored referral: by the envelope when it names this agency, else as
+/// the broker's copy said, else (a copy from before audiences) a former recipient.
+fn audience_of(row: &ReferralRow, me: &str) -> String {
+    if row.sender == me {
+        "sender".into()
+    } else if row.recipient == me {
+        "recipient".into()
+    } else if matches!(row.audience.as_str(), "notified" | "delegate") {
+        row.audience.clone()
+    } else {
+        "former_recipient".into()
+    }
+}
+
+/// What an inbox line needs to know of a referral's follow-up visits when they are this agency's.
+#[derive(Default)]
+struct FollowUpHere {
+    /// Delegated to this agency (rather than its own as recipient).
+    delegated_here: bool,
+    /// The next visit, if one is scheduled.
+    due: Option<FollowUpDue>,
+    /// The child's name, from the follow-up part delegated here: a delegate holds no case file.
+    name: Option<PersonName>,
+}
+
+/// The follow-up visits of a referral, if they are this agency's. Only accepted referrals have
+/// visits (and delegations), so only their history is read.
+async fn follow_up_here(
+    ctx: &Context,
+    row: &ReferralRow,
+    now: i64,
+) -> anyhow::Result<FollowUpHere> {
+    if !matches!(row.state.as_str(), "accepted" | "in_progress") {
+        return Ok(FollowUpHere::default());
+    }
+    let history = ctx.store.history(&row.referral_id).await?;
+    if !follow_up::follow_up_is_with(&history, &row.recipient, ctx.me()) {
+        return Ok(FollowUpHere::default());
+    }
+    let schedule = Schedule::read(&history, &row.state, now);
+    let due = schedule
+        .status
+        .zip(schedule.next_due_at)
+        .map(|(status, next_due_at)| FollowUpDue {
+            status,
+            next_due_at,
+            missed: schedule.missed.len(),
+        });
+    // A part that does not decode still lists, without a name.
+    let name = follow_up::follow_up_part_for(&history, ctx.me())
+        .and_then(|part| CaseFile::decode(part).ok())
+        .map(|part| part.name);
+    Ok(FollowUpHere {
+        delegated_here: row.recipient != ctx.me(),
+        due,
+        name,
+    })
+}
+
+async fn inbox_item(
+    ctx: &Context,
+    row: ReferralRow,
+    escalations: i64,
+    now: i64,
+) -> anyhow::Result<InboxItem> {
+    let here = follow_up_here(ctx, &row, now).await?;
+    // A case file that does not decode still lists, without a name.
+    let name = here
+        .name
+        .unwrap_or_else(|| CaseFile::decode(&row.case_file).unwrap_or_default().name);
+    let with_this_agency = row.recipient == ctx.me();
+    Ok(InboxItem {
+        waiting_on_this_agency: with_this_agency
+            && matches!(row.state.as_str(), "sent" | "delivered"),
+        escalations,
+        with_this_agency,
+        audience: audience_of(&row, ctx.me()),
+        follow_up_delegated_here: here.delegated_here,
+        follow_up: here.due,
+        referral_id: row.referral_id,
+        sender: row.sender,
+        recipient: row.recipient,
+        kind: row.kind,
+        urgency: row.urgency,
+        state: row.state,
+        name_km: name.khmer,
+        name_latin: name.latin,
+        created_at: row.created_at,
+        received_at: row.received_at,
+    })
+}
+
+/// The inbox: first what needs this agency now (referrals with it that nobody here has
+/// acknowledged yet, and follow-up visits it has to make that are due or overdue), the escalated and
+/// the overdue first, since those are the ones the province and the coordinators already heard of;
+/// then the rest, newest first.
 pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
     let rows = ctx.store.received().await?;
     let escalations = ctx.store.escalations().await?;
-    let mut items: Vec<InboxItem> = rows
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows
         .into_iter()
         .filter(|r| args.all || !is_closed(&r.state))
-        .map(|r| {
-            // A case file that does not decode still lists, without a name.
-            let name = CaseFile::decode(&r.case_file).unwrap_or_default().name;
-            let with_this_agency = r.recipient == ctx.me();
-            InboxItem {
-                waiting_on_this_agency: with_this_agency
-                    && matches!(r.state.as_str(), "sent" | "delivered"),
-                escalations: escalations.get(&r.referral_id).copied().unwrap_or(0),
-                with_this_agency,
-                referral_id: r.referral_id,
-                sender: r.sender,
-                recipient: r.recipient,
-                kind: r.kind,
-                urgency: r.urgency,
-                state: r.state,
-                name_km: name.khmer,
-                name_latin: name.latin,
-                created_at: r.created_at,
-                received_at: r.received_at,
-            }
-        })
-        .collect();
+    {
+        let escalated = escalations.get(&row.referral_id).copied().unwrap_or(0);
+        items.push(inbox_item(ctx, row, escalated, now).await?);
+    }
     // Stable: within each group the store's order (newest first) stays.
-    items.sort_by(|a, b| {
-        b.waiting_on_this_agency
-            .cmp(&a.waiting_on_this_agency)
-            .then_with(|| match a.waiting_on_this_agency {
-                true => b
-                    .escalations
-                    .cmp(&a.escalations)
-                    .then_with(|| a.created_at.cmp(&b.created_at)),
-                false => std::cmp::Ordering::Equal,
-            })
-    });
+    items.sort_by(|a, b| a.rank().cmp(&b.rank()).then_with(|| a.order_within_rank(b)));
     if args.json {
         return print_json(&items);
     }
@@ -96,25 +268,13 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
         "referral", "received", "from", "kind", "urgency", "state", "name",
     ]);
     for i in &items {
-        let state = if i.waiting_on_this_agency && i.escalations > 0 {
-            format!(
-                "{}: to acknowledge, escalated {} time(s)",
-                i.state, i.escalations
-            )
-        } else if i.waiting_on_this_agency {
-            format!("{}: to acknowledge", i.state)
-        } else if i.with_this_agency {
-            i.state.clone()
-        } else {
-            format!("{} (no longer here: now with {})", i.state, i.recipient)
-        };
         table.add_row(cells(vec![
             i.referral_id.clone(),
             i.received_at.clone(),
             i.sender.clone(),
             i.kind.clone(),
             i.urgency.clone(),
-            state,
+            i.state_cell(),
             [i.name_km.as_str(), i.name_latin.as_str()]
                 .iter()
                 .filter(|n| !n.is_empty())
@@ -127,56 +287,89 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Result<()> {
-    let Some(row) = ctx.store.referral(id).await? else {
-        anyhow::bail!("NOT_FOUND: referral {id} is not in the local store");
-    };
-    let envelope = row.decode_envelope()?;
-    let case_file = CaseFile::decode(&row.case_file)?;
-    // Only an empty case file can have been withdrawn: one held again (the referral came back)
-    // is shown as it is.
-    let withdrawal = if row.case_file.is_empty() {
-        ctx.store.withdrawal(id).await?
-    } else {
-        None
-    };
-    let history = ctx.store.history(id).await?;
-    if json_out {
-        let case_file = match &withdrawal {
-            Some(_) => Value::Null,
-            None => serde_json::to_value(&case_file)?,
-        };
-        return print_json(&json!({
-            "referral": referral_json(&row, &envelope),
-            "case_file": case_file,
-            "case_file_withdrawn": withdrawal.as_ref().map(withdrawal_json),
-            "history": history.iter().map(event_json).collect::<Vec<_>>(),
-        }));
+/// The part of the case file `show` prints, and which part it is.
+enum CaseFileShown {
+    /// The whole case file: this agency sent or received the referral.
+    Whole(CaseFile),
+    /// The follow-up part a recipient delegated the visits here with.
+    FollowUpPart { part: CaseFile, from: String },
+    /// This agency held it (or its follow-up part) and removed it.
+    Withdrawn(Withdrawal),
+    /// Never shared with this agency (a notified party, a delegate not yet sent its part).
+    NotShared,
+}
+
+impl CaseFileShown {
+    /// The whole case file held here, else the follow-up part delegated here, else the record of
+    /// its withdrawal, else nothing.
+    async fn read(
+        ctx: &Context,
+        row: &ReferralRow,
+        history: &[FeedbackEvent],
+        audience: &str,
+    ) -> anyhow::Result<Self> {
+        if !row.case_file.is_empty() {
+            return Ok(Self::Whole(CaseFile::decode(&row.case_file)?));
+        }
+        if let Some(part) = follow_up::follow_up_part_for(history, ctx.me()) {
+            return Ok(Self::FollowUpPart {
+                part: CaseFile::decode(part)?,
+                from: row.recipient.clone(),
+            });
+        }
+        if let Some(withdrawal) = ctx.store.withdrawal(&row.referral_id).await? {
+            return Ok(Self::Withdrawn(withdrawal));
+        }
+        Ok(match audience {
+            "sender" | "recipient" => Self::Whole(CaseFile::default()),
+            _ => Self::NotShared,
+        })
     }
-    let referral = referral_json(&row, &envelope);
-    println!("referral {}", shown(&row.referral_id, Lines::One));
-    for key in [
-        "state",
-        "sender",
-        "recipient",
-        "kind",
-        "urgency",
-        "client_ref",
-        "client_pseudonym",
-        "created_at",
-        "updated_at",
-    ] {
-        println!("  {key}: {}", plain(&referral[key]));
+
+    /// `case_file_part` in `show --json`.
+    fn part_name(&self) -> Option<&'static str> {
+        match self {
+            Self::Whole(_) => Some("whole"),
+            Self::FollowUpPart { .. } => Some("follow_up"),
+            Self::Withdrawn(_) | Self::NotShared => None,
+        }
     }
-    println!("  subject: {}", plain(&referral["subject"]));
-    println!(
-        "  requested_recipient: {}",
-        plain(&referral["requested_recipient"])
-    );
-    println!("case file");
-    if let Some(withdrawal) = &withdrawal {
-        println!("  {}", withdrawn_line(withdrawal));
-    } else if let Value::Object(fields) = serde_json::to_value(&case_file)? {
+
+    fn case_file(&self) -> Option<&CaseFile> {
+        match self {
+            Self::Whole(case_file)
+            | Self::FollowUpPart {
+                part: case_file, ..
+            } => Some(case_file),
+            Self::Withdrawn(_) | Self::NotShared => None,
+        }
+    }
+
+    fn print(&self) -> anyhow::Result<()> {
+        match self {
+            Self::Whole(_) => println!("case file"),
+            Self::FollowUpPart { from, .. } => println!(
+                "case file (follow-up part only: the follow-up visits were delegated here by {})",
+                shown(from, Lines::One)
+            ),
+            Self::Withdrawn(withdrawal) => {
+                println!("case file");
+                println!("  {}", withdrawn_line(withdrawal));
+            }
+            Self::NotShared => {
+                println!("case file");
+                println!("  not shared with this agency");
+            }
+        }
+        if let Some(case_file) = self.case_file() {
+            print_case_file(case_file)?;
+        }
+        Ok(())
+    }
+}
+
+fn print_case_file(case_file: &CaseFile) -> anyhow::Result<()> {
+    if let Value::Object(fields) = serde_json::to_value(case_file)? {
         for (key, value) in fields {
             // Free prose keeps its line breaks, indented under its key; every other value is one line.
             let value = match &value {
@@ -188,6 +381,46 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
             println!("  {key}: {value}");
         }
     }
+    Ok(())
+}
+
+/// The agency the follow-up visits are delegated to now, when this agency may know it.
+fn delegated_to(history: &[FeedbackEvent]) -> Option<String> {
+    follow_up::active_delegation(history)
+        .and_then(follow_up::delegated_to)
+        .map(|d| d.to_agency_id.clone())
+}
+
+pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Result<()> {
+    let Some(row) = ctx.store.referral(id).await? else {
+        anyhow::bail!("NOT_FOUND: referral {id} is not in the local store");
+    };
+    let envelope = row.decode_envelope()?;
+    let history = ctx.store.history(id).await?;
+    let audience = audience_of(&row, ctx.me());
+    let case_file = CaseFileShown::read(ctx, &row, &history, &audience).await?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let schedule = Schedule::read(&history, &row.state, now);
+    let delegated_to = delegated_to(&history);
+    if json_out {
+        let withdrawn = match &case_file {
+            CaseFileShown::Withdrawn(withdrawal) => Some(withdrawal_json(withdrawal)),
+            _ => None,
+        };
+        return print_json(&json!({
+            "referral": referral_json(&row, &envelope),
+            "audience": audience,
+            "case_file": case_file.case_file(),
+            "case_file_part": case_file.part_name(),
+            "case_file_withdrawn": withdrawn,
+            "delegated_to": delegated_to,
+            "schedule": schedule,
+            "history": history.iter().map(event_json).collect::<Vec<_>>(),
+        }));
+    }
+    print_referral(&row, &envelope, &audience);
+    case_file.print()?;
+    print_follow_up(delegated_to.as_deref(), &schedule);
     println!("history");
     let mut table = table(&[
         "at",
@@ -211,6 +444,73 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
     }
     println!("{table}");
     Ok(())
+}
+
+fn print_referral(row: &ReferralRow, envelope: &Envelope, audience: &str) {
+    let referral = referral_json(row, envelope);
+    println!("referral {}", shown(&row.referral_id, Lines::One));
+    for key in [
+        "state",
+        "sender",
+        "recipient",
+        "kind",
+        "urgency",
+        "client_ref",
+        "client_pseudonym",
+        "created_at",
+        "updated_at",
+    ] {
+        println!("  {key}: {}", plain(&referral[key]));
+    }
+    println!("  subject: {}", plain(&referral["subject"]));
+    println!(
+        "  requested_recipient: {}",
+        plain(&referral["requested_recipient"])
+    );
+    println!("  this agency: {}", shown(audience, Lines::One));
+}
+
+/// The follow-up section of `show`: who makes the visits, the next one and its status, the visits
+/// made and those missed.
+fn print_follow_up(delegated_to: Option<&str>, schedule: &Schedule) {
+    println!("follow-up");
+    println!(
+        "  delegated to: {}",
+        delegated_to.map_or_else(|| "-".into(), |to| shown(to, Lines::One))
+    );
+    match (&schedule.next_due_at, schedule.status) {
+        (Some(due_at), Some(status)) => println!(
+            "  next visit: {} ({}; every {}, grace {})",
+            shown(due_at, Lines::One),
+            status.as_str(),
+            duration(schedule.every_seconds.map(u64::from)),
+            duration(schedule.grace_seconds.map(u64::from)),
+        ),
+        _ => println!("  next visit: -"),
+    }
+    if !schedule.visits.is_empty() {
+        let mut visits = table(&["visit date", "activity", "agency", "person"]);
+        for v in &schedule.visits {
+            visits.add_row(cells(vec![
+                v.date.clone(),
+                v.activity.clone(),
+                v.agency.clone(),
+                v.person.clone(),
+            ]));
+        }
+        println!("  visits done\n{visits}");
+    }
+    if !schedule.missed.is_empty() {
+        let mut missed = table(&["due", "missed in a row", "agency"]);
+        for m in &schedule.missed {
+            missed.add_row(cells(vec![
+                m.due_at.clone(),
+                m.missed_in_a_row.to_string(),
+                m.agency.clone(),
+            ]));
+        }
+        println!("  visits missed\n{missed}");
+    }
 }
 
 #[derive(Serialize)]
@@ -344,7 +644,7 @@ fn outbox_table(rows: &[OutboxItem]) -> Table {
     table
 }
 
-fn table(header: &[&str]) -> Table {
+pub(super) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(UTF8_FULL_CONDENSED)
@@ -354,12 +654,19 @@ fn table(header: &[&str]) -> Table {
 
 /// What `show` prints in place of a withdrawn case file; the agency id came from the network.
 fn withdrawn_line(withdrawal: &Withdrawal) -> String {
-    format!(
-        "withdrawn {} (the referral was {} to {}); this agency no longer holds the case file",
-        shown(&withdrawal.withdrawn_at, Lines::One),
-        shown(&withdrawal.because, Lines::One),
-        shown(&withdrawal.now_with, Lines::One),
-    )
+    let at = shown(&withdrawal.withdrawn_at, Lines::One);
+    let now_with = shown(&withdrawal.now_with, Lines::One);
+    match withdrawal.because.as_str() {
+        "delegation_revoked" => format!(
+            "withdrawn {at} (the follow-up visits were taken back by {now_with}); this agency no \
+             longer holds the follow-up part of the case file"
+        ),
+        because => format!(
+            "withdrawn {at} (the referral was {} to {now_with}); this agency no longer holds the \
+             case file",
+            shown(because, Lines::One),
+        ),
+    }
 }
 
 fn withdrawal_json(withdrawal: &Withdrawal) -> Value {
@@ -400,7 +707,7 @@ pub fn shown(text: &str, lines: Lines) -> String {
 }
 
 /// A table row with every cell made one safe line.
-fn cells(row: Vec<String>) -> Vec<String> {
+pub(super) fn cells(row: Vec<String>) -> Vec<String> {
     row.iter().map(|cell| shown(cell, Lines::One)).collect()
 }
 
@@ -467,6 +774,11 @@ fn event_json(event: &FeedbackEvent) -> Value {
         "note": event.note,
         "state_after": state_name(event.state_after),
         "details": details_json(event),
+        "next_visit": event.next_visit.as_ref().map(|n| json!({
+            "due_at": timestamp(n.due_at.as_ref()),
+            "grace_seconds": n.grace_seconds,
+            "every_seconds": n.every_seconds,
+        })),
     })
 }
 
@@ -488,6 +800,18 @@ fn details_json(event: &FeedbackEvent) -> Value {
         }
         Some(Details::Failed(f)) => json!({ "reason": f.reason }),
         Some(Details::Escalated(e)) => json!({ "tier": e.tier, "to_agency_ids": e.to_agency_ids }),
+        Some(Details::FollowUpOverdue(m)) => json!({
+            "due_at": timestamp(m.due_at.as_ref()),
+            "missed_in_a_row": m.missed_in_a_row,
+        }),
+        // The follow-up part itself is `show`'s case file section, never a detail: only whether
+        // this copy of the event still carries one.
+        Some(Details::Delegated(d)) => json!({
+            "to_agency_id": d.to_agency_id,
+            "reason": d.reason,
+            "carries_follow_up_part": !d.follow_up_case_file.is_empty(),
+        }),
+        Some(Details::DelegationRevoked(d)) => json!({ "to_agency_id": d.to_agency_id }),
         None => json!({}),
     }
 }

@@ -10,8 +10,8 @@ use prost_types::Timestamp;
 use spean_adapter::{broker::Broker, case_file::CaseFile, identity::Identity, store::Store};
 use spean_domain::ids::AgencyId;
 use spean_proto::v1::{
-    Delivery, Envelope, FeedbackEvent, FeedbackKind, Recipient, Redirect, Referral, ReferralState,
-    Subject, Urgency, delivery::Payload, feedback_event::Details, recipient::Target,
+    Audience, Delivery, Envelope, FeedbackEvent, FeedbackKind, Recipient, Redirect, Referral,
+    ReferralState, Subject, Urgency, delivery::Payload, feedback_event::Details, recipient::Target,
 };
 
 pub struct TestStore {
@@ -64,6 +64,7 @@ pub fn event(referral_id: &str, kind: FeedbackKind, state_after: ReferralState) 
         note: String::new(),
         state_after: state_after as i32,
         details: None,
+        next_visit: None,
     }
 }
 
@@ -105,6 +106,7 @@ pub fn referral(referral_id: &str, case_file: &CaseFile, history: Vec<FeedbackEv
             .map_or(ReferralState::Sent as i32, |e| e.state_after),
         case_file: case_file.encode(),
         history,
+        audience: Audience::Recipient as i32,
     }
 }
 

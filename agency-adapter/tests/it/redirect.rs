@@ -47,6 +47,7 @@ fn former_recipients_view(referral_id: &str) -> Delivery {
         vec![submitted, redirected(referral_id, NEXT)],
     );
     view.case_file = Vec::new();
+    view.audience = spean_proto::v1::Audience::FormerRecipient as i32;
     if let Some(envelope) = view.envelope.as_mut() {
         envelope.recipient_agency_id = NEXT.into();
     }

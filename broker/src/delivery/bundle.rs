@@ -267,6 +267,7 @@ mod tests {
             state_after: State::Acknowledged,
             details: EventDetails::None,
             request_id: None,
+            next_visit: None,
         };
         let delivery_id = uuid::Uuid::now_v7();
         let whole = wire::delivery(delivery_id, DeliveryContent::Event(Box::new(event.clone())));

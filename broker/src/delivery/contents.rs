@@ -67,15 +67,20 @@ pub async fn contents(
         .iter()
         .map(|(agency, d)| match d.event_id {
             None => referrals.get(&d.referral_id).map(|(referral, history)| {
+                let standing = Audience::outside_party(history, agency);
                 DeliveryContent::Referral(
-                    Box::new(referral.clone().as_seen_by(agency)),
+                    Box::new(referral.clone().as_seen_by_as(agency, standing)),
                     history.clone(),
                 )
             }),
             Some(event_id) => events.get(&event_id).map(|e| {
                 let event = match parties.get(&e.referral_id) {
                     Some(now) => {
-                        let audience = Audience::of(&now.sender, &now.recipient, agency);
+                        let audience = if e.addressed_to(agency) {
+                            Audience::Delegate
+                        } else {
+                            Audience::of(&now.sender, &now.recipient, agency)
+                        };
                         e.clone().as_seen_by(agency, audience)
                     }
                     None => e.clone(),

@@ -219,6 +219,38 @@ impl Directory {
         self.follow_ups.get(kind.as_str()).copied()
     }
 
+    /// The network's coordinators for a subject in `province` (agencies of type `coordinator`
+    /// serving it, the national one included), sorted: whom a missed follow-up visit is told to.
+    pub fn coordinators(&self, province: &ProvinceCode) -> Vec<AgencyId> {
+        let mut found: Vec<AgencyId> = self
+            .agencies
+            .iter()
+            .filter(|a| a.agency_type == AgencyType::Coordinator && a.serves(province))
+            .map(|a| a.id.clone())
+            .collect();
+        found.sort();
+        found.dedup();
+        found
+    }
+
+    /// The provinces `agency` oversees as a coordinator or an authority: `Some(None)` for the whole
+    /// country (it serves `*`), `Some(Some(codes))` for its own provinces; `None` if it is not a
+    /// coordinator or an authority (or not in the directory), which may not oversee anything.
+    pub fn oversight(&self, agency: &AgencyId) -> Option<Option<Vec<String>>> {
+        let a = self.agency(agency)?;
+        if !matches!(
+            a.agency_type,
+            AgencyType::Coordinator | AgencyType::Authority
+        ) {
+            return None;
+        }
+        if a.provinces.iter().any(|p| p == "*") {
+            Some(None)
+        } else {
+            Some(Some(a.provinces.clone()))
+        }
+    }
+
     fn tier(&self, tier: usize) -> Option<&Tier> {
         tier.checked_sub(1).and_then(|i| self.escalation.get(i))
     }

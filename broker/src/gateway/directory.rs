@@ -109,10 +109,19 @@ impl DirectoryService for DirectoryGateway {
             kinds: directory
                 .referral_kinds
                 .iter()
-                .map(|k| pb::Kind {
-                    kind: k.kind.clone(),
-                    meaning: k.meaning.clone(),
-                    default_urgency: k.default_urgency.clone(),
+                .map(|k| {
+                    let schedule = Code::parse("kind", &k.kind)
+                        .ok()
+                        .and_then(|code| directory.follow_up_schedule(&code));
+                    let seconds =
+                        |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+                    pb::Kind {
+                        kind: k.kind.clone(),
+                        meaning: k.meaning.clone(),
+                        default_urgency: k.default_urgency.clone(),
+                        follow_up_every_seconds: schedule.map_or(0, |s| seconds(s.every)),
+                        follow_up_grace_seconds: schedule.map_or(0, |s| seconds(s.grace)),
+                    }
                 })
                 .collect(),
         }))

@@ -3,6 +3,7 @@
 //! `From<BrokerError> for Status` (in `error.rs`) choose the status.
 
 pub mod connections;
+mod coordinator;
 mod delivery;
 mod directory;
 mod referral;
@@ -16,6 +17,7 @@ use crate::error::BrokerError;
 use crate::ids::AgencyId;
 use crate::workflow::Workflow;
 
+pub use coordinator::CoordinatorGateway;
 pub use delivery::DeliveryGateway;
 pub use directory::DirectoryGateway;
 pub use referral::ReferralGateway;

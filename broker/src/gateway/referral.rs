@@ -202,4 +202,33 @@ impl ReferralService for ReferralGateway {
     ) -> GatewayResult<pb::FeedbackResponse> {
         self.feedback(request).await
     }
+
+    async fn delegate_follow_up(
+        &self,
+        request: Request<pb::DelegateFollowUpRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        self.feedback(request).await
+    }
+
+    async fn revoke_delegation(
+        &self,
+        request: Request<pb::RevokeDelegationRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        self.feedback(request).await
+    }
+
+    async fn figures(
+        &self,
+        request: Request<pb::FiguresRequest>,
+    ) -> GatewayResult<pb::FiguresResponse> {
+        let agency = caller(&self.shared, &request).await?;
+        let period = parsed(wire::period(request.into_inner()))?;
+        respond(
+            self.shared
+                .workflow
+                .own_figures(&agency, period.from, period.to, period.province.as_ref())
+                .await
+                .map(|report| wire::figures_response(&report)),
+        )
+    }
 }

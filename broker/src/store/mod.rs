@@ -118,13 +118,20 @@ pub enum DeadlineChange {
     Keep,
     /// The referral no longer waits for an acknowledgement: its deadline is removed.
     Clear,
-    /// The deadline is (re)set, for instance after an escalation fired: it falls due at `due_at`,
-    /// `escalations` tiers having fired so far.
+    /// The timer is (re)set, for instance after an escalation fired: it falls due at `due_at`,
+    /// `escalations` tiers having fired so far. The same timer follows an accepted referral's
+    /// follow-up schedule: it falls due when the next visit is missed, `escalations` counting the
+    /// visits missed in a row. A referral waits for an acknowledgement or follows a schedule,
+    /// never both, so one timer serves both. An escalation past the last tier sets it to
+    /// [`NEVER`], so that it stays in the overdue list until answered.
     Set {
         due_at: OffsetDateTime,
         escalations: u32,
     },
 }
+
+/// The due time of a timer that is kept but never falls due: an escalation past the last tier.
+pub const NEVER: OffsetDateTime = time::macros::datetime!(9999-12-31 0:00 UTC);
 
 /// A deadline that has passed ([`ReferralStore::due_deadlines`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,9 +259,29 @@ pub trait ReferralStore: Send + Sync + 'static {
     /// The referral's acknowledgement deadline now, due or not; `None` if it has none (or the
     /// referral is unknown). What a caller checks a deadline it read among the due ones against.
     async fn deadline(&self, id: ReferralId) -> Result<Option<DueDeadline>, StoreError>;
+    /// Every timer that is due by `now` or has fired before (an escalated referral still waiting
+    /// for its acknowledgement, a follow-up with visits missed in a row), up to `limit`, the
+    /// oldest due first: what the coordinators' overdue list is made from. A referral's timer is
+    /// cleared when it is answered or closed, so these are the overdue referrals and only they.
+    async fn overdue_timers(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError>;
+    /// The referrals sent in `[from, to)`, and those with a follow-up, a missed visit or an
+    /// escalation recorded in it, up to `limit`: what the figures of a period are computed from.
+    async fn referrals_active_between(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ReferralId>, StoreError>;
     /// A round trip to the database, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// The kinds of event that count in a period's figures whenever their referral was sent.
+pub const FIGURED_EVENTS: &str = "'follow_up', 'follow_up_overdue', 'escalated'";
 
 /// The deliveries waiting for each agency, as delivery reads, hands out and settles them: the
 /// mailbox that adapter sessions read on the embedded path, and the same table as the outbox that

@@ -134,9 +134,45 @@ pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Refer
     })
 }
 
+/// The `details` column: the event's details as JSON, with the next visit the broker stamped on
+/// it beside them (one more key of the same object), so that the schedule needs no column.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredDetails<D> {
+    #[serde(flatten)]
+    details: D,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_visit: Option<crate::referral::NextVisit>,
+}
+
+/// An event's details and next visit as the `details` column stores them. Without a next visit
+/// (nearly every event) that is the details alone, written straight: the same JSON, without the
+/// buffering that `flatten` costs.
+pub(crate) fn details_column(event: &Event) -> Result<String, StoreError> {
+    match event.next_visit {
+        None => serde_json::to_string(&event.details),
+        Some(next_visit) => serde_json::to_string(&StoredDetails {
+            details: &event.details,
+            next_visit: Some(next_visit),
+        }),
+    }
+    .map_err(|e| undecodable("referral_events", e))
+}
+
+/// The details and next visit of a `details` column. Only a column that names a next visit is
+/// read through [`StoredDetails`]: a false match (free text holding the word) reads the same.
+fn stored_details(raw: &str) -> Result<(EventDetails, Option<crate::referral::NextVisit>), String> {
+    if !raw.contains("\"next_visit\"") {
+        let details: EventDetails = serde_json::from_str(raw).map_err(|e| e.to_string())?;
+        return Ok((details, None));
+    }
+    let stored: StoredDetails<EventDetails> =
+        serde_json::from_str(raw).map_err(|e| e.to_string())?;
+    Ok((stored.details, stored.next_visit))
+}
+
 pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
     let bad = |what: &str| corrupt("referral_events", what);
-    let details = row.text("details")?;
+    let (details, next_visit) = stored_details(&row.text("details")?).map_err(|e| bad(&e))?;
     Ok(Event {
         id: uuid::Uuid::parse_str(&row.text("id")?).map_err(|_| bad("id"))?,
         referral_id: ReferralId::parse("referral_id", &row.text("referral_id")?)
@@ -147,7 +183,8 @@ pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
         at: from_micros(row.int("at")?),
         note: FreeText::from_stored(row.text("note")?),
         state_after: State::parse(&row.text("state_after")?).ok_or_else(|| bad("state_after"))?,
-        details: serde_json::from_str::<EventDetails>(&details).map_err(|e| bad(&e.to_string()))?,
+        details,
+        next_visit,
         request_id: row
             .maybe_text("request_id")?
             .map(|r| RequestId::parse("request_id", &r))

@@ -395,6 +395,20 @@ impl Referral {
     }
 }
 
+/// The agency the follow-up of a referral is delegated to now, from its history (oldest first):
+/// the last delegation not taken back since.
+pub fn delegate_in<'e>(history: impl IntoIterator<Item = &'e Event>) -> Option<AgencyId> {
+    let mut delegate = None;
+    for event in history {
+        match &event.details {
+            EventDetails::FollowUpDelegated { to, .. } => delegate = Some(to.clone()),
+            EventDetails::DelegationRevoked { .. } => delegate = None,
+            _ => {}
+        }
+    }
+    delegate
+}
+
 /// What an event adds to its kind.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -430,6 +444,78 @@ pub enum EventDetails {
         tier: u32,
         to: Vec<AgencyId>,
     },
+    /// A visit due at `due_at` was not recorded in time (the event's actor is the agency
+    /// responsible for it); `missed_in_a_row` counts the missed visits since the last one made.
+    /// The agencies told of it, besides the parties, became notified parties. No free text.
+    FollowUpOverdue {
+        #[serde(with = "micros")]
+        due_at: OffsetDateTime,
+        missed_in_a_row: u32,
+        /// Told of the missed visit as notified parties (the network's coordinators).
+        #[serde(default)]
+        told: Vec<AgencyId>,
+    },
+    /// The follow-up visits now made by `to`, with why, and the part of the case file a visit
+    /// needs, encoded by the delegating adapter: only `to` reads it besides the two parties.
+    FollowUpDelegated {
+        to: AgencyId,
+        reason: FreeText,
+        follow_up_part: SealedCaseFile,
+    },
+    /// The follow-up visits taken back from `from`.
+    DelegationRevoked {
+        from: AgencyId,
+    },
+}
+
+/// When a referral's next follow-up visit is due, and the schedule it follows: stamped by the
+/// broker on the events that move the schedule, so that every adapter shows the same schedule
+/// without knowing the directory's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NextVisit {
+    #[serde(with = "micros")]
+    pub due_at: OffsetDateTime,
+    /// How late the visit may be before it counts as missed.
+    pub grace_seconds: u32,
+    /// The schedule's interval between visits.
+    pub every_seconds: u32,
+}
+
+impl NextVisit {
+    /// When the visit counts as missed.
+    pub fn missed_at(&self) -> OffsetDateTime {
+        self.due_at + std::time::Duration::from_secs(u64::from(self.grace_seconds))
+    }
+}
+
+/// Timestamps in stored details as unix microseconds, the precision of every stored time.
+mod micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64((t.unix_timestamp_nanos() / 1_000) as i64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let us = i64::deserialize(d)?;
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Stored case file parts as hex, in JSON details.
+impl serde::Serialize for SealedCaseFile {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(&self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SealedCaseFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        hex::decode(raw).map(Self).map_err(serde::de::Error::custom)
+    }
 }
 
 /// One append-only history entry.
@@ -446,6 +532,10 @@ pub struct Event {
     pub details: EventDetails,
     /// The caller's idempotency key for the action that made this event.
     pub request_id: Option<RequestId>,
+    /// When the referral's next follow-up visit is due after this event: stamped by the broker on
+    /// the events that move a follow-up schedule (an acceptance, a follow-up, a missed visit, a
+    /// delegation), for kinds the directory schedules. Not free text: every audience reads it.
+    pub next_visit: Option<NextVisit>,
 }
 
 /// A feedback action requested by a party, parsed and valid.

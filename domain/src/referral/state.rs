@@ -91,6 +91,9 @@ impl fmt::Display for State {
 pub enum Role {
     Sender,
     Recipient,
+    /// The agency the recipient delegated the follow-up of an accepted referral to: it records
+    /// follow-up visits and nothing else.
+    Delegate,
 }
 
 impl fmt::Display for Role {
@@ -98,6 +101,7 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Sender => "sender",
             Role::Recipient => "recipient",
+            Role::Delegate => "delegate",
         })
     }
 }
@@ -120,10 +124,17 @@ pub enum EventKind {
     /// Recorded by the broker when the recipient let an acknowledgement deadline pass: the
     /// referral is escalated to the agencies of that tier, which become its notified parties.
     Escalated,
+    /// Recorded by the broker when a follow-up visit was not recorded by its due date plus the
+    /// schedule's grace: once per missed visit.
+    FollowUpOverdue,
+    /// The recipient handed the follow-up visits of an accepted referral to another agency.
+    FollowUpDelegated,
+    /// The recipient took the follow-up visits back from its delegate.
+    DelegationRevoked,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 13] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::Submitted,
         EventKind::Delivered,
         EventKind::Acknowledged,
@@ -137,6 +148,9 @@ impl EventKind {
         EventKind::Withdrawn,
         EventKind::EnteredInError,
         EventKind::Escalated,
+        EventKind::FollowUpOverdue,
+        EventKind::FollowUpDelegated,
+        EventKind::DelegationRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +167,9 @@ impl EventKind {
             EventKind::Failed => "failed",
             EventKind::Withdrawn => "withdrawn",
             EventKind::Escalated => "escalated",
+            EventKind::FollowUpOverdue => "follow_up_overdue",
+            EventKind::FollowUpDelegated => "follow_up_delegated",
+            EventKind::DelegationRevoked => "delegation_revoked",
             EventKind::EnteredInError => "entered_in_error",
         }
     }
@@ -198,11 +215,12 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
     use State as S;
 
     let parties: &[Role] = match action {
-        E::Submitted | E::Delivered | E::Escalated => {
+        E::Submitted | E::Delivered | E::Escalated | E::FollowUpOverdue => {
             return Err(TransitionError::NotAnAction { action });
         }
         E::Withdrawn | E::EnteredInError => &[Role::Sender],
-        E::FollowUp => &[Role::Sender, Role::Recipient],
+        E::FollowUp => &[Role::Sender, Role::Recipient, Role::Delegate],
+        E::FollowUpDelegated | E::DelegationRevoked => &[Role::Recipient],
         E::Acknowledged
         | E::Accepted
         | E::Declined
@@ -214,7 +232,9 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
     if !parties.contains(&role) {
         return Err(TransitionError::WrongParty {
             action,
-            allowed: if parties.len() == 2 {
+            allowed: if parties.len() == 3 {
+                "sender, recipient or delegate"
+            } else if parties.len() == 2 {
                 "sender or recipient"
             } else if parties[0] == Role::Sender {
                 "sender"
@@ -233,6 +253,8 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
         (E::Redirected, S::Sent | S::Delivered | S::Acknowledged) => S::Sent,
         (E::InProgress, S::Accepted) => S::InProgress,
         (E::FollowUp, S::Accepted | S::InProgress) => state,
+        // Who makes the visits changes, not where the referral is.
+        (E::FollowUpDelegated | E::DelegationRevoked, S::Accepted | S::InProgress) => state,
         (E::Completed, S::Accepted | S::InProgress) => S::Completed,
         (E::Failed, S::Accepted | S::InProgress) => S::Failed,
         (E::Withdrawn, s) if !s.is_closed() => S::Withdrawn,
@@ -295,6 +317,32 @@ mod tests {
         (E::FollowUp, Role::Recipient, S::InProgress, S::InProgress),
         (E::FollowUp, Role::Sender, S::Accepted, S::Accepted),
         (E::FollowUp, Role::Sender, S::InProgress, S::InProgress),
+        (E::FollowUp, Role::Delegate, S::Accepted, S::Accepted),
+        (E::FollowUp, Role::Delegate, S::InProgress, S::InProgress),
+        (
+            E::FollowUpDelegated,
+            Role::Recipient,
+            S::Accepted,
+            S::Accepted,
+        ),
+        (
+            E::FollowUpDelegated,
+            Role::Recipient,
+            S::InProgress,
+            S::InProgress,
+        ),
+        (
+            E::DelegationRevoked,
+            Role::Recipient,
+            S::Accepted,
+            S::Accepted,
+        ),
+        (
+            E::DelegationRevoked,
+            Role::Recipient,
+            S::InProgress,
+            S::InProgress,
+        ),
         (E::Completed, Role::Recipient, S::Accepted, S::Completed),
         (E::Completed, Role::Recipient, S::InProgress, S::Completed),
         (E::Failed, Role::Recipient, S::Accepted, S::Failed),
@@ -358,7 +406,7 @@ mod tests {
     #[test]
     fn every_listed_transition_is_allowed_and_every_other_is_refused() {
         for action in EventKind::ALL {
-            for role in [Role::Sender, Role::Recipient] {
+            for role in [Role::Sender, Role::Recipient, Role::Delegate] {
                 for state in State::ALL {
                     let expected = ALLOWED
                         .iter()

@@ -27,6 +27,12 @@ pub enum Audience {
     /// The referral was with it once and was redirected away: it keeps the envelope and the
     /// history, never the case file.
     FormerRecipient,
+    /// Told of the referral by an escalation or a missed visit (a provincial department, a
+    /// coordinator): the envelope, the state and the skeleton of the history.
+    Notified,
+    /// The recipient delegated the referral's follow-up visits to it: what a notified party sees,
+    /// plus the delegation addressed to it (with the case file's follow-up part) and its own visits.
+    Delegate,
 }
 
 impl Audience {
@@ -38,6 +44,22 @@ impl Audience {
             Audience::Recipient
         } else {
             Audience::FormerRecipient
+        }
+    }
+
+    /// How `agency`, which is neither the sender nor the recipient of the referral with this
+    /// `history` (oldest first) but may see it, stands to it: its current delegate, a recipient it
+    /// was redirected away from, or else an agency notified of it.
+    pub fn outside_party(history: &[Event], agency: &AgencyId) -> Self {
+        if super::delegate_in(history).as_ref() == Some(agency) {
+            Audience::Delegate
+        } else if history
+            .iter()
+            .any(|e| e.kind == super::EventKind::Redirected && &e.actor == agency)
+        {
+            Audience::FormerRecipient
+        } else {
+            Audience::Notified
         }
     }
 
@@ -79,7 +101,10 @@ impl ReferralView {
     /// One event of the referral's history as this view's party may see it
     /// ([`Event::as_seen_by`]); borrowed when nothing is withheld, which is the common case.
     pub fn event<'e>(&self, event: &'e Event) -> Cow<'e, Event> {
-        if self.audience.reads_notes() || event.actor == self.party {
+        if self.audience.reads_notes()
+            || event.actor == self.party
+            || (self.audience == Audience::Delegate && event.addressed_to(&self.party))
+        {
             Cow::Borrowed(event)
         } else {
             Cow::Owned(event.clone().as_seen_by(&self.party, self.audience))
@@ -88,6 +113,11 @@ impl ReferralView {
 }
 
 impl Event {
+    /// Whether this event is addressed to `party` (a delegation to it), which then reads it whole.
+    pub fn addressed_to(&self, party: &AgencyId) -> bool {
+        matches!(&self.details, EventDetails::FollowUpDelegated { to, .. } if to == party)
+    }
+
     /// This event as `party`, which stands to its referral as `audience`, may see it. An audience
     /// that does not read notes gets the skeleton: kind, time, acting agency, state after, and for
     /// a redirect where the referral went (the envelope it keeps names the new recipient too).
@@ -98,6 +128,11 @@ impl Event {
         if audience.reads_notes() || &self.actor == party {
             return self;
         }
+        // A delegation is addressed to its delegate, who reads it whole: the reason it is asked,
+        // and the part of the case file its visits need.
+        if audience == Audience::Delegate && self.addressed_to(party) {
+            return self;
+        }
         self.actor_person = Default::default();
         self.note = Default::default();
         self.details = match self.details {
@@ -105,7 +140,15 @@ impl Event {
                 to,
                 reason: Default::default(),
             },
-            escalated @ EventDetails::Escalated { .. } => escalated,
+            EventDetails::FollowUpDelegated { to, .. } => EventDetails::FollowUpDelegated {
+                to,
+                reason: Default::default(),
+                follow_up_part: Default::default(),
+            },
+            // Who, when and which tier or visit: nothing a person wrote.
+            kept @ (EventDetails::Escalated { .. }
+            | EventDetails::FollowUpOverdue { .. }
+            | EventDetails::DelegationRevoked { .. }) => kept,
             _ => EventDetails::None,
         };
         self
@@ -115,8 +158,23 @@ impl Event {
 impl Referral {
     /// This referral as `party` may see it. The caller has established that `party` may see the
     /// referral at all (the store knows its parties); this decides what it sees.
-    pub fn as_seen_by(mut self, party: &AgencyId) -> ReferralView {
+    pub fn as_seen_by(self, party: &AgencyId) -> ReferralView {
         let audience = Audience::of(&self.sender, &self.recipient, party);
+        self.seen_as(party, audience)
+    }
+
+    /// This referral as `party` may see it, where the store says it is notified of it or its
+    /// delegate (`standing`): the sender and the recipient are still seen as such, anyone else as
+    /// `standing`. What each sees follows from [`Audience`] alone.
+    pub fn as_seen_by_as(self, party: &AgencyId, standing: Audience) -> ReferralView {
+        let audience = match Audience::of(&self.sender, &self.recipient, party) {
+            Audience::FormerRecipient => standing,
+            own => own,
+        };
+        self.seen_as(party, audience)
+    }
+
+    fn seen_as(mut self, party: &AgencyId, audience: Audience) -> ReferralView {
         if !audience.reads_case_file() {
             self.case_file = Default::default();
         }
@@ -177,6 +235,7 @@ mod tests {
                 summary: crate::referral::FreeText::parse("summary", "ជួបគ្រួសារ", 512).unwrap(),
             },
             request_id: None,
+            next_visit: None,
         }
     }
 

@@ -124,7 +124,7 @@ pub(super) fn bind_event<'q, O>(
 
 /// An event's details as the `details` column stores them.
 pub(super) fn event_details(e: &Event) -> Result<String, StoreError> {
-    serde_json::to_string(&e.details).map_err(|err| rows::undecodable("referral_events", err))
+    rows::details_column(e)
 }
 
 /// Deliveries as parallel arrays for `unnest`: any number of deliveries in one statement.

@@ -372,6 +372,46 @@ impl ReferralStore for PgStore {
         row.as_ref().map(rows::due_deadline).transpose()
     }
 
+    async fn overdue_timers(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id::text AS referral_id, ack_due_at AS due_at, escalations::int8 AS escalations \
+             FROM referrals WHERE ack_due_at IS NOT NULL AND (ack_due_at <= $1 OR escalations > 0) \
+             ORDER BY ack_due_at, id LIMIT $2",
+        )
+        .bind(micros(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(rows::due_deadline).collect()
+    }
+
+    async fn referrals_active_between(
+        &self,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ReferralId>, StoreError> {
+        // The kinds are `crate::store::FIGURED_EVENTS`, spelled out: a statement is a literal.
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT id::text FROM referrals WHERE created_at >= $1 AND created_at < $2 \
+             UNION SELECT referral_id::text FROM referral_events \
+             WHERE at >= $1 AND at < $2 \
+             AND kind IN ('follow_up', 'follow_up_overdue', 'escalated') LIMIT $3",
+        )
+        .bind(micros(from))
+        .bind(micros(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id,)| ReferralId::parse("id", &id).map_err(|_| rows::corrupt("referrals", "id")))
+            .collect()
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

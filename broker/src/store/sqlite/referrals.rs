@@ -21,8 +21,7 @@ const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_a
     subject_province, client_pseudonym, state, version, created_at, updated_at";
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
-    let details = serde_json::to_string(&event.details)
-        .map_err(|e| rows::undecodable("referral_events", e))?;
+    let details = rows::details_column(event)?;
     conn.prepare_cached(
         "INSERT INTO referral_events \
          (id, referral_id, kind, actor, actor_person, at, note, state_after, details, request_id) \
@@ -541,6 +540,47 @@ impl ReferralStore for SqliteStore {
                      WHERE referral_id = ?",
                 )?;
                 first(query.query(params![id])?, |r| rows::due_deadline(r))
+            })
+            .await
+    }
+
+    async fn overdue_timers(
+        &self,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError> {
+        let (now, limit) = (micros(now), i64::from(limit));
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(
+                    "SELECT referral_id, due_at, escalations FROM referral_deadlines \
+                     WHERE due_at <= ? OR escalations > 0 ORDER BY due_at, referral_id LIMIT ?",
+                )?;
+                all(query.query(params![now, limit])?, |r| rows::due_deadline(r))
+            })
+            .await
+    }
+
+    async fn referrals_active_between(
+        &self,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ReferralId>, StoreError> {
+        let (from, to, limit) = (micros(from), micros(to), i64::from(limit));
+        let sql = format!(
+            "SELECT id FROM referrals WHERE created_at >= ?1 AND created_at < ?2 \
+             UNION SELECT referral_id FROM referral_events \
+             WHERE at >= ?1 AND at < ?2 AND kind IN ({}) LIMIT ?3",
+            crate::store::FIGURED_EVENTS
+        );
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(&sql)?;
+                all(query.query(params![from, to, limit])?, |r| {
+                    let id: String = r.get(0)?;
+                    ReferralId::parse("id", &id).map_err(|_| rows::corrupt("referrals", "id"))
+                })
             })
             .await
     }

@@ -14,13 +14,13 @@ use time::OffsetDateTime;
 use super::fixture::Fixture;
 
 /// A clock that stands still until the test moves it.
-struct TestClock(Mutex<OffsetDateTime>);
+pub(super) struct TestClock(Mutex<OffsetDateTime>);
 
 impl TestClock {
-    fn at(t: OffsetDateTime) -> Arc<Self> {
+    pub(super) fn at(t: OffsetDateTime) -> Arc<Self> {
         Arc::new(Self(Mutex::new(t)))
     }
-    fn set(&self, t: OffsetDateTime) {
+    pub(super) fn set(&self, t: OffsetDateTime) {
         *self.0.lock().unwrap() = t;
     }
 }
@@ -34,7 +34,7 @@ impl Clock for TestClock {
 /// The repository's directory: story 1 is an emergency, due in 2 h, with two tiers.
 const DEADLINE: time::Duration = time::Duration::hours(2);
 
-async fn workflow(f: &Fixture, clock: Arc<TestClock>) -> Workflow {
+pub(super) async fn workflow(f: &Fixture, clock: Arc<TestClock>) -> Workflow {
     let directory =
         Directory::from_json(include_bytes!("../../../../fixtures/network.json")).unwrap();
     f.store.import_directory(&directory).await.unwrap();
@@ -50,7 +50,7 @@ async fn workflow(f: &Fixture, clock: Arc<TestClock>) -> Workflow {
     .with_clock(clock)
 }
 
-fn agency(raw: &str) -> AgencyId {
+pub(super) fn agency(raw: &str) -> AgencyId {
     AgencyId::parse("agency", raw).unwrap()
 }
 
@@ -118,7 +118,7 @@ pub(super) async fn an_acknowledgement_crossing_its_deadline_is_never_followed_b
 
 /// A referral nobody answers, with four workflows (as four brokers on one store) looking for
 /// passed deadlines at once, again and again: tier 1 after one deadline, tier 2 after two, each
-/// written once, and nothing after the last tier. The tier's agencies become notified parties.
+/// written once, and nothing after the last tier (whose timer is kept, never due). The tier's agencies become notified parties.
 pub(super) async fn a_deadline_nobody_answers_escalates_once_per_tier_however_many_look(
     f: Fixture,
 ) {
@@ -170,5 +170,10 @@ pub(super) async fn a_deadline_nobody_answers_escalates_once_per_tier_however_ma
         snapshot.notified,
         [agency("dosvy-24"), agency("mosvy-coord")]
     );
-    assert_eq!(f.store.deadline(id).await.unwrap(), None);
+    // Past the last tier the timer stays, never due, so the referral stays on the overdue list.
+    let kept = f.store.deadline(id).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.due_at, kept.escalations),
+        (spean_broker::store::NEVER, 2)
+    );
 }

@@ -4,10 +4,12 @@
 
 mod changes;
 mod concurrency;
+mod coordination;
 mod deadlines;
 mod directory;
 mod escalation;
 mod fixture;
+mod follow_ups;
 mod mailbox;
 mod reads;
 mod sample;
@@ -76,6 +78,15 @@ conformance!(
     escalation: [
         an_acknowledgement_crossing_its_deadline_is_never_followed_by_an_escalation,
         a_deadline_nobody_answers_escalates_once_per_tier_however_many_look,
+    ],
+    coordination: [
+        a_quarters_figures_match_counts_made_from_the_seeds,
+        the_overdue_list_shows_what_waits_in_the_callers_provinces,
+    ],
+    follow_ups: [
+        a_missed_visit_is_recorded_once_however_many_look,
+        a_visit_crossing_its_deadline_is_never_followed_by_a_miss,
+        a_delegate_records_visits_until_the_delegation_is_taken_back,
     ],
     concurrency: [
         a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,

@@ -64,6 +64,7 @@ pub(super) fn event(
         state_after: state,
         details: EventDetails::None,
         request_id: request.map(|r| RequestId::parse("request_id", r).unwrap()),
+        next_visit: None,
     }
 }
 
