@@ -351,6 +351,26 @@ impl Store {
             .await?)
     }
 
+    /// Referrals about the client with `pseudonym` that `agency` sent or holds as recipient now,
+    /// oldest first: one client's history at this agency (story 5). Never a referral it is only
+    /// notified of, makes the visits of, or was redirected away from.
+    pub async fn about_client(
+        &self,
+        agency: &str,
+        pseudonym: &str,
+    ) -> Result<Vec<ReferralRow>, AdapterError> {
+        let sql = format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals \
+             WHERE client_pseudonym = ?1 AND (sender = ?2 OR recipient = ?2) \
+             ORDER BY created_at, referral_id"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(pseudonym)
+            .bind(agency)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Referrals `agency` sent, newest first.
     pub async fn sent_by(&self, agency: &str) -> Result<Vec<ReferralRow>, AdapterError> {
         let sql = format!(

@@ -36,8 +36,8 @@
 //! province (key: the province code). A referral is in a group when it was sent in the period or
 //! has a follow-up visit, missed visit or escalation in it, so an agency whose only activity was
 //! visiting children referred last year still has its row. Groups are sorted by key, and so are
-//! the tallies (`Vec<(key, Count)>`, holding only the keys that occur); age bands therefore sort
-//! as text (`"0-4"`, `"10-14"`, …, `"5-9"`, `"60+"`, `"unknown"`).
+//! the tallies (`Vec<(key, Count)>`, holding only the keys that occur), except age bands, which
+//! come youngest first (`"0-4"`, `"5-9"`, `"10-14"`, …, `"60+"`, `"unknown"`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -351,13 +351,25 @@ impl<'a> Group<'a> {
             by_state: listed(self.by_state),
             by_province: listed(self.by_province),
             by_sex: listed(self.by_sex),
-            by_age_band: listed(self.by_age_band),
+            by_age_band: in_age_order(listed(self.by_age_band)),
             followed_up: self.followed_up,
             follow_up_visits: self.visits,
             missed_visits: self.missed,
             escalations: self.escalations,
         }
     }
+}
+
+/// Age bands youngest first, as a report reads them, rather than as text (`"10-14"` before
+/// `"5-9"`).
+fn in_age_order(mut bands: Vec<(String, Count)>) -> Vec<(String, Count)> {
+    bands.sort_by_key(|(band, _)| {
+        crate::referral::AgeBand::ALL
+            .iter()
+            .position(|a| a.as_str() == band)
+            .unwrap_or(usize::MAX)
+    });
+    bands
 }
 
 /// The `p`-th percentile (1 to 100) of `sorted` by the nearest-rank method: the value at rank
@@ -804,6 +816,18 @@ mod tests {
         let eleven: Vec<u64> = (1..=11).collect();
         assert_eq!(percentile(&eleven, 50), Some(6));
         assert_eq!(percentile(&eleven, 90), Some(10));
+    }
+
+    #[test]
+    fn age_bands_come_youngest_first() {
+        let bands = in_age_order(tally(&[
+            ("10-14", 1, 1),
+            ("5-9", 1, 0),
+            ("unknown", 1, 0),
+            ("0-4", 1, 1),
+        ]));
+        let keys: Vec<&str> = bands.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["0-4", "5-9", "10-14", "unknown"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod escalation;
 mod faults;
 mod follow_ups;
 mod helpers;
+mod linked_clients;
 mod partitions;
 mod production;
 mod queues;

@@ -77,6 +77,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One client's referrals at this agency, sent or received, under their pseudonymous
+    /// reference, as one history oldest first (story 5). Reads the local store only.
+    Client {
+        /// The pseudonym the referrals carry (`send --pseudonym`).
+        pseudonym: String,
+        #[arg(long)]
+        json: bool,
+    },
     // The feedback actions (`ack`, `accept`, …), one subcommand each, defined beside what they send.
     #[command(flatten)]
     Act(send::Act),
@@ -254,6 +262,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Send(args) => send::send(ctx, *args).await,
         Command::Inbox(args) => views::inbox(ctx, &args).await,
         Command::Show { id, json } => views::show(ctx, &id, json).await,
+        Command::Client { pseudonym, json } => views::client(ctx, &pseudonym, json).await,
         Command::Status(args) => views::status(ctx, &args).await,
         Command::Outbox { json } => views::outbox(ctx, json).await,
         Command::Act(act) => send::act(ctx, act).await,

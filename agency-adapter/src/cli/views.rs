@@ -729,6 +729,53 @@ fn plain(value: &Value) -> String {
 
 /// The envelope fields by their proto names, plus `sender`/`recipient` as the listings name them and
 /// the local `state`.
+/// `client PSEUDONYM`: the referrals this agency sent or received about one client, and their
+/// events merged into one history, oldest first, each event naming its referral.
+pub async fn client(ctx: &Context, pseudonym: &str, json: bool) -> anyhow::Result<()> {
+    let rows = ctx.store.about_client(ctx.me(), pseudonym).await?;
+    let mut referrals = Vec::with_capacity(rows.len());
+    let mut history: Vec<FeedbackEvent> = Vec::new();
+    for row in &rows {
+        let envelope = row.decode_envelope()?;
+        referrals.push(referral_json(row, &envelope));
+        history.extend(ctx.store.history(&row.referral_id).await?);
+    }
+    // Event ids are UUIDv7: their order is the order in time, across referrals.
+    history.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    if json {
+        return print_json(&json!({
+            "client_pseudonym": pseudonym,
+            "referrals": referrals,
+            "history": history.iter().map(event_json).collect::<Vec<_>>(),
+        }));
+    }
+    if rows.is_empty() {
+        println!("no referral about {} here", shown(pseudonym, Lines::One));
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(["at", "referral", "kind", "event", "by"]);
+    for event in &history {
+        let kind = rows
+            .iter()
+            .find(|r| r.referral_id == event.referral_id)
+            .map_or("", |r| r.kind.as_str());
+        table.add_row([
+            timestamp(event.at.as_ref()),
+            event.referral_id.clone(),
+            kind.to_owned(),
+            kind_name(event.kind).to_owned(),
+            shown(
+                &format!("{} {}", event.actor_agency_id, event.actor_person),
+                Lines::One,
+            ),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
 fn referral_json(row: &ReferralRow, envelope: &Envelope) -> Value {
     let subject = envelope.subject.clone().unwrap_or_default();
     let requested = match envelope

@@ -104,6 +104,13 @@ impl ReferralService for ReferralGateway {
                     .then(|| crate::referral::Code::parse("kind", &req.kind))
                     .transpose(),
             )?,
+            client_pseudonym: parsed(
+                (!req.client_pseudonym.is_empty())
+                    .then(|| {
+                        crate::ids::ClientRef::parse("client_pseudonym", &req.client_pseudonym)
+                    })
+                    .transpose(),
+            )?,
             limit: limit + 1,
             before: parsed(
                 (!req.page_token.is_empty())

@@ -563,6 +563,10 @@ pub struct ListQuery {
     pub role: Option<Role>,
     pub states: Vec<State>,
     pub kind: Option<Code>,
+    /// Only this agency's own referrals (as sender or recipient now) about the client with this
+    /// pseudonym: never another agency's, nor those it is only notified of or was redirected
+    /// away from.
+    pub client_pseudonym: Option<ClientRef>,
     pub limit: u32,
     /// Only referrals older than this one (ids sort by creation time).
     pub before: Option<ReferralId>,

@@ -318,6 +318,8 @@ impl ReferralStore for PgStore {
                  AND ($3::text[] IS NULL OR r.state = ANY ($3)) \
                  AND ($4::text IS NULL OR r.kind = $4) \
                  AND ($5::uuid IS NULL OR r.id < $5::uuid) \
+                 AND ($7::text IS NULL OR (r.client_pseudonym = $7 \
+                                           AND (r.sender = $1 OR r.recipient = $1))) \
                  ORDER BY r.id DESC LIMIT $6"
             )
         });
@@ -330,6 +332,12 @@ impl ReferralStore for PgStore {
             .bind(query.kind.as_ref().map(|k| k.as_str().to_owned()))
             .bind(query.before.map(|b| b.to_string()))
             .bind(i64::from(query.limit))
+            .bind(
+                query
+                    .client_pseudonym
+                    .as_ref()
+                    .map(|p| p.as_str().to_owned()),
+            )
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| rows::referral(r, false)).collect()

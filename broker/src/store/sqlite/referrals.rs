@@ -489,6 +489,10 @@ impl ReferralStore for SqliteStore {
             query.kind.as_ref().map(|k| k.as_str().to_owned()),
             query.before.map(|b| b.to_string()),
             i64::from(query.limit),
+            query
+                .client_pseudonym
+                .as_ref()
+                .map(|p| p.as_str().to_owned()),
         );
         self.readers
             .read(move |conn| {
@@ -500,6 +504,8 @@ impl ReferralStore for SqliteStore {
                      AND (?3 IS NULL OR r.state IN (SELECT value FROM json_each(?3))) \
                      AND (?4 IS NULL OR r.kind = ?4) \
                      AND (?5 IS NULL OR r.id < ?5) \
+                     AND (?7 IS NULL OR (r.client_pseudonym = ?7 \
+                                         AND (r.sender = ?1 OR r.recipient = ?1))) \
                      ORDER BY r.id DESC LIMIT ?6"
                 ))?;
                 all(query.query(bound)?, |r| rows::referral(r, false))

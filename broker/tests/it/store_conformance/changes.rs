@@ -165,6 +165,7 @@ pub(super) async fn a_redirect_grants_access_to_the_new_recipient(f: Fixture) {
                 role: Some(Role::Recipient),
                 states: vec![],
                 kind: None,
+                client_pseudonym: None,
                 limit: 10,
                 before: None,
             },

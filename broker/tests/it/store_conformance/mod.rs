@@ -57,6 +57,7 @@ conformance!(
         deliveries_load_in_batches_with_their_histories,
         a_snapshot_holds_the_referral_its_parties_and_its_history,
         parties_now_follow_a_redirect_and_leave_unknown_ids_out,
+        a_pseudonym_lists_only_the_callers_own_referrals,
     ],
     mailbox: [
         the_mailbox_keeps_order_and_forgets_confirmed_entries,

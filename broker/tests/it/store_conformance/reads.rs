@@ -1,6 +1,6 @@
 //! Reading: listing, the batch loads that deliveries carry, and the snapshot a decision reads.
 
-use spean_broker::ids::ReferralId;
+use spean_broker::ids::{ClientRef, ReferralId};
 use spean_broker::referral::{Code, EventKind, ListQuery, Role, State};
 use spean_broker::store::ChangeOutcome;
 
@@ -28,6 +28,7 @@ pub(super) async fn listing_filters_and_pages(f: Fixture) {
         role,
         states,
         kind: None,
+        client_pseudonym: None,
         limit,
         before,
     };
@@ -197,4 +198,83 @@ pub(super) async fn parties_now_follow_a_redirect_and_leave_unknown_ids_out(f: F
         .collect();
     assert_eq!(got, want);
     assert!(store.parties_now(&[]).await.unwrap().is_empty());
+}
+
+/// Story 5: an agency lists its own referrals about one client by the client's pseudonym, as
+/// sender or as recipient, and never another agency's under the same pseudonym, nor one it only
+/// used to hold or is only notified of.
+pub(super) async fn a_pseudonym_lists_only_the_callers_own_referrals(f: Fixture) {
+    let store = f.store.clone();
+    let pseudonym = ClientRef::parse("p", "client-7f3a").unwrap();
+    let submit_as = |sender: &'static str, recipient: &'static str, key: &'static str| {
+        let store = store.clone();
+        let pseudonym = pseudonym.clone();
+        async move {
+            let mut r = super::sample::referral(key);
+            r.sender = agency(sender);
+            r.recipient = agency(recipient);
+            r.client_pseudonym = Some(pseudonym);
+            let e = super::sample::event(&r, EventKind::Submitted, sender, State::Sent, None);
+            let d = [super::sample::delivery(r.recipient.clone(), None)];
+            store.submit(&r, &e, &d, None).await.unwrap();
+            r
+        }
+    };
+    let detox = submit_as("mith-samlanh", "mlup-russey", "detox").await;
+    let training = submit_as("mlup-russey", "mith-samlanh", "training").await;
+    let elsewhere = submit_as("ahc-swu", "dosvy-17", "elsewhere").await;
+    submit(&store, "unlinked").await;
+    // dosvy-24 is notified of the detox referral: it may see it, but not list it by pseudonym.
+    let mut notify = change(
+        &detox,
+        1,
+        event(
+            &detox,
+            EventKind::Escalated,
+            "mlup-russey",
+            State::Sent,
+            None,
+        ),
+        State::Sent,
+    );
+    notify.notified = vec![agency("dosvy-24")];
+    assert!(matches!(
+        store.apply(&notify).await.unwrap(),
+        ChangeOutcome::Recorded
+    ));
+    let by_pseudonym = |who: &'static str| {
+        let store = store.clone();
+        let pseudonym = pseudonym.clone();
+        async move {
+            let query = ListQuery {
+                client_pseudonym: Some(pseudonym),
+                limit: 10,
+                ..Default::default()
+            };
+            let mut ids: Vec<_> = store
+                .list(&agency(who), &query)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut both = vec![detox.id, training.id];
+    both.sort();
+    assert_eq!(by_pseudonym("mith-samlanh").await, both);
+    assert_eq!(by_pseudonym("mlup-russey").await, both);
+    assert_eq!(by_pseudonym("ahc-swu").await, [elsewhere.id]);
+    assert!(
+        by_pseudonym("dosvy-24").await.is_empty(),
+        "a notified agency listed by pseudonym"
+    );
+    assert!(
+        store
+            .has_access(&agency("dosvy-24"), detox.id)
+            .await
+            .unwrap()
+    );
 }
