@@ -788,9 +788,8 @@ fn outside_party(snapshot: &Snapshot, actor: &AgencyId) -> BrokerError {
 /// The change that records `event` on the referral read in `snapshot`, with a delivery of the event
 /// to every party (and, on redirect, the referral itself to the new recipient). The agencies
 /// `told` of the referral by this change (an escalation, a missed visit, a delegation) gain
-/// access as notified parties, get the event, and get the referral itself if they did not see it
-/// before. With `carry`, the event's deliveries carry it encoded, and are `held` for the relay's
-/// handoff if that is given. A referral sent by a change never does: the snapshot has no case
+/// access as notified parties, and get the event and the referral itself. With `carry`, the
+/// event's deliveries carry it encoded, and are `held` for the relay's handoff if that is given. A referral sent by a change never does: the snapshot has no case
 /// file, so it is loaded when it is published.
 fn change_for(
     snapshot: &Snapshot,
@@ -817,11 +816,14 @@ fn change_for(
         }
         deliveries.push(referral_to(new));
     }
+    // Each agency told gets the referral as it now stands, even one told before: how it stands
+    // to the referral may have changed (a department notified by an escalation becomes the
+    // delegate of its visits), and its copy says so.
     for agency in told {
         if !parties.contains(agency) {
             parties.push(agency.clone());
-            deliveries.push(referral_to(agency));
         }
+        deliveries.push(referral_to(agency));
     }
     // Who the referral is with once this change is written decides what each party reads of the
     // event: a former recipient gets it through the view, without what people wrote.

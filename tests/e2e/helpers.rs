@@ -311,24 +311,38 @@ impl GrpcClient {
             .into_inner()
     }
 
-    /// Opens a delivery stream with the given window.
+    /// Opens a delivery stream with the given window. `UNAVAILABLE` ("reconnect") is retried for
+    /// a while, as an adapter does: the broker answers so while its link to RabbitMQ is being
+    /// re-established, which a loaded machine can make happen at any moment.
     pub async fn subscribe(&mut self, window: u32) -> RawStream {
-        let (confirms, rx) = tokio::sync::mpsc::channel(window.max(1) as usize + 1);
-        confirms
-            .send(pb::SubscribeRequest {
-                request: Some(pb::subscribe_request::Request::Hello(pb::Hello { window })),
-            })
-            .await
-            .unwrap();
-        let deliveries = self
-            .delivery
-            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        RawStream {
-            confirms,
-            deliveries,
+        let started = std::time::Instant::now();
+        loop {
+            let (confirms, rx) = tokio::sync::mpsc::channel(window.max(1) as usize + 1);
+            confirms
+                .send(pb::SubscribeRequest {
+                    request: Some(pb::subscribe_request::Request::Hello(pb::Hello { window })),
+                })
+                .await
+                .unwrap();
+            match self
+                .delivery
+                .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+            {
+                Ok(answer) => {
+                    return RawStream {
+                        confirms,
+                        deliveries: answer.into_inner(),
+                    };
+                }
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && started.elapsed() < Duration::from_secs(20) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(status) => panic!("subscribe: {status:?}"),
+            }
         }
     }
 }
