@@ -241,9 +241,6 @@ pub struct Period {
 pub fn period(req: pb::FiguresRequest) -> Result<Period, FieldError> {
     let from = time_of("from", required("from", req.from)?)?;
     let to = time_of("to", required("to", req.to)?)?;
-    if to <= from {
-        return Err(FieldError::new("to", "must be after from"));
-    }
     let province = (!req.province.is_empty())
         .then(|| ProvinceCode::parse("province", &req.province))
         .transpose()?;

@@ -498,20 +498,34 @@ impl Workflow {
         referral: &Referral,
         to: &AgencyId,
     ) -> Result<AgencyId, BrokerError> {
-        let field = "redirect.to_agency_id";
+        self.third_agency(
+            "redirect.to_agency_id",
+            referral,
+            to,
+            "must be another agency than the sender and the current recipient",
+        )
+        .await?;
+        Ok(to.clone())
+    }
+
+    /// Checks that `to`, named in `field` as the agency a referral goes to next (a redirect, a
+    /// delegation), is in the directory and is neither of the referral's two parties.
+    async fn third_agency(
+        &self,
+        field: &'static str,
+        referral: &Referral,
+        to: &AgencyId,
+        not_a_party: &'static str,
+    ) -> Result<(), BrokerError> {
         if self.directory().await?.agency(to).is_none() {
             return Err(
                 FieldError::new(field, format!("{to} is not an agency in the directory")).into(),
             );
         }
         if to == &referral.recipient || to == &referral.sender {
-            return Err(FieldError::new(
-                field,
-                "must be another agency than the sender and the current recipient",
-            )
-            .into());
+            return Err(FieldError::new(field, not_a_party).into());
         }
-        Ok(to.clone())
+        Ok(())
     }
 
     /// The agency a follow-up is delegated to, checked: in the directory, neither party, and
@@ -522,19 +536,13 @@ impl Workflow {
         to: &AgencyId,
         current: Option<&AgencyId>,
     ) -> Result<(), BrokerError> {
-        let field = "delegation.to_agency_id";
-        if self.directory().await?.agency(to).is_none() {
-            return Err(
-                FieldError::new(field, format!("{to} is not an agency in the directory")).into(),
-            );
-        }
-        if to == &referral.recipient || to == &referral.sender {
-            return Err(FieldError::new(
-                field,
-                "must be another agency than the sender and the recipient",
-            )
-            .into());
-        }
+        self.third_agency(
+            "delegation.to_agency_id",
+            referral,
+            to,
+            "must be another agency than the sender and the recipient",
+        )
+        .await?;
         if let Some(current) = current {
             return Err(BrokerError::Precondition(format!(
                 "the follow-up of referral {} is delegated to {current}; revoke that delegation first",
@@ -553,29 +561,16 @@ impl Workflow {
         Ok(outcome)
     }
 
-    /// Writes one change with deliveries of its event to every party (and, on redirect, the referral
-    /// itself to the new recipient), then wakes their sessions: for the events the broker records
-    /// on a party's behalf (a delivery).
-    async fn record(
+    /// Writes the `delivered` event a confirmation records, with a delivery of it to every party,
+    /// then wakes their sessions. A delivery moves no timer: the deadline runs on until a person
+    /// answers, as in a batch of confirmations ([`Workflow::confirmed`]).
+    async fn record_delivery(
         &self,
         snapshot: &Snapshot,
         event: Event,
         to: State,
-        new_recipient: Option<AgencyId>,
     ) -> Result<ChangeOutcome, BrokerError> {
-        let (timer, _) = self
-            .timer_after(&snapshot.referral, event.kind, &event.details, event.at)
-            .await?;
-        let mut change = change_for(
-            snapshot,
-            event,
-            to,
-            new_recipient,
-            &[],
-            self.carry,
-            self.held(),
-        );
-        change.deadline = timer;
+        let change = change_for(snapshot, event, to, None, &[], self.carry, self.held());
         self.write(&change).await
     }
 
@@ -732,7 +727,7 @@ impl Workflow {
             let Some((event, to)) = delivered_event(agency, &snapshot, self.now()) else {
                 return Ok(());
             };
-            match self.record(&snapshot, event, to, None).await? {
+            match self.record_delivery(&snapshot, event, to).await? {
                 ChangeOutcome::Stale => continue,
                 _ => return Ok(()),
             }
@@ -789,8 +784,9 @@ fn outside_party(snapshot: &Snapshot, actor: &AgencyId) -> BrokerError {
 /// to every party (and, on redirect, the referral itself to the new recipient). The agencies
 /// `told` of the referral by this change (an escalation, a missed visit, a delegation) gain
 /// access as notified parties, and get the event and the referral itself. With `carry`, the
-/// event's deliveries carry it encoded, and are `held` for the relay's handoff if that is given. A referral sent by a change never does: the snapshot has no case
-/// file, so it is loaded when it is published.
+/// event's deliveries carry it encoded, and are `held` for the relay's handoff if that is given.
+/// A referral sent by a change never does: the snapshot has no case file, so it is loaded when it
+/// is published.
 fn change_for(
     snapshot: &Snapshot,
     event: Event,
@@ -830,11 +826,7 @@ fn change_for(
     let recipient = new_recipient.as_ref().unwrap_or(&referral.recipient);
     let body = carry.then(|| wire::carried(DeliveryContent::Event(Box::new(event.clone()))));
     deliveries.extend(parties.iter().map(|agency| {
-        let audience = if event.addressed_to(agency) {
-            Audience::Delegate
-        } else {
-            Audience::of(&referral.sender, recipient, agency)
-        };
+        let audience = Audience::of_event(&event, &referral.sender, recipient, agency);
         let body = if audience.reads_notes() || &event.actor == agency {
             body.clone()
         } else {

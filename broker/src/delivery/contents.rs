@@ -76,11 +76,7 @@ pub async fn contents(
             Some(event_id) => events.get(&event_id).map(|e| {
                 let event = match parties.get(&e.referral_id) {
                     Some(now) => {
-                        let audience = if e.addressed_to(agency) {
-                            Audience::Delegate
-                        } else {
-                            Audience::of(&now.sender, &now.recipient, agency)
-                        };
+                        let audience = Audience::of_event(e, &now.sender, &now.recipient, agency);
                         e.clone().as_seen_by(agency, audience)
                     }
                     None => e.clone(),

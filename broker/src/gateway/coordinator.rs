@@ -6,14 +6,11 @@ use spean_proto::v1 as pb;
 use spean_proto::v1::coordinator_service_server::CoordinatorService;
 use tonic::{Request, Status};
 
-use super::{GatewayResult, Shared, caller, respond};
+use super::{GatewayResult, Shared, caller, page_size, respond};
 use crate::error::{BrokerError, FieldError};
 use crate::ids::ReferralId;
 use crate::wire;
 use crate::workflow::{Overdue, OverdueFilter, OverdueReason};
-
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 500;
 
 pub struct CoordinatorGateway {
     shared: Shared,
@@ -27,18 +24,6 @@ impl CoordinatorGateway {
 
 fn parsed<T>(r: Result<T, FieldError>) -> Result<T, Status> {
     r.map_err(|e| BrokerError::from(e).into())
-}
-
-/// A page size, checked; 0 means the default.
-fn page_size(n: u32) -> Result<usize, FieldError> {
-    match n {
-        0 => Ok(DEFAULT_PAGE as usize),
-        n if n <= MAX_PAGE => Ok(n as usize),
-        n => Err(FieldError::new(
-            "page_size",
-            format!("{n} is over the limit of {MAX_PAGE}"),
-        )),
-    }
 }
 
 /// The page token: how many entries of the list earlier pages held. The overdue list is made
@@ -82,7 +67,7 @@ impl CoordinatorService for CoordinatorGateway {
             agency: query.agency,
             kind: query.kind,
             urgency: query.urgency,
-            limit: parsed(page_size(req.page_size))?,
+            limit: parsed(page_size(req.page_size))? as usize,
             offset: parsed(offset(&req.page_token))?,
         };
         respond(

@@ -4,14 +4,11 @@ use spean_proto::v1 as pb;
 use spean_proto::v1::referral_service_server::ReferralService;
 use tonic::{Request, Response, Status};
 
-use super::{GatewayResult, Shared, caller, respond};
+use super::{GatewayResult, Shared, caller, page_size, respond};
 use crate::error::BrokerError;
 use crate::ids::ReferralId;
 use crate::referral::ListQuery;
 use crate::wire::{self, FeedbackRequest};
-
-const DEFAULT_PAGE: u32 = 50;
-const MAX_PAGE: u32 = 500;
 
 pub struct ReferralGateway {
     shared: Shared,
@@ -80,17 +77,7 @@ impl ReferralService for ReferralGateway {
     async fn list(&self, request: Request<pb::ListRequest>) -> GatewayResult<pb::ListResponse> {
         let agency = caller(&self.shared, &request).await?;
         let req = request.into_inner();
-        let limit = match req.page_size {
-            0 => DEFAULT_PAGE,
-            n if n <= MAX_PAGE => n,
-            n => {
-                let err = crate::error::FieldError::new(
-                    "page_size",
-                    format!("{n} is over the limit of {MAX_PAGE}"),
-                );
-                return Err(BrokerError::from(err).into());
-            }
-        };
+        let limit = parsed(page_size(req.page_size))?;
         let query = ListQuery {
             role: parsed(wire::role(req.role))?,
             states: parsed(

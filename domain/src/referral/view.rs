@@ -47,6 +47,22 @@ impl Audience {
         }
     }
 
+    /// How `agency` stands to `event` of a referral sent by `sender` and now with `recipient`: as
+    /// [`Audience::of`], except that the delegate an event is addressed to (a delegation) reads
+    /// it as the delegate.
+    pub fn of_event(
+        event: &Event,
+        sender: &AgencyId,
+        recipient: &AgencyId,
+        agency: &AgencyId,
+    ) -> Self {
+        if event.addressed_to(agency) {
+            Audience::Delegate
+        } else {
+            Audience::of(sender, recipient, agency)
+        }
+    }
+
     /// How `agency`, which is neither the sender nor the recipient of the referral with this
     /// `history` (oldest first) but may see it, stands to it: its current delegate, a recipient it
     /// was redirected away from, or else an agency notified of it.

@@ -226,6 +226,25 @@ fn apply(conn: &Connection, change: &Change) -> Result<ChangeOutcome, StoreError
     Ok(ChangeOutcome::Recorded)
 }
 
+impl SqliteStore {
+    /// The timers `sql` selects by the time `now` (its first parameter) and `limit` (its second):
+    /// the due ones, or the overdue list's.
+    async fn timers(
+        &self,
+        sql: &'static str,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<DueDeadline>, StoreError> {
+        let (now, limit) = (micros(now), i64::from(limit));
+        self.readers
+            .read(move |conn| {
+                let mut query = conn.prepare_cached(sql)?;
+                all(query.query(params![now, limit])?, |r| rows::due_deadline(r))
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl ReferralStore for SqliteStore {
     async fn import_directory(&self, directory: &Directory) -> Result<i64, StoreError> {
@@ -525,16 +544,13 @@ impl ReferralStore for SqliteStore {
         now: time::OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<DueDeadline>, StoreError> {
-        let (now, limit) = (micros(now), i64::from(limit));
-        self.readers
-            .read(move |conn| {
-                let mut query = conn.prepare_cached(
-                    "SELECT referral_id, due_at, escalations FROM referral_deadlines \
-                     WHERE due_at <= ? ORDER BY due_at, referral_id LIMIT ?",
-                )?;
-                all(query.query(params![now, limit])?, |r| rows::due_deadline(r))
-            })
-            .await
+        self.timers(
+            "SELECT referral_id, due_at, escalations FROM referral_deadlines \
+             WHERE due_at <= ? ORDER BY due_at, referral_id LIMIT ?",
+            now,
+            limit,
+        )
+        .await
     }
 
     async fn deadline(&self, id: ReferralId) -> Result<Option<DueDeadline>, StoreError> {
@@ -555,16 +571,13 @@ impl ReferralStore for SqliteStore {
         now: time::OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<DueDeadline>, StoreError> {
-        let (now, limit) = (micros(now), i64::from(limit));
-        self.readers
-            .read(move |conn| {
-                let mut query = conn.prepare_cached(
-                    "SELECT referral_id, due_at, escalations FROM referral_deadlines \
-                     WHERE due_at <= ? OR escalations > 0 ORDER BY due_at, referral_id LIMIT ?",
-                )?;
-                all(query.query(params![now, limit])?, |r| rows::due_deadline(r))
-            })
-            .await
+        self.timers(
+            "SELECT referral_id, due_at, escalations FROM referral_deadlines \
+             WHERE due_at <= ? OR escalations > 0 ORDER BY due_at, referral_id LIMIT ?",
+            now,
+            limit,
+        )
+        .await
     }
 
     async fn referrals_active_between(
