@@ -16,8 +16,8 @@ use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
     Action, Addressee, AgeBand, Audience, Code, Day, DeliveryContent, Event, EventDetails,
-    EventKind, FreeText, NewReferral, Referral, ReferralView, Role, SealedCaseFile, Sex, State,
-    Subject, Urgency,
+    EventKind, FreeText, MAX_NOTIFIED, NewReferral, Referral, ReferralView, Role, SealedCaseFile,
+    Sex, State, Subject, Urgency,
 };
 
 /// Longest note, reason or summary.
@@ -98,6 +98,16 @@ pub fn new_referral(req: pb::SubmitRequest) -> Result<NewReferral, FieldError> {
         let client_pseudonym = (!req.client_pseudonym.is_empty())
             .then(|| ClientRef::parse("client_pseudonym", &req.client_pseudonym))
             .transpose()?;
+        if req.broadcast == Some(true) && matches!(addressee, Addressee::Agency(_)) {
+            return Err(FieldError::new(
+                "broadcast",
+                "needs a recipient addressed by service and province, not one agency",
+            ));
+        }
+        let notify = notify_list(&req.notify_agency_ids)?;
+        let follows = (!req.follows_referral_id.is_empty())
+            .then(|| ReferralId::parse("follows_referral_id", &req.follows_referral_id))
+            .transpose()?;
         Ok(NewReferral {
             client_ref,
             addressee,
@@ -106,8 +116,33 @@ pub fn new_referral(req: pb::SubmitRequest) -> Result<NewReferral, FieldError> {
             subject,
             case_file: SealedCaseFile::new(req.case_file),
             client_pseudonym,
+            broadcast: req.broadcast,
+            notify,
+            follows,
         })
     }
+}
+
+/// The agencies a sender names to be notified: directory ids, each once, at most
+/// [`MAX_NOTIFIED`]. Whether they are in the directory and outside the referral's parties is the
+/// workflow's to check.
+fn notify_list(raw: &[String]) -> Result<Vec<AgencyId>, FieldError> {
+    const FIELD: &str = "notify_agency_ids";
+    if raw.len() > MAX_NOTIFIED {
+        return Err(FieldError::new(
+            FIELD,
+            format!("names {} agencies; the limit is {MAX_NOTIFIED}", raw.len()),
+        ));
+    }
+    let mut notify: Vec<AgencyId> = Vec::with_capacity(raw.len());
+    for id in raw {
+        let agency = AgencyId::parse(FIELD, id)?;
+        if notify.contains(&agency) {
+            return Err(FieldError::new(FIELD, format!("names {agency} twice")));
+        }
+        notify.push(agency);
+    }
+    Ok(notify)
 }
 
 /// A feedback request (`AcknowledgeRequest`, `AcceptRequest`, …) parsed into the action it asks
@@ -347,6 +382,7 @@ fn event_kind(k: EventKind) -> pb::FeedbackKind {
         EventKind::FollowUpOverdue => P::FollowUpOverdue,
         EventKind::FollowUpDelegated => P::FollowUpDelegated,
         EventKind::DelegationRevoked => P::DelegationRevoked,
+        EventKind::NoCandidateAccepted => P::NoCandidateAccepted,
     }
 }
 
@@ -446,6 +482,7 @@ pub fn audience(a: Audience) -> pb::Audience {
         Audience::FormerRecipient => pb::Audience::FormerRecipient,
         Audience::Notified => pb::Audience::Notified,
         Audience::Delegate => pb::Audience::Delegate,
+        Audience::Candidate => pb::Audience::Candidate,
     }
 }
 
@@ -497,7 +534,11 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
         requested_recipient: Some(pb::Recipient {
             target: Some(target),
         }),
-        recipient_agency_id: r.recipient.to_string(),
+        recipient_agency_id: r
+            .recipient
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         kind: r.kind.to_string(),
         urgency: urgency_pb(r.urgency) as i32,
         subject: Some(pb::Subject {
@@ -512,6 +553,9 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
             .as_ref()
             .map(|p| p.to_string())
             .unwrap_or_default(),
+        candidate_agency_ids: r.candidates.iter().map(|a| a.to_string()).collect(),
+        notified_agency_ids: r.notify.iter().map(|a| a.to_string()).collect(),
+        follows_referral_id: r.follows.map(|f| f.to_string()).unwrap_or_default(),
     }
 }
 

@@ -201,8 +201,11 @@ impl Workflow {
         }
         let fingerprint = new.fingerprint();
         // No read first: the store recognises a repeated `client_ref` as it inserts.
-        let recipient = match self.route(sender, &new).await {
-            Ok(recipient) => recipient,
+        let Routed {
+            recipient,
+            candidates,
+        } = match self.route(sender, &new).await {
+            Ok(routed) => routed,
             Err(e) => {
                 // A retry of a referral accepted earlier gets the same answer, even if the
                 // directory has changed since.
@@ -228,11 +231,14 @@ impl Workflow {
             fingerprint,
             sender: sender.clone(),
             addressee: new.addressee,
-            recipient: recipient.clone(),
+            recipient,
             kind: new.kind,
             urgency: new.urgency,
             subject: new.subject,
             client_pseudonym: new.client_pseudonym,
+            candidates,
+            notify: new.notify,
+            follows: new.follows,
             state: State::Sent,
             version: 1,
             created_at: now,
@@ -252,25 +258,33 @@ impl Workflow {
             request_id: None,
             next_visit: None,
         };
-        let deliveries = [NewDelivery {
-            id: uuid::Uuid::now_v7(),
-            agency: recipient.clone(),
-            event_id: None,
-            body: self.carry.then(|| {
-                wire::carried(DeliveryContent::Referral(
-                    Box::new(referral.clone().as_seen_by(&recipient)),
-                    vec![event.clone()],
-                ))
-            }),
-            held: self.held(),
-        }];
+        // The recipient, or every candidate of a broadcast, and the agencies named to be notified:
+        // each gets the referral as it may see it.
+        let deliveries: Vec<NewDelivery> = referral
+            .recipient
+            .iter()
+            .chain(&referral.candidates)
+            .chain(&referral.notify)
+            .map(|agency| NewDelivery {
+                id: uuid::Uuid::now_v7(),
+                agency: agency.clone(),
+                event_id: None,
+                body: self.carry.then(|| {
+                    wire::carried(DeliveryContent::Referral(
+                        Box::new(referral.clone().as_seen_by(agency)),
+                        vec![event.clone()],
+                    ))
+                }),
+                held: self.held(),
+            })
+            .collect();
         match self
             .store
             .submit(&referral, &event, &deliveries, deadline)
             .await?
         {
             SubmitOutcome::Created => {
-                tracing::info!(referral_id = %referral.id, recipient = %recipient, "referral submitted");
+                tracing::info!(referral_id = %referral.id, recipients = deliveries.len(), "referral submitted");
                 self.dispatch.queued(referral.id, &deliveries);
                 Ok((referral.as_seen_by(sender), vec![event], true))
             }
@@ -281,9 +295,10 @@ impl Workflow {
         }
     }
 
-    /// The agency a new referral goes to: the one it names, or the provider of the service in the
-    /// province, checked against the directory.
-    async fn route(&self, sender: &AgencyId, new: &NewReferral) -> Result<AgencyId, BrokerError> {
+    /// Where a new referral goes, checked against the directory: the agency it names, the first
+    /// provider of the service in the province, or for a broadcast every provider there; and
+    /// whether the agencies it names to be notified and the referral it follows may be named.
+    async fn route(&self, sender: &AgencyId, new: &NewReferral) -> Result<Routed, BrokerError> {
         let directory = self.directory().await?;
         if !directory.has_kind(&new.kind) {
             return Err(FieldError::new(
@@ -295,7 +310,7 @@ impl Workflow {
             )
             .into());
         }
-        let recipient = match &new.addressee {
+        let routed = match &new.addressee {
             Addressee::Agency(id) => {
                 if directory.agency(id).is_none() {
                     return Err(FieldError::new(
@@ -304,23 +319,102 @@ impl Workflow {
                     )
                     .into());
                 }
-                id.clone()
+                if id == sender {
+                    return Err(
+                        FieldError::new("recipient", "an agency cannot refer to itself").into(),
+                    );
+                }
+                Routed {
+                    recipient: Some(id.clone()),
+                    candidates: Vec::new(),
+                }
             }
-            Addressee::Service { service, province } => directory
-                .providers(service, province)
-                .into_iter()
-                .find(|a| &a.id != sender)
-                .map(|a| a.id.clone())
-                .ok_or_else(|| {
+            Addressee::Service { service, province } => {
+                let mut providers = directory
+                    .providers(service, province)
+                    .into_iter()
+                    .filter(|a| &a.id != sender)
+                    .map(|a| a.id.clone());
+                let unroutable = || {
                     BrokerError::Unroutable(format!(
                         "no agency in the directory offers {service} in province {province}"
                     ))
-                })?,
+                };
+                if new.is_broadcast() {
+                    let candidates: Vec<AgencyId> = providers.collect();
+                    if candidates.is_empty() {
+                        return Err(unroutable());
+                    }
+                    Routed {
+                        recipient: None,
+                        candidates,
+                    }
+                } else {
+                    Routed {
+                        recipient: Some(providers.next().ok_or_else(unroutable)?),
+                        candidates: Vec::new(),
+                    }
+                }
+            }
         };
-        if &recipient == sender {
-            return Err(FieldError::new("recipient", "an agency cannot refer to itself").into());
+        for agency in &new.notify {
+            let refused = |reason: String| -> BrokerError {
+                FieldError::new("notify_agency_ids", reason).into()
+            };
+            if directory.agency(agency).is_none() {
+                return Err(refused(format!(
+                    "{agency} is not an agency in the directory"
+                )));
+            }
+            if agency == sender {
+                return Err(refused(format!(
+                    "{agency} is the sender; it sees the referral whole already"
+                )));
+            }
+            if routed.recipient.as_ref() == Some(agency) || routed.candidates.contains(agency) {
+                return Err(refused(format!(
+                    "{agency} receives the referral; an agency cannot also be notified of it"
+                )));
+            }
         }
-        Ok(recipient)
+        if let Some(follows) = new.follows {
+            self.check_follows(sender, new, follows).await?;
+        }
+        Ok(routed)
+    }
+
+    /// Checks that the referral a new one `follows` is one `sender` sent, about the same client:
+    /// a link only the sender can make, to its own referrals.
+    async fn check_follows(
+        &self,
+        sender: &AgencyId,
+        new: &NewReferral,
+        follows: ReferralId,
+    ) -> Result<(), BrokerError> {
+        const FIELD: &str = "follows_referral_id";
+        let followed = self
+            .store
+            .referral(follows)
+            .await?
+            .filter(|r| &r.sender == sender)
+            .ok_or_else(|| {
+                FieldError::new(
+                    FIELD,
+                    format!("{follows} is not a referral this agency sent"),
+                )
+            })?;
+        if let Some(pseudonym) = &followed.client_pseudonym
+            && new.client_pseudonym.as_ref() != Some(pseudonym)
+        {
+            return Err(FieldError::new(
+                "client_pseudonym",
+                format!(
+                    "must be {pseudonym}, the client_pseudonym of the referral it follows ({follows})"
+                ),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     async fn resubmitted(
@@ -391,13 +485,16 @@ impl Workflow {
                     BrokerError::NotFound(format!("referral {} not found", action.referral_id))
                 })?;
             let referral = &snapshot.referral;
-            // The history, read only when the action needs to know who the follow-up is
-            // delegated to: a caller outside the two parties, or a delegation.
-            let history = if referral.role_of(actor).is_none()
-                || matches!(
-                    action.kind,
-                    EventKind::FollowUpDelegated | EventKind::DelegationRevoked
-                ) {
+            // The history, read only when the action needs it: to know who the follow-up is
+            // delegated to (a caller outside the two parties, a delegation), or how a
+            // broadcast's candidates answered.
+            let history = if !matches!(
+                referral.role_of(actor),
+                Some(Role::Sender | Role::Recipient)
+            ) || matches!(
+                action.kind,
+                EventKind::FollowUpDelegated | EventKind::DelegationRevoked
+            ) {
                 Some(self.store.history(referral.id).await?)
             } else {
                 None
@@ -408,11 +505,25 @@ impl Workflow {
                 None if delegate.as_ref() == Some(actor) => Role::Delegate,
                 None => return Err(outside_party(&snapshot, actor)),
             };
-            let transition = state::decide(referral.state, role, action.kind)?;
+            let transition = if referral.is_open_broadcast() {
+                if role == Role::Candidate {
+                    answered_before(
+                        referral,
+                        history.as_deref().unwrap_or_default(),
+                        actor,
+                        action.kind,
+                    )?;
+                }
+                state::decide_broadcast(referral.state, role, action.kind)?
+            } else {
+                state::decide(referral.state, role, action.kind)?
+            };
             let new_recipient = match &action.details {
                 EventDetails::Redirected { to, .. } => {
                     Some(self.redirect_target(referral, to).await?)
                 }
+                // The first acceptance of a broadcast makes its candidate the recipient.
+                EventDetails::Accepted { .. } if role == Role::Candidate => Some(actor.clone()),
                 _ => None,
             };
             let details = match &action.details {
@@ -434,9 +545,30 @@ impl Workflow {
                 details => details.clone(),
             };
             let now = self.now();
-            let (timer, next_visit) = self
+            let (mut timer, next_visit) = self
                 .timer_after(referral, action.kind, &details, now)
                 .await?;
+            // The last candidate to decline a broadcast sets its timer to fall due now: the
+            // broker tells the sender that no candidate accepted as a timer that fell due, so
+            // that it is recorded once, and still if this process stops before it does.
+            let none_left = role == Role::Candidate
+                && action.kind == EventKind::Declined
+                && every_candidate_declined(
+                    referral,
+                    history.as_deref().unwrap_or_default(),
+                    Some(actor),
+                );
+            if none_left {
+                let escalations = self
+                    .store
+                    .deadline(referral.id)
+                    .await?
+                    .map_or(0, |d| d.escalations);
+                timer = DeadlineChange::Set {
+                    due_at: now,
+                    escalations,
+                };
+            }
             let event = Event {
                 id: uuid::Uuid::now_v7(),
                 referral_id: referral.id,
@@ -465,7 +597,12 @@ impl Workflow {
             );
             change.deadline = timer;
             match self.write(&change).await? {
-                ChangeOutcome::Recorded => return Ok((event, transition.to)),
+                ChangeOutcome::Recorded => {
+                    if none_left {
+                        self.escalate_now(referral.id).await?;
+                    }
+                    return Ok((event, transition.to));
+                }
                 ChangeOutcome::Duplicate(done) => return self.replayed(*done, &action).await,
                 ChangeOutcome::Stale => continue,
             }
@@ -522,7 +659,7 @@ impl Workflow {
                 FieldError::new(field, format!("{to} is not an agency in the directory")).into(),
             );
         }
-        if to == &referral.recipient || to == &referral.sender {
+        if referral.recipient.as_ref() == Some(to) || to == &referral.sender {
             return Err(FieldError::new(field, not_a_party).into());
         }
         Ok(())
@@ -619,14 +756,26 @@ impl Workflow {
                 // Moved on by another broker, or stopped by an answer, since it was read.
                 return Ok(false);
             }
-            let change = match referral.state {
-                State::Sent | State::Delivered => {
+            let open_broadcast = if referral.is_open_broadcast() {
+                Some(self.store.history(referral.id).await?)
+            } else {
+                None
+            };
+            let change = match (referral.state, open_broadcast) {
+                (State::Sent | State::Delivered | State::Acknowledged, Some(history))
+                    if every_candidate_declined(referral, &history, None) =>
+                {
+                    no_candidate_accepted(&snapshot, now, self.carry, self.held())
+                }
+                (State::Sent | State::Delivered, _) => {
                     escalation(&directory, &snapshot, due, now, self.carry, self.held())
                 }
-                State::Accepted | State::InProgress => {
+                (State::Accepted | State::InProgress, _) => {
                     let history = self.store.history(referral.id).await?;
-                    let responsible =
-                        delegate_in(&history).unwrap_or_else(|| referral.recipient.clone());
+                    let responsible = match delegate_in(&history).or(referral.recipient.clone()) {
+                        Some(responsible) => responsible,
+                        None => return Ok(false),
+                    };
                     schedule::missed_visit(
                         &directory,
                         &snapshot,
@@ -644,10 +793,13 @@ impl Workflow {
                 ChangeOutcome::Recorded => {
                     match &change.event.details {
                         EventDetails::Escalated { tier, .. } => {
-                            tracing::warn!(referral_id = %referral.id, recipient = %referral.recipient, tier, "acknowledgement deadline passed; escalated");
+                            tracing::warn!(referral_id = %referral.id, waiting_on = %change.event.actor, tier, "acknowledgement deadline passed; escalated");
+                        }
+                        EventDetails::FollowUpOverdue { .. } => {
+                            tracing::warn!(referral_id = %referral.id, responsible = %change.event.actor, "follow-up visit missed");
                         }
                         _ => {
-                            tracing::warn!(referral_id = %referral.id, responsible = %change.event.actor, "follow-up visit missed");
+                            tracing::warn!(referral_id = %referral.id, "every candidate declined the broadcast");
                         }
                     }
                     self.announce(&change);
@@ -658,6 +810,19 @@ impl Workflow {
             }
         }
         Err(BrokerError::Contended)
+    }
+
+    /// Fires the referral's timer now if it is due: what the last decline of a broadcast asks
+    /// for, so that its sender hears at once that no candidate accepted. Another broker's sweep
+    /// may get there first; the versioned change lets only one record it.
+    async fn escalate_now(&self, id: ReferralId) -> Result<(), BrokerError> {
+        let now = self.now();
+        if let Some(due) = self.store.deadline(id).await?
+            && due.due_at <= now
+        {
+            self.escalate(&due, now).await?;
+        }
+        Ok(())
     }
 
     /// Logs a recorded change and sends its deliveries on their way: wakes the sessions of
@@ -745,9 +910,13 @@ fn delivered_event(
     snapshot: &Snapshot,
     at: OffsetDateTime,
 ) -> Option<(Event, State)> {
-    if &snapshot.referral.recipient != agency
-        || !state::records_delivery(snapshot.history.iter().copied())
-    {
+    let referral = &snapshot.referral;
+    // A broadcast's first delivery to any of its candidates is the one recorded.
+    let receives = match &referral.recipient {
+        Some(recipient) => recipient == agency,
+        None => referral.candidates.contains(agency),
+    };
+    if !receives || !state::records_delivery(snapshot.history.iter().copied()) {
         return None;
     }
     let to = state::after_delivery(snapshot.referral.state);
@@ -770,10 +939,19 @@ fn delivered_event(
 /// Why an agency that may see a referral but is neither its sender, its recipient nor the
 /// delegate of its follow-up cannot act on it.
 fn outside_party(snapshot: &Snapshot, actor: &AgencyId) -> BrokerError {
-    let id = snapshot.referral.id;
+    let referral = &snapshot.referral;
+    let id = referral.id;
+    // A candidate too late: the question is closed, which is a state, not a permission.
+    if referral.candidates.contains(actor)
+        && let Some(recipient) = &referral.recipient
+    {
+        return BrokerError::Precondition(format!(
+            "referral {id} was taken by another agency ({recipient}); it is no longer open to its candidates"
+        ));
+    }
     BrokerError::Forbidden(if snapshot.notified.contains(actor) {
         format!(
-            "{actor} is notified of referral {id} (by an escalation, a missed visit or a delegation since taken back); only its sender and recipient act on it"
+            "{actor} is notified of referral {id} (named by its sender, or by an escalation, a missed visit or a delegation since taken back); only its sender and recipient act on it"
         )
     } else {
         format!("referral {id} was redirected away from {actor}; it can no longer act on it")
@@ -823,7 +1001,7 @@ fn change_for(
     }
     // Who the referral is with once this change is written decides what each party reads of the
     // event: a former recipient gets it through the view, without what people wrote.
-    let recipient = new_recipient.as_ref().unwrap_or(&referral.recipient);
+    let recipient = new_recipient.as_ref().or(referral.recipient.as_ref());
     let body = carry.then(|| wire::carried(DeliveryContent::Event(Box::new(event.clone()))));
     deliveries.extend(parties.iter().map(|agency| {
         let audience = Audience::of_event(&event, &referral.sender, recipient, agency);
@@ -877,7 +1055,11 @@ fn escalation(
         id: uuid::Uuid::now_v7(),
         referral_id: referral.id,
         kind: EventKind::Escalated,
-        actor: referral.recipient.clone(),
+        // Whose silence it records: the recipient's, or for a broadcast, on behalf of its sender.
+        actor: referral
+            .recipient
+            .clone()
+            .unwrap_or_else(|| referral.sender.clone()),
         actor_person: FreeText::default(),
         at: now,
         note: FreeText::default(),
@@ -905,5 +1087,89 @@ fn escalation(
     };
     let mut change = change_for(snapshot, event, referral.state, None, &to, carry, held);
     change.deadline = next;
+    change
+}
+
+/// Where a new referral goes ([`Workflow::route`]): its recipient, or a broadcast's candidates.
+struct Routed {
+    recipient: Option<AgencyId>,
+    candidates: Vec<AgencyId>,
+}
+
+/// Refuses an answer (`action`) from a candidate of the broadcast `referral` (with this
+/// `history`) that declined it already: a candidate answers once. Acknowledging twice is refused
+/// too: the sender learns nothing from it.
+fn answered_before(
+    referral: &Referral,
+    history: &[Event],
+    candidate: &AgencyId,
+    action: EventKind,
+) -> Result<(), BrokerError> {
+    let id = referral.id;
+    if crate::referral::declined_by(history).contains(candidate) {
+        return Err(BrokerError::Precondition(format!(
+            "{candidate} declined referral {id}; a candidate answers once"
+        )));
+    }
+    if action == EventKind::Acknowledged
+        && history
+            .iter()
+            .any(|e| e.kind == EventKind::Acknowledged && &e.actor == candidate)
+    {
+        return Err(BrokerError::Precondition(format!(
+            "{candidate} acknowledged referral {id} already"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether every candidate of the open broadcast `referral` declined it, counting `declining`
+/// (whose decline is being decided) as one that did; and, if none is, that the broker has not
+/// recorded so yet.
+fn every_candidate_declined(
+    referral: &Referral,
+    history: &[Event],
+    declining: Option<&AgencyId>,
+) -> bool {
+    if history
+        .iter()
+        .any(|e| e.kind == EventKind::NoCandidateAccepted)
+    {
+        return false;
+    }
+    let declined = crate::referral::declined_by(history);
+    !referral.candidates.is_empty()
+        && referral
+            .candidates
+            .iter()
+            .all(|c| declined.contains(c) || declining == Some(c))
+}
+
+/// The change that tells the sender of the open broadcast read in `snapshot` that every candidate
+/// declined it: an event recorded by the broker in the sender's name, delivered to every party,
+/// and the timer that brought it cleared. The referral stays as it is, for its sender to redirect
+/// or withdraw.
+fn no_candidate_accepted(
+    snapshot: &Snapshot,
+    now: OffsetDateTime,
+    carry: bool,
+    held: Option<std::time::Duration>,
+) -> Change {
+    let referral = &snapshot.referral;
+    let event = Event {
+        id: uuid::Uuid::now_v7(),
+        referral_id: referral.id,
+        kind: EventKind::NoCandidateAccepted,
+        actor: referral.sender.clone(),
+        actor_person: FreeText::default(),
+        at: now,
+        note: FreeText::default(),
+        state_after: referral.state,
+        details: EventDetails::None,
+        request_id: None,
+        next_visit: None,
+    };
+    let mut change = change_for(snapshot, event, referral.state, None, &[], carry, held);
+    change.deadline = DeadlineChange::Clear;
     change
 }

@@ -127,6 +127,9 @@ pub struct Report {
     pub by_province: Vec<Figures>,
 }
 
+/// The key [`Report::by_agency`] counts a broadcast under while no candidate has accepted it.
+pub const UNPLACED: &str = "(no candidate yet)";
+
 /// Computes the figures of `referrals` (each with its history, oldest first) for the period
 /// `[from, to)`. The caller has already kept only the referrals the reader may count.
 pub fn report(
@@ -145,7 +148,7 @@ pub fn report(
         }
         total.add(&part);
         by_agency
-            .entry(referral.recipient.as_str())
+            .entry(referral.recipient.as_ref().map_or(UNPLACED, |r| r.as_str()))
             .or_default()
             .add(&part);
         by_province
@@ -412,7 +415,7 @@ mod tests {
             fingerprint: String::new(),
             sender: agency("sender-ngo"),
             addressee: Addressee::Agency(agency(recipient)),
-            recipient: agency(recipient),
+            recipient: Some(agency(recipient)),
             kind: Code::parse("kind", kind).unwrap(),
             urgency: Urgency::Routine,
             subject: Subject {
@@ -421,6 +424,9 @@ mod tests {
                 province: ProvinceCode::parse("province", province).unwrap(),
             },
             client_pseudonym: None,
+            candidates: Vec::new(),
+            notify: Vec::new(),
+            follows: None,
             state,
             version: 1,
             created_at,
@@ -434,7 +440,7 @@ mod tests {
             id: uuid::Uuid::nil(),
             referral_id: r.id,
             kind,
-            actor: r.recipient.clone(),
+            actor: r.recipient.clone().unwrap(),
             actor_person: FreeText::default(),
             at,
             note: FreeText::default(),

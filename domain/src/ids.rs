@@ -115,7 +115,10 @@ impl ProvinceCode {
 }
 
 /// A referral id: a UUIDv7 given by the broker, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ReferralId(uuid::Uuid);
 
 impl ReferralId {

@@ -5,6 +5,7 @@
 //! Written once so the broker's unit and integration tests, the end-to-end tests and the benchmark
 //! send the same referral, with the same Khmer text, byte for byte.
 
+use prost::Message;
 use spean_proto::v1 as pb;
 
 /// The child's name in Khmer script: multi-byte UTF-8 with combining vowel signs and a coeng, so a
@@ -49,5 +50,82 @@ pub fn lama(client_ref: &str) -> pb::SubmitRequest {
         }),
         case_file: case_file(),
         client_pseudonym: String::new(),
+        notify_agency_ids: Vec::new(),
+        broadcast: None,
+        follows_referral_id: String::new(),
     }
 }
+
+/// Story 2's request as `ahc-swu` submits it: kind `placement`, emergency, an infant girl (0–4)
+/// from Siem Reap (province 17), addressed to whoever offers `placement` there. Left to the
+/// kind's default, it is a broadcast: every provider in 17 is a candidate (`mlup-russey`,
+/// `dosvy-17` in the fixture network).
+pub fn placement(client_ref: &str) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        client_ref: client_ref.into(),
+        recipient: Some(pb::Recipient {
+            target: Some(pb::recipient::Target::Service(pb::ServiceInProvince {
+                service: "placement".into(),
+                province: "17".into(),
+            })),
+        }),
+        kind: "placement".into(),
+        urgency: pb::Urgency::Emergency as i32,
+        subject: Some(pb::Subject {
+            sex: pb::Sex::Female as i32,
+            age_band: pb::AgeBand::AgeBand04 as i32,
+            province: "17".into(),
+        }),
+        case_file: pb::CaseFile {
+            name: Some(pb::PersonName {
+                khmer: "ស្រី នីតា".into(),
+                latin: "Srey Nita".into(),
+            }),
+            date_of_birth: "2026-09-02".into(),
+            reason_for_referral: "ម្ដាយអាចបោះបង់ចោលទារក ត្រូវការគ្រួសារអប់រំបណ្ដោះអាសន្ន".into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        client_pseudonym: String::new(),
+        notify_agency_ids: Vec::new(),
+        broadcast: None,
+        follows_referral_id: String::new(),
+    }
+}
+
+/// Story 3's referral as `mlup-russey` submits it: kind `child_protection`, urgent, a girl (10–14)
+/// from Pursat (province 15), to `legal-aid-nw`, with `dosvy-15` notified. The case file holds
+/// the narrative only `legal-aid-nw` may read.
+pub fn child_protection(client_ref: &str) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        client_ref: client_ref.into(),
+        recipient: Some(pb::Recipient {
+            target: Some(pb::recipient::Target::AgencyId("legal-aid-nw".into())),
+        }),
+        kind: "child_protection".into(),
+        urgency: pb::Urgency::Urgent as i32,
+        subject: Some(pb::Subject {
+            sex: pb::Sex::Female as i32,
+            age_band: pb::AgeBand::AgeBand1014 as i32,
+            province: "15".into(),
+        }),
+        case_file: pb::CaseFile {
+            name: Some(pb::PersonName {
+                khmer: "ចាន់ សុភា".into(),
+                latin: "Chan Sophea".into(),
+            }),
+            date_of_birth: "2014-03-11".into(),
+            reason_for_referral: CHILD_PROTECTION_NARRATIVE.into(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        client_pseudonym: String::new(),
+        notify_agency_ids: vec!["dosvy-15".into()],
+        broadcast: None,
+        follows_referral_id: String::new(),
+    }
+}
+
+/// The narrative of story 3's case file: the words no notified party, coordinator or operator may
+/// ever read. Tests look for it (and for its name) in everything such a party receives.
+pub const CHILD_PROTECTION_NARRATIVE: &str = "ការរំលោភបំពានផ្លូវភេទលើកុមារ ត្រូវការជំនួយផ្លូវច្បាប់";

@@ -235,6 +235,9 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         }),
         case_file: case_file.encode(),
         client_pseudonym: args.pseudonym.unwrap_or_default(),
+        notify_agency_ids: Vec::new(),
+        broadcast: None,
+        follows_referral_id: String::new(),
     };
     let sending = enqueue_and_try(
         ctx,

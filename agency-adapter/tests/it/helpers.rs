@@ -100,6 +100,7 @@ pub fn referral(referral_id: &str, case_file: &CaseFile, history: Vec<FeedbackEv
             created_at: at(1_700_000_000),
             updated_at: at(1_700_000_000),
             client_pseudonym: String::new(),
+            ..Default::default()
         }),
         state: history
             .last()

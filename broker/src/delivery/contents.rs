@@ -76,7 +76,8 @@ pub async fn contents(
             Some(event_id) => events.get(&event_id).map(|e| {
                 let event = match parties.get(&e.referral_id) {
                     Some(now) => {
-                        let audience = Audience::of_event(e, &now.sender, &now.recipient, agency);
+                        let audience =
+                            Audience::of_event(e, &now.sender, now.recipient.as_ref(), agency);
                         e.clone().as_seen_by(agency, audience)
                     }
                     None => e.clone(),

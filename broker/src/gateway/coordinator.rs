@@ -46,7 +46,11 @@ fn overdue_pb(o: &Overdue) -> pb::OverdueReferral {
             OverdueReason::NotAcknowledged => pb::OverdueReason::NotAcknowledged,
             OverdueReason::FollowUpMissed => pb::OverdueReason::FollowUpMissed,
         } as i32,
-        waiting_on_agency_id: o.waiting_on.to_string(),
+        waiting_on_agency_id: o
+            .waiting_on
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         overdue_since: Some(wire::timestamp(o.since)),
         times: o.times,
         escalated_to: o.escalated_to.iter().map(ToString::to_string).collect(),

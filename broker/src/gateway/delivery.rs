@@ -306,7 +306,7 @@ async fn load(
             .await
             .map_err(BrokerError::from)?
             .into_iter()
-            .filter(|p| !Audience::of(&p.sender, &p.recipient, agency).reads_case_file())
+            .filter(|p| !Audience::of(&p.sender, p.recipient.as_ref(), agency).reads_case_file())
             .map(|p| p.referral_id)
             .collect()
     };

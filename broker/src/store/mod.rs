@@ -41,7 +41,8 @@ pub struct DeliveryRef {
 pub struct PartiesNow {
     pub referral_id: ReferralId,
     pub sender: AgencyId,
-    pub recipient: AgencyId,
+    /// `None` while a broadcast waits for a candidate to accept it.
+    pub recipient: Option<AgencyId>,
 }
 
 /// A message waiting in an agency's mailbox.

@@ -99,6 +99,10 @@ pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Refer
         },
         _ => return Err(bad("addressee")),
     };
+    let addressing: Addressing = match row.maybe_text("addressing")? {
+        Some(json) => serde_json::from_str(&json).map_err(|e| undecodable("referrals", e))?,
+        None => Addressing::default(),
+    };
     Ok(Referral {
         id: ReferralId::parse("id", &id).map_err(|_| bad("id"))?,
         sender: AgencyId::parse("sender", &row.text("sender")?).map_err(|_| bad("sender"))?,
@@ -106,8 +110,7 @@ pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Refer
             .map_err(|_| bad("client_ref"))?,
         fingerprint: row.text("fingerprint")?,
         addressee,
-        recipient: AgencyId::parse("recipient", &row.text("recipient")?)
-            .map_err(|_| bad("recipient"))?,
+        recipient: recipient_column(&row.text("recipient")?)?,
         kind: Code::parse("kind", &row.text("kind")?).map_err(|_| bad("kind"))?,
         urgency: Urgency::parse(&row.text("urgency")?).ok_or_else(|| bad("urgency"))?,
         subject: Subject {
@@ -122,6 +125,9 @@ pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Refer
             .map(|p| ClientRef::parse("client_pseudonym", &p))
             .transpose()
             .map_err(|_| bad("client_pseudonym"))?,
+        candidates: addressing.candidates,
+        notify: addressing.notify,
+        follows: addressing.follows,
         state: State::parse(&row.text("state")?).ok_or_else(|| bad("state"))?,
         version: row.int("version")?,
         created_at: from_micros(row.int("created_at")?),
@@ -257,13 +263,66 @@ pub(super) fn escalations_column(escalations: u32) -> i32 {
     i32::try_from(escalations).unwrap_or(i32::MAX)
 }
 
+/// The `addressing` column: how the sender addressed a referral beyond one recipient (a
+/// broadcast's candidates, the agencies it named to be notified, the referral it follows), as
+/// JSON; NULL for the many referrals with none of it, so that they cost nothing more to write.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Addressing {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    candidates: Vec<AgencyId>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    notify: Vec<AgencyId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    follows: Option<ReferralId>,
+}
+
+/// The `addressing` column of a new referral ([`Addressing`]).
+pub(super) fn addressing_column(r: &Referral) -> Result<Option<String>, StoreError> {
+    if r.candidates.is_empty() && r.notify.is_empty() && r.follows.is_none() {
+        return Ok(None);
+    }
+    let addressing = Addressing {
+        candidates: r.candidates.clone(),
+        notify: r.notify.clone(),
+        follows: r.follows,
+    };
+    serde_json::to_string(&addressing)
+        .map(Some)
+        .map_err(|e| undecodable("referrals", e))
+}
+
+/// The `recipient` column: empty while a broadcast waits for a candidate to accept it.
+pub(super) fn recipient_column(raw: &str) -> Result<Option<AgencyId>, StoreError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    AgencyId::parse("recipient", raw)
+        .map(Some)
+        .map_err(|_| corrupt("referrals", "recipient"))
+}
+
+/// The stored form of a referral's recipient ([`recipient_column`]).
+pub(super) fn recipient_text(recipient: Option<&AgencyId>) -> &str {
+    recipient.map_or("", |r| r.as_str())
+}
+
+/// Who may see a new referral, each as a party or as notified: its sender, its recipient or a
+/// broadcast's candidates (parties: every later event goes to them), and the agencies its sender
+/// named (notified).
+pub(super) fn access_of(r: &Referral) -> Vec<(&AgencyId, &'static str)> {
+    let mut access = vec![(&r.sender, "party")];
+    access.extend(r.recipient.iter().map(|a| (a, "party")));
+    access.extend(r.candidates.iter().map(|a| (a, "party")));
+    access.extend(r.notify.iter().map(|a| (a, "notified")));
+    access
+}
+
 /// The `id`, `sender` and `recipient` columns of a referral row.
 pub(super) fn parties_now(row: &impl Columns) -> Result<super::PartiesNow, StoreError> {
     let bad = |what: &str| corrupt("referrals", what);
     Ok(super::PartiesNow {
         referral_id: ReferralId::parse("id", &row.text("id")?).map_err(|_| bad("id"))?,
         sender: AgencyId::parse("sender", &row.text("sender")?).map_err(|_| bad("sender"))?,
-        recipient: AgencyId::parse("recipient", &row.text("recipient")?)
-            .map_err(|_| bad("recipient"))?,
+        recipient: recipient_column(&row.text("recipient")?)?,
     })
 }

@@ -41,8 +41,9 @@ pub struct Overdue {
     /// Without its case file.
     pub referral: Referral,
     pub reason: OverdueReason,
-    /// The recipient, or the delegate of its follow-up.
-    pub waiting_on: AgencyId,
+    /// The recipient, or the delegate of its follow-up; `None` for a broadcast no candidate has
+    /// acknowledged, which waits on all its candidates.
+    pub waiting_on: Option<AgencyId>,
     /// The deadline that passed, or the due date of the first visit missed in a row.
     pub since: OffsetDateTime,
     /// Escalation tiers fired, or visits missed in a row.
@@ -177,7 +178,7 @@ impl Workflow {
     ) -> Result<Report, BrokerError> {
         let referrals = self
             .active_between(from, to, |r| {
-                (&r.sender == agency || &r.recipient == agency)
+                (&r.sender == agency || r.recipient.as_ref() == Some(agency))
                     && province.is_none_or(|p| &r.subject.province == p)
             })
             .await?;
@@ -227,7 +228,10 @@ fn matches(filter: &OverdueFilter, entry: &Overdue) -> bool {
         && filter
             .agency
             .as_ref()
-            .is_none_or(|a| &entry.waiting_on == a)
+            .is_none_or(|a| match &entry.waiting_on {
+                Some(waiting_on) => waiting_on == a,
+                None => r.candidates.contains(a),
+            })
         && filter.kind.as_ref().is_none_or(|k| &r.kind == k)
         && filter.urgency.is_none_or(|u| r.urgency == u)
 }
@@ -277,7 +281,7 @@ fn overdue_entry(referral: Referral, history: &[Event], timer: &DueDeadline) -> 
                 })
                 .min()?;
             Some(Overdue {
-                waiting_on: delegate_in(history).unwrap_or_else(|| referral.recipient.clone()),
+                waiting_on: delegate_in(history).or_else(|| referral.recipient.clone()),
                 reason: OverdueReason::FollowUpMissed,
                 since,
                 times: timer.escalations,

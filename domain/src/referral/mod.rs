@@ -320,6 +320,31 @@ pub struct NewReferral {
     pub subject: Subject,
     pub case_file: SealedCaseFile,
     pub client_pseudonym: Option<ClientRef>,
+    /// Whether a referral addressed by service and province goes to every agency offering it
+    /// there, as the sender asked; `None`: as the kind's default ([`NewReferral::is_broadcast`]).
+    pub broadcast: Option<bool>,
+    /// Agencies the sender names to be told of the referral, without reading it (story 3).
+    pub notify: Vec<AgencyId>,
+    /// The referral from the same sender this one follows, about the same client (story 5).
+    pub follows: Option<ReferralId>,
+}
+
+/// The kind whose referrals addressed by service and province go to every provider by default:
+/// a placement needs whichever place is free first (story 2).
+pub const BROADCAST_BY_DEFAULT: &str = "placement";
+
+/// The most agencies a sender may name to be notified of one referral.
+pub const MAX_NOTIFIED: usize = 8;
+
+impl NewReferral {
+    /// Whether this referral goes to every agency offering its service in its province: asked
+    /// for, or by default for a placement addressed by service and province.
+    pub fn is_broadcast(&self) -> bool {
+        matches!(self.addressee, Addressee::Service { .. })
+            && self
+                .broadcast
+                .unwrap_or(self.kind.as_str() == BROADCAST_BY_DEFAULT)
+    }
 }
 
 impl NewReferral {
@@ -356,6 +381,25 @@ impl NewReferral {
                 .unwrap_or("")
                 .as_bytes(),
         );
+        // Added with broadcasts and notified parties: a referral without any of them digests as it
+        // did before, so a retry of one submitted earlier is still recognised.
+        if self.broadcast.is_some() || !self.notify.is_empty() || self.follows.is_some() {
+            field(match self.broadcast {
+                None => b"default",
+                Some(true) => b"broadcast",
+                Some(false) => b"one",
+            });
+            for agency in &self.notify {
+                field(agency.as_str().as_bytes());
+            }
+            field(b"follows");
+            field(
+                self.follows
+                    .map(|f| f.to_string())
+                    .unwrap_or_default()
+                    .as_bytes(),
+            );
+        }
         hex::encode(h.finalize())
     }
 }
@@ -368,12 +412,20 @@ pub struct Referral {
     pub fingerprint: String,
     pub sender: AgencyId,
     pub addressee: Addressee,
-    /// The agency it is with now (changes on redirect).
-    pub recipient: AgencyId,
+    /// The agency it is with now (changes on redirect). `None` only for a broadcast no candidate
+    /// has accepted yet: nobody holds it.
+    pub recipient: Option<AgencyId>,
     pub kind: Code,
     pub urgency: Urgency,
     pub subject: Subject,
     pub client_pseudonym: Option<ClientRef>,
+    /// A broadcast's candidates, as the directory listed the providers when it was sent; empty
+    /// for a referral sent to one agency.
+    pub candidates: Vec<AgencyId>,
+    /// The agencies the sender named to be notified.
+    pub notify: Vec<AgencyId>,
+    /// The referral from the same sender this one follows.
+    pub follows: Option<ReferralId>,
     pub state: State,
     /// Bumped on every change; a change states the version it read (optimistic concurrency).
     pub version: i64,
@@ -383,16 +435,40 @@ pub struct Referral {
 }
 
 impl Referral {
-    /// Which side `agency` is on now, if any.
+    /// Which side `agency` is on now, if any: a candidate only while its broadcast is open.
     pub fn role_of(&self, agency: &AgencyId) -> Option<Role> {
         if &self.sender == agency {
             Some(Role::Sender)
-        } else if &self.recipient == agency {
+        } else if self.recipient.as_ref() == Some(agency) {
             Some(Role::Recipient)
+        } else if self.is_open_broadcast() && self.candidates.contains(agency) {
+            Some(Role::Candidate)
         } else {
             None
         }
     }
+
+    /// A broadcast that no candidate has accepted (and its sender has not redirected) yet.
+    pub fn is_open_broadcast(&self) -> bool {
+        self.recipient.is_none()
+    }
+
+    /// Whether `agency` is, or was, a candidate of this broadcast and did not win it.
+    pub fn is_candidate(&self, agency: &AgencyId) -> bool {
+        self.candidates.contains(agency) && self.recipient.as_ref() != Some(agency)
+    }
+}
+
+/// The candidates of a broadcast who declined it, from its history (oldest first): a candidate
+/// answers once.
+pub fn declined_by<'e>(history: impl IntoIterator<Item = &'e Event>) -> Vec<AgencyId> {
+    let mut declined: Vec<AgencyId> = Vec::new();
+    for event in history {
+        if event.kind == EventKind::Declined && !declined.contains(&event.actor) {
+            declined.push(event.actor.clone());
+        }
+    }
+    declined
 }
 
 /// The agency the follow-up of a referral is delegated to now, from its history (oldest first):
@@ -586,7 +662,7 @@ pub(crate) mod tests {
             fingerprint: String::new(),
             sender: agency(sender),
             addressee: Addressee::Agency(agency(recipient)),
-            recipient: agency(recipient),
+            recipient: Some(agency(recipient)),
             kind: Code::parse("kind", "lama").unwrap(),
             urgency: Urgency::Emergency,
             subject: Subject {
@@ -595,6 +671,9 @@ pub(crate) mod tests {
                 province: ProvinceCode::parse("province", "24").unwrap(),
             },
             client_pseudonym: None,
+            candidates: Vec::new(),
+            notify: Vec::new(),
+            follows: None,
             state: State::Sent,
             version: 1,
             created_at: at,

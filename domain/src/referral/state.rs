@@ -94,6 +94,9 @@ pub enum Role {
     /// The agency the recipient delegated the follow-up of an accepted referral to: it records
     /// follow-up visits and nothing else.
     Delegate,
+    /// One of the agencies a broadcast went to, while no candidate has accepted it: it may
+    /// acknowledge, decline or accept ([`decide_broadcast`]).
+    Candidate,
 }
 
 impl fmt::Display for Role {
@@ -102,6 +105,7 @@ impl fmt::Display for Role {
             Role::Sender => "sender",
             Role::Recipient => "recipient",
             Role::Delegate => "delegate",
+            Role::Candidate => "candidate",
         })
     }
 }
@@ -131,10 +135,13 @@ pub enum EventKind {
     FollowUpDelegated,
     /// The recipient took the follow-up visits back from its delegate.
     DelegationRevoked,
+    /// Recorded by the broker when every candidate of a broadcast declined it: its sender is
+    /// told, and may redirect it to one agency or withdraw it.
+    NoCandidateAccepted,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::Submitted,
         EventKind::Delivered,
         EventKind::Acknowledged,
@@ -151,6 +158,7 @@ impl EventKind {
         EventKind::FollowUpOverdue,
         EventKind::FollowUpDelegated,
         EventKind::DelegationRevoked,
+        EventKind::NoCandidateAccepted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -170,6 +178,7 @@ impl EventKind {
             EventKind::FollowUpOverdue => "follow_up_overdue",
             EventKind::FollowUpDelegated => "follow_up_delegated",
             EventKind::DelegationRevoked => "delegation_revoked",
+            EventKind::NoCandidateAccepted => "no_candidate_accepted",
             EventKind::EnteredInError => "entered_in_error",
         }
     }
@@ -215,7 +224,11 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
     use State as S;
 
     let parties: &[Role] = match action {
-        E::Submitted | E::Delivered | E::Escalated | E::FollowUpOverdue => {
+        E::Submitted
+        | E::Delivered
+        | E::Escalated
+        | E::FollowUpOverdue
+        | E::NoCandidateAccepted => {
             return Err(TransitionError::NotAnAction { action });
         }
         E::Withdrawn | E::EnteredInError => &[Role::Sender],
@@ -259,6 +272,58 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
         (E::Failed, S::Accepted | S::InProgress) => S::Failed,
         (E::Withdrawn, s) if !s.is_closed() => S::Withdrawn,
         (E::EnteredInError, s) if s != S::EnteredInError => S::EnteredInError,
+        _ => return Err(TransitionError::WrongState { action, state }),
+    };
+    Ok(Transition { to })
+}
+
+/// The rules for a broadcast that no candidate has accepted yet (story 2), where nobody is the
+/// recipient: each candidate may acknowledge, decline (which leaves the referral as it is for the
+/// others) or accept (which makes it the recipient); the sender may redirect it to one agency,
+/// withdraw it or mark it entered in error. That a candidate answers once, and what is left when
+/// all declined, the workflow decides from the history.
+pub fn decide_broadcast(
+    state: State,
+    role: Role,
+    action: EventKind,
+) -> Result<Transition, TransitionError> {
+    use EventKind as E;
+    use State as S;
+
+    let allowed: &'static str = match action {
+        E::Acknowledged | E::Accepted | E::Declined => "candidates",
+        E::Redirected | E::Withdrawn | E::EnteredInError => "sender",
+        E::Submitted
+        | E::Delivered
+        | E::Escalated
+        | E::FollowUpOverdue
+        | E::NoCandidateAccepted => return Err(TransitionError::NotAnAction { action }),
+        E::InProgress
+        | E::FollowUp
+        | E::Completed
+        | E::Failed
+        | E::FollowUpDelegated
+        | E::DelegationRevoked => return Err(TransitionError::WrongState { action, state }),
+    };
+    let party = if allowed == "sender" {
+        Role::Sender
+    } else {
+        Role::Candidate
+    };
+    if role != party {
+        return Err(TransitionError::WrongParty {
+            action,
+            allowed,
+            actual: role,
+        });
+    }
+    let to = match (action, state) {
+        (E::Acknowledged, S::Sent | S::Delivered | S::Acknowledged) => S::Acknowledged,
+        (E::Accepted, S::Sent | S::Delivered | S::Acknowledged) => S::Accepted,
+        (E::Declined, S::Sent | S::Delivered | S::Acknowledged) => state,
+        // The sender sends it on to one agency: a one-to-one referral from now on.
+        (E::Redirected, S::Sent | S::Delivered | S::Acknowledged) => S::Sent,
+        (E::Withdrawn | E::EnteredInError, _) => return decide(state, Role::Sender, action),
         _ => return Err(TransitionError::WrongState { action, state }),
     };
     Ok(Transition { to })
@@ -403,10 +468,93 @@ mod tests {
         ),
     ];
 
+    /// The open broadcast's table, spelled out the same way.
+    const BROADCAST: &[(EventKind, Role, State, State)] = &[
+        (E::Acknowledged, Role::Candidate, S::Sent, S::Acknowledged),
+        (
+            E::Acknowledged,
+            Role::Candidate,
+            S::Delivered,
+            S::Acknowledged,
+        ),
+        (
+            E::Acknowledged,
+            Role::Candidate,
+            S::Acknowledged,
+            S::Acknowledged,
+        ),
+        (E::Accepted, Role::Candidate, S::Sent, S::Accepted),
+        (E::Accepted, Role::Candidate, S::Delivered, S::Accepted),
+        (E::Accepted, Role::Candidate, S::Acknowledged, S::Accepted),
+        (E::Declined, Role::Candidate, S::Sent, S::Sent),
+        (E::Declined, Role::Candidate, S::Delivered, S::Delivered),
+        (
+            E::Declined,
+            Role::Candidate,
+            S::Acknowledged,
+            S::Acknowledged,
+        ),
+        (E::Redirected, Role::Sender, S::Sent, S::Sent),
+        (E::Redirected, Role::Sender, S::Delivered, S::Sent),
+        (E::Redirected, Role::Sender, S::Acknowledged, S::Sent),
+        (E::Withdrawn, Role::Sender, S::Sent, S::Withdrawn),
+        (E::Withdrawn, Role::Sender, S::Delivered, S::Withdrawn),
+        (E::Withdrawn, Role::Sender, S::Acknowledged, S::Withdrawn),
+        (E::EnteredInError, Role::Sender, S::Sent, S::EnteredInError),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Delivered,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Acknowledged,
+            S::EnteredInError,
+        ),
+        (
+            E::EnteredInError,
+            Role::Sender,
+            S::Withdrawn,
+            S::EnteredInError,
+        ),
+    ];
+
+    #[test]
+    fn an_open_broadcast_follows_its_own_table() {
+        // A broadcast is open only while nobody accepted it: Sent, Delivered, Acknowledged, or
+        // closed by its sender.
+        let open = [S::Sent, S::Delivered, S::Acknowledged, S::Withdrawn];
+        for action in EventKind::ALL {
+            for role in [Role::Sender, Role::Candidate] {
+                for state in open {
+                    let expected = BROADCAST
+                        .iter()
+                        .find(|(a, r, from, _)| *a == action && *r == role && *from == state)
+                        .map(|(_, _, _, to)| *to);
+                    let got = decide_broadcast(state, role, action).ok().map(|t| t.to);
+                    assert_eq!(got, expected, "{action} by {role} from {state}");
+                }
+            }
+        }
+        assert_eq!(
+            decide_broadcast(S::Delivered, Role::Sender, E::Accepted)
+                .unwrap_err()
+                .to_string(),
+            "only the candidates may record accepted; this agency is the sender"
+        );
+    }
+
     #[test]
     fn every_listed_transition_is_allowed_and_every_other_is_refused() {
         for action in EventKind::ALL {
-            for role in [Role::Sender, Role::Recipient, Role::Delegate] {
+            for role in [
+                Role::Sender,
+                Role::Recipient,
+                Role::Delegate,
+                Role::Candidate,
+            ] {
                 for state in State::ALL {
                     let expected = ALLOWED
                         .iter()

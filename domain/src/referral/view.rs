@@ -33,14 +33,22 @@ pub enum Audience {
     /// The recipient delegated the referral's follow-up visits to it: what a notified party sees,
     /// plus the delegation addressed to it (with the case file's follow-up part) and its own visits.
     Delegate,
+    /// One of the agencies a broadcast went to (story 2): what a notified party sees, and its own
+    /// answers. The case file goes to the candidate that accepts and to no other, as a placement
+    /// search sends providers a profile and the chosen one the file. One that did not win keeps
+    /// the same.
+    Candidate,
 }
 
 impl Audience {
-    /// Where `agency`, a party of the referral sent by `sender` and now with `recipient`, stands.
-    pub fn of(sender: &AgencyId, recipient: &AgencyId, agency: &AgencyId) -> Self {
+    /// Where `agency`, a party of the referral sent by `sender` and now with `recipient` (nobody,
+    /// for an open broadcast), stands: the sender, the recipient, or else one that reads what a
+    /// former recipient reads. Who it is beyond that (notified, a candidate, a delegate) changes
+    /// the label, never what it reads of an event, which [`Event::as_seen_by`] decides alike.
+    pub fn of(sender: &AgencyId, recipient: Option<&AgencyId>, agency: &AgencyId) -> Self {
         if agency == sender {
             Audience::Sender
-        } else if agency == recipient {
+        } else if recipient == Some(agency) {
             Audience::Recipient
         } else {
             Audience::FormerRecipient
@@ -53,7 +61,7 @@ impl Audience {
     pub fn of_event(
         event: &Event,
         sender: &AgencyId,
-        recipient: &AgencyId,
+        recipient: Option<&AgencyId>,
         agency: &AgencyId,
     ) -> Self {
         if event.addressed_to(agency) {
@@ -173,18 +181,31 @@ impl Event {
 
 impl Referral {
     /// This referral as `party` may see it. The caller has established that `party` may see the
-    /// referral at all (the store knows its parties); this decides what it sees.
+    /// referral at all (the store knows its parties); this decides what it sees. Where the
+    /// referral alone cannot tell a former recipient from a delegate, use
+    /// [`Referral::as_seen_by_as`] with what the history says.
     pub fn as_seen_by(self, party: &AgencyId) -> ReferralView {
-        let audience = Audience::of(&self.sender, &self.recipient, party);
-        self.seen_as(party, audience)
+        self.seen_standing(party, None)
     }
 
-    /// This referral as `party` may see it, where the store says it is notified of it or its
-    /// delegate (`standing`): the sender and the recipient are still seen as such, anyone else as
-    /// `standing`. What each sees follows from [`Audience`] alone.
+    /// This referral as `party` may see it, where the history says how an agency outside its
+    /// two parties stands to it (`standing`, [`Audience::outside_party`]): the sender and the
+    /// recipient are still seen as such; a former recipient or a delegate as `standing` says; a
+    /// broadcast's candidate and an agency its sender named to be notified as such; anyone else
+    /// as `standing`. What each sees follows from [`Audience`] alone.
     pub fn as_seen_by_as(self, party: &AgencyId, standing: Audience) -> ReferralView {
-        let audience = match Audience::of(&self.sender, &self.recipient, party) {
-            Audience::FormerRecipient => standing,
+        self.seen_standing(party, Some(standing))
+    }
+
+    fn seen_standing(self, party: &AgencyId, standing: Option<Audience>) -> ReferralView {
+        let audience = match Audience::of(&self.sender, self.recipient.as_ref(), party) {
+            Audience::FormerRecipient => match standing {
+                Some(s @ (Audience::FormerRecipient | Audience::Delegate)) => s,
+                _ if self.is_candidate(party) => Audience::Candidate,
+                _ if self.notify.contains(party) => Audience::Notified,
+                Some(s) => s,
+                None => Audience::FormerRecipient,
+            },
             own => own,
         };
         self.seen_as(party, audience)
@@ -228,7 +249,7 @@ mod tests {
     #[test]
     fn a_redirect_takes_the_case_file_from_the_former_recipient() {
         let mut referral = sample("ahc-swu", "mlup-russey");
-        referral.recipient = agency("dosvy-24");
+        referral.recipient = Some(agency("dosvy-24"));
         let former = referral.clone().as_seen_by(&agency("mlup-russey"));
         assert_eq!(former.audience(), Audience::FormerRecipient);
         assert!(former.referral().case_file.is_empty());
@@ -253,6 +274,34 @@ mod tests {
             request_id: None,
             next_visit: None,
         }
+    }
+
+    #[test]
+    fn candidates_and_notified_agencies_never_see_the_case_file_until_a_candidate_wins() {
+        let mut referral = sample("ahc-swu", "mlup-russey");
+        referral.recipient = None;
+        referral.candidates = vec![agency("mlup-russey"), agency("dosvy-17")];
+        referral.notify = vec![agency("dosvy-15")];
+        for (party, audience) in [
+            ("mlup-russey", Audience::Candidate),
+            ("dosvy-17", Audience::Candidate),
+            ("dosvy-15", Audience::Notified),
+        ] {
+            let view = referral.clone().as_seen_by(&agency(party));
+            assert_eq!(view.audience(), audience, "{party}");
+            assert!(view.referral().case_file.is_empty(), "{party}");
+            assert!(!audience.reads_notes());
+        }
+        let sender = referral.clone().as_seen_by(&agency("ahc-swu"));
+        assert!(!sender.referral().case_file.is_empty());
+        // mlup-russey accepts: it reads the case file, dosvy-17 still does not.
+        referral.recipient = Some(agency("mlup-russey"));
+        let winner = referral.clone().as_seen_by(&agency("mlup-russey"));
+        assert_eq!(winner.audience(), Audience::Recipient);
+        assert!(!winner.referral().case_file.is_empty());
+        let other = referral.as_seen_by(&agency("dosvy-17"));
+        assert_eq!(other.audience(), Audience::Candidate);
+        assert!(other.referral().case_file.is_empty());
     }
 
     #[test]
@@ -296,7 +345,7 @@ mod tests {
     #[test]
     fn a_view_withholds_history_only_from_a_former_recipient() {
         let mut referral = sample("ahc-swu", "mlup-russey");
-        referral.recipient = agency("dosvy-24");
+        referral.recipient = Some(agency("dosvy-24"));
         let event = completed_by("dosvy-24");
         let former = referral.clone().as_seen_by(&agency("mlup-russey"));
         assert!(former.event(&event).note.as_str().is_empty());

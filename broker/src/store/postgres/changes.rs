@@ -25,7 +25,7 @@ use std::collections::HashSet;
 
 use super::PgStore;
 use super::columns::{
-    AS_PARTY, DeliveryColumns, EventColumns, GRANT_ACCESS, GRANT_NOTIFIED, INSERT_EVENT, Sql,
+    AS_PARTY, DeliveryColumns, EventColumns, GRANT_ACCESS, GRANT_ROLE, INSERT_EVENT, Sql,
     Statement, bind_deliveries, bind_event, bind_events, event_details, queue_deliveries,
 };
 use super::referrals::recorded_request;
@@ -89,7 +89,7 @@ static CHANGE_WITH_DEADLINE: Sql = Sql::new(|| {
          escalations = CASE WHEN $24::bool THEN 0 ELSE COALESCE($23::int4, escalations) END",
         &format!(
             ", n AS ( \
-               {GRANT_NOTIFIED} \
+               {GRANT_ROLE} \
                SELECT u.id, x, 'notified' FROM u, unnest($21::text[]) AS x \
                WHERE x IS DISTINCT FROM $3::text ON CONFLICT DO NOTHING) "
         ),
@@ -190,7 +190,7 @@ fn redirects() -> String {
 fn deadlines() -> String {
     format!(
         ", n AS ( \
-           {GRANT_NOTIFIED} \
+           {GRANT_ROLE} \
            SELECT u.id, x.agency, 'notified' \
            FROM unnest($20::text[], $21::text[]) AS x(referral, agency) \
            JOIN u ON u.id = x.referral::uuid JOIN c ON c.referral = x.referral \

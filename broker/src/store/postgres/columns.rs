@@ -27,7 +27,7 @@ pub(super) type Statement<'q, O> = sqlx::query::QueryScalar<'q, Postgres, O, PgA
 pub(super) const REFERRAL_COLUMNS: &str = "id::text AS id, sender, client_ref, fingerprint, \
     addressee_agency, addressee_service, addressee_province, recipient, kind, urgency, \
     subject_sex, subject_age_band, subject_province, client_pseudonym, state, version, \
-    created_at, updated_at";
+    created_at, updated_at, addressing";
 
 /// The columns [`rows::event`] reads.
 pub(super) const EVENT_COLUMNS: &str = "seq, id::text AS id, referral_id::text AS referral_id, \
@@ -45,7 +45,7 @@ pub(super) const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 10
 pub(super) const INSERT_REFERRAL: &str = "INSERT INTO referrals (id, sender, client_ref, \
     fingerprint, addressee_agency, addressee_service, addressee_province, recipient, kind, \
     urgency, subject_sex, subject_age_band, subject_province, client_pseudonym, state, version, \
-    created_at, updated_at, case_file, ack_due_at)";
+    created_at, updated_at, case_file, ack_due_at, addressing)";
 
 /// The head of every insert of an event; [`bind_event`] binds its values.
 pub(super) const INSERT_EVENT: &str = "INSERT INTO referral_events (id, referral_id, kind, actor, \
@@ -59,10 +59,11 @@ pub(super) const GRANT_ACCESS: &str = "INSERT INTO referral_access (referral_id,
 pub(super) const AS_PARTY: &str = "ON CONFLICT (agency_id, referral_id) DO UPDATE \
     SET role = 'party' WHERE referral_access.role <> 'party'";
 
-/// The head of the insert that gives agencies access as notified ([`crate::store::Change::notified`]);
-/// it ends `ON CONFLICT DO NOTHING`, so an agency with access keeps it as it was.
-pub(super) const GRANT_NOTIFIED: &str =
-    "INSERT INTO referral_access (referral_id, agency_id, role)";
+/// The head of the insert that gives agencies access with a role: as notified
+/// ([`crate::store::Change::notified`]), or each as a new referral's access says
+/// ([`rows::access_of`]); it ends `ON CONFLICT DO NOTHING`, so an agency with access keeps it as
+/// it was.
+pub(super) const GRANT_ROLE: &str = "INSERT INTO referral_access (referral_id, agency_id, role)";
 
 /// The insert of deliveries into the mailbox, up to its `FROM`, which the statement adds: it
 /// yields the deliveries as `d`, unnested from the arrays [`bind_deliveries`] binds, beside the
@@ -88,7 +89,7 @@ pub(super) fn bind_referral<'q, O>(query: Statement<'q, O>, r: &'q Referral) -> 
         .bind(agency)
         .bind(service)
         .bind(province)
-        .bind(r.recipient.as_str())
+        .bind(rows::recipient_text(r.recipient.as_ref()))
         .bind(r.kind.as_str())
         .bind(r.urgency.as_str())
         .bind(r.subject.sex.as_str())

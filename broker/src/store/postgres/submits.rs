@@ -18,8 +18,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Batches;
 use super::columns::{
-    DeliveryColumns, EventColumns, GRANT_ACCESS, INSERT_EVENT, INSERT_REFERRAL, Sql,
-    bind_deliveries, bind_event, bind_events, bind_referral, event_details, queue_deliveries,
+    DeliveryColumns, EventColumns, GRANT_ROLE, INSERT_EVENT, INSERT_REFERRAL, Sql, bind_deliveries,
+    bind_event, bind_events, bind_referral, event_details, queue_deliveries,
 };
 use super::referrals::by_client_ref;
 use crate::error::StoreError;
@@ -124,24 +124,25 @@ async fn write(pool: PgPool, waiting: Queue, batches: Arc<Batches>) {
     }
 }
 
-/// One submit: the referral (unless its `client_ref` is taken), its access, first event,
-/// deliveries, each insert fed by the referral's `RETURNING`, and its acknowledgement deadline
-/// (`$37`, NULL for none) in its own row, so there is one round trip and one
-/// commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
+/// One submit: the referral (unless its `client_ref` is taken), its access (`$30` agencies, each
+/// with its role in `$39`), first event, deliveries, each insert fed by the referral's
+/// `RETURNING`, its acknowledgement deadline (`$37`, NULL for none) and its addressing (`$38`) in
+/// its own row, so there is one round trip and one commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
 /// nothing; the existing referral is read back.
 static SUBMIT: Sql = Sql::new(|| {
     format!(
         "WITH r AS ( \
            {INSERT_REFERRAL} \
            VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-           $16, $17, $18, $19, $37::int8) \
+           $16, $17, $18, $19, $37::int8, $38) \
            ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
          e AS ( \
            {INSERT_EVENT} \
            SELECT $20::uuid, $21::uuid, $22, $23, $24, $25, $26, $27, $28, $29 FROM r), \
          a AS ( \
-           {GRANT_ACCESS} \
-           SELECT r.id, x FROM r, unnest($30::text[]) AS x ON CONFLICT DO NOTHING), \
+           {GRANT_ROLE} \
+           SELECT r.id, x.agency, x.role FROM r, unnest($30::text[], $39::text[]) \
+             AS x(agency, role) ON CONFLICT DO NOTHING), \
          m AS ( \
            {deliveries} \
            FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[], $36::int8[]) \
@@ -156,14 +157,17 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
     let (referral, event) = (&s.referral, &s.event);
     let details = event_details(event)?;
     let query = bind_referral(sqlx::query_scalar::<_, i64>(SUBMIT.as_str()), referral);
+    let (agencies, roles): (Vec<&str>, Vec<&str>) = rows::access_of(referral)
+        .into_iter()
+        .map(|(agency, role)| (agency.as_str(), role))
+        .unzip();
     let query = bind_event(query, event, details)
-        .bind(vec![
-            referral.sender.as_str().to_owned(),
-            referral.recipient.as_str().to_owned(),
-        ])
+        .bind(agencies)
         .bind(micros(event.at));
     let inserted = bind_deliveries(query, DeliveryColumns::of(&s.deliveries))
         .bind(s.deadline.map(micros))
+        .bind(rows::addressing_column(referral)?)
+        .bind(roles)
         .fetch_one(pool)
         .await?;
     if inserted == 1 {
@@ -196,19 +200,20 @@ static SUBMITS: Sql = Sql::new(|| {
              $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
              $12::text[], $13::text[], $14::text[], $15::text[], $16::int8[], $17::int8[], \
              $18::int8[], $19::bytea[], $20::text[], $21::text[], $22::text[], $23::text[], \
-             $24::int8[], $25::text[], $26::text[], $27::text[], $28::text[], $35::int8[]) \
+             $24::int8[], $25::text[], $26::text[], $27::text[], $28::text[], $35::int8[], \
+             $36::text[]) \
            WITH ORDINALITY \
            AS c(id, sender, client_ref, fingerprint, addressee_agency, addressee_service, \
              addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
              subject_province, client_pseudonym, state, version, created_at, updated_at, \
              case_file, event, event_kind, actor, actor_person, at, note, state_after, \
-             details, request_id, ack_due_at, n)), \
+             details, request_id, ack_due_at, addressing, n)), \
          r AS ( \
            {INSERT_REFERRAL} \
            SELECT id::uuid, sender, client_ref, fingerprint, addressee_agency, \
            addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
            subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-           updated_at, case_file, ack_due_at FROM c ORDER BY n \
+           updated_at, case_file, ack_due_at, addressing FROM c ORDER BY n \
            ON CONFLICT (sender, client_ref) DO NOTHING RETURNING id), \
          e AS ( \
            {INSERT_EVENT} \
@@ -216,9 +221,10 @@ static SUBMITS: Sql = Sql::new(|| {
            c.state_after, c.details, c.request_id \
            FROM c JOIN r ON r.id = c.id::uuid ORDER BY c.n), \
          a AS ( \
-           {GRANT_ACCESS} \
-           SELECT r.id, x FROM c JOIN r ON r.id = c.id::uuid, \
-           unnest(ARRAY[c.sender, c.recipient]) AS x ON CONFLICT DO NOTHING), \
+           {GRANT_ROLE} \
+           SELECT r.id, x.agency, x.role \
+           FROM unnest($37::text[], $38::text[], $39::text[]) AS x(referral, agency, role) \
+           JOIN r ON r.id = x.referral::uuid ON CONFLICT DO NOTHING), \
          m AS ( \
            {deliveries} \
            FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[], \
@@ -265,6 +271,10 @@ async fn insert_batch(
         .bind(c.d_referral);
     let created: Vec<String> = bind_deliveries(query, c.d)
         .bind(c.ack_due_at)
+        .bind(c.addressing)
+        .bind(c.a_referral)
+        .bind(c.a_agency)
+        .bind(c.a_role)
         .fetch_all(pool)
         .await?;
     created
@@ -304,6 +314,13 @@ struct Columns {
     d: DeliveryColumns,
     /// Each submit's acknowledgement deadline (NULL: none), beside its referral's columns.
     ack_due_at: Vec<Option<i64>>,
+    /// Each submit's addressing ([`rows::addressing_column`]), beside its referral's columns.
+    addressing: Vec<Option<String>>,
+    /// Who may see each new referral, flattened as the deliveries are: the referral, the agency
+    /// and its role ([`rows::access_of`]).
+    a_referral: Vec<String>,
+    a_agency: Vec<String>,
+    a_role: Vec<&'static str>,
 }
 
 impl Columns {
@@ -325,7 +342,8 @@ impl Columns {
         self.addressee_agency.push(agency);
         self.addressee_service.push(service);
         self.addressee_province.push(province);
-        self.recipient.push(r.recipient.as_str().to_owned());
+        self.recipient
+            .push(rows::recipient_text(r.recipient.as_ref()).to_owned());
         self.kind.push(r.kind.as_str().to_owned());
         self.urgency.push(r.urgency.as_str().to_owned());
         self.sex.push(r.subject.sex.as_str().to_owned());
@@ -345,6 +363,12 @@ impl Columns {
             .extend(std::iter::repeat_n(r.id.to_string(), s.deliveries.len()));
         self.d.extend(&s.deliveries);
         self.ack_due_at.push(s.deadline.map(micros));
+        self.addressing.push(rows::addressing_column(r)?);
+        for (agency, role) in rows::access_of(r) {
+            self.a_referral.push(r.id.to_string());
+            self.a_agency.push(agency.as_str().to_owned());
+            self.a_role.push(role);
+        }
         Ok(())
     }
 }

@@ -18,7 +18,7 @@ use crate::store::{
 /// The columns [`rows::referral`] reads, without the case file.
 const REFERRAL_COLUMNS: &str = "id, sender, client_ref, fingerprint, addressee_agency, \
     addressee_service, addressee_province, recipient, kind, urgency, subject_sex, subject_age_band, \
-    subject_province, client_pseudonym, state, version, created_at, updated_at";
+    subject_province, client_pseudonym, state, version, created_at, updated_at, addressing";
 
 fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
     let details = rows::details_column(event)?;
@@ -134,8 +134,8 @@ fn submit(
             "INSERT INTO referrals (id, sender, client_ref, fingerprint, addressee_agency, \
              addressee_service, addressee_province, recipient, kind, urgency, subject_sex, \
              subject_age_band, subject_province, client_pseudonym, state, version, created_at, \
-             updated_at, case_file) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             updated_at, case_file, addressing) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (sender, client_ref) DO NOTHING",
         )?
         .execute(params![
@@ -146,7 +146,7 @@ fn submit(
             agency,
             service,
             province,
-            referral.recipient.as_str(),
+            rows::recipient_text(referral.recipient.as_ref()),
             referral.kind.as_str(),
             referral.urgency.as_str(),
             referral.subject.sex.as_str(),
@@ -158,6 +158,7 @@ fn submit(
             micros(referral.created_at),
             micros(referral.updated_at),
             referral.case_file.as_bytes(),
+            rows::addressing_column(referral)?,
         ])?;
     if inserted == 0 {
         let existing: String = conn
@@ -170,8 +171,13 @@ fn submit(
             .map(Some)
             .map_err(|e| rows::undecodable("referrals", e));
     }
-    grant_access(conn, referral.id, &referral.sender)?;
-    grant_access(conn, referral.id, &referral.recipient)?;
+    for (agency, role) in rows::access_of(referral) {
+        if role == "notified" {
+            grant_notified(conn, referral.id, agency)?;
+        } else {
+            grant_access(conn, referral.id, agency)?;
+        }
+    }
     insert_event(conn, event)?;
     mailbox::queue(conn, referral.id, deliveries, micros(event.at))?;
     if let Some(due_at) = deadline {

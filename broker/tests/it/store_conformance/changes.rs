@@ -45,7 +45,7 @@ pub(super) async fn a_change_applies_only_to_the_version_it_read(f: Fixture) {
     // Nothing of the stale change was written: state, history, deliveries, access.
     let got = store.referral(r.id).await.unwrap().unwrap();
     assert_eq!((got.state, got.version), (State::Acknowledged, 2));
-    assert_eq!(got.recipient, agency("mlup-russey"));
+    assert_eq!(got.recipient, Some(agency("mlup-russey")));
     assert_eq!(store.history(r.id).await.unwrap().len(), 2);
     assert_eq!(store.mailbox(&r.sender, 0, 10).await.unwrap().len(), 1);
     assert!(!store.has_access(&agency("dosvy-24"), r.id).await.unwrap());
@@ -144,7 +144,7 @@ pub(super) async fn a_redirect_grants_access_to_the_new_recipient(f: Fixture) {
     c.new_recipient = Some(agency("dosvy-24"));
     store.apply(&c).await.unwrap();
     let got = store.referral(r.id).await.unwrap().unwrap();
-    assert_eq!(got.recipient, agency("dosvy-24"));
+    assert_eq!(got.recipient, Some(agency("dosvy-24")));
     let parties = store.snapshot(r.id).await.unwrap().unwrap().parties;
     assert_eq!(
         parties,
@@ -256,7 +256,7 @@ pub(super) async fn changes_applied_together_each_apply_to_the_version_they_read
     assert!(store.event(stale.event.id).await.unwrap().is_none());
     // The redirect moved the referral, granted access and queued it for the new recipient.
     let got = store.referral(c.id).await.unwrap().unwrap();
-    assert_eq!((got.recipient, got.version), (agency("dosvy-24"), 2));
+    assert_eq!((got.recipient, got.version), (Some(agency("dosvy-24")), 2));
     assert!(store.has_access(&agency("dosvy-24"), c.id).await.unwrap());
     let queued = store.mailbox(&agency("dosvy-24"), 0, 10).await.unwrap();
     assert_eq!(queued.len(), 1);
@@ -418,7 +418,7 @@ pub(super) async fn confirmations_that_arrive_together_record_each_delivery_once
     );
     let elsewhere = {
         let mut r = referral("g-elsewhere");
-        r.recipient = agency("dosvy-24");
+        r.recipient = Some(agency("dosvy-24"));
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
         store.submit(&r, &e, &[], None).await.unwrap();
         r

@@ -54,7 +54,7 @@ pub(super) async fn a_failed_write_leaves_nothing_and_spares_the_writes_beside_i
                 n => {
                     let r = referral(&format!("w-new-{n}"));
                     let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-                    let d = [delivery(r.recipient.clone(), None)];
+                    let d = [delivery(r.recipient.clone().unwrap(), None)];
                     matches!(
                         store.submit(&r, &e, &d, None).await.unwrap(),
                         SubmitOutcome::Created
@@ -139,7 +139,7 @@ pub(super) async fn concurrent_submits_of_one_client_ref_create_one_referral(f: 
     let outcomes = all_at_once(&store, 8, |_, store| {
         let r = referral("same-client");
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-        let d = [delivery(r.recipient.clone(), None)];
+        let d = [delivery(r.recipient.clone().unwrap(), None)];
         async move { (r.id, store.submit(&r, &e, &d, None).await.unwrap()) }
     })
     .await;

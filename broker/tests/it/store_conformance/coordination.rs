@@ -458,7 +458,7 @@ pub(super) async fn the_overdue_list_shows_what_waits_in_the_callers_provinces(f
         assert!(o.referral.case_file.is_empty());
         assert_eq!(o.since, start + Duration::hours(3));
     }
-    assert_eq!(list[0].waiting_on, agency("mlup-russey"));
+    assert_eq!(list[0].waiting_on, Some(agency("mlup-russey")));
     assert_eq!(
         list[0].escalated_to,
         [agency("dosvy-24"), agency("mosvy-coord")]

@@ -37,7 +37,7 @@ async fn submit_due(
 ) -> Referral {
     let r = referral(client_ref);
     let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-    let d = [delivery(r.recipient.clone(), None)];
+    let d = [delivery(r.recipient.clone().unwrap(), None)];
     let outcome = store.submit(&r, &e, &d, deadline).await.unwrap();
     assert!(matches!(outcome, SubmitOutcome::Created), "{outcome:?}");
     r
@@ -104,7 +104,7 @@ pub(super) async fn submits_made_at_once_keep_their_deadlines_and_fall_due_oldes
     let submitted = all_at_once(&store, 16, |i, store| {
         let r = referral(&format!("dt-{i}"));
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-        let d = [delivery(r.recipient.clone(), None)];
+        let d = [delivery(r.recipient.clone().unwrap(), None)];
         // Every other one has a deadline, the later the submit's number the earlier it falls due.
         let deadline = (i % 2 == 0).then(|| base - Duration::minutes(i as i64));
         async move {

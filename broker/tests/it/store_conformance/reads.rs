@@ -188,8 +188,8 @@ pub(super) async fn parties_now_follow_a_redirect_and_leave_unknown_ids_out(f: F
         .unwrap();
     now.sort_by_key(|p| p.referral_id);
     let mut want = vec![
-        (kept.id, agency("ahc-swu"), agency("mlup-russey")),
-        (moved.id, agency("ahc-swu"), agency("dosvy-24")),
+        (kept.id, agency("ahc-swu"), Some(agency("mlup-russey"))),
+        (moved.id, agency("ahc-swu"), Some(agency("dosvy-24"))),
     ];
     want.sort_by_key(|w| w.0);
     let got: Vec<_> = now
@@ -212,10 +212,10 @@ pub(super) async fn a_pseudonym_lists_only_the_callers_own_referrals(f: Fixture)
         async move {
             let mut r = super::sample::referral(key);
             r.sender = agency(sender);
-            r.recipient = agency(recipient);
+            r.recipient = Some(agency(recipient));
             r.client_pseudonym = Some(pseudonym);
             let e = super::sample::event(&r, EventKind::Submitted, sender, State::Sent, None);
-            let d = [super::sample::delivery(r.recipient.clone(), None)];
+            let d = [super::sample::delivery(r.recipient.clone().unwrap(), None)];
             store.submit(&r, &e, &d, None).await.unwrap();
             r
         }

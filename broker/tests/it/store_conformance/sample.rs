@@ -29,7 +29,7 @@ pub(super) fn referral(client_ref: &str) -> Referral {
             service: Code::parse("s", "reintegration_follow_up").unwrap(),
             province: ProvinceCode::parse("p", "24").unwrap(),
         },
-        recipient: agency("mlup-russey"),
+        recipient: Some(agency("mlup-russey")),
         kind: Code::parse("kind", "lama").unwrap(),
         urgency: Urgency::Emergency,
         subject: Subject {
@@ -38,6 +38,9 @@ pub(super) fn referral(client_ref: &str) -> Referral {
             province: ProvinceCode::parse("p", "24").unwrap(),
         },
         client_pseudonym: None,
+        candidates: Vec::new(),
+        notify: Vec::new(),
+        follows: None,
         state: State::Sent,
         version: 1,
         created_at: now,
@@ -97,7 +100,7 @@ pub(super) async fn submit_with(
     let d = [NewDelivery {
         body,
         held,
-        ..delivery(r.recipient.clone(), None)
+        ..delivery(r.recipient.clone().unwrap(), None)
     }];
     assert!(matches!(
         store.submit(&r, &e, &d, None).await.unwrap(),

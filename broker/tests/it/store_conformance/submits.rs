@@ -59,7 +59,11 @@ pub(super) async fn a_reused_client_ref_returns_the_existing_referral(f: Fixture
     }
     assert!(store.referral(again.id).await.unwrap().is_none());
     assert_eq!(
-        store.mailbox(&first.recipient, 0, 10).await.unwrap().len(),
+        store
+            .mailbox(first.recipient.as_ref().unwrap(), 0, 10)
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -75,7 +79,7 @@ pub(super) async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
         }
         r.case_file = SealedCaseFile::new(format!("{KHMER} {i}").into_bytes());
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
-        let d = [delivery(r.recipient.clone(), None)];
+        let d = [delivery(r.recipient.clone().unwrap(), None)];
         async move {
             let outcome = store.submit(&r, &e, &d, None).await.unwrap();
             (r, e, outcome)
@@ -107,7 +111,12 @@ pub(super) async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
             (e.id, e.note.as_str())
         );
         assert!(store.has_access(&r.sender, r.id).await.unwrap());
-        assert!(store.has_access(&r.recipient, r.id).await.unwrap());
+        assert!(
+            store
+                .has_access(r.recipient.as_ref().unwrap(), r.id)
+                .await
+                .unwrap()
+        );
         want.push((r.id, None));
     }
     want.sort();
