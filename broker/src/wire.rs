@@ -635,6 +635,56 @@ mod tests {
     }
 
     #[test]
+    fn who_else_a_referral_reaches_is_checked_field_by_field() {
+        let mut r = valid();
+        r.recipient = Some(pb::Recipient {
+            target: Some(pb::recipient::Target::AgencyId("mlup-russey".into())),
+        });
+        r.broadcast = Some(true);
+        assert_eq!(field_of(r), "broadcast");
+        let mut r = valid();
+        r.notify_agency_ids = vec!["dosvy-24".into(), "dosvy-24".into()];
+        assert_eq!(field_of(r), "notify_agency_ids");
+        let mut r = valid();
+        r.notify_agency_ids = (0..=MAX_NOTIFIED).map(|n| format!("agency-{n}")).collect();
+        assert_eq!(field_of(r), "notify_agency_ids");
+        let mut r = valid();
+        r.notify_agency_ids = vec!["Not An Id".into()];
+        assert_eq!(field_of(r), "notify_agency_ids");
+        let mut r = valid();
+        r.follows_referral_id = "yesterday's".into();
+        assert_eq!(field_of(r), "follows_referral_id");
+        // A placement addressed by service and province is a broadcast unless asked otherwise;
+        // a referral to one agency never is.
+        let placement = new_referral(spean_testkit::placement("p-1")).unwrap();
+        assert!(placement.is_broadcast());
+        let mut one = spean_testkit::placement("p-2");
+        one.broadcast = Some(false);
+        assert!(!new_referral(one).unwrap().is_broadcast());
+        assert!(!new_referral(valid()).unwrap().is_broadcast());
+        let mut asked = valid();
+        asked.broadcast = Some(true);
+        assert!(new_referral(asked).unwrap().is_broadcast());
+    }
+
+    #[test]
+    fn who_else_a_referral_reaches_is_part_of_its_fingerprint() {
+        // The same client_ref with another notify list, or another choice of broadcast, is
+        // another referral: ALREADY_EXISTS, not a retry.
+        let plain = new_referral(valid()).unwrap();
+        let mut named = valid();
+        named.notify_agency_ids = vec!["dosvy-24".into()];
+        let named = new_referral(named).unwrap();
+        assert_ne!(plain.fingerprint(), named.fingerprint());
+        let mut asked = valid();
+        asked.broadcast = Some(false);
+        assert_ne!(
+            plain.fingerprint(),
+            new_referral(asked).unwrap().fingerprint()
+        );
+    }
+
+    #[test]
     fn each_invalid_field_is_named() {
         let mut r = valid();
         r.client_ref = String::new();

@@ -558,6 +558,10 @@ impl Workflow {
                     history.as_deref().unwrap_or_default(),
                     Some(actor),
                 );
+            if role == Role::Candidate && action.kind == EventKind::Declined && !none_left {
+                // One candidate's decline answers for itself: the others' deadline runs on.
+                timer = DeadlineChange::Keep;
+            }
             if none_left {
                 let escalations = self
                     .store

@@ -32,6 +32,9 @@ pub use adapter::AdapterProcess;
 pub use binary::binary;
 pub use broker::BrokerProcess;
 pub use error::Error;
-pub use story::{KHMER_NAME, LATIN_NAME, case_file, lama};
+pub use story::{
+    CHILD_PROTECTION_NARRATIVE, KHMER_NAME, LATIN_NAME, case_file, child_protection, lama,
+    placement,
+};
 pub use tls::agency_endpoint;
 pub use wait::{PATIENCE, Patience, eventually};

@@ -2,6 +2,7 @@
 //! (`on_sqlite::…`) and once on PostgreSQL (`on_postgres::…`), each time on a fresh database
 //! ([`fixture`]). A check is an `async fn(Fixture)` in the module of its topic.
 
+mod broadcasts;
 mod changes;
 mod concurrency;
 mod coordination;
@@ -88,6 +89,14 @@ conformance!(
         a_missed_visit_is_recorded_once_however_many_look,
         a_visit_crossing_its_deadline_is_never_followed_by_a_miss,
         a_delegate_records_visits_until_the_delegation_is_taken_back,
+    ],
+    broadcasts: [
+        a_broadcast_reaches_every_candidate_without_its_case_file,
+        the_first_acceptance_wins_however_many_candidates_race,
+        when_every_candidate_declines_the_sender_is_told_once,
+        an_open_broadcast_escalates_until_a_candidate_acknowledges,
+        an_agency_the_sender_names_is_notified_and_cannot_act,
+        a_referral_follows_one_its_sender_sent_about_the_same_client,
     ],
     concurrency: [
         a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,
