@@ -949,9 +949,18 @@ fn outside_party(snapshot: &Snapshot, actor: &AgencyId) -> BrokerError {
     if referral.candidates.contains(actor)
         && let Some(recipient) = &referral.recipient
     {
-        return BrokerError::Precondition(format!(
-            "referral {id} was taken by another agency ({recipient}); it is no longer open to its candidates"
-        ));
+        // Only its sender redirects a broadcast, and only while no candidate has accepted it.
+        return BrokerError::Precondition(
+            if snapshot.history.contains(&EventKind::Redirected) {
+                format!(
+                    "referral {id} was sent on to {recipient} by its sender; it is no longer open to its candidates"
+                )
+            } else {
+                format!(
+                    "referral {id} was taken by another agency ({recipient}); it is no longer open to its candidates"
+                )
+            },
+        );
     }
     BrokerError::Forbidden(if snapshot.notified.contains(actor) {
         format!(
