@@ -127,11 +127,12 @@ async fn store_logged(store: &Store, deliveries: &[Delivery]) -> Result<(), Adap
 /// The broker sends a referral to its current recipient when it is submitted or redirected, as it
 /// stood when queued, so a referral with its case file must name `agency_id` as its recipient (or
 /// sender). A referral that names neither may still be this agency's, always without the case file:
-/// a former recipient's view after a redirect away from it, or the view of a notified party or of
-/// the delegate of its follow-up (`Referral.audience` says which). So a referral naming neither
+/// a former recipient's view after a redirect away from it, or the view of a notified party, of
+/// the delegate of its follow-up or of a broadcast's candidate (`Referral.audience` says which; an
+/// open broadcast names no recipient at all). So a referral naming neither
 /// party is accepted only with an empty case file, and a referral naming neither party with a case
 /// file is refused (no sound broker sends one). The store then inserts it only as a notified
-/// party's or a delegate's view; a former recipient's view only updates a referral already held.
+/// party's, a delegate's or a candidate's view; a former recipient's view only updates a referral already held.
 /// (A delegate's follow-up part of the case file travels inside the delegation event, which only
 /// the delegate receives whole.) A feedback event goes to every party of its
 /// referral and may arrive before the referral itself (the store keeps it until the referral comes,

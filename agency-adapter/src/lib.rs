@@ -6,6 +6,8 @@
 //! - [`referral`]: the adapter's vocabulary with no I/O: idempotency keys (checked by the network's
 //!   rules in `spean_domain::ids`, as the broker checks them), the names of states and kinds, and who
 //!   must act next.
+//! - [`broadcast`]: a broadcast read from its envelope and history, with no I/O: its candidates,
+//!   how each answered, which won, and whether the sender was told that none accepted.
 //! - [`case_file`]: the JSON form of the case file, converted to and from the `CaseFile` proto, and
 //!   the follow-up part of it that a recipient hands to the agency it delegates visits to.
 //! - [`follow_up`]: the follow-up schedule and its delegation, read from a referral's history: who
@@ -27,6 +29,7 @@
 //! - [`error`]: the one error type, and how a broker status becomes "retry later" or "refused".
 
 pub mod backoff;
+pub mod broadcast;
 pub mod broker;
 pub mod case_file;
 pub mod cli;

@@ -55,7 +55,7 @@ pub fn sex_name(sex: i32) -> String {
 }
 
 /// How an agency stands to a referral: `sender`, `recipient`, `former_recipient`, `notified`,
-/// `delegate`.
+/// `delegate`, `candidate` (one of the agencies a broadcast went to, that has not won it).
 pub fn audience_name(audience: i32) -> String {
     Audience::try_from(audience).map_or_else(
         |_| format!("unknown_{audience}"),
@@ -121,6 +121,11 @@ mod tests {
         assert_eq!(urgency_name(Urgency::Emergency as i32), "emergency");
         assert_eq!(age_band_name(AgeBand::AgeBand60Plus as i32), "60+");
         assert_eq!(audience_name(Audience::Delegate as i32), "delegate");
+        assert_eq!(audience_name(Audience::Candidate as i32), "candidate");
+        assert_eq!(
+            kind_name(FeedbackKind::NoCandidateAccepted as i32),
+            "no_candidate_accepted"
+        );
         assert_eq!(
             kind_name(FeedbackKind::FollowUpOverdue as i32),
             "follow_up_overdue"

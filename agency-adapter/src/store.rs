@@ -21,9 +21,14 @@
 //!
 //! A referral that names neither this agency as sender nor as recipient comes without its case file.
 //! It is inserted only when the broker sent it to this agency as a notified party (an escalation or
-//! a missed visit reached it) or as the delegate of its follow-up (`Referral.audience`); otherwise
-//! (a former recipient's view) it only updates a referral already held. Each copy's audience is kept
-//! in `referral_audiences`.
+//! a missed visit reached it, or the sender named it), as the delegate of its follow-up, or as a
+//! candidate of a broadcast (`Referral.audience`); otherwise (a former recipient's view) it only
+//! updates a referral already held. Each copy's audience is kept in `referral_audiences`.
+//!
+//! An open broadcast names no recipient: its `recipient` column holds "" until a candidate accepts.
+//! The candidate that accepts is the recipient from then on, so an `accepted` event moves the
+//! referral's recipient to its actor, as a `redirected` event moves it to where it went
+//! ([`put_event`]); the winner's copy with the case file then fills in the candidate's copy held.
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -31,7 +36,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use spean_domain::ids::AgencyId;
 use spean_proto::v1::{
-    Audience, Delivery, Envelope, FeedbackEvent, Referral, delivery, feedback_event,
+    Audience, Delivery, Envelope, FeedbackEvent, FeedbackKind, Referral, delivery, feedback_event,
 };
 use sqlx::{
     ConnectOptions, Row, SqlitePool,
@@ -84,7 +89,8 @@ pub enum Stored {
         new: bool,
     },
     /// A referral that names neither this agency as sender nor as recipient, is not held here, and
-    /// was not sent to this agency as a notified party or a delegate (a former recipient's view):
+    /// was not sent to this agency as a notified party, a delegate or a broadcast's candidate (a
+    /// former recipient's view):
     /// nothing was written, since such a referral is only ever an update to one held already.
     NotHeld { referral_id: String },
     /// This delivery id was stored before: nothing was written.
@@ -310,7 +316,8 @@ impl Store {
     }
 
     /// Referrals this agency received or was told of, newest first: those with it now, those
-    /// redirected away from it, and those it is a notified party or the delegate of. Every referral
+    /// redirected away from it, and those it is a notified party, the delegate or a broadcast's
+    /// candidate of. Every referral
     /// the store holds and this agency did not send is one of these.
     pub async fn received(&self) -> Result<Vec<ReferralRow>, AdapterError> {
         let sql = format!(
@@ -650,23 +657,24 @@ enum Put {
     /// The referral was stored before and is refreshed.
     Updated,
     /// A referral naming neither this agency as sender nor as recipient, not held, and not a notified
-    /// party's or a delegate's view: nothing written.
+    /// party's, a delegate's or a candidate's view: nothing written.
     NotHeld,
 }
 
 /// Whether a referral naming neither `agency` as sender nor as recipient may be inserted: only a
-/// notified party's or a delegate's view, which never carries the case file.
+/// notified party's, a delegate's or a broadcast candidate's view, which never carries the case
+/// file (a candidate receives it only once it won, in a copy that names it the recipient).
 fn is_a_view_to_insert(referral: &Referral) -> bool {
     let view = matches!(
         Audience::try_from(referral.audience),
-        Ok(Audience::Notified | Audience::Delegate)
+        Ok(Audience::Notified | Audience::Delegate | Audience::Candidate)
     );
     view && referral.case_file.is_empty()
 }
 
 /// Inserts or refreshes a referral and stores its history. A referral that names neither `agency`
-/// as sender nor as recipient is inserted only as a notified party's or a delegate's view without a
-/// case file ([`is_a_view_to_insert`]); otherwise (a former recipient's view) it only refreshes a row
+/// as sender nor as recipient is inserted only as a notified party's, a delegate's or a candidate's
+/// view without a case file ([`is_a_view_to_insert`]); otherwise (a former recipient's view) it only refreshes a row
 /// already held, so a misrouted delivery cannot plant another agency's referral here.
 fn put_referral(
     conn: &Connection,
@@ -784,8 +792,13 @@ fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterEr
             reason: "missing".into(),
         });
     }
+    // The `redirect_to` column is "the referral's recipient from this event on": where a redirect
+    // sent it, and the acting agency of an acceptance. Only a recipient may accept, so for a
+    // referral sent to one agency this names the recipient it had; for a broadcast it names the
+    // candidate that won, which the envelope held before the acceptance (naming nobody) does not.
     let redirect_to = match &event.details {
         Some(feedback_event::Details::Redirected(r)) => Some(r.to_agency_id.as_str()),
+        _ if event.kind == FeedbackKind::Accepted as i32 => Some(event.actor_agency_id.as_str()),
         _ => None,
     };
     let inserted = conn
@@ -809,8 +822,8 @@ fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterEr
     Ok(inserted > 0)
 }
 
-/// Makes a referral's state, last event, update time and (after a redirect) recipient follow its
-/// newest stored event. Does nothing when the referral is not stored yet.
+/// Makes a referral's state, last event, update time and (after a redirect, or the acceptance
+/// that won a broadcast) recipient follow its newest stored event. Does nothing when the referral is not stored yet.
 fn refresh_referral(conn: &Connection, referral_id: &str) -> Result<(), AdapterError> {
     conn.prepare_cached(
         "UPDATE referrals SET \

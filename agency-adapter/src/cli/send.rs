@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use spean_domain::ids::{AgencyId, ClientRef, ProvinceCode, RequestId};
+use spean_domain::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use spean_proto::v1::{
     AcceptRequest, Acceptance, AcknowledgeRequest, Action, AgeBand, CompleteRequest, Decline,
-    DeclineRequest, DelegateFollowUpRequest, Delegation, FailRequest, Failure, FollowUp,
+    DeclineRequest, DelegateFollowUpRequest, Delegation, Envelope, FailRequest, Failure, FollowUp,
     MarkEnteredInErrorRequest, MarkInProgressRequest, Outcome as OutcomeDetails, Recipient,
     RecordFollowUpRequest, Redirect, RedirectRequest, RevokeDelegationRequest, ServiceInProvince,
     Sex, Subject, SubmitRequest, Urgency, WithdrawRequest, recipient::Target,
@@ -42,6 +42,22 @@ pub struct SendArgs {
     /// The province code for --service.
     #[arg(long, value_name = "CODE", requires = "service")]
     pub province: Option<String>,
+    /// With --service: send it to every agency offering the service in the province at once; the
+    /// first to accept becomes the recipient [default for kind `placement`].
+    #[arg(long, conflicts_with_all = ["to", "one"])]
+    pub broadcast: bool,
+    /// With --service: send it to the first agency offering the service in the province only
+    /// [default for every kind but `placement`].
+    #[arg(long, conflicts_with = "to")]
+    pub one: bool,
+    /// An agency to tell of the referral (repeatable): it sees the envelope and every change of
+    /// state, never the case file or notes, and cannot act on it.
+    #[arg(long = "notify", value_name = "AGENCY")]
+    pub notify: Vec<String>,
+    /// A referral this agency sent, about the same client, that this one follows (with the same
+    /// --pseudonym, if that one has one).
+    #[arg(long, value_name = "REFERRAL_ID")]
+    pub follows: Option<String>,
     /// The referral kind from the taxonomy.
     #[arg(long, value_name = "KIND")]
     pub kind: String,
@@ -184,6 +200,25 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give --to AGENCY, or --service KIND with --province CODE"),
     };
+    // Unset unless asked: the broker's default for the kind applies (a broadcast for placements).
+    let broadcast = match (args.broadcast, args.one) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    };
+    let notify = args
+        .notify
+        .iter()
+        .map(|raw| AgencyId::parse("notify", raw).map(|id| id.to_string()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(AdapterError::from)?;
+    let follows = args
+        .follows
+        .as_deref()
+        .map(|raw| ReferralId::parse("follows", raw).map(|id| id.to_string()))
+        .transpose()
+        .map_err(AdapterError::from)?
+        .unwrap_or_default();
     let mut broker = None;
     let subject_province = match (
         args.subject_province.as_ref().or(args.province.as_ref()),
@@ -235,9 +270,9 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         }),
         case_file: case_file.encode(),
         client_pseudonym: args.pseudonym.unwrap_or_default(),
-        notify_agency_ids: Vec::new(),
-        broadcast: None,
-        follows_referral_id: String::new(),
+        notify_agency_ids: notify.clone(),
+        broadcast,
+        follows_referral_id: follows.clone(),
     };
     let sending = enqueue_and_try(
         ctx,
@@ -246,16 +281,31 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         broker,
     )
     .await?;
-    let referral_id = match &sending {
+    let envelope = match &sending {
         Sending::Sent(outcome) => match outcome.as_ref() {
-            Outcome::Submitted(referral) => {
-                referral.envelope.as_ref().map(|e| e.referral_id.clone())
-            }
+            Outcome::Submitted(referral) => referral.envelope.clone(),
             Outcome::Recorded(_) => None,
         },
-        Sending::AlreadySent(row) => row.referral_id.clone(),
+        Sending::AlreadySent(row) => match &row.referral_id {
+            Some(id) => match ctx.store.referral(id).await? {
+                Some(held) => Some(held.decode_envelope()?),
+                None => None,
+            },
+            None => None,
+        },
         Sending::Queued(_) => None,
     };
+    let referral_id = match (&sending, &envelope) {
+        (_, Some(envelope)) => Some(envelope.referral_id.clone()),
+        (Sending::AlreadySent(row), None) => row.referral_id.clone(),
+        _ => None,
+    };
+    // What the broker made of it, or, while it is queued, what was asked.
+    let sent_as = envelope.unwrap_or_else(|| Envelope {
+        notified_agency_ids: notify,
+        follows_referral_id: follows,
+        ..Default::default()
+    });
     match &sending {
         Sending::Queued(why) => announce_queued(client_ref.as_str(), why),
         Sending::AlreadySent(_) => announce_already_sent(client_ref.as_str()),
@@ -266,6 +316,11 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
             "client_ref": client_ref.as_str(),
             "referral_id": referral_id,
             "status": if referral_id.is_some() { "sent" } else { "queued" },
+            // Empty for a broadcast until a candidate accepts, and while it is queued.
+            "recipient_agency_id": sent_as.recipient_agency_id,
+            "candidate_agency_ids": sent_as.candidate_agency_ids,
+            "notified_agency_ids": sent_as.notified_agency_ids,
+            "follows_referral_id": sent_as.follows_referral_id,
         }))?;
     } else {
         match referral_id {

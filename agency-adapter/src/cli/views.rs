@@ -16,6 +16,12 @@
 //! delegate, the follow-up part of the case file its delegation carried, labelled as such. Both
 //! say who makes the follow-up visits and when the next is due: `show` with the visits made and
 //! missed, `inbox` first among what needs this agency when the visit is due or overdue.
+//!
+//! A broadcast ([`Broadcast`]) names no recipient until a candidate accepts. `show` lists its
+//! candidates with each one's answer, who won, and, for a candidate that lost, that it was taken by
+//! another agency; `inbox` lists it among what needs this agency while this agency is a candidate
+//! that has not answered, and `status` tells the sender how far the candidates got, or that none
+//! accepted and the referral waits on it to redirect or withdraw it.
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
@@ -26,6 +32,7 @@ use time::OffsetDateTime;
 
 use super::{Context, ListArgs, print_json};
 use crate::{
+    broadcast::{Answer, Broadcast},
     case_file::{CaseFile, PersonName},
     figures::duration,
     follow_up::{self, Schedule, VisitStatus},
@@ -43,13 +50,24 @@ struct InboxItem {
     kind: String,
     urgency: String,
     state: String,
-    /// How this agency stands to it: `recipient`, `former_recipient`, `notified`, `delegate`.
+    /// How this agency stands to it: `recipient`, `former_recipient`, `notified`, `delegate`,
+    /// `candidate`.
     audience: String,
     /// False once the referral was redirected away, and for a referral this agency was only told
     /// of or makes the follow-up visits of: `recipient` says whose it is.
     with_this_agency: bool,
-    /// With this agency and not acknowledged yet: its deadline runs, or has passed.
+    /// With this agency and not acknowledged yet, or an open broadcast this agency is a candidate
+    /// of and has not answered: its deadline runs, or has passed.
     waiting_on_this_agency: bool,
+    /// A broadcast's candidates (empty for a referral sent to one agency).
+    candidates: Vec<String>,
+    /// The candidate that won a broadcast this agency was a candidate of and did not win: it can
+    /// no longer act on it. `null` otherwise.
+    taken_by: Option<String>,
+    /// The state column's words for a candidate of a broadcast; not in the JSON, which has
+    /// `candidates` and `taken_by`.
+    #[serde(skip)]
+    as_candidate: Option<String>,
     /// How many times the broker escalated it because nobody here acknowledged it in time.
     escalations: i64,
     /// The recipient delegated the follow-up visits to this agency, and has not taken them back.
@@ -122,13 +140,19 @@ impl InboxItem {
             ),
             _ => String::new(),
         };
+        let to_do = match &self.as_candidate {
+            Some(words) if self.waiting_on_this_agency => words.as_str(),
+            _ => "to acknowledge",
+        };
         if self.waiting_on_this_agency && self.escalations > 0 {
             format!(
-                "{}: to acknowledge, escalated {} time(s)",
+                "{}: {to_do}, escalated {} time(s)",
                 self.state, self.escalations
             )
         } else if self.waiting_on_this_agency {
-            format!("{}: to acknowledge", self.state)
+            format!("{}: {to_do}", self.state)
+        } else if let Some(words) = &self.as_candidate {
+            format!("{} ({words})", self.state)
         } else if self.with_this_agency {
             format!("{}{visit}", self.state)
         } else {
@@ -140,6 +164,11 @@ impl InboxItem {
                 "delegate" => format!(
                     "{} (follow-up taken back by {})",
                     self.state, self.recipient
+                ),
+                "notified" if self.recipient.is_empty() => format!(
+                    "{} (notified; broadcast to {} candidates, none accepted yet)",
+                    self.state,
+                    self.candidates.len()
                 ),
                 "notified" => format!("{} (notified; with {})", self.state, self.recipient),
                 _ => format!(
@@ -158,7 +187,7 @@ fn audience_of(row: &ReferralRow, me: &str) -> String {
         "sender".into()
     } else if row.recipient == me {
         "recipient".into()
-    } else if matches!(row.audience.as_str(), "notified" | "delegate") {
+    } else if matches!(row.audience.as_str(), "notified" | "delegate" | "candidate") {
         row.audience.clone()
     } else {
         "former_recipient".into()
@@ -222,9 +251,25 @@ async fn inbox_item(
         .name
         .unwrap_or_else(|| CaseFile::decode(&row.case_file).unwrap_or_default().name);
     let with_this_agency = row.recipient == ctx.me();
+    let envelope = row.decode_envelope()?;
+    let broadcast = if envelope.candidate_agency_ids.is_empty() {
+        None
+    } else {
+        Broadcast::read(&envelope, &ctx.store.history(&row.referral_id).await?)
+    };
+    let candidate = broadcast
+        .as_ref()
+        .filter(|b| !with_this_agency && b.is_candidate(ctx.me()));
+    let to_answer = candidate.is_some_and(|b| {
+        b.is_open() && !is_closed(&row.state) && b.answer_of(ctx.me()) == Some(Answer::None)
+    });
     Ok(InboxItem {
-        waiting_on_this_agency: with_this_agency
-            && matches!(row.state.as_str(), "sent" | "delivered"),
+        waiting_on_this_agency: (with_this_agency
+            && matches!(row.state.as_str(), "sent" | "delivered"))
+            || to_answer,
+        taken_by: candidate.and_then(|b| b.taken_from(ctx.me()).map(str::to_owned)),
+        as_candidate: candidate.map(|b| candidate_words(b, ctx.me())),
+        candidates: envelope.candidate_agency_ids,
         escalations,
         with_this_agency,
         audience: audience_of(&row, ctx.me()),
@@ -241,6 +286,28 @@ async fn inbox_item(
         created_at: row.created_at,
         received_at: row.received_at,
     })
+}
+
+/// How a broadcast stands for `me`, one of its candidates that did not win it, in the inbox's
+/// state column.
+fn candidate_words(broadcast: &Broadcast, me: &str) -> String {
+    if let Some(winner) = broadcast.taken_from(me) {
+        return format!("taken by {winner}; no longer open to this agency");
+    }
+    if let Some(to) = &broadcast.redirected_to {
+        return format!("sent on by its sender to {to}; no longer open to this agency");
+    }
+    let n = broadcast.candidates.len();
+    match broadcast.answer_of(me) {
+        Some(Answer::Acknowledged) => {
+            format!("broadcast to {n} candidates: acknowledged here, to accept or decline")
+        }
+        Some(Answer::Declined) if broadcast.no_candidate_accepted => {
+            "declined here; no candidate accepted".into()
+        }
+        Some(Answer::Declined) => "declined here; open to the other candidates".into(),
+        _ => format!("broadcast to {n} candidates: to acknowledge, accept or decline"),
+    }
 }
 
 /// The inbox: first what needs this agency now (referrals with it that nobody here has
@@ -402,6 +469,7 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let schedule = Schedule::read(&history, &row.state, now);
     let delegated_to = delegated_to(&history);
+    let broadcast = Broadcast::read(&envelope, &history);
     if json_out {
         let withdrawn = match &case_file {
             CaseFileShown::Withdrawn(withdrawal) => Some(withdrawal_json(withdrawal)),
@@ -410,6 +478,12 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
         return print_json(&json!({
             "referral": referral_json(&row, &envelope),
             "audience": audience,
+            "candidates": broadcast.as_ref().map_or(&[][..], |b| b.candidates.as_slice()),
+            "won_by": broadcast.as_ref().and_then(|b| b.winner.as_deref()),
+            "taken_by": broadcast.as_ref().and_then(|b| b.taken_from(ctx.me())),
+            "no_candidate_accepted": broadcast.as_ref().is_some_and(|b| b.no_candidate_accepted),
+            "notified_agency_ids": envelope.notified_agency_ids,
+            "follows_referral_id": envelope.follows_referral_id,
             "case_file": case_file.case_file(),
             "case_file_part": case_file.part_name(),
             "case_file_withdrawn": withdrawn,
@@ -419,6 +493,9 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
         }));
     }
     print_referral(&row, &envelope, &audience);
+    if let Some(broadcast) = &broadcast {
+        print_broadcast(broadcast, &row, ctx.me(), &audience);
+    }
     case_file.print()?;
     print_follow_up(delegated_to.as_deref(), &schedule);
     println!("history");
@@ -460,7 +537,12 @@ fn print_referral(row: &ReferralRow, envelope: &Envelope, audience: &str) {
         "created_at",
         "updated_at",
     ] {
-        println!("  {key}: {}", plain(&referral[key]));
+        let value = match &referral[key] {
+            // An open broadcast names no recipient yet.
+            Value::String(empty) if key == "recipient" && empty.is_empty() => "-".to_owned(),
+            value => plain(value),
+        };
+        println!("  {key}: {value}");
     }
     println!("  subject: {}", plain(&referral["subject"]));
     println!(
@@ -468,6 +550,72 @@ fn print_referral(row: &ReferralRow, envelope: &Envelope, audience: &str) {
         plain(&referral["requested_recipient"])
     );
     println!("  this agency: {}", shown(audience, Lines::One));
+    if !envelope.follows_referral_id.is_empty() {
+        println!(
+            "  follows: {}",
+            shown(&envelope.follows_referral_id, Lines::One)
+        );
+    }
+    // Everybody who holds the envelope sees whom the sender asked to be told of it.
+    if !envelope.notified_agency_ids.is_empty() {
+        println!(
+            "  notified: {}",
+            shown(&envelope.notified_agency_ids.join(", "), Lines::One)
+        );
+    }
+}
+
+/// The broadcast section of `show`: each candidate's answer, who won, and what the one reading
+/// can still do about it.
+fn print_broadcast(broadcast: &Broadcast, row: &ReferralRow, me: &str, audience: &str) {
+    println!("broadcast");
+    for candidate in &broadcast.candidates {
+        let answer = match (candidate.answer, &candidate.reason_code) {
+            (Answer::None, _) => "no answer".to_owned(),
+            (Answer::Declined, Some(code)) => format!("declined ({code})"),
+            (answer, _) => answer.as_str().to_owned(),
+        };
+        let here = if candidate.agency_id == me {
+            " (this agency)"
+        } else {
+            ""
+        };
+        println!(
+            "  candidate {}{here}: {}",
+            shown(&candidate.agency_id, Lines::One),
+            shown(&answer, Lines::One)
+        );
+    }
+    match (&broadcast.winner, &broadcast.redirected_to) {
+        (Some(winner), _) => println!("  won by: {}", shown(winner, Lines::One)),
+        (None, Some(to)) => println!(
+            "  sent on by its sender to {} instead; no longer open to the candidates",
+            shown(to, Lines::One)
+        ),
+        (None, None) => println!("  won by: - (no candidate has accepted)"),
+    }
+    if let Some(winner) = broadcast.taken_from(me) {
+        println!(
+            "  taken by another agency: {}; this agency can no longer act on this referral",
+            shown(winner, Lines::One)
+        );
+    }
+    let still_open = broadcast.is_open() && !is_closed(&row.state);
+    if broadcast.no_candidate_accepted && still_open {
+        if audience == "sender" {
+            let id = shown(&row.referral_id, Lines::One);
+            println!(
+                "  no candidate accepted: every candidate declined. Send it to one agency with \
+                 `spean-adapter redirect {id} --to AGENCY --reason TEXT`, or withdraw it with \
+                 `spean-adapter withdraw {id}`"
+            );
+        } else {
+            println!(
+                "  no candidate accepted: every candidate declined; its sender may send it to one \
+                 agency or withdraw it"
+            );
+        }
+    }
 }
 
 /// The follow-up section of `show`: who makes the visits, the next one and its status, the visits
@@ -521,7 +669,13 @@ struct StatusItem {
     kind: String,
     urgency: String,
     state: String,
+    /// Who acts next; for an open broadcast, how far its candidates got, or that none accepted
+    /// and the sender has to redirect or withdraw it.
     next_action: String,
+    /// A broadcast's candidates (empty for a referral sent to one agency).
+    candidates: Vec<String>,
+    /// The broker recorded that every candidate of this broadcast declined it.
+    no_candidate_accepted: bool,
     updated_at: String,
 }
 
@@ -555,14 +709,29 @@ impl From<OutboxRow> for OutboxItem {
 }
 
 pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
-    let referrals: Vec<StatusItem> = ctx
+    let mut referrals: Vec<StatusItem> = Vec::new();
+    for r in ctx
         .store
         .sent_by(ctx.me())
         .await?
         .into_iter()
         .filter(|r| args.all || !is_closed(&r.state))
-        .map(|r| StatusItem {
-            next_action: next_action(&r.state, &r.recipient),
+    {
+        let envelope = r.decode_envelope()?;
+        // Only a broadcast needs its history here: how its candidates answered.
+        let broadcast = if envelope.candidate_agency_ids.is_empty() {
+            None
+        } else {
+            Broadcast::read(&envelope, &ctx.store.history(&r.referral_id).await?)
+        };
+        let open_broadcast = broadcast
+            .as_ref()
+            .filter(|_| !is_closed(&r.state))
+            .and_then(Broadcast::sender_next);
+        referrals.push(StatusItem {
+            next_action: open_broadcast.unwrap_or_else(|| next_action(&r.state, &r.recipient)),
+            no_candidate_accepted: broadcast.as_ref().is_some_and(|b| b.no_candidate_accepted),
+            candidates: envelope.candidate_agency_ids,
             referral_id: r.referral_id,
             client_ref: r.client_ref,
             recipient: r.recipient,
@@ -570,8 +739,8 @@ pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()>
             urgency: r.urgency,
             state: r.state,
             updated_at: r.updated_at,
-        })
-        .collect();
+        });
+    }
     let outbox: Vec<OutboxItem> = ctx
         .store
         .outbox()
@@ -587,9 +756,14 @@ pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()>
         "referral", "to", "kind", "urgency", "state", "next", "updated",
     ]);
     for r in &referrals {
+        let to = if r.recipient.is_empty() && !r.candidates.is_empty() {
+            format!("broadcast: {}", r.candidates.join(", "))
+        } else {
+            r.recipient.clone()
+        };
         table.add_row(cells(vec![
             r.referral_id.clone(),
-            r.recipient.clone(),
+            to,
             r.kind.clone(),
             r.urgency.clone(),
             r.state.clone(),
@@ -753,6 +927,22 @@ pub async fn client(ctx: &Context, pseudonym: &str, json: bool) -> anyhow::Resul
         println!("no referral about {} here", shown(pseudonym, Lines::One));
         return Ok(());
     }
+    // Which referral follows which (story 5), before the merged history.
+    let mut links = table(&["referral", "kind", "state", "follows"]);
+    for row in &rows {
+        let follows = row.decode_envelope()?.follows_referral_id;
+        links.add_row(cells(vec![
+            row.referral_id.clone(),
+            row.kind.clone(),
+            row.state.clone(),
+            if follows.is_empty() {
+                "-".to_owned()
+            } else {
+                follows
+            },
+        ]));
+    }
+    println!("{links}");
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(["at", "referral", "kind", "event", "by"]);
@@ -803,6 +993,9 @@ fn referral_json(row: &ReferralRow, envelope: &Envelope) -> Value {
             "province": subject.province,
         },
         "client_pseudonym": envelope.client_pseudonym,
+        "candidate_agency_ids": envelope.candidate_agency_ids,
+        "notified_agency_ids": envelope.notified_agency_ids,
+        "follows_referral_id": envelope.follows_referral_id,
         "created_at": timestamp(envelope.created_at.as_ref()),
         "updated_at": row.updated_at,
         "state": row.state,

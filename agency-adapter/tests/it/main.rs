@@ -2,11 +2,12 @@
 //! behaviour (queueing, the outbox, JSON output) with a throwaway identity and no broker, and the
 //! binary against a real `spean-broker` process (feedback commands, reused keys, the subject's
 //! province from the directory, the daemon and its fault switch), and the views of notified
-//! parties and delegates with their follow-up schedule.
+//! parties and delegates with their follow-up schedule, and broadcasts with their candidates.
 
 // Tests may panic on a broken fixture: that is the failure we want to see.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod broadcast;
 mod cli;
 mod daemon;
 mod feedback;

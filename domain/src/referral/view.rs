@@ -159,6 +159,11 @@ impl Event {
         }
         self.actor_person = Default::default();
         self.note = Default::default();
+        // A candidate makes no visits: the schedule of a referral another candidate won is not
+        // its to follow.
+        if audience == Audience::Candidate {
+            self.next_visit = None;
+        }
         self.details = match self.details {
             EventDetails::Redirected { to, .. } => EventDetails::Redirected {
                 to,
