@@ -389,9 +389,9 @@ pub(super) async fn an_agency_the_sender_names_is_notified_and_cannot_act(f: Fix
     let new = spean_broker::wire::new_referral(spean_testkit::child_protection("cp-1")).unwrap();
     let (view, _, _) = workflow.submit(&mlup, new).await.unwrap();
     let id = view.referral().id;
-    assert_eq!(view.referral().notify, [dosvy.clone()]);
+    assert_eq!(view.referral().notify, std::slice::from_ref(&dosvy));
     let snapshot = f.store.snapshot(id).await.unwrap().unwrap();
-    assert_eq!(snapshot.notified, [dosvy.clone()]);
+    assert_eq!(snapshot.notified, std::slice::from_ref(&dosvy));
     let mailbox = f.store.mailbox(&dosvy, 0, 10).await.unwrap();
     assert_eq!((mailbox.len(), mailbox[0].event_id), (1, None));
     for (n, (kind, details)) in [
@@ -430,7 +430,7 @@ pub(super) async fn an_agency_the_sender_names_is_notified_and_cannot_act(f: Fix
     }
     for party in [&mlup, &legal] {
         let (view, _) = workflow.get(party, id).await.unwrap();
-        assert_eq!(view.referral().notify, [dosvy.clone()], "{party}");
+        assert_eq!(view.referral().notify, std::slice::from_ref(&dosvy), "{party}");
     }
     for (n, kind) in [
         EventKind::Acknowledged,
