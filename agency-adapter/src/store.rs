@@ -705,8 +705,13 @@ fn put_referral(
         // A later copy (a redelivery, or the submit answer after a redelivered event) refreshes the
         // envelope; an empty case file never overwrites one we have.
         conn.prepare_cached(
-            "UPDATE referrals SET recipient = ?1, envelope = ?2, \
+            // An older copy arriving late (a candidate's, after the copy it got as the winner)
+            // leaves the newer envelope, and a copy without the pseudonym (made for an agency
+            // only told of the referral) never erases it.
+            "UPDATE referrals SET recipient = ?1, \
+             envelope = CASE WHEN ?4 >= updated_at THEN ?2 ELSE envelope END, \
              case_file = CASE WHEN length(?3) > 0 THEN ?3 ELSE case_file END, \
+             client_pseudonym = CASE WHEN ?6 <> '' THEN ?6 ELSE client_pseudonym END, \
              updated_at = max(updated_at, ?4) WHERE referral_id = ?5",
         )?
         .execute(params![
@@ -715,6 +720,7 @@ fn put_referral(
             referral.case_file,
             updated_at,
             envelope.referral_id,
+            envelope.client_pseudonym,
         ])?;
     } else {
         conn.prepare_cached(

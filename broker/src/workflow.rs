@@ -17,7 +17,7 @@ use crate::ids::{AgencyId, ReferralId};
 use crate::referral::state::Role;
 use crate::referral::state::{self, EventKind, State};
 use crate::referral::{
-    Action, Addressee, Audience, Code, DeliveryContent, Event, EventDetails, FreeText, ListQuery,
+    Action, Addressee, Audience, Code, DeliveryContent, Event, EventDetails, ListQuery,
     NewReferral, Referral, ReferralView, Urgency, delegate_in,
 };
 use crate::store::{
@@ -245,19 +245,14 @@ impl Workflow {
             updated_at: now,
             case_file: new.case_file,
         };
-        let event = Event {
-            id: uuid::Uuid::now_v7(),
-            referral_id: referral.id,
-            kind: EventKind::Submitted,
-            actor: sender.clone(),
-            actor_person: FreeText::default(),
-            at: now,
-            note: FreeText::default(),
-            state_after: State::Sent,
-            details: EventDetails::None,
-            request_id: None,
-            next_visit: None,
-        };
+        let event = Event::recorded(
+            referral.id,
+            EventKind::Submitted,
+            sender.clone(),
+            now,
+            State::Sent,
+            EventDetails::None,
+        );
         // The recipient, or every candidate of a broadcast, and the agencies named to be notified:
         // each gets the referral as it may see it.
         let deliveries: Vec<NewDelivery> = referral
@@ -453,12 +448,20 @@ impl Workflow {
         self.store.referral(id).await?.ok_or_else(not_found)
     }
 
+    /// The referrals `agency` may see, each as it may see it: a referral it is only told of comes
+    /// without what only its parties read (the client's pseudonym).
     pub async fn list(
         &self,
         agency: &AgencyId,
         query: &ListQuery,
     ) -> Result<Vec<Referral>, BrokerError> {
-        Ok(self.store.list(agency, query).await?)
+        Ok(self
+            .store
+            .list(agency, query)
+            .await?
+            .into_iter()
+            .map(|r| r.as_seen_by(agency).into_referral())
+            .collect())
     }
 
     /// Records a feedback action; a retry with the same request id returns the first event.
@@ -505,6 +508,20 @@ impl Workflow {
                 None if delegate.as_ref() == Some(actor) => Role::Delegate,
                 None => return Err(outside_party(&snapshot, actor)),
             };
+            // A sender whose redirect of its broadcast crossed a candidate's acceptance lost a
+            // race, not a permission. (Once the sender sent it on, it is a one-to-one referral.)
+            if role == Role::Sender
+                && action.kind == EventKind::Redirected
+                && !referral.candidates.is_empty()
+                && snapshot.history.contains(&EventKind::Accepted)
+                && !snapshot.history.contains(&EventKind::Redirected)
+                && let Some(winner) = &referral.recipient
+            {
+                return Err(BrokerError::Precondition(format!(
+                    "referral {} was accepted by {winner}; only its recipient redirects it now",
+                    referral.id
+                )));
+            }
             let transition = if referral.is_open_broadcast() {
                 if role == Role::Candidate {
                     answered_before(
@@ -924,19 +941,14 @@ fn delivered_event(
         return None;
     }
     let to = state::after_delivery(snapshot.referral.state);
-    let event = Event {
-        id: uuid::Uuid::now_v7(),
-        referral_id: snapshot.referral.id,
-        kind: EventKind::Delivered,
-        actor: agency.clone(),
-        actor_person: FreeText::default(),
+    let event = Event::recorded(
+        referral.id,
+        EventKind::Delivered,
+        agency.clone(),
         at,
-        note: FreeText::default(),
-        state_after: to,
-        details: EventDetails::None,
-        request_id: None,
-        next_visit: None,
-    };
+        to,
+        EventDetails::None,
+    );
     Some((event, to))
 }
 
@@ -950,17 +962,15 @@ fn outside_party(snapshot: &Snapshot, actor: &AgencyId) -> BrokerError {
         && let Some(recipient) = &referral.recipient
     {
         // Only its sender redirects a broadcast, and only while no candidate has accepted it.
-        return BrokerError::Precondition(
-            if snapshot.history.contains(&EventKind::Redirected) {
-                format!(
-                    "referral {id} was sent on to {recipient} by its sender; it is no longer open to its candidates"
-                )
-            } else {
-                format!(
-                    "referral {id} was taken by another agency ({recipient}); it is no longer open to its candidates"
-                )
-            },
-        );
+        return BrokerError::Precondition(if snapshot.history.contains(&EventKind::Redirected) {
+            format!(
+                "referral {id} was sent on to {recipient} by its sender; it is no longer open to its candidates"
+            )
+        } else {
+            format!(
+                "referral {id} was taken by another agency ({recipient}); it is no longer open to its candidates"
+            )
+        });
     }
     BrokerError::Forbidden(if snapshot.notified.contains(actor) {
         format!(
@@ -1064,26 +1074,21 @@ fn escalation(
     let tiers = directory.escalation_tiers();
     let tier = (due.escalations as usize + 1).min(tiers.max(1));
     let to = directory.escalate_to(tier, &referral.subject.province);
-    let event = Event {
-        id: uuid::Uuid::now_v7(),
-        referral_id: referral.id,
-        kind: EventKind::Escalated,
+    let event = Event::recorded(
+        referral.id,
+        EventKind::Escalated,
         // Whose silence it records: the recipient's, or for a broadcast, on behalf of its sender.
-        actor: referral
+        referral
             .recipient
             .clone()
             .unwrap_or_else(|| referral.sender.clone()),
-        actor_person: FreeText::default(),
-        at: now,
-        note: FreeText::default(),
-        state_after: referral.state,
-        details: EventDetails::Escalated {
+        now,
+        referral.state,
+        EventDetails::Escalated {
             tier: tier as u32,
             to: to.clone(),
         },
-        request_id: None,
-        next_visit: None,
-    };
+    );
     let deadline = directory.acknowledgement_deadline(&referral.kind, referral.urgency);
     let next = match (
         directory.after_deadlines(tier),
@@ -1169,19 +1174,14 @@ fn no_candidate_accepted(
     held: Option<std::time::Duration>,
 ) -> Change {
     let referral = &snapshot.referral;
-    let event = Event {
-        id: uuid::Uuid::now_v7(),
-        referral_id: referral.id,
-        kind: EventKind::NoCandidateAccepted,
-        actor: referral.sender.clone(),
-        actor_person: FreeText::default(),
-        at: now,
-        note: FreeText::default(),
-        state_after: referral.state,
-        details: EventDetails::None,
-        request_id: None,
-        next_visit: None,
-    };
+    let event = Event::recorded(
+        referral.id,
+        EventKind::NoCandidateAccepted,
+        referral.sender.clone(),
+        now,
+        referral.state,
+        EventDetails::None,
+    );
     let mut change = change_for(snapshot, event, referral.state, None, &[], carry, held);
     change.deadline = DeadlineChange::Clear;
     change

@@ -258,15 +258,7 @@ async fn two_brokers(
 ) -> (BrokerProcess, BrokerProcess) {
     let mut settings = env.broker_env();
     settings.push(seed);
-    let first = BrokerProcess::start_with(&dir.join("broker"), "127.0.0.1:0", &settings).await;
-    first.wait_for_health(ServingStatus::Serving).await;
-    settings.push((
-        "SPEAN_BROKER_TLS__PKI_DIR".into(),
-        dir.join("broker/pki").display().to_string(),
-    ));
-    let second = BrokerProcess::start_with(&dir.join("broker-2"), "127.0.0.1:0", &settings).await;
-    second.wait_for_health(ServingStatus::Serving).await;
-    (first, second)
+    crate::helpers::two_brokers(dir, settings).await
 }
 
 /// Two brokers on one PostgreSQL and RabbitMQ both look for passed deadlines every second: each

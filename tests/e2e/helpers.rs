@@ -528,3 +528,19 @@ pub fn referral_id_of(answer: tonic::Response<pb::SubmitResponse>) -> String {
         .unwrap()
         .referral_id
 }
+
+/// Two brokers on `settings` sharing one PKI (the first's), both serving.
+pub async fn two_brokers(
+    dir: &Path,
+    mut settings: Vec<(String, String)>,
+) -> (BrokerProcess, BrokerProcess) {
+    let first = BrokerProcess::start_with(&dir.join("broker"), "127.0.0.1:0", &settings).await;
+    first.wait_for_health(ServingStatus::Serving).await;
+    settings.push((
+        "SPEAN_BROKER_TLS__PKI_DIR".into(),
+        dir.join("broker/pki").display().to_string(),
+    ));
+    let second = BrokerProcess::start_with(&dir.join("broker-2"), "127.0.0.1:0", &settings).await;
+    second.wait_for_health(ServingStatus::Serving).await;
+    (first, second)
+}

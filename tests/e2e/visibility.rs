@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use spean_proto::v1 as pb;
 
-use crate::helpers::{BrokerProcess, ServingStatus, eventually, lama};
+use crate::helpers::{BrokerProcess, eventually, lama, two_brokers};
 use crate::production::Production;
 
 const SENDER: &str = "ahc-swu";
@@ -26,22 +26,6 @@ fn redirect(referral_id: &str) -> pb::RedirectRequest {
             reason: "cannot travel to Pailin".into(),
         }),
     }
-}
-
-/// Two brokers on `settings` sharing one PKI (the first's), both serving.
-async fn two_brokers(
-    dir: &std::path::Path,
-    mut settings: Vec<(String, String)>,
-) -> (BrokerProcess, BrokerProcess) {
-    let first = BrokerProcess::start_with(&dir.join("broker"), "127.0.0.1:0", &settings).await;
-    first.wait_for_health(ServingStatus::Serving).await;
-    settings.push((
-        "SPEAN_BROKER_TLS__PKI_DIR".into(),
-        dir.join("broker/pki").display().to_string(),
-    ));
-    let second = BrokerProcess::start_with(&dir.join("broker-2"), "127.0.0.1:0", &settings).await;
-    second.wait_for_health(ServingStatus::Serving).await;
-    (first, second)
 }
 
 /// The case file each referral delivery on `agency`'s stream carried, until one for `referral_id`

@@ -21,7 +21,7 @@ use crate::directory::{Directory, FollowUpSchedule};
 use crate::error::BrokerError;
 use crate::ids::AgencyId;
 use crate::referral::state::{EventKind, State};
-use crate::referral::{Event, EventDetails, FreeText, NextVisit, Referral};
+use crate::referral::{Event, EventDetails, NextVisit, Referral};
 use crate::store::{Change, DeadlineChange, DueDeadline, NEVER, Snapshot};
 
 /// Cambodia's offset from UTC: a planned date is a day in Cambodia.
@@ -167,23 +167,19 @@ pub(super) fn missed_visit(
         }
         None => (DeadlineChange::Clear, None),
     };
-    let event = Event {
-        id: uuid::Uuid::now_v7(),
-        referral_id: referral.id,
-        kind: EventKind::FollowUpOverdue,
-        actor: responsible,
-        actor_person: FreeText::default(),
-        at: now,
-        note: FreeText::default(),
-        state_after: referral.state,
-        details: EventDetails::FollowUpOverdue {
+    let mut event = Event::recorded(
+        referral.id,
+        EventKind::FollowUpOverdue,
+        responsible,
+        now,
+        referral.state,
+        EventDetails::FollowUpOverdue {
             due_at: visit_was_due,
             missed_in_a_row: due.escalations.saturating_add(1),
             told: told.clone(),
         },
-        request_id: None,
-        next_visit: next,
-    };
+    );
+    event.next_visit = next;
     let mut change = change_for(snapshot, event, referral.state, None, &told, carry, held);
     change.deadline = timer;
     change
@@ -192,6 +188,7 @@ pub(super) fn missed_visit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::referral::FreeText;
 
     #[test]
     fn a_planned_date_starts_at_midnight_in_cambodia() {

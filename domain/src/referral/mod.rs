@@ -419,8 +419,8 @@ pub struct Referral {
     pub urgency: Urgency,
     pub subject: Subject,
     pub client_pseudonym: Option<ClientRef>,
-    /// A broadcast's candidates, as the directory listed the providers when it was sent; empty
-    /// for a referral sent to one agency.
+    /// A broadcast's candidates: the providers of the service in the province when it was sent,
+    /// in routing order; empty for a referral sent to one agency.
     pub candidates: Vec<AgencyId>,
     /// The agencies the sender named to be notified.
     pub notify: Vec<AgencyId>,
@@ -612,6 +612,34 @@ pub struct Event {
     /// the events that move a follow-up schedule (an acceptance, a follow-up, a missed visit, a
     /// delegation), for kinds the directory schedules. Not free text: every audience reads it.
     pub next_visit: Option<NextVisit>,
+}
+
+impl Event {
+    /// An event the broker records itself (a submission, a delivery, an escalation, a missed
+    /// visit, a broadcast nobody accepted), at `at`, in the name of `actor`: nobody wrote it, so
+    /// it has no person, note or request id.
+    pub fn recorded(
+        referral_id: ReferralId,
+        kind: EventKind,
+        actor: AgencyId,
+        at: OffsetDateTime,
+        state_after: State,
+        details: EventDetails,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7(),
+            referral_id,
+            kind,
+            actor,
+            actor_person: FreeText::default(),
+            at,
+            note: FreeText::default(),
+            state_after,
+            details,
+            request_id: None,
+            next_visit: None,
+        }
+    }
 }
 
 /// A feedback action requested by a party, parsed and valid.

@@ -219,6 +219,9 @@ impl Referral {
     fn seen_as(mut self, party: &AgencyId, audience: Audience) -> ReferralView {
         if !audience.reads_case_file() {
             self.case_file = Default::default();
+            // The pseudonym links the referrals about one person: a key to the client's history,
+            // for the agencies that work with the client, not for those told of one referral.
+            self.client_pseudonym = None;
         }
         ReferralView {
             referral: self,
@@ -287,6 +290,8 @@ mod tests {
         referral.recipient = None;
         referral.candidates = vec![agency("mlup-russey"), agency("dosvy-17")];
         referral.notify = vec![agency("dosvy-15")];
+        referral.client_pseudonym =
+            Some(crate::ids::ClientRef::parse("client_pseudonym", "ahc-2026-0042").unwrap());
         for (party, audience) in [
             ("mlup-russey", Audience::Candidate),
             ("dosvy-17", Audience::Candidate),
@@ -295,10 +300,12 @@ mod tests {
             let view = referral.clone().as_seen_by(&agency(party));
             assert_eq!(view.audience(), audience, "{party}");
             assert!(view.referral().case_file.is_empty(), "{party}");
+            assert_eq!(view.referral().client_pseudonym, None, "{party}");
             assert!(!audience.reads_notes());
         }
         let sender = referral.clone().as_seen_by(&agency("ahc-swu"));
         assert!(!sender.referral().case_file.is_empty());
+        assert!(sender.referral().client_pseudonym.is_some());
         // mlup-russey accepts: it reads the case file, dosvy-17 still does not.
         referral.recipient = Some(agency("mlup-russey"));
         let winner = referral.clone().as_seen_by(&agency("mlup-russey"));

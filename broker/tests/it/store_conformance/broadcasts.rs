@@ -430,7 +430,11 @@ pub(super) async fn an_agency_the_sender_names_is_notified_and_cannot_act(f: Fix
     }
     for party in [&mlup, &legal] {
         let (view, _) = workflow.get(party, id).await.unwrap();
-        assert_eq!(view.referral().notify, std::slice::from_ref(&dosvy), "{party}");
+        assert_eq!(
+            view.referral().notify,
+            std::slice::from_ref(&dosvy),
+            "{party}"
+        );
     }
     for (n, kind) in [
         EventKind::Acknowledged,
