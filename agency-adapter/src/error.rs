@@ -67,6 +67,10 @@ pub enum AdapterError {
     Broker { code: &'static str, message: String },
 }
 
+/// The metadata key of the broker's answer to a call over the agency's rate: milliseconds until
+/// it may call again (gRPC's retry pushback).
+pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
+
 impl AdapterError {
     /// Sorts a broker status: the codes the contract lists as definitive refusals become
     /// [`AdapterError::Rejected`]; unavailability and deadlines become [`AdapterError::Unavailable`].
@@ -88,6 +92,14 @@ impl AdapterError {
                 code: name,
                 message,
             },
+            // Over the broker's size limit (and no pushback) is final; over an agency's rate
+            // the broker says when to retry (`grpc-retry-pushback-ms`), and the row waits.
+            Code::ResourceExhausted if status.metadata().get(PUSHBACK).is_none() => {
+                Self::Rejected {
+                    code: name,
+                    message,
+                }
+            }
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
                 Self::Unavailable(format!("{name}: {message}"))
             }
@@ -181,6 +193,13 @@ mod tests {
         assert!(AdapterError::from_status(tonic::Status::unavailable("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::deadline_exceeded("x")).is_transient());
         assert!(AdapterError::from_status(tonic::Status::internal("x")).is_transient());
+        // Too large: final. Too fast: the broker says when to come back, and the row waits.
+        assert!(AdapterError::from_status(tonic::Status::resource_exhausted("x")).is_refusal());
+        let mut slow_down = tonic::Status::resource_exhausted("x");
+        slow_down
+            .metadata_mut()
+            .insert(PUSHBACK, "20".parse().unwrap());
+        assert!(AdapterError::from_status(slow_down).is_transient());
     }
 
     #[test]

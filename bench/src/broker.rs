@@ -67,10 +67,22 @@ impl BrokerProcess {
         std::fs::create_dir_all(data_dir)?;
         let seed = data_dir.join("seed.json");
         write_seed(&seed, ids)?;
-        let mut all = vec![(
-            "SPEAN_BROKER_DIRECTORY__SEED".to_owned(),
-            seed.display().to_string(),
-        )];
+        let mut all = vec![
+            (
+                "SPEAN_BROKER_DIRECTORY__SEED".to_owned(),
+                seed.display().to_string(),
+            ),
+            // A few agencies here send what a whole network would: the per-agency rate limit is
+            // kept (so its cost is measured) but set far above what they send.
+            (
+                "SPEAN_BROKER_LIMITS__REQUESTS_PER_SECOND_PER_AGENCY".to_owned(),
+                "1000000".to_owned(),
+            ),
+            (
+                "SPEAN_BROKER_LIMITS__REQUEST_BURST_PER_AGENCY".to_owned(),
+                "1000000".to_owned(),
+            ),
+        ];
         all.extend_from_slice(env);
         let process =
             spean_testkit::BrokerProcess::start(data_dir, "127.0.0.1:0", &all, STARTUP).await?;

@@ -209,6 +209,14 @@ pub struct LimitsConfig {
     /// One more is refused with RESOURCE_EXHAUSTED: each stream holds a RabbitMQ channel, and one
     /// agency must not take those the relay and the other agencies need.
     pub max_streams_per_agency: usize,
+    /// Calls per second one agency may make on average to this broker, every service counted
+    /// (a delivery stream counts once, when it opens). One over it is refused with
+    /// RESOURCE_EXHAUSTED, naming this limit, before any database work, and told when to retry
+    /// (`grpc-retry-pushback-ms`): one agency flooding the broker must not slow the others. An
+    /// adapter sends far fewer; 0 turns the limit off.
+    pub requests_per_second_per_agency: u32,
+    /// How many calls an agency may make at once above that rate.
+    pub request_burst_per_agency: u32,
     /// How long a call may take before the broker answers it with CANCELLED and drops what it was
     /// waiting for: a database connection that hangs without a reset (a silent partition) must
     /// not hold a request, nor its adapter, for the minutes TCP takes to give up. Delivery
@@ -306,6 +314,8 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: 10_000,
             max_concurrent_streams: 256,
             max_streams_per_agency: 4,
+            requests_per_second_per_agency: 500,
+            request_burst_per_agency: 1000,
             request_timeout_ms: 30_000,
         }
     }

@@ -284,6 +284,10 @@ impl Broker {
             workflow: self.workflow.clone(),
             config: self.config.clone(),
             stop: stop.clone(),
+            quota: Arc::new(crate::gateway::quota::Quota::new(
+                self.config.limits.requests_per_second_per_agency,
+                self.config.limits.request_burst_per_agency,
+            )),
         };
         let max = self.config.limits.max_message_bytes;
 
@@ -351,6 +355,7 @@ impl Broker {
             .http2_max_pending_accept_reset_streams(Some(HTTP2_MAX_PENDING_RESETS))
             .http2_max_local_error_reset_streams(Some(HTTP2_MAX_LOCAL_ERROR_RESETS))
             .tls_config(self.tls)?
+            .layer(crate::gateway::oversize::OversizeLayer { limit: max })
             .add_service(health_service)
             .add_service(reflection)
             .add_service(

@@ -11,6 +11,7 @@ mod broker_cli;
 mod broker_crash;
 mod cluster;
 mod escalation;
+mod fairness;
 mod faults;
 mod follow_ups;
 mod helpers;

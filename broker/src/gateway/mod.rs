@@ -6,6 +6,8 @@ pub mod connections;
 mod coordinator;
 mod delivery;
 mod directory;
+pub mod oversize;
+pub mod quota;
 mod referral;
 
 use std::sync::Arc;
@@ -29,10 +31,31 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Cancelled on shutdown: long-lived delivery streams end so the server can stop.
     pub stop: tokio_util::sync::CancellationToken,
+    /// How many calls each agency may still make ([`quota`]).
+    pub quota: Arc<quota::Quota>,
+}
+
+/// The agency a request comes from, read from its verified client certificate, if it is within
+/// its rate ([`quota`]): every call goes through here first.
+pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
+    let agency = identified(shared, request).await?;
+    if let Err(wait) = shared.quota.take(&agency) {
+        let (rate, burst) = shared.quota.limits();
+        let ms = wait.as_millis().max(1);
+        let mut status = tonic::Status::resource_exhausted(format!(
+            "{agency} is over limits.requests_per_second_per_agency ({rate} calls per second, \
+             {burst} at once); retry in {ms} ms"
+        ));
+        if let Ok(value) = ms.to_string().parse() {
+            status.metadata_mut().insert(quota::PUSHBACK, value);
+        }
+        return Err(status);
+    }
+    Ok(agency)
 }
 
 /// The agency a request comes from, read from its verified client certificate.
-pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
+async fn identified<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         BrokerError::Unauthenticated(
             "a client certificate issued by the network CA is required".into(),

@@ -1,5 +1,5 @@
 //! What keeps one party from blocking the others: the connection limit, the TLS handshake
-//! timeout, and the limit on delivery streams per agency.
+//! timeout, the limit on delivery streams per agency, and the rate of calls per agency.
 
 use std::time::Duration;
 
@@ -124,5 +124,61 @@ async fn an_agency_over_its_delivery_stream_limit_is_refused() {
         reopened.is_ok(),
         "a closed stream did not give its place back"
     );
+    broker.stop().await;
+}
+
+/// One agency calling faster than `limits.requests_per_second_per_agency` allows is refused with
+/// RESOURCE_EXHAUSTED naming the limit and told when to retry, before anything is read or
+/// written; another agency's calls go through all the while, and the flooding agency's are
+/// answered again once it slows down.
+#[tokio::test]
+async fn an_agency_over_its_request_rate_is_told_to_wait_and_the_others_are_not() {
+    let broker = spawn_broker_with(|c| {
+        c.limits.requests_per_second_per_agency = 5;
+        c.limits.request_burst_per_agency = 5;
+    })
+    .await;
+    let mut flooding = broker.client("mith-samlanh").await;
+    let mut hospital = broker.client("ahc-swu").await;
+    let list = || pb::ListRequest::default();
+    let mut refused = None;
+    let mut answered = 0;
+    for _ in 0..20 {
+        match flooding.referrals.list(list()).await {
+            Ok(_) => answered += 1,
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    // The burst, and at most a call or two more that the rate refilled meanwhile.
+    assert!((5..=7).contains(&answered), "{answered}");
+    let refused = refused.expect("a call over the rate");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused
+            .message()
+            .starts_with("mith-samlanh is over limits.requests_per_second_per_agency (5 calls"),
+        "{}",
+        refused.message()
+    );
+    let pushback: u64 = refused
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .expect("when to retry")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=200).contains(&pushback), "{pushback}");
+    // Another agency is not held back, and a submit of its own goes through.
+    hospital
+        .submit(crate::helpers::lama("rate-1"))
+        .await
+        .unwrap();
+    // Once it waited as told, the flooding agency is answered again.
+    tokio::time::sleep(Duration::from_millis(pushback + 10)).await;
+    flooding.referrals.list(list()).await.unwrap();
     broker.stop().await;
 }

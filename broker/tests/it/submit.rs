@@ -196,7 +196,14 @@ async fn oversize_case_files_and_messages_are_refused_and_leave_no_trace() {
     let mut huge = lama("ahc-big-2");
     huge.case_file = vec![7; 100 * 1024];
     let err = hospital.submit(huge).await.unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .contains("limits.max_message_bytes (65536 bytes)"),
+        "{err:?}"
+    );
+    // Over the size, not the rate: nothing tells the adapter to retry it later.
+    assert!(err.metadata().get("grpc-retry-pushback-ms").is_none());
 
     assert_eq!(broker.count("referrals").await, 0);
     assert_eq!(broker.count("mailbox").await, 0);
