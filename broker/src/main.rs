@@ -69,6 +69,14 @@ enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue the broker's server certificate (for `tls.server_names`) from the existing CA:
+    /// agencies keep their identities. Restart the broker to serve it.
+    IssueServer {
+        /// Replace the existing server key and certificate (one about to expire, new names, a
+        /// leaked key).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,6 +124,10 @@ async fn main() -> anyhow::Result<()> {
                     let agency = AgencyId::parse("AGENCY", &agency)?;
                     let dir = pki.issue_agency_with(&agency, force)?;
                     println!("{}", dir.display());
+                }
+                PkiCommand::IssueServer { force } => {
+                    pki.issue_server_with(&config.tls.server_names, force)?;
+                    println!("{}", pki.server_cert().display());
                 }
             }
         }

@@ -50,6 +50,10 @@ pub enum PkiError {
         "{0} already exists; refusing to overwrite it (pass --force to replace this agency's key)"
     )]
     AgencyExists(PathBuf),
+    #[error(
+        "{0} already exists; refusing to overwrite it (pass --force to re-issue the server certificate)"
+    )]
+    ServerExists(PathBuf),
     #[error("{path} is missing: {reason}")]
     Missing { path: PathBuf, reason: String },
 }
@@ -130,7 +134,25 @@ impl Pki {
     /// Issues the broker's server certificate for the given DNS names and IP addresses. Refuses to
     /// replace an existing `broker.pem` or `broker.key`.
     pub fn issue_server(&self, hosts: &[String]) -> Result<(), PkiError> {
+        self.issue_server_with(hosts, false)
+    }
+
+    /// As [`Pki::issue_server`]; with `force`, replaces an existing server key and certificate,
+    /// signed by the same CA: for a certificate about to expire, new server names or a leaked
+    /// server key. Agencies trust the CA, not the certificate, so they keep their identities and
+    /// connect to the broker restarted with the new one.
+    pub fn issue_server_with(&self, hosts: &[String], force: bool) -> Result<(), PkiError> {
         let issuer = self.issuer()?;
+        let files = [self.server_key(), self.server_cert()];
+        if !force && let Some(existing) = files.iter().find(|f| f.exists()) {
+            return Err(PkiError::ServerExists(existing.clone()));
+        }
+        if force {
+            // Removed rather than truncated: a file opened for writing keeps its old mode.
+            for file in &files {
+                remove_if_present(file)?;
+            }
+        }
         let mut params = CertificateParams::new(hosts.to_vec())?;
         params.distinguished_name = name("spean-broker");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -418,6 +440,45 @@ mod tests {
         assert_eq!(std::fs::read(pki.ca_cert()).unwrap(), before);
         assert!(!pki.ca_key().exists());
         assert!(!pki.agency_dir(&agency("mlup-russey")).exists());
+    }
+
+    #[test]
+    fn the_server_certificate_is_re_issued_by_the_same_ca_only_when_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.init().unwrap();
+        pki.issue_server(&["localhost".into()]).unwrap();
+        let agency_dir = pki.issue_agency(&agency("mlup-russey")).unwrap();
+        let (ca, cert, key, identity) = (
+            std::fs::read(pki.ca_cert()).unwrap(),
+            std::fs::read(pki.server_cert()).unwrap(),
+            std::fs::read(pki.server_key()).unwrap(),
+            std::fs::read(agency_dir.join("cert.pem")).unwrap(),
+        );
+        let refused = pki.issue_server(&["localhost".into()]).unwrap_err();
+        assert!(refused.to_string().contains("--force"), "{refused}");
+        assert_eq!(std::fs::read(pki.server_cert()).unwrap(), cert);
+
+        pki.issue_server_with(&["localhost".into(), "broker.example".into()], true)
+            .unwrap();
+        assert_ne!(std::fs::read(pki.server_cert()).unwrap(), cert);
+        assert_ne!(std::fs::read(pki.server_key()).unwrap(), key);
+        assert_eq!(mode(&pki.server_key()), 0o600);
+        // The same CA, and the agencies' identities as they were.
+        assert_eq!(std::fs::read(pki.ca_cert()).unwrap(), ca);
+        assert_eq!(
+            std::fs::read(agency_dir.join("cert.pem")).unwrap(),
+            identity
+        );
+        let pem = std::fs::read(pki.server_cert()).unwrap();
+        let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der.contents).unwrap();
+        let ca_pem = x509_parser::pem::parse_x509_pem(&ca).unwrap().1;
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca_pem.contents).unwrap();
+        assert_eq!(parsed.issuer(), ca_parsed.subject());
+        parsed
+            .verify_signature(Some(ca_parsed.public_key()))
+            .unwrap();
     }
 
     #[test]

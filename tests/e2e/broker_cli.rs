@@ -122,3 +122,52 @@ async fn pki_issue_refuses_to_replace_an_agency_key_unless_forced() {
     assert_ne!(std::fs::read(&key).unwrap(), first);
     assert_eq!(mode(&key), 0o600);
 }
+
+/// The server certificate is re-issued from the same CA, only when forced; the broker restarted
+/// with it serves an agency whose identity was issued before, unchanged.
+#[tokio::test]
+async fn pki_issue_server_re_issues_the_server_certificate_from_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut running = crate::helpers::BrokerProcess::start(dir.path(), "127.0.0.1:0").await;
+    running
+        .client("ahc-swu")
+        .await
+        .referrals
+        .list(spean_proto::v1::ListRequest::default())
+        .await
+        .unwrap();
+    let cert = dir.path().join("pki/broker.pem");
+    let (before, ca) = (
+        std::fs::read(&cert).unwrap(),
+        std::fs::read(dir.path().join("pki/ca.pem")).unwrap(),
+    );
+    let refused = running.admin(&["pki", "issue-server"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--force"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let forced = running.admin(&["pki", "issue-server", "--force"]).await;
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert_ne!(std::fs::read(&cert).unwrap(), before);
+    assert_eq!(
+        std::fs::read(dir.path().join("pki/ca.pem")).unwrap(),
+        ca,
+        "the same CA"
+    );
+    running.kill().await;
+    running.start_again().await;
+    // The agency's identity from before the re-issue still connects.
+    running
+        .client("ahc-swu")
+        .await
+        .referrals
+        .list(spean_proto::v1::ListRequest::default())
+        .await
+        .unwrap();
+}
