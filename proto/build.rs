@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "spean/v1/referral.proto",
         "spean/v1/case_file.proto",
+        "spean/v1/sealed.proto",
         "spean/v1/referral_service.proto",
         "spean/v1/delivery_service.proto",
         "spean/v1/directory_service.proto",

@@ -265,6 +265,7 @@ mod tests {
         redirect.details = Some(Details::Redirected(Redirect {
             to_agency_id: "a".into(),
             reason: String::new(),
+            case_file: Vec::new(),
         }));
         let history = [
             declined("a", ""),

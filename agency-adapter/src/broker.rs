@@ -34,6 +34,12 @@ pub struct Broker {
     pub coordinator: CoordinatorServiceClient<Channel>,
     /// Who this agency is (from its certificate): the delivery stream stores only what concerns it.
     pub agency_id: String,
+    /// The identity it connected with: its key signs the sealing key it publishes, and the
+    /// network CA checks the keys other agencies publish (`sealing`).
+    pub identity: Identity,
+    /// Whether this connection published the agency's sealing key yet: done once per connection,
+    /// before the first delivery or the first sealed request.
+    pub key_published: bool,
 }
 
 impl Broker {
@@ -70,6 +76,8 @@ impl Broker {
             directory: DirectoryServiceClient::new(channel.clone()),
             coordinator: CoordinatorServiceClient::new(channel),
             agency_id: identity.agency_id.as_str().to_owned(),
+            identity: identity.clone(),
+            key_published: false,
         })
     }
 }

@@ -43,6 +43,8 @@ pub async fn subscribe(
     on_connected: impl FnOnce(),
     mut on_confirmed: impl FnMut(&Delivery),
 ) -> Result<(), AdapterError> {
+    // Those who seal to this agency need its key, and open what it sealed with it.
+    crate::sealing::publish_key(store, broker).await?;
     let (requests, outgoing) = mpsc::channel(WINDOW as usize * 2);
     send(&requests, Request::Hello(Hello { window: WINDOW })).await?;
     let mut stream = tokio::select! {
@@ -74,6 +76,7 @@ pub async fn subscribe(
                 Some(Ok(None)) | None => break,
             }
         }
+        open_batch(store, broker, &mut batch).await?;
         store_batch(store, &broker.agency_id, &batch).await?;
         if kill_after_store {
             fault::kill_self();
@@ -89,6 +92,24 @@ pub async fn subscribe(
             on_confirmed(&delivery);
         }
     }
+}
+
+/// Opens what arrived sealed to this agency ([`crate::sealing`]) before it is stored. Fails only
+/// when a writer's key could not be fetched: the batch is then not confirmed, and comes again.
+pub async fn open_batch(
+    store: &Store,
+    broker: &mut Broker,
+    batch: &mut [Delivery],
+) -> Result<(), AdapterError> {
+    let mut opener = crate::sealing::Opener::load(store).await?;
+    for delivery in batch {
+        match delivery.payload.as_mut() {
+            Some(Payload::Referral(referral)) => opener.referral(store, broker, referral).await?,
+            Some(Payload::Feedback(event)) => opener.event(store, broker, event).await?,
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// Stores, in one transaction, the deliveries of `batch` that concern `agency_id`, and logs (ids

@@ -53,6 +53,11 @@ pub enum AdapterError {
         source: prost::DecodeError,
     },
 
+    /// A box could not be sealed or opened, or an agency's published key did not verify against
+    /// the network CA (see `sealing`). Names the agency and why, never the content.
+    #[error("sealing: {0}")]
+    Sealing(String),
+
     /// The broker could not be reached or did not answer in time: the request stays queued.
     #[error("broker unavailable: {0}")]
     Unavailable(String),

@@ -15,6 +15,8 @@
 //! - [`store`]: the local SQLite copy (referrals, events, outbox, deliveries); every write is one
 //!   transaction and every delivery write is idempotent.
 //! - [`outbox`]: outgoing requests, written locally first, then sent to the broker with their own key.
+//! - [`sealing`]: the agency's sealing keys; what it sends sealed to its readers, and what it
+//!   receives opened before it is stored.
 //! - [`broker`]: the tonic channel to the broker (mutual TLS, timeouts).
 //! - [`directory`]: the provinces a recipient serves, read from the broker's directory.
 //! - [`coordinator`]: the calls a coordinator makes (overdue referrals, the network's figures), and
@@ -44,6 +46,7 @@ pub mod follow_up;
 pub mod identity;
 pub mod outbox;
 pub mod referral;
+pub mod sealing;
 pub mod store;
 pub mod telemetry;
 

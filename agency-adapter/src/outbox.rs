@@ -55,6 +55,13 @@ macro_rules! outgoing_requests {
                 }
             }
 
+            fn action_mut(&mut self) -> Option<&mut Action> {
+                match self {
+                    Self::Submit(_) => None,
+                    $(Self::$variant(r) => r.action.as_mut(),)*
+                }
+            }
+
             /// Fills the fields every action shares; a submit has none, and is left as it is.
             pub fn set_action(&mut self, action: Action) {
                 match self {
@@ -133,6 +140,62 @@ impl OutgoingRequest {
         }
     }
 
+    /// The fields every action shares; `None` for a submit.
+    pub fn shared(&self) -> Option<&Action> {
+        self.action()
+    }
+
+    pub fn shared_mut(&mut self) -> Option<&mut Action> {
+        self.action_mut()
+    }
+
+    /// The free text of the action's details, for the kinds that have one: an acceptance's
+    /// planned action, a decline's, redirect's, failure's or delegation's reason, an outcome's
+    /// summary.
+    pub fn detail_text(&self) -> Option<&str> {
+        match self {
+            Self::Accept(r) => r.acceptance.as_ref().map(|a| a.planned_action.as_str()),
+            Self::Decline(r) => r.decline.as_ref().map(|d| d.reason_text.as_str()),
+            Self::Redirect(r) => r.redirect.as_ref().map(|d| d.reason.as_str()),
+            Self::Complete(r) => r.outcome.as_ref().map(|o| o.summary.as_str()),
+            Self::Fail(r) => r.failure.as_ref().map(|f| f.reason.as_str()),
+            Self::DelegateFollowUp(r) => r.delegation.as_ref().map(|d| d.reason.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Takes everything a person wrote out of the request (the person, the note and the details'
+    /// text), leaving those fields empty, as the broker takes them: sealed, never in clear.
+    pub fn take_free_text(&mut self) -> spean_proto::v1::FreeText {
+        let take = std::mem::take::<String>;
+        let detail = match self {
+            Self::Accept(r) => r.acceptance.as_mut().map(|a| take(&mut a.planned_action)),
+            Self::Decline(r) => r.decline.as_mut().map(|d| take(&mut d.reason_text)),
+            Self::Redirect(r) => r.redirect.as_mut().map(|d| take(&mut d.reason)),
+            Self::Complete(r) => r.outcome.as_mut().map(|o| take(&mut o.summary)),
+            Self::Fail(r) => r.failure.as_mut().map(|f| take(&mut f.reason)),
+            Self::DelegateFollowUp(r) => r.delegation.as_mut().map(|d| take(&mut d.reason)),
+            _ => None,
+        };
+        let (actor_person, note) = self
+            .action_mut()
+            .map(|a| (take(&mut a.actor_person), take(&mut a.note)))
+            .unwrap_or_default();
+        spean_proto::v1::FreeText {
+            actor_person,
+            note,
+            detail: detail.unwrap_or_default(),
+        }
+    }
+
+    /// The agency a delegation hands the follow-up visits to.
+    pub fn delegate(&self) -> Option<&str> {
+        match self {
+            Self::DelegateFollowUp(r) => r.delegation.as_ref().map(|d| d.to_agency_id.as_str()),
+            _ => None,
+        }
+    }
+
     /// The referral an action is about; unknown for a submit until the broker answers.
     pub fn referral_id(&self) -> Option<&str> {
         self.action().map(|a| a.referral_id.as_str())
@@ -192,8 +255,20 @@ pub async fn send(
     request: OutgoingRequest,
 ) -> Result<Outcome, AdapterError> {
     let request_id = request.request_id().to_owned();
-    match request.call(broker).await {
-        Ok(outcome) => {
+    let sealed = match sealed(store, broker, &request).await {
+        Ok(sealed) => sealed,
+        Err(error) => {
+            if error.is_transient() {
+                store
+                    .note_failed_attempt(&request_id, &error.to_string())
+                    .await?;
+            }
+            return Err(error);
+        }
+    };
+    match sealed.call(broker).await {
+        Ok(mut outcome) => {
+            crate::sealing::restore_own(&request, &mut outcome);
             match &outcome {
                 Outcome::Submitted(referral) => {
                     store.record_submitted(&request_id, referral).await?;
@@ -201,6 +276,15 @@ pub async fn send(
                 Outcome::Recorded(event) => store.record_event(&request_id, event).await?,
             }
             Ok(outcome)
+        }
+        Err(error) if error.to_string().contains(crate::sealing::UNSEALED_READER) => {
+            // The directory routes the referral to an agency it was not sealed to: seal it again,
+            // to the directory as it is now, on the next attempt.
+            store.forget_sealed_request(&request_id).await?;
+            store
+                .note_failed_attempt(&request_id, &error.to_string())
+                .await?;
+            Err(error)
         }
         Err(error) if error.is_refusal() => {
             tracing::debug!(%error, "broker refused the request");
@@ -214,6 +298,24 @@ pub async fn send(
             Err(error)
         }
     }
+}
+
+/// The request as the broker is to receive it: as sealed on its first attempt, or sealed now and
+/// kept for the next ones.
+async fn sealed(
+    store: &Store,
+    broker: &mut Broker,
+    request: &OutgoingRequest,
+) -> Result<OutgoingRequest, AdapterError> {
+    let request_id = request.request_id();
+    if let Some(payload) = store.sealed_request(request_id).await? {
+        return OutgoingRequest::decode(request.operation(), &payload);
+    }
+    let sealed = crate::sealing::seal_request(store, broker, request).await?;
+    let kept = store
+        .keep_sealed_request(request_id, &sealed.encode())
+        .await?;
+    OutgoingRequest::decode(request.operation(), &kept)
 }
 
 /// Sends a stored outbox row (the daemon's path).
@@ -262,6 +364,7 @@ mod tests {
                 request_id: "k-1".into(),
                 actor_person: "សុភា".into(),
                 note: String::new(),
+                sealed_text: Vec::new(),
             });
             let again = OutgoingRequest::decode(operation, &request.encode()).unwrap();
             if operation == "submit" {

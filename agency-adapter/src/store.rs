@@ -514,6 +514,121 @@ impl Store {
         .await
     }
 
+    /// This agency's private sealing keys, newest first; one is made and kept if it has none.
+    pub async fn seal_keys(&self) -> Result<Vec<spean_seal::SecretKey>, AdapterError> {
+        let rows: Vec<(Vec<u8>,)> =
+            sqlx::query_as("SELECT secret FROM seal_keys ORDER BY created_at DESC, rowid DESC")
+                .fetch_all(&self.pool)
+                .await?;
+        if rows.is_empty() {
+            return Ok(vec![self.add_seal_key().await?]);
+        }
+        rows.iter()
+            .map(|(secret,)| {
+                spean_seal::SecretKey::from_bytes(secret).map_err(|e| {
+                    AdapterError::Sealing(format!("a stored sealing key does not read: {e}"))
+                })
+            })
+            .collect()
+    }
+
+    /// Makes a new sealing key and keeps it beside the older ones (which still open what was
+    /// sealed to them); it becomes the newest.
+    pub async fn add_seal_key(&self) -> Result<spean_seal::SecretKey, AdapterError> {
+        let key = spean_seal::SecretKey::generate();
+        let (id, secret) = (key.id().to_vec(), key.to_bytes().to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO seal_keys (key_id, secret, created_at) VALUES (?, ?, ?)",
+            )?
+            .execute(rusqlite::params![id, secret, now()])?;
+            Ok(())
+        })
+        .await?;
+        Ok(key)
+    }
+
+    /// Another agency's key, checked before, by its id.
+    pub async fn peer_key(
+        &self,
+        key_id: &[u8],
+    ) -> Result<Option<(String, spean_seal::PublicKey)>, AdapterError> {
+        let row: Option<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT agency_id, public_key FROM peer_keys WHERE key_id = ?")
+                .bind(key_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(agency, public)| {
+            spean_seal::PublicKey::from_bytes(&public)
+                .ok()
+                .map(|key| (agency, key))
+        }))
+    }
+
+    /// Keeps another agency's key once it was checked against the network CA.
+    pub async fn keep_peer_key(
+        &self,
+        agency: &str,
+        key: &spean_seal::PublicKey,
+        published_at: &str,
+    ) -> Result<(), AdapterError> {
+        let (id, public) = (key.id().to_vec(), key.as_bytes().to_vec());
+        let (agency, published_at) = (agency.to_owned(), published_at.to_owned());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO peer_keys (key_id, agency_id, public_key, published_at, checked_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+            )?
+            .execute(rusqlite::params![id, agency, public, published_at, now()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The request as first sealed, if it was.
+    pub async fn sealed_request(&self, request_id: &str) -> Result<Option<Vec<u8>>, AdapterError> {
+        let row: Option<(Vec<u8>,)> =
+            sqlx::query_as("SELECT payload FROM outbox_sealed WHERE request_id = ?")
+                .bind(request_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(payload,)| payload))
+    }
+
+    /// Keeps the request as sealed, for every later attempt, unless another sender (the daemon
+    /// and a command race for the same row) kept its own first: returns the one kept, which is
+    /// what both must send, since sealing twice gives different bytes.
+    pub async fn keep_sealed_request(
+        &self,
+        request_id: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, AdapterError> {
+        let (request_id, payload) = (request_id.to_owned(), payload.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO outbox_sealed (request_id, payload) VALUES (?, ?) \
+                 ON CONFLICT (request_id) DO NOTHING",
+            )?
+            .execute(rusqlite::params![request_id, payload])?;
+            Ok(conn
+                .prepare_cached("SELECT payload FROM outbox_sealed WHERE request_id = ?")?
+                .query_row(rusqlite::params![request_id], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    /// Forgets how a request was sealed, so that its next attempt seals anew (the broker said a
+    /// reader was missing: the directory changed).
+    pub async fn forget_sealed_request(&self, request_id: &str) -> Result<(), AdapterError> {
+        let request_id = request_id.to_owned();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM outbox_sealed WHERE request_id = ?")?
+                .execute(rusqlite::params![request_id])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// The broker refused the request for good: keep it, with why, and never send it again.
     pub async fn mark_rejected(&self, request_id: &str, error: &str) -> Result<(), AdapterError> {
         sqlx::query(

@@ -128,7 +128,7 @@ async fn measure(
     let recorder = Recorder::new()?;
     let mut subscribers = JoinSet::new();
     broker::subscribe_all(broker, ids, dir, &recorder, &mut subscribers).await?;
-    let senders = Senders::new(broker, ids)?;
+    let senders = Senders::new(broker, ids, dir).await?;
 
     let broker_pid = broker.pid();
     let pid = broker_pid.unwrap_or(0);
@@ -349,7 +349,7 @@ pub async fn scale(
         let mut subscribers = JoinSet::new();
         broker::subscribe_all(&broker, connected_ids, &dir, &recorder, &mut subscribers).await?;
         result.memory_with_streams_open = broker.memory();
-        let senders = Senders::new(&broker, connected_ids)?;
+        let senders = Senders::new(&broker, connected_ids, &dir).await?;
         let offered = load::open_loop(
             &senders,
             &recorder,

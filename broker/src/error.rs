@@ -1,7 +1,7 @@
 //! The broker's errors, one enum per layer, and the one place they become a `tonic::Status`.
 //!
 //! Messages here may name fields, states, ids and agencies. They never carry case-file content or
-//! free text from a request: the types that hold those ([`crate::referral::SealedCaseFile`],
+//! free text from a request: the types that hold those ([`crate::referral::Sealed`],
 //! [`crate::referral::FreeText`]) do not print their content.
 
 use std::fmt;

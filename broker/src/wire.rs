@@ -5,6 +5,7 @@
 //! [`crate::referral::view`].
 
 mod figures;
+pub mod sealed;
 pub use figures::figures_response;
 
 use prost::Message;
@@ -16,14 +17,14 @@ use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
     Action, Addressee, AgeBand, Audience, Code, Day, DeliveryContent, Event, EventDetails,
-    EventKind, FreeText, MAX_NOTIFIED, NewReferral, Referral, ReferralView, Role, SealedCaseFile,
-    Sex, State, Subject, Urgency,
+    EventKind, FreeText, MAX_NOTIFIED, NewReferral, Referral, ReferralView, Role, Sealed, Sex,
+    State, Subject, Urgency,
 };
 
-/// Longest note, reason or summary.
-const MAX_TEXT: usize = 8 * 1024;
-/// Longest staff name.
-const MAX_PERSON: usize = 256;
+/// Largest sealed free text of one action: a person's name, a note and a reason of a few
+/// thousand characters each, sealed to a handful of readers. The adapter checks the text's own
+/// limits before sealing it.
+const MAX_SEALED_TEXT: usize = 64 * 1024;
 
 fn required<T>(field: &'static str, value: Option<T>) -> Result<T, FieldError> {
     value.ok_or_else(|| FieldError::new(field, "is required"))
@@ -95,6 +96,7 @@ pub fn new_referral(req: pb::SubmitRequest) -> Result<NewReferral, FieldError> {
         if req.case_file.is_empty() {
             return Err(FieldError::new("case_file", "is required"));
         }
+        sealed::parse("case_file", &req.case_file)?;
         let client_pseudonym = (!req.client_pseudonym.is_empty())
             .then(|| ClientRef::parse("client_pseudonym", &req.client_pseudonym))
             .transpose()?;
@@ -114,7 +116,7 @@ pub fn new_referral(req: pb::SubmitRequest) -> Result<NewReferral, FieldError> {
             kind,
             urgency,
             subject,
-            case_file: SealedCaseFile::new(req.case_file),
+            case_file: Sealed::new(req.case_file),
             client_pseudonym,
             broadcast: req.broadcast,
             notify,
@@ -187,41 +189,96 @@ pub fn action(
     details: EventDetails,
 ) -> Result<Action, FieldError> {
     let a = required("action", raw)?;
+    cleartext("action.actor_person", &a.actor_person)?;
+    cleartext("action.note", &a.note)?;
+    let referral_id = ReferralId::parse("action.referral_id", &a.referral_id)?;
+    let request_id = RequestId::parse("action.request_id", &a.request_id)?;
+    if a.sealed_text.is_empty() {
+        if let Some(what) = text_required(kind) {
+            return Err(FieldError::new(
+                "action.sealed_text",
+                format!("is required: {what} is sealed there"),
+            ));
+        }
+    } else if a.sealed_text.len() > MAX_SEALED_TEXT {
+        return Err(FieldError::new(
+            "action.sealed_text",
+            format!(
+                "is {} bytes; the limit is {MAX_SEALED_TEXT}",
+                a.sealed_text.len()
+            ),
+        ));
+    } else {
+        sealed::parse("action.sealed_text", &a.sealed_text)?;
+    }
     Ok(Action {
-        referral_id: ReferralId::parse("action.referral_id", &a.referral_id)?,
-        request_id: RequestId::parse("action.request_id", &a.request_id)?,
-        actor_person: FreeText::line("action.actor_person", &a.actor_person, MAX_PERSON)?,
-        note: FreeText::parse("action.note", &a.note, MAX_TEXT)?,
+        referral_id,
+        request_id,
+        actor_person: FreeText::default(),
+        note: FreeText::default(),
         kind,
         details,
+        sealed_text: Sealed::new(a.sealed_text),
     })
+}
+
+/// What an action of this kind must say in its sealed free text, if anything.
+fn text_required(kind: EventKind) -> Option<&'static str> {
+    match kind {
+        EventKind::Accepted => Some("an acceptance's planned action"),
+        EventKind::Declined => Some("a decline's reason"),
+        EventKind::Redirected => Some("a redirect's reason"),
+        EventKind::Failed => Some("a failure's reason"),
+        EventKind::FollowUpDelegated => Some("a delegation's reason"),
+        _ => None,
+    }
+}
+
+/// Refuses free text sent in clear: what people write about a case travels sealed
+/// (`action.sealed_text`), so that the broker never holds it readable.
+fn cleartext(field: &'static str, raw: &str) -> Result<(), FieldError> {
+    if raw.is_empty() {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        field,
+        "must be empty: free text travels sealed in action.sealed_text (a spean.v1.FreeText \
+         sealed to its readers), never in clear",
+    ))
 }
 
 pub fn acceptance(raw: Option<pb::Acceptance>) -> Result<EventDetails, FieldError> {
     let a = required("acceptance", raw)?;
+    cleartext("acceptance.planned_action", &a.planned_action)?;
     Ok(EventDetails::Accepted {
-        planned_action: FreeText::required(
-            "acceptance.planned_action",
-            &a.planned_action,
-            MAX_TEXT,
-        )?,
+        planned_action: FreeText::default(),
         planned_date: Day::parse("acceptance.planned_date", &a.planned_date)?.to_string(),
     })
 }
 
 pub fn decline(raw: Option<pb::Decline>) -> Result<EventDetails, FieldError> {
     let d = required("decline", raw)?;
+    cleartext("decline.reason_text", &d.reason_text)?;
     Ok(EventDetails::Declined {
         reason_code: Code::parse("decline.reason_code", &d.reason_code)?,
-        reason_text: FreeText::required("decline.reason_text", &d.reason_text, MAX_TEXT)?,
+        reason_text: FreeText::default(),
     })
 }
 
 pub fn redirect(raw: Option<pb::Redirect>) -> Result<EventDetails, FieldError> {
     let r = required("redirect", raw)?;
+    cleartext("redirect.reason", &r.reason)?;
+    let to = AgencyId::parse("redirect.to_agency_id", &r.to_agency_id)?;
+    sealed_to(
+        "redirect.case_file",
+        &r.case_file,
+        &to,
+        "the case file re-sealed",
+    )?;
     Ok(EventDetails::Redirected {
-        to: AgencyId::parse("redirect.to_agency_id", &r.to_agency_id)?,
-        reason: FreeText::required("redirect.reason", &r.reason, MAX_TEXT)?,
+        to,
+        reason: FreeText::default(),
+        case_file: Sealed::new(r.case_file),
     })
 }
 
@@ -237,32 +294,58 @@ pub fn follow_up(raw: Option<pb::FollowUp>) -> Result<EventDetails, FieldError> 
 /// to fill in (the history knows it), so [`EventDetails::DelegationRevoked`] is made there.
 pub fn delegation(raw: Option<pb::Delegation>) -> Result<EventDetails, FieldError> {
     let d = required("delegation", raw)?;
-    if d.follow_up_case_file.is_empty() {
-        return Err(FieldError::new(
-            "delegation.follow_up_case_file",
-            "is required: the part of the case file the delegate's visits need",
-        ));
-    }
+    cleartext("delegation.reason", &d.reason)?;
+    let to = AgencyId::parse("delegation.to_agency_id", &d.to_agency_id)?;
+    sealed_to(
+        "delegation.follow_up_case_file",
+        &d.follow_up_case_file,
+        &to,
+        "the part of the case file the delegate's visits need, sealed",
+    )?;
     Ok(EventDetails::FollowUpDelegated {
-        to: AgencyId::parse("delegation.to_agency_id", &d.to_agency_id)?,
-        reason: FreeText::required("delegation.reason", &d.reason, MAX_TEXT)?,
-        follow_up_part: SealedCaseFile::new(d.follow_up_case_file),
+        to,
+        reason: FreeText::default(),
+        follow_up_part: Sealed::new(d.follow_up_case_file),
     })
 }
 
 pub fn outcome(raw: Option<pb::Outcome>) -> Result<EventDetails, FieldError> {
     let o = required("outcome", raw)?;
+    cleartext("outcome.summary", &o.summary)?;
     Ok(EventDetails::Completed {
         outcome_code: Code::parse("outcome.outcome_code", &o.outcome_code)?,
-        summary: FreeText::parse("outcome.summary", &o.summary, MAX_TEXT)?,
+        summary: FreeText::default(),
     })
 }
 
 pub fn failure(raw: Option<pb::Failure>) -> Result<EventDetails, FieldError> {
     let f = required("failure", raw)?;
+    cleartext("failure.reason", &f.reason)?;
     Ok(EventDetails::Failed {
-        reason: FreeText::required("failure.reason", &f.reason, MAX_TEXT)?,
+        reason: FreeText::default(),
     })
+}
+
+/// Sealed bytes that must hold a box for `to`: `what` says what they are, for the error.
+fn sealed_to(
+    field: &'static str,
+    bytes: &[u8],
+    to: &AgencyId,
+    what: &str,
+) -> Result<(), FieldError> {
+    if bytes.is_empty() {
+        return Err(FieldError::new(
+            field,
+            format!("is required: {what} to {to}"),
+        ));
+    }
+    if !sealed::parse(field, bytes)?.iter().any(|b| &b.to == to) {
+        return Err(FieldError::new(
+            field,
+            format!("has no box for {to}: it must hold {what} to {to}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A period asked for figures, `[from, to)`, and the province it is narrowed to.
@@ -411,9 +494,11 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
             reason_code: reason_code.as_str().to_owned(),
             reason_text: reason_text.as_str().to_owned(),
         })),
-        EventDetails::Redirected { to, reason } => Some(Details::Redirected(pb::Redirect {
+        // The re-sealed case file joins the new recipient's copy of the referral (`referral`).
+        EventDetails::Redirected { to, reason, .. } => Some(Details::Redirected(pb::Redirect {
             to_agency_id: to.as_str().to_owned(),
             reason: reason.as_str().to_owned(),
+            case_file: Vec::new(),
         })),
         EventDetails::FollowUp { activity, date } => Some(Details::FollowUp(pb::FollowUp {
             activity: activity.as_str().to_owned(),
@@ -472,6 +557,7 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
             grace_seconds: v.grace_seconds,
             every_seconds: v.every_seconds,
         }),
+        sealed_text: e.sealed_text.as_bytes().to_vec(),
     }
 }
 
@@ -562,15 +648,30 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
 /// A referral with its history, as the party its view was made for may see it: each event through
 /// the view too ([`ReferralView::event`]).
 pub fn referral(view: ReferralView, history: &[Event]) -> pb::Referral {
-    let history = history.iter().map(|e| event(&view.event(e))).collect();
+    let events = history.iter().map(|e| event(&view.event(e))).collect();
     let audience = audience(view.audience()) as i32;
-    let r = view.into_referral();
+    let mut r = view.into_referral();
+    let envelope = envelope(&r);
+    let referral_state = state(r.state) as i32;
+    // Who reads the case file reads it with the boxes each redirect sealed to its new recipient.
+    let own = std::mem::take(&mut r.case_file);
+    let case_file = if own.is_empty() {
+        own
+    } else {
+        history
+            .iter()
+            .filter_map(|e| match &e.details {
+                EventDetails::Redirected { case_file, .. } => Some(case_file),
+                _ => None,
+            })
+            .fold(own, |all, more| all.joined(more))
+    };
     pb::Referral {
         audience,
-        envelope: Some(envelope(&r)),
-        state: state(r.state) as i32,
-        history,
-        case_file: r.case_file.into_bytes(),
+        envelope: Some(envelope),
+        state: referral_state,
+        history: events,
+        case_file: case_file.into_bytes(),
     }
 }
 
@@ -718,38 +819,83 @@ mod tests {
     }
 
     #[test]
-    fn a_decline_needs_both_code_and_text() {
-        let err = decline(Some(pb::Decline {
-            reason_code: "no_capacity".into(),
-            reason_text: String::new(),
-        }))
-        .unwrap_err();
-        assert_eq!(err.field, "decline.reason_text");
-        let err = decline(Some(pb::Decline {
-            reason_code: String::new(),
-            reason_text: "គ្មានគ្រួសារ".into(),
-        }))
-        .unwrap_err();
-        assert_eq!(err.field, "decline.reason_code");
+    fn a_cleartext_case_file_is_refused_naming_the_field() {
+        let mut r = valid();
+        r.case_file = spean_testkit::case_file();
+        let err = new_referral(r).unwrap_err();
+        assert_eq!(err.field, "case_file");
+        // A `CaseFile` is protobuf too: its name reads as a box, which is malformed.
+        assert!(err.reason.contains("a box's"), "{}", err.reason);
+        let mut r = valid();
+        r.case_file = "សុខ ស្រីល័ក្ខ".as_bytes().to_vec();
+        let err = new_referral(r).unwrap_err();
+        assert_eq!(err.field, "case_file");
+        assert!(
+            err.reason.contains("cleartext is refused"),
+            "{}",
+            err.reason
+        );
     }
 
-    /// Every free-text field of every feedback request goes through the same refusal of control
-    /// and bidi characters, naming itself; a staff name is one line.
     #[test]
-    fn every_free_text_field_refuses_escapes_and_bidi_controls() {
-        let bad = "x\u{1b}[2J\u{202E}";
-        let with_action = |note: &str, person: &str| {
-            Some(pb::Action {
-                referral_id: "0190e1f0-0000-7000-8000-000000000001".into(),
-                request_id: "r-1".into(),
-                actor_person: person.into(),
-                note: note.into(),
-            })
+    fn a_decline_needs_its_code_and_its_sealed_reason() {
+        let decline_of = |code: &str, sealed_text: Vec<u8>| {
+            let request = pb::DeclineRequest {
+                action: Some(pb::Action {
+                    sealed_text,
+                    ..with_action("", "")
+                }),
+                decline: Some(pb::Decline {
+                    reason_code: code.into(),
+                    reason_text: String::new(),
+                }),
+            };
+            request.into_action()
         };
+        let text = sealed_text("mlup-russey");
+        assert!(decline_of("no_capacity", text.clone()).is_ok());
+        assert_eq!(
+            decline_of("no_capacity", Vec::new()).unwrap_err().field,
+            "action.sealed_text"
+        );
+        assert_eq!(
+            decline_of("", text).unwrap_err().field,
+            "decline.reason_code"
+        );
+    }
+
+    fn with_action(note: &str, person: &str) -> pb::Action {
+        pb::Action {
+            referral_id: "0190e1f0-0000-7000-8000-000000000001".into(),
+            request_id: "r-1".into(),
+            actor_person: person.into(),
+            note: note.into(),
+            sealed_text: Vec::new(),
+        }
+    }
+
+    fn sealed_text(by: &str) -> Vec<u8> {
+        spean_testkit::sealed::seal_text(
+            by,
+            "0190e1f0-0000-7000-8000-000000000001",
+            &pb::FreeText {
+                actor_person: "សុភា".into(),
+                note: "កុមារនៅផ្ទះ".into(),
+                detail: "គ្មានគ្រួសារ".into(),
+            },
+            &["ahc-swu"],
+        )
+    }
+
+    /// Whatever a person wrote is refused in clear, in every field of every feedback request,
+    /// naming the field: it travels sealed, so the broker never holds it readable.
+    #[test]
+    fn every_free_text_field_is_refused_in_clear() {
+        let text = "សុខ ស្រីល័ក្ខ";
         let field = |r: Result<Action, FieldError>| r.unwrap_err().field;
         assert_eq!(
             field(action(
-                with_action(bad, "សុភា"),
+                Some(with_action(text, "")),
                 EventKind::Acknowledged,
                 EventDetails::None
             )),
@@ -757,61 +903,93 @@ mod tests {
         );
         assert_eq!(
             field(action(
-                with_action("", "សុភា\nx"),
+                Some(with_action("", text)),
                 EventKind::Acknowledged,
                 EventDetails::None
             )),
             "action.actor_person"
         );
+        let refused = |r: Result<EventDetails, FieldError>| r.unwrap_err().field;
         assert_eq!(
-            acceptance(Some(pb::Acceptance {
-                planned_action: bad.into(),
+            refused(acceptance(Some(pb::Acceptance {
+                planned_action: text.into(),
                 planned_date: "2026-11-24".into(),
-            }))
-            .unwrap_err()
-            .field,
+            }))),
             "acceptance.planned_action"
         );
         assert_eq!(
-            decline(Some(pb::Decline {
+            refused(decline(Some(pb::Decline {
                 reason_code: "no_capacity".into(),
-                reason_text: bad.into(),
-            }))
-            .unwrap_err()
-            .field,
+                reason_text: text.into(),
+            }))),
             "decline.reason_text"
         );
         assert_eq!(
-            redirect(Some(pb::Redirect {
+            refused(redirect(Some(pb::Redirect {
                 to_agency_id: "mlup-russey".into(),
-                reason: bad.into(),
-            }))
-            .unwrap_err()
-            .field,
+                reason: text.into(),
+                case_file: Vec::new(),
+            }))),
             "redirect.reason"
         );
         assert_eq!(
-            outcome(Some(pb::Outcome {
+            refused(outcome(Some(pb::Outcome {
                 outcome_code: "reunified".into(),
-                summary: bad.into(),
-            }))
-            .unwrap_err()
-            .field,
+                summary: text.into(),
+            }))),
             "outcome.summary"
         );
         assert_eq!(
-            failure(Some(pb::Failure { reason: bad.into() }))
-                .unwrap_err()
-                .field,
+            refused(failure(Some(pb::Failure {
+                reason: text.into()
+            }))),
             "failure.reason"
         );
-        let khmer = "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពីមន្ទីរពេទ្យ\nថ្ងៃស្អែក";
+        // Sealed, the same words pass through untouched.
+        let sealed = sealed_text("mlup-russey");
         let ok = action(
-            with_action(khmer, "សុខ ស្រីល័ក្ខ"),
+            Some(pb::Action {
+                sealed_text: sealed.clone(),
+                ..with_action("", "")
+            }),
             EventKind::Acknowledged,
             EventDetails::None,
         )
         .unwrap();
-        assert_eq!(ok.note.as_str().as_bytes(), khmer.as_bytes());
+        assert_eq!(ok.sealed_text.as_bytes(), sealed.as_slice());
+        assert!(ok.note.as_str().is_empty());
+    }
+
+    #[test]
+    fn a_redirect_needs_the_case_file_sealed_to_its_new_recipient() {
+        let redirect_with = |case_file: Vec<u8>| {
+            redirect(Some(pb::Redirect {
+                to_agency_id: "dosvy-24".into(),
+                reason: String::new(),
+                case_file,
+            }))
+        };
+        let err = redirect_with(Vec::new()).unwrap_err();
+        assert_eq!(err.field, "redirect.case_file");
+        let to_someone_else = spean_testkit::sealed::reseal_case_file(
+            "mlup-russey",
+            "ahc-swu",
+            "ahc-0001",
+            &spean_testkit::case_file(),
+            "fcf-kandal",
+        );
+        let err = redirect_with(to_someone_else).unwrap_err();
+        assert!(err.reason.contains("no box for dosvy-24"), "{}", err.reason);
+        let resealed = spean_testkit::sealed::reseal_case_file(
+            "mlup-russey",
+            "ahc-swu",
+            "ahc-0001",
+            &spean_testkit::case_file(),
+            "dosvy-24",
+        );
+        assert!(matches!(
+            redirect_with(resealed),
+            Ok(EventDetails::Redirected { case_file, .. }) if !case_file.is_empty()
+        ));
     }
 }

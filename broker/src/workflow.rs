@@ -18,11 +18,11 @@ use crate::referral::state::Role;
 use crate::referral::state::{self, EventKind, State};
 use crate::referral::{
     Action, Addressee, Audience, Code, DeliveryContent, Event, EventDetails, ListQuery,
-    NewReferral, Referral, ReferralView, Urgency, delegate_in,
+    NewReferral, Referral, ReferralView, Sealed, Urgency, delegate_in,
 };
 use crate::store::{
-    Change, ChangeOutcome, DeadlineChange, DeliveryRef, DueDeadline, NEVER, NewDelivery, Snapshot,
-    Store, SubmitOutcome,
+    Change, ChangeOutcome, DeadlineChange, DeliveryRef, DueDeadline, NEVER, NewDelivery,
+    PublishedKey, Snapshot, Store, SubmitOutcome,
 };
 
 mod coordination;
@@ -168,6 +168,20 @@ impl Workflow {
         Ok(cached.directory.clone())
     }
 
+    /// Records an agency's sealing key, whose binding the gateway checked.
+    pub async fn publish_key(&self, key: PublishedKey) -> Result<PublishedKey, BrokerError> {
+        Ok(self.store.publish_key(&key).await?)
+    }
+
+    /// Published keys: the newest of each agency named, and each key named by its id.
+    pub async fn agency_keys(
+        &self,
+        agencies: &[AgencyId],
+        key_ids: &[Vec<u8>],
+    ) -> Result<Vec<PublishedKey>, BrokerError> {
+        Ok(self.store.agency_keys(agencies, key_ids).await?)
+    }
+
     /// Maps a verified certificate's common name to a directory agency.
     pub async fn authenticate(&self, common_name: &str) -> Result<AgencyId, BrokerError> {
         let unknown = || {
@@ -220,6 +234,8 @@ impl Workflow {
             }
         };
 
+        let case_file =
+            sealed_for_readers(sender, new.case_file, recipient.iter().chain(&candidates))?;
         let now = self.now();
         let deadline = self
             .acknowledgement_deadline(&new.kind, new.urgency)
@@ -243,7 +259,7 @@ impl Workflow {
             version: 1,
             created_at: now,
             updated_at: now,
-            case_file: new.case_file,
+            case_file,
         };
         let event = Event::recorded(
             referral.id,
@@ -535,6 +551,8 @@ impl Workflow {
             } else {
                 state::decide(referral.state, role, action.kind)?
             };
+            // One who may act so: what it sealed must be its own.
+            sealed_by(actor, &action)?;
             let new_recipient = match &action.details {
                 EventDetails::Redirected { to, .. } => {
                     Some(self.redirect_target(referral, to).await?)
@@ -602,6 +620,7 @@ impl Workflow {
                 details,
                 request_id: Some(action.request_id.clone()),
                 next_visit,
+                sealed_text: action.sealed_text.clone(),
             };
             let told: Vec<AgencyId> = match &event.details {
                 EventDetails::FollowUpDelegated { to, .. } => vec![to.clone()],
@@ -636,6 +655,7 @@ impl Workflow {
             || done.kind != action.kind
             || done.details != action.details
             || done.note != action.note
+            || done.sealed_text != action.sealed_text
         {
             return Err(BrokerError::AlreadyExists(format!(
                 "request_id: {} was already used for another action",
@@ -1185,4 +1205,76 @@ fn no_candidate_accepted(
     let mut change = change_for(snapshot, event, referral.state, None, &[], carry, held);
     change.deadline = DeadlineChange::Clear;
     change
+}
+
+/// The submitted case file, checked and trimmed: sealed by the sender alone, with a box for every
+/// agency the referral was routed to (else FAILED_PRECONDITION naming the first missing: the
+/// sender sealed to an older view of the directory and must seal again), keeping only the boxes
+/// of the sender and those agencies.
+fn sealed_for_readers<'a>(
+    sender: &AgencyId,
+    case_file: Sealed,
+    readers: impl Iterator<Item = &'a AgencyId> + Clone,
+) -> Result<Sealed, BrokerError> {
+    let boxes = wire::sealed::parse("case_file", case_file.as_bytes())?;
+    if let Some(other) = boxes.iter().find(|b| &b.from != sender) {
+        return Err(FieldError::new(
+            "case_file",
+            format!(
+                "has a box sealed by {}, not by the sender {sender}",
+                other.from
+            ),
+        )
+        .into());
+    }
+    if let Some(missing) = readers
+        .clone()
+        .find(|reader| !boxes.iter().any(|b| &&b.to == reader))
+    {
+        return Err(BrokerError::Precondition(format!(
+            "the directory routes this referral to {missing}, but case_file has no box for it: \
+             fetch its key (DirectoryService.AgencyKeys) and seal the case file to it"
+        )));
+    }
+    if boxes
+        .iter()
+        .all(|b| &b.to == sender || readers.clone().any(|r| r == &b.to))
+    {
+        return Ok(case_file);
+    }
+    Ok(Sealed::new(wire::sealed::keep_boxes(
+        case_file.as_bytes(),
+        |to| to == sender.as_str() || readers.clone().any(|r| r.as_str() == to),
+    )))
+}
+
+/// Checks that what an action carries sealed was sealed by the agency that acts: the broker
+/// cannot open a box, but it can refuse one that claims another author.
+fn sealed_by(actor: &AgencyId, action: &Action) -> Result<(), BrokerError> {
+    let sealed: [(&'static str, &Sealed); 2] = [
+        ("action.sealed_text", &action.sealed_text),
+        match &action.details {
+            EventDetails::Redirected { case_file, .. } => ("redirect.case_file", case_file),
+            EventDetails::FollowUpDelegated { follow_up_part, .. } => {
+                ("delegation.follow_up_case_file", follow_up_part)
+            }
+            _ => ("", &action.sealed_text),
+        },
+    ];
+    for (field, bytes) in sealed {
+        if field.is_empty() || bytes.is_empty() {
+            continue;
+        }
+        if let Some(other) = wire::sealed::parse(field, bytes.as_bytes())?
+            .iter()
+            .find(|b| &b.from != actor)
+        {
+            return Err(FieldError::new(
+                field,
+                format!("has a box sealed by {}, not by {actor}", other.from),
+            )
+            .into());
+        }
+    }
+    Ok(())
 }

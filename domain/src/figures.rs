@@ -389,9 +389,7 @@ mod tests {
 
     use super::*;
     use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId};
-    use crate::referral::{
-        Addressee, AgeBand, Code, FreeText, SealedCaseFile, State, Subject, Urgency,
-    };
+    use crate::referral::{Addressee, AgeBand, Code, FreeText, Sealed, State, Subject, Urgency};
 
     const FROM: OffsetDateTime = datetime!(2025-01-01 0:00 UTC);
     const TO: OffsetDateTime = datetime!(2025-04-01 0:00 UTC);
@@ -431,7 +429,7 @@ mod tests {
             version: 1,
             created_at,
             updated_at: created_at,
-            case_file: SealedCaseFile::new(Vec::new()),
+            case_file: Sealed::new(Vec::new()),
         }
     }
 
@@ -448,6 +446,7 @@ mod tests {
             details: EventDetails::None,
             request_id: None,
             next_visit: None,
+            sealed_text: Default::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`story`]: story 1 of `shared/fixtures/scenarios.md` as the `SubmitRequest` a hospital sends.
+//! - [`sealed`]: sealing and opening with per-agency test keys, for tests that speak gRPC themselves.
 //! - [`binary`](mod@binary): finding the workspace's binaries beside the running test or benchmark.
 //! - [`broker`]: [`BrokerProcess`], `spean-broker serve` on a data folder, once it listens.
 //! - [`tls`]: a gRPC endpoint presenting an agency's certificate from its identity folder.
@@ -24,6 +25,8 @@ pub mod binary;
 pub mod broker;
 pub mod error;
 pub mod log;
+#[allow(clippy::expect_used)] // Test helpers: a key that does not seal is a broken test.
+pub mod sealed;
 pub mod story;
 pub mod tls;
 pub mod wait;
@@ -34,7 +37,7 @@ pub use broker::BrokerProcess;
 pub use error::Error;
 pub use story::{
     CHILD_PROTECTION_NARRATIVE, KHMER_NAME, LATIN_NAME, case_file, child_protection, lama,
-    placement,
+    lama_in_clear, placement, placement_in_clear,
 };
 pub use tls::agency_endpoint;
 pub use wait::{PATIENCE, Patience, eventually};

@@ -31,8 +31,9 @@ pub fn case_file() -> Vec<u8> {
 
 /// Story 1's referral as `ahc-swu` submits it: kind `lama`, emergency, a girl aged 5–9 from Pailin
 /// (province 24), to whoever offers `reintegration_follow_up` there. `client_ref` is the sender's
-/// own reference, which makes a resubmission idempotent; tests pick one per referral.
-pub fn lama(client_ref: &str) -> pb::SubmitRequest {
+/// own reference, which makes a resubmission idempotent; tests pick one per referral. The case
+/// file is in clear: [`lama`] seals it.
+pub fn lama_in_clear(client_ref: &str) -> pb::SubmitRequest {
     pb::SubmitRequest {
         client_ref: client_ref.into(),
         recipient: Some(pb::Recipient {
@@ -56,11 +57,31 @@ pub fn lama(client_ref: &str) -> pb::SubmitRequest {
     }
 }
 
+/// Story 1's referral with its case file sealed by `ahc-swu` (with the test keys of
+/// [`crate::sealed`]) to the providers of `reintegration_follow_up` in Pailin in the fixture
+/// network (`mlup-russey`, `dosvy-24`), as the broker requires.
+pub fn lama(client_ref: &str) -> pb::SubmitRequest {
+    crate::sealed::sealed_submit(
+        "ahc-swu",
+        lama_in_clear(client_ref),
+        &["mlup-russey", "dosvy-24"],
+    )
+}
+
 /// Story 2's request as `ahc-swu` submits it: kind `placement`, emergency, an infant girl (0–4)
 /// from Siem Reap (province 17), addressed to whoever offers `placement` there. Left to the
 /// kind's default, it is a broadcast: every provider in 17 is a candidate (`mlup-russey`,
-/// `dosvy-17` in the fixture network).
+/// `dosvy-17` in the fixture network). The case file is sealed (test keys) to both and `ahc-swu`.
 pub fn placement(client_ref: &str) -> pb::SubmitRequest {
+    crate::sealed::sealed_submit(
+        "ahc-swu",
+        placement_in_clear(client_ref),
+        &["mlup-russey", "dosvy-17"],
+    )
+}
+
+/// Story 2's request with its case file in clear: [`placement`] seals it.
+pub fn placement_in_clear(client_ref: &str) -> pb::SubmitRequest {
     pb::SubmitRequest {
         client_ref: client_ref.into(),
         recipient: Some(pb::Recipient {
@@ -95,9 +116,9 @@ pub fn placement(client_ref: &str) -> pb::SubmitRequest {
 
 /// Story 3's referral as `mlup-russey` submits it: kind `child_protection`, urgent, a girl (10–14)
 /// from Pursat (province 15), to `legal-aid-nw`, with `dosvy-15` notified. The case file holds
-/// the narrative only `legal-aid-nw` may read.
+/// the narrative only `legal-aid-nw` may read, sealed (test keys) to it and `mlup-russey`.
 pub fn child_protection(client_ref: &str) -> pb::SubmitRequest {
-    pb::SubmitRequest {
+    let request = pb::SubmitRequest {
         client_ref: client_ref.into(),
         recipient: Some(pb::Recipient {
             target: Some(pb::recipient::Target::AgencyId("legal-aid-nw".into())),
@@ -123,7 +144,8 @@ pub fn child_protection(client_ref: &str) -> pb::SubmitRequest {
         notify_agency_ids: vec!["dosvy-15".into()],
         broadcast: None,
         follows_referral_id: String::new(),
-    }
+    };
+    crate::sealed::sealed_submit("mlup-russey", request, &["legal-aid-nw"])
 }
 
 /// The narrative of story 3's case file: the words no notified party, coordinator or operator may

@@ -33,8 +33,8 @@ async fn an_adapter_killed_between_storing_and_confirming_gets_the_delivery_agai
  {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    let hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
     let sent = send_lama(&hospital, dir.path(), "crash-0001").await;
     let id = sent["referral_id"].as_str().unwrap().to_owned();
 
@@ -95,8 +95,8 @@ async fn a_referral_sent_while_the_broker_is_down_is_queued_and_arrives_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker_dir = dir.path().join("broker");
     let mut broker = BrokerProcess::start(&broker_dir, "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
     broker.kill().await;
 
     // The field site is offline: the referral waits in the local outbox.
@@ -141,8 +141,8 @@ async fn a_referral_sent_while_the_broker_is_down_is_queued_and_arrives_once() {
 async fn a_referral_acknowledged_before_its_delivery_was_confirmed_still_shows_delivered_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
     hospital.start();
     let sent = send_lama(&hospital, dir.path(), "late-confirm-0001").await;
     let id = sent["referral_id"].as_str().unwrap().to_owned();

@@ -157,7 +157,7 @@ async fn a_broker_killed_mid_stream_loses_nothing_it_acknowledged_and_duplicates
 async fn adapters_carry_referrals_and_feedback_across_a_sigkilled_embedded_broker_once_each() {
     let dir = tempfile::tempdir().unwrap();
     let mut broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut sender = AdapterProcess::new(&broker, SENDER, dir.path());
+    let mut sender = AdapterProcess::installed(&broker, SENDER, dir.path()).await;
     sender.start();
     let mut recipients: Vec<AdapterProcess> = RECIPIENTS
         .iter()

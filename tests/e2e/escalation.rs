@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use spean_proto::v1 as pb;
 
-use crate::helpers::{BrokerProcess, ServingStatus};
+use crate::helpers::{BrokerProcess, ServingStatus, sealed_action, words};
 use crate::production::Production;
 
 const HOSPITAL: &str = "ahc-swu";
@@ -111,12 +111,13 @@ async fn acknowledge(broker: &BrokerProcess, referral_id: &str) {
         .await
         .referrals
         .acknowledge(pb::AcknowledgeRequest {
-            action: Some(pb::Action {
-                referral_id: referral_id.to_owned(),
-                request_id: format!("ack-{referral_id}"),
-                actor_person: "សុភា (Sophea)".into(),
-                note: "យើងនឹងទៅលេងផ្ទះថ្ងៃស្អែក".into(),
-            }),
+            action: sealed_action(
+                RECIPIENT,
+                &[HOSPITAL],
+                referral_id,
+                &format!("ack-{referral_id}"),
+                words("សុភា (Sophea)", "យើងនឹងទៅលេងផ្ទះថ្ងៃស្អែក", ""),
+            ),
         })
         .await
         .unwrap();
@@ -222,14 +223,15 @@ async fn story_1_escalates_once_per_tier_and_stops_when_acknowledged(rabbitmq: b
         .await
         .referrals
         .accept(pb::AcceptRequest {
-            action: Some(pb::Action {
-                referral_id: silent.clone(),
-                request_id: "province-accepts".into(),
-                actor_person: String::new(),
-                note: String::new(),
-            }),
+            action: sealed_action(
+                PROVINCE,
+                &[HOSPITAL],
+                &silent,
+                "province-accepts",
+                words("", "", "visit"),
+            ),
             acceptance: Some(pb::Acceptance {
-                planned_action: "visit".into(),
+                planned_action: String::new(),
                 planned_date: "2026-12-05".into(),
             }),
         })
@@ -354,14 +356,15 @@ async fn missed_visits_are_recorded_once_with_two_brokers_and_across_a_kill() {
         .await
         .referrals
         .accept(pb::AcceptRequest {
-            action: Some(pb::Action {
-                referral_id: id.clone(),
-                request_id: "accept".into(),
-                actor_person: "សុភា (Sophea)".into(),
-                note: String::new(),
-            }),
+            action: sealed_action(
+                RECIPIENT,
+                &[HOSPITAL],
+                &id,
+                "accept",
+                words("សុភា (Sophea)", "", "home visits"),
+            ),
             acceptance: Some(pb::Acceptance {
-                planned_action: "home visits".into(),
+                planned_action: String::new(),
                 planned_date: "2026-01-01".into(),
             }),
         })

@@ -37,7 +37,7 @@ impl Network {
         let broker =
             BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", settings).await;
         broker.wait_for_health(ServingStatus::Serving).await;
-        let mut sender = AdapterProcess::new(&broker, SENDER, dir.path());
+        let mut sender = AdapterProcess::installed(&broker, SENDER, dir.path()).await;
         sender.start();
         let recipients = RECIPIENTS
             .iter()
@@ -455,18 +455,27 @@ async fn a_referral_redirected_before_it_was_published_reaches_the_former_recipi
         ids.push(referral.referral.unwrap().envelope.unwrap().referral_id);
     }
     let (kept, moved) = (ids[0].clone(), ids[1].clone());
+    let moved_ref = "carried-moved";
     let mut ngo = broker.client("mlup-russey").await;
     ngo.referrals
         .redirect(pb::RedirectRequest {
-            action: Some(pb::Action {
-                referral_id: moved.clone(),
-                request_id: "redirect-1".into(),
-                actor_person: "សុភា (Sophea)".into(),
-                note: String::new(),
-            }),
+            action: crate::helpers::sealed_action(
+                "mlup-russey",
+                &["ahc-swu"],
+                &moved,
+                "redirect-1",
+                crate::helpers::words("សុភា (Sophea)", "", "cannot travel to Pailin"),
+            ),
             redirect: Some(pb::Redirect {
                 to_agency_id: "dosvy-24".into(),
-                reason: "cannot travel to Pailin".into(),
+                reason: String::new(),
+                case_file: spean_testkit::sealed::reseal_case_file(
+                    "mlup-russey",
+                    "ahc-swu",
+                    moved_ref,
+                    &spean_testkit::case_file(),
+                    "dosvy-24",
+                ),
             }),
         })
         .await
@@ -486,7 +495,8 @@ async fn a_referral_redirected_before_it_was_published_reaches_the_former_recipi
     broker.kill().await;
     let broker = BrokerProcess::start_with(&data, &broker.addr.to_string(), &settings).await;
     broker.wait_for_health(ServingStatus::Serving).await;
-    let case_file = lama("any").case_file;
+    let case_file =
+        <pb::CaseFile as prost::Message>::decode(spean_testkit::case_file().as_slice()).unwrap();
     let mut ngo = broker.client("mlup-russey").await;
     let mut stream = ngo.subscribe(10).await;
     let mut seen = BTreeMap::new();
@@ -495,15 +505,22 @@ async fn a_referral_redirected_before_it_was_published_reaches_the_former_recipi
             .next_within(Duration::from_secs(10), "the NGO's referrals")
             .await;
         if let Some(pb::delivery::Payload::Referral(r)) = &delivery.payload {
-            seen.insert(referral_of(&delivery), r.case_file.clone());
+            seen.insert(
+                referral_of(&delivery),
+                (
+                    r.case_file.is_empty(),
+                    spean_testkit::sealed::open_case_file("mlup-russey", r),
+                ),
+            );
         }
         stream.confirm(delivery.delivery_id).await;
     }
-    assert_eq!(seen[&kept], case_file, "the referral kept its case file");
-    assert!(
-        seen[&moved].is_empty(),
-        "the former recipient got the case file"
+    assert_eq!(
+        seen[&kept].1.as_ref(),
+        Some(&case_file),
+        "the referral kept its case file"
     );
+    assert!(seen[&moved].0, "the former recipient got the case file");
 
     let mut department = broker.client("dosvy-24").await;
     let mut stream = department.subscribe(10).await;
@@ -514,7 +531,8 @@ async fn a_referral_redirected_before_it_was_published_reaches_the_former_recipi
         if let Some(pb::delivery::Payload::Referral(r)) = &delivery.payload {
             assert_eq!(referral_of(&delivery), moved);
             assert_eq!(
-                r.case_file, case_file,
+                spean_testkit::sealed::open_case_file("dosvy-24", r).as_ref(),
+                Some(&case_file),
                 "the new recipient reads the case file"
             );
             break;
@@ -788,7 +806,7 @@ async fn a_delivery_never_confirmed_is_set_aside_at_the_delivery_limit_and_redri
         "re-drove 1 messages"
     );
     assert_eq!(env.depth(dead_letters).await, 0);
-    let mut adapter = AdapterProcess::new(&broker, recipient, dir.path());
+    let mut adapter = AdapterProcess::installed(&broker, recipient, dir.path()).await;
     adapter.start();
     eventually("the re-driven referral in the adapter's inbox", || async {
         let inbox = adapter.inbox().await;

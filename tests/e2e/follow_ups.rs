@@ -35,10 +35,10 @@ async fn missed_and_delegated_visits_reach_every_agency_through_its_adapter() {
     let seed = short_schedule(dir.path());
     let broker =
         BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &[seed]).await;
-    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
-    let mut province = AdapterProcess::new(&broker, "dosvy-24", dir.path());
-    let mut coordinator = AdapterProcess::new(&broker, "mosvy-coord", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
+    let mut province = AdapterProcess::installed(&broker, "dosvy-24", dir.path()).await;
+    let mut coordinator = AdapterProcess::installed(&broker, "mosvy-coord", dir.path()).await;
     for adapter in [&mut hospital, &mut ngo, &mut province, &mut coordinator] {
         adapter.start();
     }
@@ -231,8 +231,9 @@ async fn missed_and_delegated_visits_reach_every_agency_through_its_adapter() {
 async fn story_4_a_psychiatric_referral_with_transport_is_followed_by_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut ssc = AdapterProcess::new(&broker, "ssc-smhs", dir.path());
-    let mut hospital = AdapterProcess::new(&broker, "kps-referral-hospital", dir.path());
+    let mut ssc = AdapterProcess::installed(&broker, "ssc-smhs", dir.path()).await;
+    let mut hospital =
+        AdapterProcess::installed(&broker, "kps-referral-hospital", dir.path()).await;
     ssc.start();
     hospital.start();
     let case_file = dir.path().join("client.json");

@@ -371,6 +371,19 @@ impl AdapterProcess {
         Self { process }
     }
 
+    /// The adapter as an agency installs it: its sealing key published (`keys publish`), as its
+    /// daemon would on connecting, so that other agencies can send to it before it first runs.
+    pub async fn installed(broker: &BrokerProcess, agency: &str, dir: &Path) -> Self {
+        let adapter = Self::new(broker, agency, dir);
+        let out = adapter.run(&["keys", "publish"]).await;
+        assert!(
+            out.status.success(),
+            "{agency}: keys publish: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        adapter
+    }
+
     /// Runs a one-shot command and returns its output, whatever its exit status.
     pub async fn run(&self, args: &[&str]) -> std::process::Output {
         self.process.run(args).await.unwrap()
@@ -543,4 +556,32 @@ pub async fn two_brokers(
     let second = BrokerProcess::start_with(&dir.join("broker-2"), "127.0.0.1:0", &settings).await;
     second.wait_for_health(ServingStatus::Serving).await;
     (first, second)
+}
+
+/// An action as `by` makes it through gRPC, as an adapter would: its free text (the person, the
+/// note and the details' text) sealed with the test keys (`spean_testkit::sealed`) to `readers`
+/// and to `by`, and nothing in clear.
+pub fn sealed_action(
+    by: &str,
+    readers: &[&str],
+    referral_id: &str,
+    request_id: &str,
+    text: pb::FreeText,
+) -> Option<pb::Action> {
+    Some(pb::Action {
+        referral_id: referral_id.to_owned(),
+        request_id: request_id.to_owned(),
+        actor_person: String::new(),
+        note: String::new(),
+        sealed_text: spean_testkit::sealed::seal_text(by, referral_id, &text, readers),
+    })
+}
+
+/// The free text of an action: a person, a note and the details' text.
+pub fn words(person: &str, note: &str, detail: &str) -> pb::FreeText {
+    pb::FreeText {
+        actor_person: person.into(),
+        note: note.into(),
+        detail: detail.into(),
+    }
 }

@@ -79,9 +79,9 @@ fn referral_ids(client: &serde_json::Value) -> Vec<&str> {
 async fn one_clients_referrals_read_as_one_history_at_each_agency_and_no_further() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut outreach = AdapterProcess::new(&broker, "mith-samlanh", dir.path());
-    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut outreach = AdapterProcess::installed(&broker, "mith-samlanh", dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
     for adapter in [&mut hospital, &mut outreach, &mut ngo] {
         adapter.start();
     }
@@ -213,8 +213,11 @@ fn following(client_ref: &str, pseudonym: &str, follows: &str) -> pb::SubmitRequ
 async fn a_referral_names_the_one_it_follows_and_both_parties_see_the_link() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut outreach = AdapterProcess::new(&broker, "mith-samlanh", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut outreach = AdapterProcess::installed(&broker, "mith-samlanh", dir.path()).await;
+    // The NGO the outreach team tries to send to has its key published, so that its try reaches
+    // the broker.
+    AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
     for adapter in [&mut hospital, &mut outreach] {
         adapter.start();
     }

@@ -21,6 +21,7 @@ mod partitions;
 mod placement;
 mod production;
 mod queues;
+mod sealed;
 mod story_lama;
 mod traffic;
 mod visibility;

@@ -10,7 +10,7 @@ use prost::Message as _;
 use spean_proto::v1 as pb;
 use spean_testkit::{CHILD_PROTECTION_NARRATIVE, child_protection, placement};
 
-use crate::helpers::{AdapterProcess, BrokerProcess, GrpcClient, eventually};
+use crate::helpers::{AdapterProcess, BrokerProcess, GrpcClient, eventually, sealed_action, words};
 use crate::placement::{event_ids, kinds, shown, shown_when};
 
 const SENDER: &str = "mlup-russey";
@@ -57,26 +57,31 @@ fn leaked(bytes: &[u8]) -> Vec<&'static str> {
         .collect()
 }
 
-fn action(referral_id: &str, request_id: &str) -> pb::Action {
-    pb::Action {
-        referral_id: referral_id.to_owned(),
-        request_id: request_id.to_owned(),
-        actor_person: LAWYER.into(),
-        note: String::new(),
-    }
-}
-
-fn noted(referral_id: &str, request_id: &str, note: &str) -> Option<pb::Action> {
-    Some(pb::Action {
-        note: note.to_owned(),
-        ..action(referral_id, request_id)
-    })
+/// The lawyer's action: its name, a note and the details' text, sealed to the sender (and the
+/// lawyer's own agency), as its adapter seals them.
+fn noted(referral_id: &str, request_id: &str, note: &str, detail: &str) -> Option<pb::Action> {
+    sealed_action(
+        RECIPIENT,
+        &[SENDER],
+        referral_id,
+        request_id,
+        words(LAWYER, note, detail),
+    )
 }
 
 /// Every action a party can take on a referral, by `dosvy-15`; each must be PERMISSION_DENIED.
 async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) {
     let r = &mut client.referrals;
-    let a = |name: &str| Some(action(id, &format!("notified-{when}-{name}")));
+    // Well formed (sealed by the department itself), so that only the caller is wrong.
+    let a = |name: &str| {
+        sealed_action(
+            NOTIFIED,
+            &[SENDER],
+            id,
+            &format!("notified-{when}-{name}"),
+            words("", "", "no"),
+        )
+    };
     let outcomes: Vec<(
         &str,
         Result<tonic::Response<pb::FeedbackResponse>, tonic::Status>,
@@ -93,7 +98,7 @@ async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) 
             r.accept(pb::AcceptRequest {
                 action: a("accept"),
                 acceptance: Some(pb::Acceptance {
-                    planned_action: "visit".into(),
+                    planned_action: String::new(),
                     planned_date: "2026-12-05".into(),
                 }),
             })
@@ -105,7 +110,7 @@ async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) 
                 action: a("decline"),
                 decline: Some(pb::Decline {
                     reason_code: "other".into(),
-                    reason_text: "no".into(),
+                    reason_text: String::new(),
                 }),
             })
             .await,
@@ -116,7 +121,14 @@ async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) 
                 action: a("redirect"),
                 redirect: Some(pb::Redirect {
                     to_agency_id: "dosvy-24".into(),
-                    reason: "elsewhere".into(),
+                    reason: String::new(),
+                    case_file: spean_testkit::sealed::reseal_case_file(
+                        NOTIFIED,
+                        SENDER,
+                        "cp-0001",
+                        b"nothing the department holds",
+                        "dosvy-24",
+                    ),
                 }),
             })
             .await,
@@ -145,7 +157,7 @@ async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) 
                 action: a("complete"),
                 outcome: Some(pb::Outcome {
                     outcome_code: "other".into(),
-                    summary: "done".into(),
+                    summary: String::new(),
                 }),
             })
             .await,
@@ -155,7 +167,7 @@ async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) 
             r.fail(pb::FailRequest {
                 action: a("fail"),
                 failure: Some(pb::Failure {
-                    reason: "no".into(),
+                    reason: String::new(),
                 }),
             })
             .await,
@@ -178,13 +190,17 @@ async fn every_action_is_refused(client: &mut GrpcClient, id: &str, when: &str) 
                 action: a("delegate"),
                 delegation: Some(pb::Delegation {
                     to_agency_id: "dosvy-24".into(),
-                    reason: "nearer".into(),
-                    // Not empty, so that the request is well formed and only the caller is wrong.
-                    follow_up_case_file: pb::CaseFile {
-                        date_of_birth: "2000-01-01".into(),
-                        ..Default::default()
-                    }
-                    .encode_to_vec(),
+                    reason: String::new(),
+                    follow_up_case_file: spean_testkit::sealed::seal_follow_up_part(
+                        NOTIFIED,
+                        id,
+                        &pb::CaseFile {
+                            date_of_birth: "2000-01-01".into(),
+                            ..Default::default()
+                        }
+                        .encode_to_vec(),
+                        "dosvy-24",
+                    ),
                 }),
             })
             .await,
@@ -281,7 +297,9 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
         read.envelope.as_ref().unwrap().notified_agency_ids,
         [NOTIFIED]
     );
-    assert_eq!(read.case_file, child_protection("any").case_file);
+    let opened = spean_testkit::sealed::open_case_file(RECIPIENT, &read).unwrap();
+    assert_eq!(opened.reason_for_referral, CHILD_PROTECTION_NARRATIVE);
+    assert_eq!(opened.name.unwrap().khmer, NAME_KM);
     assert_eq!(
         ngo.referral(&id)
             .await
@@ -295,14 +313,14 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
 
     let r = &mut lawyer.referrals;
     r.acknowledge(pb::AcknowledgeRequest {
-        action: noted(&id, "ack", ACK_NOTE),
+        action: noted(&id, "ack", ACK_NOTE, ""),
     })
     .await
     .unwrap();
     r.accept(pb::AcceptRequest {
-        action: noted(&id, "accept", ACK_NOTE),
+        action: noted(&id, "accept", ACK_NOTE, PLANNED),
         acceptance: Some(pb::Acceptance {
-            planned_action: PLANNED.into(),
+            planned_action: String::new(),
             planned_date: "2026-12-10".into(),
         }),
     })
@@ -310,7 +328,7 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
     .unwrap();
     every_action_is_refused(&mut department, &id, "accepted").await;
     r.record_follow_up(pb::RecordFollowUpRequest {
-        action: noted(&id, "visit", VISIT_NOTE),
+        action: noted(&id, "visit", VISIT_NOTE, ""),
         follow_up: Some(pb::FollowUp {
             activity: "appointment".into(),
             date: "2026-12-10".into(),
@@ -319,10 +337,10 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
     .await
     .unwrap();
     r.complete(pb::CompleteRequest {
-        action: noted(&id, "complete", SUMMARY),
+        action: noted(&id, "complete", SUMMARY, SUMMARY),
         outcome: Some(pb::Outcome {
             outcome_code: "perpetrator_convicted".into(),
-            summary: SUMMARY.into(),
+            summary: String::new(),
         }),
     })
     .await
@@ -346,7 +364,7 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
             }
             Some(pb::delivery::Payload::Feedback(e)) => {
                 assert!(
-                    e.note.is_empty() && e.actor_person.is_empty(),
+                    e.note.is_empty() && e.actor_person.is_empty() && e.sealed_text.is_empty(),
                     "free text in {e:?}"
                 );
             }
@@ -354,6 +372,18 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
         }
     }
     let history = lawyer.referral(&id).await.history;
+    // The sender opens what the lawyer wrote; the broker never held it in clear.
+    let sender_copy = ngo.referral(&id).await;
+    let completed = sender_copy
+        .history
+        .iter()
+        .find(|e| e.kind == pb::FeedbackKind::Completed as i32)
+        .unwrap();
+    let opened = spean_testkit::sealed::open_text(SENDER, completed).unwrap();
+    assert_eq!(
+        (opened.actor_person.as_str(), opened.detail.as_str()),
+        (LAWYER, SUMMARY)
+    );
     let delivered: Vec<&str> = deliveries
         .iter()
         .filter_map(|d| match &d.payload {
@@ -396,7 +426,7 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
     );
     for event in &seen.history {
         assert!(
-            event.note.is_empty() && event.actor_person.is_empty(),
+            event.note.is_empty() && event.actor_person.is_empty() && event.sealed_text.is_empty(),
             "free text in {event:?}"
         );
         assert!(
@@ -452,9 +482,19 @@ async fn a_notified_party_gets_no_case_file_and_no_free_text_through_any_rpc_or_
             .all(|r| r.envelope.as_ref().unwrap().client_pseudonym.is_empty()),
         "{listed:?}"
     );
-    // And the sender reads the lawyer's words whole: the test looks for what is there.
+    // And the sender reads the lawyer's words whole once it opens them (the test looks for what is
+    // there), while the broker hands them out only sealed.
     let whole = ngo.referral(&id).await;
-    assert_eq!(leaked(&whole.encode_to_vec()).len(), SECRETS.len());
+    assert_eq!(leaked(&whole.encode_to_vec()), Vec::<&str>::new());
+    let mut opened = spean_testkit::sealed::open_case_file(SENDER, &whole)
+        .unwrap()
+        .encode_to_vec();
+    for event in &whole.history {
+        if let Some(text) = spean_testkit::sealed::open_text(SENDER, event) {
+            opened.extend(text.encode_to_vec());
+        }
+    }
+    assert_eq!(leaked(&opened).len(), SECRETS.len());
 }
 
 /// A notify list the broker refuses, with the field named: an agency not in the directory, the
@@ -528,9 +568,9 @@ fn store_bytes(adapter: &AdapterProcess) -> Vec<u8> {
 async fn story_3_the_notified_departments_adapter_follows_the_case_without_reading_it() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut ngo = AdapterProcess::new(&broker, SENDER, dir.path());
-    let mut lawyer = AdapterProcess::new(&broker, RECIPIENT, dir.path());
-    let mut department = AdapterProcess::new(&broker, NOTIFIED, dir.path());
+    let mut ngo = AdapterProcess::installed(&broker, SENDER, dir.path()).await;
+    let mut lawyer = AdapterProcess::installed(&broker, RECIPIENT, dir.path()).await;
+    let mut department = AdapterProcess::installed(&broker, NOTIFIED, dir.path()).await;
     for adapter in [&mut ngo, &mut lawyer, &mut department] {
         adapter.start();
     }
@@ -670,7 +710,9 @@ async fn story_3_the_notified_departments_adapter_follows_the_case_without_readi
         assert!(!out.status.success(), "{args:?} went through");
         // A delegation needs the case file's follow-up part, which the adapter refuses to make
         // without a case file before it asks the broker.
-        let refused_here = args[0] == "delegate" && stderr.contains("holds no case file");
+        // So does a redirect, which re-seals the case file it holds to the new recipient.
+        let refused_here =
+            matches!(args[0], "delegate" | "redirect") && stderr.contains("holds no case file");
         assert!(
             stderr.contains("PERMISSION_DENIED") || refused_here,
             "{args:?}: {stderr}"

@@ -12,7 +12,8 @@ use spean_proto::v1 as pb;
 use spean_testkit::placement;
 
 use crate::helpers::{
-    AdapterProcess, BrokerProcess, GrpcClient, PATIENCE, eventually, referral_id_of,
+    AdapterProcess, BrokerProcess, GrpcClient, PATIENCE, eventually, referral_id_of, sealed_action,
+    words,
 };
 use crate::production::Production;
 
@@ -192,9 +193,9 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
 async fn story_2_the_first_acceptance_wins_and_the_placement_goes_on_one_to_one() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, HOSPITAL, dir.path());
-    let mut ngo = AdapterProcess::new(&broker, NGO, dir.path());
-    let mut province = AdapterProcess::new(&broker, PROVINCE, dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, HOSPITAL, dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, NGO, dir.path()).await;
+    let mut province = AdapterProcess::installed(&broker, PROVINCE, dir.path()).await;
     for adapter in [&mut hospital, &mut ngo, &mut province] {
         adapter.start();
     }
@@ -367,10 +368,10 @@ async fn story_2_the_first_acceptance_wins_and_the_placement_goes_on_one_to_one(
 async fn when_every_candidate_declines_the_sender_is_told_and_redirects_it_to_one_agency() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, HOSPITAL, dir.path());
-    let mut ngo = AdapterProcess::new(&broker, NGO, dir.path());
-    let mut province = AdapterProcess::new(&broker, PROVINCE, dir.path());
-    let mut other = AdapterProcess::new(&broker, "dosvy-12", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, HOSPITAL, dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, NGO, dir.path()).await;
+    let mut province = AdapterProcess::installed(&broker, PROVINCE, dir.path()).await;
+    let mut other = AdapterProcess::installed(&broker, "dosvy-12", dir.path()).await;
     for adapter in [&mut hospital, &mut ngo, &mut province, &mut other] {
         adapter.start();
     }
@@ -464,20 +465,36 @@ async fn when_every_candidate_declines_the_sender_is_told_and_redirects_it_to_on
     assert!(!at_ngo.to_string().contains(INFANT_KM), "{at_ngo}");
 }
 
-/// A candidate's acceptance of `referral_id` under the idempotency key `request_id`.
-fn accept(referral_id: &str, request_id: &str) -> pb::AcceptRequest {
+/// Candidate `by`'s acceptance of `referral_id` under the idempotency key `request_id`, its words
+/// sealed to the sender.
+fn accept(by: &str, referral_id: &str, request_id: &str) -> pb::AcceptRequest {
     pb::AcceptRequest {
-        action: Some(pb::Action {
-            referral_id: referral_id.to_owned(),
-            request_id: request_id.to_owned(),
-            actor_person: "សុភា (Sophea)".into(),
-            note: "យើងមានគ្រួសារអប់រំទំនេរ".into(),
-        }),
+        action: sealed_action(
+            by,
+            &[HOSPITAL],
+            referral_id,
+            request_id,
+            words(
+                "សុភា (Sophea)",
+                "យើងមានគ្រួសារអប់រំទំនេរ",
+                "emergency foster care",
+            ),
+        ),
         acceptance: Some(pb::Acceptance {
-            planned_action: "emergency foster care".into(),
+            planned_action: String::new(),
             planned_date: "2026-12-05".into(),
         }),
     }
+}
+
+/// Story 2's request sealed to the four [`RACERS`], the candidates of a broadcast in a network
+/// where all four place children in 17.
+fn placement_to_racers(client_ref: &str) -> pb::SubmitRequest {
+    spean_testkit::sealed::sealed_submit(
+        HOSPITAL,
+        spean_testkit::placement_in_clear(client_ref),
+        &RACERS,
+    )
 }
 
 /// Every candidate in `clients` accepts `referral_id` at once, each on its own connection; returns
@@ -487,7 +504,7 @@ async fn race(clients: &[(String, GrpcClient)], referral_id: &str, round: usize)
     let attempts = clients.iter().map(|(agency, client)| {
         let mut referrals = client.referrals.clone();
         let barrier = barrier.clone();
-        let request = accept(referral_id, &format!("accept-{round}-{agency}"));
+        let request = accept(agency, referral_id, &format!("accept-{round}-{agency}"));
         let agency = agency.clone();
         tokio::spawn(async move {
             barrier.wait().await;
@@ -549,11 +566,11 @@ async fn racers_on(brokers: &[&BrokerProcess]) -> Vec<(String, GrpcClient)> {
 async fn race_rounds(brokers: &[&BrokerProcess], rounds: usize) {
     let mut sender = brokers[0].client(HOSPITAL).await;
     let mut clients = racers_on(brokers).await;
-    let case_file = placement("any").case_file;
+    let case_file = placement_to_racers("any").case_file;
     for round in 0..rounds {
         let submitted = sender
             .referrals
-            .submit(placement(&format!("race-{round}")))
+            .submit(placement_to_racers(&format!("race-{round}")))
             .await
             .unwrap()
             .into_inner()
@@ -588,7 +605,7 @@ async fn race_rounds(brokers: &[&BrokerProcess], rounds: usize) {
         for (agency, client) in clients.iter_mut() {
             let again = client
                 .referrals
-                .accept(accept(&id, &format!("accept-{round}-{agency}")))
+                .accept(accept(agency, &id, &format!("accept-{round}-{agency}")))
                 .await;
             match again {
                 Ok(answer) if *agency == winner => {
@@ -657,11 +674,11 @@ async fn two_brokers(env: &Production, dir: &Path) -> (BrokerProcess, BrokerProc
 /// FAILED_PRECONDITION, and the sender's and every candidate's adapter end with the same history,
 /// the winner alone of the candidates holding the case file.
 async fn adapter_race_rounds(brokers: &[&BrokerProcess], dir: &Path, rounds: usize) {
-    let mut hospital = AdapterProcess::new(brokers[0], HOSPITAL, dir);
+    let mut hospital = AdapterProcess::installed(brokers[0], HOSPITAL, dir).await;
     hospital.start();
     let mut candidates = Vec::new();
     for (n, agency) in RACERS.iter().enumerate() {
-        let mut adapter = AdapterProcess::new(brokers[n % brokers.len()], agency, dir);
+        let mut adapter = AdapterProcess::installed(brokers[n % brokers.len()], agency, dir).await;
         adapter.start();
         candidates.push(adapter);
     }
@@ -818,27 +835,29 @@ async fn a_broadcast_nobody_acknowledges_is_escalated_and_one_acknowledged_is_no
     );
     ngo.referrals
         .decline(pb::DeclineRequest {
-            action: Some(pb::Action {
-                referral_id: silent.clone(),
-                request_id: "decline-silent".into(),
-                actor_person: String::new(),
-                note: String::new(),
-            }),
+            action: sealed_action(
+                NGO,
+                &[HOSPITAL],
+                &silent,
+                "decline-silent",
+                words("", "", "គ្មានកន្លែងទំនេរ"),
+            ),
             decline: Some(pb::Decline {
                 reason_code: "no_capacity".into(),
-                reason_text: "គ្មានកន្លែងទំនេរ".into(),
+                reason_text: String::new(),
             }),
         })
         .await
         .unwrap();
     ngo.referrals
         .acknowledge(pb::AcknowledgeRequest {
-            action: Some(pb::Action {
-                referral_id: answered.clone(),
-                request_id: "ack-answered".into(),
-                actor_person: String::new(),
-                note: String::new(),
-            }),
+            action: sealed_action(
+                NGO,
+                &[HOSPITAL],
+                &answered,
+                "ack-answered",
+                words("", "", ""),
+            ),
         })
         .await
         .unwrap();
@@ -875,12 +894,13 @@ async fn a_broadcast_nobody_acknowledges_is_escalated_and_one_acknowledged_is_no
     assert_eq!(before.audience, pb::Audience::Candidate as i32);
     department
         .referrals
-        .accept(accept(&silent, "department-accepts"))
+        .accept(accept(PROVINCE, &silent, "department-accepts"))
         .await
         .unwrap();
     let after = department.referral(&silent).await;
     assert_eq!(after.audience, pb::Audience::Recipient as i32);
-    assert_eq!(after.case_file, placement("any").case_file);
+    let opened = spean_testkit::sealed::open_case_file(PROVINCE, &after).unwrap();
+    assert_eq!(opened.name.unwrap().khmer, INFANT_KM);
     let after = broker.client("mosvy-coord").await.referral(&silent).await;
     assert!(after.case_file.is_empty());
 }
@@ -895,7 +915,7 @@ async fn redirect_races_acceptances(brokers: &[&BrokerProcess], rounds: usize) {
         let id = referral_id_of(
             sender
                 .referrals
-                .submit(placement(&format!("redirect-race-{round}")))
+                .submit(placement_to_racers(&format!("redirect-race-{round}")))
                 .await
                 .unwrap(),
         );
@@ -904,7 +924,7 @@ async fn redirect_races_acceptances(brokers: &[&BrokerProcess], rounds: usize) {
         for (agency, client) in &clients {
             let mut referrals = client.referrals.clone();
             let barrier = barrier.clone();
-            let request = accept(&id, &format!("accept-{round}-{agency}"));
+            let request = accept(agency, &id, &format!("accept-{round}-{agency}"));
             accepts.push(tokio::spawn(async move {
                 barrier.wait().await;
                 referrals.accept(request).await
@@ -912,15 +932,23 @@ async fn redirect_races_acceptances(brokers: &[&BrokerProcess], rounds: usize) {
         }
         let mut redirecting = brokers[brokers.len() - 1].client(HOSPITAL).await.referrals;
         let request = pb::RedirectRequest {
-            action: Some(pb::Action {
-                referral_id: id.clone(),
-                request_id: format!("redirect-{round}"),
-                actor_person: String::new(),
-                note: String::new(),
-            }),
+            action: sealed_action(
+                HOSPITAL,
+                &[],
+                &id,
+                &format!("redirect-{round}"),
+                words("", "", "a family is ready in Banteay Meanchey"),
+            ),
             redirect: Some(pb::Redirect {
                 to_agency_id: "dosvy-12".into(),
-                reason: "a family is ready in Banteay Meanchey".into(),
+                reason: String::new(),
+                case_file: spean_testkit::sealed::reseal_case_file(
+                    HOSPITAL,
+                    HOSPITAL,
+                    &format!("redirect-race-{round}"),
+                    &spean_testkit::placement_in_clear("any").case_file,
+                    "dosvy-12",
+                ),
             }),
         };
         let redirect = tokio::spawn(async move {

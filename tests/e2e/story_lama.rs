@@ -54,8 +54,8 @@ pub async fn send_lama(
 async fn story_1_lama_runs_to_the_end_and_the_hospital_sees_every_event_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::start(&dir.path().join("broker"), "127.0.0.1:0").await;
-    let mut hospital = AdapterProcess::new(&broker, "ahc-swu", dir.path());
-    let mut ngo = AdapterProcess::new(&broker, "mlup-russey", dir.path());
+    let mut hospital = AdapterProcess::installed(&broker, "ahc-swu", dir.path()).await;
+    let mut ngo = AdapterProcess::installed(&broker, "mlup-russey", dir.path()).await;
     hospital.start();
 
     // 00:00: the hospital refers; the NGO's adapter is offline.

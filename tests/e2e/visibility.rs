@@ -6,26 +6,50 @@ use std::time::Duration;
 
 use spean_proto::v1 as pb;
 
-use crate::helpers::{BrokerProcess, eventually, lama, two_brokers};
+use crate::helpers::{BrokerProcess, eventually, sealed_action, two_brokers, words};
 use crate::production::Production;
 
 const SENDER: &str = "ahc-swu";
 const FORMER: &str = "mlup-russey";
 const NEW: &str = "dosvy-24";
 
-fn redirect(referral_id: &str) -> pb::RedirectRequest {
+/// The former recipient's redirect of the referral sent as `client_ref`, its words sealed to the
+/// sender and the case file re-sealed to the new recipient, as its adapter makes them.
+fn redirect(referral_id: &str, client_ref: &str) -> pb::RedirectRequest {
     pb::RedirectRequest {
-        action: Some(pb::Action {
-            referral_id: referral_id.to_owned(),
-            request_id: "redirect-across-brokers".into(),
-            actor_person: "សុភា (Sophea)".into(),
-            note: String::new(),
-        }),
+        action: sealed_action(
+            FORMER,
+            &[SENDER],
+            referral_id,
+            "redirect-across-brokers",
+            words("សុភា (Sophea)", "", "cannot travel to Pailin"),
+        ),
         redirect: Some(pb::Redirect {
             to_agency_id: NEW.into(),
-            reason: "cannot travel to Pailin".into(),
+            reason: String::new(),
+            case_file: spean_testkit::sealed::reseal_case_file(
+                FORMER,
+                SENDER,
+                client_ref,
+                &spean_testkit::case_file(),
+                NEW,
+            ),
         }),
     }
+}
+
+/// The case file as `agency` opens it from a referral's sealed bytes.
+fn opened(agency: &str, case_file: Vec<u8>, referral_id: &str, client_ref: &str) -> pb::CaseFile {
+    let plain = spean_testkit::sealed::open(
+        agency,
+        &case_file,
+        spean_seal::Purpose::CaseFile {
+            sender: SENDER,
+            client_ref,
+        },
+    )
+    .unwrap_or_else(|| panic!("{agency} cannot open the case file of {referral_id}"));
+    <pb::CaseFile as prost::Message>::decode(plain.as_slice()).unwrap()
 }
 
 /// The case file each referral delivery on `agency`'s stream carried, until one for `referral_id`
@@ -71,16 +95,24 @@ async fn a_referral_queued_before_a_redirect_through_another_broker_reaches_the_
     .await;
 
     let mut ngo = second.client(FORMER).await;
-    ngo.referrals.redirect(redirect(&id)).await.unwrap();
+    ngo.referrals
+        .redirect(redirect(&id, "across-brokers"))
+        .await
+        .unwrap();
 
-    let case_file = lama("any").case_file;
     assert!(
         case_file_delivered(&first, FORMER, &id).await.is_empty(),
         "the former recipient got the case file after the redirect"
     );
-    assert_eq!(
+    let read = opened(
+        NEW,
         case_file_delivered(&second, NEW, &id).await,
-        case_file,
+        &id,
+        "across-brokers",
+    );
+    assert_eq!(
+        read.name.unwrap().khmer,
+        spean_testkit::KHMER_NAME,
         "the new recipient reads the case file"
     );
     // And a later read through either broker agrees.
@@ -118,12 +150,13 @@ async fn event_delivered(
 /// in Khmer.
 fn acknowledge(referral_id: &str) -> pb::AcknowledgeRequest {
     pb::AcknowledgeRequest {
-        action: Some(pb::Action {
-            referral_id: referral_id.to_owned(),
-            request_id: "acknowledge-after-redirect".into(),
-            actor_person: "ដារ៉ា (Dara)".into(),
-            note: "កុមារស្នាក់នៅជាមួយយាយ".into(),
-        }),
+        action: sealed_action(
+            NEW,
+            &[SENDER],
+            referral_id,
+            "acknowledge-after-redirect",
+            words("ដារ៉ា (Dara)", "កុមារស្នាក់នៅជាមួយយាយ", ""),
+        ),
     }
 }
 
@@ -145,7 +178,10 @@ async fn later_notes_are_withheld_from_the_former_recipient(env: &Production, ra
         .submit_lama("notes-after-redirect")
         .await;
     let mut ngo = second.client(FORMER).await;
-    ngo.referrals.redirect(redirect(&id)).await.unwrap();
+    ngo.referrals
+        .redirect(redirect(&id, "notes-after-redirect"))
+        .await
+        .unwrap();
     case_file_delivered(&second, NEW, &id).await;
     let mut province = second.client(NEW).await;
     province
@@ -157,14 +193,13 @@ async fn later_notes_are_withheld_from_the_former_recipient(env: &Production, ra
     let seen = event_delivered(&first, FORMER, &id, pb::FeedbackKind::Acknowledged).await;
     assert_eq!(seen.actor_agency_id, NEW);
     assert!(
-        seen.note.is_empty() && seen.actor_person.is_empty(),
-        "the former recipient read what the new recipient wrote: {:?} / {:?}",
-        seen.note,
-        seen.actor_person
+        seen.note.is_empty() && seen.actor_person.is_empty() && seen.sealed_text.is_empty(),
+        "the former recipient read what the new recipient wrote: {seen:?}"
     );
     let whole = event_delivered(&first, SENDER, &id, pb::FeedbackKind::Acknowledged).await;
-    assert_eq!(whole.note, "កុមារស្នាក់នៅជាមួយយាយ");
-    assert_eq!(whole.actor_person, "ដារ៉ា (Dara)");
+    let words = spean_testkit::sealed::open_text(SENDER, &whole).unwrap();
+    assert_eq!(words.note, "កុមារស្នាក់នៅជាមួយយាយ");
+    assert_eq!(words.actor_person, "ដារ៉ា (Dara)");
 
     let read = first.client(FORMER).await.referral(&id).await;
     let kind = |k: pb::FeedbackKind| {
@@ -174,10 +209,13 @@ async fn later_notes_are_withheld_from_the_former_recipient(env: &Production, ra
             .unwrap_or_else(|| panic!("no {k:?} in the history"))
     };
     let later = kind(pb::FeedbackKind::Acknowledged);
-    assert!(later.note.is_empty() && later.actor_person.is_empty());
+    assert!(later.note.is_empty() && later.actor_person.is_empty() && later.sealed_text.is_empty());
     let own = kind(pb::FeedbackKind::Redirected);
     assert_eq!(
-        own.actor_person, "សុភា (Sophea)",
+        spean_testkit::sealed::open_text(FORMER, own)
+            .unwrap()
+            .actor_person,
+        "សុភា (Sophea)",
         "its own redirect stays whole"
     );
 }

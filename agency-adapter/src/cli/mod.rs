@@ -7,6 +7,7 @@
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
 
+mod keys;
 mod network;
 mod send;
 mod views;
@@ -102,6 +103,11 @@ pub enum Command {
     /// ("42 (17 F)"): this agency's own, or with --network the network's in its provinces
     /// (coordinators and authorities only). Asks the broker.
     Figures(network::FiguresArgs),
+    /// This agency's keys for opening what other agencies seal to it: `show`, `rotate`.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +274,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Act(act) => send::act(ctx, act).await,
         Command::Overdue(args) => network::overdue(ctx, args).await,
         Command::Figures(args) => network::figures(ctx, args).await,
+        Command::Keys { command } => keys::keys(ctx, command).await,
     }
 }
 

@@ -522,6 +522,8 @@ impl Act {
                     redirect: Some(Redirect {
                         to_agency_id: AgencyId::parse("to", &to)?.to_string(),
                         reason,
+                        // Sealed to the new recipient when sent (`sealing`).
+                        case_file: Vec::new(),
                     }),
                 }),
             ),
@@ -639,7 +641,10 @@ pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
         request_id: request_id.to_string(),
         actor_person: common.by.unwrap_or_default(),
         note: common.note.unwrap_or_default(),
+        // Filled when the request is sent: the broker takes free text sealed only.
+        sealed_text: Vec::new(),
     });
+    crate::sealing::check_free_text(&request)?;
     let operation = request.operation();
     let sending = enqueue_and_try(ctx, request, common.queue_only, None).await?;
     let event = match &sending {

@@ -379,6 +379,13 @@ fn decline(broker: &BrokerProcess, agency: &str, id: &str) -> Value {
 #[tokio::test]
 async fn the_sender_is_told_when_no_candidate_accepted_and_may_send_it_to_one_agency() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[
+        "ahc-swu",
+        "mlup-russey",
+        "dosvy-17",
+        "dosvy-12",
+        "mith-samlanh",
+    ]);
     let _sender = broker.daemon(HOSPITAL, &[]);
     let sent = placement_in_17(&broker, "place-1");
     assert_eq!(sent["status"], "sent", "{sent}");
@@ -454,6 +461,13 @@ async fn the_sender_is_told_when_no_candidate_accepted_and_may_send_it_to_one_ag
 #[tokio::test]
 async fn the_first_acceptance_wins_and_the_other_candidate_is_told_it_was_taken() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[
+        "ahc-swu",
+        "mlup-russey",
+        "dosvy-17",
+        "dosvy-12",
+        "mith-samlanh",
+    ]);
     let _winner = broker.daemon(CANDIDATES[1], &[]);
     let _loser = broker.daemon(CANDIDATES[0], &[]);
     let sent = placement_in_17(&broker, "place-2");

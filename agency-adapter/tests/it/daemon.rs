@@ -61,6 +61,7 @@ async fn state_at_broker(broker: &BrokerProcess, referral_id: &str) -> Option<i3
 #[tokio::test]
 async fn a_build_without_fault_injection_ignores_the_kill_switch_and_confirms_the_delivery() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, DEPARTMENT]);
     let (referral_id, mut daemon) = deliver_with_the_switch_on(&broker);
 
     eventually("the broker to record the delivery", || async {
@@ -80,6 +81,8 @@ async fn a_build_with_fault_injection_kills_itself_between_storing_and_confirmin
     use std::os::unix::process::ExitStatusExt;
 
     let broker = BrokerProcess::start();
+
+    broker.publish_keys(&[HOSPITAL, DEPARTMENT]);
     let (referral_id, mut daemon) = deliver_with_the_switch_on(&broker);
 
     let status = eventually("the daemon to kill itself", || {

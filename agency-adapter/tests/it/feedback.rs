@@ -55,6 +55,7 @@ fn act(broker: &BrokerProcess, agency: &str, args: &[&str], kind: &str, state: &
 #[test]
 fn the_recipient_commands_walk_a_referral_to_completed_and_the_sender_marks_it_in_error() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT]);
     let id = send(&broker, "walk-1");
     let id = id.as_str();
 
@@ -124,6 +125,7 @@ fn the_recipient_commands_walk_a_referral_to_completed_and_the_sender_marks_it_i
 #[test]
 fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT]);
 
     let declined = send(&broker, "decline-1");
     act(
@@ -208,6 +210,7 @@ fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
 #[test]
 fn an_action_the_state_does_not_allow_fails_and_its_outbox_row_is_rejected() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT]);
     let id = send(&broker, "closed-1");
     act(
         &broker,

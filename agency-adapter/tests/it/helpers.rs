@@ -65,6 +65,7 @@ pub fn event(referral_id: &str, kind: FeedbackKind, state_after: ReferralState) 
         state_after: state_after as i32,
         details: None,
         next_visit: None,
+        sealed_text: Vec::new(),
     }
 }
 
@@ -76,6 +77,7 @@ pub fn redirected(referral_id: &str, to: &str) -> FeedbackEvent {
     redirected.details = Some(Details::Redirected(Redirect {
         to_agency_id: to.into(),
         reason: "មិនអាចធ្វើដំណើរទៅប៉ៃលិនបាន".into(),
+        case_file: Vec::new(),
     }));
     redirected
 }
@@ -248,6 +250,19 @@ impl BrokerProcess {
 }
 
 impl BrokerProcess {
+    /// Publishes each agency's sealing key (`keys publish`), as its daemon would on connecting:
+    /// an agency sends only to agencies that published one.
+    pub fn publish_keys(&self, agencies: &[&str]) {
+        for agency in agencies {
+            let out = self.adapter(agency, &["keys", "publish"]);
+            assert!(
+                out.status.success(),
+                "keys publish as {agency}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// Starts `spean-adapter run` as `agency` with `env` added, on the store its commands use.
     pub fn daemon(&self, agency: &str, env: &[(&str, &str)]) -> DaemonProcess {
         let log = std::fs::File::create(self.dir.path().join(format!("{agency}-daemon.log")))

@@ -39,6 +39,7 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn sending_the_same_referral_again_reports_it_sent_even_with_the_broker_gone() {
     let mut broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO]);
     let first = json_of(&send(&broker, "same-1", NGO, "home follow-up"));
     assert_eq!(first["status"], "sent");
     broker.stop();
@@ -57,6 +58,7 @@ fn sending_the_same_referral_again_reports_it_sent_even_with_the_broker_gone() {
 #[test]
 fn a_client_ref_already_sent_with_other_content_is_refused_naming_client_ref() {
     let mut broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO]);
     json_of(&send(&broker, "reused-1", NGO, "home follow-up"));
     broker.stop();
 
@@ -76,6 +78,7 @@ fn a_client_ref_already_sent_with_other_content_is_refused_naming_client_ref() {
 #[test]
 fn a_refused_request_run_again_fails_again_without_being_sent() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO]);
     // A referral to oneself: the broker refuses it for good.
     let refused = send(&broker, "self-1", HOSPITAL, "x");
     assert_eq!(refused.status.code(), Some(1));
@@ -106,6 +109,7 @@ fn a_refused_request_run_again_fails_again_without_being_sent() {
 #[test]
 fn an_action_run_again_with_its_request_id_reports_sent_and_another_action_under_it_is_refused() {
     let mut broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO]);
     let id = json_of(&send(&broker, "act-1", NGO, "home follow-up"))["referral_id"]
         .as_str()
         .unwrap()

@@ -56,6 +56,7 @@ fn accepted_referral(broker: &BrokerProcess, client_ref: &str) -> String {
 #[test]
 fn only_coordinators_and_authorities_list_overdue_referrals() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT, COORDINATOR]);
 
     let refused = broker.adapter(NGO, &["overdue"]);
     assert!(!refused.status.success());
@@ -71,6 +72,7 @@ fn only_coordinators_and_authorities_list_overdue_referrals() {
 #[test]
 fn an_agency_reads_its_own_figures_and_a_coordinator_the_networks() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT, COORDINATOR]);
     accepted_referral(&broker, "figures-1");
     let period = ["--from", "2020-01-01", "--to", "2099-12-31"];
 
@@ -116,6 +118,7 @@ async fn shown_when(
 #[tokio::test]
 async fn the_delegate_receives_the_follow_up_part_and_loses_it_when_the_follow_up_is_taken_back() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT, COORDINATOR]);
     let _recipient = broker.daemon(NGO, &[]);
     let _delegate = broker.daemon(DEPARTMENT, &[]);
     let id = accepted_referral(&broker, "delegate-1");
@@ -157,7 +160,18 @@ async fn the_delegate_receives_the_follow_up_part_and_loses_it_when_the_follow_u
         "{inbox}"
     );
 
-    let revoked = json_of(&broker.adapter(NGO, &["revoke-delegation", &id, "--json"]));
+    let out = broker.adapter(NGO, &["revoke-delegation", &id, "--json"]);
+    if !out.status.success() {
+        let shown = broker.adapter(NGO, &["show", &id, "--json"]);
+        let outbox = broker.adapter(NGO, &["outbox", "--json"]);
+        panic!(
+            "DEBUG {}\nOUTBOX {}\nERR {}",
+            String::from_utf8_lossy(&shown.stdout),
+            String::from_utf8_lossy(&outbox.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let revoked = json_of(&out);
     assert_eq!(revoked["kind"], "delegation_revoked", "{revoked}");
     let shown = json_of(&broker.adapter(NGO, &["show", &id, "--json"]));
     assert!(shown["delegated_to"].is_null(), "{shown}");

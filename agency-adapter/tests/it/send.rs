@@ -43,6 +43,7 @@ fn refused_with(broker: &BrokerProcess, output: &Output, message: &str) {
 #[test]
 fn a_referral_to_an_agency_of_one_province_takes_its_province_for_the_subject() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&["ahc-swu", "dosvy-24", "mlup-russey", "mosvy-coord"]);
 
     let sent = json_of(&send_to(&broker, "dosvy-24"));
 
@@ -56,6 +57,7 @@ fn a_referral_to_an_agency_of_one_province_takes_its_province_for_the_subject() 
 #[test]
 fn a_referral_to_an_agency_of_several_provinces_asks_for_the_subjects_and_names_them() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&["ahc-swu", "dosvy-24", "mlup-russey", "mosvy-coord"]);
 
     let output = send_to(&broker, "mlup-russey");
 
@@ -70,6 +72,7 @@ fn a_referral_to_an_agency_of_several_provinces_asks_for_the_subjects_and_names_
 #[test]
 fn a_referral_to_a_national_agency_asks_for_the_subjects_province() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&["ahc-swu", "dosvy-24", "mlup-russey", "mosvy-coord"]);
 
     let output = send_to(&broker, "mosvy-coord");
 
@@ -84,6 +87,7 @@ fn a_referral_to_a_national_agency_asks_for_the_subjects_province() {
 #[test]
 fn a_referral_to_an_agency_missing_from_the_directory_is_refused_naming_to() {
     let broker = BrokerProcess::start();
+    broker.publish_keys(&["ahc-swu", "dosvy-24", "mlup-russey", "mosvy-coord"]);
 
     let output = send_to(&broker, "no-such-agency");
 
@@ -92,4 +96,42 @@ fn a_referral_to_an_agency_missing_from_the_directory_is_refused_naming_to() {
         &output,
         "error: --to: the directory has no agency no-such-agency",
     );
+}
+
+/// Free text travels sealed, so the broker can no longer refuse what would drive another agency's
+/// terminal: the writing adapter refuses it before anything is queued, naming the field and the
+/// character, never the text. Khmer, line breaks in a note and the direction marks pass.
+#[test]
+fn free_text_with_escapes_or_bidi_controls_is_refused_before_it_is_queued() {
+    let broker = BrokerProcess::start();
+    let id = "01a242a5-2d43-7670-aa6d-40c3dc0c1fe8";
+    for (args, field) in [
+        (vec!["ack", id, "--note", "ok\u{1b}[2J"], "note"),
+        (vec!["ack", id, "--by", "សុភា\nforged line"], "by"),
+        (
+            vec![
+                "decline",
+                id,
+                "--reason-code",
+                "other",
+                "--reason",
+                "file \u{202E}fdp.exe",
+            ],
+            "reason",
+        ),
+    ] {
+        let output = broker.adapter(HOSPITAL, &args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {field}: contains")),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("fdp.exe") && !stderr.contains("forged"),
+            "{stderr}"
+        );
+    }
+    let outbox = json_of(&broker.adapter(HOSPITAL, &["outbox", "--json"]));
+    assert!(outbox.as_array().unwrap().is_empty(), "{outbox}");
 }

@@ -268,6 +268,7 @@ mod tests {
             details: EventDetails::None,
             request_id: None,
             next_visit: None,
+            sealed_text: Default::default(),
         };
         let delivery_id = uuid::Uuid::now_v7();
         let whole = wire::delivery(delivery_id, DeliveryContent::Event(Box::new(event.clone())));

@@ -1,4 +1,5 @@
-//! `spean.v1.DirectoryService`: read-only, for any agency of the network.
+//! `spean.v1.DirectoryService`: the network's agencies, services and provinces for any agency of
+//! it, and the keys agencies publish for sealing to them.
 
 use spean_proto::v1 as pb;
 use spean_proto::v1::directory_service_server::DirectoryService;
@@ -9,6 +10,7 @@ use crate::directory::{Agency, AgencyType};
 use crate::error::{BrokerError, FieldError};
 use crate::ids::ProvinceCode;
 use crate::referral::Code;
+use crate::store::PublishedKey;
 
 pub struct DirectoryGateway {
     shared: Shared,
@@ -42,8 +44,104 @@ fn optional<T>(
     Ok((!raw.is_empty()).then(|| parse(raw)).transpose()?)
 }
 
+fn agency_key(k: PublishedKey) -> pb::AgencyKey {
+    pb::AgencyKey {
+        agency_id: k.agency.to_string(),
+        public_key: k.public_key,
+        certificate: k.certificate,
+        signature: k.signature,
+        published_at: Some(crate::wire::timestamp(k.published_at)),
+    }
+}
+
+/// Most agencies or key ids one `AgencyKeys` call may name.
+const MAX_KEYS_ASKED: usize = 256;
+
 #[tonic::async_trait]
 impl DirectoryService for DirectoryGateway {
+    async fn publish_key(
+        &self,
+        request: Request<pb::PublishKeyRequest>,
+    ) -> GatewayResult<pb::PublishKeyResponse> {
+        let agency = caller(&self.shared, &request).await?;
+        let presented = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()))
+            .unwrap_or_default();
+        let key = request
+            .into_inner()
+            .key
+            .ok_or_else(|| FieldError::new("key", "is required"))
+            .map_err(BrokerError::from)?;
+        if key.agency_id != agency.as_str() {
+            return Err(BrokerError::Forbidden(format!(
+                "{agency} may publish only its own key, not {}'s",
+                key.agency_id
+            ))
+            .into());
+        }
+        if key.certificate != presented {
+            return Err(BrokerError::from(FieldError::new(
+                "key.certificate",
+                "is not the certificate this connection presented",
+            ))
+            .into());
+        }
+        let public = spean_seal::check_signature(&key)
+            .map_err(|e| BrokerError::from(FieldError::new("key.signature", e.to_string())))?;
+        let stored = self
+            .shared
+            .workflow
+            .publish_key(PublishedKey {
+                agency,
+                key_id: public.id().to_vec(),
+                public_key: key.public_key,
+                certificate: key.certificate,
+                signature: key.signature,
+                published_at: time::OffsetDateTime::now_utc(),
+            })
+            .await?;
+        Ok(Response::new(pb::PublishKeyResponse {
+            key: Some(agency_key(stored)),
+        }))
+    }
+
+    async fn agency_keys(
+        &self,
+        request: Request<pb::AgencyKeysRequest>,
+    ) -> GatewayResult<pb::AgencyKeysResponse> {
+        caller(&self.shared, &request).await?;
+        let req = request.into_inner();
+        if req.agency_ids.len() + req.key_ids.len() > MAX_KEYS_ASKED {
+            return Err(BrokerError::from(FieldError::new(
+                "agency_ids",
+                format!("with key_ids names more than {MAX_KEYS_ASKED}"),
+            ))
+            .into());
+        }
+        let agencies = req
+            .agency_ids
+            .iter()
+            .map(|a| crate::ids::AgencyId::parse("agency_ids", a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BrokerError::from)?;
+        if let Some(bad) = req.key_ids.iter().find(|k| k.len() != 32) {
+            return Err(BrokerError::from(FieldError::new(
+                "key_ids",
+                format!("a key id is {} bytes, not 32", bad.len()),
+            ))
+            .into());
+        }
+        let keys = self
+            .shared
+            .workflow
+            .agency_keys(&agencies, &req.key_ids)
+            .await?;
+        Ok(Response::new(pb::AgencyKeysResponse {
+            keys: keys.into_iter().map(agency_key).collect(),
+        }))
+    }
+
     async fn list_agencies(
         &self,
         request: Request<pb::ListAgenciesRequest>,

@@ -279,6 +279,31 @@ pub trait ReferralStore: Send + Sync + 'static {
     ) -> Result<Vec<ReferralId>, StoreError>;
     /// A round trip to the database, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records an agency's sealing key, checked by the caller. A key already published keeps its
+    /// time unless it comes with another certificate (the agency's certificate was rotated):
+    /// then it is published again, now. Returns the key as stored.
+    async fn publish_key(&self, key: &PublishedKey) -> Result<PublishedKey, StoreError>;
+    /// The newest key of each agency in `agencies`, and every key whose id is in `key_ids`, each
+    /// once.
+    async fn agency_keys(
+        &self,
+        agencies: &[AgencyId],
+        key_ids: &[Vec<u8>],
+    ) -> Result<Vec<PublishedKey>, StoreError>;
+}
+
+/// An agency's public key for sealing to it, bound to its certificate (see `spean_seal::binding`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedKey {
+    pub agency: AgencyId,
+    /// SHA-256 of `public_key`.
+    pub key_id: Vec<u8>,
+    pub public_key: Vec<u8>,
+    /// DER.
+    pub certificate: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub published_at: OffsetDateTime,
 }
 
 /// The kinds of event that count in a period's figures whenever their referral was sent.

@@ -6,8 +6,8 @@ use super::from_micros;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
-    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, SealedCaseFile,
-    Sex, State, Subject, Urgency,
+    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
+    State, Subject, Urgency,
 };
 
 /// Column access a backend's row type provides.
@@ -64,7 +64,7 @@ pub(super) fn addressee_columns(
     }
 }
 
-pub(super) fn corrupt(table: &'static str, reason: &str) -> StoreError {
+pub(crate) fn corrupt(table: &'static str, reason: &str) -> StoreError {
     StoreError::Corrupt {
         table,
         reason: reason.to_owned(),
@@ -133,52 +133,65 @@ pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Refer
         created_at: from_micros(row.int("created_at")?),
         updated_at: from_micros(row.int("updated_at")?),
         case_file: if with_case_file {
-            SealedCaseFile::new(row.bytes("case_file")?)
+            Sealed::new(row.bytes("case_file")?)
         } else {
-            SealedCaseFile::default()
+            Sealed::default()
         },
     })
 }
 
 /// The `details` column: the event's details as JSON, with the next visit the broker stamped on
-/// it beside them (one more key of the same object), so that the schedule needs no column.
+/// it and the action's sealed free text beside them (more keys of the same object), so that
+/// neither needs a column.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct StoredDetails<D> {
+struct StoredDetails<D, S> {
     #[serde(flatten)]
     details: D,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_visit: Option<crate::referral::NextVisit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_text: Option<S>,
 }
 
 /// An event's details and next visit as the `details` column stores them. Without a next visit
 /// (nearly every event) that is the details alone, written straight: the same JSON, without the
 /// buffering that `flatten` costs.
 pub(crate) fn details_column(event: &Event) -> Result<String, StoreError> {
-    match event.next_visit {
-        None => serde_json::to_string(&event.details),
-        Some(next_visit) => serde_json::to_string(&StoredDetails {
+    if event.next_visit.is_none() && event.sealed_text.is_empty() {
+        serde_json::to_string(&event.details)
+    } else {
+        serde_json::to_string(&StoredDetails {
             details: &event.details,
-            next_visit: Some(next_visit),
-        }),
+            next_visit: event.next_visit,
+            sealed_text: (!event.sealed_text.is_empty()).then_some(&event.sealed_text),
+        })
     }
     .map_err(|e| undecodable("referral_events", e))
 }
 
-/// The details and next visit of a `details` column. Only a column that names a next visit is
-/// read through [`StoredDetails`]: a false match (free text holding the word) reads the same.
-fn stored_details(raw: &str) -> Result<(EventDetails, Option<crate::referral::NextVisit>), String> {
-    if !raw.contains("\"next_visit\"") {
+/// What a `details` column holds besides the details.
+type Extras = (Option<crate::referral::NextVisit>, Sealed);
+
+/// The details, next visit and sealed text of a `details` column. Only a column that names one of
+/// those is read through [`StoredDetails`]: a false match (older free text holding the word) reads
+/// the same.
+fn stored_details(raw: &str) -> Result<(EventDetails, Extras), String> {
+    if !raw.contains("\"next_visit\"") && !raw.contains("\"sealed_text\"") {
         let details: EventDetails = serde_json::from_str(raw).map_err(|e| e.to_string())?;
-        return Ok((details, None));
+        return Ok((details, (None, Sealed::default())));
     }
-    let stored: StoredDetails<EventDetails> =
+    let stored: StoredDetails<EventDetails, Sealed> =
         serde_json::from_str(raw).map_err(|e| e.to_string())?;
-    Ok((stored.details, stored.next_visit))
+    Ok((
+        stored.details,
+        (stored.next_visit, stored.sealed_text.unwrap_or_default()),
+    ))
 }
 
 pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
     let bad = |what: &str| corrupt("referral_events", what);
-    let (details, next_visit) = stored_details(&row.text("details")?).map_err(|e| bad(&e))?;
+    let (details, (next_visit, sealed_text)) =
+        stored_details(&row.text("details")?).map_err(|e| bad(&e))?;
     Ok(Event {
         id: uuid::Uuid::parse_str(&row.text("id")?).map_err(|_| bad("id"))?,
         referral_id: ReferralId::parse("referral_id", &row.text("referral_id")?)
@@ -191,6 +204,7 @@ pub(super) fn event(row: &impl Columns) -> Result<Event, StoreError> {
         state_after: State::parse(&row.text("state_after")?).ok_or_else(|| bad("state_after"))?,
         details,
         next_visit,
+        sealed_text,
         request_id: row
             .maybe_text("request_id")?
             .map(|r| RequestId::parse("request_id", &r))
@@ -325,4 +339,36 @@ pub(super) fn parties_now(row: &impl Columns) -> Result<super::PartiesNow, Store
         sender: AgencyId::parse("sender", &row.text("sender")?).map_err(|_| bad("sender"))?,
         recipient: recipient_column(&row.text("recipient")?)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the `details` column holds reads back whole: the details, the next visit and the
+    /// sealed free text, for every shape of details.
+    #[test]
+    fn details_with_sealed_text_read_back_whole() {
+        let delegated = EventDetails::FollowUpDelegated {
+            to: crate::ids::AgencyId::parse("to", "dosvy-24").unwrap(),
+            reason: FreeText::default(),
+            follow_up_part: Sealed::new(vec![1, 2, 3]),
+        };
+        for details in [EventDetails::None, delegated] {
+            let mut event = Event::recorded(
+                ReferralId::new(),
+                EventKind::FollowUpDelegated,
+                crate::ids::AgencyId::parse("actor", "mlup-russey").unwrap(),
+                time::OffsetDateTime::UNIX_EPOCH,
+                crate::referral::State::Accepted,
+                details.clone(),
+            );
+            event.sealed_text = Sealed::new(vec![9; 40]);
+            let column = details_column(&event).unwrap();
+            let (read, (next_visit, sealed_text)) = stored_details(&column).unwrap();
+            assert_eq!(read, details, "{column}");
+            assert_eq!(next_visit, None);
+            assert_eq!(sealed_text, event.sealed_text);
+        }
+    }
 }

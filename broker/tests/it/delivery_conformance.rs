@@ -26,8 +26,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::helpers::{
-    Client, TestBroker, action, case_file, confirm, lama, next_delivery, spawn_broker,
-    spawn_broker_with,
+    Client, TestBroker, action, case_file, confirm, lama, next_delivery, resealed, said,
+    spawn_broker, spawn_broker_with,
 };
 
 /// Generates, for each test, one run per backend.
@@ -319,13 +319,28 @@ fn is_event(delivery: &pb::Delivery, id: &str, kind: pb::FeedbackKind) -> bool {
 }
 
 /// Story 1's referral, addressed to `agency` by its id rather than by service and province.
-fn lama_to(agency: &str, client_ref: &str) -> pb::SubmitRequest {
-    pb::SubmitRequest {
+/// Story 1's referral from `sender` to `agency`, its case file sealed to that agency.
+fn lama_to(sender: &str, agency: &str, client_ref: &str) -> pb::SubmitRequest {
+    let request = pb::SubmitRequest {
         recipient: Some(pb::Recipient {
             target: Some(pb::recipient::Target::AgencyId(agency.into())),
         }),
-        ..lama(client_ref)
-    }
+        ..spean_testkit::lama_in_clear(client_ref)
+    };
+    spean_testkit::sealed::sealed_submit(sender, request, &[agency])
+}
+
+/// The case file of `referral` as `agency` opens it (the test keys); `None` if it holds no box.
+fn opened(agency: &str, referral: &pb::Referral) -> Option<Vec<u8>> {
+    let envelope = referral.envelope.as_ref()?;
+    spean_testkit::sealed::open(
+        agency,
+        &referral.case_file,
+        spean_seal::Purpose::CaseFile {
+            sender: &envelope.sender_agency_id,
+            client_ref: &envelope.client_ref,
+        },
+    )
 }
 
 async fn submit(client: &mut Client, request: pb::SubmitRequest) -> String {
@@ -333,14 +348,23 @@ async fn submit(client: &mut Client, request: pb::SubmitRequest) -> String {
     answer.referral.unwrap().envelope.unwrap().referral_id
 }
 
-async fn redirect(client: &mut Client, id: &str, to: &str) {
+/// `client` redirects story 1's referral `id`, sent as `client_ref`, to `to`, re-sealing its case
+/// file to it.
+async fn redirect(client: &mut Client, id: &str, client_ref: &str, to: &str) {
+    let by = client.agency.clone();
     client
         .referrals
         .redirect(pb::RedirectRequest {
-            action: action(id, &format!("redirect-{id}")),
+            action: said(
+                &by,
+                id,
+                &format!("redirect-{id}"),
+                "cannot travel to Pailin",
+            ),
             redirect: Some(pb::Redirect {
                 to_agency_id: to.into(),
-                reason: "cannot travel to Pailin".into(),
+                reason: String::new(),
+                case_file: resealed(&by, client_ref, to),
             }),
         })
         .await
@@ -362,14 +386,14 @@ async fn every_submitted_referral_reaches_its_recipients_session_with_its_case_f
         for_ngo.insert(
             submit(
                 &mut health_centre,
-                lama_to("mlup-russey", &format!("reach-ngo-{n}")),
+                lama_to("ssc-smhs", "mlup-russey", &format!("reach-ngo-{n}")),
             )
             .await,
         );
         for_department.insert(
             submit(
                 &mut hospital,
-                lama_to("dosvy-24", &format!("reach-dept-{n}")),
+                lama_to("ahc-swu", "dosvy-24", &format!("reach-dept-{n}")),
             )
             .await,
         );
@@ -385,9 +409,15 @@ async fn every_submitted_referral_reaches_its_recipients_session_with_its_case_f
         while got.len() < expected.len() {
             let delivery = stream.next().await;
             let referral = referral(&delivery).expect("a referral");
+            let reader = referral
+                .envelope
+                .as_ref()
+                .unwrap()
+                .recipient_agency_id
+                .clone();
             assert_eq!(
-                referral.case_file,
-                case_file(),
+                opened(&reader, referral),
+                Some(case_file()),
                 "the recipient reads the case file"
             );
             got.insert(referral_id(&delivery));
@@ -445,7 +475,10 @@ async fn an_unconfirmed_delivery_comes_again_to_the_next_session_and_is_recorded
     let mut second = Stream::open(&mut ngo, 8).await;
     let again = second.next().await;
     assert_eq!(again.delivery_id, sent.delivery_id);
-    assert_eq!(referral(&again).unwrap().case_file, case_file());
+    assert_eq!(
+        opened("mlup-russey", referral(&again).unwrap()),
+        Some(case_file())
+    );
     second.confirm(&again).await;
     second.confirm(&again).await;
 
@@ -527,7 +560,7 @@ async fn every_event_reaches_every_party_of_its_referral(f: Fixture) {
         streams.push(Stream::open(client, 16).await);
     }
     let id = submit(&mut hospital, lama("parties-1")).await;
-    redirect(&mut ngo, &id, "dosvy-24").await;
+    redirect(&mut ngo, &id, "parties-1", "dosvy-24").await;
     department
         .referrals
         .acknowledge(pb::AcknowledgeRequest {
@@ -569,7 +602,7 @@ async fn a_referral_redirected_before_it_was_delivered_reaches_its_former_recipi
     let mut hospital = f.broker.client("ahc-swu").await;
     let mut ngo = f.broker.client("mlup-russey").await;
     let id = submit(&mut hospital, lama("moved-1")).await;
-    redirect(&mut ngo, &id, "dosvy-24").await;
+    redirect(&mut ngo, &id, "moved-1", "dosvy-24").await;
 
     let mut former = Stream::open(&mut ngo, 8).await;
     let read = former
@@ -595,8 +628,8 @@ async fn a_referral_redirected_before_it_was_delivered_reaches_its_former_recipi
         "dosvy-24"
     );
     assert_eq!(
-        referral.case_file,
-        case_file(),
+        opened("dosvy-24", referral),
+        Some(case_file()),
         "the new recipient reads the case file"
     );
 }

@@ -4,7 +4,21 @@
 use spean_proto::v1 as pb;
 use tonic::Code;
 
-use crate::helpers::{Client, action, spawn_broker};
+use crate::helpers::{Client, action, resealed, said, spawn_broker};
+
+/// The `client_ref` of referral `id`, as `c` reads it (empty if it cannot): what its case file is
+/// bound to, for re-sealing it.
+async fn client_ref_of(c: &mut Client, id: &str) -> String {
+    c.referrals
+        .get(pb::GetRequest {
+            referral_id: id.to_owned(),
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().envelope)
+        .map(|e| e.client_ref)
+        .unwrap_or_default()
+}
 
 /// Every feedback action RPC, so tables can drive them all.
 #[derive(Debug, Clone, Copy)]
@@ -66,7 +80,15 @@ impl Rpc {
         id: &str,
         req: &str,
     ) -> Result<pb::FeedbackResponse, tonic::Status> {
-        let action = action(id, req);
+        // What people write travels sealed: each action says something where its kind requires it.
+        let action = said(&c.agency, id, req, "ទៅសួរសុខទុក្ខនៅផ្ទះ (home visit)");
+        let case_file = match self {
+            Rpc::Redirect => {
+                let client_ref = client_ref_of(c, id).await;
+                resealed(&c.agency, &client_ref, "dosvy-24")
+            }
+            _ => Vec::new(),
+        };
         let r = &mut c.referrals;
         let answer = match self {
             Rpc::Acknowledge => r.acknowledge(pb::AcknowledgeRequest { action }).await,
@@ -74,7 +96,7 @@ impl Rpc {
                 r.accept(pb::AcceptRequest {
                     action,
                     acceptance: Some(pb::Acceptance {
-                        planned_action: "ទៅសួរសុខទុក្ខនៅផ្ទះ (home visit)".into(),
+                        planned_action: String::new(),
                         planned_date: "2026-11-24".into(),
                     }),
                 })
@@ -85,7 +107,7 @@ impl Rpc {
                     action,
                     decline: Some(pb::Decline {
                         reason_code: "no_capacity".into(),
-                        reason_text: "no foster family free".into(),
+                        reason_text: String::new(),
                     }),
                 })
                 .await
@@ -95,7 +117,8 @@ impl Rpc {
                     action,
                     redirect: Some(pb::Redirect {
                         to_agency_id: "dosvy-24".into(),
-                        reason: "cannot travel to Pailin".into(),
+                        reason: String::new(),
+                        case_file,
                     }),
                 })
                 .await
@@ -119,7 +142,7 @@ impl Rpc {
                     action,
                     outcome: Some(pb::Outcome {
                         outcome_code: "child_well_in_school".into(),
-                        summary: "កុមារមានសុខភាពល្អ និងទៅសាលារៀន".into(),
+                        summary: String::new(),
                     }),
                 })
                 .await
@@ -128,7 +151,7 @@ impl Rpc {
                 r.fail(pb::FailRequest {
                     action,
                     failure: Some(pb::Failure {
-                        reason: "family moved to Thailand".into(),
+                        reason: String::new(),
                     }),
                 })
                 .await
@@ -368,7 +391,17 @@ async fn the_whole_loop_is_recorded_in_order() {
     }
     let done = Rpc::Complete.call(&mut ngo, &id, "a3").await.unwrap();
     assert_eq!(done.state, pb::ReferralState::Completed as i32);
-    assert_eq!(done.event.unwrap().actor_person, "សុភា (Sophea)");
+    let event = done.event.unwrap();
+    assert!(
+        event.actor_person.is_empty(),
+        "the name travels sealed only"
+    );
+    assert_eq!(
+        spean_testkit::sealed::open_text("mlup-russey", &event)
+            .unwrap()
+            .actor_person,
+        "សុភា (Sophea)"
+    );
 
     use pb::FeedbackKind as K;
     assert_eq!(
@@ -449,7 +482,21 @@ async fn a_decline_without_its_reason_text_is_invalid_and_changes_nothing() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("decline.reason_text:"));
+    assert!(err.message().starts_with("action.sealed_text:"), "{err:?}");
+    // Nor may the reason come in clear.
+    let err = ngo
+        .referrals
+        .decline(pb::DeclineRequest {
+            action: said("mlup-russey", &id, "x1", "គ្មានគ្រួសារ"),
+            decline: Some(pb::Decline {
+                reason_code: "no_capacity".into(),
+                reason_text: "no foster family free".into(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("decline.reason_text:"), "{err:?}");
     let err = Rpc::Acknowledge
         .call(&mut ngo, "not-a-uuid", "x2")
         .await
@@ -465,14 +512,17 @@ async fn a_retried_action_is_recorded_once() {
     let mut hospital = broker.client("ahc-swu").await;
     let mut ngo = broker.client("mlup-russey").await;
     let id = hospital.submit_lama("retry-1").await;
-    let first = Rpc::Acknowledge
-        .call(&mut ngo, &id, "same-key")
+    // A retry sends the same bytes (an adapter keeps the action as it first sealed it).
+    let ack = pb::AcknowledgeRequest {
+        action: said("mlup-russey", &id, "same-key", ""),
+    };
+    let first = ngo
+        .referrals
+        .acknowledge(ack.clone())
         .await
-        .unwrap();
-    let again = Rpc::Acknowledge
-        .call(&mut ngo, &id, "same-key")
-        .await
-        .unwrap();
+        .unwrap()
+        .into_inner();
+    let again = ngo.referrals.acknowledge(ack).await.unwrap().into_inner();
     assert_eq!(first.event.unwrap().event_id, again.event.unwrap().event_id);
     assert_eq!(history_kinds(&mut hospital, &id).await.len(), 2);
     // The same key for a different action, or with another note, is a conflict, not a replay.
@@ -481,8 +531,7 @@ async fn a_retried_action_is_recorded_once() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
-    let mut changed = action(&id, "same-key");
-    changed.as_mut().unwrap().note = "another note".into();
+    let changed = said("mlup-russey", &id, "same-key", "another note");
     let err = ngo
         .referrals
         .acknowledge(pb::AcknowledgeRequest { action: changed })
@@ -501,10 +550,11 @@ async fn a_redirected_referral_moves_to_the_new_agency_and_the_old_one_can_no_lo
     let r = ngo
         .referrals
         .redirect(pb::RedirectRequest {
-            action: action(&id, "r1"),
+            action: said("mlup-russey", &id, "r1", "cannot travel to Pailin"),
             redirect: Some(pb::Redirect {
                 to_agency_id: "dosvy-24".into(),
-                reason: "cannot travel to Pailin".into(),
+                reason: String::new(),
+                case_file: resealed("mlup-russey", "redir-1", "dosvy-24"),
             }),
         })
         .await
@@ -620,63 +670,60 @@ async fn listing_filters_by_role_and_state_and_pages() {
 const KA: &str = "ក";
 
 #[tokio::test]
-async fn an_oversize_note_or_actor_person_is_invalid_naming_the_field_and_changes_nothing() {
+async fn an_oversize_sealed_text_is_invalid_naming_the_field_and_changes_nothing() {
     let broker = spawn_broker().await;
     let mut hospital = broker.client("ahc-swu").await;
     let mut ngo = broker.client("mlup-russey").await;
     let id = hospital.submit_lama("size-1").await;
     let events = broker.count("referral_events").await;
 
-    // The limits are 8 KiB for a note and 256 bytes for a name (broker/src/gateway/convert.rs).
-    let note_over = KA.repeat(2731); // 8193 bytes, 2731 characters
-    let person_over = KA.repeat(85) + "ab"; // 257 bytes
-    assert_eq!((note_over.len(), person_over.len()), (8 * 1024 + 1, 257));
-    for (field, note, person) in [
-        ("action.note", note_over.as_str(), "សុភា"),
-        ("action.actor_person", "", person_over.as_str()),
-    ] {
-        let err = ngo
-            .referrals
-            .acknowledge(pb::AcknowledgeRequest {
-                action: Some(pb::Action {
-                    referral_id: id.clone(),
-                    request_id: format!("big-{field}"),
-                    actor_person: person.into(),
-                    note: note.into(),
-                }),
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
-        assert!(
-            err.message().starts_with(&format!("{field}: is ")),
-            "expected the message to name {field}: {}",
-            err.message()
-        );
-    }
+    // 64 KiB of sealed text is the most one action carries: a name, a note and a reason of 8 KiB
+    // each (checked by the writing adapter), sealed to a handful of readers.
+    let mut over = action(&id, "big");
+    over.as_mut().unwrap().sealed_text = vec![0; 64 * 1024 + 1];
+    let err = ngo
+        .referrals
+        .acknowledge(pb::AcknowledgeRequest { action: over })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("action.sealed_text: is 65537 bytes"),
+        "{}",
+        err.message()
+    );
     assert_eq!(broker.count("referral_events").await, events);
     assert_eq!(
         state_of(&mut hospital, &id).await,
         pb::ReferralState::Sent as i32
     );
 
-    // Exactly at the limits is accepted: the refusals above were about size, not something else.
-    let recorded = ngo
+    // A long Khmer note, sealed, goes through and opens whole for the sender.
+    let note = KA.repeat(2730) + "ab";
+    let text = pb::FreeText {
+        actor_person: KA.repeat(85) + "a",
+        note: note.clone(),
+        detail: String::new(),
+    };
+    let mut long = action(&id, "at-the-limit");
+    long.as_mut().unwrap().sealed_text =
+        spean_testkit::sealed::seal_text("mlup-russey", &id, &text, &["ahc-swu"]);
+    ngo.referrals
+        .acknowledge(pb::AcknowledgeRequest { action: long })
+        .await
+        .unwrap();
+    let got = hospital
         .referrals
-        .acknowledge(pb::AcknowledgeRequest {
-            action: Some(pb::Action {
-                referral_id: id.clone(),
-                request_id: "at-the-limit".into(),
-                actor_person: KA.repeat(85) + "a",
-                note: KA.repeat(2730) + "ab",
-            }),
+        .get(pb::GetRequest {
+            referral_id: id.clone(),
         })
         .await
         .unwrap()
         .into_inner();
-    let event = recorded.event.unwrap();
-    assert_eq!(event.note.len(), 8 * 1024);
-    assert_eq!(event.actor_person.len(), 256);
+    let opened = spean_testkit::sealed::open_text("ahc-swu", got.history.last().unwrap()).unwrap();
+    assert_eq!(opened.note.len(), 8 * 1024);
+    assert_eq!(opened, text);
     assert_eq!(broker.count("referral_events").await, events + 1);
 }
 
@@ -691,16 +738,19 @@ async fn an_accept_or_complete_missing_its_details_is_invalid_naming_the_field()
     let id = hospital.submit_lama("details-1").await;
 
     let valid_accept = pb::AcceptRequest {
-        action: action(&id, "acc"),
+        action: said("mlup-russey", &id, "acc", "home visit"),
         acceptance: Some(pb::Acceptance {
-            planned_action: "home visit".into(),
+            planned_action: String::new(),
             planned_date: "2026-11-24".into(),
         }),
     };
-    let broken_accepts: [Breakage<pb::AcceptRequest>; 4] = [
+    let broken_accepts: [Breakage<pb::AcceptRequest>; 5] = [
         ("acceptance", |r| r.acceptance = None),
         ("acceptance.planned_action", |r| {
-            r.acceptance.as_mut().unwrap().planned_action = "  ".into()
+            r.acceptance.as_mut().unwrap().planned_action = "home visit".into()
+        }),
+        ("action.sealed_text", |r| {
+            r.action.as_mut().unwrap().sealed_text = Vec::new()
         }),
         ("acceptance.planned_date", |r| {
             r.acceptance.as_mut().unwrap().planned_date = String::new()
@@ -771,11 +821,12 @@ async fn an_accept_or_complete_missing_its_details_is_invalid_naming_the_field()
     assert_eq!(completed.state, pb::ReferralState::Completed as i32);
 }
 
-/// Free text reaches another agency's terminal: control characters and bidirectional controls are
-/// refused in every text field, naming it; Khmer (with U+200B between words), line breaks in notes
-/// and the direction marks U+200E/U+200F are kept byte for byte.
+/// Free text is refused in clear, in every field, naming it, whatever it holds: it travels sealed.
+/// Sealed, Khmer (with U+200B between words), line breaks and the direction marks U+200E/U+200F
+/// reach the other party byte for byte. (The writing adapter refuses control and bidirectional
+/// characters before it seals: `agency-adapter/tests/it/send.rs`.)
 #[tokio::test]
-async fn escapes_and_bidi_controls_in_free_text_are_invalid_and_khmer_survives_byte_for_byte() {
+async fn free_text_in_clear_is_invalid_and_sealed_khmer_survives_byte_for_byte() {
     let broker = spawn_broker().await;
     let mut hospital = broker.client("ahc-swu").await;
     let mut ngo = broker.client("mlup-russey").await;
@@ -788,15 +839,13 @@ async fn escapes_and_bidi_controls_in_free_text_are_invalid_and_khmer_survives_b
             request_id: request_id.into(),
             actor_person: person.into(),
             note: note.into(),
+            sealed_text: Vec::new(),
         }),
     };
     for (n, (field, person, note)) in [
-        ("action.note", "សុភា", "ok\u{1b}[2J"),
-        ("action.note", "សុភា", "paid\rfree"),
-        ("action.note", "សុភា", "file \u{202E}fdp.exe"),
-        ("action.note", "សុភា", "\u{2066}isolated\u{2069}"),
-        ("action.actor_person", "សុភា\n  forged line", ""),
-        ("action.actor_person", "\u{9b}31mSophea", ""),
+        ("action.note", "", "ok\u{1b}[2J"),
+        ("action.note", "", "ជួបគ្រួសារ"),
+        ("action.actor_person", "សុភា", ""),
     ]
     .into_iter()
     .enumerate()
@@ -808,37 +857,34 @@ async fn escapes_and_bidi_controls_in_free_text_are_invalid_and_khmer_survives_b
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         assert!(
-            err.message().starts_with(&format!("{field}: contains")),
+            err.message()
+                .starts_with(&format!("{field}: must be empty")),
             "expected the message to name {field}: {}",
             err.message()
         );
     }
-    let err = ngo
-        .referrals
-        .decline(pb::DeclineRequest {
-            action: action(&id, "bad-decline"),
-            decline: Some(pb::Decline {
-                reason_code: "no_capacity".into(),
-                reason_text: "ពេញ\u{202B}".into(),
-            }),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("decline.reason_text: contains"));
     assert_eq!(broker.count("referral_events").await, events);
 
-    let person = "សុខ ស្រីល័ក្ខ";
-    let note = "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពីមន្ទីរពេទ្យ\r\nថ្ងៃស្អែក\t\u{200F}";
+    let text = pb::FreeText {
+        actor_person: "សុខ ស្រីល័ក្ខ".into(),
+        note: "គ្រួសារ\u{200B}ចាកចេញ\u{200B}ពីមន្ទីរពេទ្យ\r\nថ្ងៃស្អែក\t\u{200F}".into(),
+        detail: String::new(),
+    };
+    let mut good = action(&id, "good");
+    good.as_mut().unwrap().sealed_text =
+        spean_testkit::sealed::seal_text("mlup-russey", &id, &text, &["ahc-swu"]);
     let recorded = ngo
         .referrals
-        .acknowledge(ack("good", person, note))
+        .acknowledge(pb::AcknowledgeRequest { action: good })
         .await
         .unwrap()
         .into_inner();
     let event = recorded.event.unwrap();
-    assert_eq!(event.actor_person.as_bytes(), person.as_bytes());
-    assert_eq!(event.note.as_bytes(), note.as_bytes());
+    assert!(event.note.is_empty() && event.actor_person.is_empty());
+    assert_eq!(
+        spean_testkit::sealed::open_text("mlup-russey", &event).unwrap(),
+        text
+    );
     let got = hospital
         .referrals
         .get(pb::GetRequest {
@@ -847,7 +893,7 @@ async fn escapes_and_bidi_controls_in_free_text_are_invalid_and_khmer_survives_b
         .await
         .unwrap()
         .into_inner();
-    let last = got.history.last().unwrap();
-    assert_eq!(last.note.as_bytes(), note.as_bytes());
-    assert_eq!(last.actor_person.as_bytes(), person.as_bytes());
+    let last = spean_testkit::sealed::open_text("ahc-swu", got.history.last().unwrap()).unwrap();
+    assert_eq!(last.note.as_bytes(), text.note.as_bytes());
+    assert_eq!(last.actor_person.as_bytes(), text.actor_person.as_bytes());
 }

@@ -58,6 +58,8 @@ pub async fn spawn_broker_with(adjust: impl FnOnce(&mut Config)) -> TestBroker {
 }
 
 pub struct Client {
+    /// The agency whose certificate it presents: the author of what it seals.
+    pub agency: String,
     pub referrals: ReferralServiceClient<Channel>,
     pub delivery: DeliveryServiceClient<Channel>,
     pub directory: DirectoryServiceClient<Channel>,
@@ -82,7 +84,10 @@ impl TestBroker {
             )
             .await
             .unwrap();
-        Client::new(channel)
+        Client {
+            agency: agency.to_owned(),
+            ..Client::new(channel)
+        }
     }
 
     /// A channel with an optional client identity, trusting `ca` for the server.
@@ -134,6 +139,7 @@ impl TestBroker {
 impl Client {
     pub fn new(channel: Channel) -> Self {
         Self {
+            agency: String::new(),
             referrals: ReferralServiceClient::new(channel.clone()),
             delivery: DeliveryServiceClient::new(channel.clone()),
             directory: DirectoryServiceClient::new(channel),
@@ -154,13 +160,44 @@ impl Client {
     }
 }
 
+/// The fields every action shares, with nothing a person wrote.
 pub fn action(referral_id: &str, request_id: &str) -> Option<pb::Action> {
     Some(pb::Action {
         referral_id: referral_id.into(),
         request_id: request_id.into(),
-        actor_person: "សុភា (Sophea)".into(),
+        actor_person: String::new(),
         note: String::new(),
+        sealed_text: Vec::new(),
     })
+}
+
+/// An action by `by` with its free text (a staff name and `detail`, the details' text) sealed as
+/// an adapter seals it, with the test keys, to `by` and story 1's sender.
+pub fn said(by: &str, referral_id: &str, request_id: &str, detail: &str) -> Option<pb::Action> {
+    Some(pb::Action {
+        sealed_text: spean_testkit::sealed::seal_text(
+            by,
+            referral_id,
+            &pb::FreeText {
+                actor_person: "សុភា (Sophea)".into(),
+                note: String::new(),
+                detail: detail.into(),
+            },
+            &["ahc-swu"],
+        ),
+        ..action(referral_id, request_id)?
+    })
+}
+
+/// The case file of story 1 (`lama(client_ref)`) re-sealed by `by` to `to`, for a redirect.
+pub fn resealed(by: &str, client_ref: &str, to: &str) -> Vec<u8> {
+    spean_testkit::sealed::reseal_case_file(
+        by,
+        "ahc-swu",
+        client_ref,
+        &spean_testkit::case_file(),
+        to,
+    )
 }
 
 /// Opens a delivery stream and returns the sender for confirmations and the incoming stream.

@@ -11,6 +11,8 @@ mod delivery_conformance;
 mod feedback;
 mod files;
 mod helpers;
+mod keys;
 mod limits;
+mod sealed;
 mod store_conformance;
 mod submit;

@@ -30,8 +30,11 @@ async fn a_referral_addressed_by_service_and_province_goes_to_the_local_provider
 async fn duplicate_client_ref_returns_the_same_referral() {
     let broker = spawn_broker().await;
     let mut hospital = broker.client("ahc-swu").await;
-    let first = hospital.submit(lama("ahc-0002")).await.unwrap();
-    let again = hospital.submit(lama("ahc-0002")).await.unwrap();
+    // The same request again, byte for byte, as an adapter retries it (sealing anew would give
+    // other bytes: the adapter keeps what it first sealed).
+    let request = lama("ahc-0002");
+    let first = hospital.submit(request.clone()).await.unwrap();
+    let again = hospital.submit(request).await.unwrap();
     assert!(first.created);
     assert!(!again.created);
     assert_eq!(
@@ -65,7 +68,12 @@ async fn client_refs_are_scoped_to_their_sender() {
     let mut hospital = broker.client("ahc-swu").await;
     let mut ssc = broker.client("ssc-smhs").await;
     hospital.submit(lama("shared-ref")).await.unwrap();
-    let r = ssc.submit(lama("shared-ref")).await.unwrap();
+    let from_ssc = spean_testkit::sealed::sealed_submit(
+        "ssc-smhs",
+        spean_testkit::lama_in_clear("shared-ref"),
+        &["mlup-russey"],
+    );
+    let r = ssc.submit(from_ssc).await.unwrap();
     assert!(r.created);
     assert_eq!(broker.count("referrals").await, 2);
 }
@@ -82,8 +90,9 @@ async fn khmer_text_in_the_case_file_survives_byte_for_byte() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.case_file, case_file());
-    let decoded: pb::CaseFile = prost::Message::decode(got.case_file.as_slice()).unwrap();
+    // Sealed, and opened by the NGO byte for byte.
+    let decoded = spean_testkit::sealed::open_case_file("mlup-russey", &got).unwrap();
+    assert_eq!(prost::Message::encode_to_vec(&decoded), case_file());
     assert_eq!(
         decoded.name.unwrap().khmer.as_bytes(),
         KHMER_NAME.as_bytes()
@@ -234,13 +243,14 @@ async fn the_directory_resolves_a_service_in_a_province_best_first() {
     assert_eq!(pailin.name_km, "ប៉ៃលិន");
 }
 
-/// The case file is the sender's, opaque to the broker: bytes that would be refused in free text
-/// (an escape sequence, a bidi override) pass through untouched; the adapter renders them safely.
+/// The case file is the sender's, opaque to the broker: sealed bytes that would be refused as free
+/// text (an escape sequence, a bidi override) pass through untouched; the adapter renders them
+/// safely.
 #[tokio::test]
 async fn the_case_file_stays_opaque_bytes_whatever_text_it_holds() {
     let broker = spawn_broker().await;
     let mut hospital = broker.client("ahc-swu").await;
-    let mut request = lama("opaque-1");
+    let mut request = spean_testkit::lama_in_clear("opaque-1");
     let case_file = pb::CaseFile {
         name: Some(pb::PersonName {
             khmer: "សុខ ស្រីល័ក្ខ\u{202E}".into(),
@@ -250,6 +260,7 @@ async fn the_case_file_stays_opaque_bytes_whatever_text_it_holds() {
         ..Default::default()
     };
     request.case_file = prost::Message::encode_to_vec(&case_file);
+    let request = spean_testkit::sealed::sealed_submit("ahc-swu", request, &["mlup-russey"]);
     let id = hospital
         .submit(request.clone())
         .await
@@ -266,5 +277,8 @@ async fn the_case_file_stays_opaque_bytes_whatever_text_it_holds() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.case_file, request.case_file);
+    assert_eq!(
+        spean_testkit::sealed::open_case_file("mlup-russey", &got).unwrap(),
+        case_file
+    );
 }

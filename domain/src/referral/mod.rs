@@ -16,13 +16,16 @@ use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 pub use state::{EventKind, Role, State};
 pub use view::{Audience, ReferralView};
 
-/// The encoded case file: bytes the broker stores and forwards but never reads.
+/// What agencies sealed to each other (an encoded `spean.v1.Sealed`: a case file, the follow-up
+/// part of one, or the free text of an action): bytes the broker stores and forwards but cannot
+/// open. Two of them concatenated are one with the boxes of both, which is how a redirect's box for
+/// the new recipient joins the case file.
 ///
 /// It has no `Display` and its `Debug` prints only the length, so no log line or error can carry it.
 #[derive(Clone, PartialEq, Eq, Default)]
-pub struct SealedCaseFile(Vec<u8>);
+pub struct Sealed(Vec<u8>);
 
-impl SealedCaseFile {
+impl Sealed {
     pub fn new(bytes: Vec<u8>) -> Self {
         Self(bytes)
     }
@@ -38,11 +41,16 @@ impl SealedCaseFile {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// This one with the boxes of `more` after its own.
+    pub fn joined(mut self, more: &Sealed) -> Self {
+        self.0.extend_from_slice(&more.0);
+        self
+    }
 }
 
-impl fmt::Debug for SealedCaseFile {
+impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SealedCaseFile({} bytes)", self.0.len())
+        write!(f, "Sealed({} bytes)", self.0.len())
     }
 }
 
@@ -318,7 +326,7 @@ pub struct NewReferral {
     pub kind: Code,
     pub urgency: Urgency,
     pub subject: Subject,
-    pub case_file: SealedCaseFile,
+    pub case_file: Sealed,
     pub client_pseudonym: Option<ClientRef>,
     /// Whether a referral addressed by service and province goes to every agency offering it
     /// there, as the sender asked; `None`: as the kind's default ([`NewReferral::is_broadcast`]).
@@ -431,7 +439,7 @@ pub struct Referral {
     pub version: i64,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
-    pub case_file: SealedCaseFile,
+    pub case_file: Sealed,
 }
 
 impl Referral {
@@ -502,6 +510,10 @@ pub enum EventDetails {
     Redirected {
         to: AgencyId,
         reason: FreeText,
+        /// The case file re-sealed by the redirecting adapter to `to`: joined to the referral's
+        /// case file in the new recipient's copy, never sent as part of the event.
+        #[serde(default, skip_serializing_if = "Sealed::is_empty")]
+        case_file: Sealed,
     },
     FollowUp {
         activity: Code,
@@ -536,7 +548,7 @@ pub enum EventDetails {
     FollowUpDelegated {
         to: AgencyId,
         reason: FreeText,
-        follow_up_part: SealedCaseFile,
+        follow_up_part: Sealed,
     },
     /// The follow-up visits taken back from `from`.
     DelegationRevoked {
@@ -581,13 +593,13 @@ mod micros {
 }
 
 /// Stored case file parts as hex, in JSON details.
-impl serde::Serialize for SealedCaseFile {
+impl serde::Serialize for Sealed {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(&self.0))
     }
 }
 
-impl<'de> serde::Deserialize<'de> for SealedCaseFile {
+impl<'de> serde::Deserialize<'de> for Sealed {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
         hex::decode(raw).map(Self).map_err(serde::de::Error::custom)
@@ -612,6 +624,10 @@ pub struct Event {
     /// the events that move a follow-up schedule (an acceptance, a follow-up, a missed visit, a
     /// delegation), for kinds the directory schedules. Not free text: every audience reads it.
     pub next_visit: Option<NextVisit>,
+    /// The free text of the action (who acted, the note, the details' text) sealed by the acting
+    /// agency to itself and the agencies that read the event whole. Those who read the skeleton
+    /// get it empty, as they get the note.
+    pub sealed_text: Sealed,
 }
 
 impl Event {
@@ -638,6 +654,7 @@ impl Event {
             details,
             request_id: None,
             next_visit: None,
+            sealed_text: Sealed::default(),
         }
     }
 }
@@ -651,6 +668,8 @@ pub struct Action {
     pub note: FreeText,
     pub kind: EventKind,
     pub details: EventDetails,
+    /// The action's free text as its agency sealed it ([`Event::sealed_text`]).
+    pub sealed_text: Sealed,
 }
 
 /// What one delivery carries to an agency: the referral as that agency may see it, with its
@@ -706,18 +725,15 @@ pub(crate) mod tests {
             version: 1,
             created_at: at,
             updated_at: at,
-            case_file: SealedCaseFile::new("សុខ".as_bytes().to_vec()),
+            case_file: Sealed::new("សុខ".as_bytes().to_vec()),
         }
     }
 
     #[test]
     fn sensitive_values_never_print_their_content() {
         let name = "សុខ ស្រីល័ក្ខ";
-        let case = SealedCaseFile::new(name.as_bytes().to_vec());
-        assert_eq!(
-            format!("{case:?}"),
-            format!("SealedCaseFile({} bytes)", name.len())
-        );
+        let case = Sealed::new(name.as_bytes().to_vec());
+        assert_eq!(format!("{case:?}"), format!("Sealed({} bytes)", name.len()));
         let note = FreeText::parse("note", "ក្មេងស្រី", 100).unwrap();
         assert!(!format!("{note:?}").contains("ក្មេង"));
     }

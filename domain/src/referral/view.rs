@@ -159,6 +159,7 @@ impl Event {
         }
         self.actor_person = Default::default();
         self.note = Default::default();
+        self.sealed_text = Default::default();
         // A candidate makes no visits: the schedule of a referral another candidate won is not
         // its to follow.
         if audience == Audience::Candidate {
@@ -168,6 +169,7 @@ impl Event {
             EventDetails::Redirected { to, .. } => EventDetails::Redirected {
                 to,
                 reason: Default::default(),
+                case_file: Default::default(),
             },
             EventDetails::FollowUpDelegated { to, .. } => EventDetails::FollowUpDelegated {
                 to,
@@ -281,6 +283,7 @@ mod tests {
             },
             request_id: None,
             next_visit: None,
+            sealed_text: Default::default(),
         }
     }
 
@@ -343,12 +346,20 @@ mod tests {
         redirect.details = EventDetails::Redirected {
             to: agency("fcf-kandal"),
             reason: crate::referral::FreeText::parse("reason", "ឆ្ងាយ", 512).unwrap(),
+            case_file: crate::referral::Sealed::new(b"sealed to fcf-kandal".to_vec()),
         };
+        redirect.sealed_text = crate::referral::Sealed::new(b"sealed text".to_vec());
         let seen = redirect.as_seen_by(&agency("mlup-russey"), Audience::FormerRecipient);
+        assert!(seen.sealed_text.is_empty());
         match seen.details {
-            EventDetails::Redirected { to, reason } => {
+            EventDetails::Redirected {
+                to,
+                reason,
+                case_file,
+            } => {
                 assert_eq!(to.as_str(), "fcf-kandal");
                 assert!(reason.as_str().is_empty());
+                assert!(case_file.is_empty());
             }
             other => panic!("{other:?}"),
         }

@@ -27,6 +27,7 @@
 
 mod changes;
 mod columns;
+mod keys;
 mod mailbox;
 mod referrals;
 mod submits;

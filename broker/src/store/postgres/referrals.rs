@@ -12,8 +12,8 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral};
 use crate::store::{
-    Change, ChangeOutcome, DueDeadline, NewDelivery, PartiesNow, ReferralStore, Snapshot,
-    SubmitOutcome, micros, rows, with_histories,
+    Change, ChangeOutcome, DueDeadline, NewDelivery, PartiesNow, PublishedKey, ReferralStore,
+    Snapshot, SubmitOutcome, micros, rows, with_histories,
 };
 
 /// The event `actor` recorded under `request_id`, if any, read through `executor` (the pool or an open
@@ -418,6 +418,18 @@ impl ReferralStore for PgStore {
         rows.into_iter()
             .map(|(id,)| ReferralId::parse("id", &id).map_err(|_| rows::corrupt("referrals", "id")))
             .collect()
+    }
+
+    async fn publish_key(&self, key: &PublishedKey) -> Result<PublishedKey, StoreError> {
+        super::keys::publish(&self.pool, key).await
+    }
+
+    async fn agency_keys(
+        &self,
+        agencies: &[AgencyId],
+        key_ids: &[Vec<u8>],
+    ) -> Result<Vec<PublishedKey>, StoreError> {
+        super::keys::read(&self.pool, agencies, key_ids).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -14,6 +14,7 @@
 //!   submits and changes.
 //! - `mailbox`: the [`Mailbox`](super::Mailbox), and the rows a submit or change queues in it.
 
+mod keys;
 mod mailbox;
 mod referrals;
 

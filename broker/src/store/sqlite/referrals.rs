@@ -11,8 +11,8 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral};
 use crate::store::{
-    Change, ChangeOutcome, DeadlineChange, DueDeadline, NewDelivery, PartiesNow, ReferralStore,
-    Snapshot, SubmitOutcome, micros, rows, with_histories,
+    Change, ChangeOutcome, DeadlineChange, DueDeadline, NewDelivery, PartiesNow, PublishedKey,
+    ReferralStore, Snapshot, SubmitOutcome, micros, rows, with_histories,
 };
 
 /// The columns [`rows::referral`] reads, without the case file.
@@ -612,6 +612,24 @@ impl ReferralStore for SqliteStore {
 
     /// Both halves answer: a reader, and the writer (an empty job, which also shows that writes are
     /// not stuck behind something).
+    async fn publish_key(&self, key: &PublishedKey) -> Result<PublishedKey, StoreError> {
+        let key = key.clone();
+        self.writer
+            .write(Box::new(move |conn| super::keys::publish(conn, &key)))
+            .await
+    }
+
+    async fn agency_keys(
+        &self,
+        agencies: &[AgencyId],
+        key_ids: &[Vec<u8>],
+    ) -> Result<Vec<PublishedKey>, StoreError> {
+        let (agencies, key_ids) = (agencies.to_vec(), key_ids.to_vec());
+        self.readers
+            .read(move |conn| super::keys::read(conn, &agencies, &key_ids))
+            .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.readers
             .read(|conn| Ok(conn.prepare_cached("SELECT 1")?.exists([])?))

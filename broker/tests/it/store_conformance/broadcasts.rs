@@ -66,6 +66,7 @@ fn action(id: ReferralId, key: &str, kind: EventKind, details: EventDetails) -> 
         note: FreeText::parse("note", "មានគ្រួសារអប់រំទំនេរ", 512).unwrap(),
         kind,
         details,
+        sealed_text: Default::default(),
     }
 }
 
@@ -95,7 +96,12 @@ fn decline(id: ReferralId, key: &str) -> Action {
 
 /// Story 2's request, sent by `ahc-swu` through `workflow`; its id.
 async fn placement(workflow: &Workflow, client_ref: &str) -> ReferralId {
-    let new = spean_broker::wire::new_referral(spean_testkit::placement(client_ref)).unwrap();
+    let sealed = spean_testkit::sealed::sealed_submit(
+        "ahc-swu",
+        spean_testkit::placement_in_clear(client_ref),
+        &CANDIDATES,
+    );
+    let new = spean_broker::wire::new_referral(sealed).unwrap();
     let (view, _, created) = workflow.submit(&agency("ahc-swu"), new).await.unwrap();
     assert!(created);
     view.referral().id
@@ -124,10 +130,14 @@ pub(super) async fn a_broadcast_reaches_every_candidate_without_its_case_file(f:
         assert_eq!(history.len(), 1);
     }
     let (sender, _) = workflow.get(&agency("ahc-swu"), id).await.unwrap();
-    assert_eq!(
-        sender.referral().case_file.as_bytes(),
-        spean_testkit::placement("x").case_file
-    );
+    let boxes =
+        spean_broker::wire::sealed::parse("case_file", sender.referral().case_file.as_bytes())
+            .unwrap();
+    let mut readers: Vec<&str> = boxes.iter().map(|b| b.to.as_str()).collect();
+    readers.sort_unstable();
+    let mut expected: Vec<&str> = CANDIDATES.iter().copied().chain(["ahc-swu"]).collect();
+    expected.sort_unstable();
+    assert_eq!(readers, expected, "one box per candidate and the sender's");
     let snapshot = f.store.snapshot(id).await.unwrap().unwrap();
     let mut parties = candidates.clone();
     parties.push(agency("ahc-swu"));
@@ -298,6 +308,7 @@ pub(super) async fn when_every_candidate_declines_the_sender_is_told_once(f: Fix
         EventDetails::Redirected {
             to: agency("dosvy-12"),
             reason: FreeText::parse("r", "ផ្ទះសុវត្ថិភាព", 512).unwrap(),
+            case_file: Default::default(),
         },
     );
     let (_, state) = first.act(&agency("ahc-swu"), redirect).await.unwrap();
@@ -414,10 +425,21 @@ pub(super) async fn an_agency_the_sender_names_is_notified_and_cannot_act(f: Fix
     .into_iter()
     .enumerate()
     {
-        workflow
-            .act(&legal, action(id, &format!("legal-{n}"), kind, details))
-            .await
-            .unwrap();
+        let said = spean_testkit::sealed::seal_text(
+            "legal-aid-nw",
+            &id.to_string(),
+            &pb::FreeText {
+                actor_person: "សុភា".into(),
+                note: "ជួបមេធាវី".into(),
+                detail: String::new(),
+            },
+            &["mlup-russey"],
+        );
+        let act = Action {
+            sealed_text: spean_broker::referral::Sealed::new(said),
+            ..action(id, &format!("legal-{n}"), kind, details)
+        };
+        workflow.act(&legal, act).await.unwrap();
     }
     let (seen, history) = workflow.get(&dosvy, id).await.unwrap();
     assert_eq!(seen.audience(), Audience::Notified);
@@ -426,7 +448,13 @@ pub(super) async fn an_agency_the_sender_names_is_notified_and_cannot_act(f: Fix
     for event in history.iter().map(|e| seen.event(e)) {
         assert!(event.note.as_str().is_empty(), "{:?}", event.kind);
         assert!(event.actor_person.as_str().is_empty(), "{:?}", event.kind);
+        assert!(event.sealed_text.is_empty(), "{:?}", event.kind);
         assert_eq!(event.details, EventDetails::None, "{:?}", event.kind);
+    }
+    // The sender, a party, gets what the legal aid sealed to it.
+    let (sender, history) = workflow.get(&mlup, id).await.unwrap();
+    for event in history.iter().skip(1).map(|e| sender.event(e)) {
+        assert!(!event.sealed_text.is_empty(), "{:?}", event.kind);
     }
     for party in [&mlup, &legal] {
         let (view, _) = workflow.get(party, id).await.unwrap();
@@ -493,13 +521,14 @@ pub(super) async fn a_referral_follows_one_its_sender_sent_about_the_same_client
             age_band: pb::AgeBand::AgeBand1824 as i32,
             province: "12".into(),
         }),
-        case_file: b"case".to_vec(),
+        case_file: spean_testkit::case_file(),
         client_pseudonym: pseudonym.into(),
         follows_referral_id: follows.into(),
         ..Default::default()
     };
     let submit = |r: pb::SubmitRequest, from: AgencyId| {
         let w = &workflow;
+        let r = spean_testkit::sealed::sealed_submit(from.as_str(), r, &["mlup-russey"]);
         async move {
             w.submit(&from, spean_broker::wire::new_referral(r).unwrap())
                 .await

@@ -22,6 +22,7 @@ fn act(id: ReferralId, key: &str, kind: EventKind, details: EventDetails) -> Act
         note: FreeText::parse("note", "កំណត់ចំណាំ", 512).unwrap(),
         kind,
         details,
+        sealed_text: Default::default(),
     }
 }
 
@@ -188,11 +189,12 @@ async fn seed(w: &Workflow, clock: &TestClock) -> BTreeMap<&'static str, Referra
         let s = &SEEDS[n];
         match step {
             0 => {
-                let mut request = spean_testkit::lama(s.key);
+                let mut request = spean_testkit::lama_in_clear(s.key);
                 request.recipient = Some(pb::Recipient {
                     target: Some(pb::recipient::Target::AgencyId(s.to.into())),
                 });
                 request.kind = s.kind.into();
+                let mut request = spean_testkit::sealed::sealed_submit(s.sender, request, &[s.to]);
                 request.subject = Some(pb::Subject {
                     sex: s.sex as i32,
                     age_band: pb::AgeBand::AgeBand59 as i32,
@@ -416,11 +418,12 @@ pub(super) async fn the_overdue_list_shows_what_waits_in_the_callers_provinces(f
     .enumerate()
     {
         clock.set(start + Duration::minutes(n as i64));
-        let mut request = spean_testkit::lama(&format!("silent-{n}"));
+        let mut request = spean_testkit::lama_in_clear(&format!("silent-{n}"));
         request.recipient = Some(pb::Recipient {
             target: Some(pb::recipient::Target::AgencyId(to.into())),
         });
         request.subject.as_mut().unwrap().province = province.into();
+        let request = spean_testkit::sealed::sealed_submit("ahc-swu", request, &[to]);
         let new = spean_broker::wire::new_referral(request).unwrap();
         silent.push(w.submit(&hospital, new).await.unwrap().0.referral().id);
     }

@@ -62,6 +62,7 @@ fn acknowledgement(referral_id: spean_broker::ids::ReferralId, n: usize) -> Acti
         note: FreeText::default(),
         kind: EventKind::Acknowledged,
         details: EventDetails::None,
+        sealed_text: Default::default(),
     }
 }
 

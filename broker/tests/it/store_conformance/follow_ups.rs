@@ -7,7 +7,7 @@ use std::sync::Arc;
 use spean_broker::error::BrokerError;
 use spean_broker::ids::{AgencyId, ReferralId, RequestId};
 use spean_broker::referral::state::TransitionError;
-use spean_broker::referral::{Action, Audience, EventDetails, EventKind, FreeText, SealedCaseFile};
+use spean_broker::referral::{Action, Audience, EventDetails, EventKind, FreeText, Sealed};
 use spean_broker::workflow::Workflow;
 use time::{Duration, OffsetDateTime};
 
@@ -30,6 +30,7 @@ fn action(id: ReferralId, key: &str, kind: EventKind, details: EventDetails) -> 
         note: FreeText::parse("note", "ជួបគ្រួសារនៅផ្ទះ", 512).unwrap(),
         kind,
         details,
+        sealed_text: Default::default(),
     }
 }
 
@@ -60,21 +61,17 @@ pub(super) async fn accepted_reintegration(
     let (view, _, _) = w.submit(&agency("ahc-swu"), new).await.unwrap();
     let id = view.referral().id;
     clock.set(start() + Duration::hours(1));
-    let (accepted, _) = w
-        .act(
-            &agency("mlup-russey"),
-            action(
-                id,
-                &format!("{key}-accept"),
-                EventKind::Accepted,
-                EventDetails::Accepted {
-                    planned_action: FreeText::parse("p", "home visits", 64).unwrap(),
-                    planned_date: "2020-01-01".into(),
-                },
-            ),
-        )
-        .await
-        .unwrap();
+    let mut acceptance = action(
+        id,
+        &format!("{key}-accept"),
+        EventKind::Accepted,
+        EventDetails::Accepted {
+            planned_action: FreeText::parse("p", "home visits", 64).unwrap(),
+            planned_date: "2020-01-01".into(),
+        },
+    );
+    acceptance.sealed_text = said_by("mlup-russey", id, "home visits", &["ahc-swu"]);
+    let (accepted, _) = w.act(&agency("mlup-russey"), acceptance).await.unwrap();
     let next = accepted
         .next_visit
         .expect("the acceptance starts the schedule");
@@ -84,6 +81,32 @@ pub(super) async fn accepted_reintegration(
         (30 * 86_400, 7 * 86_400)
     );
     id
+}
+
+/// Free text `detail` sealed by `by` (test keys) to itself and `to`, as its adapter seals it.
+fn said_by(by: &str, id: ReferralId, detail: &str, to: &[&str]) -> Sealed {
+    Sealed::new(spean_testkit::sealed::seal_text(
+        by,
+        &id.to_string(),
+        &spean_proto::v1::FreeText {
+            actor_person: "សុភា".into(),
+            note: String::new(),
+            detail: detail.into(),
+        },
+        to,
+    ))
+}
+
+/// `reader`'s box of an event's sealed free text, opened; `None` if it holds none.
+fn opened(reader: &str, id: ReferralId, sealed: &Sealed) -> Option<spean_proto::v1::FreeText> {
+    let plain = spean_testkit::sealed::open(
+        reader,
+        sealed.as_bytes(),
+        spean_seal::Purpose::FreeText {
+            referral_id: &id.to_string(),
+        },
+    )?;
+    prost::Message::decode(plain.as_slice()).ok()
 }
 
 fn missed(history: &[spean_broker::referral::Event]) -> Vec<(OffsetDateTime, u32, String)> {
@@ -266,9 +289,15 @@ pub(super) async fn a_delegate_records_visits_until_the_delegation_is_taken_back
     let w = workflow(&f, clock.clone()).await;
     let id = accepted_reintegration(&w, &clock, "delegated").await;
     let (ngo, province) = (agency("mlup-russey"), agency("dosvy-24"));
-    let part = SealedCaseFile::new("សុខ ស្រីល័ក្ខ, ភូមិអូរតាវ៉ៅ".as_bytes().to_vec());
-    let delegate = |to: &str, key: &str| {
-        action(
+    let part = Sealed::new(spean_testkit::sealed::seal_follow_up_part(
+        "mlup-russey",
+        &id.to_string(),
+        "សុខ ស្រីល័ក្ខ, ភូមិអូរតាវ៉ៅ".as_bytes(),
+        "dosvy-24",
+    ));
+    let delegate = |to: &str, key: &str| Action {
+        sealed_text: said_by("mlup-russey", id, "movement restrictions", &[to, "ahc-swu"]),
+        ..action(
             id,
             key,
             EventKind::FollowUpDelegated,
@@ -313,8 +342,17 @@ pub(super) async fn a_delegate_records_visits_until_the_delegation_is_taken_back
     assert!(
         matches!(&delegation.details, EventDetails::FollowUpDelegated { follow_up_part, .. } if *follow_up_part == part)
     );
+    assert_eq!(
+        opened("dosvy-24", id, &delegation.sealed_text).map(|t| t.detail),
+        Some("movement restrictions".to_owned()),
+        "the delegate reads why it is asked"
+    );
     let acceptance = seen.iter().find(|e| e.kind == EventKind::Accepted).unwrap();
     assert!(acceptance.note.as_str().is_empty() && acceptance.actor_person.as_str().is_empty());
+    assert!(
+        acceptance.sealed_text.is_empty(),
+        "the delegate gets no box of the acceptance's text"
+    );
 
     // The delegate makes a visit; the sender reads who made it.
     clock.set(start() + Duration::days(10));
@@ -374,10 +412,15 @@ pub(super) async fn a_delegate_records_visits_until_the_delegation_is_taken_back
     let (view, history) = w.get(&province, id).await.unwrap();
     assert_eq!(view.audience(), Audience::Notified);
     for e in &history {
-        if let EventDetails::FollowUpDelegated { follow_up_part, .. } = &view.event(e).details {
+        let seen = view.event(e);
+        if let EventDetails::FollowUpDelegated { follow_up_part, .. } = &seen.details {
             assert!(
                 follow_up_part.is_empty(),
                 "a former delegate reads the follow-up part"
+            );
+            assert!(
+                seen.sealed_text.is_empty(),
+                "a former delegate reads the delegation's reason"
             );
         }
     }

@@ -14,6 +14,7 @@ mod follow_ups;
 mod mailbox;
 mod reads;
 mod sample;
+mod sealing;
 mod submits;
 
 /// Generates one test per backend for each conformance check, named after the check.
@@ -97,6 +98,11 @@ conformance!(
         an_open_broadcast_escalates_until_a_candidate_acknowledges,
         an_agency_the_sender_names_is_notified_and_cannot_act,
         a_referral_follows_one_its_sender_sent_about_the_same_client,
+    ],
+    sealing: [
+        a_case_file_is_stored_with_the_boxes_of_its_sender_and_recipients_only,
+        a_redirects_box_reaches_the_new_recipient_and_outlives_the_process,
+        published_keys_read_back_newest_per_agency_and_each_by_id,
     ],
     concurrency: [
         a_failed_write_leaves_nothing_and_spares_the_writes_beside_it,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use spean_broker::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use spean_broker::referral::{
-    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, SealedCaseFile,
-    Sex, State, Subject, Urgency,
+    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
+    State, Subject, Urgency,
 };
 use spean_broker::store::{Change, DeadlineChange, NewDelivery, Store, SubmitOutcome};
 use time::OffsetDateTime;
@@ -45,7 +45,7 @@ pub(super) fn referral(client_ref: &str) -> Referral {
         version: 1,
         created_at: now,
         updated_at: now,
-        case_file: SealedCaseFile::new(KHMER.as_bytes().to_vec()),
+        case_file: Sealed::new(KHMER.as_bytes().to_vec()),
     }
 }
 
@@ -68,6 +68,7 @@ pub(super) fn event(
         details: EventDetails::None,
         request_id: request.map(|r| RequestId::parse("request_id", r).unwrap()),
         next_visit: None,
+        sealed_text: Default::default(),
     }
 }
 

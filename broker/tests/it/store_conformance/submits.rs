@@ -1,6 +1,6 @@
 //! Submitting: a referral is written whole, once per `client_ref`, alone or with others.
 
-use spean_broker::referral::{Addressee, EventKind, SealedCaseFile, State};
+use spean_broker::referral::{Addressee, EventKind, Sealed, State};
 use spean_broker::store::SubmitOutcome;
 
 use super::fixture::Fixture;
@@ -77,7 +77,7 @@ pub(super) async fn submits_made_at_once_are_each_written_whole(f: Fixture) {
         if i % 2 == 0 {
             r.addressee = Addressee::Agency(agency("mlup-russey"));
         }
-        r.case_file = SealedCaseFile::new(format!("{KHMER} {i}").into_bytes());
+        r.case_file = Sealed::new(format!("{KHMER} {i}").into_bytes());
         let e = event(&r, EventKind::Submitted, "ahc-swu", State::Sent, None);
         let d = [delivery(r.recipient.clone().unwrap(), None)];
         async move {
