@@ -8,6 +8,7 @@ use spean_broker::delivery::amqp::Amqp;
 use spean_broker::directory::Directory;
 use spean_broker::ids::AgencyId;
 use spean_broker::pki::Pki;
+use spean_broker::revocation::{Certificate, Reason, old_valid_until, rfc3339};
 use spean_broker::{Broker, Config, startup, telemetry};
 
 #[derive(Parser)]
@@ -77,6 +78,31 @@ enum PkiCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Revoke an agency's certificate with effect now: every broker sharing this configuration's
+    /// database refuses it within `tls.revocation_refresh_ms` and closes its open streams.
+    Revoke {
+        agency: String,
+        /// Why, in one line: the agency presenting the certificate is told, and brokers log it.
+        #[arg(long, default_value = "revoked by the network operator")]
+        reason: String,
+        /// Revoke this certificate file instead of the one in the agency's identity folder (the
+        /// `cert.old.pem` of a rotation, or a certificate kept elsewhere).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
+    /// Give an agency a new key and certificate from the same CA; the old ones (kept as
+    /// `cert.old.pem` and `key.old.pem`) keep working until the overlap ends, then every broker
+    /// refuses them.
+    Rotate {
+        agency: String,
+        /// How long the old certificate keeps working, e.g. 72h, 30m, 2d.
+        #[arg(long, required_unless_present = "old_valid_until")]
+        overlap: Option<String>,
+        /// Until when the old certificate keeps working, instead of --overlap (RFC 3339, e.g.
+        /// 2026-12-24T17:00:00+07:00).
+        #[arg(long, conflicts_with = "overlap")]
+        old_valid_until: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +155,25 @@ async fn main() -> anyhow::Result<()> {
                     pki.issue_server_with(&config.tls.server_names, force)?;
                     println!("{}", pki.server_cert().display());
                 }
+                PkiCommand::Revoke {
+                    agency,
+                    reason,
+                    cert,
+                } => revoke(&config, &pki, &agency, &reason, cert).await?,
+                PkiCommand::Rotate {
+                    agency,
+                    overlap,
+                    old_valid_until,
+                } => {
+                    rotate(
+                        &config,
+                        &pki,
+                        &agency,
+                        overlap.as_deref(),
+                        old_valid_until.as_deref(),
+                    )
+                    .await?
+                }
             }
         }
         Command::Directory {
@@ -163,6 +208,103 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `pki revoke`: records the revocation, with effect now, in the store the configuration names.
+async fn revoke(
+    config: &Config,
+    pki: &Pki,
+    agency: &str,
+    reason: &str,
+    cert: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let agency = AgencyId::parse("AGENCY", agency)?;
+    let reason = Reason::parse("--reason", reason)?;
+    let path = cert.unwrap_or_else(|| pki.agency_dir(&agency).join("cert.pem"));
+    let certificate = certificate_of(&path, &agency)?;
+    let store = startup::open_store(config).await?;
+    let now = time::OffsetDateTime::now_utc();
+    let stored = store
+        .revoke(&certificate.revoked(now, reason, now))
+        .await
+        .context("recording the revocation")?;
+    let since = if stored.effective_at < now {
+        "already revoked, as of"
+    } else {
+        "revoked, as of"
+    };
+    println!(
+        "the certificate of {agency} is {since} {}\n  file:    {}\n  serial:  {}\n  SHA-256: {}\n  reason:  {}\n\
+         Every broker using this database refuses it within tls.revocation_refresh_ms ({} ms) and \
+         closes its open streams. Give the agency a new identity with \
+         `spean-broker pki issue --force {agency}`.",
+        rfc3339(stored.effective_at),
+        path.display(),
+        stored.serial,
+        stored.fingerprint,
+        stored.reason,
+        config.tls.revocation_refresh_ms,
+    );
+    Ok(())
+}
+
+/// `pki rotate`: a new identity in the agency's folder, and the old certificate's end recorded.
+async fn rotate(
+    config: &Config,
+    pki: &Pki,
+    agency: &str,
+    overlap: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<()> {
+    let agency = AgencyId::parse("AGENCY", agency)?;
+    let now = time::OffsetDateTime::now_utc();
+    let until = old_valid_until(overlap, until, now)?;
+    let old = certificate_of(&pki.agency_dir(&agency).join("cert.pem"), &agency)?;
+    // Opened before any file moves: an unreachable database stops the rotation with nothing done.
+    let store = startup::open_store(config).await?;
+    let rotated = pki.rotate_agency(&agency)?;
+    let new = certificate_of(&rotated.dir.join("cert.pem"), &agency)?;
+    let reason = Reason::parse(
+        "reason",
+        &format!("replaced by a new certificate (serial {}) in a rotation", new.serial),
+    )?;
+    let stored = store
+        .revoke(&old.revoked(until, reason, now))
+        .await
+        .with_context(|| {
+            format!(
+                "the new identity is in {}, but the old certificate's end was not recorded: it \
+                 stays valid until revoked (`spean-broker pki revoke {agency} --cert {}`)",
+                rotated.dir.display(),
+                rotated.old_cert.display()
+            )
+        })?;
+    println!(
+        "new identity of {agency} in {}\n  cert.pem, key.pem: serial {}, SHA-256 {}\n  \
+         cert.old.pem, key.old.pem: serial {}, SHA-256 {}\n\
+         The old certificate works until {}; from then on every broker refuses it. Hand the \
+         agency its folder and restart its adapter with the new cert.pem and key.pem before then.",
+        rotated.dir.display(),
+        new.serial,
+        new.fingerprint,
+        stored.serial,
+        stored.fingerprint,
+        rfc3339(stored.effective_at),
+    );
+    Ok(())
+}
+
+/// The certificate in `path`, which must name `agency`.
+fn certificate_of(path: &std::path::Path, agency: &AgencyId) -> anyhow::Result<Certificate> {
+    let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let certificate = Certificate::from_pem(&path.display().to_string(), &pem)?;
+    anyhow::ensure!(
+        certificate.agency == *agency,
+        "{} is the certificate of {}, not of {agency}",
+        path.display(),
+        certificate.agency
+    );
+    Ok(certificate)
 }
 
 /// Completes on ctrl-c or SIGTERM.
