@@ -278,7 +278,8 @@ mod tests {
         )
         .unwrap();
         assert!(
-            expired.starts_with("it has expired") && expired.ends_with("(TLS alert CertificateExpired)"),
+            expired.starts_with("it has expired")
+                && expired.ends_with("(TLS alert CertificateExpired)"),
             "{expired}"
         );
         // The broker's own certificate refused by the adapter is another matter: no alert received.

@@ -130,9 +130,7 @@ pub fn agency_id_of(cert_pem: &[u8]) -> Result<AgencyId, String> {
 }
 
 /// The validity period of the first certificate in a PEM file.
-fn validity_of(
-    cert_pem: &[u8],
-) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
+fn validity_of(cert_pem: &[u8]) -> Result<(time::OffsetDateTime, time::OffsetDateTime), String> {
     let der = CertificateDer::from_pem_slice(cert_pem).map_err(|error| error.to_string())?;
     let (_, cert) =
         x509_parser::parse_x509_certificate(der.as_ref()).map_err(|error| error.to_string())?;

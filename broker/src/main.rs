@@ -266,7 +266,10 @@ async fn rotate(
     let new = certificate_of(&rotated.dir.join("cert.pem"), &agency)?;
     let reason = Reason::parse(
         "reason",
-        &format!("replaced by a new certificate (serial {}) in a rotation", new.serial),
+        &format!(
+            "replaced by a new certificate (serial {}) in a rotation",
+            new.serial
+        ),
     )?;
     let stored = store
         .revoke(&old.revoked(until, reason, now))

@@ -550,7 +550,10 @@ mod tests {
         pki.init().unwrap();
         let id = agency("mlup-russey");
         let missing = pki.rotate_agency(&id).unwrap_err();
-        assert!(missing.to_string().contains("cert.pem is missing"), "{missing}");
+        assert!(
+            missing.to_string().contains("cert.pem is missing"),
+            "{missing}"
+        );
         let folder = pki.issue_agency(&id).unwrap();
         let (cert, key) = (
             std::fs::read(folder.join("cert.pem")).unwrap(),

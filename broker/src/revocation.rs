@@ -36,9 +36,8 @@ impl Fingerprint {
     /// Reads the stored form, 64 hex digits; `field` names it in the error.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(raw, &mut bytes).map_err(|_| {
-            FieldError::new(field, "must be a SHA-256 fingerprint, 64 hex digits")
-        })?;
+        hex::decode_to_slice(raw, &mut bytes)
+            .map_err(|_| FieldError::new(field, "must be a SHA-256 fingerprint, 64 hex digits"))?;
         Ok(Self(bytes))
     }
 }
@@ -119,7 +118,10 @@ impl Reason {
             ));
         }
         if text.chars().any(char::is_control) {
-            return Err(FieldError::new(field, "must be one line without control characters"));
+            return Err(FieldError::new(
+                field,
+                "must be one line without control characters",
+            ));
         }
         Ok(Self(text.to_owned()))
     }
@@ -171,7 +173,8 @@ impl RevokedSet {
         let mut set = HashMap::new();
         for revocation in revocations {
             match set.get(&revocation.fingerprint) {
-                Some(Revocation { effective_at, .. }) if *effective_at <= revocation.effective_at => {}
+                Some(Revocation { effective_at, .. })
+                    if *effective_at <= revocation.effective_at => {}
                 _ => {
                     set.insert(revocation.fingerprint, revocation);
                 }
@@ -310,7 +313,10 @@ mod tests {
         let at = datetime!(2026-12-04 12:00 UTC);
         let set = RevokedSet::new([revocation(1, at)]);
         let fp = Fingerprint([1; 32]);
-        assert!(set.in_effect(&fp, at - time::Duration::seconds(1)).is_none());
+        assert!(
+            set.in_effect(&fp, at - time::Duration::seconds(1))
+                .is_none()
+        );
         assert!(set.in_effect(&fp, at).is_some());
         assert!(set.in_effect(&Fingerprint([2; 32]), at).is_none());
         let refusal = set.in_effect(&fp, at).unwrap().refusal();
@@ -323,7 +329,10 @@ mod tests {
 
     #[test]
     fn of_two_revocations_of_one_certificate_the_earlier_takes_effect() {
-        let (early, late) = (datetime!(2026-12-04 12:00 UTC), datetime!(2026-12-07 12:00 UTC));
+        let (early, late) = (
+            datetime!(2026-12-04 12:00 UTC),
+            datetime!(2026-12-07 12:00 UTC),
+        );
         for order in [[early, late], [late, early]] {
             let set = RevokedSet::new(order.map(|at| revocation(1, at)));
             assert_eq!(set.len(), 1);
@@ -367,7 +376,10 @@ mod tests {
             (Some("1h"), Some("2026-12-24T17:00:00Z"), "--overlap"),
         ] {
             let err = old_valid_until(overlap, until, now).unwrap_err();
-            assert!(err.to_string().starts_with(field), "{overlap:?} {until:?}: {err}");
+            assert!(
+                err.to_string().starts_with(field),
+                "{overlap:?} {until:?}: {err}"
+            );
         }
     }
 

@@ -197,7 +197,9 @@ async fn a_revocation_reaches_every_broker_sharing_postgres_within_a_second() {
         took < Duration::from_millis(1500),
         "the second broker took {took:?} to refuse the revoked certificate"
     );
-    let on_first = refusal(&mut on_first).await.expect("the first broker serves it");
+    let on_first = refusal(&mut on_first)
+        .await
+        .expect("the first broker serves it");
     assert_eq!(on_first.code(), Code::Unauthenticated);
     eventually("the NGO's stream on the second broker closed", || async {
         ngo.log()
@@ -227,17 +229,29 @@ async fn a_rotated_identity_overlaps_the_old_one_and_no_referral_is_lost_in_the_
     let old_cert = std::fs::read(folder.join("cert.pem")).unwrap();
 
     let printed = ok(&broker
-        .admin(&["pki", "rotate", NGO, "--overlap", &format!("{}s", OVERLAP.as_secs())])
+        .admin(&[
+            "pki",
+            "rotate",
+            NGO,
+            "--overlap",
+            &format!("{}s", OVERLAP.as_secs()),
+        ])
         .await);
     let rotated_at = Instant::now();
     for expected in ["cert.old.pem", "works until", &folder.display().to_string()] {
         assert!(printed.contains(expected), "{expected:?} in {printed}");
     }
-    assert_eq!(std::fs::read(folder.join("cert.old.pem")).unwrap(), old_cert);
+    assert_eq!(
+        std::fs::read(folder.join("cert.old.pem")).unwrap(),
+        old_cert
+    );
     assert_ne!(std::fs::read(folder.join("cert.pem")).unwrap(), old_cert);
     use std::os::unix::fs::PermissionsExt;
     for file in ["cert.old.pem", "key.old.pem", "key.pem"] {
-        let mode = std::fs::metadata(folder.join(file)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(folder.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
     // The old identity as the agency still holds it, beside its store.
@@ -297,14 +311,17 @@ async fn a_rotated_identity_overlaps_the_old_one_and_no_referral_is_lost_in_the_
 }
 
 async fn wait_in_inbox(adapter: &AdapterProcess, referral_id: &str) {
-    eventually(&format!("{referral_id} in {}'s inbox", adapter.agency), || async {
-        adapter
-            .inbox()
-            .await
-            .iter()
-            .any(|r| r["referral_id"] == referral_id)
-            .then_some(())
-    })
+    eventually(
+        &format!("{referral_id} in {}'s inbox", adapter.agency),
+        || async {
+            adapter
+                .inbox()
+                .await
+                .iter()
+                .any(|r| r["referral_id"] == referral_id)
+                .then_some(())
+        },
+    )
     .await;
 }
 
@@ -319,9 +336,11 @@ fn dated_certificate(
 ) -> (PathBuf, PathBuf) {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
     let ca_key = KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
-    let issuer =
-        Issuer::from_ca_cert_pem(&std::fs::read_to_string(pki.join("ca.pem")).unwrap(), ca_key)
-            .unwrap();
+    let issuer = Issuer::from_ca_cert_pem(
+        &std::fs::read_to_string(pki.join("ca.pem")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
     let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
     leaf.distinguished_name.push(DnType::CommonName, agency);
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

@@ -143,7 +143,16 @@ impl DeliveryService for DeliveryGateway {
         let watch = self.shared.revocations.watch(fingerprint);
         tokio::spawn(
             async move {
-                pump(shared, agency, session, usize::from(window), inbound, tx, watch).await;
+                pump(
+                    shared,
+                    agency,
+                    session,
+                    usize::from(window),
+                    inbound,
+                    tx,
+                    watch,
+                )
+                .await;
                 drop(place);
             }
             .instrument(span),

@@ -80,9 +80,9 @@ async fn identified<T>(
             "a client certificate issued by the network CA is required".into(),
         )
     })?;
-    let der = certs.first().ok_or_else(|| {
-        BrokerError::Unauthenticated("the client certificate is missing".into())
-    })?;
+    let der = certs
+        .first()
+        .ok_or_else(|| BrokerError::Unauthenticated("the client certificate is missing".into()))?;
     let fingerprint = Fingerprint::of(der.as_ref());
     shared
         .revocations

@@ -4,8 +4,8 @@
 //! notice lost while a listening connection was being re-established.
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgListener, PgRow};
 use sqlx::Row;
+use sqlx::postgres::{PgListener, PgRow};
 
 use super::PgStore;
 use crate::error::StoreError;

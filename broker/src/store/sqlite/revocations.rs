@@ -65,7 +65,8 @@ impl RevocationStore for SqliteStore {
     async fn revocations(&self) -> Result<Vec<Revocation>, StoreError> {
         self.readers
             .read(|conn| {
-                let mut query = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM revocations"))?;
+                let mut query =
+                    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM revocations"))?;
                 all(query.query([])?, row)
             })
             .await
