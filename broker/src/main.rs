@@ -8,7 +8,7 @@ use spean_broker::delivery::amqp::Amqp;
 use spean_broker::directory::Directory;
 use spean_broker::ids::AgencyId;
 use spean_broker::pki::Pki;
-use spean_broker::revocation::{Certificate, Reason, old_valid_until, rfc3339};
+use spean_broker::revocation::{Certificate, Reason, future_time, old_valid_until, rfc3339};
 use spean_broker::{Broker, Config, startup, telemetry};
 
 #[derive(Parser)]
@@ -89,6 +89,10 @@ enum PkiCommand {
         /// `cert.old.pem` of a rotation, or a certificate kept elsewhere).
         #[arg(long)]
         cert: Option<PathBuf>,
+        /// With effect at this later time (RFC 3339) instead of now: the end of a rotation's
+        /// overlap, when `pki rotate --offline` ran where the database is out of reach.
+        #[arg(long)]
+        at: Option<String>,
     },
     /// Give an agency a new key and certificate from the same CA; the old ones (kept as
     /// `cert.old.pem` and `key.old.pem`) keep working until the overlap ends, then every broker
@@ -102,6 +106,10 @@ enum PkiCommand {
         /// 2026-12-24T17:00:00+07:00).
         #[arg(long, conflicts_with = "overlap")]
         old_valid_until: Option<String>,
+        /// Only write the files, on a CA machine that cannot reach the brokers' database; the
+        /// command prints the `pki revoke --cert … --at …` that records the old certificate's end.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -159,20 +167,16 @@ async fn main() -> anyhow::Result<()> {
                     agency,
                     reason,
                     cert,
-                } => revoke(&config, &pki, &agency, &reason, cert).await?,
+                    at,
+                } => revoke(&config, &pki, &agency, &reason, cert, at.as_deref()).await?,
                 PkiCommand::Rotate {
                     agency,
                     overlap,
                     old_valid_until,
+                    offline,
                 } => {
-                    rotate(
-                        &config,
-                        &pki,
-                        &agency,
-                        overlap.as_deref(),
-                        old_valid_until.as_deref(),
-                    )
-                    .await?
+                    let until = old_valid_until.as_deref();
+                    rotate(&config, &pki, &agency, (overlap.as_deref(), until), offline).await?
                 }
             }
         }
@@ -210,25 +214,31 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `pki revoke`: records the revocation, with effect now, in the store the configuration names.
+/// `pki revoke`: records the revocation, with effect now (or `at`), in the store the
+/// configuration names.
 async fn revoke(
     config: &Config,
     pki: &Pki,
     agency: &str,
     reason: &str,
     cert: Option<PathBuf>,
+    at: Option<&str>,
 ) -> anyhow::Result<()> {
     let agency = AgencyId::parse("AGENCY", agency)?;
     let reason = Reason::parse("--reason", reason)?;
+    let now = time::OffsetDateTime::now_utc();
+    let from = match at {
+        Some(raw) => future_time("--at", raw, now)?,
+        None => now,
+    };
     let path = cert.unwrap_or_else(|| pki.agency_dir(&agency).join("cert.pem"));
     let certificate = certificate_of(&path, &agency)?;
     let store = startup::open_store(config).await?;
-    let now = time::OffsetDateTime::now_utc();
     let stored = store
-        .revoke(&certificate.revoked(now, reason, now))
+        .revoke(&certificate.revoked(from, reason, now))
         .await
         .context("recording the revocation")?;
-    let since = if stored.effective_at < now {
+    let since = if stored.effective_at < from {
         "already revoked, as of"
     } else {
         "revoked, as of"
@@ -248,22 +258,40 @@ async fn revoke(
     Ok(())
 }
 
-/// `pki rotate`: a new identity in the agency's folder, and the old certificate's end recorded.
+/// `pki rotate`: a new identity in the agency's folder, and the old certificate's end recorded
+/// (unless `offline`, when the command says how to record it).
 async fn rotate(
     config: &Config,
     pki: &Pki,
     agency: &str,
-    overlap: Option<&str>,
-    until: Option<&str>,
+    (overlap, until): (Option<&str>, Option<&str>),
+    offline: bool,
 ) -> anyhow::Result<()> {
     let agency = AgencyId::parse("AGENCY", agency)?;
     let now = time::OffsetDateTime::now_utc();
     let until = old_valid_until(overlap, until, now)?;
     let old = certificate_of(&pki.agency_dir(&agency).join("cert.pem"), &agency)?;
     // Opened before any file moves: an unreachable database stops the rotation with nothing done.
-    let store = startup::open_store(config).await?;
+    let store = if offline {
+        None
+    } else {
+        Some(startup::open_store(config).await?)
+    };
     let rotated = pki.rotate_agency(&agency)?;
     let new = certificate_of(&rotated.dir.join("cert.pem"), &agency)?;
+    let Some(store) = store else {
+        println!(
+            "new identity of {agency} in {}\n  cert.pem, key.pem: serial {}, SHA-256 {}\n\
+             The old certificate's end is NOT recorded yet: where the brokers' database is \
+             reachable, with cert.old.pem copied there, run\n  spean-broker pki revoke {agency} \
+             --cert cert.old.pem --at {} --reason \"replaced in a rotation\"",
+            rotated.dir.display(),
+            new.serial,
+            new.fingerprint,
+            rfc3339(until),
+        );
+        return Ok(());
+    };
     let reason = Reason::parse(
         "reason",
         &format!(

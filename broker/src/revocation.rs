@@ -222,26 +222,33 @@ pub fn old_valid_until(
             )?;
             Ok(now + overlap)
         }
-        (None, Some(raw)) => {
-            let at = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
-                FieldError::new(
-                    "--old-valid-until",
-                    format!("must be an RFC 3339 time like 2026-12-24T17:00:00Z, not {raw:?}"),
-                )
-            })?;
-            if at <= now {
-                return Err(FieldError::new(
-                    "--old-valid-until",
-                    "must be in the future (to end the certificate now, use `pki revoke`)",
-                ));
-            }
-            Ok(at)
-        }
+        (None, Some(raw)) => future_time("--old-valid-until", raw, now),
         _ => Err(FieldError::new(
             "--overlap",
             "give either --overlap or --old-valid-until",
         )),
     }
+}
+
+/// An RFC 3339 time after `now`, `field` named in the error.
+pub fn future_time(
+    field: &str,
+    raw: &str,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, FieldError> {
+    let at = OffsetDateTime::parse(raw, &Rfc3339).map_err(|_| {
+        FieldError::new(
+            field,
+            format!("must be an RFC 3339 time like 2026-12-24T17:00:00Z, not {raw:?}"),
+        )
+    })?;
+    if at <= now {
+        return Err(FieldError::new(
+            field,
+            "must be in the future (to end the certificate now, use `pki revoke` without it)",
+        ));
+    }
+    Ok(at)
 }
 
 /// A time as RFC 3339 (UTC, whole seconds), as the CLI prints and refusals say it.
