@@ -231,7 +231,21 @@ async fn revoke(
         Some(raw) => future_time("--at", raw, now)?,
         None => now,
     };
-    let path = cert.unwrap_or_else(|| pki.agency_dir(&agency).join("cert.pem"));
+    let path = match cert {
+        Some(path) => path,
+        None => {
+            let path = pki.agency_dir(&agency).join("cert.pem");
+            // In production the identity folders stay with the CA; certificates are public, so
+            // one is copied to where the database is reachable.
+            anyhow::ensure!(
+                path.exists(),
+                "{} does not exist: the agency's identity folder is not here (it is kept where \
+                 the CA is); copy the certificate to revoke and pass it with --cert FILE",
+                path.display()
+            );
+            path
+        }
+    };
     let certificate = certificate_of(&path, &agency)?;
     let store = startup::open_store(config).await?;
     let stored = store

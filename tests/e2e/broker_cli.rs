@@ -236,6 +236,12 @@ async fn pki_rotate_offline_prints_the_revocation_to_record_and_revoke_at_record
     let old = folder.join("cert.old.pem");
     let old = old.to_str().unwrap();
 
+    let elsewhere = broker(dir.path(), &["pki", "revoke", "kps-referral-hospital"]).await;
+    assert!(
+        said(&elsewhere).contains("pass it with --cert FILE"),
+        "{}",
+        said(&elsewhere)
+    );
     let wrong = broker(dir.path(), &["pki", "revoke", "ssc-smhs", "--cert", old]).await;
     assert!(
         said(&wrong).contains("is the certificate of mlup-russey, not of ssc-smhs"),

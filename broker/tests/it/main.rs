@@ -12,5 +12,6 @@ mod feedback;
 mod files;
 mod helpers;
 mod limits;
+mod migrations;
 mod store_conformance;
 mod submit;
