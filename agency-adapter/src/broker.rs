@@ -44,9 +44,13 @@ pub struct Broker {
 
 impl Broker {
     /// Connects to `url` presenting the agency's certificate and trusting only the network CA.
-    /// Any failure here means "unreachable for now".
+    /// A certificate outside its validity period is refused here, saying so, since every broker
+    /// would refuse it; any other failure here means "unreachable for now".
     #[tracing::instrument(skip_all, fields(broker = %url), err(level = "debug"))]
     pub async fn connect(url: &str, identity: &Identity) -> Result<Self, AdapterError> {
+        if let Some(why) = identity.outside_validity(time::OffsetDateTime::now_utc()) {
+            return Err(AdapterError::CertificateRefused(why));
+        }
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&identity.ca_pem))
             .identity(TlsIdentity::from_pem(

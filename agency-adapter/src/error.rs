@@ -70,6 +70,53 @@ pub enum AdapterError {
     /// resource exhausted...): retried later like unavailability, but reported as what it was.
     #[error("{code}: {message}")]
     Broker { code: &'static str, message: String },
+
+    /// The broker refused the agency's certificate: revoked, expired, not yet valid, or not the
+    /// network's. No call with it will go through, so this is neither "unavailable" nor the
+    /// request's fault: the request stays queued (not rejected), for the daemon to send once it
+    /// is restarted with a valid identity, and the command says why it failed.
+    #[error("this agency's certificate is refused: {0}")]
+    CertificateRefused(String),
+}
+
+/// What the broker's TLS alerts about a client certificate mean, by the alert's name as rustls
+/// reports it (`received fatal alert: <name>`): the broker refuses a certificate in the handshake
+/// when it is outside its validity period or not signed by the network's CA.
+const CERTIFICATE_ALERTS: &[(&str, &str)] = &[
+    (
+        "CertificateExpired",
+        "it has expired, or is not valid yet; ask the network operator for a new identity",
+    ),
+    (
+        "CertificateRevoked",
+        "it was revoked; ask the network operator for a new identity",
+    ),
+    (
+        "CertificateRequired",
+        "none was presented; check the identity folder",
+    ),
+    (
+        "UnknownCA",
+        "it was not issued by this network's CA; check the identity folder and the broker address",
+    ),
+    (
+        "BadCertificate",
+        "it is not a certificate the broker accepts; check the identity folder",
+    ),
+    (
+        "DecryptError",
+        "its signature does not verify against the network's CA; check the identity folder",
+    ),
+];
+
+/// The explanation of a certificate alert the broker sent, if `text` (an error and its sources)
+/// reports one.
+fn certificate_alert(text: &str) -> Option<String> {
+    let (_, after) = text.split_once("received fatal alert: ")?;
+    CERTIFICATE_ALERTS
+        .iter()
+        .find(|(name, _)| after.starts_with(name))
+        .map(|(name, meaning)| format!("{meaning} (TLS alert {name})"))
 }
 
 /// The metadata key of the broker's answer to a call over the agency's rate: milliseconds until
@@ -79,9 +126,17 @@ pub const PUSHBACK: &str = "grpc-retry-pushback-ms";
 impl AdapterError {
     /// Sorts a broker status: the codes the contract lists as definitive refusals become
     /// [`AdapterError::Rejected`]; unavailability and deadlines become [`AdapterError::Unavailable`].
+    /// UNAUTHENTICATED, and a TLS alert about the agency's certificate on a failed call, become
+    /// [`AdapterError::CertificateRefused`].
     pub fn from_status(status: tonic::Status) -> Self {
         let code = status.code();
         let name = code_name(code);
+        if code == Code::Unauthenticated {
+            return Self::CertificateRefused(status.message().to_owned());
+        }
+        if let Some(alert) = certificate_alert(&error_chain(&status)) {
+            return Self::CertificateRefused(alert);
+        }
         let message = status.message().to_owned();
         match code {
             Code::InvalidArgument
@@ -89,7 +144,6 @@ impl AdapterError {
             | Code::PermissionDenied
             | Code::NotFound
             | Code::AlreadyExists
-            | Code::Unauthenticated
             // A message over the broker's size limit, or a call it does not know, fails the same way
             // every time: retrying it would block the rows queued behind it forever.
             | Code::OutOfRange
@@ -145,7 +199,11 @@ impl From<tonic::Status> for AdapterError {
 
 impl From<tonic::transport::Error> for AdapterError {
     fn from(error: tonic::transport::Error) -> Self {
-        Self::Unavailable(error_chain(&error))
+        let chain = error_chain(&error);
+        match certificate_alert(&chain) {
+            Some(alert) => Self::CertificateRefused(alert),
+            None => Self::Unavailable(chain),
+        }
     }
 }
 
@@ -205,6 +263,32 @@ mod tests {
             .metadata_mut()
             .insert(PUSHBACK, "20".parse().unwrap());
         assert!(AdapterError::from_status(slow_down).is_transient());
+    }
+
+    #[test]
+    fn a_refused_certificate_is_neither_a_refusal_nor_transient_and_says_why() {
+        let revoked = AdapterError::from_status(tonic::Status::unauthenticated(
+            "the certificate of mlup-russey (serial 01, SHA-256 ab) was revoked as of \
+             2026-12-04T12:00:00Z: laptop stolen",
+        ));
+        assert!(!revoked.is_refusal() && !revoked.is_transient());
+        assert!(
+            revoked.to_string().starts_with(
+                "this agency's certificate is refused: the certificate of mlup-russey"
+            ),
+            "{revoked}"
+        );
+        let expired = certificate_alert(
+            "transport error: connection error: received fatal alert: CertificateExpired",
+        )
+        .unwrap();
+        assert!(
+            expired.starts_with("it has expired")
+                && expired.ends_with("(TLS alert CertificateExpired)"),
+            "{expired}"
+        );
+        // The broker's own certificate refused by the adapter is another matter: no alert received.
+        assert!(certificate_alert("invalid peer certificate: Expired").is_none());
     }
 
     #[test]

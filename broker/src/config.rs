@@ -161,6 +161,11 @@ pub struct TlsConfig {
     pub dev_pki: DevPki,
     /// DNS names and IP addresses the development server certificate is issued for.
     pub server_names: Vec<String>,
+    /// How often each broker re-reads the revoked certificates (`pki revoke`, `pki rotate`) and
+    /// closes the delivery streams of one whose revocation has taken effect. On SQLite this read is
+    /// how a revocation the CLI wrote reaches the broker; on PostgreSQL a NOTIFY brings it at once
+    /// and this read is the fallback for a notice missed while the listening connection was down.
+    pub revocation_refresh_ms: u64,
 }
 
 /// `tls.dev_pki`: `true`, `false`, or `"auto"` ([`Config::dev_pki`] decides).
@@ -293,6 +298,7 @@ impl Default for TlsConfig {
             pki_dir: PathBuf::new(),
             dev_pki: DevPki::Auto(AutoWord::Auto),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            revocation_refresh_ms: 500,
         }
     }
 }
@@ -458,6 +464,7 @@ impl Config {
                 "limits.handshake_timeout_ms",
                 self.limits.handshake_timeout_ms,
             ),
+            ("tls.revocation_refresh_ms", self.tls.revocation_refresh_ms),
         ] {
             if ms == 0 {
                 return Err(invalid(field, "must be at least 1"));

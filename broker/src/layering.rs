@@ -16,32 +16,34 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Each top-level module: the crate modules it may name, and the external crates it may not use.
-/// `config`, `error`, `telemetry` and `pki` sit beside the stack: small, and used from several
-/// layers.
+/// `config`, `error`, `telemetry`, `pki` and `revocation` sit beside the stack: small, and used
+/// from several layers.
 #[rustfmt::skip]
 const LAYERS: &[(&str, &[&str], &[&str])] = &[
     ("config",    &[], &["tonic", "lapin", "sqlx", "rusqlite"]),
     ("error",     &["referral"], &["lapin"]),
     ("telemetry", &["config"], &["tonic", "lapin", "sqlx", "rusqlite"]),
     ("pki",       &["ids"], &["lapin", "sqlx", "rusqlite"]),
+    ("revocation", &["error", "ids", "directory"],
+                  &["tonic", "lapin", "sqlx", "rusqlite", "prost", "spean_proto"]),
     ("directory", &["error", "ids", "referral"],
                   &["tonic", "lapin", "sqlx", "rusqlite", "prost", "spean_proto"]),
     ("wire",      &["error", "ids", "referral"],
                   &["tonic", "lapin", "sqlx", "rusqlite"]),
-    ("store",     &["error", "ids", "referral", "directory"],
+    ("store",     &["error", "ids", "referral", "directory", "revocation"],
                   &["tonic", "lapin", "prost", "spean_proto"]),
     ("delivery",  &["error", "ids", "referral", "directory", "store", "wire", "config"],
                   &["tonic", "sqlx", "rusqlite"]),
     ("workflow",  &["error", "ids", "referral", "directory", "store", "wire", "delivery"],
                   &["tonic", "lapin", "sqlx", "rusqlite", "prost", "spean_proto"]),
     ("gateway",   &["error", "ids", "referral", "directory", "store", "wire", "delivery", "workflow",
-                    "config", "pki"],
+                    "config", "pki", "revocation"],
                   &["lapin", "sqlx", "rusqlite"]),
     ("startup",   &["error", "ids", "referral", "directory", "store", "wire", "delivery", "workflow",
-                    "gateway", "config", "pki", "telemetry"],
+                    "gateway", "config", "pki", "revocation", "telemetry"],
                   &["lapin"]),
     ("main",      &["error", "ids", "referral", "directory", "store", "delivery", "startup", "config",
-                    "pki", "telemetry", "Broker", "Config"],
+                    "pki", "revocation", "telemetry", "Broker", "Config"],
                   &[]),
     ("lib",       &["ids", "referral"], &[]),
 ];

@@ -11,6 +11,8 @@
 //! - [`telemetry`]: logging, set up once.
 //! - [`startup`]: `Broker::build` and `run_until_stopped`; joins the background loops on shutdown.
 //! - [`pki`]: the network CA; certificates identify agencies.
+//! - [`revocation`]: revoked certificates: what names one, from when, and the set every call is
+//!   checked against.
 //! - [`gateway`]: the tonic services behind mutual TLS; the caller is its certificate.
 //! - [`wire`]: the one codec between proto and domain, for the gateway and delivery alike.
 //! - [`workflow`]: the use cases: submit, read, act, confirm a delivery.
@@ -28,6 +30,7 @@ pub mod directory;
 pub mod error;
 pub mod gateway;
 pub mod pki;
+pub mod revocation;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -5,6 +5,8 @@
 //!   is copied to the broker.
 //! - `broker.pem`, `broker.key`: the broker's server certificate.
 //! - `agencies/<id>/{ca.pem,cert.pem,key.pem}`: one agency's identity, the folder an adapter is given.
+//!   After `pki rotate`, also `cert.old.pem` and `key.old.pem`: the identity being replaced, which
+//!   works until the end of the rotation's overlap.
 //!
 //! Nothing here replaces a file that exists: a new CA or a new agency key locks out everyone who
 //! holds the old ones, so only `pki issue --force` overwrites, and only the agency it names. Keys are
@@ -16,7 +18,7 @@
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -56,6 +58,17 @@ pub enum PkiError {
     ServerExists(PathBuf),
     #[error("{path} is missing: {reason}")]
     Missing { path: PathBuf, reason: String },
+}
+
+/// The files of an agency's identity after [`Pki::rotate_agency`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotated {
+    /// The identity folder: `cert.pem` and `key.pem` are the new identity.
+    pub dir: PathBuf,
+    /// The certificate being replaced, kept (0600) until its overlap ends.
+    pub old_cert: PathBuf,
+    /// The key being replaced (0600).
+    pub old_key: PathBuf,
 }
 
 /// What [`Pki::ensure_dev`] could not do, for the caller to report.
@@ -185,23 +198,57 @@ impl Pki {
         if !force && let Some(existing) = files[..2].iter().find(|f| f.exists()) {
             return Err(PkiError::AgencyExists(existing.clone()));
         }
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = name(agency.as_str());
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params, 2);
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &issuer)?;
+        let (key, cert) = agency_certificate(agency, &issuer)?;
         let ca = read(&self.ca_cert())?;
         // Removed rather than truncated: a file opened for writing keeps its old mode, and an old
         // key file may be readable by others.
         for file in &files {
             remove_if_present(file)?;
         }
-        create(&files[0], key.serialize_pem().as_bytes(), KEY_MODE)?;
-        create(&files[1], cert.pem().as_bytes(), CERT_MODE)?;
+        create(&files[0], key.as_bytes(), KEY_MODE)?;
+        create(&files[1], cert.as_bytes(), CERT_MODE)?;
         create(&files[2], ca.as_bytes(), CERT_MODE)?;
         Ok(dir)
+    }
+
+    /// Gives the agency a new key pair and certificate from the same CA, keeping the current ones
+    /// as `cert.old.pem` and `key.old.pem` (both 0600): the agency's adapter goes on presenting
+    /// them until it is restarted with the new ones. Replaces the `.old` files of an earlier
+    /// rotation, whose end is recorded in the store already. The new key and certificate are made
+    /// before any file is touched, so a failure leaves the identity as it was.
+    pub fn rotate_agency(&self, agency: &AgencyId) -> Result<Rotated, PkiError> {
+        let issuer = self.issuer()?;
+        let dir = self.agency_dir(agency);
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        for path in [&cert, &key] {
+            if !path.exists() {
+                return Err(PkiError::Missing {
+                    path: path.clone(),
+                    reason: "there is no identity to rotate; issue one with `pki issue`".into(),
+                });
+            }
+        }
+        let (new_key, new_cert) = agency_certificate(agency, &issuer)?;
+        let rotated = Rotated {
+            old_cert: dir.join("cert.old.pem"),
+            old_key: dir.join("key.old.pem"),
+            dir,
+        };
+        for (current, old) in [(&key, &rotated.old_key), (&cert, &rotated.old_cert)] {
+            remove_if_present(old)?;
+            let io = |source| PkiError::Io {
+                path: old.clone(),
+                source,
+            };
+            // Restricted before the move, so the old key is never readable by others under its
+            // new name either.
+            std::fs::set_permissions(current, std::fs::Permissions::from_mode(KEY_MODE))
+                .map_err(io)?;
+            std::fs::rename(current, old).map_err(io)?;
+        }
+        create(&key, new_key.as_bytes(), KEY_MODE)?;
+        create(&cert, new_cert.as_bytes(), CERT_MODE)?;
+        Ok(rotated)
     }
 
     /// The development PKI: creates what is missing and can be made without replacing anything.
@@ -294,6 +341,21 @@ pub fn agency_of(cert_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_owned)
+}
+
+/// A new key pair and client certificate for `agency`, signed by `issuer`: (key, certificate), PEM.
+fn agency_certificate(
+    agency: &AgencyId,
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<(String, String), PkiError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = name(agency.as_str());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, 2);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((key.serialize_pem(), cert.pem()))
 }
 
 fn name(common_name: &str) -> DistinguishedName {
@@ -479,6 +541,48 @@ mod tests {
         parsed
             .verify_signature(Some(ca_parsed.public_key()))
             .unwrap();
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_identity_aside_0600_and_issues_a_new_one_from_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(dir.path());
+        pki.init().unwrap();
+        let id = agency("mlup-russey");
+        let missing = pki.rotate_agency(&id).unwrap_err();
+        assert!(
+            missing.to_string().contains("cert.pem is missing"),
+            "{missing}"
+        );
+        let folder = pki.issue_agency(&id).unwrap();
+        let (cert, key) = (
+            std::fs::read(folder.join("cert.pem")).unwrap(),
+            std::fs::read(folder.join("key.pem")).unwrap(),
+        );
+
+        let rotated = pki.rotate_agency(&id).unwrap();
+
+        assert_eq!(rotated.dir, folder);
+        assert_eq!(std::fs::read(&rotated.old_cert).unwrap(), cert);
+        assert_eq!(std::fs::read(&rotated.old_key).unwrap(), key);
+        let new_cert = std::fs::read(folder.join("cert.pem")).unwrap();
+        assert_ne!(new_cert, cert);
+        assert_ne!(std::fs::read(folder.join("key.pem")).unwrap(), key);
+        for file in [&rotated.old_cert, &rotated.old_key, &folder.join("key.pem")] {
+            assert_eq!(mode(file), 0o600, "{}", file.display());
+        }
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_slice(&new_cert).unwrap();
+        assert_eq!(agency_of(&der).as_deref(), Some("mlup-russey"));
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let ca_pem = std::fs::read(pki.ca_cert()).unwrap();
+        let ca_der = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap().1;
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der.contents).unwrap();
+        parsed.verify_signature(Some(ca.public_key())).unwrap();
+
+        // A second rotation sets the first one's new identity aside in turn.
+        pki.rotate_agency(&id).unwrap();
+        assert_eq!(std::fs::read(&rotated.old_cert).unwrap(), new_cert);
     }
 
     #[test]

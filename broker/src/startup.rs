@@ -25,6 +25,7 @@ use crate::directory::{Directory, DirectoryError};
 use crate::error::{BrokerError, StoreError};
 use crate::gateway::{
     CoordinatorGateway, DeliveryGateway, DirectoryGateway, ReferralGateway, Shared, connections,
+    revocations::Revocations,
 };
 use crate::pki::{Pki, PkiError};
 use crate::store::Store;
@@ -280,6 +281,11 @@ impl Broker {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let stop = CancellationToken::new();
+        // Listening, then read, before the first call is served: a revoked certificate is never
+        // let in by a broker that has just started, nor one revoked meanwhile missed.
+        let revocations = Arc::new(Revocations::default());
+        let feed = Revocations::listen(self.workflow.store().as_ref()).await;
+        revocations.reload(self.workflow.store().as_ref()).await?;
         let shared = Shared {
             workflow: self.workflow.clone(),
             config: self.config.clone(),
@@ -288,6 +294,7 @@ impl Broker {
                 self.config.limits.requests_per_second_per_agency,
                 self.config.limits.request_burst_per_agency,
             )),
+            revocations: revocations.clone(),
         };
         let max = self.config.limits.max_message_bytes;
 
@@ -329,6 +336,16 @@ impl Broker {
                 poll: Duration::from_millis(self.config.delivery.poll_interval_ms),
             },
         };
+        background.spawn(
+            revocations
+                .refresh(
+                    self.workflow.store().clone(),
+                    feed,
+                    Duration::from_millis(self.config.tls.revocation_refresh_ms),
+                    stop.clone(),
+                )
+                .instrument(tracing::info_span!("revocations")),
+        );
         background.spawn(
             escalate(self.workflow.clone(), stop.clone())
                 .instrument(tracing::info_span!("escalation")),

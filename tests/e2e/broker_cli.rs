@@ -171,3 +171,130 @@ async fn pki_issue_server_re_issues_the_server_certificate_from_the_same_ca() {
         .await
         .unwrap();
 }
+
+/// A rotation on a CA machine that cannot reach the brokers' database writes the files only and
+/// prints the `pki revoke --at` that records the old certificate's end; that command records it,
+/// a later revocation of the same certificate never postpones it, and bad input names its flag.
+#[tokio::test]
+async fn pki_rotate_offline_prints_the_revocation_to_record_and_revoke_at_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &'static [&'static str]| broker(dir.path(), args);
+    let said = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    assert!(run(&["pki", "init"]).await.status.success());
+    assert!(run(&["pki", "issue", "mlup-russey"]).await.status.success());
+    for (args, expected) in [
+        (&["pki", "rotate", "mlup-russey"][..], "--overlap"),
+        (
+            &["pki", "rotate", "mlup-russey", "--overlap", "3 days"][..],
+            "--overlap: must be a duration",
+        ),
+        (
+            &[
+                "pki",
+                "rotate",
+                "mlup-russey",
+                "--old-valid-until",
+                "2020-01-01T00:00:00Z",
+            ][..],
+            "--old-valid-until: must be in the future",
+        ),
+        (
+            &["pki", "revoke", "mlup-russey", "--reason", ""][..],
+            "--reason: must not be empty",
+        ),
+    ] {
+        let out = broker(dir.path(), args).await;
+        assert!(!out.status.success(), "{args:?}");
+        assert!(said(&out).contains(expected), "{args:?}: {}", said(&out));
+    }
+
+    let out = run(&[
+        "pki",
+        "rotate",
+        "mlup-russey",
+        "--overlap",
+        "1h",
+        "--offline",
+    ])
+    .await;
+    let printed = said(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("NOT recorded"), "{printed}");
+    let at = printed
+        .split("--at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no --at in {printed}"))
+        .to_owned();
+    let folder = dir.path().join("pki/agencies/mlup-russey");
+    let old = folder.join("cert.old.pem");
+    let old = old.to_str().unwrap();
+
+    let elsewhere = broker(dir.path(), &["pki", "revoke", "kps-referral-hospital"]).await;
+    assert!(
+        said(&elsewhere).contains("pass it with --cert FILE"),
+        "{}",
+        said(&elsewhere)
+    );
+    let wrong = broker(dir.path(), &["pki", "revoke", "ssc-smhs", "--cert", old]).await;
+    assert!(
+        said(&wrong).contains("is the certificate of mlup-russey, not of ssc-smhs"),
+        "{}",
+        said(&wrong)
+    );
+    let later = broker(
+        dir.path(),
+        &[
+            "pki",
+            "revoke",
+            "mlup-russey",
+            "--cert",
+            old,
+            "--at",
+            &at,
+            "--reason",
+            "rotated",
+        ],
+    )
+    .await;
+    assert!(
+        said(&later).contains(&format!("revoked, as of {at}")),
+        "{}",
+        said(&later)
+    );
+    // Revoked at once after all (the old laptop was stolen): the earlier time stands, and a
+    // later one does not move it back.
+    let now = broker(dir.path(), &["pki", "revoke", "mlup-russey", "--cert", old]).await;
+    assert!(said(&now).contains("revoked, as of"), "{}", said(&now));
+    let again = broker(
+        dir.path(),
+        &["pki", "revoke", "mlup-russey", "--cert", old, "--at", &at],
+    )
+    .await;
+    assert!(
+        said(&again).contains("already revoked, as of"),
+        "{}",
+        said(&again)
+    );
+    assert!(
+        !said(&again).contains(&format!("as of {at}")),
+        "{}",
+        said(&again)
+    );
+    // The new identity is not revoked.
+    let url = format!("sqlite://{}", dir.path().join("broker.db").display());
+    let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let revoked: Vec<(String,)> = sqlx::query_as("SELECT agency_id FROM revocations")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![("mlup-russey".to_owned(),)]);
+}

@@ -364,10 +364,20 @@ impl Deref for AdapterProcess {
 
 impl AdapterProcess {
     pub fn new(broker: &BrokerProcess, agency: &str, dir: &Path) -> Self {
-        let process =
-            spean_testkit::AdapterProcess::new(agency, broker.identity(agency), broker.url(), dir)
-                // Repeated deliveries are logged at debug level: on, so that a log counts every one.
-                .with_env("RUST_LOG", "info,spean_adapter::delivery=debug");
+        Self::with_identity(broker, agency, broker.identity(agency), dir)
+    }
+
+    /// The adapter of `agency` presenting the identity folder `identity` (an old, expired or
+    /// revoked certificate) instead of the one the broker's PKI holds now.
+    pub fn with_identity(
+        broker: &BrokerProcess,
+        agency: &str,
+        identity: PathBuf,
+        dir: &Path,
+    ) -> Self {
+        let process = spean_testkit::AdapterProcess::new(agency, identity, broker.url(), dir)
+            // Repeated deliveries are logged at debug level: on, so that a log counts every one.
+            .with_env("RUST_LOG", "info,spean_adapter::delivery=debug");
         Self { process }
     }
 

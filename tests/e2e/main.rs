@@ -9,6 +9,7 @@
 mod adapter_crash;
 mod broker_cli;
 mod broker_crash;
+mod certificates;
 mod cluster;
 mod escalation;
 mod fairness;

@@ -15,13 +15,13 @@ const UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1
 
 /// Whether a duration of zero means something (a grace period) or is a mistake (a deadline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Zero {
+pub(crate) enum Zero {
     Allowed,
     Refused,
 }
 
 /// Parses `raw` as a duration, naming `field` in the error.
-pub(super) fn parse(field: &str, raw: &str, zero: Zero) -> Result<Duration, FieldError> {
+pub(crate) fn parse(field: &str, raw: &str, zero: Zero) -> Result<Duration, FieldError> {
     let invalid = || {
         FieldError::new(
             field,

@@ -9,7 +9,7 @@
 //! for people.
 
 mod document;
-mod duration;
+pub(crate) mod duration;
 mod escalation;
 
 use std::collections::BTreeMap;

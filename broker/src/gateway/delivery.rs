@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use super::{Shared, caller};
+use super::revocations::StreamWatch;
+use super::{Shared, caller_certificate};
 use crate::delivery::{Backend, Pending, Session, Settle, contents};
 use crate::error::{BrokerError, ErrorChain, FieldError};
 use crate::ids::{AgencyId, ReferralId};
@@ -103,7 +104,7 @@ impl DeliveryService for DeliveryGateway {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let agency = caller(&self.shared, &request).await?;
+        let (agency, fingerprint) = caller_certificate(&self.shared, &request).await?;
         let place = self
             .streams
             .open(&agency, self.shared.config.limits.max_streams_per_agency)?;
@@ -139,9 +140,19 @@ impl DeliveryService for DeliveryGateway {
         let (tx, rx) = mpsc::channel(usize::from(window));
         let span = tracing::info_span!("subscription", agency = %agency);
         let shared = self.shared.clone();
+        let watch = self.shared.revocations.watch(fingerprint);
         tokio::spawn(
             async move {
-                pump(shared, agency, session, usize::from(window), inbound, tx).await;
+                pump(
+                    shared,
+                    agency,
+                    session,
+                    usize::from(window),
+                    inbound,
+                    tx,
+                    watch,
+                )
+                .await;
                 drop(place);
             }
             .instrument(span),
@@ -158,7 +169,8 @@ fn unavailable(message: &str) -> Status {
     BrokerError::Unavailable(message.to_owned()).into()
 }
 
-/// Sends deliveries and applies confirmations, until either side goes away or the broker stops.
+/// Sends deliveries and applies confirmations, until either side goes away, the broker stops, or
+/// the certificate that opened the stream is revoked (`watch`).
 async fn pump(
     shared: Shared,
     agency: AgencyId,
@@ -166,6 +178,7 @@ async fn pump(
     window: usize,
     inbound: Streaming<pb::SubscribeRequest>,
     tx: mpsc::Sender<Result<pb::Delivery, Status>>,
+    watch: StreamWatch,
 ) {
     tracing::info!("adapter connected");
     // Sent and not yet settled: bounded by the adapter's window.
@@ -265,6 +278,10 @@ async fn pump(
             _ = tx.closed() => break None,
             _ = shared.stop.cancelled() => {
                 break Some(unavailable("the broker is shutting down; reconnect"));
+            }
+            () = watch.revoked() => {
+                tracing::info!("the stream's certificate was revoked; closing it");
+                break Some(watch.refusal());
             }
         }
     };

@@ -9,6 +9,7 @@ mod directory;
 pub mod oversize;
 pub mod quota;
 mod referral;
+pub mod revocations;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use tonic::Request;
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::ids::AgencyId;
+use crate::revocation::Fingerprint;
 use crate::workflow::Workflow;
 
 pub use coordinator::CoordinatorGateway;
@@ -33,12 +35,25 @@ pub struct Shared {
     pub stop: tokio_util::sync::CancellationToken,
     /// How many calls each agency may still make ([`quota`]).
     pub quota: Arc<quota::Quota>,
+    /// The revoked certificates and the open streams to close when one is revoked
+    /// ([`revocations`]).
+    pub revocations: Arc<revocations::Revocations>,
 }
 
-/// The agency a request comes from, read from its verified client certificate, if it is within
-/// its rate ([`quota`]): every call goes through here first.
+/// The agency a request comes from, read from its verified client certificate, if the certificate
+/// is not revoked ([`revocations`]) and the agency is within its rate ([`quota`]): every call goes
+/// through here first.
 pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
-    let agency = identified(shared, request).await?;
+    Ok(caller_certificate(shared, request).await?.0)
+}
+
+/// [`caller`], with the fingerprint of the certificate the agency presented: what a long-lived
+/// stream registers under, to be closed if that certificate is revoked.
+pub async fn caller_certificate<T>(
+    shared: &Shared,
+    request: &Request<T>,
+) -> Result<(AgencyId, Fingerprint), tonic::Status> {
+    let (agency, fingerprint) = identified(shared, request).await?;
     if let Err(wait) = shared.quota.take(&agency) {
         let (rate, burst) = shared.quota.limits();
         let ms = wait.as_millis().max(1);
@@ -51,23 +66,31 @@ pub async fn caller<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId
         }
         return Err(status);
     }
-    Ok(agency)
+    Ok((agency, fingerprint))
 }
 
-/// The agency a request comes from, read from its verified client certificate.
-async fn identified<T>(shared: &Shared, request: &Request<T>) -> Result<AgencyId, tonic::Status> {
+/// The agency a request comes from, read from its verified client certificate, and that
+/// certificate's fingerprint; refused if the certificate is revoked.
+async fn identified<T>(
+    shared: &Shared,
+    request: &Request<T>,
+) -> Result<(AgencyId, Fingerprint), tonic::Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         BrokerError::Unauthenticated(
             "a client certificate issued by the network CA is required".into(),
         )
     })?;
-    let cn = certs
+    let der = certs
         .first()
-        .and_then(|der| crate::pki::agency_of(der.as_ref()))
-        .ok_or_else(|| {
-            BrokerError::Unauthenticated("the client certificate has no common name".into())
-        })?;
-    Ok(shared.workflow.authenticate(&cn).await?)
+        .ok_or_else(|| BrokerError::Unauthenticated("the client certificate is missing".into()))?;
+    let fingerprint = Fingerprint::of(der.as_ref());
+    shared
+        .revocations
+        .check(&fingerprint, time::OffsetDateTime::now_utc())?;
+    let cn = crate::pki::agency_of(der.as_ref()).ok_or_else(|| {
+        BrokerError::Unauthenticated("the client certificate has no common name".into())
+    })?;
+    Ok((shared.workflow.authenticate(&cn).await?, fingerprint))
 }
 
 /// A list's page size as asked, checked: 1 to 500, where 0 means 50.

@@ -2,7 +2,8 @@
 //!
 //! Two traits state the contract: [`ReferralStore`] holds referrals, their events and the
 //! directory, and [`Mailbox`] holds the deliveries waiting for each agency, which delivery hands
-//! out and settles. A backend implements both over one database, as one [`Store`]. Every change to
+//! out and settles. A third, [`RevocationStore`], keeps the revoked certificates every broker of
+//! a deployment refuses. A backend implements both over one database, as one [`Store`]. Every change to
 //! a referral arrives as one [`Change`] and is written in one transaction with its history event
 //! and its deliveries, so a crash leaves either all of it or none.
 //!
@@ -15,6 +16,7 @@
 
 pub mod postgres;
 pub mod readers;
+pub mod revocations;
 mod rows;
 pub mod sqlite;
 pub mod writer;
@@ -26,6 +28,8 @@ use crate::directory::Directory;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral, State};
+
+pub use revocations::{RevocationFeed, RevocationStore};
 
 /// What a delivery is about, kept while it is in flight so its confirmation can be applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,11 +363,12 @@ pub trait Mailbox: Send + Sync + 'static {
 }
 
 /// A whole backend: the referral store and its mailbox, which share one database and one
-/// transaction per write, so they are opened together and passed around as one `Arc<dyn Store>`.
-/// The methods of both traits are callable on `dyn Store` without importing them.
-pub trait Store: ReferralStore + Mailbox {}
+/// transaction per write, so they are opened together and passed around as one `Arc<dyn Store>`,
+/// with the revocations beside them. The methods of the traits are callable on `dyn Store` without
+/// importing them.
+pub trait Store: ReferralStore + Mailbox + RevocationStore {}
 
-impl<S: ReferralStore + Mailbox> Store for S {}
+impl<S: ReferralStore + Mailbox + RevocationStore> Store for S {}
 
 /// Pairs each referral with its events (given in history order, for any of the referrals).
 pub(crate) fn with_histories(

@@ -13,6 +13,7 @@ mod files;
 mod helpers;
 mod keys;
 mod limits;
+mod migrations;
 mod sealed;
 mod store_conformance;
 mod submit;

@@ -21,6 +21,8 @@
 //! - `submits`: the queue that submits wait in, and the writers that insert them in batches.
 //! - `changes`: a change to a referral in one statement, and changes that arrive together in one.
 //! - `mailbox`: the [`Mailbox`](super::Mailbox): sessions' reads and the outbox relay's leases.
+//! - `revocations`: the [`RevocationStore`](super::RevocationStore): revoked certificates, and
+//!   the NOTIFY that tells every broker of a new one.
 //! - `columns`: the columns, insert heads and parallel arrays the statements share.
 //!
 //! [`Change`]: super::Change
@@ -30,6 +32,7 @@ mod columns;
 mod keys;
 mod mailbox;
 mod referrals;
+mod revocations;
 mod submits;
 
 use std::sync::Arc;

@@ -13,10 +13,12 @@
 //! - `referrals`: the [`ReferralStore`](super::ReferralStore): directory, referrals, history,
 //!   submits and changes.
 //! - `mailbox`: the [`Mailbox`](super::Mailbox), and the rows a submit or change queues in it.
+//! - `revocations`: the [`RevocationStore`](super::RevocationStore): revoked certificates.
 
 mod keys;
 mod mailbox;
 mod referrals;
+mod revocations;
 
 use std::path::Path;
 use std::str::FromStr;

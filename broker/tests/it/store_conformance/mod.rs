@@ -13,6 +13,7 @@ mod fixture;
 mod follow_ups;
 mod mailbox;
 mod reads;
+mod revocations;
 mod sample;
 mod sealing;
 mod submits;
@@ -69,6 +70,10 @@ conformance!(
         tidying_the_outbox_clears_out_published_rows_and_keeps_the_rest,
     ],
     directory: [the_directory_round_trips_and_versions],
+    revocations: [
+        a_revocation_reads_back_and_the_earlier_of_two_times_stands,
+        a_broker_refuses_a_certificate_another_process_revoked,
+    ],
     deadlines: [
         a_submitted_deadline_falls_due_once_its_time_has_passed,
         submits_made_at_once_keep_their_deadlines_and_fall_due_oldest_first,
