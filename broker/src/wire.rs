@@ -5,7 +5,11 @@
 //! [`crate::referral::view`].
 
 mod figures;
+mod listing;
+mod subscription;
 pub use figures::figures_response;
+pub use listing::{list_query, page_offset, page_size};
+pub use subscription::{confirmation, hello_window};
 
 use prost::Message;
 use prost_types::Timestamp;
