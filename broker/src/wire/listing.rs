@@ -61,3 +61,49 @@ pub fn list_query(req: &pb::ListRequest) -> Result<(u32, ListQuery), FieldError>
     };
     Ok((page, query))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_fifty_by_default_and_at_most_five_hundred() {
+        assert_eq!(page_size(0), Ok(50));
+        assert_eq!(page_size(500), Ok(500));
+        assert_eq!(page_size(501).unwrap_err().field, "page_size");
+        assert_eq!(page_size(u32::MAX).unwrap_err().field, "page_size");
+    }
+
+    #[test]
+    fn a_page_token_is_a_count_this_service_gave() {
+        assert_eq!(page_offset(""), Ok(0));
+        assert_eq!(page_offset("100"), Ok(100));
+        for token in ["-1", "x", "99999999999999999999999", "٣"] {
+            assert_eq!(
+                page_offset(token).unwrap_err().field,
+                "page_token",
+                "{token}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_list_query_asks_one_more_than_the_page_and_names_a_bad_field() {
+        let (page, query) = list_query(&pb::ListRequest {
+            page_size: 20,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((page, query.limit), (20, 21));
+        let bad = pb::ListRequest {
+            states: vec![pb::ReferralState::Sent as i32, 99],
+            ..Default::default()
+        };
+        assert_eq!(list_query(&bad).unwrap_err().field, "states");
+        let bad = pb::ListRequest {
+            page_token: "not-an-id".into(),
+            ..Default::default()
+        };
+        assert_eq!(list_query(&bad).unwrap_err().field, "page_token");
+    }
+}

@@ -45,3 +45,47 @@ pub fn confirmation(req: pb::SubscribeRequest) -> Result<uuid::Uuid, FieldError>
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(window: u32) -> Option<pb::SubscribeRequest> {
+        Some(pb::SubscribeRequest {
+            request: Some(Request::Hello(pb::Hello { window })),
+        })
+    }
+
+    #[test]
+    fn the_window_is_sixty_four_by_default_and_at_most_a_thousand() {
+        assert_eq!(hello_window(hello(0)), Ok(64));
+        assert_eq!(hello_window(hello(1000)), Ok(1000));
+        for window in [1001, 65_536, u32::MAX] {
+            assert_eq!(
+                hello_window(hello(window)).unwrap_err().field,
+                "hello.window"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_opens_with_a_hello_and_continues_with_confirmations() {
+        let confirm = |id: &str| pb::SubscribeRequest {
+            request: Some(Request::Confirm(pb::Confirm {
+                delivery_id: id.into(),
+            })),
+        };
+        assert_eq!(hello_window(None).unwrap_err().field, "hello");
+        assert_eq!(hello_window(Some(confirm(""))).unwrap_err().field, "hello");
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(confirmation(confirm(&id.to_string())), Ok(id));
+        assert_eq!(
+            confirmation(confirm("nope")).unwrap_err().field,
+            "confirm.delivery_id"
+        );
+        assert_eq!(
+            confirmation(hello(0).unwrap()).unwrap_err().field,
+            "request"
+        );
+    }
+}
