@@ -5,8 +5,12 @@
 //! [`crate::referral::view`].
 
 mod figures;
+mod listing;
 pub mod sealed;
+mod subscription;
 pub use figures::figures_response;
+pub use listing::{list_query, page_offset, page_size};
+pub use subscription::{confirmation, hello_window};
 
 use prost::Message;
 use prost_types::Timestamp;

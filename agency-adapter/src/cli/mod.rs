@@ -12,6 +12,10 @@ mod network;
 mod send;
 mod views;
 
+/// How `show` renders what a delivery carries, reached by the fuzz targets (`fuzz/`); not an API.
+#[doc(hidden)]
+pub use views::{Lines, case_file_lines, event_json, history_row, shown};
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -436,6 +436,15 @@ impl CaseFileShown {
 }
 
 fn print_case_file(case_file: &CaseFile) -> anyhow::Result<()> {
+    for line in case_file_lines(case_file)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// The lines of `show`'s case file section, each field made [`shown`].
+pub fn case_file_lines(case_file: &CaseFile) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
     if let Value::Object(fields) = serde_json::to_value(case_file)? {
         for (key, value) in fields {
             // Free prose keeps its line breaks, indented under its key; every other value is one line.
@@ -445,10 +454,10 @@ fn print_case_file(case_file: &CaseFile) -> anyhow::Result<()> {
                 }
                 other => plain(other),
             };
-            println!("  {key}: {value}");
+            lines.push(format!("  {key}: {value}"));
         }
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// The agency the follow-up visits are delegated to now, when this agency may know it.
@@ -509,18 +518,23 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
         "details",
     ]);
     for event in &history {
-        table.add_row(vec![
-            shown(&timestamp(event.at.as_ref()), Lines::One),
-            shown(&kind_name(event.kind), Lines::One),
-            shown(&event.actor_agency_id, Lines::One),
-            shown(&event.actor_person, Lines::One),
-            shown(&event.note, Lines::Many),
-            shown(&state_name(event.state_after), Lines::One),
-            plain(&details_json(event)),
-        ]);
+        table.add_row(history_row(event));
     }
     println!("{table}");
     Ok(())
+}
+
+/// One event as a row of `show`'s history table, every cell made [`shown`].
+pub fn history_row(event: &FeedbackEvent) -> Vec<String> {
+    vec![
+        shown(&timestamp(event.at.as_ref()), Lines::One),
+        shown(&kind_name(event.kind), Lines::One),
+        shown(&event.actor_agency_id, Lines::One),
+        shown(&event.actor_person, Lines::One),
+        shown(&event.note, Lines::Many),
+        shown(&state_name(event.state_after), Lines::One),
+        plain(&details_json(event)),
+    ]
 }
 
 fn print_referral(row: &ReferralRow, envelope: &Envelope, audience: &str) {
@@ -1003,7 +1017,8 @@ fn referral_json(row: &ReferralRow, envelope: &Envelope) -> Value {
     })
 }
 
-fn event_json(event: &FeedbackEvent) -> Value {
+/// One event as `show --json` and `client --json` print it.
+pub fn event_json(event: &FeedbackEvent) -> Value {
     json!({
         "event_id": event.event_id,
         "referral_id": event.referral_id,

@@ -6,7 +6,7 @@ use spean_proto::v1 as pb;
 use spean_proto::v1::coordinator_service_server::CoordinatorService;
 use tonic::{Request, Status};
 
-use super::{GatewayResult, Shared, caller, page_size, respond};
+use super::{GatewayResult, Shared, caller, respond};
 use crate::error::{BrokerError, FieldError};
 use crate::ids::ReferralId;
 use crate::wire;
@@ -24,18 +24,6 @@ impl CoordinatorGateway {
 
 fn parsed<T>(r: Result<T, FieldError>) -> Result<T, Status> {
     r.map_err(|e| BrokerError::from(e).into())
-}
-
-/// The page token: how many entries of the list earlier pages held. The overdue list is made
-/// afresh on every call, so a referral answered between two pages shifts the rest by one: the
-/// list is a view of now, not a snapshot.
-fn offset(token: &str) -> Result<usize, FieldError> {
-    if token.is_empty() {
-        return Ok(0);
-    }
-    token
-        .parse()
-        .map_err(|_| FieldError::new("page_token", "is not a token this service gave"))
 }
 
 fn overdue_pb(o: &Overdue) -> pb::OverdueReferral {
@@ -71,8 +59,8 @@ impl CoordinatorService for CoordinatorGateway {
             agency: query.agency,
             kind: query.kind,
             urgency: query.urgency,
-            limit: parsed(page_size(req.page_size))? as usize,
-            offset: parsed(offset(&req.page_token))?,
+            limit: parsed(wire::page_size(req.page_size))? as usize,
+            offset: parsed(wire::page_offset(&req.page_token))?,
         };
         respond(
             self.shared

@@ -25,15 +25,13 @@ use tracing::Instrument;
 use super::revocations::StreamWatch;
 use super::{Shared, caller_certificate};
 use crate::delivery::{Backend, Pending, Session, Settle, contents};
-use crate::error::{BrokerError, ErrorChain, FieldError};
+use crate::error::{BrokerError, ErrorChain};
 use crate::ids::{AgencyId, ReferralId};
 use crate::referral::Audience;
 use crate::store::{DeliveryRef, Store};
 use crate::wire;
 use crate::workflow::Workflow;
 
-const DEFAULT_WINDOW: u16 = 64;
-const MAX_WINDOW: u32 = 1000;
 /// Longest wait between two attempts to apply a confirmation while the database is unavailable.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 
@@ -109,26 +107,7 @@ impl DeliveryService for DeliveryGateway {
             .streams
             .open(&agency, self.shared.config.limits.max_streams_per_agency)?;
         let mut inbound = request.into_inner();
-        let window = match inbound.message().await? {
-            Some(pb::SubscribeRequest {
-                request: Some(pb::subscribe_request::Request::Hello(hello)),
-            }) => match hello.window {
-                0 => DEFAULT_WINDOW,
-                n if n <= MAX_WINDOW => n as u16,
-                n => {
-                    return Err(invalid(
-                        "hello.window",
-                        format!("{n} is over the limit of {MAX_WINDOW}"),
-                    ));
-                }
-            },
-            _ => {
-                return Err(invalid(
-                    "hello",
-                    "the first message on the stream must be a hello",
-                ));
-            }
-        };
+        let window = wire::hello_window(inbound.message().await?).map_err(BrokerError::from)?;
         let session = self
             .backend
             .open(agency.clone(), window)
@@ -159,10 +138,6 @@ impl DeliveryService for DeliveryGateway {
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-}
-
-fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    BrokerError::InvalidField(FieldError::new(field, reason)).into()
 }
 
 fn unavailable(message: &str) -> Status {
@@ -199,20 +174,16 @@ async fn pump(
                 let mut end = None;
                 for message in messages {
                     match message {
-                        Ok(pb::SubscribeRequest { request: Some(pb::subscribe_request::Request::Confirm(c)) }) => {
-                            let Ok(id) = uuid::Uuid::parse_str(&c.delivery_id) else {
-                                end = Some(Some(invalid("confirm.delivery_id", "is not a delivery id")));
-                                break;
-                            };
-                            match session.take(id) {
+                        Ok(request) => match wire::confirmation(request) {
+                            Ok(id) => match session.take(id) {
                                 Some(taken) => group.push(taken),
                                 None => tracing::debug!(delivery_id = %id, "confirmation for nothing in flight; ignored"),
+                            },
+                            Err(e) => {
+                                end = Some(Some(BrokerError::from(e).into()));
+                                break;
                             }
-                        }
-                        Ok(_) => {
-                            end = Some(Some(invalid("request", "only confirm may follow the hello")));
-                            break;
-                        }
+                        },
                         Err(status) => {
                             tracing::info!(code = ?status.code(), "adapter stream ended with an error");
                             end = Some(None);

@@ -93,20 +93,6 @@ async fn identified<T>(
     Ok((shared.workflow.authenticate(&cn).await?, fingerprint))
 }
 
-/// A list's page size as asked, checked: 1 to 500, where 0 means 50.
-pub(crate) fn page_size(asked: u32) -> Result<u32, crate::error::FieldError> {
-    const DEFAULT_PAGE: u32 = 50;
-    const MAX_PAGE: u32 = 500;
-    match asked {
-        0 => Ok(DEFAULT_PAGE),
-        n if n <= MAX_PAGE => Ok(n),
-        n => Err(crate::error::FieldError::new(
-            "page_size",
-            format!("{n} is over the limit of {MAX_PAGE}"),
-        )),
-    }
-}
-
 /// Shorthand for handlers: a domain result as a tonic result.
 pub(crate) type GatewayResult<T> = Result<tonic::Response<T>, tonic::Status>;
 

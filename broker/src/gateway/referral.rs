@@ -4,10 +4,9 @@ use spean_proto::v1 as pb;
 use spean_proto::v1::referral_service_server::ReferralService;
 use tonic::{Request, Response, Status};
 
-use super::{GatewayResult, Shared, caller, page_size, respond};
+use super::{GatewayResult, Shared, caller, respond};
 use crate::error::BrokerError;
 use crate::ids::ReferralId;
-use crate::referral::ListQuery;
 use crate::wire::{self, FeedbackRequest};
 
 pub struct ReferralGateway {
@@ -77,34 +76,7 @@ impl ReferralService for ReferralGateway {
     async fn list(&self, request: Request<pb::ListRequest>) -> GatewayResult<pb::ListResponse> {
         let agency = caller(&self.shared, &request).await?;
         let req = request.into_inner();
-        let limit = parsed(page_size(req.page_size))?;
-        let query = ListQuery {
-            role: parsed(wire::role(req.role))?,
-            states: parsed(
-                req.states
-                    .iter()
-                    .map(|s| wire::state_from_pb("states", *s))
-                    .collect::<Result<Vec<_>, _>>(),
-            )?,
-            kind: parsed(
-                (!req.kind.is_empty())
-                    .then(|| crate::referral::Code::parse("kind", &req.kind))
-                    .transpose(),
-            )?,
-            client_pseudonym: parsed(
-                (!req.client_pseudonym.is_empty())
-                    .then(|| {
-                        crate::ids::ClientRef::parse("client_pseudonym", &req.client_pseudonym)
-                    })
-                    .transpose(),
-            )?,
-            limit: limit + 1,
-            before: parsed(
-                (!req.page_token.is_empty())
-                    .then(|| ReferralId::parse("page_token", &req.page_token))
-                    .transpose(),
-            )?,
-        };
+        let (limit, query) = parsed(wire::list_query(&req))?;
         let mut found = self
             .shared
             .workflow
