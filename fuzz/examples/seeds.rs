@@ -72,12 +72,20 @@ fn check_requests_parse() -> std::io::Result<()> {
     Ok(())
 }
 
+/// An action whose free text (a staff name and `note`) is sealed, as the broker requires (with
+/// the test keys of `spean_testkit::sealed`, by the recipient to the sender).
 fn action(note: &str) -> Option<pb::Action> {
+    let text = pb::FreeText {
+        actor_person: "សុខ ចាន់ធា".into(),
+        note: note.into(),
+        detail: "ពិនិត្យសុខភាព".into(),
+    };
     Some(pb::Action {
         referral_id: REFERRAL.into(),
         request_id: REQUEST.into(),
-        actor_person: "សុខ ចាន់ធា".into(),
-        note: note.into(),
+        actor_person: String::new(),
+        note: String::new(),
+        sealed_text: spean_testkit::sealed::seal_text("mlup-russey", REFERRAL, &text, &["ahc-swu"]),
     })
 }
 
@@ -98,7 +106,12 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
             age_band: pb::AgeBand::AgeBand1014 as i32,
             province: "12".into(),
         }),
-        case_file: case_file().encode_to_vec(),
+        case_file: spean_testkit::sealed::seal_case_file(
+            "ahc-swu",
+            "client-0001",
+            &case_file().encode_to_vec(),
+            &["mlup-russey"],
+        ),
         client_pseudonym: "p-7f3a".into(),
         notify_agency_ids: vec!["mosvy-coord".into()],
         broadcast: Some(true),
@@ -114,8 +127,13 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
     };
     let delegation = pb::Delegation {
         to_agency_id: "ngo-c".into(),
-        reason: "ជិតផ្ទះកុមារ".into(),
-        follow_up_case_file: case_file().encode_to_vec(),
+        reason: String::new(),
+        follow_up_case_file: spean_testkit::sealed::seal_follow_up_part(
+            "mlup-russey",
+            REFERRAL,
+            &case_file().encode_to_vec(),
+            "ngo-c",
+        ),
     };
     vec![
         ("submit", submit.encode_to_vec()),
@@ -150,7 +168,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
             pb::AcceptRequest {
                 action: action(KHMER_NOTE),
                 acceptance: Some(pb::Acceptance {
-                    planned_action: "ពិនិត្យសុខភាព".into(),
+                    planned_action: String::new(),
                     planned_date: "2026-01-15".into(),
                 }),
             }
@@ -162,7 +180,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
                 action: action(""),
                 decline: Some(pb::Decline {
                     reason_code: "no_capacity".into(),
-                    reason_text: "គ្មានកន្លែងទំនេរ".into(),
+                    reason_text: String::new(),
                 }),
             }
             .encode_to_vec(),
@@ -173,7 +191,14 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
                 action: action(""),
                 redirect: Some(pb::Redirect {
                     to_agency_id: "ngo-b".into(),
-                    reason: "ខេត្តផ្សេង".into(),
+                    reason: String::new(),
+                    case_file: spean_testkit::sealed::reseal_case_file(
+                        "mlup-russey",
+                        "ahc-swu",
+                        "client-0001",
+                        &case_file().encode_to_vec(),
+                        "ngo-b",
+                    ),
                 }),
             }
             .encode_to_vec(),
@@ -199,7 +224,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
                 action: action(""),
                 outcome: Some(pb::Outcome {
                     outcome_code: "reunified".into(),
-                    summary: KHMER_NOTE.into(),
+                    summary: String::new(),
                 }),
             }
             .encode_to_vec(),
@@ -209,7 +234,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
             pb::FailRequest {
                 action: action(""),
                 failure: Some(pb::Failure {
-                    reason: "មិនអាចទាក់ទងបាន".into(),
+                    reason: String::new(),
                 }),
             }
             .encode_to_vec(),
@@ -383,6 +408,9 @@ fn event(
         state_after: pb::ReferralState::Accepted as i32,
         details,
         next_visit: None,
+        // The adapter opens sealed text before it stores an event; these seeds are what it
+        // then holds, as the older deliveries in clear were.
+        sealed_text: Vec::new(),
     }
 }
 
@@ -396,7 +424,12 @@ fn deliveries() -> Vec<(&'static str, pb::Delivery)> {
         Some(D::Delegated(pb::Delegation {
             to_agency_id: "ngo-a".into(),
             reason: "ជិតផ្ទះ".into(),
-            follow_up_case_file: case_file().encode_to_vec(),
+            follow_up_case_file: spean_testkit::sealed::seal_follow_up_part(
+            "mlup-russey",
+            REFERRAL,
+            &case_file().encode_to_vec(),
+            "dosvy-24",
+        ),
         })),
     );
     let mut overdue = event(
@@ -435,6 +468,7 @@ fn deliveries() -> Vec<(&'static str, pb::Delivery)> {
             Some(D::Redirected(pb::Redirect {
                 to_agency_id: "ngo-c".into(),
                 reason: "x".into(),
+                case_file: Vec::new(),
             })),
         ),
         event(
