@@ -424,12 +424,7 @@ fn deliveries() -> Vec<(&'static str, pb::Delivery)> {
         Some(D::Delegated(pb::Delegation {
             to_agency_id: "ngo-a".into(),
             reason: "ជិតផ្ទះ".into(),
-            follow_up_case_file: spean_testkit::sealed::seal_follow_up_part(
-            "mlup-russey",
-            REFERRAL,
-            &case_file().encode_to_vec(),
-            "dosvy-24",
-        ),
+            follow_up_case_file: case_file().encode_to_vec(),
         })),
     );
     let mut overdue = event(
