@@ -28,8 +28,10 @@ async fn submit_all(
     let deadline = tokio::time::Instant::now() + PATIENCE * 2;
     for n in 0..TOTAL {
         let client_ref = format!("crash-{n}");
+        // A retry sends the same bytes, as an adapter does: sealing again would give other ones.
+        let request = lama(&client_ref);
         loop {
-            match hospital.referrals.submit(lama(&client_ref)).await {
+            match hospital.referrals.submit(request.clone()).await {
                 Ok(r) => {
                     let id = r
                         .into_inner()

@@ -466,8 +466,23 @@ async fn when_every_candidate_declines_the_sender_is_told_and_redirects_it_to_on
 }
 
 /// Candidate `by`'s acceptance of `referral_id` under the idempotency key `request_id`, its words
-/// sealed to the sender.
+/// sealed to the sender. Asked again for the same key, the same bytes, as an adapter retries (it
+/// keeps what it first sealed; sealing again would give other bytes, a conflict for the broker).
 fn accept(by: &str, referral_id: &str, request_id: &str) -> pb::AcceptRequest {
+    type Sealed = std::collections::HashMap<(String, String, String), pb::AcceptRequest>;
+    static SEALED: std::sync::OnceLock<std::sync::Mutex<Sealed>> = std::sync::OnceLock::new();
+    let key = (by.to_owned(), referral_id.to_owned(), request_id.to_owned());
+    let mut sealed = SEALED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    sealed
+        .entry(key)
+        .or_insert_with(|| sealed_accept(by, referral_id, request_id))
+        .clone()
+}
+
+fn sealed_accept(by: &str, referral_id: &str, request_id: &str) -> pb::AcceptRequest {
     pb::AcceptRequest {
         action: sealed_action(
             by,
