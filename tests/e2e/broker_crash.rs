@@ -27,10 +27,9 @@ async fn submit_all(
     let mut acknowledged = BTreeMap::new();
     let mut retried = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    for n in 0..TOTAL {
-        let client_ref = format!("crash-{n}");
-        // A retry sends the same bytes, as an adapter does: sealing again would give other ones.
-        let request = std::mem::take(&mut requests[n]);
+    // A retry sends the same bytes, as an adapter does: sealing again would give other ones.
+    for request in requests.drain(..) {
+        let client_ref = request.client_ref.clone();
         loop {
             match hospital.referrals.submit(request.clone()).await {
                 Ok(r) => {
