@@ -11,7 +11,7 @@
 //! - `total`: the count, or the metric's value (seconds for times); empty for a time with no data;
 //! - `female`: how many of the count are about women and girls; empty for metrics that are not
 //!   counts of referrals (times, `acknowledged_within_deadline`, `acknowledgement_due`,
-//!   `follow_up_visits`, `missed_visits`, `escalations`).
+//!   `follow_up_visits`, `missed_visits`, `escalations`, `consent_withdrawals`).
 
 use prost_types::Timestamp;
 use serde_json::{Value, json};
@@ -161,6 +161,11 @@ pub fn table_rows(f: &Figures) -> Vec<(&'static str, String)> {
         ("visits", f.follow_up_visits.to_string()),
         ("missed visits", f.missed_visits.to_string()),
         ("escalations", f.escalations.to_string()),
+        (
+            "emergency exceptions",
+            count(f.emergency_exceptions.as_ref()),
+        ),
+        ("consent withdrawals", f.consent_withdrawals.to_string()),
     ]
 }
 
@@ -219,6 +224,8 @@ fn csv_rows(f: &Figures) -> Vec<(&'static str, &str, String, String)> {
         value("follow_up_visits", f.follow_up_visits.to_string()),
         value("missed_visits", f.missed_visits.to_string()),
         value("escalations", f.escalations.to_string()),
+        counted("emergency_exceptions", f.emergency_exceptions.as_ref()),
+        value("consent_withdrawals", f.consent_withdrawals.to_string()),
     ]);
     rows
 }
@@ -270,6 +277,8 @@ fn figures_json(f: &Figures) -> Value {
         "follow_up_visits": f.follow_up_visits,
         "missed_visits": f.missed_visits,
         "escalations": f.escalations,
+        "emergency_exceptions": count_json(f.emergency_exceptions.as_ref()),
+        "consent_withdrawals": f.consent_withdrawals,
     });
     for (metric, list) in breakdowns(f) {
         value[metric] = list

@@ -36,6 +36,7 @@ pub mod broker;
 pub mod case_file;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod coordinator;
 pub mod daemon;
 pub mod delivery;

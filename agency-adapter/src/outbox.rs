@@ -8,7 +8,7 @@ use spean_proto::v1::{
     AcceptRequest, AcknowledgeRequest, Action, CompleteRequest, DeclineRequest,
     DelegateFollowUpRequest, FailRequest, FeedbackEvent, FeedbackResponse,
     MarkEnteredInErrorRequest, MarkInProgressRequest, RecordFollowUpRequest, RedirectRequest,
-    Referral, RevokeDelegationRequest, SubmitRequest, WithdrawRequest,
+    Referral, RevokeDelegationRequest, SubmitRequest, WithdrawConsentRequest, WithdrawRequest,
     referral_service_client::ReferralServiceClient,
 };
 use tonic::transport::Channel;
@@ -129,6 +129,7 @@ outgoing_requests! {
     MarkEnteredInError(MarkEnteredInErrorRequest) => mark_entered_in_error;
     DelegateFollowUp(DelegateFollowUpRequest) => delegate_follow_up;
     RevokeDelegation(RevokeDelegationRequest) => revoke_delegation;
+    WithdrawConsent(WithdrawConsentRequest) => withdraw_consent;
 }
 
 impl OutgoingRequest {

@@ -3,7 +3,9 @@
 //! keys themselves are [`spean_domain::ids`], so the adapter refuses exactly what the broker refuses.
 
 use spean_domain::FieldError;
-use spean_proto::v1::{AgeBand, Audience, FeedbackKind, ReferralState, Sex, Urgency};
+use spean_proto::v1::{
+    AgeBand, Audience, ConsentGiver, FeedbackKind, ReferralState, Sex, Sharing, Urgency,
+};
 
 /// The idempotency key the user gave (`client_ref` or `request_id`), or a fresh one: a UUIDv7, so keys
 /// also sort by creation time. Both go through `parse`, the network's rule for the key
@@ -37,6 +39,23 @@ pub fn kind_name(kind: i32) -> String {
     FeedbackKind::try_from(kind).map_or_else(
         |_| format!("unknown_{kind}"),
         |k| short_name(k.as_str_name(), "FEEDBACK_KIND_"),
+    )
+}
+
+/// Who gave or withdrew consent: `client`, `guardian`.
+pub fn giver_name(giver: i32) -> String {
+    ConsentGiver::try_from(giver).map_or_else(
+        |_| format!("unknown_{giver}"),
+        |g| short_name(g.as_str_name(), "CONSENT_GIVER_"),
+    )
+}
+
+/// What consent covers: `referral`, `redirect`, `broadcast`, `notified_parties`,
+/// `follow_up_delegation`.
+pub fn sharing_name(sharing: i32) -> String {
+    Sharing::try_from(sharing).map_or_else(
+        |_| format!("unknown_{sharing}"),
+        |s| short_name(s.as_str_name(), "SHARING_"),
     )
 }
 

@@ -17,7 +17,9 @@
 //! `withdrawn_case_files` ([`withdraw_case_file_if_moved_on`]). Likewise, once the follow-up a
 //! recipient delegated to this agency is taken back, the follow-up part of the case file its
 //! delegation carried is stripped from the stored event in the transaction that stored the
-//! revocation, and recorded there too ([`strip_ended_follow_up_parts`]).
+//! revocation, and recorded there too ([`strip_ended_follow_up_parts`]). And once a referral's
+//! consent is withdrawn, its case file and everything people wrote about it go, in every
+//! transaction that stores something of it ([`consent::forget_if_withdrawn`]).
 //!
 //! A referral that names neither this agency as sender nor as recipient comes without its case file.
 //! It is inserted only when the broker sent it to this agency as a notified party (an escalation or
@@ -45,7 +47,7 @@ use sqlx::{
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
 
 use crate::{
-    AdapterError, follow_up,
+    AdapterError, consent, follow_up,
     referral::{age_band_name, audience_name, kind_name, sex_name, state_name, urgency_name},
 };
 
@@ -872,6 +874,7 @@ fn put_referral(
     if referral.history.iter().any(follow_up::moves_the_delegation) {
         strip_ended_follow_up_parts(conn, agency, &envelope.referral_id)?;
     }
+    consent::forget_if_withdrawn(conn, &envelope.referral_id)?;
     Ok(if existed { Put::Updated } else { Put::New })
 }
 
@@ -902,6 +905,7 @@ fn put_event_and_refresh(
     if follow_up::moves_the_delegation(event) {
         strip_ended_follow_up_parts(conn, agency, &event.referral_id)?;
     }
+    consent::forget_if_withdrawn(conn, &event.referral_id)?;
     Ok(new)
 }
 
@@ -1059,7 +1063,7 @@ fn delegation_moves(
 
 /// Records (or records anew) that this agency no longer holds a referral's case file, or its
 /// follow-up part: one row per referral, the latest removal.
-fn record_withdrawal(
+pub(crate) fn record_withdrawal(
     conn: &Connection,
     referral_id: &str,
     now_with: &str,

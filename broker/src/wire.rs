@@ -4,6 +4,7 @@
 //! [`ReferralView`], so what its reader may see was decided by the one rule in
 //! [`crate::referral::view`].
 
+mod consent;
 mod figures;
 mod listing;
 pub mod sealed;
@@ -125,6 +126,7 @@ pub fn new_referral(req: pb::SubmitRequest) -> Result<NewReferral, FieldError> {
             broadcast: req.broadcast,
             notify,
             follows,
+            consent: consent::consent(req.consent)?,
         })
     }
 }
@@ -184,6 +186,23 @@ feedback_requests! {
     MarkEnteredInErrorRequest: EnteredInError;
     DelegateFollowUpRequest: FollowUpDelegated, delegation => delegation;
     RevokeDelegationRequest: DelegationRevoked;
+}
+
+/// A withdrawal of consent says who withdrew it and when, and nothing more: any text it carried
+/// would be deleted with the rest of the case at once.
+impl FeedbackRequest for pb::WithdrawConsentRequest {
+    fn into_action(self) -> Result<Action, FieldError> {
+        let details = consent::withdrawal(self.withdrawal)?;
+        let action = action(self.action, EventKind::ConsentWithdrawn, details)?;
+        if !action.sealed_text.is_empty() {
+            return Err(FieldError::new(
+                "action.sealed_text",
+                "must be empty: a withdrawal of consent carries no free text, which every agency \
+                 would delete with the case at once",
+            ));
+        }
+        Ok(action)
+    }
 }
 
 /// Parses the fields every feedback action shares.
@@ -470,6 +489,7 @@ fn event_kind(k: EventKind) -> pb::FeedbackKind {
         EventKind::FollowUpDelegated => P::FollowUpDelegated,
         EventKind::DelegationRevoked => P::DelegationRevoked,
         EventKind::NoCandidateAccepted => P::NoCandidateAccepted,
+        EventKind::ConsentWithdrawn => P::ConsentWithdrawn,
     }
 }
 
@@ -545,6 +565,14 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
                 ..Default::default()
             }))
         }
+        EventDetails::EmergencyException { reason } => {
+            Some(Details::EmergencyException(pb::EmergencyException {
+                reason: reason.to_string(),
+            }))
+        }
+        EventDetails::ConsentWithdrawn { by, at } => Some(Details::ConsentWithdrawn(
+            consent::withdrawal_pb(*by, *at),
+        )),
     };
     pb::FeedbackEvent {
         event_id: e.id.to_string(),
@@ -646,6 +674,7 @@ pub fn envelope(r: &Referral) -> pb::Envelope {
         candidate_agency_ids: r.candidates.iter().map(|a| a.to_string()).collect(),
         notified_agency_ids: r.notify.iter().map(|a| a.to_string()).collect(),
         follows_referral_id: r.follows.map(|f| f.to_string()).unwrap_or_default(),
+        consent: r.consent.as_ref().map(consent::consent_pb),
     }
 }
 

@@ -25,6 +25,7 @@ use crate::store::{
     PublishedKey, Snapshot, Store, SubmitOutcome,
 };
 
+mod consent;
 mod coordination;
 mod schedule;
 
@@ -234,9 +235,10 @@ impl Workflow {
             }
         };
 
+        let now = self.now();
+        consent::check_submit(&*self.directory().await?, &new, now)?;
         let case_file =
             sealed_for_readers(sender, new.case_file, recipient.iter().chain(&candidates))?;
-        let now = self.now();
         let deadline = self
             .acknowledgement_deadline(&new.kind, new.urgency)
             .await?
@@ -255,19 +257,30 @@ impl Workflow {
             candidates,
             notify: new.notify,
             follows: new.follows,
+            consent: Some(new.consent),
             state: State::Sent,
             version: 1,
             created_at: now,
             updated_at: now,
             case_file,
         };
+        // The emergency exception is flagged where every reader of the history sees it.
+        let flag = referral
+            .consent
+            .as_ref()
+            .and_then(|c| c.emergency_exception())
+            .map_or(EventDetails::None, |reason| {
+                EventDetails::EmergencyException {
+                    reason: reason.clone(),
+                }
+            });
         let event = Event::recorded(
             referral.id,
             EventKind::Submitted,
             sender.clone(),
             now,
             State::Sent,
-            EventDetails::None,
+            flag,
         );
         // The recipient, or every candidate of a broadcast, and the agencies named to be notified:
         // each gets the referral as it may see it.
@@ -551,8 +564,9 @@ impl Workflow {
             } else {
                 state::decide(referral.state, role, action.kind)?
             };
-            // One who may act so: what it sealed must be its own.
+            // One who may act so: what it sealed must be its own, and the consent must allow it.
             sealed_by(actor, &action)?;
+            consent::check_action(&snapshot, &action, self.now())?;
             let new_recipient = match &action.details {
                 EventDetails::Redirected { to, .. } => {
                     Some(self.redirect_target(referral, to).await?)
@@ -641,6 +655,9 @@ impl Workflow {
                     if none_left {
                         self.escalate_now(referral.id).await?;
                     }
+                    if event.kind == EventKind::ConsentWithdrawn {
+                        self.store.forget_sealed(referral.id).await?;
+                    }
                     return Ok((event, transition.to));
                 }
                 ChangeOutcome::Duplicate(done) => return self.replayed(*done, &action).await,
@@ -661,6 +678,10 @@ impl Workflow {
                 "request_id: {} was already used for another action",
                 action.request_id
             )));
+        }
+        // A withdrawal replayed after a crash cut its forgetting short finishes it.
+        if done.kind == EventKind::ConsentWithdrawn {
+            self.store.forget_sealed(done.referral_id).await?;
         }
         let state = self
             .store

@@ -27,6 +27,9 @@
 //!   **follow-up visits**: the number of those events. **Missed visits**: `FollowUpOverdue` events
 //!   in the period; **escalations**: `Escalated` events in the period, whenever the referral was
 //!   sent.
+//! - **Emergency exceptions**: referrals sent in the period without consent, under their kind's
+//!   emergency exception. **Consent withdrawals**: `ConsentWithdrawn` events in the period,
+//!   whenever the referral was sent.
 //! - A [`Count`]'s `female` counts the referrals among `total` whose subject is
 //!   [`Sex::Female`]; visits, missed visits and escalations count events, as plain numbers.
 //!
@@ -109,6 +112,11 @@ pub struct Figures {
     pub missed_visits: u32,
     /// Escalations fired in the period.
     pub escalations: u32,
+    /// Referrals sent in the period without consent, under their kind's emergency exception:
+    /// coordinators check each one was justified.
+    pub emergency_exceptions: Count,
+    /// Consents withdrawn in the period.
+    pub consent_withdrawals: u32,
 }
 
 /// The figures for a period: the whole of what was given, and the same per agency and per
@@ -191,6 +199,7 @@ struct Part<'a> {
     visits: u32,
     missed: u32,
     escalations: u32,
+    consent_withdrawals: u32,
 }
 
 /// What a referral sent in the period adds.
@@ -205,6 +214,7 @@ struct Sent<'a> {
     due: bool,
     within_deadline: bool,
     decline_reasons: BTreeSet<&'a str>,
+    emergency_exception: bool,
 }
 
 impl<'a> Part<'a> {
@@ -225,12 +235,17 @@ impl<'a> Part<'a> {
             visits: in_period(EventKind::FollowUp),
             missed: in_period(EventKind::FollowUpOverdue),
             escalations: in_period(EventKind::Escalated),
+            consent_withdrawals: in_period(EventKind::ConsentWithdrawn),
         }
     }
 
     /// Nothing to count: the referral is in no group.
     fn is_empty(&self) -> bool {
-        self.sent.is_none() && self.visits == 0 && self.missed == 0 && self.escalations == 0
+        self.sent.is_none()
+            && self.visits == 0
+            && self.missed == 0
+            && self.escalations == 0
+            && self.consent_withdrawals == 0
     }
 }
 
@@ -271,6 +286,10 @@ impl<'a> Sent<'a> {
                 (None, _) => false,
             },
             decline_reasons,
+            emergency_exception: referral
+                .consent
+                .as_ref()
+                .is_some_and(|c| c.emergency_exception().is_some()),
         }
     }
 }
@@ -293,6 +312,8 @@ struct Group<'a> {
     visits: u32,
     missed: u32,
     escalations: u32,
+    emergency_exceptions: Count,
+    consent_withdrawals: u32,
 }
 
 impl<'a> Group<'a> {
@@ -322,6 +343,9 @@ impl<'a> Group<'a> {
                 .entry(sent.age_band)
                 .or_default()
                 .add(female);
+            if sent.emergency_exception {
+                self.emergency_exceptions.add(female);
+            }
         }
         if part.visits > 0 {
             self.followed_up.add(female);
@@ -329,6 +353,9 @@ impl<'a> Group<'a> {
         self.visits = self.visits.saturating_add(part.visits);
         self.missed = self.missed.saturating_add(part.missed);
         self.escalations = self.escalations.saturating_add(part.escalations);
+        self.consent_withdrawals = self
+            .consent_withdrawals
+            .saturating_add(part.consent_withdrawals);
     }
 
     fn finish(mut self, key: &str) -> Figures {
@@ -359,6 +386,8 @@ impl<'a> Group<'a> {
             follow_up_visits: self.visits,
             missed_visits: self.missed,
             escalations: self.escalations,
+            emergency_exceptions: self.emergency_exceptions,
+            consent_withdrawals: self.consent_withdrawals,
         }
     }
 }
@@ -425,6 +454,7 @@ mod tests {
             candidates: Vec::new(),
             notify: Vec::new(),
             follows: None,
+            consent: None,
             state,
             version: 1,
             created_at,
@@ -668,6 +698,8 @@ mod tests {
             follow_up_visits: 4,
             missed_visits: 1,
             escalations: 1,
+            emergency_exceptions: Count::default(),
+            consent_withdrawals: 0,
         };
         assert_eq!(report.total, expected);
         assert_eq!(
@@ -705,6 +737,8 @@ mod tests {
             follow_up_visits: 4,
             missed_visits: 1,
             escalations: 0,
+            emergency_exceptions: Count::default(),
+            consent_withdrawals: 0,
         };
         // ngo-b: R2 declined, R3 escalated then acknowledged. Never accepted.
         let ngo_b = Figures {
@@ -726,6 +760,8 @@ mod tests {
             follow_up_visits: 0,
             missed_visits: 0,
             escalations: 1,
+            emergency_exceptions: Count::default(),
+            consent_withdrawals: 0,
         };
         assert_eq!(
             report.by_agency,
@@ -761,6 +797,8 @@ mod tests {
             follow_up_visits: 3,
             missed_visits: 0,
             escalations: 1,
+            emergency_exceptions: Count::default(),
+            consent_withdrawals: 0,
         };
         // Siem Reap (17): R2 and R4 sent, R5 visited. One sample to acknowledge: it is both the
         // median and the 90th percentile.
@@ -783,6 +821,8 @@ mod tests {
             follow_up_visits: 1,
             missed_visits: 1,
             escalations: 0,
+            emergency_exceptions: Count::default(),
+            consent_withdrawals: 0,
         };
         assert_eq!(
             report.by_province,
@@ -839,5 +879,61 @@ mod tests {
     fn a_count_prints_the_way_agencies_report_it() {
         assert_eq!(count(42, 17).to_string(), "42 (17 F)");
         assert_eq!(Count::default().to_string(), "0 (0 F)");
+    }
+
+    #[test]
+    fn emergency_exceptions_and_consent_withdrawals_are_counted_for_coordinators() {
+        use crate::referral::{Consent, ConsentGiver, EventDetails};
+        let at = datetime!(2025-02-01 8:00 UTC);
+        let mut excepted = referral(
+            "ngo-a",
+            "child_protection",
+            Sex::Female,
+            AgeBand::Age5To9,
+            "12",
+            State::Withdrawn,
+            at,
+        );
+        excepted.consent = Some(Consent::EmergencyException {
+            reason: Code::parse("r", "immediate_danger").unwrap(),
+        });
+        let withdrawn = Event {
+            details: EventDetails::ConsentWithdrawn {
+                by: ConsentGiver::Guardian,
+                at: at + secs(60),
+            },
+            ..event(&excepted, EventKind::ConsentWithdrawn, at + secs(120))
+        };
+        let history = vec![event(&excepted, EventKind::Submitted, at), withdrawn];
+        // Sent last year, consent withdrawn in the quarter: counted as a withdrawal only.
+        let mut older = referral(
+            "ngo-b",
+            "medical",
+            Sex::Male,
+            AgeBand::Age25To59,
+            "17",
+            State::Completed,
+            datetime!(2024-06-01 8:00 UTC),
+        );
+        older.consent = Some(
+            Consent::given(
+                ConsentGiver::Client,
+                older.created_at,
+                [crate::referral::Sharing::Referral],
+            )
+            .unwrap(),
+        );
+        let older_history = vec![event(&older, EventKind::ConsentWithdrawn, at)];
+        let report = report(
+            &[(excepted, history), (older, older_history)],
+            FROM,
+            TO,
+        );
+        assert_eq!(report.total.emergency_exceptions, count(1, 1));
+        assert_eq!(report.total.consent_withdrawals, 2);
+        assert_eq!(report.total.referrals, count(1, 1));
+        let ngo_b = report.by_agency.iter().find(|f| f.key == "ngo-b").unwrap();
+        assert_eq!(ngo_b.consent_withdrawals, 1);
+        assert_eq!(ngo_b.emergency_exceptions, Count::default());
     }
 }

@@ -29,6 +29,30 @@ pub fn case_file() -> Vec<u8> {
     })
 }
 
+/// The consent the stories' referrals carry: the child's guardian agreed, on 1 January 2024, to
+/// every sharing a story may need (the referral, a redirect, a broadcast, notified parties, a
+/// delegated follow-up). A fixed day in the past, so a test that moves the broker's clock does not
+/// make it lie in the future.
+pub fn guardian_consent() -> pb::ReferralConsent {
+    pb::ReferralConsent {
+        given_by: pb::ConsentGiver::Guardian as i32,
+        given_at: Some(prost_types::Timestamp {
+            seconds: 1_704_067_200,
+            nanos: 0,
+        }),
+        sharing: [
+            pb::Sharing::Referral,
+            pb::Sharing::Redirect,
+            pb::Sharing::Broadcast,
+            pb::Sharing::NotifiedParties,
+            pb::Sharing::FollowUpDelegation,
+        ]
+        .map(|s| s as i32)
+        .to_vec(),
+        emergency_exception: String::new(),
+    }
+}
+
 /// Story 1's referral as `ahc-swu` submits it: kind `lama`, emergency, a girl aged 5–9 from Pailin
 /// (province 24), to whoever offers `reintegration_follow_up` there. `client_ref` is the sender's
 /// own reference, which makes a resubmission idempotent; tests pick one per referral. The case
@@ -54,6 +78,7 @@ pub fn lama_in_clear(client_ref: &str) -> pb::SubmitRequest {
         notify_agency_ids: Vec::new(),
         broadcast: None,
         follows_referral_id: String::new(),
+        consent: Some(guardian_consent()),
     }
 }
 
@@ -111,6 +136,7 @@ pub fn placement_in_clear(client_ref: &str) -> pb::SubmitRequest {
         notify_agency_ids: Vec::new(),
         broadcast: None,
         follows_referral_id: String::new(),
+        consent: Some(guardian_consent()),
     }
 }
 
@@ -144,6 +170,7 @@ pub fn child_protection(client_ref: &str) -> pb::SubmitRequest {
         notify_agency_ids: vec!["dosvy-15".into()],
         broadcast: None,
         follows_referral_id: String::new(),
+        consent: Some(guardian_consent()),
     };
     crate::sealed::sealed_submit("mlup-russey", request, &["legal-aid-nw"])
 }

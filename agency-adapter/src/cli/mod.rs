@@ -7,6 +7,7 @@
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
 
+mod consent;
 mod keys;
 mod network;
 mod send;

@@ -17,9 +17,11 @@ use spean_proto::v1::{
     DeclineRequest, DelegateFollowUpRequest, Delegation, Envelope, FailRequest, Failure, FollowUp,
     MarkEnteredInErrorRequest, MarkInProgressRequest, Outcome as OutcomeDetails, Recipient,
     RecordFollowUpRequest, Redirect, RedirectRequest, RevokeDelegationRequest, ServiceInProvince,
-    Sex, Subject, SubmitRequest, Urgency, WithdrawRequest, recipient::Target,
+    Sex, Subject, SubmitRequest, Urgency, WithdrawConsentRequest, WithdrawRequest,
+    recipient::Target,
 };
 
+use super::consent::{self, ConsentArgs, GiverArg};
 use super::{ActionArgs, AgeBandArg, Context, SexArg, UrgencyArg, print_json};
 use crate::{
     AdapterError,
@@ -92,6 +94,8 @@ pub struct SendArgs {
     /// Notes (override the file).
     #[arg(long, value_name = "TEXT")]
     pub notes: Option<String>,
+    #[command(flatten)]
+    pub consent: ConsentArgs,
     /// Only write the referral to the outbox; the daemon sends it.
     #[arg(long)]
     pub queue_only: bool,
@@ -273,6 +277,7 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         notify_agency_ids: notify.clone(),
         broadcast,
         follows_referral_id: follows.clone(),
+        consent: Some(args.consent.to_wire(time::OffsetDateTime::now_utc())?),
     };
     let sending = enqueue_and_try(
         ctx,
@@ -467,6 +472,21 @@ pub enum Act {
         #[command(flatten)]
         common: ActionArgs,
     },
+    /// Record that the client or their guardian withdrew consent (sender, recipient or delegate).
+    /// Every agency holding the referral deletes its case file and notes and keeps the envelope
+    /// and the history's kinds and times; an open referral is withdrawn. It cannot be undone, and
+    /// carries no --note.
+    WithdrawConsent {
+        #[command(flatten)]
+        common: ActionArgs,
+        /// Who withdrew it: the client or a guardian.
+        #[arg(long, value_enum, value_name = "WHO")]
+        withdrawn_by: GiverArg,
+        /// When they said so: RFC 3339, or YYYY-MM-DD (that day's start in Cambodia)
+        /// [default: now].
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
 }
 
 /// Checks a YYYY-MM-DD date before it is queued, so a typo fails now rather than in the daemon.
@@ -586,6 +606,34 @@ impl Act {
                 common,
                 R::RevokeDelegation(RevokeDelegationRequest::default()),
             ),
+            Act::WithdrawConsent {
+                mut common,
+                withdrawn_by,
+                at,
+            } => {
+                if common.note.is_some() {
+                    return Err(AdapterError::Invalid {
+                        field: "note".into(),
+                        reason: "a withdrawal of consent carries no note: every agency deletes \
+                                 the referral's notes at once"
+                            .into(),
+                    });
+                }
+                // Who recorded it stays here (the outbox row), not in what is sent.
+                common.by = None;
+                let withdrawal = consent::withdrawal(
+                    withdrawn_by,
+                    at.as_deref(),
+                    time::OffsetDateTime::now_utc(),
+                )?;
+                (
+                    common,
+                    R::WithdrawConsent(WithdrawConsentRequest {
+                        action: None,
+                        withdrawal: Some(withdrawal),
+                    }),
+                )
+            }
         })
     }
 }

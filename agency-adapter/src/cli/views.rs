@@ -27,7 +27,9 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 use serde_json::{Value, json};
 use spean_domain::referral::is_bidi_control;
-use spean_proto::v1::{Envelope, FeedbackEvent, feedback_event::Details, recipient::Target};
+use spean_proto::v1::{
+    Envelope, FeedbackEvent, ReferralConsent, feedback_event::Details, recipient::Target,
+};
 use time::OffsetDateTime;
 
 use super::{Context, ListArgs, print_json};
@@ -37,7 +39,8 @@ use crate::{
     figures::duration,
     follow_up::{self, Schedule, VisitStatus},
     referral::{
-        age_band_name, is_closed, kind_name, next_action, sex_name, state_name, urgency_name,
+        age_band_name, giver_name, is_closed, kind_name, next_action, sex_name, sharing_name,
+        state_name, urgency_name,
     },
     store::{OutboxRow, ReferralRow, Withdrawal, timestamp},
 };
@@ -493,6 +496,7 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
             "no_candidate_accepted": broadcast.as_ref().is_some_and(|b| b.no_candidate_accepted),
             "notified_agency_ids": envelope.notified_agency_ids,
             "follows_referral_id": envelope.follows_referral_id,
+            "consent": consent_json(envelope.consent.as_ref()),
             "case_file": case_file.case_file(),
             "case_file_part": case_file.part_name(),
             "case_file_withdrawn": withdrawn,
@@ -564,6 +568,7 @@ fn print_referral(row: &ReferralRow, envelope: &Envelope, audience: &str) {
         plain(&referral["requested_recipient"])
     );
     println!("  this agency: {}", shown(audience, Lines::One));
+    println!("  consent: {}", consent_line(envelope.consent.as_ref()));
     if !envelope.follows_referral_id.is_empty() {
         println!(
             "  follows: {}",
@@ -845,6 +850,10 @@ fn withdrawn_line(withdrawal: &Withdrawal) -> String {
     let at = shown(&withdrawal.withdrawn_at, Lines::One);
     let now_with = shown(&withdrawal.now_with, Lines::One);
     match withdrawal.because.as_str() {
+        "consent_withdrawn" => format!(
+            "deleted {at}: consent was withdrawn; the envelope and the history's kinds and times \
+             are kept"
+        ),
         "delegation_revoked" => format!(
             "withdrawn {at} (the follow-up visits were taken back by {now_with}); this agency no \
              longer holds the follow-up part of the case file"
@@ -863,6 +872,43 @@ fn withdrawal_json(withdrawal: &Withdrawal) -> Value {
         "now_with": withdrawal.now_with,
         "because": withdrawal.because,
     })
+}
+
+/// A referral's consent as `show --json` prints it; `null` for one sent before consent was
+/// recorded.
+fn consent_json(consent: Option<&ReferralConsent>) -> Value {
+    match consent {
+        None => Value::Null,
+        Some(c) if !c.emergency_exception.is_empty() => {
+            json!({ "emergency_exception": c.emergency_exception })
+        }
+        Some(c) => json!({
+            "given_by": giver_name(c.given_by),
+            "given_at": timestamp(c.given_at.as_ref()),
+            "sharing": c.sharing.iter().map(|s| sharing_name(*s)).collect::<Vec<_>>(),
+        }),
+    }
+}
+
+/// A referral's consent in one line of `show`.
+fn consent_line(consent: Option<&ReferralConsent>) -> String {
+    match consent {
+        None => "not recorded (sent before consent was required)".to_owned(),
+        Some(c) if !c.emergency_exception.is_empty() => format!(
+            "none: emergency exception ({})",
+            shown(&c.emergency_exception, Lines::One)
+        ),
+        Some(c) => format!(
+            "given by the {} {}, for {}",
+            giver_name(c.given_by),
+            timestamp(c.given_at.as_ref()),
+            c.sharing
+                .iter()
+                .map(|s| sharing_name(*s))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 /// The case-file fields that are prose, whose line breaks `show` keeps.
@@ -1067,6 +1113,11 @@ fn details_json(event: &FeedbackEvent) -> Value {
             "carries_follow_up_part": !d.follow_up_case_file.is_empty(),
         }),
         Some(Details::DelegationRevoked(d)) => json!({ "to_agency_id": d.to_agency_id }),
+        Some(Details::ConsentWithdrawn(w)) => json!({
+            "withdrawn_by": giver_name(w.withdrawn_by),
+            "withdrawn_at": timestamp(w.withdrawn_at.as_ref()),
+        }),
+        Some(Details::EmergencyException(e)) => json!({ "emergency_exception": e.reason }),
         None => json!({}),
     }
 }

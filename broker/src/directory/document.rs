@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::FieldError;
 use crate::ids::{AgencyId, ProvinceCode};
+use crate::referral::consent::EMERGENCY_EXCEPTION_BY_DEFAULT;
 use crate::referral::{Code, Urgency};
 
 use super::duration::{self, Zero};
@@ -41,6 +42,10 @@ struct KindEntry {
     default_urgency: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     acknowledgement_deadline: Option<String>,
+    /// Whether a referral of this kind may go without consent, under the emergency exception.
+    /// Absent: only for `child_protection` ([`EMERGENCY_EXCEPTION_BY_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    emergency_consent_exception: Option<bool>,
 }
 
 /// One duration per urgency; the prose keys beside them (`about`, `escalation`) are ignored.
@@ -128,6 +133,7 @@ impl From<Directory> for Document {
                     meaning: k.meaning,
                     default_urgency: k.default_urgency,
                     acknowledgement_deadline: k.acknowledgement_deadline.and_then(format),
+                    emergency_consent_exception: Some(k.emergency_consent_exception),
                 })
                 .collect(),
             agencies: dir.agencies,
@@ -176,11 +182,15 @@ impl KindEntry {
                 )
             })
             .transpose()?;
+        let emergency_consent_exception = self
+            .emergency_consent_exception
+            .unwrap_or(self.kind == EMERGENCY_EXCEPTION_BY_DEFAULT);
         Ok(Kind {
             kind: self.kind,
             meaning: self.meaning,
             default_urgency: self.default_urgency,
             acknowledgement_deadline,
+            emergency_consent_exception,
         })
     }
 }

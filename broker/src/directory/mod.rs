@@ -73,6 +73,9 @@ pub struct Kind {
     /// Overrides the urgency's deadline for every referral of this kind, where a kind needs an
     /// answer faster (or may wait longer) than its urgency alone says.
     pub acknowledgement_deadline: Option<Duration>,
+    /// Whether a referral of this kind may be sent without consent, under the emergency exception
+    /// (a child in danger is protected first): `child_protection` unless the directory says.
+    pub emergency_consent_exception: bool,
 }
 
 /// How long a recipient has to acknowledge a referral, per urgency.
@@ -163,6 +166,15 @@ impl Directory {
     pub fn has_kind(&self, kind: &Code) -> bool {
         self.referral_kinds.is_empty()
             || self.referral_kinds.iter().any(|k| k.kind == kind.as_str())
+    }
+
+    /// Whether a referral of `kind` may go without consent, under the emergency exception. A
+    /// directory without a taxonomy allows it for `child_protection` only.
+    pub fn allows_emergency_exception(&self, kind: &Code) -> bool {
+        match self.referral_kinds.iter().find(|k| k.kind == kind.as_str()) {
+            Some(k) => k.emergency_consent_exception,
+            None => kind.as_str() == crate::referral::consent::EMERGENCY_EXCEPTION_BY_DEFAULT,
+        }
     }
 
     /// Every agency offering `service` in `province`, best first: providers (NGOs, hospitals) before

@@ -219,6 +219,7 @@ impl DirectoryService for DirectoryGateway {
                         default_urgency: k.default_urgency.clone(),
                         follow_up_every_seconds: schedule.map_or(0, |s| seconds(s.every)),
                         follow_up_grace_seconds: schedule.map_or(0, |s| seconds(s.grace)),
+                        emergency_consent_exception: k.emergency_consent_exception,
                     }
                 })
                 .collect(),

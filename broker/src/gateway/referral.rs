@@ -183,6 +183,13 @@ impl ReferralService for ReferralGateway {
         self.feedback(request).await
     }
 
+    async fn withdraw_consent(
+        &self,
+        request: Request<pb::WithdrawConsentRequest>,
+    ) -> GatewayResult<pb::FeedbackResponse> {
+        self.feedback(request).await
+    }
+
     async fn figures(
         &self,
         request: Request<pb::FiguresRequest>,

@@ -240,6 +240,12 @@ pub trait ReferralStore: Send + Sync + 'static {
     async fn list(&self, agency: &AgencyId, query: &ListQuery)
     -> Result<Vec<Referral>, StoreError>;
     async fn apply(&self, change: &Change) -> Result<ChangeOutcome, StoreError>;
+    /// Drops everything sealed the store holds of a referral: its case file, and each event's
+    /// sealed free text, re-sealed case file or follow-up part ([`Event::forget_sealed`]). For a
+    /// referral whose consent was withdrawn; idempotent, so that a replay finishes what a crash
+    /// cut short. Deliveries already on their way keep what they carry: their agencies delete it
+    /// when the withdrawal reaches them.
+    async fn forget_sealed(&self, id: ReferralId) -> Result<(), StoreError>;
     /// Applies each change as [`ReferralStore::apply`] would and returns their outcomes in order.
     /// Each change is atomic on its own; after an error, some of them may have been recorded, so a
     /// caller retries by deciding again. Every change is decided by the time this returns, the

@@ -6,7 +6,7 @@ use super::from_micros;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
-    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
+    Addressee, AgeBand, Code, Consent, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
     State, Subject, Urgency,
 };
 
@@ -128,6 +128,7 @@ pub(super) fn referral(row: &impl Columns, with_case_file: bool) -> Result<Refer
         candidates: addressing.candidates,
         notify: addressing.notify,
         follows: addressing.follows,
+        consent: addressing.consent,
         state: State::parse(&row.text("state")?).ok_or_else(|| bad("state"))?,
         version: row.int("version")?,
         created_at: from_micros(row.int("created_at")?),
@@ -278,8 +279,10 @@ pub(super) fn escalations_column(escalations: u32) -> i32 {
 }
 
 /// The `addressing` column: how the sender addressed a referral beyond one recipient (a
-/// broadcast's candidates, the agencies it named to be notified, the referral it follows), as
-/// JSON; NULL for the many referrals with none of it, so that they cost nothing more to write.
+/// broadcast's candidates, the agencies it named to be notified, the referral it follows) and the
+/// consent it recorded, as JSON; NULL for referrals recorded before consent, with none of the rest.
+/// Consent lives here rather than in columns of its own: the broker reads it with the referral,
+/// never queries by it, and so it costs no migration and no wider insert.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Addressing {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -288,17 +291,21 @@ struct Addressing {
     notify: Vec<AgencyId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     follows: Option<ReferralId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consent: Option<Consent>,
 }
 
 /// The `addressing` column of a new referral ([`Addressing`]).
 pub(super) fn addressing_column(r: &Referral) -> Result<Option<String>, StoreError> {
-    if r.candidates.is_empty() && r.notify.is_empty() && r.follows.is_none() {
+    if r.candidates.is_empty() && r.notify.is_empty() && r.follows.is_none() && r.consent.is_none()
+    {
         return Ok(None);
     }
     let addressing = Addressing {
         candidates: r.candidates.clone(),
         notify: r.notify.clone(),
         follows: r.follows,
+        consent: r.consent.clone(),
     };
     serde_json::to_string(&addressing)
         .map(Some)

@@ -39,6 +39,8 @@ fn figures(f: &Figures) -> pb::Figures {
         follow_up_visits: f.follow_up_visits,
         missed_visits: f.missed_visits,
         escalations: f.escalations,
+        emergency_exceptions: Some(count(f.emergency_exceptions)),
+        consent_withdrawals: f.consent_withdrawals,
     }
 }
 

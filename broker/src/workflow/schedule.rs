@@ -87,7 +87,8 @@ impl Workflow {
             | EventKind::Withdrawn
             | EventKind::EnteredInError
             | EventKind::Completed
-            | EventKind::Failed => (DeadlineChange::Clear, None),
+            | EventKind::Failed
+            | EventKind::ConsentWithdrawn => (DeadlineChange::Clear, None),
             _ => (DeadlineChange::Keep, None),
         })
     }

@@ -3,6 +3,7 @@
 //! No I/O and no wire types here: the gateway converts from proto with `TryFrom`, the store persists
 //! these values, and [`state`] decides what may change.
 
+pub mod consent;
 pub mod state;
 pub mod view;
 
@@ -13,6 +14,7 @@ use time::OffsetDateTime;
 
 use crate::error::FieldError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
+pub use consent::{Consent, ConsentGiver, Sharing};
 pub use state::{EventKind, Role, State};
 pub use view::{Audience, ReferralView};
 
@@ -335,6 +337,8 @@ pub struct NewReferral {
     pub notify: Vec<AgencyId>,
     /// The referral from the same sender this one follows, about the same client (story 5).
     pub follows: Option<ReferralId>,
+    /// Who consented to what sharing, or the kind's emergency exception.
+    pub consent: Consent,
 }
 
 /// The kind whose referrals addressed by service and province go to every provider by default:
@@ -408,6 +412,21 @@ impl NewReferral {
                     .as_bytes(),
             );
         }
+        // Consent, required since it was added: every digest since has it, last.
+        match &self.consent {
+            Consent::Given { by, at, sharing } => {
+                field(b"consent");
+                field(by.as_str().as_bytes());
+                field(&(at.unix_timestamp_nanos() / 1_000).to_be_bytes());
+                for s in sharing {
+                    field(s.as_str().as_bytes());
+                }
+            }
+            Consent::EmergencyException { reason } => {
+                field(b"emergency_exception");
+                field(reason.as_str().as_bytes());
+            }
+        }
         hex::encode(h.finalize())
     }
 }
@@ -434,6 +453,9 @@ pub struct Referral {
     pub notify: Vec<AgencyId>,
     /// The referral from the same sender this one follows.
     pub follows: Option<ReferralId>,
+    /// The consent recorded with it; `None` only for referrals recorded before consent was
+    /// required ([`Referral::consent_allows`]).
+    pub consent: Option<Consent>,
     pub state: State,
     /// Bumped on every change; a change states the version it read (optimistic concurrency).
     pub version: i64,
@@ -443,6 +465,13 @@ pub struct Referral {
 }
 
 impl Referral {
+    /// Whether the consent recorded with this referral covers `sharing`. A referral recorded
+    /// before consent was required goes on as it was allowed to then: its agencies recorded
+    /// consent on paper, and stopping its redirect or delegation now would strand the client.
+    pub fn consent_allows(&self, sharing: Sharing) -> bool {
+        self.consent.as_ref().is_none_or(|c| c.allows(sharing))
+    }
+
     /// Which side `agency` is on now, if any: a candidate only while its broadcast is open.
     pub fn role_of(&self, agency: &AgencyId) -> Option<Role> {
         if &self.sender == agency {
@@ -554,6 +583,17 @@ pub enum EventDetails {
     DelegationRevoked {
         from: AgencyId,
     },
+    /// On a `submitted` event: the referral went without consent, under its kind's emergency
+    /// exception, because of `reason`. Every audience reads it: it is the flag.
+    EmergencyException {
+        reason: Code,
+    },
+    /// The client or their guardian withdrew consent, at `at` as they said it.
+    ConsentWithdrawn {
+        by: ConsentGiver,
+        #[serde(with = "micros")]
+        at: OffsetDateTime,
+    },
 }
 
 /// When a referral's next follow-up visit is due, and the schedule it follows: stamped by the
@@ -659,6 +699,25 @@ impl Event {
     }
 }
 
+impl Event {
+    /// Drops everything sealed this event holds: its sealed free text, a redirect's re-sealed case
+    /// file, a delegation's follow-up part. What is left (kind, actor, time, codes, dates) is what
+    /// every agency keeps once consent is withdrawn. Whether anything was dropped.
+    pub fn forget_sealed(&mut self) -> bool {
+        let mut dropped = !std::mem::take(&mut self.sealed_text).is_empty();
+        match &mut self.details {
+            EventDetails::Redirected { case_file, .. } => {
+                dropped |= !std::mem::take(case_file).is_empty();
+            }
+            EventDetails::FollowUpDelegated { follow_up_part, .. } => {
+                dropped |= !std::mem::take(follow_up_part).is_empty();
+            }
+            _ => {}
+        }
+        dropped
+    }
+}
+
 /// A feedback action requested by a party, parsed and valid.
 #[derive(Debug, Clone)]
 pub struct Action {
@@ -721,6 +780,7 @@ pub(crate) mod tests {
             candidates: Vec::new(),
             notify: Vec::new(),
             follows: None,
+            consent: None,
             state: State::Sent,
             version: 1,
             created_at: at,

@@ -138,10 +138,13 @@ pub enum EventKind {
     /// Recorded by the broker when every candidate of a broadcast declined it: its sender is
     /// told, and may redirect it to one agency or withdraw it.
     NoCandidateAccepted,
+    /// The client or their guardian withdrew consent: every agency holding the referral deletes
+    /// its case file and free text. It closes an open referral; nothing follows it.
+    ConsentWithdrawn,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Submitted,
         EventKind::Delivered,
         EventKind::Acknowledged,
@@ -159,6 +162,7 @@ impl EventKind {
         EventKind::FollowUpDelegated,
         EventKind::DelegationRevoked,
         EventKind::NoCandidateAccepted,
+        EventKind::ConsentWithdrawn,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -179,6 +183,7 @@ impl EventKind {
             EventKind::FollowUpDelegated => "follow_up_delegated",
             EventKind::DelegationRevoked => "delegation_revoked",
             EventKind::NoCandidateAccepted => "no_candidate_accepted",
+            EventKind::ConsentWithdrawn => "consent_withdrawn",
             EventKind::EnteredInError => "entered_in_error",
         }
     }
@@ -232,7 +237,7 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
             return Err(TransitionError::NotAnAction { action });
         }
         E::Withdrawn | E::EnteredInError => &[Role::Sender],
-        E::FollowUp => &[Role::Sender, Role::Recipient, Role::Delegate],
+        E::FollowUp | E::ConsentWithdrawn => &[Role::Sender, Role::Recipient, Role::Delegate],
         E::FollowUpDelegated | E::DelegationRevoked => &[Role::Recipient],
         E::Acknowledged
         | E::Accepted
@@ -272,6 +277,10 @@ pub fn decide(state: State, role: Role, action: EventKind) -> Result<Transition,
         (E::Failed, S::Accepted | S::InProgress) => S::Failed,
         (E::Withdrawn, s) if !s.is_closed() => S::Withdrawn,
         (E::EnteredInError, s) if s != S::EnteredInError => S::EnteredInError,
+        // Whatever the state, the case must be deleted: an open referral closes, a closed one
+        // keeps how it ended. That it is recorded once, the workflow decides from the history.
+        (E::ConsentWithdrawn, s) if s.is_closed() => s,
+        (E::ConsentWithdrawn, _) => S::Withdrawn,
         _ => return Err(TransitionError::WrongState { action, state }),
     };
     Ok(Transition { to })
@@ -292,7 +301,7 @@ pub fn decide_broadcast(
 
     let allowed: &'static str = match action {
         E::Acknowledged | E::Accepted | E::Declined => "candidates",
-        E::Redirected | E::Withdrawn | E::EnteredInError => "sender",
+        E::Redirected | E::Withdrawn | E::EnteredInError | E::ConsentWithdrawn => "sender",
         E::Submitted
         | E::Delivered
         | E::Escalated
@@ -323,7 +332,9 @@ pub fn decide_broadcast(
         (E::Declined, S::Sent | S::Delivered | S::Acknowledged) => state,
         // The sender sends it on to one agency: a one-to-one referral from now on.
         (E::Redirected, S::Sent | S::Delivered | S::Acknowledged) => S::Sent,
-        (E::Withdrawn | E::EnteredInError, _) => return decide(state, Role::Sender, action),
+        (E::Withdrawn | E::EnteredInError | E::ConsentWithdrawn, _) => {
+            return decide(state, Role::Sender, action);
+        }
         _ => return Err(TransitionError::WrongState { action, state }),
     };
     Ok(Transition { to })
@@ -519,7 +530,34 @@ mod tests {
             S::Withdrawn,
             S::EnteredInError,
         ),
+        (E::ConsentWithdrawn, Role::Sender, S::Sent, S::Withdrawn),
+        (E::ConsentWithdrawn, Role::Sender, S::Delivered, S::Withdrawn),
+        (
+            E::ConsentWithdrawn,
+            Role::Sender,
+            S::Acknowledged,
+            S::Withdrawn,
+        ),
+        (E::ConsentWithdrawn, Role::Sender, S::Withdrawn, S::Withdrawn),
     ];
+
+    /// A withdrawal of consent: by the sender, the recipient or the delegate, from every state; an
+    /// open referral closes as withdrawn, a closed one keeps how it ended.
+    const CONSENT_WITHDRAWN: &[(EventKind, Role, State, State)] = &{
+        let roles = [Role::Sender, Role::Recipient, Role::Delegate];
+        let mut table = [(E::ConsentWithdrawn, Role::Sender, S::Sent, S::Sent); 30];
+        let mut i = 0;
+        while i < 30 {
+            let state = State::ALL[i % 10];
+            let to = match state {
+                S::Declined | S::Completed | S::Failed | S::Withdrawn | S::EnteredInError => state,
+                _ => S::Withdrawn,
+            };
+            table[i] = (E::ConsentWithdrawn, roles[i / 10], state, to);
+            i += 1;
+        }
+        table
+    };
 
     #[test]
     fn an_open_broadcast_follows_its_own_table() {
@@ -558,6 +596,7 @@ mod tests {
                 for state in State::ALL {
                     let expected = ALLOWED
                         .iter()
+                        .chain(CONSENT_WITHDRAWN)
                         .find(|(a, r, from, _)| *a == action && *r == role && *from == state)
                         .map(|(_, _, _, to)| *to);
                     let got = decide(state, role, action).ok().map(|t| t.to);

@@ -179,7 +179,9 @@ impl Event {
             // Who, when and which tier or visit: nothing a person wrote.
             kept @ (EventDetails::Escalated { .. }
             | EventDetails::FollowUpOverdue { .. }
-            | EventDetails::DelegationRevoked { .. }) => kept,
+            | EventDetails::DelegationRevoked { .. }
+            | EventDetails::EmergencyException { .. }
+            | EventDetails::ConsentWithdrawn { .. }) => kept,
             _ => EventDetails::None,
         };
         self

@@ -353,6 +353,36 @@ impl ReferralStore for PgStore {
         self.apply_together(changes).await
     }
 
+    async fn forget_sealed(&self, id: ReferralId) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE referrals SET case_file = ''::bytea WHERE id = $1::uuid")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        static HISTORY: Sql = Sql::new(|| {
+            format!(
+                "SELECT {EVENT_COLUMNS} FROM referral_events WHERE referral_id = $1::uuid \
+                 ORDER BY seq FOR UPDATE"
+            )
+        });
+        let rows = sqlx::query(HISTORY.as_str())
+            .bind(id.to_string())
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in &rows {
+            let mut event = rows::event(row)?;
+            if event.forget_sealed() {
+                sqlx::query("UPDATE referral_events SET details = $1 WHERE id = $2::uuid")
+                    .bind(rows::details_column(&event)?)
+                    .bind(event.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn due_deadlines(
         &self,
         now: time::OffsetDateTime,

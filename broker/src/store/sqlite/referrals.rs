@@ -194,6 +194,25 @@ fn submit(
 }
 
 /// Applies a change if its version is still current and its request id unused.
+/// [`ReferralStore::forget_sealed`], in the writer's transaction.
+fn forget_sealed(conn: &Connection, id: ReferralId) -> Result<(), StoreError> {
+    let id = id.to_string();
+    conn.prepare_cached("UPDATE referrals SET case_file = x'' WHERE id = ?")?
+        .execute(params![id])?;
+    let history = {
+        let mut query = conn
+            .prepare_cached("SELECT * FROM referral_events WHERE referral_id = ? ORDER BY seq")?;
+        all(query.query(params![id])?, |r| rows::event(r))?
+    };
+    let mut update = conn.prepare_cached("UPDATE referral_events SET details = ? WHERE id = ?")?;
+    for mut event in history {
+        if event.forget_sealed() {
+            update.execute(params![rows::details_column(&event)?, event.id.to_string()])?;
+        }
+    }
+    Ok(())
+}
+
 fn apply(conn: &Connection, change: &Change) -> Result<ChangeOutcome, StoreError> {
     if let Some(request_id) = &change.event.request_id
         && let Some(done) = event_by_request(conn, &change.event.actor, request_id)?
@@ -535,6 +554,12 @@ impl ReferralStore for SqliteStore {
                 ))?;
                 all(query.query(bound)?, |r| rows::referral(r, false))
             })
+            .await
+    }
+
+    async fn forget_sealed(&self, id: ReferralId) -> Result<(), StoreError> {
+        self.writer
+            .write(Box::new(move |conn| forget_sealed(conn, id)))
             .await
     }
 

@@ -133,7 +133,16 @@ pub(super) async fn history_is_ordered_and_append_only(f: Fixture) {
     assert!(refused.is_err(), "an UPDATE of history succeeded");
     let refused = f.raw("DELETE FROM referral_events").await;
     assert!(refused.is_err(), "a DELETE of history succeeded");
-    assert_eq!(store.history(r.id).await.unwrap().len(), 4);
+    // Details change only once consent is withdrawn (to drop what was sealed), and then only they.
+    let refused = f.raw("UPDATE referral_events SET details = '{}'").await;
+    assert!(refused.is_err(), "details changed without a withdrawal");
+    let e = event(&r, EventKind::ConsentWithdrawn, "ahc-swu", State::Withdrawn, None);
+    store.apply(&change(&r, 4, e, State::Withdrawn)).await.unwrap();
+    let refused = f
+        .raw("UPDATE referral_events SET details = '{}', note = 'changed'")
+        .await;
+    assert!(refused.is_err(), "a note changed beside the details");
+    assert_eq!(store.history(r.id).await.unwrap().len(), 5);
 }
 
 pub(super) async fn a_redirect_grants_access_to_the_new_recipient(f: Fixture) {

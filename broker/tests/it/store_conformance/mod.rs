@@ -5,6 +5,7 @@
 mod broadcasts;
 mod changes;
 mod concurrency;
+mod consent;
 mod coordination;
 mod deadlines;
 mod directory;
@@ -41,6 +42,11 @@ macro_rules! conformance {
 }
 
 conformance!(
+    consent: [
+        a_referral_goes_only_with_consent_or_its_kinds_emergency_exception,
+        nothing_is_shared_beyond_what_consent_covers,
+        a_withdrawal_of_consent_ends_the_referral_and_forgets_what_was_sealed,
+    ],
     submits: [
         a_submitted_referral_reads_back_byte_for_byte,
         a_reused_client_ref_returns_the_existing_referral,

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use spean_broker::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use spean_broker::referral::{
-    Addressee, AgeBand, Code, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
-    State, Subject, Urgency,
+    Addressee, AgeBand, Code, Consent, ConsentGiver, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
+    Sharing, State, Subject, Urgency,
 };
 use spean_broker::store::{Change, DeadlineChange, NewDelivery, Store, SubmitOutcome};
 use time::OffsetDateTime;
@@ -41,6 +41,14 @@ pub(super) fn referral(client_ref: &str) -> Referral {
         candidates: Vec::new(),
         notify: Vec::new(),
         follows: None,
+        consent: Some(
+            Consent::given(
+                ConsentGiver::Guardian,
+                now - time::Duration::hours(1),
+                [Sharing::Referral, Sharing::Redirect],
+            )
+            .unwrap(),
+        ),
         state: State::Sent,
         version: 1,
         created_at: now,
