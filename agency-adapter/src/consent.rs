@@ -20,6 +20,17 @@ pub const BECAUSE_CONSENT_WITHDRAWN: &str = "consent_withdrawn";
 /// The status and reason given to requests about the referral that were still waiting to be sent.
 const NOT_SENT: &str = "consent for this referral was withdrawn; the request was not sent";
 
+thread_local! {
+    /// Set when [`forget_if_withdrawn`] deleted something in the transaction running on this
+    /// thread; the store's writer takes it after the commit ([`take_forgot`]).
+    static FORGOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the transaction that just ran on this thread deleted anything, clearing the mark.
+pub(crate) fn take_forgot() -> bool {
+    FORGOT.with(|f| f.replace(false))
+}
+
 /// Deletes what this agency holds of `referral_id` beyond its envelope and the history's kinds
 /// and times, if its consent was withdrawn; true if there was anything left to delete. One
 /// indexed probe when it was not.
@@ -89,6 +100,7 @@ pub(crate) fn forget_if_withdrawn(
         .execute(params![referral_id, NOT_SENT])?;
     forgot |= sealed_copies > 0 || requests > 0;
     if forgot {
+        FORGOT.with(|f| f.set(true));
         crate::store::record_withdrawal(
             conn,
             referral_id,

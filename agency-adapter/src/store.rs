@@ -181,6 +181,9 @@ impl Store {
             // FULL: a delivery is confirmed to the broker only after it is stored, so the store
             // must survive power loss too, or a confirmed referral could vanish.
             .synchronous(SqliteSynchronous::Full)
+            // What is deleted (a withdrawn case file, notes once consent is withdrawn) is
+            // overwritten, not left readable in free space.
+            .pragma("secure_delete", "ON")
             .busy_timeout(BUSY_TIMEOUT)
             // sqlx warns of any statement over a second. On a field laptop's slow disk a
             // migration or a commit can take that long, and a command (which logs warnings
@@ -275,6 +278,15 @@ impl Store {
             });
             if result.is_err() && !conn.is_autocommit() {
                 let _ = conn.execute_batch("ROLLBACK");
+            }
+            if consent::take_forgot() && result.is_ok() {
+                // The write-ahead log still holds the pages as they were before: copied back
+                // into the file (where secure_delete overwrote the text) and emptied, so that
+                // what consent no longer allows is gone from the disk. Best effort: a reader
+                // holding an old snapshot defers it to the next checkpoint.
+                if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                    tracing::debug!(error = %e, "checkpoint after a withdrawal of consent deferred");
+                }
             }
             result
         })
@@ -704,6 +716,7 @@ fn open_writer(path: &Path) -> Result<Connection, AdapterError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL, as for the pool: see `Store::open`.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
     // Without the query planner stability guarantee SQLite (built with `SQLITE_ENABLE_STAT4`)
     // prepares a statement again whenever a value bound where it could change the plan changes.
     conn.set_db_config(

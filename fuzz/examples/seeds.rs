@@ -116,6 +116,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
         notify_agency_ids: vec!["mosvy-coord".into()],
         broadcast: Some(true),
         follows_referral_id: String::new(),
+        consent: Some(spean_testkit::guardian_consent()),
     };
     let to_agency = pb::SubmitRequest {
         recipient: Some(pb::Recipient {
@@ -324,6 +325,21 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
             }
             .encode_to_vec(),
         ),
+        (
+            "withdraw-consent",
+            pb::WithdrawConsentRequest {
+                // A withdrawal carries no free text.
+                action: action("").map(|a| pb::Action {
+                    sealed_text: Vec::new(),
+                    ..a
+                }),
+                withdrawal: Some(pb::ConsentWithdrawal {
+                    withdrawn_by: pb::ConsentGiver::Guardian as i32,
+                    withdrawn_at: Some(AT),
+                }),
+            }
+            .encode_to_vec(),
+        ),
         ("list-provinces", Vec::new()),
         // A submit addressed to one agency, following an earlier referral.
         ("submit-to-agency", to_agency.encode_to_vec()),
@@ -390,6 +406,10 @@ fn envelope() -> pb::Envelope {
         candidate_agency_ids: vec!["ngo-a".into(), "ngo-c".into()],
         notified_agency_ids: vec!["mosvy-coord".into()],
         follows_referral_id: String::new(),
+        consent: Some(pb::ReferralConsent {
+            emergency_exception: "immediate_danger".into(),
+            ..Default::default()
+        }),
     }
 }
 
@@ -496,6 +516,13 @@ fn deliveries() -> Vec<(&'static str, pb::Delivery)> {
             })),
         ),
         event(K::NoCandidateAccepted, None),
+        event(
+            K::ConsentWithdrawn,
+            Some(D::ConsentWithdrawn(pb::ConsentWithdrawal {
+                withdrawn_by: pb::ConsentGiver::Client as i32,
+                withdrawn_at: Some(AT),
+            })),
+        ),
     ];
     let referral = |audience: pb::Audience, case_file: Vec<u8>, history: Vec<pb::FeedbackEvent>| {
         pb::Delivery {

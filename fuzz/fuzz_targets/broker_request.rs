@@ -15,7 +15,7 @@ use spean_proto::v1 as pb;
 
 /// The request messages, by the first byte (modulo their number). `fuzz/tests/seeds.rs` writes
 /// the seeds with the same numbering.
-const REQUESTS: usize = 23;
+const REQUESTS: usize = 24;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
@@ -87,6 +87,8 @@ fn parse(which: usize, bytes: &[u8]) -> Result<Option<()>, FieldError> {
             wire::page_offset(&req.page_token).map(drop)
         }
         21 => ReferralId::parse("referral_id", &decode!(pb::TimelineRequest).referral_id).map(drop),
+        // ReferralService, added after the rest.
+        22 => action(decode!(pb::WithdrawConsentRequest)),
         _ => {
             decode!(pb::ListProvincesRequest);
             decode!(pb::ListKindsRequest);

@@ -10,6 +10,7 @@ mod adapter_crash;
 mod broker_cli;
 mod broker_crash;
 mod certificates;
+mod consent;
 mod cluster;
 mod escalation;
 mod fairness;

@@ -110,8 +110,13 @@ fn base64(bytes: &[u8]) -> String {
 
 /// The secrets found in `bytes`, with the encoding they were found in.
 fn found_in(bytes: &[u8]) -> Vec<String> {
+    found_among(bytes, &SECRETS)
+}
+
+/// Which of `secrets` are in `bytes`, in any encoding of [`encodings`], with the encoding.
+pub(crate) fn found_among(bytes: &[u8], secrets: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
-    for secret in SECRETS {
+    for &secret in secrets {
         for (n, encoded) in encodings(secret).iter().enumerate() {
             if bytes
                 .windows(encoded.len())
@@ -177,6 +182,10 @@ async fn run_stories(broker: &BrokerProcess, dir: &Path) -> (Vec<AdapterProcess>
                 NGO,
                 "--kind",
                 "lama",
+                "--consent-by",
+                "guardian",
+                "--consent-for",
+                "redirect,broadcast,notified_parties,follow_up_delegation",
                 "--urgency",
                 "emergency",
                 "--sex",
@@ -281,6 +290,10 @@ async fn run_stories(broker: &BrokerProcess, dir: &Path) -> (Vec<AdapterProcess>
             "17",
             "--kind",
             "placement",
+            "--consent-by",
+            "guardian",
+            "--consent-for",
+            "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",
             "emergency",
             "--sex",
@@ -348,7 +361,7 @@ async fn run_stories(broker: &BrokerProcess, dir: &Path) -> (Vec<AdapterProcess>
 }
 
 /// Every file under `dir` (the broker's data folder: its SQLite database, WAL and keys), read whole.
-fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
@@ -440,6 +453,10 @@ async fn the_production_broker_holds_no_case_file_or_note_readable_in_its_databa
             NEVER_CONFIRMS,
             "--kind",
             "lama",
+            "--consent-by",
+            "guardian",
+            "--consent-for",
+            "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",
             "emergency",
             "--sex",

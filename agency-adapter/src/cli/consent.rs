@@ -46,8 +46,10 @@ pub enum SharingArg {
     /// Every agency offering the service in the province at once (a placement by default).
     Broadcast,
     /// The agencies named with --notify.
+    #[value(name = "notified_parties")]
     NotifiedParties,
     /// An agency the recipient delegates the follow-up visits to.
+    #[value(name = "follow_up_delegation")]
     FollowUpDelegation,
 }
 
