@@ -372,9 +372,12 @@ mod tests {
         assert!(lines.contains(&"all,lama,by_kind,2,1"));
         assert!(lines.contains(&"all,\"cash, food\",by_kind,1,1"));
         assert!(lines.contains(&"all,,followed_up,0,0"));
+        assert!(lines.contains(&"all,,emergency_exceptions,0,0"));
+        assert!(lines.contains(&"all,,consent_withdrawals,0,"));
         assert!(lines.contains(&"agency:mlup-russey,,referrals,3,2"));
         // 11 rows per group without breakdowns, plus the total's two kinds.
-        assert_eq!(lines.len(), 1 + 2 * 11 + 2);
+        // 11 metrics with a value per group (`all`, one agency), and two tallies.
+        assert_eq!(lines.len(), 1 + 2 * 13 + 2);
     }
 
     #[test]

@@ -351,6 +351,7 @@ mod tests {
                 "mark_entered_in_error",
                 "delegate_follow_up",
                 "revoke_delegation",
+                "withdraw_consent",
             ]
         );
     }

@@ -570,9 +570,9 @@ pub fn event(e: &Event) -> pb::FeedbackEvent {
                 reason: reason.to_string(),
             }))
         }
-        EventDetails::ConsentWithdrawn { by, at } => Some(Details::ConsentWithdrawn(
-            consent::withdrawal_pb(*by, *at),
-        )),
+        EventDetails::ConsentWithdrawn { by, at } => {
+            Some(Details::ConsentWithdrawn(consent::withdrawal_pb(*by, *at)))
+        }
     };
     pb::FeedbackEvent {
         event_id: e.id.to_string(),

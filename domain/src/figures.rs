@@ -924,11 +924,7 @@ mod tests {
             .unwrap(),
         );
         let older_history = vec![event(&older, EventKind::ConsentWithdrawn, at)];
-        let report = report(
-            &[(excepted, history), (older, older_history)],
-            FROM,
-            TO,
-        );
+        let report = report(&[(excepted, history), (older, older_history)], FROM, TO);
         assert_eq!(report.total.emergency_exceptions, count(1, 1));
         assert_eq!(report.total.consent_withdrawals, 2);
         assert_eq!(report.total.referrals, count(1, 1));

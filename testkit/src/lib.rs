@@ -36,9 +36,8 @@ pub use binary::binary;
 pub use broker::BrokerProcess;
 pub use error::Error;
 pub use story::{
-    guardian_consent,
-    CHILD_PROTECTION_NARRATIVE, KHMER_NAME, LATIN_NAME, case_file, child_protection, lama,
-    lama_in_clear, placement, placement_in_clear,
+    CHILD_PROTECTION_NARRATIVE, KHMER_NAME, LATIN_NAME, case_file, child_protection,
+    guardian_consent, lama, lama_in_clear, placement, placement_in_clear,
 };
 pub use tls::agency_endpoint;
 pub use wait::{PATIENCE, Patience, eventually};

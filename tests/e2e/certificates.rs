@@ -28,6 +28,8 @@ async fn try_send(adapter: &AdapterProcess, dir: &Path, client_ref: &str) -> (bo
             "lama",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

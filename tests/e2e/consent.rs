@@ -82,12 +82,15 @@ async fn settled(
     state: &str,
     last_kind: &str,
 ) -> serde_json::Value {
-    eventually(&format!("{} to hold {id} {state}", adapter.agency), || async {
-        let out = adapter.run(&["show", id, "--json"]).await;
-        let shown: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let last = shown["history"].as_array()?.last()?["kind"].clone();
-        (shown["referral"]["state"] == state && last == last_kind).then_some(shown)
-    })
+    eventually(
+        &format!("{} to hold {id} {state}", adapter.agency),
+        || async {
+            let out = adapter.run(&["show", id, "--json"]).await;
+            let shown: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let last = shown["history"].as_array()?.last()?["kind"].clone();
+            (shown["referral"]["state"] == state && last == last_kind).then_some(shown)
+        },
+    )
     .await
 }
 
@@ -153,14 +156,24 @@ async fn a_withdrawal_of_consent_reaches_every_holder_and_leaves_no_case_file_or
             &["--emergency-exception", "immediate_danger"],
         ))
         .await;
-    assert!(!out.status.success(), "LAMA went under the emergency exception");
+    assert!(
+        !out.status.success(),
+        "LAMA went under the emergency exception"
+    );
     let refused = String::from_utf8_lossy(&out.stderr);
     assert!(refused.contains("consent.emergency_exception"), "{refused}");
     // Consent to the referral alone does not cover telling the department.
     let out = hospital
-        .run(&send_args(other, "lama-c-2", &["--consent-by", "guardian"]))
+        .run(&send_args(
+            other,
+            "lama-c-2",
+            &["--consent-by", "guardian", "--consent-at", "2026-12-01"],
+        ))
         .await;
-    assert!(!out.status.success(), "notified parties went without consent");
+    assert!(
+        !out.status.success(),
+        "notified parties went without consent"
+    );
     let refused = String::from_utf8_lossy(&out.stderr);
     assert!(refused.contains("notified_parties"), "{refused}");
 
@@ -200,7 +213,10 @@ async fn a_withdrawal_of_consent_reaches_every_holder_and_leaves_no_case_file_or
     ])
     .await;
     let before = settled(hospital, &id, "accepted", "accepted").await;
-    assert_eq!(before["history"][2]["note"], ACK_NOTE, "the sender read the note");
+    assert_eq!(
+        before["history"][2]["note"], ACK_NOTE,
+        "the sender read the note"
+    );
     settled(department, &id, "accepted", "accepted").await;
     // The control for the search at the end: the NGO's store files hold the case now.
     assert!(!left_in_store(dir.path(), NGO).is_empty());
@@ -233,7 +249,10 @@ async fn a_withdrawal_of_consent_reaches_every_holder_and_leaves_no_case_file_or
         assert_eq!(kinds(&shown), expected, "{}", holder.agency);
         assert!(shown["case_file"].is_null(), "{}: {shown}", holder.agency);
         assert_eq!(shown["case_file_withdrawn"]["because"], "consent_withdrawn");
-        assert_eq!(shown["consent"]["given_by"], "guardian", "the envelope stays");
+        assert_eq!(
+            shown["consent"]["given_by"], "guardian",
+            "the envelope stays"
+        );
         for event in shown["history"].as_array().unwrap() {
             assert_eq!(event["actor_person"], "", "{}: {event}", holder.agency);
             assert_eq!(event["note"], "", "{}: {event}", holder.agency);
@@ -248,9 +267,19 @@ async fn a_withdrawal_of_consent_reaches_every_holder_and_leaves_no_case_file_or
     assert_eq!(kinds(&told), expected);
     // Nothing more can be recorded.
     let out = ngo
-        .run(&["followup", &id, "--activity", "home_visit", "--date", "2026-12-11"])
+        .run(&[
+            "followup",
+            &id,
+            "--activity",
+            "home_visit",
+            "--date",
+            "2026-12-11",
+        ])
         .await;
-    assert!(!out.status.success(), "an action after the withdrawal went through");
+    assert!(
+        !out.status.success(),
+        "an action after the withdrawal went through"
+    );
 
     // Stopped, and each store opened and closed once more by a command (which leaves no WAL),
     // the files hold none of it.

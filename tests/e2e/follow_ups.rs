@@ -254,6 +254,8 @@ async fn story_4_a_psychiatric_referral_with_transport_is_followed_by_the_sender
             "medical",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

@@ -585,6 +585,8 @@ async fn story_3_the_notified_departments_adapter_follows_the_case_without_readi
             "child_protection",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

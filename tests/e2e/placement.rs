@@ -94,6 +94,8 @@ async fn send_placement(
             "placement",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

@@ -36,6 +36,8 @@ pub async fn send_lama(
             "lama",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

@@ -65,6 +65,8 @@ pub async fn send(sender: &AdapterProcess, tag: &str, range: std::ops::Range<usi
                 "lama",
                 "--consent-by",
                 "guardian",
+                "--consent-at",
+                "2026-12-01",
                 "--consent-for",
                 "redirect,broadcast,notified_parties,follow_up_delegation",
                 "--urgency",

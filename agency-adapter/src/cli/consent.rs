@@ -5,7 +5,8 @@
 use clap::{Args, ValueEnum};
 use spean_proto::v1::{ConsentGiver, ConsentWithdrawal, ReferralConsent, Sharing};
 use time::{
-    Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset, format_description::well_known::Rfc3339,
+    Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset,
+    format_description::well_known::Rfc3339,
 };
 
 use crate::AdapterError;
@@ -78,13 +79,25 @@ pub struct ConsentArgs {
         conflicts_with = "emergency_exception"
     )]
     pub consent_by: Option<GiverArg>,
-    /// When consent was given: RFC 3339, or YYYY-MM-DD (the start of that day in Cambodia)
-    /// [default: now].
-    #[arg(long, value_name = "TIME", requires = "consent_by")]
+    /// When consent was given, as the consent form is dated: RFC 3339, or YYYY-MM-DD (the start
+    /// of that day in Cambodia). Required with --consent-by: a default of "now" would make the
+    /// same referral sent again a different request.
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "consent_by",
+        required_unless_present = "emergency_exception"
+    )]
     pub consent_at: Option<String>,
     /// What the consent covers, comma-separated; `referral` is always included
     /// [default: referral].
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "SHARING", requires = "consent_by")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "SHARING",
+        requires = "consent_by"
+    )]
     pub consent_for: Vec<SharingArg>,
     /// Send without consent under the kind's emergency exception (child protection, unless the
     /// directory says otherwise), giving why as a code, e.g. immediate_danger. Flagged in the
@@ -95,7 +108,7 @@ pub struct ConsentArgs {
 
 impl ConsentArgs {
     /// The consent as the broker takes it.
-    pub fn to_wire(&self, now: OffsetDateTime) -> Result<ReferralConsent, AdapterError> {
+    pub fn to_wire(&self) -> Result<ReferralConsent, AdapterError> {
         if let Some(reason) = &self.emergency_exception {
             return Ok(ReferralConsent {
                 emergency_exception: reason.clone(),
@@ -107,10 +120,15 @@ impl ConsentArgs {
             reason: "is required: who consented (client or guardian), or --emergency-exception"
                 .into(),
         })?;
-        let at = match &self.consent_at {
-            Some(raw) => time_given("consent-at", raw)?,
-            None => now,
-        };
+        let at = time_given(
+            "consent-at",
+            self.consent_at
+                .as_deref()
+                .ok_or_else(|| AdapterError::Invalid {
+                    field: "consent-at".into(),
+                    reason: "is required: when consent was given".into(),
+                })?,
+        )?;
         let mut sharing = vec![Sharing::Referral];
         for s in &self.consent_for {
             let s = Sharing::from(*s);
@@ -179,13 +197,12 @@ mod tests {
 
     #[test]
     fn consent_always_covers_the_referral_and_takes_days_in_cambodia_time() {
-        let now = OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap();
         let c = args(
             Some(GiverArg::Guardian),
             Some("2026-12-01"),
             &[SharingArg::Broadcast, SharingArg::Referral],
         )
-        .to_wire(now)
+        .to_wire()
         .unwrap();
         assert_eq!(c.given_by, ConsentGiver::Guardian as i32);
         assert_eq!(
@@ -195,11 +212,20 @@ mod tests {
         // 1 December 2026, 00:00 in Phnom Penh is 30 November, 17:00 UTC.
         let expected = OffsetDateTime::parse("2026-11-30T17:00:00Z", &Rfc3339).unwrap();
         assert_eq!(c.given_at, Some(timestamp(expected)));
-        let c = args(Some(GiverArg::Client), None, &[]).to_wire(now).unwrap();
-        assert_eq!(c.given_at, Some(timestamp(now)));
+        let c = args(
+            Some(GiverArg::Client),
+            Some("2026-12-01T09:30:00+07:00"),
+            &[],
+        )
+        .to_wire()
+        .unwrap();
+        assert_eq!(
+            c.given_at,
+            Some(timestamp(expected + time::Duration::minutes(570)))
+        );
         assert_eq!(c.sharing, [Sharing::Referral as i32]);
         let error = args(Some(GiverArg::Client), Some("yesterday"), &[])
-            .to_wire(now)
+            .to_wire()
             .unwrap_err();
         assert!(error.to_string().contains("consent-at"), "{error}");
     }

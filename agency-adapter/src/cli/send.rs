@@ -277,7 +277,7 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         notify_agency_ids: notify.clone(),
         broadcast,
         follows_referral_id: follows.clone(),
-        consent: Some(args.consent.to_wire(time::OffsetDateTime::now_utc())?),
+        consent: Some(args.consent.to_wire()?),
     };
     let sending = enqueue_and_try(
         ctx,

@@ -40,6 +40,8 @@ fn deliver_with_the_switch_on(broker: &BrokerProcess) -> (String, DaemonProcess)
             "lama",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

@@ -21,6 +21,8 @@ fn accepted_referral(broker: &BrokerProcess, client_ref: &str) -> String {
             "lama",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

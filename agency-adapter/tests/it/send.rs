@@ -20,6 +20,8 @@ fn send_to(broker: &BrokerProcess, to: &str) -> Output {
             "lama",
             "--consent-by",
             "guardian",
+            "--consent-at",
+            "2026-12-01",
             "--consent-for",
             "redirect,broadcast,notified_parties,follow_up_delegation",
             "--urgency",

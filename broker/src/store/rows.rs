@@ -6,8 +6,8 @@ use super::from_micros;
 use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use crate::referral::{
-    Addressee, AgeBand, Code, Consent, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
-    State, Subject, Urgency,
+    Addressee, AgeBand, Code, Consent, Event, EventDetails, EventKind, FreeText, Referral, Sealed,
+    Sex, State, Subject, Urgency,
 };
 
 /// Column access a backend's row type provides.

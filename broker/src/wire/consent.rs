@@ -32,7 +32,10 @@ pub fn consent(raw: Option<pb::ReferralConsent>) -> Result<Consent, FieldError> 
         });
     }
     let by = giver("consent.given_by", c.given_by)?;
-    let at = time_of("consent.given_at", required("consent.given_at", c.given_at)?)?;
+    let at = time_of(
+        "consent.given_at",
+        required("consent.given_at", c.given_at)?,
+    )?;
     let mut sharing = Vec::with_capacity(c.sharing.len());
     for raw in c.sharing {
         sharing.push(sharing_of(raw)?);
@@ -60,7 +63,10 @@ fn giver(field: &'static str, raw: i32) -> Result<ConsentGiver, FieldError> {
             field,
             "is required: the client or a guardian (CONSENT_GIVER_CLIENT, CONSENT_GIVER_GUARDIAN)",
         )),
-        Err(_) => Err(FieldError::new(field, format!("{raw} is not a consent giver"))),
+        Err(_) => Err(FieldError::new(
+            field,
+            format!("{raw} is not a consent giver"),
+        )),
     }
 }
 
@@ -195,7 +201,7 @@ mod tests {
                 nanos: 0,
             }),
         };
-        let EventDetails::ConsentWithdrawn { by, at } = withdrawal(Some(w.clone())).unwrap() else {
+        let EventDetails::ConsentWithdrawn { by, at } = withdrawal(Some(w)).unwrap() else {
             panic!("not a withdrawal");
         };
         assert_eq!(withdrawal_pb(by, at), w);
@@ -208,6 +214,9 @@ mod tests {
             withdrawn_by: 0,
             ..w
         };
-        assert_eq!(withdrawal(Some(w)).unwrap_err().field, "withdrawal.withdrawn_by");
+        assert_eq!(
+            withdrawal(Some(w)).unwrap_err().field,
+            "withdrawal.withdrawn_by"
+        );
     }
 }

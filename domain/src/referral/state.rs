@@ -531,14 +531,24 @@ mod tests {
             S::EnteredInError,
         ),
         (E::ConsentWithdrawn, Role::Sender, S::Sent, S::Withdrawn),
-        (E::ConsentWithdrawn, Role::Sender, S::Delivered, S::Withdrawn),
+        (
+            E::ConsentWithdrawn,
+            Role::Sender,
+            S::Delivered,
+            S::Withdrawn,
+        ),
         (
             E::ConsentWithdrawn,
             Role::Sender,
             S::Acknowledged,
             S::Withdrawn,
         ),
-        (E::ConsentWithdrawn, Role::Sender, S::Withdrawn, S::Withdrawn),
+        (
+            E::ConsentWithdrawn,
+            Role::Sender,
+            S::Withdrawn,
+            S::Withdrawn,
+        ),
     ];
 
     /// A withdrawal of consent: by the sender, the recipient or the delegate, from every state; an

@@ -524,6 +524,7 @@ pub(super) async fn a_referral_follows_one_its_sender_sent_about_the_same_client
         case_file: spean_testkit::case_file(),
         client_pseudonym: pseudonym.into(),
         follows_referral_id: follows.into(),
+        consent: Some(spean_testkit::guardian_consent()),
         ..Default::default()
     };
     let submit = |r: pb::SubmitRequest, from: AgencyId| {

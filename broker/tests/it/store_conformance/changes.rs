@@ -136,8 +136,17 @@ pub(super) async fn history_is_ordered_and_append_only(f: Fixture) {
     // Details change only once consent is withdrawn (to drop what was sealed), and then only they.
     let refused = f.raw("UPDATE referral_events SET details = '{}'").await;
     assert!(refused.is_err(), "details changed without a withdrawal");
-    let e = event(&r, EventKind::ConsentWithdrawn, "ahc-swu", State::Withdrawn, None);
-    store.apply(&change(&r, 4, e, State::Withdrawn)).await.unwrap();
+    let e = event(
+        &r,
+        EventKind::ConsentWithdrawn,
+        "ahc-swu",
+        State::Withdrawn,
+        None,
+    );
+    store
+        .apply(&change(&r, 4, e, State::Withdrawn))
+        .await
+        .unwrap();
     let refused = f
         .raw("UPDATE referral_events SET details = '{}', note = 'changed'")
         .await;

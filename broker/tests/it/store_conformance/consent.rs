@@ -61,18 +61,21 @@ fn exception() -> pb::ReferralConsent {
 /// refused naming the field, and nothing is stored under its key; consent dated in the future too.
 /// The stories' consent reads back whole; story 3 (child protection) may go under the exception,
 /// which its `submitted` event flags for every reader.
-pub(super) async fn a_referral_goes_only_with_consent_or_its_kinds_emergency_exception(
-    f: Fixture,
-) {
+pub(super) async fn a_referral_goes_only_with_consent_or_its_kinds_emergency_exception(f: Fixture) {
     let w = workflow(&f, TestClock::at(start())).await;
-    field_refused(submit(&w, "ahc-swu", lama_with("c-1", None)).await, "consent");
+    field_refused(
+        submit(&w, "ahc-swu", lama_with("c-1", None)).await,
+        "consent",
+    );
     let reason = field_refused(
         submit(&w, "ahc-swu", lama_with("c-1", Some(exception()))).await,
         "consent.emergency_exception",
     );
     assert!(reason.contains("\"lama\""), "{reason}");
     let future = pb::ReferralConsent {
-        given_at: Some(spean_broker::wire::timestamp(start() + time::Duration::hours(1))),
+        given_at: Some(spean_broker::wire::timestamp(
+            start() + time::Duration::hours(1),
+        )),
         ..spean_testkit::guardian_consent()
     };
     field_refused(
@@ -90,7 +93,9 @@ pub(super) async fn a_referral_goes_only_with_consent_or_its_kinds_emergency_exc
         "nothing of a refused referral is stored"
     );
 
-    let id = submit(&w, "ahc-swu", spean_testkit::lama("c-1")).await.unwrap();
+    let id = submit(&w, "ahc-swu", spean_testkit::lama("c-1"))
+        .await
+        .unwrap();
     let stored = f.store.referral(id).await.unwrap().unwrap();
     assert_eq!(
         stored.consent,
@@ -212,7 +217,9 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
     f: Fixture,
 ) {
     let w = workflow(&f, TestClock::at(start())).await;
-    let id = submit(&w, "ahc-swu", spean_testkit::lama("w-1")).await.unwrap();
+    let id = submit(&w, "ahc-swu", spean_testkit::lama("w-1"))
+        .await
+        .unwrap();
     let text = pb::FreeText {
         actor_person: "សុភា".into(),
         note: "ជួបគ្រួសារ".into(),
@@ -236,7 +243,15 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
         )),
     };
     w.act(&agency("mlup-russey"), accept).await.unwrap();
-    assert!(!f.store.referral(id).await.unwrap().unwrap().case_file.is_empty());
+    assert!(
+        !f.store
+            .referral(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .case_file
+            .is_empty()
+    );
 
     let too_late = withdrawal(id, "withdraw-0", start() + time::Duration::hours(1));
     match w.act(&agency("mlup-russey"), too_late).await {
@@ -244,7 +259,10 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
         other => panic!("a withdrawal dated in the future is refused: {other:?}"),
     }
     let (event, state) = w
-        .act(&agency("mlup-russey"), withdrawal(id, "withdraw-1", start()))
+        .act(
+            &agency("mlup-russey"),
+            withdrawal(id, "withdraw-1", start()),
+        )
         .await
         .unwrap();
     assert_eq!(state, State::Withdrawn);
@@ -276,7 +294,10 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
     }
 
     let (again, _) = w
-        .act(&agency("mlup-russey"), withdrawal(id, "withdraw-1", start()))
+        .act(
+            &agency("mlup-russey"),
+            withdrawal(id, "withdraw-1", start()),
+        )
         .await
         .unwrap();
     assert_eq!(again.id, event.id, "a replay answers with the first event");

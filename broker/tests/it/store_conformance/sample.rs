@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use spean_broker::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use spean_broker::referral::{
-    Addressee, AgeBand, Code, Consent, ConsentGiver, Event, EventDetails, EventKind, FreeText, Referral, Sealed, Sex,
-    Sharing, State, Subject, Urgency,
+    Addressee, AgeBand, Code, Consent, ConsentGiver, Event, EventDetails, EventKind, FreeText,
+    Referral, Sealed, Sex, Sharing, State, Subject, Urgency,
 };
 use spean_broker::store::{Change, DeadlineChange, NewDelivery, Store, SubmitOutcome};
 use time::OffsetDateTime;
