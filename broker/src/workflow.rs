@@ -668,9 +668,16 @@ impl Workflow {
     }
 
     async fn replayed(&self, done: Event, action: &Action) -> Result<(Event, State), BrokerError> {
+        // A revocation is asked without details: the broker fills in whom it was taken from.
+        let same_details = match (&done.details, &action.details) {
+            (EventDetails::DelegationRevoked { .. }, EventDetails::None) => {
+                action.kind == EventKind::DelegationRevoked
+            }
+            (stored, asked) => stored == asked,
+        };
         if done.referral_id != action.referral_id
             || done.kind != action.kind
-            || done.details != action.details
+            || !same_details
             || done.note != action.note
             || done.sealed_text != action.sealed_text
         {
