@@ -238,31 +238,29 @@ pub fn verify<'a>(
     entries: impl IntoIterator<Item = &'a Entry>,
     expected: Option<Head>,
 ) -> Result<Option<Head>, AuditBreak> {
-    let mut head: Option<Head> = None;
-    let mut checker = Checker::default();
+    let mut checker = Checker::new(expected);
     for entry in entries {
-        head = Some(checker.push(entry)?);
-        if let (Some(expected), Some(h)) = (expected, head)
-            && h.seq == expected.seq
-            && h.hash != expected.hash
-        {
-            return Err(AuditBreak {
-                seq: h.seq,
-                kind: BreakKind::Diverged,
-            });
-        }
+        checker.push(entry)?;
     }
-    checker.finish(expected)?;
-    Ok(head)
+    checker.finish()
 }
 
 /// [`verify`] one entry at a time, for a log read in pages.
 #[derive(Debug, Default)]
 pub struct Checker {
     head: Option<Head>,
+    /// The head recorded elsewhere that the log must reach and hold, if any.
+    expected: Option<Head>,
 }
 
 impl Checker {
+    pub fn new(expected: Option<Head>) -> Self {
+        Self {
+            head: None,
+            expected,
+        }
+    }
+
     /// Checks the next entry; returns the head it makes.
     pub fn push(&mut self, entry: &Entry) -> Result<Head, AuditBreak> {
         let (prev_seq, prev_hash) = self.head.map_or((0, GENESIS), |h| (h.seq, h.hash));
@@ -283,6 +281,12 @@ impl Checker {
         if hash.0[..] != entry.hash[..] {
             return fail(entry.seq, BreakKind::Changed);
         }
+        if let Some(expected) = self.expected
+            && expected.seq == entry.seq
+            && expected.hash != hash
+        {
+            return fail(entry.seq, BreakKind::Diverged);
+        }
         let head = Head {
             seq: entry.seq,
             hash,
@@ -291,10 +295,10 @@ impl Checker {
         Ok(head)
     }
 
-    /// Checks that the log read so far reaches `expected`, if given; returns its head.
-    pub fn finish(&self, expected: Option<Head>) -> Result<Option<Head>, AuditBreak> {
+    /// Checks that the log read so far reaches the expected head, if any; returns its head.
+    pub fn finish(&self) -> Result<Option<Head>, AuditBreak> {
         let reached = self.head.map_or(0, |h| h.seq);
-        if let Some(expected) = expected
+        if let Some(expected) = self.expected
             && reached < expected.seq
         {
             return Err(AuditBreak {
