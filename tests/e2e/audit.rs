@@ -54,7 +54,10 @@ async fn a_truncated_broker_log_is_caught_with_the_head_an_adapter_kept() {
     let head = broker.admin(&["audit", "head"]).await;
     let head = String::from_utf8(head.stdout).unwrap();
     let broker_seq: u64 = head.split(':').next().unwrap().trim().parse().unwrap();
-    assert!(broker_seq >= seq, "the broker's head {head} is behind the kept {kept}");
+    assert!(
+        broker_seq >= seq,
+        "the broker's head {head} is behind the kept {kept}"
+    );
 
     // The broker's operator cuts the log's tail, back to before the head the NGO kept.
     broker.kill().await;
