@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use spean_domain::audit::{Entry, Hash, Head, Record};
 use spean_proto::v1::AuditHead;
 
-use crate::{AdapterError, store::Store};
+use crate::{AdapterError, broker::Broker, store::Store};
 
 pub use spean_domain::audit::{AuditBreak, verify};
 
@@ -44,6 +44,44 @@ pub async fn record_read(
             .to_vec(),
     };
     store.write(move |conn| append(conn, record)).await
+}
+
+/// Reports this agency's head to the broker, which records it in its own log (`WitnessHead`), so
+/// that a cut tail of this log shows against what the broker saw. Nothing to report while the log
+/// is empty. The daemon calls this each time it connects.
+pub async fn report_head(broker: &mut Broker, store: &Store) -> Result<(), AdapterError> {
+    let Some(head) = store.audit_head().await? else {
+        return Ok(());
+    };
+    let request = tonic::Request::new(AuditHead {
+        seq: head.seq,
+        hash: head.hash.0.to_vec(),
+    });
+    tokio::time::timeout(
+        crate::broker::REQUEST_TIMEOUT,
+        broker.audit.witness_head(request),
+    )
+    .await
+    .map_err(|_| AdapterError::Unavailable("reporting the audit head timed out".into()))??;
+    Ok(())
+}
+
+/// The newest head of this agency's log the broker witnessed; `None` if it never saw one.
+pub async fn witnessed_head(broker: &mut Broker) -> Result<Option<Head>, AdapterError> {
+    let request = tonic::Request::new(spean_proto::v1::WitnessedHeadRequest {});
+    let head = tokio::time::timeout(
+        crate::broker::REQUEST_TIMEOUT,
+        broker.audit.witnessed_head(request),
+    )
+    .await
+    .map_err(|_| AdapterError::Unavailable("asking for the witnessed head timed out".into()))??
+    .into_inner();
+    Ok(Hash::from_slice(&head.hash)
+        .filter(|_| head.seq > 0)
+        .map(|hash| Head {
+            seq: head.seq,
+            hash,
+        }))
 }
 
 /// The head of the log on `conn`.

@@ -689,7 +689,7 @@ pub fn delivery(delivery_id: uuid::Uuid, content: DeliveryContent) -> pb::Delive
 }
 
 /// An audit head as the wire carries it (`spean.v1.AuditHead`).
-pub fn audit_head(head: crate::store::audit::Head) -> pb::AuditHead {
+pub fn audit_head(head: spean_domain::audit::Head) -> pb::AuditHead {
     pb::AuditHead {
         seq: head.seq,
         hash: head.hash.0.to_vec(),
@@ -697,9 +697,9 @@ pub fn audit_head(head: crate::store::audit::Head) -> pb::AuditHead {
 }
 
 /// A head from the wire; `None` for an empty log's (seq 0) and for a hash of the wrong length.
-pub fn parse_audit_head(head: &pb::AuditHead) -> Option<crate::store::audit::Head> {
-    let hash = crate::store::audit::Hash::from_slice(&head.hash)?;
-    (head.seq > 0).then_some(crate::store::audit::Head {
+pub fn parse_audit_head(head: &pb::AuditHead) -> Option<spean_domain::audit::Head> {
+    let hash = spean_domain::audit::Hash::from_slice(&head.hash)?;
+    (head.seq > 0).then_some(spean_domain::audit::Head {
         seq: head.seq,
         hash,
     })

@@ -42,6 +42,18 @@ async fn a_truncated_broker_log_is_caught_with_the_head_an_adapter_kept() {
         said(&verified)
     );
 
+    // Its daemon reports its head when it connects, and the broker witnesses it: `audit verify`
+    // then checks the NGO's log reaches what the broker saw.
+    ngo.kill().await;
+    ngo.start();
+    let witnessed = eventually("the broker to witness the NGO's head", || async {
+        let out = ngo.run(&["audit", "verify"]).await;
+        let text = said(&out);
+        (out.status.success() && text.contains("the broker witnessed: 1:")).then_some(text)
+    })
+    .await;
+    assert!(witnessed.contains("audit log OK: 1 entries"), "{witnessed}");
+
     // The NGO's adapter kept the broker head its delivery carried; the broker's log holds it.
     let kept = ngo.run(&["audit", "broker-head"]).await;
     assert!(kept.status.success(), "{}", said(&kept));

@@ -32,6 +32,10 @@ pub(super) async fn audit(ctx: &Context, command: AuditCommand) -> anyhow::Resul
                 .map(Head::parse)
                 .transpose()
                 .context("--head")?;
+            let expected = match expected {
+                Some(head) => Some(head),
+                None => witnessed(ctx).await,
+            };
             let entries = ctx.store.audit_entries().await?;
             match crate::audit::verify(&entries, expected) {
                 Ok(Some(head)) => println!("audit log OK: {} entries, head {head}", head.seq),
@@ -46,6 +50,34 @@ pub(super) async fn audit(ctx: &Context, command: AuditCommand) -> anyhow::Resul
         },
     }
     Ok(())
+}
+
+/// The head the broker witnessed for this agency, to check the log's tail against; says so on
+/// stderr when the broker cannot be asked, so that a check of the chain alone is never taken for a
+/// check of its tail.
+async fn witnessed(ctx: &Context) -> Option<Head> {
+    let asked = async {
+        let mut broker =
+            crate::broker::Broker::connect(&ctx.settings.broker, &ctx.identity).await?;
+        crate::audit::witnessed_head(&mut broker).await
+    };
+    match asked.await {
+        Ok(Some(head)) => {
+            eprintln!("checking against the head the broker witnessed: {head}");
+            Some(head)
+        }
+        Ok(None) => {
+            eprintln!("the broker has witnessed no head of this log yet: checking the chain only");
+            None
+        }
+        Err(error) => {
+            eprintln!(
+                "OFFLINE: could not ask the broker for the witnessed head ({error}): checking \
+                 the chain only, not whether its tail was cut (give --head to check that)"
+            );
+            None
+        }
+    }
 }
 
 /// A head as SEQ:HEX; an empty log's is `0:` and 32 zero bytes.
