@@ -12,6 +12,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "spean/v1/delivery_service.proto",
         "spean/v1/directory_service.proto",
         "spean/v1/coordinator_service.proto",
+        "spean/v1/audit.proto",
+        "spean/v1/audit_service.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use spean_proto::v1::{
-    coordinator_service_client::CoordinatorServiceClient,
+    audit_service_client::AuditServiceClient, coordinator_service_client::CoordinatorServiceClient,
     delivery_service_client::DeliveryServiceClient,
     directory_service_client::DirectoryServiceClient,
     referral_service_client::ReferralServiceClient,
@@ -32,6 +32,8 @@ pub struct Broker {
     /// Read by `overdue` and `figures --network`; the broker answers only coordinators and
     /// authorities.
     pub coordinator: CoordinatorServiceClient<Channel>,
+    /// Where this agency's audit head is kept outside its store (`crate::audit`).
+    pub audit: AuditServiceClient<Channel>,
     /// Who this agency is (from its certificate): the delivery stream stores only what concerns it.
     pub agency_id: String,
     /// The identity it connected with: its key signs the sealing key it publishes, and the
@@ -78,7 +80,8 @@ impl Broker {
             referrals: ReferralServiceClient::new(channel.clone()),
             deliveries: DeliveryServiceClient::new(channel.clone()),
             directory: DirectoryServiceClient::new(channel.clone()),
-            coordinator: CoordinatorServiceClient::new(channel),
+            coordinator: CoordinatorServiceClient::new(channel.clone()),
+            audit: AuditServiceClient::new(channel),
             agency_id: identity.agency_id.as_str().to_owned(),
             identity: identity.clone(),
             key_published: false,

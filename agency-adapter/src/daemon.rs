@@ -58,6 +58,10 @@ impl Daemon {
         while !shutdown.is_cancelled() {
             let result = match Broker::connect(&self.broker_url, &self.identity).await {
                 Ok(mut broker) => {
+                    // The broker keeps this agency's audit head; best effort, on every connect.
+                    if let Err(error) = crate::audit::report_head(&mut broker, &self.store).await {
+                        tracing::warn!(%error, "reporting the audit head failed");
+                    }
                     delivery::subscribe(
                         &mut broker,
                         &self.store,

@@ -14,6 +14,8 @@
 //!   makes the visits, which were made or missed, and whether the next is upcoming, due or overdue.
 //! - [`store`]: the local SQLite copy (referrals, events, outbox, deliveries); every write is one
 //!   transaction and every delivery write is idempotent.
+//! - [`audit`]: the audit trail: every read of a case file appended to a hash-chained log, and the
+//!   newest head of the broker's log that a delivery carried.
 //! - [`outbox`]: outgoing requests, written locally first, then sent to the broker with their own key.
 //! - [`sealing`]: the agency's sealing keys; what it sends sealed to its readers, and what it
 //!   receives opened before it is stored.
@@ -30,6 +32,7 @@
 //! - [`telemetry`]: the tracing subscriber, built once, writing to stderr.
 //! - [`error`]: the one error type, and how a broker status becomes "retry later" or "refused".
 
+pub mod audit;
 pub mod backoff;
 pub mod broadcast;
 pub mod broker;

@@ -252,17 +252,23 @@ impl Store {
         let deliveries = deliveries.to_vec();
         let agency = self.agency.clone();
         self.write(move |conn| {
-            deliveries
+            let stored = deliveries
                 .iter()
                 .map(|delivery| put_delivery(conn, &agency, delivery))
-                .collect()
+                .collect::<Result<Vec<_>, _>>()?;
+            let heads: Vec<_> = deliveries
+                .iter()
+                .filter_map(|d| d.audit_head.as_ref())
+                .collect();
+            crate::audit::keep_broker_head(conn, &heads)?;
+            Ok(stored)
         })
         .await
     }
 
     /// Runs `work` in one write transaction on the writing connection, on a blocking thread; on any
     /// error the transaction is rolled back.
-    async fn write<T, F>(&self, work: F) -> Result<T, AdapterError>
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T, AdapterError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, AdapterError> + Send + 'static,

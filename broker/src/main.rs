@@ -48,6 +48,24 @@ enum Command {
         #[command(subcommand)]
         command: DeadLetterCommand,
     },
+    /// Check the audit log of every accepted action (docs/security.md#audit).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the chain of the configured store's log; exits non-zero naming the first bad entry.
+    Verify {
+        /// A head recorded elsewhere, as SEQ:HEX (`spean-adapter audit broker-head` prints the
+        /// last one an adapter received): the log must reach it and hold it, so a cut tail shows.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Print the log's head, SEQ:HEX.
+    Head,
 }
 
 #[derive(Subcommand)]
@@ -210,6 +228,28 @@ async fn main() -> anyhow::Result<()> {
             }
             let _ = connection.close(200, "done".into()).await;
         }
+        Command::Audit { command } => audit(&config, command).await?,
+    }
+    Ok(())
+}
+
+/// `audit verify` and `audit head` on the store the configuration names.
+async fn audit(config: &Config, command: AuditCommand) -> anyhow::Result<()> {
+    use spean_broker::store::audit::{self, Head};
+    let store = startup::open_store(config).await?;
+    match command {
+        AuditCommand::Verify { head } => {
+            let expected = head.as_deref().map(Head::parse).transpose()?;
+            match audit::verify(store.as_ref(), expected).await? {
+                Ok(Some(head)) => println!("audit log OK: {} entries, head {head}", head.seq),
+                Ok(None) => println!("audit log OK: empty"),
+                Err(broken) => anyhow::bail!("audit log BROKEN at entry {}: {broken}", broken.seq),
+            }
+        }
+        AuditCommand::Head => match store.audit_head().await? {
+            Some(head) => println!("{head}"),
+            None => println!("0:{}", audit::GENESIS),
+        },
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use spean_proto::v1::audit_service_server::AuditServiceServer;
 use spean_proto::v1::coordinator_service_server::CoordinatorServiceServer;
 use spean_proto::v1::delivery_service_server::DeliveryServiceServer;
 use spean_proto::v1::directory_service_server::DirectoryServiceServer;
@@ -24,8 +25,8 @@ use crate::delivery::{Backend, Dispatch};
 use crate::directory::{Directory, DirectoryError};
 use crate::error::{BrokerError, StoreError};
 use crate::gateway::{
-    CoordinatorGateway, DeliveryGateway, DirectoryGateway, ReferralGateway, Shared, connections,
-    revocations::Revocations,
+    AuditGateway, CoordinatorGateway, DeliveryGateway, DirectoryGateway, ReferralGateway, Shared,
+    connections, revocations::Revocations,
 };
 use crate::pki::{Pki, PkiError};
 use crate::store::Store;
@@ -385,6 +386,10 @@ impl Broker {
             )
             .add_service(
                 CoordinatorServiceServer::new(CoordinatorGateway::new(shared.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                AuditServiceServer::new(AuditGateway::new(shared.clone()))
                     .max_decoding_message_size(max),
             )
             .add_service(

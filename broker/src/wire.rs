@@ -713,7 +713,25 @@ pub fn delivery(delivery_id: uuid::Uuid, content: DeliveryContent) -> pb::Delive
     pb::Delivery {
         delivery_id: delivery_id.to_string(),
         payload: Some(payload(content)),
+        audit_head: None,
     }
+}
+
+/// An audit head as the wire carries it (`spean.v1.AuditHead`).
+pub fn audit_head(head: spean_domain::audit::Head) -> pb::AuditHead {
+    pb::AuditHead {
+        seq: head.seq,
+        hash: head.hash.0.to_vec(),
+    }
+}
+
+/// A head from the wire; `None` for an empty log's (seq 0) and for a hash of the wrong length.
+pub fn parse_audit_head(head: &pb::AuditHead) -> Option<spean_domain::audit::Head> {
+    let hash = spean_domain::audit::Hash::from_slice(&head.hash)?;
+    (head.seq > 0).then_some(spean_domain::audit::Head {
+        seq: head.seq,
+        hash,
+    })
 }
 
 /// What a delivery carries, without its id.
@@ -733,6 +751,7 @@ pub fn carried(content: DeliveryContent) -> Vec<u8> {
     pb::Delivery {
         delivery_id: String::new(),
         payload: Some(payload(content)),
+        audit_head: None,
     }
     .encode_to_vec()
 }
@@ -744,6 +763,7 @@ pub fn with_id(delivery_id: uuid::Uuid, carried: &[u8]) -> Vec<u8> {
     let head = pb::Delivery {
         delivery_id: delivery_id.to_string(),
         payload: None,
+        audit_head: None,
     };
     let mut out = head.encode_to_vec();
     out.extend_from_slice(carried);

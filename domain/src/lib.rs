@@ -4,6 +4,7 @@
 //! transport, store or protobuf library, so the compiler refuses such an import here.
 //!
 //! # Layout
+//! - [`audit`]: the hash-chained audit log: its entries, their encoding and [`audit::verify`].
 //! - [`error`]: [`FieldError`], a value that failed to parse, naming its field.
 //! - [`figures`]: the network's figures for a period (counts split by sex, times to answer), pure
 //!   computation over referrals and their histories.
@@ -13,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod error;
 pub mod figures;
 pub mod ids;

@@ -534,11 +534,13 @@ fn deliveries() -> Vec<(&'static str, pb::Delivery)> {
                 history,
                 audience: audience as i32,
             })),
+            audit_head: None,
         }
     };
     let feedback = |e: pb::FeedbackEvent| pb::Delivery {
         delivery_id: DELIVERY.into(),
         payload: Some(pb::delivery::Payload::Feedback(e)),
+        audit_head: None,
     };
     vec![
         (
@@ -574,6 +576,7 @@ fn deliveries() -> Vec<(&'static str, pb::Delivery)> {
             pb::Delivery {
                 delivery_id: DELIVERY.into(),
                 payload: None,
+                audit_head: None,
             },
         ),
     ]

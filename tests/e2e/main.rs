@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod adapter_crash;
+mod audit;
 mod broker_cli;
 mod broker_crash;
 mod certificates;

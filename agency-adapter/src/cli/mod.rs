@@ -4,9 +4,11 @@
 //! - [`send`]: `send` and the feedback actions (delegating follow-up visits and taking them back
 //!   among them), which all go through the outbox first.
 //! - [`views`]: `inbox`, `show`, `status` and `outbox`, as tables or `--json`, from the local store.
+//! - [`audit`]: `audit verify`, `audit head` and `audit broker-head`.
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
 
+mod audit;
 mod consent;
 mod keys;
 mod network;
@@ -82,6 +84,9 @@ pub enum Command {
         id: String,
         #[arg(long)]
         json: bool,
+        /// Who reads, for the audit log [default: the OS user, $USER].
+        #[arg(long, value_name = "PERSON")]
+        by: Option<String>,
     },
     /// One client's referrals at this agency, sent or received, under their pseudonymous
     /// reference, as one history oldest first (story 5). Reads the local store only.
@@ -112,6 +117,11 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: keys::KeysCommand,
+    },
+    /// The audit log of case file reads, and the broker's head kept here (docs/security.md#audit).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
     },
 }
 
@@ -272,7 +282,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Run => Ok(()),
         Command::Send(args) => send::send(ctx, *args).await,
         Command::Inbox(args) => views::inbox(ctx, &args).await,
-        Command::Show { id, json } => views::show(ctx, &id, json).await,
+        Command::Show { id, json, by } => views::show(ctx, &id, json, by.as_deref()).await,
         Command::Client { pseudonym, json } => views::client(ctx, &pseudonym, json).await,
         Command::Status(args) => views::status(ctx, &args).await,
         Command::Outbox { json } => views::outbox(ctx, json).await,
@@ -280,6 +290,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Overdue(args) => network::overdue(ctx, args).await,
         Command::Figures(args) => network::figures(ctx, args).await,
         Command::Keys { command } => keys::keys(ctx, command).await,
+        Command::Audit { command } => audit::audit(ctx, command).await,
     }
 }
 

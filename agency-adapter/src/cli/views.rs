@@ -470,7 +470,12 @@ fn delegated_to(history: &[FeedbackEvent]) -> Option<String> {
         .map(|d| d.to_agency_id.clone())
 }
 
-pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Result<()> {
+pub(super) async fn show(
+    ctx: &Context,
+    id: &str,
+    json_out: bool,
+    by: Option<&str>,
+) -> anyhow::Result<()> {
     let Some(row) = ctx.store.referral(id).await? else {
         anyhow::bail!("NOT_FOUND: referral {id} is not in the local store");
     };
@@ -478,6 +483,9 @@ pub(super) async fn show(ctx: &Context, id: &str, json_out: bool) -> anyhow::Res
     let history = ctx.store.history(id).await?;
     let audience = audience_of(&row, ctx.me());
     let case_file = CaseFileShown::read(ctx, &row, &history, &audience).await?;
+    // Recorded before anything is printed: no read without its audit entry.
+    let part = case_file.part_name().unwrap_or("none");
+    crate::audit::record_read(&ctx.store, &crate::audit::reader(by), id, part).await?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let schedule = Schedule::read(&history, &row.state, now);
     let delegated_to = delegated_to(&history);

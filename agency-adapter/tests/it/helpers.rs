@@ -117,6 +117,7 @@ pub fn delivery(payload: Payload) -> Delivery {
     Delivery {
         delivery_id: id(),
         payload: Some(payload),
+        audit_head: None,
     }
 }
 

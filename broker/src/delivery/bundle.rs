@@ -183,6 +183,7 @@ mod tests {
                 case_file: note.as_bytes().to_vec(),
                 ..Default::default()
             })),
+            audit_head: None,
         }
     }
 

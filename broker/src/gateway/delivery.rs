@@ -315,20 +315,24 @@ async fn load(
             .map_err(BrokerError::from)?
             .into_iter()
     };
+    // Every delivery carries the broker's audit head, for the adapter to keep: read once a second
+    // at most, not once per delivery.
+    let head = store.recent_audit_head().await.map(wire::audit_head);
     Ok(batch
         .into_iter()
         .map(|pending| {
             let id = pending.reference.delivery_id;
-            if made_now(&pending) {
-                match loaded.next().flatten() {
-                    Some(content) => Loaded::Send(Box::new(wire::delivery(id, content))),
-                    None => Loaded::Nothing(id),
-                }
+            let message = if made_now(&pending) {
+                loaded.next().flatten().map(|c| wire::delivery(id, c))
             } else {
-                match pending.message {
-                    Some(message) => Loaded::Send(Box::new(message)),
-                    None => Loaded::Nothing(id),
+                pending.message
+            };
+            match message {
+                Some(mut message) => {
+                    message.audit_head = head.clone();
+                    Loaded::Send(Box::new(message))
                 }
+                None => Loaded::Nothing(id),
             }
         })
         .collect())

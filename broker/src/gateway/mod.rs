@@ -2,6 +2,7 @@
 //! identity. Each service parses its request ([`crate::wire`]), asks the [`Workflow`], and lets
 //! `From<BrokerError> for Status` (in `error.rs`) choose the status.
 
+mod audit;
 pub mod connections;
 mod coordinator;
 mod delivery;
@@ -21,6 +22,7 @@ use crate::ids::AgencyId;
 use crate::revocation::Fingerprint;
 use crate::workflow::Workflow;
 
+pub use audit::AuditGateway;
 pub use coordinator::CoordinatorGateway;
 pub use delivery::DeliveryGateway;
 pub use directory::DirectoryGateway;

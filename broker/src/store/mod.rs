@@ -12,8 +12,11 @@
 //!   that commits concurrent writes together, its reads through a few [`readers`].
 //! - [`postgres`]: the production store, shared by every broker process; writes that arrive
 //!   together are batched into one statement.
+//! - [`audit`]: the [`AuditStore`]: the hash-chained log of every accepted action, appended in
+//!   the transaction of the action.
 //! - `rows`: stored rows to domain values, once for both backends.
 
+pub mod audit;
 pub mod postgres;
 pub mod readers;
 pub mod revocations;
@@ -29,6 +32,7 @@ use crate::error::StoreError;
 use crate::ids::{AgencyId, ClientRef, ReferralId, RequestId};
 use crate::referral::{Event, ListQuery, Referral, State};
 
+pub use audit::AuditStore;
 pub use revocations::{RevocationFeed, RevocationStore};
 
 /// What a delivery is about, kept while it is in flight so its confirmation can be applied.
@@ -372,9 +376,9 @@ pub trait Mailbox: Send + Sync + 'static {
 /// transaction per write, so they are opened together and passed around as one `Arc<dyn Store>`,
 /// with the revocations beside them. The methods of the traits are callable on `dyn Store` without
 /// importing them.
-pub trait Store: ReferralStore + Mailbox + RevocationStore {}
+pub trait Store: ReferralStore + Mailbox + RevocationStore + AuditStore {}
 
-impl<S: ReferralStore + Mailbox + RevocationStore> Store for S {}
+impl<S: ReferralStore + Mailbox + RevocationStore + AuditStore> Store for S {}
 
 /// Pairs each referral with its events (given in history order, for any of the referrals).
 pub(crate) fn with_histories(

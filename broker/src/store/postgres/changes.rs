@@ -23,12 +23,12 @@
 
 use std::collections::HashSet;
 
-use super::PgStore;
 use super::columns::{
     AS_PARTY, DeliveryColumns, EventColumns, GRANT_ACCESS, GRANT_ROLE, INSERT_EVENT, Sql,
     Statement, bind_deliveries, bind_event, bind_events, event_details, queue_deliveries,
 };
 use super::referrals::recorded_request;
+use super::{PgStore, audit};
 use crate::error::StoreError;
 use crate::store::{Change, ChangeOutcome, DeadlineChange, apply_each, micros, rows};
 
@@ -50,7 +50,8 @@ fn clear_former_recipients_body(redirected: &str) -> String {
 /// id shows. A request id this actor used on another referral fails the event's unique constraint
 /// and with it the whole statement. `deadline` (CTEs that only a change of the deadline or of who
 /// is notified needs) goes before the final `SELECT`.
-fn change(set_deadline: &str, deadline: &str) -> String {
+/// `audit` is the number of the first of the audit entry's parameters, after the others.
+fn change(set_deadline: &str, deadline: &str, audit: usize) -> String {
     format!(
         "WITH u AS ( \
            UPDATE referrals SET state = $1, version = version + 1, updated_at = $2, \
@@ -69,8 +70,9 @@ fn change(set_deadline: &str, deadline: &str) -> String {
              AS d(agency, delivery, event, body, held)), \
          x AS ( \
            {cleared}) \
-         {deadline}SELECT count(*) FROM u",
+         {deadline}SELECT count({append}) FROM u",
         deliveries = queue_deliveries("u.id", "$2"),
+        append = audit::append_one(audit),
         cleared = clear_former_recipients_body(
             "u, referrals r WHERE $3::text IS NOT NULL AND r.id = u.id"
         ),
@@ -78,7 +80,7 @@ fn change(set_deadline: &str, deadline: &str) -> String {
 }
 
 /// A change that neither touches its deadline nor notifies anyone: nearly all of them.
-static CHANGE: Sql = Sql::new(|| change("", ""));
+static CHANGE: Sql = Sql::new(|| change("", "", 21));
 
 /// A change that sets or clears its deadline, or notifies agencies ([`bind_deadline`]): the
 /// notified gain access unless they have it (the new recipient, a party, is left to `a`, since one
@@ -93,6 +95,7 @@ static CHANGE_WITH_DEADLINE: Sql = Sql::new(|| {
                SELECT u.id, x, 'notified' FROM u, unnest($21::text[]) AS x \
                WHERE x IS DISTINCT FROM $3::text ON CONFLICT DO NOTHING) "
         ),
+        25,
     )
 });
 
@@ -157,8 +160,9 @@ fn changes(redirects: &str, deadlines: &str) -> String {
            FROM unnest($14::text[], $15::text[], $16::text[], $17::text[], $18::bytea[], \
              $19::int8[]) AS d(referral, agency, delivery, event, body, held) \
            JOIN u ON u.id = d.referral::uuid JOIN c ON c.referral = d.referral) \
-         {redirects}{deadlines}SELECT id::text FROM u",
+         {redirects}{deadlines}{appending}",
         deliveries = queue_deliveries("u.id", "c.at"),
+        appending = audit::select_appending("u", if deadlines.is_empty() { 20 } else { 25 }),
     )
 }
 
@@ -220,6 +224,8 @@ struct BatchColumns {
     d_referral: Vec<String>,
     d: DeliveryColumns,
     deadlines: DeadlineColumns,
+    /// Each change's audit entry, appended if the change applies.
+    audit: audit::Records,
 }
 
 /// What the changes of a batch do to deadlines and access by notification, for
@@ -300,6 +306,7 @@ impl PgStore {
         } else {
             query
         };
+        let query = audit::bind_one(query, crate::store::audit::event_record(&change.event)?);
         let applied = query.fetch_one(&self.pool).await;
         match applied {
             Ok(1) => Ok(ChangeOutcome::Recorded),
@@ -367,6 +374,8 @@ impl PgStore {
             c.recipient
                 .push(change.new_recipient.as_ref().map(|a| a.as_str().to_owned()));
             c.e.push(&change.event)?;
+            c.audit
+                .push(crate::store::audit::event_record(&change.event)?);
             c.d_referral.extend(std::iter::repeat_n(
                 change.referral_id.to_string(),
                 change.deliveries.len(),
@@ -402,7 +411,7 @@ impl PgStore {
         } else {
             query
         };
-        let applied: Vec<String> = query.fetch_all(&self.pool).await?;
+        let applied: Vec<String> = c.audit.bind(query).fetch_all(&self.pool).await?;
         let applied: HashSet<String> = applied.into_iter().collect();
         Ok(changes
             .iter()

@@ -15,6 +15,7 @@ macro_rules! columns {
 }
 
 pub(super) async fn publish(pool: &PgPool, key: &PublishedKey) -> Result<PublishedKey, StoreError> {
+    let mut tx = pool.begin().await?;
     let stored = sqlx::query(concat!(
         "INSERT INTO agency_keys AS k (",
         columns!(),
@@ -32,9 +33,16 @@ pub(super) async fn publish(pool: &PgPool, key: &PublishedKey) -> Result<Publish
     .bind(&key.certificate)
     .bind(&key.signature)
     .bind(micros(key.published_at))
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
-    row(&stored)
+    let stored = row(&stored)?;
+    // Published now (a new key, or a new certificate): not a replay, which keeps the old time.
+    // Appended last, so that the advisory lock is held only until the commit.
+    if stored.published_at == key.published_at {
+        super::audit::append_record(&mut tx, crate::store::audit::key_record(&stored)).await?;
+    }
+    tx.commit().await?;
+    Ok(stored)
 }
 
 pub(super) async fn read(

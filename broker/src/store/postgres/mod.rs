@@ -23,10 +23,13 @@
 //! - `mailbox`: the [`Mailbox`](super::Mailbox): sessions' reads and the outbox relay's leases.
 //! - `revocations`: the [`RevocationStore`](super::RevocationStore): revoked certificates, and
 //!   the NOTIFY that tells every broker of a new one.
+//! - `audit`: the [`AuditStore`](super::AuditStore), and the call by which every accepting
+//!   statement appends its entries.
 //! - `columns`: the columns, insert heads and parallel arrays the statements share.
 //!
 //! [`Change`]: super::Change
 
+mod audit;
 mod changes;
 mod columns;
 mod keys;
@@ -57,6 +60,8 @@ pub struct PgStore {
     checks: PgPool,
     submits: submits::Submits,
     batches: Arc<Batches>,
+    /// The audit head deliveries quote, read at most once a second.
+    audit_heads: Arc<super::audit::HeadCache>,
 }
 
 /// How many batches of submits or changes PostgreSQL took whole, and how many it refused, whose
@@ -158,6 +163,7 @@ impl PgStore {
             checks,
             submits,
             batches,
+            audit_heads: Default::default(),
         })
     }
 

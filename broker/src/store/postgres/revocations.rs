@@ -36,7 +36,7 @@ impl RevocationStore for PgStore {
     async fn revoke(&self, revocation: &Revocation) -> Result<Revocation, StoreError> {
         let fingerprint = revocation.fingerprint.to_string();
         let mut tx = self.write().await?;
-        sqlx::query(
+        let written = sqlx::query(
             "INSERT INTO revocations (fingerprint, agency_id, serial, effective_at, reason, \
              recorded_at) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (fingerprint) DO UPDATE SET effective_at = excluded.effective_at, \
@@ -50,7 +50,8 @@ impl RevocationStore for PgStore {
         .bind(&revocation.reason)
         .bind(micros(revocation.recorded_at))
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         let stored = sqlx::query(
             "SELECT fingerprint, agency_id, serial, effective_at, reason, recorded_at \
              FROM revocations WHERE fingerprint = $1",
@@ -64,6 +65,14 @@ impl RevocationStore for PgStore {
             .bind(&fingerprint)
             .execute(&mut *tx)
             .await?;
+        // Last, so that the advisory lock is held only until the commit.
+        if written > 0 {
+            super::audit::append_record(
+                &mut tx,
+                crate::store::audit::revocation_record(revocation),
+            )
+            .await?;
+        }
         tx.commit().await?;
         row(&stored)
     }

@@ -16,12 +16,12 @@ use std::sync::Arc;
 use sqlx::postgres::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::Batches;
 use super::columns::{
     DeliveryColumns, EventColumns, GRANT_ROLE, INSERT_EVENT, INSERT_REFERRAL, Sql, bind_deliveries,
     bind_event, bind_events, bind_referral, event_details, queue_deliveries,
 };
 use super::referrals::by_client_ref;
+use super::{Batches, audit};
 use crate::error::StoreError;
 use crate::ids::ReferralId;
 use crate::referral::{Event, Referral};
@@ -127,7 +127,7 @@ async fn write(pool: PgPool, waiting: Queue, batches: Arc<Batches>) {
 /// One submit: the referral (unless its `client_ref` is taken), its access (`$30` agencies, each
 /// with its role in `$39`), first event, deliveries, each insert fed by the referral's
 /// `RETURNING`, its acknowledgement deadline (`$37`, NULL for none) and its addressing (`$38`) in
-/// its own row, so there is one round trip and one commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
+/// its own row, and its audit entry (`$40`…), so there is one round trip and one commit. A concurrent submit of the same `client_ref` makes the insert wait for it, then insert
 /// nothing; the existing referral is read back.
 static SUBMIT: Sql = Sql::new(|| {
     format!(
@@ -147,8 +147,9 @@ static SUBMIT: Sql = Sql::new(|| {
            {deliveries} \
            FROM r, unnest($32::text[], $33::text[], $34::text[], $35::bytea[], $36::int8[]) \
              AS d(agency, delivery, event, body, held)) \
-         SELECT count(*) FROM r",
+         SELECT count({append}) FROM r",
         deliveries = queue_deliveries("r.id", "$31"),
+        append = audit::append_one(40),
     )
 });
 
@@ -164,10 +165,11 @@ async fn submit_one(pool: &PgPool, s: &Submission) -> Result<SubmitOutcome, Stor
     let query = bind_event(query, event, details)
         .bind(agencies)
         .bind(micros(event.at));
-    let inserted = bind_deliveries(query, DeliveryColumns::of(&s.deliveries))
+    let query = bind_deliveries(query, DeliveryColumns::of(&s.deliveries))
         .bind(s.deadline.map(micros))
         .bind(rows::addressing_column(referral)?)
-        .bind(roles)
+        .bind(roles);
+    let inserted = audit::bind_one(query, crate::store::audit::event_record(event)?)
         .fetch_one(pool)
         .await?;
     if inserted == 1 {
@@ -230,8 +232,9 @@ static SUBMITS: Sql = Sql::new(|| {
            FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::bytea[], \
              $34::int8[]) WITH ORDINALITY AS d(referral, agency, delivery, event, body, held, n) \
            JOIN r ON r.id = d.referral::uuid JOIN c ON c.id = d.referral ORDER BY d.n) \
-         SELECT id::text FROM r",
+         {appending}",
         deliveries = queue_deliveries("r.id", "c.at"),
+        appending = audit::select_appending("r", 40),
     )
 });
 
@@ -269,14 +272,13 @@ async fn insert_batch(
     let query = bind_events(query, c.e)
         .bind(c.request_id)
         .bind(c.d_referral);
-    let created: Vec<String> = bind_deliveries(query, c.d)
+    let query = bind_deliveries(query, c.d)
         .bind(c.ack_due_at)
         .bind(c.addressing)
         .bind(c.a_referral)
         .bind(c.a_agency)
-        .bind(c.a_role)
-        .fetch_all(pool)
-        .await?;
+        .bind(c.a_role);
+    let created: Vec<String> = c.audit.bind(query).fetch_all(pool).await?;
     created
         .iter()
         .map(|id| {
@@ -321,6 +323,8 @@ struct Columns {
     a_referral: Vec<String>,
     a_agency: Vec<String>,
     a_role: Vec<&'static str>,
+    /// Each submit's audit entry, appended if its referral is created.
+    audit: audit::Records,
 }
 
 impl Columns {
@@ -357,6 +361,7 @@ impl Columns {
         self.updated_at.push(micros(r.updated_at));
         self.case_file.push(r.case_file.as_bytes().to_vec());
         self.e.push(e)?;
+        self.audit.push(crate::store::audit::event_record(e)?);
         self.request_id
             .push(e.request_id.as_ref().map(|r| r.as_str().to_owned()));
         self.d_referral

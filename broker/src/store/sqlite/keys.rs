@@ -27,9 +27,14 @@ pub(super) fn publish(conn: &Connection, key: &PublishedKey) -> Result<Published
         key.signature,
         micros(key.published_at),
     ])?;
-    all(rows, row)?
+    let stored = all(rows, row)?
         .pop()
-        .ok_or_else(|| rows::corrupt("agency_keys", "RETURNING"))
+        .ok_or_else(|| rows::corrupt("agency_keys", "RETURNING"))?;
+    // Published now (a new key, or a new certificate): not a replay, which keeps the old time.
+    if stored.published_at == key.published_at {
+        super::audit::append(conn, crate::store::audit::key_record(&stored))?;
+    }
+    Ok(stored)
 }
 
 pub(super) fn read(

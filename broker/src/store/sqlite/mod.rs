@@ -14,7 +14,9 @@
 //!   submits and changes.
 //! - `mailbox`: the [`Mailbox`](super::Mailbox), and the rows a submit or change queues in it.
 //! - `revocations`: the [`RevocationStore`](super::RevocationStore): revoked certificates.
+//! - `audit`: the [`AuditStore`](super::AuditStore): the audit log, appended in each write's job.
 
+mod audit;
 mod keys;
 mod mailbox;
 mod referrals;
@@ -39,6 +41,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     readers: Readers,
     writer: Writer,
+    /// The audit head deliveries quote, read at most once a second.
+    audit_heads: std::sync::Arc<super::audit::HeadCache>,
 }
 
 impl SqliteStore {
@@ -79,6 +83,7 @@ impl SqliteStore {
             pool,
             readers,
             writer,
+            audit_heads: Default::default(),
         })
     }
 

@@ -39,6 +39,8 @@ fn insert_event(conn: &Connection, event: &Event) -> Result<(), StoreError> {
         details,
         event.request_id.as_ref().map(|r| r.as_str()),
     ])?;
+    // Every accepted action writes its event here, once: its audit entry goes with it.
+    super::audit::append(conn, crate::store::audit::event_record(event)?)?;
     Ok(())
 }
 

@@ -29,21 +29,25 @@ fn row(r: &rusqlite::Row<'_>) -> Result<Revocation, StoreError> {
 /// row as it stands.
 fn upsert(conn: &Connection, revocation: &Revocation) -> Result<Revocation, StoreError> {
     let fingerprint = revocation.fingerprint.to_string();
-    conn.prepare_cached(
-        "INSERT INTO revocations (fingerprint, agency_id, serial, effective_at, reason, \
+    let written = conn
+        .prepare_cached(
+            "INSERT INTO revocations (fingerprint, agency_id, serial, effective_at, reason, \
          recorded_at) VALUES (?, ?, ?, ?, ?, ?) \
          ON CONFLICT (fingerprint) DO UPDATE SET effective_at = excluded.effective_at, \
          reason = excluded.reason, recorded_at = excluded.recorded_at \
          WHERE excluded.effective_at < revocations.effective_at",
-    )?
-    .execute(params![
-        fingerprint,
-        revocation.agency.as_str(),
-        revocation.serial,
-        micros(revocation.effective_at),
-        revocation.reason,
-        micros(revocation.recorded_at),
-    ])?;
+        )?
+        .execute(params![
+            fingerprint,
+            revocation.agency.as_str(),
+            revocation.serial,
+            micros(revocation.effective_at),
+            revocation.reason,
+            micros(revocation.recorded_at),
+        ])?;
+    if written > 0 {
+        super::audit::append(conn, crate::store::audit::revocation_record(revocation))?;
+    }
     let mut query = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM revocations WHERE fingerprint = ?"
     ))?;

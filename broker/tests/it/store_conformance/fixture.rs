@@ -47,6 +47,53 @@ impl Fixture {
         }
     }
 
+    /// How `spean-broker` is told to open this database (`database.url`).
+    pub(super) fn database_url(&self) -> String {
+        match &self._backing {
+            Backing::Sqlite(dir) => format!("sqlite://{}", dir.path().join(SQLITE_FILE).display()),
+            Backing::Postgres { admin, database } => with_database(admin, database),
+        }
+    }
+
+    /// A fresh database of the same backend holding a copy of this one's audit log, row for
+    /// row: what a test tampers with.
+    pub(super) async fn copy_of_audit_log(&self) -> Fixture {
+        let copy = match &self._backing {
+            Backing::Sqlite(_) => sqlite().await,
+            Backing::Postgres { .. } => postgres().await,
+        };
+        const INSERT: &str = "INSERT INTO audit_log \
+            (seq, at, actor, action, referral_id, digest, prev_hash, hash) \
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        for e in self.store.audit_entries(0, u32::MAX).await.unwrap() {
+            let r = e.record;
+            let seq = i64::try_from(e.seq).unwrap();
+            // One statement, bound alike for either backend's pool.
+            macro_rules! insert {
+                ($pool:expr) => {
+                    sqlx::query(INSERT)
+                        .bind(seq)
+                        .bind(r.at)
+                        .bind(r.actor)
+                        .bind(r.action)
+                        .bind(r.referral_id)
+                        .bind(r.digest)
+                        .bind(e.prev_hash)
+                        .bind(e.hash)
+                        .execute($pool)
+                        .await
+                        .map(|_| ())
+                };
+            }
+            match &copy.pool {
+                RawPool::Sqlite(p) => insert!(p),
+                RawPool::Postgres(p) => insert!(p),
+            }
+            .unwrap();
+        }
+        copy
+    }
+
     /// Runs a statement straight on the backend's pool.
     pub(super) async fn raw(&self, sql: &'static str) -> Result<(), sqlx::Error> {
         match &self.pool {

@@ -2,6 +2,7 @@
 //! (`on_sqlite::…`) and once on PostgreSQL (`on_postgres::…`), each time on a fresh database
 //! ([`fixture`]). A check is an `async fn(Fixture)` in the module of its topic.
 
+mod audit;
 mod broadcasts;
 mod changes;
 mod concurrency;
@@ -42,6 +43,11 @@ macro_rules! conformance {
 }
 
 conformance!(
+    audit: [
+        every_accepted_action_is_logged_once_in_a_chain_that_verifies,
+        a_tampered_copy_of_the_log_names_its_first_bad_entry,
+        submits_made_at_once_each_get_one_entry_in_one_chain,
+    ],
     consent: [
         a_referral_goes_only_with_consent_or_its_kinds_emergency_exception,
         nothing_is_shared_beyond_what_consent_covers,
