@@ -301,6 +301,19 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
         .await
         .unwrap();
     assert_eq!(again.id, event.id, "a replay answers with the first event");
+    // Forgetting what was sealed rewrites no audit entry: the log still verifies, and its last
+    // entry is the withdrawal.
+    let entries = f.store.audit_entries(0, 100).await.unwrap();
+    assert_eq!(
+        entries.last().map(|e| e.record.action.as_str()),
+        Some("consent_withdrawn")
+    );
+    assert!(matches!(
+        spean_broker::store::audit::verify(f.store.as_ref(), None)
+            .await
+            .unwrap(),
+        Ok(Some(_))
+    ));
     for (who, request) in [("ahc-swu", "withdraw-2"), ("mlup-russey", "withdraw-3")] {
         match w.act(&agency(who), withdrawal(id, request, start())).await {
             Err(BrokerError::Precondition(message)) => {
