@@ -33,8 +33,40 @@ pub async fn record_read(
     referral_id: &str,
     part: &str,
 ) -> Result<Head, AdapterError> {
+    let record = read_record(store, reader, referral_id, part);
+    store.write(move |conn| append(conn, record)).await
+}
+
+/// Records, in one transaction, that `reader` is shown `part` of each of `referral_ids`: for the
+/// views that list several referrals with something of their case (the inbox shows each child's
+/// name, `client` every note of one client's referrals). Called before they print anything; the
+/// head after the last entry, or `None` when nothing is listed.
+pub async fn record_reads(
+    store: &Store,
+    reader: &str,
+    referral_ids: &[String],
+    part: &str,
+) -> Result<Option<Head>, AdapterError> {
+    let records: Vec<Record> = referral_ids
+        .iter()
+        .map(|id| read_record(store, reader, id, part))
+        .collect();
+    store
+        .write(move |conn| {
+            let mut head = None;
+            for record in records {
+                head = Some(append(conn, record)?);
+            }
+            Ok(head)
+        })
+        .await
+}
+
+/// The entry of one read: who (as `reader@agency`), now, which referral, and a digest of the
+/// referral and the part shown.
+fn read_record(store: &Store, reader: &str, referral_id: &str, part: &str) -> Record {
     let at = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
-    let record = Record {
+    Record {
         at,
         actor: format!("{reader}@{}", store.agency()),
         action: SHOW.to_owned(),
@@ -42,8 +74,7 @@ pub async fn record_read(
         digest: Hash::digest_of(&[referral_id.as_bytes(), part.as_bytes()])
             .0
             .to_vec(),
-    };
-    store.write(move |conn| append(conn, record)).await
+    }
 }
 
 /// Reports this agency's head to the broker, which records it in its own log (`WitnessHead`), so

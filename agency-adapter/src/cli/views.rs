@@ -331,6 +331,13 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
     }
     // Stable: within each group the store's order (newest first) stays.
     items.sort_by(|a, b| a.rank().cmp(&b.rank()).then_with(|| a.order_within_rank(b)));
+    // Each child's name is shown: a read of the case file's name, recorded before printing.
+    let named: Vec<String> = items
+        .iter()
+        .filter(|i| !i.name_km.is_empty() || !i.name_latin.is_empty())
+        .map(|i| i.referral_id.clone())
+        .collect();
+    crate::audit::record_reads(&ctx.store, &crate::audit::reader(None), &named, "name").await?;
     if args.json {
         return print_json(&items);
     }
@@ -984,6 +991,9 @@ pub async fn client(ctx: &Context, pseudonym: &str, json: bool) -> anyhow::Resul
     }
     // Event ids are UUIDv7: their order is the order in time, across referrals.
     history.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    // Every note of the client's referrals is shown: recorded before printing, one entry each.
+    let ids: Vec<String> = rows.iter().map(|r| r.referral_id.clone()).collect();
+    crate::audit::record_reads(&ctx.store, &crate::audit::reader(None), &ids, "history").await?;
     if json {
         return print_json(&json!({
             "client_pseudonym": pseudonym,
