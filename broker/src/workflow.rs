@@ -500,6 +500,28 @@ impl Workflow {
         actor: &AgencyId,
         action: Action,
     ) -> Result<(Event, State), BrokerError> {
+        let request_id = action.request_id.clone();
+        let kind = action.kind;
+        match self.decide_and_write(actor, action.clone()).await {
+            // The same request sent twice at once (an adapter's daemon and a command) can be
+            // recorded by the other between this one's look for its id and its decision, which
+            // then finds the referral already moved on: it is a replay, and answers as one.
+            Err(refused @ (BrokerError::Transition(_) | BrokerError::Precondition(_))) => {
+                match self.store.event_by_request(actor, &request_id).await? {
+                    Some(done) if done.kind == kind => self.replayed(done, &action).await,
+                    _ => Err(refused),
+                }
+            }
+            decided => decided,
+        }
+    }
+
+    /// [`Workflow::act`]'s decision and write, retried while the referral changes under it.
+    async fn decide_and_write(
+        &self,
+        actor: &AgencyId,
+        action: Action,
+    ) -> Result<(Event, State), BrokerError> {
         for _ in 0..MAX_ATTEMPTS {
             if let Some(done) = self
                 .store

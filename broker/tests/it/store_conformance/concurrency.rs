@@ -216,3 +216,57 @@ pub(super) async fn crossing_batches_of_changes_record_each_change_once(f: Fixtu
         assert_eq!(store.referral(r.id).await.unwrap().unwrap().version, 2);
     }
 }
+
+/// One acknowledgement sent eight times at once through the workflow, as an adapter's daemon and
+/// a command race to send the same outbox row: every call answers with the one event recorded,
+/// including those that decided after another had already moved the referral on (which the state
+/// machine alone would refuse as "cannot record acknowledged on a referral that is
+/// acknowledged").
+pub(super) async fn one_action_sent_at_once_many_times_answers_each_with_its_one_event(f: Fixture) {
+    use spean_broker::ids::RequestId;
+    use spean_broker::referral::{Action, EventDetails, FreeText, Sealed};
+
+    let start = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let w =
+        Arc::new(super::escalation::workflow(&f, super::escalation::TestClock::at(start)).await);
+    let new = spean_broker::wire::new_referral(spean_testkit::lama("at-once")).unwrap();
+    let (view, _, _) = w.submit(&agency("ahc-swu"), new).await.unwrap();
+    let id = view.referral().id;
+    let gate = Arc::new(tokio::sync::Barrier::new(8));
+    let mut calls = Vec::new();
+    for _ in 0..8 {
+        let (w, gate) = (w.clone(), gate.clone());
+        calls.push(tokio::spawn(async move {
+            let ack = Action {
+                referral_id: id,
+                request_id: RequestId::parse("request_id", "ack-at-once").unwrap(),
+                actor_person: FreeText::default(),
+                note: FreeText::default(),
+                kind: EventKind::Acknowledged,
+                details: EventDetails::None,
+                sealed_text: Sealed::default(),
+            };
+            gate.wait().await;
+            w.act(&agency("mlup-russey"), ack).await
+        }));
+    }
+    let mut ids = Vec::new();
+    for call in calls {
+        let (event, state) = call
+            .await
+            .unwrap()
+            .expect("every call answers with the event");
+        assert_eq!(state, State::Acknowledged);
+        ids.push(event.id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one event for one request");
+    let history = f.store.history(id).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.kind == EventKind::Acknowledged)
+            .count(),
+        1
+    );
+}

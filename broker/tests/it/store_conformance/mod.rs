@@ -127,6 +127,7 @@ conformance!(
         concurrent_retries_of_one_request_record_it_once,
         concurrent_submits_of_one_client_ref_create_one_referral,
         crossing_batches_of_changes_record_each_change_once,
+        one_action_sent_at_once_many_times_answers_each_with_its_one_event,
     ],
 );
 
