@@ -44,6 +44,12 @@ pub fn cambodia_days(from: &str, to: &str) -> Result<(Timestamp, Timestamp), Ada
     Ok((start_of_day(first)?, start_of_day(after)?))
 }
 
+/// The start of the Cambodia day `raw` (YYYY-MM-DD), as a timestamp: how a day given at the
+/// command line (a period's bounds, a consent form's date) becomes an instant.
+pub fn start_of_cambodia_day(field: &str, raw: &str) -> Result<Timestamp, AdapterError> {
+    start_of_day(date(field, raw)?)
+}
+
 fn date(field: &str, raw: &str) -> Result<Date, AdapterError> {
     Date::parse(raw, format_description!("[year]-[month]-[day]")).map_err(|error| {
         AdapterError::Invalid {

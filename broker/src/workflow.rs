@@ -500,15 +500,17 @@ impl Workflow {
         actor: &AgencyId,
         action: Action,
     ) -> Result<(Event, State), BrokerError> {
-        let request_id = action.request_id.clone();
-        let kind = action.kind;
-        match self.decide_and_write(actor, action.clone()).await {
+        match self.decide_and_write(actor, &action).await {
             // The same request sent twice at once (an adapter's daemon and a command) can be
             // recorded by the other between this one's look for its id and its decision, which
             // then finds the referral already moved on: it is a replay, and answers as one.
             Err(refused @ (BrokerError::Transition(_) | BrokerError::Precondition(_))) => {
-                match self.store.event_by_request(actor, &request_id).await? {
-                    Some(done) if done.kind == kind => self.replayed(done, &action).await,
+                match self
+                    .store
+                    .event_by_request(actor, &action.request_id)
+                    .await?
+                {
+                    Some(done) if done.kind == action.kind => self.replayed(done, &action).await,
                     _ => Err(refused),
                 }
             }
@@ -520,7 +522,7 @@ impl Workflow {
     async fn decide_and_write(
         &self,
         actor: &AgencyId,
-        action: Action,
+        action: &Action,
     ) -> Result<(Event, State), BrokerError> {
         for _ in 0..MAX_ATTEMPTS {
             if let Some(done) = self
@@ -528,7 +530,7 @@ impl Workflow {
                 .event_by_request(actor, &action.request_id)
                 .await?
             {
-                return self.replayed(done, &action).await;
+                return self.replayed(done, action).await;
             }
             let snapshot = self
                 .store
@@ -587,8 +589,8 @@ impl Workflow {
                 state::decide(referral.state, role, action.kind)?
             };
             // One who may act so: what it sealed must be its own, and the consent must allow it.
-            sealed_by(actor, &action)?;
-            consent::check_action(&snapshot, &action, self.now())?;
+            sealed_by(actor, action)?;
+            consent::check_action(&snapshot, action, self.now())?;
             let new_recipient = match &action.details {
                 EventDetails::Redirected { to, .. } => {
                     Some(self.redirect_target(referral, to).await?)
@@ -682,7 +684,7 @@ impl Workflow {
                     }
                     return Ok((event, transition.to));
                 }
-                ChangeOutcome::Duplicate(done) => return self.replayed(*done, &action).await,
+                ChangeOutcome::Duplicate(done) => return self.replayed(*done, action).await,
                 ChangeOutcome::Stale => continue,
             }
         }

@@ -19,33 +19,12 @@ const HOSPITAL: &str = "ahc-swu";
 async fn try_send(adapter: &AdapterProcess, dir: &Path, client_ref: &str) -> (bool, String) {
     let case_file = dir.join(format!("{client_ref}.json"));
     std::fs::write(&case_file, crate::story_lama::CASE_FILE).unwrap();
-    let out = adapter
-        .run(&[
-            "send",
-            "--to",
-            HOSPITAL,
-            "--kind",
-            "lama",
-            "--consent-by",
-            "guardian",
-            "--consent-at",
-            "2026-12-01",
-            "--consent-for",
-            "redirect,broadcast,notified_parties,follow_up_delegation",
-            "--urgency",
-            "emergency",
-            "--sex",
-            "female",
-            "--age-band",
-            "5-9",
-            "--subject-province",
-            "24",
-            "--client-ref",
-            client_ref,
-            "--case-file",
-            case_file.to_str().unwrap(),
-        ])
-        .await;
+    let args = crate::story_lama::lama_send_args(
+        &["--to", HOSPITAL],
+        client_ref,
+        case_file.to_str().unwrap(),
+    );
+    let out = adapter.run(&args).await;
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

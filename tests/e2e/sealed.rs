@@ -176,31 +176,7 @@ async fn run_stories(broker: &BrokerProcess, dir: &Path) -> (Vec<AdapterProcess>
     let send = |client_ref: &'static str, file: &Path| {
         let file = file.to_str().unwrap().to_owned();
         async move {
-            let args = [
-                "send",
-                "--to",
-                NGO,
-                "--kind",
-                "lama",
-                "--consent-by",
-                "guardian",
-                "--consent-at",
-                "2026-12-01",
-                "--consent-for",
-                "redirect,broadcast,notified_parties,follow_up_delegation",
-                "--urgency",
-                "emergency",
-                "--sex",
-                "female",
-                "--age-band",
-                "5-9",
-                "--subject-province",
-                "24",
-                "--client-ref",
-                client_ref,
-                "--case-file",
-                &file,
-            ];
+            let args = crate::story_lama::lama_send_args(&["--to", NGO], client_ref, &file);
             let sent = hospital.json(&args).await;
             assert_eq!(sent["status"], "sent", "{sent}");
             sent["referral_id"].as_str().unwrap().to_owned()

@@ -17,6 +17,40 @@ pub const CASE_FILE: &str = r#"{
   "notes": "LAMA: the family is taking her home today"
 }"#;
 
+/// `spean-adapter send` of story 1's referral to `recipient` (`--to AGENCY`, or `--service …
+/// --province …`), with the stories' consent: what every test that sends story 1 runs.
+pub fn lama_send_args<'a>(
+    recipient: &[&'a str],
+    client_ref: &'a str,
+    case_file: &'a str,
+) -> Vec<&'a str> {
+    let mut args = vec!["send"];
+    args.extend_from_slice(recipient);
+    args.extend_from_slice(&[
+        "--kind",
+        "lama",
+        "--consent-by",
+        "guardian",
+        "--consent-at",
+        "2026-12-01",
+        "--consent-for",
+        "redirect,broadcast,notified_parties,follow_up_delegation",
+        "--urgency",
+        "emergency",
+        "--sex",
+        "female",
+        "--age-band",
+        "5-9",
+        "--subject-province",
+        "24",
+        "--client-ref",
+        client_ref,
+        "--case-file",
+        case_file,
+    ]);
+    args
+}
+
 /// Sends story 1's referral from `hospital` and returns its id.
 pub async fn send_lama(
     hospital: &AdapterProcess,
@@ -25,34 +59,13 @@ pub async fn send_lama(
 ) -> serde_json::Value {
     let case_file = dir.join(format!("{client_ref}.json"));
     std::fs::write(&case_file, CASE_FILE).unwrap();
+    let recipient = ["--service", "reintegration_follow_up", "--province", "24"];
     hospital
-        .json(&[
-            "send",
-            "--service",
-            "reintegration_follow_up",
-            "--province",
-            "24",
-            "--kind",
-            "lama",
-            "--consent-by",
-            "guardian",
-            "--consent-at",
-            "2026-12-01",
-            "--consent-for",
-            "redirect,broadcast,notified_parties,follow_up_delegation",
-            "--urgency",
-            "emergency",
-            "--sex",
-            "female",
-            "--age-band",
-            "5-9",
-            "--subject-province",
-            "24",
-            "--client-ref",
+        .json(&lama_send_args(
+            &recipient,
             client_ref,
-            "--case-file",
             case_file.to_str().unwrap(),
-        ])
+        ))
         .await
 }
 

@@ -4,10 +4,7 @@
 
 use clap::{Args, ValueEnum};
 use spean_proto::v1::{ConsentGiver, ConsentWithdrawal, ReferralConsent, Sharing};
-use time::{
-    Date, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset,
-    format_description::well_known::Rfc3339,
-};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::AdapterError;
 
@@ -138,7 +135,7 @@ impl ConsentArgs {
         }
         Ok(ReferralConsent {
             given_by: ConsentGiver::from(by) as i32,
-            given_at: Some(timestamp(at)),
+            given_at: Some(at),
             sharing: sharing.into_iter().map(|s| s as i32).collect(),
             emergency_exception: String::new(),
         })
@@ -153,33 +150,23 @@ pub fn withdrawal(
 ) -> Result<ConsentWithdrawal, AdapterError> {
     let at = match at {
         Some(raw) => time_given("at", raw)?,
-        None => now,
+        None => timestamp(now),
     };
     Ok(ConsentWithdrawal {
         withdrawn_by: ConsentGiver::from(by) as i32,
-        withdrawn_at: Some(timestamp(at)),
+        withdrawn_at: Some(at),
     })
 }
 
-/// Cambodia's offset (UTC+7), for a day given without a time.
-const CAMBODIA: i8 = 7;
-
 /// A time given at the command line: RFC 3339, or a day (its start in Cambodia).
-fn time_given(field: &'static str, raw: &str) -> Result<OffsetDateTime, AdapterError> {
+fn time_given(field: &'static str, raw: &str) -> Result<prost_types::Timestamp, AdapterError> {
     if let Ok(at) = OffsetDateTime::parse(raw, &Rfc3339) {
-        return Ok(at);
+        return Ok(timestamp(at));
     }
-    let day = time::macros::format_description!("[year]-[month]-[day]");
-    let offset = UtcOffset::from_hms(CAMBODIA, 0, 0).map_err(|e| AdapterError::Invalid {
+    crate::figures::start_of_cambodia_day(field, raw).map_err(|_| AdapterError::Invalid {
         field: field.into(),
-        reason: e.to_string(),
-    })?;
-    Date::parse(raw, day)
-        .map(|d| PrimitiveDateTime::new(d, Time::MIDNIGHT).assume_offset(offset))
-        .map_err(|_| AdapterError::Invalid {
-            field: field.into(),
-            reason: format!("{raw:?} is neither an RFC 3339 time nor a YYYY-MM-DD day"),
-        })
+        reason: format!("{raw:?} is neither an RFC 3339 time nor a YYYY-MM-DD day"),
+    })
 }
 
 #[cfg(test)]
