@@ -9,14 +9,14 @@ use spean_proto::v1;
 
 use crate::AdapterError;
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersonName {
     pub khmer: String,
     pub latin: String,
 }
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Guardian {
     pub name: PersonName,
@@ -24,7 +24,7 @@ pub struct Guardian {
     pub phone: String,
 }
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Contact {
     pub phone: String,
@@ -32,7 +32,7 @@ pub struct Contact {
     pub directions: String,
 }
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Consent {
     pub given_by: String,
@@ -40,7 +40,7 @@ pub struct Consent {
     pub scope: String,
 }
 
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CaseFile {
     pub name: PersonName,
@@ -51,6 +51,17 @@ pub struct CaseFile {
     pub consent: Consent,
     pub transport_needs: String,
     pub notes: String,
+}
+
+/// A case file given in a request (the API's `send`), in a value that must be `Debug`: it prints
+/// that one is there, never what it says.
+#[derive(Clone, Default)]
+pub struct Given(pub CaseFile);
+
+impl std::fmt::Debug for Given {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaseFile { .. }")
+    }
 }
 
 impl CaseFile {

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::AdapterError;
 
+/// The sections whose settings may come from `SPEAN_ADAPTER_<SECTION>__<KEY>`.
+const NESTED: &[&str] = &["api__"];
+
 /// Where the broker listens when nothing else is said: a broker on the same machine.
 pub const DEFAULT_BROKER: &str = "https://localhost:50051";
 /// The local store file when nothing else is said, relative to the working directory.
@@ -25,6 +28,76 @@ pub struct Settings {
     pub broker: String,
     /// The SQLite file shared by the daemon and the command line.
     pub store: PathBuf,
+    /// The local HTTP API the daemon serves (docs/integration.md).
+    #[serde(default)]
+    pub api: ApiSettings,
+}
+
+/// Where and how the daemon serves its HTTP API. Not served until `listen` is set: two adapters
+/// on one machine (a demo, a test) would otherwise fight over one port.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// The address to listen on, e.g. `127.0.0.1:8450`; a port alone (`8450`) is that port on
+    /// 127.0.0.1. An address beyond this machine needs `tls_cert` and `tls_key`.
+    pub listen: Option<String>,
+    /// The TLS certificate chain (PEM) to serve with.
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM) to serve with.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ApiSettings {
+    /// The address to listen on, when the API is served.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, AdapterError> {
+        let Some(listen) = self.listen.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let parsed = match listen.parse::<u16>() {
+            Ok(port) => Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+            Err(_) => listen.parse(),
+        };
+        parsed.map(Some).map_err(|e| AdapterError::Invalid {
+            field: "api.listen".into(),
+            reason: format!("{listen:?} is not an address and port, nor a port: {e}"),
+        })
+    }
+
+    fn validate(&self) -> Result<(), AdapterError> {
+        let invalid = |field: &str, reason: String| AdapterError::Invalid {
+            field: field.into(),
+            reason,
+        };
+        let Some(addr) = self.address()? else {
+            return Ok(());
+        };
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "api.tls_key",
+                    "is required with api.tls_cert".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "api.tls_cert",
+                    "is required with api.tls_key".into(),
+                ));
+            }
+            (None, None) if !addr.ip().is_loopback() => {
+                return Err(invalid(
+                    "api.listen",
+                    format!(
+                        "{addr} is reachable from other machines: serving the API there needs \
+                         api.tls_cert and api.tls_key (case files and API keys must not cross \
+                         a network in clear)"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
 }
 
 /// Values given on the command line (each may also come from its env var through clap); `None` means
@@ -63,6 +136,15 @@ impl Settings {
         }
         let settings: Settings = figment
             .merge(Env::prefixed("SPEAN_ADAPTER_").only(&["identity", "broker", "store"]))
+            // Nested settings: SPEAN_ADAPTER_API__LISTEN is `api.listen`.
+            .merge(
+                Env::prefixed("SPEAN_ADAPTER_")
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        NESTED.iter().any(|section| key.starts_with(section))
+                    })
+                    .split("__"),
+            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|error| AdapterError::Config(error.to_string()))?;
@@ -71,6 +153,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), AdapterError> {
+        self.api.validate()?;
         // Only `https://`: over `http://` the adapter would send case files in clear to whoever
         // answers at that address, and would never learn it had done so.
         if !self.broker.starts_with("https://") {
@@ -138,5 +221,59 @@ mod tests {
                 other => panic!("{broker} was not refused: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_api_is_served_beyond_this_machine_only_over_tls() {
+        let load = |listen: &str, tls: bool| {
+            let mut settings = Settings {
+                identity: "/identity".into(),
+                broker: DEFAULT_BROKER.into(),
+                store: DEFAULT_STORE.into(),
+                api: ApiSettings {
+                    listen: Some(listen.into()),
+                    ..ApiSettings::default()
+                },
+            };
+            if tls {
+                settings.api.tls_cert = Some("cert.pem".into());
+                settings.api.tls_key = Some("key.pem".into());
+            }
+            settings.validate()
+        };
+        load("127.0.0.1:8450", false).unwrap();
+        load("[::1]:8450", false).unwrap();
+        load("0.0.0.0:8450", true).unwrap();
+        for (listen, field) in [
+            ("0.0.0.0:8450", "api.listen"),
+            ("10.0.0.5:1", "api.listen"),
+            ("localhost", "api.listen"),
+        ] {
+            match load(listen, false) {
+                Err(AdapterError::Invalid { field: f, .. }) => assert_eq!(f, field, "{listen}"),
+                other => panic!("{listen} was not refused: {other:?}"),
+            }
+        }
+        let port_only = ApiSettings {
+            listen: Some("8450".into()),
+            ..ApiSettings::default()
+        };
+        assert_eq!(
+            port_only.address().unwrap(),
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8450)))
+        );
+        assert_eq!(ApiSettings::default().address().unwrap(), None);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's own error type, in its own test jail
+    fn api_settings_come_from_the_environment_as_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SPEAN_ADAPTER_IDENTITY", "/identity");
+            jail.set_env("SPEAN_ADAPTER_API__LISTEN", "127.0.0.1:9000");
+            let settings = Settings::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(settings.api.listen.as_deref(), Some("127.0.0.1:9000"));
+            Ok(())
+        });
     }
 }

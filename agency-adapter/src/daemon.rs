@@ -9,8 +9,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    AdapterError, backoff::Backoff, broker::Broker, config::Settings, delivery, identity::Identity,
-    outbox, store::Store,
+    AdapterError,
+    api::{self, ApiState, server::Listening},
+    backoff::Backoff,
+    broker::Broker,
+    cli::Context,
+    config::Settings,
+    delivery,
+    identity::Identity,
+    link::Link,
+    outbox,
+    store::Store,
 };
 
 /// How often an idle relay looks for rows the command line queued.
@@ -20,17 +29,37 @@ pub struct Daemon {
     store: Store,
     identity: Identity,
     broker_url: String,
+    settings: Settings,
+    /// The link to the broker as the delivery loop last found it, for the API.
+    link: Arc<Link>,
+    /// The API's listener, bound at build so that a port already taken fails the start.
+    api: Option<Listening>,
 }
 
 impl Daemon {
     pub async fn build(settings: &Settings) -> Result<Self, AdapterError> {
         let identity = Identity::load(&settings.identity)?;
         let store = Store::open(&settings.store, &identity.agency_id).await?;
+        let api = api::server::bind(&settings.api).await?;
+        if let Some(listening) = &api {
+            // Where a script (or a test) finds a port chosen by the system (`api.listen` port 0).
+            let file = api::server::address_file(&settings.store);
+            std::fs::write(&file, listening.addr.to_string())
+                .map_err(|e| AdapterError::Config(format!("writing {}: {e}", file.display())))?;
+        }
         Ok(Self {
             store,
             identity,
             broker_url: settings.broker.clone(),
+            settings: settings.clone(),
+            link: Arc::new(Link::default()),
+            api,
         })
+    }
+
+    /// Where the API listens, when it is served.
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api.as_ref().map(|l| l.addr)
     }
 
     pub fn agency_id(&self) -> &str {
@@ -38,9 +67,24 @@ impl Daemon {
     }
 
     /// Runs until `shutdown` is cancelled; each loop stops between units of work.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), AdapterError> {
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdapterError> {
         let broker_back = Arc::new(Notify::new());
         let span = tracing::info_span!("adapter", agency = %self.identity.agency_id);
+        let api = self.api.take().map(|listening| {
+            let ctx = Context::new(
+                self.settings.clone(),
+                self.identity.clone(),
+                self.store.clone(),
+            );
+            let router = api::router(ApiState::new(ctx, self.link.clone()));
+            tokio::spawn(
+                api::server::serve(listening, router, shutdown.clone())
+                    .instrument(tracing::info_span!(parent: &span, "api")),
+            )
+        });
         let deliveries = self
             .delivery_loop(&shutdown, &broker_back)
             .instrument(tracing::info_span!(parent: &span, "deliveries"));
@@ -48,6 +92,9 @@ impl Daemon {
             .relay_loop(&shutdown, &broker_back)
             .instrument(tracing::info_span!(parent: &span, "outbox"));
         tokio::join!(deliveries, relay);
+        if let Some(api) = api {
+            let _ = api.await;
+        }
         self.store.close().await;
         tracing::info!(parent: &span, "stopped");
         Ok(())
@@ -68,6 +115,7 @@ impl Daemon {
                         shutdown,
                         || {
                             backoff.reset();
+                            self.link.up();
                             broker_back.notify_one();
                         },
                         |_| {},
@@ -77,6 +125,7 @@ impl Daemon {
                 Err(error) => Err(error),
             };
             if let Err(error) = result {
+                self.link.down(&error.to_string());
                 let wait = backoff.next_delay();
                 tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "delivery stream down");
                 sleep_or_stop(wait, shutdown, None).await;

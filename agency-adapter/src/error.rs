@@ -77,6 +77,22 @@ pub enum AdapterError {
     /// is restarted with a valid identity, and the command says why it failed.
     #[error("this agency's certificate is refused: {0}")]
     CertificateRefused(String),
+
+    /// Something asked for by its id is not in the local store (a referral, an API key, …).
+    #[error("NOT_FOUND: {what} {id} is not in the local store")]
+    NotFound { what: &'static str, id: String },
+
+    /// A request the broker refused before, asked for again under the same key: it stays
+    /// refused and is not sent again; a new key sends it anew.
+    #[error(
+        "{field} {key:?} was refused by the broker before ({reason}) and is not sent again; \
+         give a new {field}"
+    )]
+    RefusedBefore {
+        field: &'static str,
+        key: String,
+        reason: String,
+    },
 }
 
 /// What the broker's TLS alerts about a client certificate mean, by the alert's name as rustls

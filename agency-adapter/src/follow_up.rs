@@ -16,7 +16,7 @@ use spean_proto::v1::{
 use crate::{referral::is_closed, store::timestamp};
 
 /// Where the next visit stands at a given moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VisitStatus {
     /// Before its due date.

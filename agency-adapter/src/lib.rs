@@ -32,6 +32,8 @@
 //! - [`telemetry`]: the tracing subscriber, built once, writing to stderr.
 //! - [`error`]: the one error type, and how a broker status becomes "retry later" or "refused".
 
+pub mod api;
+pub mod api_keys;
 pub mod audit;
 pub mod backoff;
 pub mod broadcast;
@@ -48,6 +50,7 @@ pub mod error;
 pub mod figures;
 pub mod follow_up;
 pub mod identity;
+pub mod link;
 pub mod outbox;
 pub mod referral;
 pub mod sealing;

@@ -222,6 +222,11 @@ impl Store {
         Ok(pool)
     }
 
+    /// The reading connections, for modules that keep tables of their own (`api_keys`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// The agency this store belongs to.
     pub fn agency(&self) -> &AgencyId {
         &self.agency
@@ -485,6 +490,24 @@ impl Store {
         );
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The pending requests about `referral_id` queued before `seq`, oldest first: what must reach
+    /// the broker before the request at `seq` does, so that a referral's actions keep their order.
+    pub async fn pending_before(
+        &self,
+        referral_id: &str,
+        seq: i64,
+    ) -> Result<Vec<OutboxRow>, AdapterError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox \
+             WHERE status = 'pending' AND referral_id = ? AND seq < ? ORDER BY seq"
+        );
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(referral_id)
+            .bind(seq)
+            .fetch_all(&self.pool)
             .await?)
     }
 

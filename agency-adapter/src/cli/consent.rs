@@ -17,7 +17,8 @@ fn timestamp(at: OffsetDateTime) -> prost_types::Timestamp {
 }
 
 /// Who gave or withdrew consent.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum GiverArg {
     /// The client: an adult, or a child old enough to consent.
     Client,
@@ -35,7 +36,8 @@ impl From<GiverArg> for ConsentGiver {
 }
 
 /// What the consent covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum SharingArg {
     /// The agency the referral is sent to (always included).
     Referral,

@@ -8,12 +8,13 @@
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
 
+mod api_keys;
 mod audit;
-mod consent;
+pub(crate) mod consent;
 mod keys;
 mod network;
-mod send;
-mod views;
+pub(crate) mod send;
+pub(crate) mod views;
 
 /// How `show` renders what a delivery carries, reached by the fuzz targets (`fuzz/`); not an API.
 #[doc(hidden)]
@@ -123,6 +124,11 @@ pub enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Keys for the local HTTP API (docs/integration.md): `create NAME`, `list`, `revoke KEY`.
+    ApiKey {
+        #[command(subcommand)]
+        command: api_keys::ApiKeyCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -154,7 +160,8 @@ pub struct ActionArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum UrgencyArg {
     Emergency,
     Urgent,
@@ -171,7 +178,8 @@ impl From<UrgencyArg> for Urgency {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum SexArg {
     Female,
     Male,
@@ -190,21 +198,29 @@ impl From<SexArg> for Sex {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum AgeBandArg {
     #[value(name = "0-4")]
+    #[serde(rename = "0-4")]
     A0to4,
     #[value(name = "5-9")]
+    #[serde(rename = "5-9")]
     A5to9,
     #[value(name = "10-14")]
+    #[serde(rename = "10-14")]
     A10to14,
     #[value(name = "15-17")]
+    #[serde(rename = "15-17")]
     A15to17,
     #[value(name = "18-24")]
+    #[serde(rename = "18-24")]
     A18to24,
     #[value(name = "25-59")]
+    #[serde(rename = "25-59")]
     A25to59,
     #[value(name = "60+")]
+    #[serde(rename = "60+")]
     A60Plus,
     Unknown,
 }
@@ -224,7 +240,8 @@ impl From<AgeBandArg> for AgeBand {
     }
 }
 
-/// What every command works with: the settings, who we are, and the local store.
+/// What every command works with: the settings, who we are, and the local store. The API's
+/// handlers work with the same, built by the daemon.
 pub(crate) struct Context {
     pub settings: Settings,
     pub identity: Identity,
@@ -232,6 +249,14 @@ pub(crate) struct Context {
 }
 
 impl Context {
+    pub(crate) fn new(settings: Settings, identity: Identity, store: Store) -> Self {
+        Self {
+            settings,
+            identity,
+            store,
+        }
+    }
+
     async fn open(settings: Settings) -> anyhow::Result<Self> {
         let identity = Identity::load(&settings.identity)?;
         let store = Store::open(&settings.store, &identity.agency_id).await?;
@@ -261,7 +286,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     if is_daemon {
         let daemon = Daemon::build(&settings).await?;
-        tracing::info!(agency = daemon.agency_id(), broker = %settings.broker, "adapter starting");
+        tracing::info!(
+            agency = daemon.agency_id(),
+            broker = %settings.broker,
+            api = ?daemon.api_addr(),
+            "adapter starting"
+        );
         let shutdown = tokio_util::sync::CancellationToken::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
@@ -291,6 +321,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Figures(args) => network::figures(ctx, args).await,
         Command::Keys { command } => keys::keys(ctx, command).await,
         Command::Audit { command } => audit::audit(ctx, command).await,
+        Command::ApiKey { command } => api_keys::api_key(ctx, command).await,
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, anyhow};
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde::Serialize;
 use spean_domain::ids::{AgencyId, ClientRef, ProvinceCode, ReferralId, RequestId};
 use spean_proto::v1::{
     AcceptRequest, Acceptance, AcknowledgeRequest, Action, AgeBand, CompleteRequest, Decline,
@@ -94,6 +94,9 @@ pub struct SendArgs {
     /// Notes (override the file).
     #[arg(long, value_name = "TEXT")]
     pub notes: Option<String>,
+    /// The case file itself, as the API takes it (the command line reads --case-file).
+    #[arg(skip)]
+    pub case_file_inline: Option<crate::case_file::Given>,
     #[command(flatten)]
     pub consent: ConsentArgs,
     /// Only write the referral to the outbox; the daemon sends it.
@@ -113,45 +116,63 @@ enum Sending {
     Queued(String),
 }
 
+impl Sending {
+    /// `sent` or `queued`, as the JSON answers say.
+    fn status(&self) -> &'static str {
+        match self {
+            Self::Sent(_) | Self::AlreadySent(_) => "sent",
+            Self::Queued(_) => "queued",
+        }
+    }
+
+    fn queued_because(&self) -> Option<String> {
+        match self {
+            Self::Queued(why) => Some(why.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// Outbox first, then one try, on `broker` if the command is already connected. A key already in the
 /// outbox with the same content reports that row as it stands instead of queuing again; with other
 /// content it is refused by the store.
+///
+/// Requests about the same referral queued earlier and still pending (made offline) go first, in
+/// order: a referral's actions reach the broker in the order they were made, whether the daemon or
+/// a command sends them.
 async fn enqueue_and_try(
     ctx: &Context,
     request: OutgoingRequest,
-    queue_only: bool,
+    queue_only: Option<&str>,
     broker: Option<Broker>,
-) -> anyhow::Result<Sending> {
+) -> Result<Sending, AdapterError> {
     let request_id = request.request_id().to_owned();
     let request_id = request_id.as_str();
-    match request.enqueue(&ctx.store).await {
-        Ok(()) => {}
-        Err(reused @ AdapterError::KeyReused { .. }) => return Err(reused.into()),
-        Err(error) => {
-            return Err(
-                anyhow::Error::new(error).context("cannot write the request to the local outbox")
-            );
-        }
-    }
+    request.enqueue(&ctx.store).await?;
     let row = ctx
         .store
         .outbox_row(request_id)
         .await?
-        .context("the request is missing from the local outbox just after it was written")?;
+        .ok_or_else(|| AdapterError::NotFound {
+            what: "outbox request",
+            id: request_id.to_owned(),
+        })?;
     match row.status.as_str() {
         "sent" => return Ok(Sending::AlreadySent(row)),
         "rejected" => {
-            let field = request.key_field();
-            anyhow::bail!(
-                "{field} {request_id:?} was refused by the broker before ({}) and is not sent \
-                 again; give a new {field}",
-                row.error.as_deref().unwrap_or("no reason recorded")
-            );
+            return Err(AdapterError::RefusedBefore {
+                field: request.key_field(),
+                key: request_id.to_owned(),
+                reason: row
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "no reason recorded".into()),
+            });
         }
         _ => {}
     }
-    if queue_only {
-        return Ok(Sending::Queued("--queue-only".into()));
+    if let Some(why) = queue_only {
+        return Ok(Sending::Queued(why.to_owned()));
     }
     let connected = match broker {
         Some(broker) => Ok(broker),
@@ -165,24 +186,104 @@ async fn enqueue_and_try(
                 .await?;
             return Ok(Sending::Queued(error.to_string()));
         }
-        Err(error) => return Err(error.into()),
+        Err(error) => return Err(error),
     };
+    if let Some(referral_id) = request.referral_id() {
+        for earlier in ctx.store.pending_before(referral_id, row.seq).await? {
+            match outbox::send_row(&ctx.store, &mut broker, &earlier).await {
+                // A refused earlier request is the user's to see (`outbox`, `status`); this one
+                // is the broker's to judge on its own.
+                Ok(_) => {}
+                Err(error) if error.is_refusal() => {}
+                Err(error) if error.is_transient() => {
+                    return Ok(Sending::Queued(format!(
+                        "an earlier request about this referral is not sent yet: {error}"
+                    )));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
     match outbox::send(&ctx.store, &mut broker, request).await {
         Ok(outcome) => Ok(Sending::Sent(Box::new(outcome))),
         Err(error) if error.is_transient() => Ok(Sending::Queued(error.to_string())),
-        Err(error) => Err(error.into()),
+        Err(error) => Err(error),
     }
 }
 
-fn announce_queued(key: &str, why: &str) {
-    eprintln!("{key}: not sent now ({why}); it is queued and the daemon will send it");
+fn announce(key: &str, sending: &Sending) {
+    match sending {
+        Sending::Queued(why) => {
+            eprintln!("{key}: not sent now ({why}); it is queued and the daemon will send it");
+        }
+        Sending::AlreadySent(_) => {
+            eprintln!("{key}: this request was sent before; it is not sent again");
+        }
+        Sending::Sent(_) => {}
+    }
 }
 
-fn announce_already_sent(key: &str) {
-    eprintln!("{key}: this request was sent before; it is not sent again");
+/// What became of a referral sent: `send --json`, and the API's answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Submitted {
+    /// The idempotency key it went under.
+    pub client_ref: String,
+    /// The broker's id for it; `null` while it is queued.
+    pub referral_id: Option<String>,
+    /// `sent` (the broker recorded it, now or before) or `queued` (the daemon sends it when the
+    /// broker can be reached).
+    pub status: &'static str,
+    /// Why it did not go now, while queued.
+    pub queued_because: Option<String>,
+    /// True when this key was sent before: nothing new was sent.
+    pub replayed: bool,
+    /// Empty for a broadcast until a candidate accepts, and while it is queued.
+    pub recipient_agency_id: String,
+    pub candidate_agency_ids: Vec<String>,
+    pub notified_agency_ids: Vec<String>,
+    pub follows_referral_id: String,
+}
+
+/// What became of a feedback action: `--json` of each action, and the API's answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Acted {
+    pub request_id: String,
+    pub referral_id: String,
+    /// The operation, e.g. `acknowledge`.
+    pub operation: &'static str,
+    /// `sent` or `queued`, as for [`Submitted`].
+    pub status: &'static str,
+    pub queued_because: Option<String>,
+    pub replayed: bool,
+    /// The event the broker recorded, when it was sent now. A request sent before reports `sent`
+    /// without its event: the event is in the referral's history, and the outbox does not record
+    /// which event answered it.
+    pub event_id: Option<String>,
+    pub kind: Option<String>,
+    pub state: Option<String>,
 }
 
 pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
+    let json_out = args.json;
+    let queue_only = args.queue_only.then_some("--queue-only");
+    let submitted = submit(ctx, args, queue_only).await?;
+    if json_out {
+        return print_json(&submitted);
+    }
+    match &submitted.referral_id {
+        Some(id) => println!("{id}"),
+        None => println!("{} queued", submitted.client_ref),
+    }
+    Ok(())
+}
+
+/// Sends a referral: checks it, writes it to the outbox, and (unless `queue_only` says why not)
+/// tries the broker once.
+pub(crate) async fn submit(
+    ctx: &Context,
+    args: SendArgs,
+    queue_only: Option<&str>,
+) -> anyhow::Result<Submitted> {
     // Parse errors go through `AdapterError` so that they read `invalid <field>: <reason>`.
     let client_ref = key_or_new(args.client_ref.as_deref(), |raw| {
         ClientRef::parse("client_ref", raw)
@@ -240,13 +341,14 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
             anyhow::bail!("give --subject-province CODE (the province where the subject lives)")
         }
     };
-    let mut case_file = match &args.case_file {
-        Some(path) => {
+    let mut case_file = match (&args.case_file, args.case_file_inline) {
+        (_, Some(inline)) => inline.0,
+        (Some(path), None) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read case file {}", path.display()))?;
             CaseFile::from_json(&bytes)?
         }
-        None => CaseFile::default(),
+        (None, None) => CaseFile::default(),
     };
     if let Some(v) = args.name_km {
         case_file.name.khmer = v;
@@ -279,13 +381,8 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         follows_referral_id: follows.clone(),
         consent: Some(args.consent.to_wire()?),
     };
-    let sending = enqueue_and_try(
-        ctx,
-        OutgoingRequest::Submit(request),
-        args.queue_only,
-        broker,
-    )
-    .await?;
+    let sending =
+        enqueue_and_try(ctx, OutgoingRequest::Submit(request), queue_only, broker).await?;
     let envelope = match &sending {
         Sending::Sent(outcome) => match outcome.as_ref() {
             Outcome::Submitted(referral) => referral.envelope.clone(),
@@ -311,29 +408,22 @@ pub(super) async fn send(ctx: &Context, args: SendArgs) -> anyhow::Result<()> {
         follows_referral_id: follows,
         ..Default::default()
     });
-    match &sending {
-        Sending::Queued(why) => announce_queued(client_ref.as_str(), why),
-        Sending::AlreadySent(_) => announce_already_sent(client_ref.as_str()),
-        Sending::Sent(_) => {}
-    }
-    if args.json {
-        print_json(&json!({
-            "client_ref": client_ref.as_str(),
-            "referral_id": referral_id,
-            "status": if referral_id.is_some() { "sent" } else { "queued" },
-            // Empty for a broadcast until a candidate accepts, and while it is queued.
-            "recipient_agency_id": sent_as.recipient_agency_id,
-            "candidate_agency_ids": sent_as.candidate_agency_ids,
-            "notified_agency_ids": sent_as.notified_agency_ids,
-            "follows_referral_id": sent_as.follows_referral_id,
-        }))?;
-    } else {
-        match referral_id {
-            Some(id) => println!("{id}"),
-            None => println!("{client_ref} queued"),
-        }
-    }
-    Ok(())
+    announce(client_ref.as_str(), &sending);
+    Ok(Submitted {
+        client_ref: client_ref.to_string(),
+        status: if referral_id.is_some() {
+            "sent"
+        } else {
+            "queued"
+        },
+        referral_id,
+        queued_because: sending.queued_because(),
+        replayed: matches!(sending, Sending::AlreadySent(_)),
+        recipient_agency_id: sent_as.recipient_agency_id,
+        candidate_agency_ids: sent_as.candidate_agency_ids,
+        notified_agency_ids: sent_as.notified_agency_ids,
+        follows_referral_id: sent_as.follows_referral_id,
+    })
 }
 
 /// The subject's province when the sender gave none: the recipient's, when the broker's directory
@@ -501,6 +591,25 @@ fn iso_date(field: &'static str, raw: &str) -> Result<String, AdapterError> {
 }
 
 impl Act {
+    /// The flags every action shares.
+    pub fn common(&self) -> &ActionArgs {
+        match self {
+            Act::Ack { common }
+            | Act::Accept { common, .. }
+            | Act::Decline { common, .. }
+            | Act::Redirect { common, .. }
+            | Act::Progress { common }
+            | Act::Followup { common, .. }
+            | Act::Complete { common, .. }
+            | Act::Fail { common, .. }
+            | Act::Withdraw { common }
+            | Act::Error { common }
+            | Act::Delegate { common, .. }
+            | Act::RevokeDelegation { common }
+            | Act::WithdrawConsent { common, .. } => common,
+        }
+    }
+
     /// The flags every action shares, and this action's request with its details checked (so a typo
     /// fails now rather than in the daemon). The shared `action` field is filled in by [`act`].
     fn into_parts(self) -> Result<(ActionArgs, OutgoingRequest), AdapterError> {
@@ -678,12 +787,41 @@ async fn with_follow_up_part(
 }
 
 pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
+    let json_out = act.common().json;
+    let acted = perform(ctx, act).await?;
+    if json_out {
+        return print_json(&acted);
+    }
+    match (&acted.kind, &acted.state) {
+        (Some(kind), Some(state)) => {
+            println!("{}: {kind} recorded, state {state}", acted.referral_id);
+        }
+        _ if acted.status == "sent" => println!(
+            "{}: {} was already sent",
+            acted.referral_id, acted.operation
+        ),
+        _ => println!("{} queued", acted.request_id),
+    }
+    Ok(())
+}
+
+/// Records a feedback action: checks it, writes it to the outbox, and (unless `--queue-only`, or
+/// the caller knows the broker is out of reach) tries the broker once.
+pub(crate) async fn perform(ctx: &Context, act: Act) -> Result<Acted, AdapterError> {
+    perform_unless(ctx, act, None).await
+}
+
+/// [`perform`], queuing only when `queue_only` says why.
+pub(crate) async fn perform_unless(
+    ctx: &Context,
+    act: Act,
+    queue_only: Option<&str>,
+) -> Result<Acted, AdapterError> {
     let (common, request) = act.into_parts()?;
     let mut request = with_follow_up_part(ctx, &common.id, request).await?;
     let request_id = key_or_new(common.request_id.as_deref(), |raw| {
         RequestId::parse("request_id", raw)
-    })
-    .map_err(AdapterError::from)?;
+    })?;
     request.set_action(Action {
         referral_id: common.id.clone(),
         request_id: request_id.to_string(),
@@ -694,7 +832,9 @@ pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
     });
     crate::sealing::check_free_text(&request)?;
     let operation = request.operation();
-    let sending = enqueue_and_try(ctx, request, common.queue_only, None).await?;
+    let queue_only = queue_only.or(common.queue_only.then_some("--queue-only"));
+    let sending = enqueue_and_try(ctx, request, queue_only, None).await?;
+    announce(request_id.as_str(), &sending);
     let event = match &sending {
         Sending::Sent(outcome) => match outcome.as_ref() {
             Outcome::Recorded(event) => Some(event),
@@ -702,35 +842,15 @@ pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
         },
         Sending::AlreadySent(_) | Sending::Queued(_) => None,
     };
-    let sent = matches!(sending, Sending::Sent(_) | Sending::AlreadySent(_));
-    match &sending {
-        Sending::Queued(why) => announce_queued(request_id.as_str(), why),
-        Sending::AlreadySent(_) => announce_already_sent(request_id.as_str()),
-        Sending::Sent(_) => {}
-    }
-    if common.json {
-        // A request sent before reports `sent` without its event: the event is in the referral's
-        // history (`show`), and the outbox does not record which event answered it.
-        print_json(&json!({
-            "request_id": request_id.as_str(),
-            "referral_id": common.id,
-            "operation": operation,
-            "status": if sent { "sent" } else { "queued" },
-            "event_id": event.map(|e| e.event_id.clone()),
-            "kind": event.map(|e| kind_name(e.kind)),
-            "state": event.map(|e| state_name(e.state_after)),
-        }))?;
-    } else {
-        match event {
-            Some(e) => println!(
-                "{}: {} recorded, state {}",
-                common.id,
-                kind_name(e.kind),
-                state_name(e.state_after)
-            ),
-            None if sent => println!("{}: {operation} was already sent", common.id),
-            None => println!("{request_id} queued"),
-        }
-    }
-    Ok(())
+    Ok(Acted {
+        request_id: request_id.to_string(),
+        referral_id: common.id,
+        operation,
+        status: sending.status(),
+        queued_because: sending.queued_because(),
+        replayed: matches!(sending, Sending::AlreadySent(_)),
+        event_id: event.map(|e| e.event_id.clone()),
+        kind: event.map(|e| kind_name(e.kind)),
+        state: event.map(|e| state_name(e.state_after)),
+    })
 }

@@ -45,53 +45,54 @@ use crate::{
     store::{OutboxRow, ReferralRow, Withdrawal, timestamp},
 };
 
-#[derive(Serialize)]
-struct InboxItem {
-    referral_id: String,
-    sender: String,
-    recipient: String,
-    kind: String,
-    urgency: String,
-    state: String,
+/// One referral of the inbox: `inbox --json`, and the API's inbox.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InboxItem {
+    pub referral_id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub kind: String,
+    pub urgency: String,
+    pub state: String,
     /// How this agency stands to it: `recipient`, `former_recipient`, `notified`, `delegate`,
     /// `candidate`.
-    audience: String,
+    pub audience: String,
     /// False once the referral was redirected away, and for a referral this agency was only told
     /// of or makes the follow-up visits of: `recipient` says whose it is.
-    with_this_agency: bool,
+    pub with_this_agency: bool,
     /// With this agency and not acknowledged yet, or an open broadcast this agency is a candidate
     /// of and has not answered: its deadline runs, or has passed.
-    waiting_on_this_agency: bool,
+    pub waiting_on_this_agency: bool,
     /// A broadcast's candidates (empty for a referral sent to one agency).
-    candidates: Vec<String>,
+    pub candidates: Vec<String>,
     /// The candidate that won a broadcast this agency was a candidate of and did not win: it can
     /// no longer act on it. `null` otherwise.
-    taken_by: Option<String>,
+    pub taken_by: Option<String>,
     /// The state column's words for a candidate of a broadcast; not in the JSON, which has
     /// `candidates` and `taken_by`.
     #[serde(skip)]
-    as_candidate: Option<String>,
+    pub as_candidate: Option<String>,
     /// How many times the broker escalated it because nobody here acknowledged it in time.
-    escalations: i64,
+    pub escalations: i64,
     /// The recipient delegated the follow-up visits to this agency, and has not taken them back.
-    follow_up_delegated_here: bool,
+    pub follow_up_delegated_here: bool,
     /// The next follow-up visit, when the visits are this agency's to make (it is the recipient
     /// and delegated none, or they are delegated to it) and one is scheduled; `null` otherwise.
-    follow_up: Option<FollowUpDue>,
-    name_km: String,
-    name_latin: String,
-    created_at: String,
-    received_at: String,
+    pub follow_up: Option<FollowUpDue>,
+    pub name_km: String,
+    pub name_latin: String,
+    pub created_at: String,
+    pub received_at: String,
 }
 
 /// The next follow-up visit this agency has to make.
-#[derive(Serialize)]
-struct FollowUpDue {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FollowUpDue {
     /// `upcoming`, `due` or `overdue`.
-    status: VisitStatus,
-    next_due_at: String,
+    pub status: VisitStatus,
+    pub next_due_at: String,
     /// How many visits of this referral were missed so far (FOLLOW_UP_OVERDUE events).
-    missed: usize,
+    pub missed: usize,
 }
 
 impl InboxItem {
@@ -318,26 +319,7 @@ fn candidate_words(broadcast: &Broadcast, me: &str) -> String {
 /// the overdue first, since those are the ones the province and the coordinators already heard of;
 /// then the rest, newest first.
 pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
-    let rows = ctx.store.received().await?;
-    let escalations = ctx.store.escalations().await?;
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let mut items = Vec::with_capacity(rows.len());
-    for row in rows
-        .into_iter()
-        .filter(|r| args.all || !is_closed(&r.state))
-    {
-        let escalated = escalations.get(&row.referral_id).copied().unwrap_or(0);
-        items.push(inbox_item(ctx, row, escalated, now).await?);
-    }
-    // Stable: within each group the store's order (newest first) stays.
-    items.sort_by(|a, b| a.rank().cmp(&b.rank()).then_with(|| a.order_within_rank(b)));
-    // Each child's name is shown: a read of the case file's name, recorded before printing.
-    let named: Vec<String> = items
-        .iter()
-        .filter(|i| !i.name_km.is_empty() || !i.name_latin.is_empty())
-        .map(|i| i.referral_id.clone())
-        .collect();
-    crate::audit::record_reads(&ctx.store, &crate::audit::reader(None), &named, "name").await?;
+    let items = inbox_items(ctx, args.all, &crate::audit::reader(None)).await?;
     if args.json {
         return print_json(&items);
     }
@@ -362,6 +344,32 @@ pub(super) async fn inbox(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> 
     }
     println!("{table}");
     Ok(())
+}
+
+/// The inbox as `inbox` lists it (open referrals only unless `all`): each child's name shown is
+/// a read of the case file, recorded for `reader` before the list is returned.
+pub(crate) async fn inbox_items(
+    ctx: &Context,
+    all: bool,
+    reader: &str,
+) -> anyhow::Result<Vec<InboxItem>> {
+    let rows = ctx.store.received().await?;
+    let escalations = ctx.store.escalations().await?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows.into_iter().filter(|r| all || !is_closed(&r.state)) {
+        let escalated = escalations.get(&row.referral_id).copied().unwrap_or(0);
+        items.push(inbox_item(ctx, row, escalated, now).await?);
+    }
+    // Stable: within each group the store's order (newest first) stays.
+    items.sort_by(|a, b| a.rank().cmp(&b.rank()).then_with(|| a.order_within_rank(b)));
+    let named: Vec<String> = items
+        .iter()
+        .filter(|i| !i.name_km.is_empty() || !i.name_latin.is_empty())
+        .map(|i| i.referral_id.clone())
+        .collect();
+    crate::audit::record_reads(&ctx.store, reader, &named, "name").await?;
+    Ok(items)
 }
 
 /// The part of the case file `show` prints, and which part it is.
@@ -483,64 +491,117 @@ pub(super) async fn show(
     json_out: bool,
     by: Option<&str>,
 ) -> anyhow::Result<()> {
-    let Some(row) = ctx.store.referral(id).await? else {
-        anyhow::bail!("NOT_FOUND: referral {id} is not in the local store");
-    };
-    let envelope = row.decode_envelope()?;
-    let history = ctx.store.history(id).await?;
-    let audience = audience_of(&row, ctx.me());
-    let case_file = CaseFileShown::read(ctx, &row, &history, &audience).await?;
-    // Recorded before anything is printed: no read without its audit entry.
-    let part = case_file.part_name().unwrap_or("none");
-    crate::audit::record_read(&ctx.store, &crate::audit::reader(by), id, part).await?;
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let schedule = Schedule::read(&history, &row.state, now);
-    let delegated_to = delegated_to(&history);
-    let broadcast = Broadcast::read(&envelope, &history);
+    let shown = Shown::read(ctx, id, &crate::audit::reader(by)).await?;
     if json_out {
-        let withdrawn = match &case_file {
+        return print_json(&shown.json(ctx.me()));
+    }
+    shown.print(ctx.me())
+}
+
+/// One referral as `show` and the API show it: read from the store, its read of the case file
+/// recorded in the audit log before anything is shown.
+pub(crate) struct Shown {
+    row: ReferralRow,
+    envelope: Envelope,
+    history: Vec<FeedbackEvent>,
+    audience: String,
+    case_file: CaseFileShown,
+    schedule: Schedule,
+    delegated_to: Option<String>,
+    broadcast: Option<Broadcast>,
+}
+
+impl Shown {
+    pub(crate) async fn read(ctx: &Context, id: &str, reader: &str) -> anyhow::Result<Self> {
+        let Some(row) = ctx.store.referral(id).await? else {
+            return Err(crate::AdapterError::NotFound {
+                what: "referral",
+                id: id.to_owned(),
+            }
+            .into());
+        };
+        let envelope = row.decode_envelope()?;
+        let history = ctx.store.history(id).await?;
+        let audience = audience_of(&row, ctx.me());
+        let case_file = CaseFileShown::read(ctx, &row, &history, &audience).await?;
+        // Recorded before anything is shown: no read without its audit entry.
+        let part = case_file.part_name().unwrap_or("none");
+        crate::audit::record_read(&ctx.store, reader, id, part).await?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let schedule = Schedule::read(&history, &row.state, now);
+        let delegated_to = delegated_to(&history);
+        let broadcast = Broadcast::read(&envelope, &history);
+        Ok(Self {
+            row,
+            envelope,
+            history,
+            audience,
+            case_file,
+            schedule,
+            delegated_to,
+            broadcast,
+        })
+    }
+
+    /// `show --json`.
+    pub(crate) fn json(&self, me: &str) -> Value {
+        let (row, envelope, broadcast) = (&self.row, &self.envelope, &self.broadcast);
+        let withdrawn = match &self.case_file {
             CaseFileShown::Withdrawn(withdrawal) => Some(withdrawal_json(withdrawal)),
             _ => None,
         };
-        return print_json(&json!({
-            "referral": referral_json(&row, &envelope),
-            "audience": audience,
+        json!({
+            "referral": referral_json(row, envelope),
+            "audience": self.audience,
             "candidates": broadcast.as_ref().map_or(&[][..], |b| b.candidates.as_slice()),
             "won_by": broadcast.as_ref().and_then(|b| b.winner.as_deref()),
-            "taken_by": broadcast.as_ref().and_then(|b| b.taken_from(ctx.me())),
+            "taken_by": broadcast.as_ref().and_then(|b| b.taken_from(me)),
             "no_candidate_accepted": broadcast.as_ref().is_some_and(|b| b.no_candidate_accepted),
             "notified_agency_ids": envelope.notified_agency_ids,
             "follows_referral_id": envelope.follows_referral_id,
             "consent": consent_json(envelope.consent.as_ref()),
-            "case_file": case_file.case_file(),
-            "case_file_part": case_file.part_name(),
+            "case_file": self.case_file.case_file(),
+            "case_file_part": self.case_file.part_name(),
             "case_file_withdrawn": withdrawn,
-            "delegated_to": delegated_to,
-            "schedule": schedule,
-            "history": history.iter().map(event_json).collect::<Vec<_>>(),
-        }));
+            "delegated_to": self.delegated_to,
+            "schedule": self.schedule,
+            "history": self.history.iter().map(event_json).collect::<Vec<_>>(),
+        })
     }
-    print_referral(&row, &envelope, &audience);
-    if let Some(broadcast) = &broadcast {
-        print_broadcast(broadcast, &row, ctx.me(), &audience);
+
+    fn print(&self, me: &str) -> anyhow::Result<()> {
+        let Self {
+            row,
+            envelope,
+            history,
+            audience,
+            case_file,
+            schedule,
+            delegated_to,
+            broadcast,
+        } = self;
+        print_referral(row, envelope, audience);
+        if let Some(broadcast) = broadcast {
+            print_broadcast(broadcast, row, me, audience);
+        }
+        case_file.print()?;
+        print_follow_up(delegated_to.as_deref(), schedule);
+        println!("history");
+        let mut table = table(&[
+            "at",
+            "kind",
+            "actor",
+            "person",
+            "note",
+            "state after",
+            "details",
+        ]);
+        for event in history {
+            table.add_row(history_row(event));
+        }
+        println!("{table}");
+        Ok(())
     }
-    case_file.print()?;
-    print_follow_up(delegated_to.as_deref(), &schedule);
-    println!("history");
-    let mut table = table(&[
-        "at",
-        "kind",
-        "actor",
-        "person",
-        "note",
-        "state after",
-        "details",
-    ]);
-    for event in &history {
-        table.add_row(history_row(event));
-    }
-    println!("{table}");
-    Ok(())
 }
 
 /// One event as a row of `show`'s history table, every cell made [`shown`].
@@ -695,35 +756,37 @@ fn print_follow_up(delegated_to: Option<&str>, schedule: &Schedule) {
     }
 }
 
-#[derive(Serialize)]
-struct StatusItem {
-    referral_id: String,
-    client_ref: String,
-    recipient: String,
-    kind: String,
-    urgency: String,
-    state: String,
+/// One referral this agency sent: `status --json`, and the API's list of what was sent.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StatusItem {
+    pub referral_id: String,
+    pub client_ref: String,
+    pub recipient: String,
+    pub kind: String,
+    pub urgency: String,
+    pub state: String,
     /// Who acts next; for an open broadcast, how far its candidates got, or that none accepted
     /// and the sender has to redirect or withdraw it.
-    next_action: String,
+    pub next_action: String,
     /// A broadcast's candidates (empty for a referral sent to one agency).
-    candidates: Vec<String>,
+    pub candidates: Vec<String>,
     /// The broker recorded that every candidate of this broadcast declined it.
-    no_candidate_accepted: bool,
-    updated_at: String,
+    pub no_candidate_accepted: bool,
+    pub updated_at: String,
 }
 
-#[derive(Serialize)]
-struct OutboxItem {
-    seq: i64,
-    request_id: String,
-    operation: String,
-    referral_id: Option<String>,
-    status: String,
-    error: Option<String>,
-    attempts: i64,
-    created_at: String,
-    sent_at: Option<String>,
+/// One outbox row: `outbox --json`, and the API's outbox.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutboxItem {
+    pub seq: i64,
+    pub request_id: String,
+    pub operation: String,
+    pub referral_id: Option<String>,
+    pub status: String,
+    pub error: Option<String>,
+    pub attempts: i64,
+    pub created_at: String,
+    pub sent_at: Option<String>,
 }
 
 impl From<OutboxRow> for OutboxItem {
@@ -742,14 +805,15 @@ impl From<OutboxRow> for OutboxItem {
     }
 }
 
-pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
+/// What this agency sent (open ones unless `all`), newest first, and who acts next on each.
+pub(crate) async fn status_items(ctx: &Context, all: bool) -> anyhow::Result<Vec<StatusItem>> {
     let mut referrals: Vec<StatusItem> = Vec::new();
     for r in ctx
         .store
         .sent_by(ctx.me())
         .await?
         .into_iter()
-        .filter(|r| args.all || !is_closed(&r.state))
+        .filter(|r| all || !is_closed(&r.state))
     {
         let envelope = r.decode_envelope()?;
         // Only a broadcast needs its history here: how its candidates answered.
@@ -775,13 +839,15 @@ pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()>
             updated_at: r.updated_at,
         });
     }
-    let outbox: Vec<OutboxItem> = ctx
-        .store
-        .outbox()
+    Ok(referrals)
+}
+
+pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()> {
+    let referrals = status_items(ctx, args.all).await?;
+    let outbox: Vec<OutboxItem> = outbox_items(ctx)
         .await?
         .into_iter()
         .filter(|r| r.status != "sent")
-        .map(OutboxItem::from)
         .collect();
     if args.json {
         return print_json(&json!({ "referrals": referrals, "outbox": outbox }));
@@ -813,14 +879,19 @@ pub(super) async fn status(ctx: &Context, args: &ListArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-pub(super) async fn outbox(ctx: &Context, json_out: bool) -> anyhow::Result<()> {
-    let rows: Vec<OutboxItem> = ctx
+/// Every outbox row, oldest first.
+pub(crate) async fn outbox_items(ctx: &Context) -> anyhow::Result<Vec<OutboxItem>> {
+    Ok(ctx
         .store
         .outbox()
         .await?
         .into_iter()
         .map(OutboxItem::from)
-        .collect();
+        .collect())
+}
+
+pub(super) async fn outbox(ctx: &Context, json_out: bool) -> anyhow::Result<()> {
+    let rows = outbox_items(ctx).await?;
     if json_out {
         return print_json(&rows);
     }

@@ -7,6 +7,7 @@
 // Tests may panic on a broken fixture: that is the failure we want to see.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod api;
 mod audit;
 mod broadcast;
 mod cli;
