@@ -10,3 +10,14 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at TEXT                -- set once; a revoked key opens nothing
 );
 CREATE UNIQUE INDEX IF NOT EXISTS api_keys_live_name ON api_keys (name) WHERE revoked_at IS NULL;
+
+-- The link to the broker as the daemon last found it, so that a command run while the broker is
+-- out of reach queues at once instead of waiting for its own connection attempt to time out
+-- (a field site can be offline for days). One row; none while no daemon has looked.
+CREATE TABLE IF NOT EXISTS link_status (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    connected  INTEGER NOT NULL,
+    since      TEXT    NOT NULL,   -- when it last changed, RFC 3339 UTC
+    last_error TEXT,
+    checked_at INTEGER NOT NULL    -- unix seconds of the daemon's latest attempt
+);

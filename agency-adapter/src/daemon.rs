@@ -95,6 +95,9 @@ impl Daemon {
         if let Some(api) = api {
             let _ = api.await;
         }
+        if let Err(error) = self.store.forget_link().await {
+            tracing::warn!(%error, "cannot forget the link");
+        }
         self.store.close().await;
         tracing::info!(parent: &span, "stopped");
         Ok(())
@@ -116,6 +119,12 @@ impl Daemon {
                         || {
                             backoff.reset();
                             self.link.up();
+                            let (store, status) = (self.store.clone(), self.link.status());
+                            tokio::spawn(async move {
+                                if let Err(error) = store.note_link(status).await {
+                                    tracing::warn!(%error, "cannot record the link");
+                                }
+                            });
                             broker_back.notify_one();
                         },
                         |_| {},
@@ -126,6 +135,9 @@ impl Daemon {
             };
             if let Err(error) = result {
                 self.link.down(&error.to_string());
+                if let Err(error) = self.store.note_link(self.link.status()).await {
+                    tracing::warn!(%error, "cannot record the link");
+                }
                 let wait = backoff.next_delay();
                 tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "delivery stream down");
                 sleep_or_stop(wait, shutdown, None).await;

@@ -426,6 +426,11 @@ impl AdapterProcess {
         self.process.point_to(broker.url());
     }
 
+    /// Points later commands and daemon starts at `url` (a relay in front of the broker).
+    pub fn point_to_url(&mut self, url: String) {
+        self.process.point_to(url);
+    }
+
     /// Starts the daemon (`run`), with extra environment variables.
     pub fn start_with(&mut self, env: &[(&str, &str)]) {
         self.process.start_with(env).unwrap();

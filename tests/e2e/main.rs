@@ -20,6 +20,7 @@ mod follow_ups;
 mod helpers;
 mod linked_clients;
 mod notified;
+mod offline;
 mod partitions;
 mod placement;
 mod production;

@@ -174,6 +174,13 @@ async fn enqueue_and_try(
     if let Some(why) = queue_only {
         return Ok(Sending::Queued(why.to_owned()));
     }
+    if broker.is_none()
+        && let Some(since) = ctx.store.link_down_since().await?
+    {
+        return Ok(Sending::Queued(format!(
+            "the daemon finds the broker out of reach since {since}"
+        )));
+    }
     let connected = match broker {
         Some(broker) => Ok(broker),
         None => Broker::connect(&ctx.settings.broker, &ctx.identity).await,

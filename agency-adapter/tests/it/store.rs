@@ -361,3 +361,22 @@ async fn a_key_reused_for_another_request_is_refused_naming_its_field_and_the_ro
     assert_eq!(rows[0].payload, b"first");
     assert_eq!(rows[1].operation, "acknowledge");
 }
+
+#[tokio::test]
+async fn a_command_trusts_the_daemons_finding_that_the_broker_is_out_of_reach() {
+    use spean_adapter::link::Link;
+    let t = fresh_store().await;
+    assert_eq!(t.store.link_down_since().await.unwrap(), None);
+    let link = Link::default();
+    link.down("connect timed out");
+    t.store.note_link(link.status()).await.unwrap();
+    let since = t.store.link_down_since().await.unwrap();
+    assert_eq!(since, link.status().since);
+    link.up();
+    t.store.note_link(link.status()).await.unwrap();
+    assert_eq!(t.store.link_down_since().await.unwrap(), None);
+    link.down("again");
+    t.store.note_link(link.status()).await.unwrap();
+    t.store.forget_link().await.unwrap();
+    assert_eq!(t.store.link_down_since().await.unwrap(), None);
+}
