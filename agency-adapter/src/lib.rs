@@ -27,7 +27,11 @@
 //!   tables, CSV and JSON.
 //! - [`delivery`]: the `Subscribe` stream: store each delivery, then confirm it.
 //! - [`backoff`]: exponential backoff with jitter for reconnects and retries.
-//! - [`daemon`]: `run`: delivery and outbox relay until shutdown.
+//! - [`link`]: whether the broker can be reached, as the daemon last found it (for the API's health,
+//!   and so that commands queue at once while it cannot).
+//! - [`api_keys`]: the keys of the local HTTP API, stored hashed.
+//! - [`api`]: the local HTTP API (axum, OpenAPI from utoipa) over the same code as the command line.
+//! - [`daemon`]: `run`: delivery, outbox relay and the API until shutdown.
 //! - [`cli`]: the command line: parse, dispatch, print tables or JSON.
 //! - [`telemetry`]: the tracing subscriber, built once, writing to stderr.
 //! - [`error`]: the one error type, and how a broker status becomes "retry later" or "refused".
