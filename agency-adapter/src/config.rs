@@ -25,6 +25,9 @@ pub struct Settings {
     pub broker: String,
     /// The SQLite file shared by the daemon and the command line.
     pub store: PathBuf,
+    /// Retries and timeouts of webhook deliveries (`[webhooks]`); defaults when absent.
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// Values given on the command line (each may also come from its env var through clap); `None` means
@@ -62,7 +65,15 @@ impl Settings {
             figment = figment.merge(Toml::file(file));
         }
         let settings: Settings = figment
-            .merge(Env::prefixed("SPEAN_ADAPTER_").only(&["identity", "broker", "store"]))
+            .merge(Env::prefixed("SPEAN_ADAPTER_").split("__").only(&[
+                "identity",
+                "broker",
+                "store",
+                "webhooks.first_retry",
+                "webhooks.max_retry_interval",
+                "webhooks.disable_after",
+                "webhooks.request_timeout",
+            ]))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|error| AdapterError::Config(error.to_string()))?;
@@ -112,6 +123,45 @@ mod tests {
         assert_eq!(settings.identity, PathBuf::from("/from/file"));
         assert_eq!(settings.store, PathBuf::from("flag.db"));
         assert_eq!(settings.broker, DEFAULT_BROKER);
+        Ok(())
+    }
+
+    #[test]
+    fn webhook_settings_read_from_the_file_with_units_and_default_when_absent()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("adapter.toml");
+        std::fs::write(&file, "identity = \"/i\"\n")?;
+        let defaults = Settings::load(Some(&file), Overrides::default())?;
+        assert_eq!(
+            defaults.webhooks,
+            crate::webhooks::WebhookSettings::default()
+        );
+        std::fs::write(
+            &file,
+            "identity = \"/i\"\n[webhooks]\nfirst_retry = 2\ndisable_after = \"7d\"\n",
+        )?;
+        let settings = Settings::load(Some(&file), Overrides::default())?;
+        assert_eq!(
+            settings.webhooks.first_retry,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            settings.webhooks.disable_after,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            settings.webhooks.request_timeout,
+            defaults.webhooks.request_timeout
+        );
+        std::fs::write(
+            &file,
+            "identity = \"/i\"\n[webhooks]\nfirst_retry = \"soon\"\n",
+        )?;
+        let error = Settings::load(Some(&file), Overrides::default())
+            .err()
+            .ok_or("a bad duration was accepted")?;
+        assert!(error.to_string().contains("first_retry"), "{error}");
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! `spean-adapter run`: two loops side by side until shutdown. The delivery loop keeps a subscription
+//! `spean-adapter run`: three loops side by side until shutdown. The delivery loop keeps a subscription
 //! open (reconnecting with backoff); the relay loop sends the outbox in order whenever there is
 //! something pending. A successful (re)subscription wakes the relay, since the broker is evidently back.
+//! The webhook dispatcher posts the messages stored deliveries queued ([`crate::webhooks::dispatch`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +21,7 @@ pub struct Daemon {
     store: Store,
     identity: Identity,
     broker_url: String,
+    webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl Daemon {
@@ -30,6 +32,7 @@ impl Daemon {
             store,
             identity,
             broker_url: settings.broker.clone(),
+            webhooks: settings.webhooks.clone(),
         })
     }
 
@@ -47,7 +50,10 @@ impl Daemon {
         let relay = self
             .relay_loop(&shutdown, &broker_back)
             .instrument(tracing::info_span!(parent: &span, "outbox"));
-        tokio::join!(deliveries, relay);
+        let webhooks =
+            crate::webhooks::dispatch::run_until_stopped(&self.store, &self.webhooks, &shutdown)
+                .instrument(tracing::info_span!(parent: &span, "webhooks"));
+        tokio::join!(deliveries, relay, webhooks);
         self.store.close().await;
         tracing::info!(parent: &span, "stopped");
         Ok(())

@@ -30,6 +30,11 @@ pub enum AdapterError {
     #[error("invalid {field}: {reason}")]
     Invalid { field: String, reason: String },
 
+    /// Something asked for by id that this store does not hold (a webhook endpoint, a message):
+    /// the HTTP API answers 404.
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+
     /// An idempotency key (`client_ref` or `request_id`) already in the outbox for a different request.
     /// Queuing the new request under it would report the old row and never send the new one.
     #[error(

@@ -27,7 +27,9 @@
 //!   tables, CSV and JSON.
 //! - [`delivery`]: the `Subscribe` stream: store each delivery, then confirm it.
 //! - [`backoff`]: exponential backoff with jitter for reconnects and retries.
-//! - [`daemon`]: `run`: delivery and outbox relay until shutdown.
+//! - [`webhooks`]: endpoints the agency's own system registers, the signed messages queued for
+//!   them with what they announce, and the dispatcher that posts them in order per referral.
+//! - [`daemon`]: `run`: delivery, outbox relay and webhook dispatch until shutdown.
 //! - [`cli`]: the command line: parse, dispatch, print tables or JSON.
 //! - [`telemetry`]: the tracing subscriber, built once, writing to stderr.
 //! - [`error`]: the one error type, and how a broker status becomes "retry later" or "refused".
@@ -53,5 +55,6 @@ pub mod referral;
 pub mod sealing;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use error::AdapterError;

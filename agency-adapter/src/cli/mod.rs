@@ -7,6 +7,7 @@
 //! - [`audit`]: `audit verify`, `audit head` and `audit broker-head`.
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
+//! - [`webhooks`]: `webhook add|list|remove|enable|disable|secret|messages|attempts|resend`.
 
 mod audit;
 mod consent;
@@ -14,6 +15,7 @@ mod keys;
 mod network;
 mod send;
 mod views;
+mod webhooks;
 
 /// How `show` renders what a delivery carries, reached by the fuzz targets (`fuzz/`); not an API.
 #[doc(hidden)]
@@ -122,6 +124,12 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Webhooks: endpoints of this agency's own system, and the signed messages posted to them
+    /// (docs/integration.md#webhooks).
+    Webhook {
+        #[command(subcommand)]
+        command: webhooks::WebhookCommand,
     },
 }
 
@@ -291,6 +299,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Figures(args) => network::figures(ctx, args).await,
         Command::Keys { command } => keys::keys(ctx, command).await,
         Command::Audit { command } => audit::audit(ctx, command).await,
+        Command::Webhook { command } => webhooks::webhook(ctx, command).await,
     }
 }
 

@@ -21,3 +21,4 @@ mod redirect;
 mod send;
 mod store;
 mod trust;
+mod webhooks;
