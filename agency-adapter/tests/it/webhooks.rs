@@ -31,7 +31,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    delivery, event, eventually, fresh_store, fresh_store_of, id, khmer_case_file, referral,
+    BrokerProcess, delivery, event, eventually, fresh_store, fresh_store_of, id, json_of,
+    khmer_case_file, referral, store_khmer_referral,
 };
 
 /// One POST as the receiver saw it.
@@ -228,16 +229,7 @@ async fn register(store: &Store, url: &str, types: &[EventType]) -> webhooks::Cr
 /// Stores, as deliveries, a new referral sent to agency-b and `events` acknowledgements on it;
 /// returns its id.
 async fn referral_with_events(store: &Store, events: usize) -> String {
-    let referral_id = id();
-    let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
-    store
-        .store_delivery(&delivery(Payload::Referral(referral(
-            &referral_id,
-            &khmer_case_file(),
-            vec![submitted],
-        ))))
-        .await
-        .unwrap();
+    let referral_id = store_khmer_referral(store).await;
     for _ in 0..events {
         let mut update = event(
             &referral_id,
@@ -251,6 +243,24 @@ async fn referral_with_events(store: &Store, events: usize) -> String {
             .unwrap();
     }
     referral_id
+}
+
+/// Registers an endpoint for what happens to referrals this agency received.
+async fn register_for_referrals(store: &Store, url: &str) -> webhooks::Created {
+    register(
+        store,
+        url,
+        &[EventType::ReferralReceived, EventType::ReferralUpdated],
+    )
+    .await
+}
+
+/// Each referral's messages were delivered in the order they were queued.
+fn assert_in_order_per_referral(delivered: &[String], queued: &[MessageView], referrals: &[&str]) {
+    for referral_id in referrals {
+        let order = ids_of(queued, referral_id);
+        assert_eq!(in_delivery_order(delivered, &order), order, "{referral_id}");
+    }
 }
 
 async fn all_messages(store: &Store) -> Vec<MessageView> {
@@ -406,12 +416,7 @@ async fn while_the_receiver_is_down_then_failing_retries_grow_apart_then_all_arr
     // A port with nobody behind it, for now.
     let addr = Receiver::start(0).await.stop();
     let url = format!("http://{addr}/hooks/spean");
-    register(
-        &test.store,
-        &url,
-        &[EventType::ReferralReceived, EventType::ReferralUpdated],
-    )
-    .await;
+    register_for_referrals(&test.store, &url).await;
     let first = referral_with_events(&test.store, 2).await;
     let second = referral_with_events(&test.store, 1).await;
     let queued = all_messages(&test.store).await;
@@ -420,11 +425,11 @@ async fn while_the_receiver_is_down_then_failing_retries_grow_apart_then_all_arr
 
     // Down: the first message is tried again and again, further apart each time.
     let head = queued[0].id.clone();
-    let attempts = eventually("four attempts while down", || {
+    let attempts = eventually("five attempts while down", || {
         let (store, head) = (test.store.clone(), head.clone());
         async move {
             let attempts = webhooks::attempts(&store, &head).await.unwrap();
-            (attempts.len() >= 4).then_some(attempts)
+            (attempts.len() >= 5).then_some(attempts)
         }
     })
     .await;
@@ -445,9 +450,11 @@ async fn while_the_receiver_is_down_then_failing_retries_grow_apart_then_all_arr
         .map(|w| (w[1] - w[0]).unsigned_abs())
         .collect();
     // Waits are drawn from [step/2, step] with the step doubling from 200 ms.
-    assert!(gaps[0] >= Duration::from_millis(100), "{gaps:?}");
-    assert!(gaps[2] >= Duration::from_millis(400), "{gaps:?}");
-    assert!(gaps[2] > gaps[0], "{gaps:?}");
+    // Each is at least half its step, so the lower bounds double too.
+    for (n, gap) in gaps.iter().take(4).enumerate() {
+        assert!(*gap >= Duration::from_millis(100 << n), "{gaps:?}");
+    }
+    assert!(gaps[3] > gaps[0], "{gaps:?}");
     // While down, the endpoint waits as a whole: the other referral's head was not tried.
     let other_head = ids_of(&queued, &second)[0].clone();
     assert!(
@@ -491,10 +498,7 @@ async fn while_the_receiver_is_down_then_failing_retries_grow_apart_then_all_arr
         delivered.len(),
         "delivered twice: {delivered:?}"
     );
-    for referral_id in [&first, &second] {
-        let queued_order = ids_of(&queued, referral_id);
-        assert_eq!(in_delivery_order(&delivered, &queued_order), queued_order);
-    }
+    assert_in_order_per_referral(&delivered, &queued, &[&first, &second]);
     // The ids that failed are the ids that then arrived: stable across retries.
     let failed: Vec<String> = receiver
         .seen()
@@ -515,12 +519,7 @@ async fn while_the_receiver_is_down_then_failing_retries_grow_apart_then_all_arr
 async fn one_referral_stuck_on_500_does_not_hold_back_another() {
     let test = fresh_store().await;
     let receiver = Receiver::start(0).await;
-    register(
-        &test.store,
-        &receiver.url(),
-        &[EventType::ReferralReceived, EventType::ReferralUpdated],
-    )
-    .await;
+    register_for_referrals(&test.store, &receiver.url()).await;
     let stuck = referral_with_events(&test.store, 1).await;
     // The system fails on everything about the first referral.
     *receiver.refuse.lock().unwrap() = stuck.clone();
@@ -564,13 +563,9 @@ async fn an_endpoint_failing_past_disable_after_is_disabled_keeping_its_messages
     let test = fresh_store().await;
     let receiver = Receiver::start(0).await;
     receiver.status.store(503, Ordering::SeqCst);
-    let endpoint = register(
-        &test.store,
-        &receiver.url(),
-        &[EventType::ReferralReceived, EventType::ReferralUpdated],
-    )
-    .await
-    .endpoint;
+    let endpoint = register_for_referrals(&test.store, &receiver.url())
+        .await
+        .endpoint;
     let first = referral_with_events(&test.store, 2).await;
     let settings = WebhookSettings {
         disable_after: Duration::from_secs(1),
@@ -624,10 +619,7 @@ async fn an_endpoint_failing_past_disable_after_is_disabled_keeping_its_messages
     .await;
     dispatcher.stop().await;
     let delivered = receiver.delivered();
-    for referral_id in [&first, &second] {
-        let order = ids_of(&kept, referral_id);
-        assert_eq!(in_delivery_order(&delivered, &order), order);
-    }
+    assert_in_order_per_referral(&delivered, &kept, &[&first, &second]);
 }
 
 #[tokio::test]
@@ -683,12 +675,7 @@ async fn a_message_resent_by_hand_is_posted_again_with_the_same_id() {
 #[tokio::test]
 async fn a_repeated_delivery_queues_nothing() {
     let test = fresh_store().await;
-    register(
-        &test.store,
-        "http://127.0.0.1:9/",
-        &[EventType::ReferralReceived, EventType::ReferralUpdated],
-    )
-    .await;
+    register_for_referrals(&test.store, "http://127.0.0.1:9/").await;
     let referral_id = id();
     let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
     let received = delivery(Payload::Referral(referral(
@@ -722,12 +709,7 @@ async fn a_repeated_delivery_queues_nothing() {
 async fn messages_stored_with_their_deliveries_are_posted_after_the_store_is_reopened() {
     let test = fresh_store().await;
     let receiver = Receiver::start(0).await;
-    register(
-        &test.store,
-        &receiver.url(),
-        &[EventType::ReferralReceived, EventType::ReferralUpdated],
-    )
-    .await;
+    register_for_referrals(&test.store, &receiver.url()).await;
     let first = referral_with_events(&test.store, 3).await;
     let second = referral_with_events(&test.store, 1).await;
     // Nothing posted; the store closed as a killed daemon would leave it (no dispatcher ran).
@@ -745,10 +727,7 @@ async fn messages_stored_with_their_deliveries_are_posted_after_the_store_is_reo
     })
     .await;
     let delivered = receiver.delivered();
-    for referral_id in [&first, &second] {
-        let order = ids_of(&queued, referral_id);
-        assert_eq!(in_delivery_order(&delivered, &order), order);
-    }
+    assert_in_order_per_referral(&delivered, &queued, &[&first, &second]);
 }
 
 #[tokio::test]
@@ -777,17 +756,8 @@ async fn events_are_typed_by_how_this_agency_stands_to_the_referral() {
         ],
     )
     .await;
-    let referral_id = id();
-    let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
-    test.store
-        .store_delivery(&delivery(Payload::Referral(referral(
-            &referral_id,
-            &khmer_case_file(),
-            vec![submitted],
-        ))))
-        .await
-        .unwrap();
-    // Its own referral echoed back is not "received".
+    // The referral agency-a sent, as the broker echoes it back: not "received".
+    let referral_id = store_khmer_referral(&test.store).await;
     assert!(all_messages(&test.store).await.is_empty());
     let ack = event(
         &referral_id,
@@ -1020,4 +990,97 @@ fn the_command_line_manages_endpoints_and_reads_its_settings_from_the_environmen
     assert!(!bad_setting.status.success());
     let stderr = String::from_utf8_lossy(&bad_setting.stderr).to_lowercase();
     assert!(stderr.contains("webhooks.first_retry"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_daemon_posts_what_it_receives_and_after_being_killed_what_it_had_not_posted() {
+    const HOSPITAL: &str = "ahc-swu";
+    const DEPARTMENT: &str = "dosvy-24";
+    let broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, DEPARTMENT]);
+    // The department's system is down at first.
+    let addr = Receiver::start(0).await.stop();
+    let added = json_of(&broker.adapter(
+        DEPARTMENT,
+        &[
+            "webhook",
+            "add",
+            "--url",
+            &format!("http://{addr}/hooks"),
+            "--event",
+            "referral.received",
+            "--event",
+            "referral.updated",
+            "--json",
+        ],
+    ));
+    let secret = added["secret"].as_str().unwrap().to_owned();
+    let settings = [("SPEAN_ADAPTER_WEBHOOKS__FIRST_RETRY", "1")];
+    let daemon = broker.daemon(DEPARTMENT, &settings);
+    let sent = json_of(&broker.adapter(
+        HOSPITAL,
+        &[
+            "send",
+            "--to",
+            DEPARTMENT,
+            "--kind",
+            "lama",
+            "--consent-by",
+            "guardian",
+            "--consent-at",
+            "2026-12-01",
+            "--consent-for",
+            "redirect",
+            "--urgency",
+            "urgent",
+            "--json",
+        ],
+    ));
+    let referral_id = sent["referral_id"].as_str().unwrap().to_owned();
+    let failing = eventually("the daemon to try the message and fail", || async {
+        let messages = json_of(&broker.adapter(DEPARTMENT, &["webhook", "messages", "--json"]));
+        (messages[0]["status"] == "failing").then_some(messages)
+    })
+    .await;
+    let message_id = failing[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        failing[0]["payload"]["data"]["referral_id"],
+        referral_id.as_str()
+    );
+    // Killed (SIGKILL) with the message unposted; the system comes back; the daemon restarts.
+    drop(daemon);
+    let receiver = Receiver::start_on(addr, 0).await;
+    let _daemon = broker.daemon(DEPARTMENT, &settings);
+    eventually("the message posted after the restart", || {
+        let delivered = receiver.delivered();
+        let id = message_id.clone();
+        async move { delivered.contains(&id).then_some(()) }
+    })
+    .await;
+    assert!(verify_with_ring(&secret, &receiver.seen()[0]));
+
+    // The department's own action, echoed back, is told too, naming it as the actor.
+    json_of(&broker.adapter(DEPARTMENT, &["ack", &referral_id, "--json"]));
+    let update = eventually("the acknowledgement posted", || {
+        let seen = receiver.seen();
+        async move {
+            seen.iter()
+                .map(|s| serde_json::from_str::<Value>(&s.body).unwrap())
+                .find(|body| body["data"]["kind"] == "acknowledged")
+        }
+    })
+    .await;
+    assert_eq!(update["type"], "referral.updated");
+    assert_eq!(update["data"]["actor_agency_id"], DEPARTMENT);
+    // In between, the broker recorded the delivery itself: every event, in order, once.
+    let delivered = receiver.delivered();
+    let queued = json_of(&broker.adapter(DEPARTMENT, &["webhook", "messages", "--json"]));
+    let queued: Vec<&str> = queued
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(delivered, queued);
+    assert_eq!(delivered[0], message_id);
 }
