@@ -11,7 +11,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rusqlite::{OptionalExtension, params};
@@ -324,9 +324,13 @@ impl Client {
         )
         .map_err(|e| e.to_string())?;
         let request = http::Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+            // Host and port only: never user information a URL might carry.
             .header(
                 http::header::HOST,
-                uri.authority().map_or(host.as_str(), |a| a.as_str()),
+                match uri.port_u16() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.clone(),
+                },
             )
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(
@@ -360,7 +364,8 @@ impl Client {
     }
 }
 
-/// Sends one request on a fresh connection and reads the answer's status (and drains its body).
+/// Sends one request on a fresh connection and reads the answer's status. The body is not read:
+/// nothing in it counts, and an endpoint cannot make the daemon hold a large one.
 async fn exchange<I>(io: I, request: http::Request<Full<Bytes>>) -> Result<u16, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -374,11 +379,7 @@ where
         .await
         .map_err(|e| format!("HTTP: {e}"));
     let status = match response {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            let _ = response.into_body().collect().await;
-            Ok(status)
-        }
+        Ok(response) => Ok(response.status().as_u16()),
         Err(error) => Err(error),
     };
     driver.abort();

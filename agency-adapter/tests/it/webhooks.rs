@@ -1084,3 +1084,38 @@ async fn the_daemon_posts_what_it_receives_and_after_being_killed_what_it_had_no
     assert_eq!(delivered, queued);
     assert_eq!(delivered[0], message_id);
 }
+
+#[tokio::test]
+async fn an_https_endpoint_is_spoken_to_in_tls_and_a_failed_handshake_fails_the_attempt() {
+    use tokio::io::AsyncReadExt;
+
+    let test = fresh_store().await;
+    // Not a TLS server: it only keeps the first bytes the adapter sends, then hangs up.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let first_bytes = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut bytes = vec![0u8; 5];
+        stream.read_exact(&mut bytes).await.unwrap();
+        bytes
+    });
+    register_for_referrals(&test.store, &format!("https://localhost:{port}/hooks")).await;
+    referral_with_events(&test.store, 0).await;
+    let _dispatcher = Dispatcher::start(&test.store, quick());
+
+    // A TLS handshake record (0x16), not an HTTP request with the payload in clear.
+    let bytes = first_bytes.await.unwrap();
+    assert_eq!(bytes[0], 0x16, "{bytes:?}");
+    let message = all_messages(&test.store).await.remove(0);
+    let attempts = eventually("the attempt recorded", || {
+        let (store, id) = (test.store.clone(), message.id.clone());
+        async move {
+            let a = webhooks::attempts(&store, &id).await.unwrap();
+            (!a.is_empty()).then_some(a)
+        }
+    })
+    .await;
+    let error = attempts[0].error.clone().unwrap();
+    assert!(error.starts_with("TLS:"), "{error}");
+    assert_eq!(attempts[0].status_code, None);
+}
