@@ -31,8 +31,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    BrokerProcess, delivery, event, eventually, fresh_store, fresh_store_of, id, json_of,
-    khmer_case_file, referral, store_khmer_referral,
+    BrokerProcess, CONSENTED, delivery, event, eventually, fresh_store, fresh_store_of, id,
+    json_of, khmer_case_file, referral, store_khmer_referral,
 };
 
 /// One POST as the receiver saw it.
@@ -1017,25 +1017,21 @@ async fn the_daemon_posts_what_it_receives_and_after_being_killed_what_it_had_no
     let secret = added["secret"].as_str().unwrap().to_owned();
     let settings = [("SPEAN_ADAPTER_WEBHOOKS__FIRST_RETRY", "1")];
     let daemon = broker.daemon(DEPARTMENT, &settings);
-    let sent = json_of(&broker.adapter(
-        HOSPITAL,
+    let send = [
         &[
             "send",
             "--to",
             DEPARTMENT,
             "--kind",
             "lama",
-            "--consent-by",
-            "guardian",
-            "--consent-at",
-            "2026-12-01",
-            "--consent-for",
-            "redirect",
             "--urgency",
             "urgent",
             "--json",
         ],
-    ));
+        CONSENTED,
+    ]
+    .concat();
+    let sent = json_of(&broker.adapter(HOSPITAL, &send));
     let referral_id = sent["referral_id"].as_str().unwrap().to_owned();
     let failing = eventually("the daemon to try the message and fail", || async {
         let messages = json_of(&broker.adapter(DEPARTMENT, &["webhook", "messages", "--json"]));
