@@ -44,7 +44,7 @@ impl Backoff {
 
 /// A fraction in [0, 1) from the standard library's randomly keyed hasher: enough for jitter, and no
 /// extra dependency.
-fn random_fraction() -> f64 {
+pub(crate) fn random_fraction() -> f64 {
     let bits = RandomState::new().hash_one(std::time::Instant::now()) >> 11;
     bits as f64 / (1u64 << 53) as f64
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::AdapterError;
 
 /// The sections whose settings may come from `SPEAN_ADAPTER_<SECTION>__<KEY>`.
-const NESTED: &[&str] = &["api__"];
+const NESTED: &[&str] = &["api__", "webhooks__"];
 
 /// Where the broker listens when nothing else is said: a broker on the same machine.
 pub const DEFAULT_BROKER: &str = "https://localhost:50051";
@@ -31,6 +31,9 @@ pub struct Settings {
     /// The local HTTP API the daemon serves (docs/integration.md).
     #[serde(default)]
     pub api: ApiSettings,
+    /// Retries and timeouts of webhook deliveries (`[webhooks]`); defaults when absent.
+    #[serde(default)]
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// Where and how the daemon serves its HTTP API. Not served until `listen` is set: two adapters
@@ -199,6 +202,45 @@ mod tests {
     }
 
     #[test]
+    fn webhook_settings_read_from_the_file_with_units_and_default_when_absent()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("adapter.toml");
+        std::fs::write(&file, "identity = \"/i\"\n")?;
+        let defaults = Settings::load(Some(&file), Overrides::default())?;
+        assert_eq!(
+            defaults.webhooks,
+            crate::webhooks::WebhookSettings::default()
+        );
+        std::fs::write(
+            &file,
+            "identity = \"/i\"\n[webhooks]\nfirst_retry = 2\ndisable_after = \"7d\"\n",
+        )?;
+        let settings = Settings::load(Some(&file), Overrides::default())?;
+        assert_eq!(
+            settings.webhooks.first_retry,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(
+            settings.webhooks.disable_after,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            settings.webhooks.request_timeout,
+            defaults.webhooks.request_timeout
+        );
+        std::fs::write(
+            &file,
+            "identity = \"/i\"\n[webhooks]\nfirst_retry = \"soon\"\n",
+        )?;
+        let error = Settings::load(Some(&file), Overrides::default())
+            .err()
+            .ok_or("a bad duration was accepted")?;
+        assert!(error.to_string().contains("first_retry"), "{error}");
+        Ok(())
+    }
+
+    #[test]
     fn a_broker_address_that_is_not_https_is_refused_naming_the_setting() {
         for broker in [
             "http://broker.example:50051",
@@ -234,6 +276,7 @@ mod tests {
                     listen: Some(listen.into()),
                     ..ApiSettings::default()
                 },
+                webhooks: Default::default(),
             };
             if tls {
                 settings.api.tls_cert = Some("cert.pem".into());

@@ -1,6 +1,7 @@
-//! `spean-adapter run`: two loops side by side until shutdown. The delivery loop keeps a subscription
+//! `spean-adapter run`: three loops side by side until shutdown. The delivery loop keeps a subscription
 //! open (reconnecting with backoff); the relay loop sends the outbox in order whenever there is
 //! something pending. A successful (re)subscription wakes the relay, since the broker is evidently back.
+//! The webhook dispatcher posts the messages stored deliveries queued ([`crate::webhooks::dispatch`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,6 +35,7 @@ pub struct Daemon {
     link: Arc<Link>,
     /// The API's listener, bound at build so that a port already taken fails the start.
     api: Option<Listening>,
+    webhooks: crate::webhooks::WebhookSettings,
 }
 
 impl Daemon {
@@ -54,6 +56,7 @@ impl Daemon {
             settings: settings.clone(),
             link: Arc::new(Link::default()),
             api,
+            webhooks: settings.webhooks.clone(),
         })
     }
 
@@ -91,7 +94,10 @@ impl Daemon {
         let relay = self
             .relay_loop(&shutdown, &broker_back)
             .instrument(tracing::info_span!(parent: &span, "outbox"));
-        tokio::join!(deliveries, relay);
+        let webhooks =
+            crate::webhooks::dispatch::run_until_stopped(&self.store, &self.webhooks, &shutdown)
+                .instrument(tracing::info_span!(parent: &span, "webhooks"));
+        tokio::join!(deliveries, relay, webhooks);
         if let Some(api) = api {
             let _ = api.await;
         }

@@ -78,7 +78,8 @@ pub enum AdapterError {
     #[error("this agency's certificate is refused: {0}")]
     CertificateRefused(String),
 
-    /// Something asked for by its id is not in the local store (a referral, an API key, …).
+    /// Something asked for by its id is not in the local store (a referral, an API key, a webhook
+    /// endpoint or message, …): the HTTP API answers 404.
     #[error("NOT_FOUND: {what} {id} is not in the local store")]
     NotFound { what: &'static str, id: String },
 

@@ -27,11 +27,13 @@
 //!   tables, CSV and JSON.
 //! - [`delivery`]: the `Subscribe` stream: store each delivery, then confirm it.
 //! - [`backoff`]: exponential backoff with jitter for reconnects and retries.
+//! - [`webhooks`]: endpoints the agency's own system registers, the signed messages queued for
+//!   them with what they announce, and the dispatcher that posts them in order per referral.
 //! - [`link`]: whether the broker can be reached, as the daemon last found it (for the API's health,
 //!   and so that commands queue at once while it cannot).
 //! - [`api_keys`]: the keys of the local HTTP API, stored hashed.
 //! - [`api`]: the local HTTP API (axum, OpenAPI from utoipa) over the same code as the command line.
-//! - [`daemon`]: `run`: delivery, outbox relay and the API until shutdown.
+//! - [`daemon`]: `run`: delivery, outbox relay, webhook dispatch and the API until shutdown.
 //! - [`cli`]: the command line: parse, dispatch, print tables or JSON.
 //! - [`telemetry`]: the tracing subscriber, built once, writing to stderr.
 //! - [`error`]: the one error type, and how a broker status becomes "retry later" or "refused".
@@ -60,5 +62,6 @@ pub mod referral;
 pub mod sealing;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use error::AdapterError;

@@ -49,6 +49,7 @@ use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::forma
 use crate::{
     AdapterError, consent, follow_up,
     referral::{age_band_name, audience_name, kind_name, sex_name, state_name, urgency_name},
+    webhooks,
 };
 
 /// A statement slower than this is reported at `info` ([`Store::open`]).
@@ -222,7 +223,7 @@ impl Store {
         Ok(pool)
     }
 
-    /// The reading connections, for modules that keep tables of their own (`api_keys`).
+    /// The reading pool, for modules that keep tables of their own here (API keys, webhooks).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -673,16 +674,22 @@ impl Store {
     }
 
     /// The broker refused the request for good: keep it, with why, and never send it again.
+    /// Its `request.rejected` webhook messages are written in the same transaction.
     pub async fn mark_rejected(&self, request_id: &str, error: &str) -> Result<(), AdapterError> {
-        sqlx::query(
-            "UPDATE outbox SET status = 'rejected', error = ?, attempts = attempts + 1 \
-             WHERE request_id = ? AND status = 'pending'",
-        )
-        .bind(error)
-        .bind(request_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (request_id, error) = (request_id.to_owned(), error.to_owned());
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE outbox SET status = 'rejected', error = ?1, attempts = attempts + 1 \
+                     WHERE request_id = ?2 AND status = 'pending'",
+                )?
+                .execute(params![error, request_id])?;
+            if changed > 0 {
+                webhooks::enqueue::request_rejected(conn, &request_id, &error)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// A try that did not reach a verdict: the row stays pending, with the last error for `status`.
@@ -908,10 +915,26 @@ fn put_referral(
         ])?;
     }
     put_audience(conn, &envelope.referral_id, referral.audience)?;
+    let mut new_events = Vec::new();
     for event in &referral.history {
-        put_event(conn, event)?;
+        if put_event(conn, event)? {
+            new_events.push(event);
+        }
     }
     refresh_referral(conn, &envelope.referral_id)?;
+    // Webhook messages commit with what they announce (webhooks::enqueue).
+    if !existed {
+        webhooks::enqueue::referral_received(
+            conn,
+            agency,
+            &envelope,
+            referral.state,
+            referral.audience,
+        )?;
+    }
+    for event in new_events {
+        webhooks::enqueue::event_stored(conn, agency, event, !existed)?;
+    }
     withdraw_case_file_if_moved_on(conn, agency, &envelope.referral_id)?;
     if referral.history.iter().any(follow_up::moves_the_delegation) {
         strip_ended_follow_up_parts(conn, agency, &envelope.referral_id)?;
@@ -943,6 +966,9 @@ fn put_event_and_refresh(
 ) -> Result<bool, AdapterError> {
     let new = put_event(conn, event)?;
     refresh_referral(conn, &event.referral_id)?;
+    if new {
+        webhooks::enqueue::event_stored(conn, agency, event, false)?;
+    }
     withdraw_case_file_if_moved_on(conn, agency, &event.referral_id)?;
     if follow_up::moves_the_delegation(event) {
         strip_ended_follow_up_parts(conn, agency, &event.referral_id)?;

@@ -44,6 +44,29 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// A query string, refused with the name of the parameter at fault.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(pairs)
+            .map(Params)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let field = if path == "." {
+                    "query".to_owned()
+                } else {
+                    path
+                };
+                Problem::invalid(field, error.into_inner())
+            })
+    }
+}
+
 /// The `Idempotency-Key` header, required on every write. Checked by the network's rules for keys
 /// when the write uses it (as `client_ref` or `request_id`).
 pub struct IdempotencyKey(pub String);

@@ -7,6 +7,7 @@
 //! - [`referrals`]: the inbox, what was sent, one referral, and sending one.
 //! - [`actions`]: the feedback actions on a referral.
 //! - [`outbox`]: what still waits for the broker, and health.
+//! - [`webhooks`]: webhook endpoints and their messages.
 //! - [`server`]: listening, on localhost, or beyond it over TLS only.
 //!
 //! The OpenAPI 3.1 document is generated from the handlers' annotations (utoipa) as the router is
@@ -20,6 +21,7 @@ pub mod outbox;
 pub mod problem;
 pub mod referrals;
 pub mod server;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -76,6 +78,7 @@ impl ApiState {
         (name = "referrals", description = "The inbox, what was sent, one referral, sending one"),
         (name = "actions", description = "Feedback on a referral"),
         (name = "outbox", description = "What waits for the broker"),
+        (name = "webhooks", description = "Endpoints of the agency's own system, and the signed messages posted to them"),
         (name = "meta", description = "Health and this document"),
     )
 )]
@@ -123,6 +126,15 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(outbox::outbox_request))
         .routes(routes!(outbox::health))
         .routes(routes!(outbox::openapi))
+        .routes(routes!(webhooks::list, webhooks::register))
+        .routes(routes!(webhooks::get, webhooks::remove))
+        .routes(routes!(webhooks::enable))
+        .routes(routes!(webhooks::disable))
+        .routes(routes!(webhooks::secret))
+        .routes(routes!(webhooks::messages))
+        .routes(routes!(webhooks::message))
+        .routes(routes!(webhooks::attempts))
+        .routes(routes!(webhooks::resend))
 }
 
 /// The OpenAPI 3.1 document of every route.

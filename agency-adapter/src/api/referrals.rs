@@ -3,7 +3,7 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -13,7 +13,7 @@ use spean_domain::ids::ClientRef;
 use super::{
     ApiState,
     auth::reader,
-    input::{Body, IdempotencyKey, Reader},
+    input::{Body, IdempotencyKey, Params, Reader},
     problem::Problem,
 };
 use crate::{
@@ -107,7 +107,7 @@ pub async fn inbox(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Reader(person): Reader,
-    Query(query): Query<ListQuery>,
+    Params(query): Params<ListQuery>,
 ) -> Result<Json<Page<InboxItem>>, Problem> {
     let items = inbox_items(
         &state.ctx,
@@ -146,7 +146,7 @@ pub async fn inbox(
 )]
 pub async fn sent(
     State(state): State<ApiState>,
-    Query(query): Query<ListQuery>,
+    Params(query): Params<ListQuery>,
 ) -> Result<Json<Page<StatusItem>>, Problem> {
     let escalations = state.ctx.store.escalations().await?;
     let items = status_items(&state.ctx, query.all.unwrap_or(false))

@@ -7,6 +7,7 @@
 //! - [`audit`]: `audit verify`, `audit head` and `audit broker-head`.
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
+//! - [`webhooks`]: `webhook add|list|remove|enable|disable|secret|messages|attempts|resend`.
 
 mod api_keys;
 mod audit;
@@ -15,6 +16,7 @@ mod keys;
 mod network;
 pub(crate) mod send;
 pub(crate) mod views;
+mod webhooks;
 
 /// How `show` renders what a delivery carries, reached by the fuzz targets (`fuzz/`); not an API.
 #[doc(hidden)]
@@ -128,6 +130,12 @@ pub enum Command {
     ApiKey {
         #[command(subcommand)]
         command: api_keys::ApiKeyCommand,
+    },
+    /// Webhooks: endpoints of this agency's own system, and the signed messages posted to them
+    /// (docs/integration.md#webhooks).
+    Webhook {
+        #[command(subcommand)]
+        command: webhooks::WebhookCommand,
     },
 }
 
@@ -322,6 +330,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Keys { command } => keys::keys(ctx, command).await,
         Command::Audit { command } => audit::audit(ctx, command).await,
         Command::ApiKey { command } => api_keys::api_key(ctx, command).await,
+        Command::Webhook { command } => webhooks::webhook(ctx, command).await,
     }
 }
 

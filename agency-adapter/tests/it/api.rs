@@ -207,6 +207,28 @@ fn traces(broker: &BrokerProcess, agency: &str) -> (Vec<String>, usize) {
     (readers, outbox.as_array().unwrap().len())
 }
 
+/// Waits until `check` holds of what `path` answers, and returns that answer.
+async fn eventually_answer(api: &Api, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = api.get(path).await;
+        if answer.status == StatusCode::OK && check(&answer.body) {
+            return answer.body;
+        }
+        assert!(Instant::now() < deadline, "{path}: {}", answer.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the document's operation `method path` takes an `Idempotency-Key`, and a body.
+fn takes(doc: &Value, method: &str, path: &str) -> (bool, bool) {
+    let operation = &doc["paths"][path][method.to_lowercase()];
+    let keyed = operation["parameters"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key"));
+    (keyed, operation["requestBody"].is_object())
+}
+
 /// Every (method, path) of the OpenAPI document.
 fn documented(doc: &Value) -> BTreeSet<(String, String)> {
     let mut routes = BTreeSet::new();
@@ -259,6 +281,45 @@ async fn the_api_does_what_the_command_line_does_for_a_caller_with_a_live_key() 
     let parsed = oas3::from_json(doc.to_string()).expect("a valid OpenAPI 3.1 document");
     assert!(parsed.openapi.starts_with("3.1"));
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+
+    // The NGO's system registers a webhook endpoint (nothing listens there: its messages wait).
+    let hook = json!({
+        "url": "http://127.0.0.1:9/spean",
+        "event_types": ["referral.received", "referral.updated"],
+        "description": "OSCaR"
+    });
+    let registered = ngo.post("/v1/webhooks", "api-hook-1", hook.clone()).await;
+    assert_eq!(
+        registered.status,
+        StatusCode::CREATED,
+        "{}",
+        registered.body
+    );
+    drove("POST", "/v1/webhooks");
+    let endpoint = registered.body["endpoint"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        registered.body["secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+    let again = ngo.post("/v1/webhooks", "api-hook-1", hook.clone()).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["endpoint"]["id"], endpoint.as_str());
+    assert_eq!(again.body["secret"], registered.body["secret"]);
+    let mut other_hook = hook.clone();
+    other_hook["url"] = json!("http://127.0.0.1:10/other");
+    ngo.post("/v1/webhooks", "api-hook-1", other_hook)
+        .await
+        .problem(StatusCode::CONFLICT, "Idempotency-Key");
+    let mut far = hook.clone();
+    far["url"] = json!("http://example.org/hook");
+    ngo.post("/v1/webhooks", "api-hook-2", far)
+        .await
+        .problem(StatusCode::BAD_REQUEST, "url");
 
     // Send, then the same again (a replay: same referral, nothing new), then other content under
     // the same key (refused, naming the header).
@@ -553,6 +614,107 @@ async fn the_api_does_what_the_command_line_does_for_a_caller_with_a_live_key() 
     assert_eq!(consent.status, StatusCode::OK, "{}", consent.body);
     drove("POST", "/v1/referrals/{id}/consent-withdrawal");
 
+    // The NGO's webhook endpoint: its messages wait (nobody listens), each attempt visible;
+    // disabled, enabled, a message resent by hand, the endpoint removed.
+    let listed = ngo.get("/v1/webhooks").await;
+    assert_eq!(listed.body.as_array().unwrap().len(), 1, "{}", listed.body);
+    assert!(
+        listed.body[0].get("secret").is_none(),
+        "the list never shows a secret"
+    );
+    drove("GET", "/v1/webhooks");
+    let one = ngo.get(&format!("/v1/webhooks/{endpoint}")).await;
+    assert_eq!(one.body["url"], "http://127.0.0.1:9/spean");
+    drove("GET", "/v1/webhooks/{id}");
+    let secret = ngo.get(&format!("/v1/webhooks/{endpoint}/secret")).await;
+    assert_eq!(secret.body["secret"], registered.body["secret"]);
+    drove("GET", "/v1/webhooks/{id}/secret");
+    let messages = ngo
+        .get(&format!("/v1/webhook-messages?endpoint={endpoint}"))
+        .await;
+    drove("GET", "/v1/webhook-messages");
+    let received: Vec<&Value> = messages
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["event_type"] == "referral.received")
+        .collect();
+    assert!(received.len() >= 4, "{}", messages.body);
+    let message = received[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(received[0]["payload"]["data"]["referral_id"], id.as_str());
+    ngo.get("/v1/webhook-messages?status=lost")
+        .await
+        .problem(StatusCode::BAD_REQUEST, "status");
+    let shown_message = ngo.get(&format!("/v1/webhook-messages/{message}")).await;
+    assert_eq!(shown_message.body["id"], message.as_str());
+    drove("GET", "/v1/webhook-messages/{id}");
+    let tried = eventually_answer(
+        &ngo,
+        &format!("/v1/webhook-messages/{message}/attempts"),
+        |b| !b.as_array().unwrap().is_empty(),
+    )
+    .await;
+    assert!(tried[0]["status_code"].is_null(), "nobody listens: {tried}");
+    drove("GET", "/v1/webhook-messages/{id}/attempts");
+    let disabled = ngo
+        .call(
+            Method::POST,
+            &format!("/v1/webhooks/{endpoint}/disable"),
+            Some(&ngo.key),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(disabled.body["enabled"], false, "{}", disabled.body);
+    drove("POST", "/v1/webhooks/{id}/disable");
+    let enabled = ngo
+        .call(
+            Method::POST,
+            &format!("/v1/webhooks/{endpoint}/enable"),
+            Some(&ngo.key),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(enabled.body["enabled"], true, "{}", enabled.body);
+    drove("POST", "/v1/webhooks/{id}/enable");
+    let resent = ngo
+        .call(
+            Method::POST,
+            &format!("/v1/webhook-messages/{message}/resend"),
+            Some(&ngo.key),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(resent.status, StatusCode::OK, "{}", resent.body);
+    assert_eq!(resent.body["id"], message.as_str());
+    drove("POST", "/v1/webhook-messages/{id}/resend");
+    ngo.call(
+        Method::POST,
+        "/v1/webhook-messages/msg_none/resend",
+        Some(&ngo.key),
+        &[],
+        None,
+    )
+    .await
+    .problem(StatusCode::NOT_FOUND, "path");
+    let removed = ngo
+        .call(
+            Method::DELETE,
+            &format!("/v1/webhooks/{endpoint}"),
+            Some(&ngo.key),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    drove("DELETE", "/v1/webhooks/{id}");
+    ngo.get(&format!("/v1/webhooks/{endpoint}"))
+        .await
+        .problem(StatusCode::NOT_FOUND, "path");
+
     // What the hospital sent, with filters; health.
     hospital.wait_state(&id, "completed").await;
     let sent_list = hospital.get("/v1/sent?all=true&state=completed").await;
@@ -643,18 +805,26 @@ async fn every_write_refuses_a_missing_key_and_unknown_fields_naming_them() {
     broker.publish_keys(&[HOSPITAL, NGO]);
     let hospital = api(&broker, HOSPITAL).await;
     let doc = hospital.get("/v1/openapi.json").await.body;
+    let mut keyed_routes = 0;
     for (method, path) in documented(&doc).into_iter().filter(|(m, _)| m == "POST") {
+        let (keyed, with_body) = takes(&doc, &method, &path);
         let path = path.replace("{id}", "r-unknown");
-        let no_key = hospital
-            .call(
-                Method::POST,
-                &path,
-                Some(&hospital.key),
-                &[],
-                Some(&json!({})),
-            )
-            .await;
-        no_key.problem(StatusCode::BAD_REQUEST, "Idempotency-Key");
+        if keyed {
+            keyed_routes += 1;
+            let no_key = hospital
+                .call(
+                    Method::POST,
+                    &path,
+                    Some(&hospital.key),
+                    &[],
+                    Some(&json!({})),
+                )
+                .await;
+            no_key.problem(StatusCode::BAD_REQUEST, "Idempotency-Key");
+        }
+        if !with_body {
+            continue;
+        }
         let unknown = hospital
             .post(&path, "api-unknown-field", json!({ "nonsense": 1 }))
             .await;
@@ -683,6 +853,8 @@ async fn every_write_refuses_a_missing_key_and_unknown_fields_naming_them() {
             .await;
         not_json.problem(StatusCode::BAD_REQUEST, "Content-Type");
     }
+    // A referral, its thirteen actions, and a webhook endpoint.
+    assert_eq!(keyed_routes, 15);
     let outbox = hospital.get("/v1/outbox").await;
     assert_eq!(outbox.body, json!([]), "nothing was queued");
 }

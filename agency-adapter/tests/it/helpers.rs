@@ -326,6 +326,16 @@ impl Drop for DaemonProcess {
     }
 }
 
+/// The consent a test referral is sent on (`send` is refused without one).
+pub const CONSENTED: &[&str] = &[
+    "--consent-by",
+    "guardian",
+    "--consent-at",
+    "2026-12-01",
+    "--consent-for",
+    "redirect,broadcast,notified_parties,follow_up_delegation",
+];
+
 /// How long an effect in another process may take before a test fails.
 const PATIENCE: Duration = Duration::from_secs(30);
 

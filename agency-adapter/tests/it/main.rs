@@ -22,3 +22,4 @@ mod redirect;
 mod send;
 mod store;
 mod trust;
+mod webhooks;
