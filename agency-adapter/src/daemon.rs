@@ -141,7 +141,15 @@ impl Daemon {
             };
             if let Err(error) = result {
                 self.link.down(&error.to_string());
-                if let Err(error) = self.store.note_link(self.link.status()).await {
+                // Recorded for commands only when the broker is out of reach: a refused
+                // certificate, say, is for a command to find and report itself.
+                let status = self.link.status();
+                let recorded = if error.is_transient() {
+                    self.store.note_link(status).await
+                } else {
+                    self.store.forget_link().await
+                };
+                if let Err(error) = recorded {
                     tracing::warn!(%error, "cannot record the link");
                 }
                 let wait = backoff.next_delay();

@@ -20,22 +20,19 @@ use super::{
 use crate::cli::{
     ActionArgs,
     consent::GiverArg,
-    send::{Act, Acted, perform_unless},
+    send::{Act, Acted, perform},
 };
 
 /// Records `act` under `key`: 200 when the broker recorded it (now or before), 202 when queued.
 async fn record(state: &ApiState, key: String, act: Act) -> Result<Response, Problem> {
     RequestId::parse(IDEMPOTENCY_KEY, &key).map_err(crate::AdapterError::from)?;
-    let queue = state.queue_because();
-    let acted = perform_unless(&state.ctx, act, queue.as_deref())
-        .await
-        .map_err(|error| {
-            let mut problem = Problem::from(error);
-            if problem.field.as_deref() == Some("request_id") {
-                problem.field = Some(IDEMPOTENCY_KEY.into());
-            }
-            problem
-        })?;
+    let acted = perform(&state.ctx, act).await.map_err(|error| {
+        let mut problem = Problem::from(error);
+        if problem.field.as_deref() == Some("request_id") {
+            problem.field = Some(IDEMPOTENCY_KEY.into());
+        }
+        problem
+    })?;
     let status = if acted.status == "queued" {
         StatusCode::ACCEPTED
     } else {

@@ -47,18 +47,6 @@ impl ApiState {
             link,
         }
     }
-
-    /// Why a write should be queued without trying the broker now: it is known to be out of
-    /// reach, and trying would make the caller wait for a connection attempt to time out.
-    pub(crate) fn queue_because(&self) -> Option<String> {
-        let status = self.link.status();
-        (!status.connected && status.since.is_some()).then(|| {
-            format!(
-                "the broker is out of reach since {}",
-                status.since.unwrap_or_default()
-            )
-        })
-    }
 }
 
 #[derive(OpenApi)]

@@ -316,8 +316,7 @@ pub async fn send(
         queue_only: false,
         json: true,
     };
-    let queue = state.queue_because();
-    let submitted = submit(&state.ctx, args, queue.as_deref())
+    let submitted = submit(&state.ctx, args, None)
         .await
         .map_err(|e| renamed(e.into()))?;
     let status = match (submitted.status, submitted.replayed) {

@@ -198,16 +198,14 @@ async fn enqueue_and_try(
     if let Some(referral_id) = request.referral_id() {
         for earlier in ctx.store.pending_before(referral_id, row.seq).await? {
             match outbox::send_row(&ctx.store, &mut broker, &earlier).await {
-                // A refused earlier request is the user's to see (`outbox`, `status`); this one
-                // is the broker's to judge on its own.
-                Ok(_) => {}
-                Err(error) if error.is_refusal() => {}
                 Err(error) if error.is_transient() => {
                     return Ok(Sending::Queued(format!(
                         "an earlier request about this referral is not sent yet: {error}"
                     )));
                 }
-                Err(error) => return Err(error),
+                // Sent; or refused, or unsendable from here: that request's outcome is the
+                // user's to see (`outbox`, `status`), and this one is judged on its own.
+                _ => {}
             }
         }
     }
@@ -815,15 +813,6 @@ pub(super) async fn act(ctx: &Context, act: Act) -> anyhow::Result<()> {
 /// Records a feedback action: checks it, writes it to the outbox, and (unless `--queue-only`, or
 /// the caller knows the broker is out of reach) tries the broker once.
 pub(crate) async fn perform(ctx: &Context, act: Act) -> Result<Acted, AdapterError> {
-    perform_unless(ctx, act, None).await
-}
-
-/// [`perform`], queuing only when `queue_only` says why.
-pub(crate) async fn perform_unless(
-    ctx: &Context,
-    act: Act,
-    queue_only: Option<&str>,
-) -> Result<Acted, AdapterError> {
     let (common, request) = act.into_parts()?;
     let mut request = with_follow_up_part(ctx, &common.id, request).await?;
     let request_id = key_or_new(common.request_id.as_deref(), |raw| {
@@ -839,7 +828,7 @@ pub(crate) async fn perform_unless(
     });
     crate::sealing::check_free_text(&request)?;
     let operation = request.operation();
-    let queue_only = queue_only.or(common.queue_only.then_some("--queue-only"));
+    let queue_only = common.queue_only.then_some("--queue-only");
     let sending = enqueue_and_try(ctx, request, queue_only, None).await?;
     announce(request_id.as_str(), &sending);
     let event = match &sending {

@@ -973,7 +973,10 @@ fn the_command_line_manages_endpoints_and_reads_its_settings_from_the_environmen
     ));
     assert_eq!(messages, serde_json::json!([]));
     let missing = adapter(dir.path(), &[], &["webhook", "attempts", "msg_nope"]);
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("NOT_FOUND: webhook message msg_nope is not in the local store"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("NOT_FOUND: webhook message msg_nope is not in the local store")
+    );
     assert!(
         adapter(dir.path(), &[], &["webhook", "remove", &id])
             .status
