@@ -10,26 +10,37 @@ use tracing::Instrument;
 
 use crate::{
     AdapterError, backoff::Backoff, broker::Broker, config::Settings, delivery, identity::Identity,
-    outbox, store::Store,
+    outbox, retention, store::Store,
 };
 
 /// How often an idle relay looks for rows the command line queued.
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
 
+/// How often the retention purge runs (and once at start): a period is days long, an hour late
+/// is nothing, and the purge is one indexed query when nothing is due.
+const PURGE_EVERY: Duration = Duration::from_secs(3_600);
+
 pub struct Daemon {
     store: Store,
     identity: Identity,
     broker_url: String,
+    /// How long closed referrals keep their case files, and the setting as written (recorded).
+    retention: (retention::Period, String),
 }
 
 impl Daemon {
     pub async fn build(settings: &Settings) -> Result<Self, AdapterError> {
         let identity = Identity::load(&settings.identity)?;
-        let store = Store::open(&settings.store, &identity.agency_id).await?;
+        let store =
+            Store::open_with(&settings.store, &identity.agency_id, &settings.store_key()).await?;
         Ok(Self {
             store,
             identity,
             broker_url: settings.broker.clone(),
+            retention: (
+                settings.retention_period()?,
+                settings.retention.closed_case_files_for.clone(),
+            ),
         })
     }
 
@@ -47,7 +58,10 @@ impl Daemon {
         let relay = self
             .relay_loop(&shutdown, &broker_back)
             .instrument(tracing::info_span!(parent: &span, "outbox"));
-        tokio::join!(deliveries, relay);
+        let purge = self
+            .retention_loop(&shutdown)
+            .instrument(tracing::info_span!(parent: &span, "retention"));
+        tokio::join!(deliveries, relay, purge);
         self.store.close().await;
         tracing::info!(parent: &span, "stopped");
         Ok(())
@@ -81,6 +95,16 @@ impl Daemon {
                 tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "delivery stream down");
                 sleep_or_stop(wait, shutdown, None).await;
             }
+        }
+    }
+
+    async fn retention_loop(&self, shutdown: &CancellationToken) {
+        let (period, setting) = &self.retention;
+        while !shutdown.is_cancelled() {
+            if let Err(error) = retention::purge(&self.store, *period, setting, false).await {
+                tracing::error!(%error, "retention purge failed; will retry");
+            }
+            sleep_or_stop(PURGE_EVERY, shutdown, None).await;
         }
     }
 

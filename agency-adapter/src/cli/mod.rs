@@ -5,12 +5,14 @@
 //!   among them), which all go through the outbox first.
 //! - [`views`]: `inbox`, `show`, `status` and `outbox`, as tables or `--json`, from the local store.
 //! - [`audit`]: `audit verify`, `audit head` and `audit broker-head`.
+//! - [`local_data`]: `backup`, `restore` and `purge`: the store's copies and its retention.
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
 
 mod audit;
 mod consent;
 mod keys;
+mod local_data;
 mod network;
 mod send;
 mod views;
@@ -61,6 +63,15 @@ pub struct Cli {
     /// The local SQLite store [default: spean-adapter.db].
     #[arg(long, global = true, env = "SPEAN_ADAPTER_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
+    /// The store's key file [default: store.key in the identity folder]; unused when
+    /// SPEAN_ADAPTER_STORE_PASSPHRASE is set.
+    #[arg(
+        long,
+        global = true,
+        env = "SPEAN_ADAPTER_STORE_KEY",
+        value_name = "FILE"
+    )]
+    pub store_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -123,6 +134,14 @@ pub enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Copy the store to FILE (0600), consistent even while the daemon writes. The copy stays
+    /// encrypted under the store key: keep the key apart (docs/operations.md#backup).
+    Backup(local_data::BackupArgs),
+    /// Replace the store's content with a backup of it, while the daemon runs; checked first.
+    Restore(local_data::RestoreArgs),
+    /// Purge now the case files of referrals closed longer than `retention` (the daemon does it
+    /// hourly); --dry-run lists them only.
+    Purge(local_data::PurgeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -234,7 +253,8 @@ pub(crate) struct Context {
 impl Context {
     async fn open(settings: Settings) -> anyhow::Result<Self> {
         let identity = Identity::load(&settings.identity)?;
-        let store = Store::open(&settings.store, &identity.agency_id).await?;
+        let store =
+            Store::open_with(&settings.store, &identity.agency_id, &settings.store_key()).await?;
         Ok(Self {
             settings,
             identity,
@@ -257,6 +277,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             identity: cli.identity,
             broker: cli.broker,
             store: cli.store,
+            store_key: cli.store_key,
         },
     )?;
     if is_daemon {
@@ -291,6 +312,9 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Figures(args) => network::figures(ctx, args).await,
         Command::Keys { command } => keys::keys(ctx, command).await,
         Command::Audit { command } => audit::audit(ctx, command).await,
+        Command::Backup(args) => local_data::backup(ctx, &args).await,
+        Command::Restore(args) => local_data::restore(ctx, &args).await,
+        Command::Purge(args) => local_data::purge(ctx, &args).await,
     }
 }
 

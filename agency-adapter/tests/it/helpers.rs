@@ -313,6 +313,17 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
+    /// Starts `command` (a `spean-adapter run`) with its output discarded.
+    pub fn spawn(mut command: Command) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start spean-adapter run");
+        Self { child }
+    }
+
     /// How it ended, if it has.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("daemon status")
