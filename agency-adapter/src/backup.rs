@@ -12,7 +12,9 @@
 //! accounted for, since the broker will not send it again:
 //! - requests queued after the backup are carried over into the restored store, so no action
 //!   waits on nobody; a request the backup holds as pending though it was sent since goes again
-//!   under its own key, and the broker answers it as a replay (with the event it stored);
+//!   under its own key with the very bytes it was first sealed to (carried over too: sealed anew
+//!   the broker would refuse it as another request under that key), and the broker answers it as
+//!   a replay, with the event it stored;
 //! - deliveries received after the backup (referrals and events) would be missing: the restore is
 //!   refused unless `accept_loss`, and the referrals concerned are listed for the caller to read
 //!   again from the broker (`ReferralService.Get`; the `restore` command does).
@@ -117,11 +119,12 @@ pub async fn restore(
             live.execute("ATTACH DATABASE ?1 AS backup", params![attached])?;
             let result = (|| {
                 let lost = received_since(live)?;
-                let pending = queued_since(live)?;
-                Ok::<_, AdapterError>((lost, pending))
+                let queued = queued_since(live)?;
+                let sealed = sealed_since(live)?;
+                Ok::<_, AdapterError>((lost, queued, sealed))
             })();
             live.execute_batch("DETACH DATABASE backup")?;
-            let (lost, queued) = result?;
+            let (lost, queued, sealed) = result?;
             if !lost.is_empty() && !accept_loss {
                 return Err(AdapterError::Invalid {
                     field: "restore FILE".into(),
@@ -135,7 +138,7 @@ pub async fn restore(
             }
             let source = open_backup(&from)?;
             copy_whole(&source, live)?;
-            let carried = carry_over(live, &queued)?;
+            let carried = carry_over(live, &queued, &sealed)?;
             let check: String = live.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
             if check != "ok" {
                 return Err(AdapterError::Config(format!(
@@ -261,15 +264,14 @@ struct Queued {
     attempts: i64,
     created_at: String,
     sent_at: Option<String>,
-    sealed: Option<Vec<u8>>,
 }
 
 fn queued_since(live: &Connection) -> Result<Vec<Queued>, AdapterError> {
     let mut statement = live.prepare(
-        "SELECT o.request_id, o.operation, o.referral_id, o.payload, o.status, o.error, \
-                o.attempts, o.created_at, o.sent_at, s.payload \
-         FROM main.outbox o LEFT JOIN main.outbox_sealed s ON s.request_id = o.request_id \
-         WHERE o.request_id NOT IN (SELECT request_id FROM backup.outbox) ORDER BY o.seq",
+        "SELECT request_id, operation, referral_id, payload, status, error, attempts, \
+                created_at, sent_at \
+         FROM main.outbox WHERE request_id NOT IN (SELECT request_id FROM backup.outbox) \
+         ORDER BY seq",
     )?;
     let rows = statement.query_map([], |row| {
         Ok(Queued {
@@ -282,14 +284,32 @@ fn queued_since(live: &Connection) -> Result<Vec<Queued>, AdapterError> {
             attempts: row.get(6)?,
             created_at: row.get(7)?,
             sent_at: row.get(8)?,
-            sealed: row.get(9)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Puts the requests queued after the backup back, in their order, after the backup's own; how many.
-fn carry_over(live: &Connection, queued: &[Queued]) -> Result<usize, AdapterError> {
+/// The requests as first sealed that the live store kept after the backup was taken (a request
+/// the backup holds as pending may have been sealed and sent since).
+///
+/// Why they must come back: a request sealed again gives other bytes, which the broker refuses
+/// as another request under the same key; sent again as first sealed, it is answered as a replay.
+fn sealed_since(live: &Connection) -> Result<Vec<(String, Vec<u8>)>, AdapterError> {
+    let mut statement = live.prepare(
+        "SELECT request_id, payload FROM main.outbox_sealed \
+         WHERE request_id NOT IN (SELECT request_id FROM backup.outbox_sealed)",
+    )?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Puts the requests queued after the backup back, in their order, after the backup's own, and
+/// the sealed copies made after it; how many requests.
+fn carry_over(
+    live: &Connection,
+    queued: &[Queued],
+    sealed: &[(String, Vec<u8>)],
+) -> Result<usize, AdapterError> {
     for q in queued {
         live.execute(
             "INSERT INTO outbox (request_id, operation, referral_id, payload, status, error, \
@@ -307,13 +327,13 @@ fn carry_over(live: &Connection, queued: &[Queued]) -> Result<usize, AdapterErro
                 q.sent_at
             ],
         )?;
-        if let Some(sealed) = &q.sealed {
-            live.execute(
-                "INSERT INTO outbox_sealed (request_id, payload) VALUES (?, ?) \
-                 ON CONFLICT (request_id) DO NOTHING",
-                params![q.request_id, sealed],
-            )?;
-        }
+    }
+    for (request_id, payload) in sealed {
+        live.execute(
+            "INSERT INTO outbox_sealed (request_id, payload) VALUES (?, ?) \
+             ON CONFLICT (request_id) DO NOTHING",
+            params![request_id, payload],
+        )?;
     }
     Ok(queued.len())
 }

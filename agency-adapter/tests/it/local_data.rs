@@ -611,3 +611,139 @@ async fn retention_purges_case_files_closed_longer_than_the_period_and_keeps_the
     );
     assert_eq!(listed["earlier"][0]["referrals"], 1, "{listed}");
 }
+
+/// The NGO's outbox row with `request_id`, as `outbox --json` shows it.
+fn outbox_status(broker: &crate::helpers::BrokerProcess, agency: &str, request_id: &str) -> String {
+    let outbox = json_of(&broker.adapter(agency, &["outbox", "--json"]));
+    outbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["request_id"] == request_id)
+        .map(|row| row["status"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+fn acknowledgements(shown: &serde_json::Value) -> usize {
+    shown["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "acknowledged")
+        .count()
+}
+
+#[tokio::test]
+async fn a_restore_while_the_daemon_runs_reads_back_what_was_lost_and_resends_under_the_same_key() {
+    const HOSPITAL: &str = "ahc-swu";
+    const NGO: &str = "mlup-russey";
+    let broker = crate::helpers::BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO]);
+    let sent = json_of(&broker.adapter(
+        HOSPITAL,
+        &[
+            "send",
+            "--to",
+            NGO,
+            "--kind",
+            "lama",
+            "--consent-by",
+            "guardian",
+            "--consent-at",
+            "2026-12-01",
+            "--consent-for",
+            "redirect",
+            "--urgency",
+            "urgent",
+            "--sex",
+            "female",
+            "--age-band",
+            "5-9",
+            "--subject-province",
+            "24",
+            "--client-ref",
+            "ref-restore",
+            "--name-km",
+            NAME,
+            "--json",
+        ],
+    ));
+    let id = sent["referral_id"].as_str().unwrap().to_owned();
+    let daemon = broker.daemon(NGO, &[]);
+    eventually("the NGO's daemon stores the referral", || async {
+        broker
+            .adapter(NGO, &["show", &id, "--json"])
+            .status
+            .success()
+            .then_some(())
+    })
+    .await;
+    drop(daemon);
+    // Queued, then the backup: in the backup the acknowledgement waits to be sent.
+    json_of(&broker.adapter(
+        NGO,
+        &[
+            "ack",
+            &id,
+            "--note",
+            NOTE,
+            "--request-id",
+            "ack-restore",
+            "--queue-only",
+            "--json",
+        ],
+    ));
+    let backup = broker.dir.path().join("ngo-backup.db");
+    json_of(&broker.adapter(NGO, &["backup", backup.to_str().unwrap(), "--json"]));
+    let mut daemon = broker.daemon(NGO, &[]);
+    eventually("the daemon sends the acknowledgement", || async {
+        (outbox_status(&broker, NGO, "ack-restore") == "sent").then_some(())
+    })
+    .await;
+
+    // The live store holds the acknowledgement the broker answered; the backup does not.
+    let refused = broker.adapter(NGO, &["restore", backup.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--accept-loss"));
+    let restored = json_of(&broker.adapter(
+        NGO,
+        &[
+            "restore",
+            backup.to_str().unwrap(),
+            "--accept-loss",
+            "--json",
+        ],
+    ));
+    assert_eq!(restored["referrals_read_again"], 1, "{restored}");
+    assert_eq!(restored["referrals_not_read_again"], serde_json::json!([]));
+
+    // Read again from the broker at once, and the request, pending again, goes again under its
+    // key: the broker answers it as a replay, so the history holds one acknowledgement.
+    eventually("the acknowledgement is sent again", || async {
+        (outbox_status(&broker, NGO, "ack-restore") == "sent").then_some(())
+    })
+    .await;
+    assert!(
+        daemon.exited().is_none(),
+        "the daemon stopped during the restore"
+    );
+    let shown = json_of(&broker.adapter(NGO, &["show", &id, "--json"]));
+    assert_eq!(acknowledgements(&shown), 1, "{shown}");
+    assert!(shown.to_string().contains(NAME) && shown.to_string().contains(NOTE));
+    // The broker, too, holds one.
+    let mut hospital = broker.client(HOSPITAL).await;
+    let at_broker = hospital
+        .referrals
+        .get(spean_proto::v1::GetRequest {
+            referral_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let acknowledged = at_broker
+        .history
+        .iter()
+        .filter(|e| e.kind == FeedbackKind::Acknowledged as i32)
+        .count();
+    assert_eq!(acknowledged, 1);
+}
