@@ -18,3 +18,10 @@ CREATE TABLE IF NOT EXISTS retention_purges (
     referrals  INTEGER NOT NULL,
     closed_for TEXT NOT NULL   -- the setting in force, e.g. '730d'
 );
+
+-- Referrals a restore lost deliveries of (received after the backup was taken): read again from the
+-- broker by the `restore` command, else by the daemon each time it connects, until one read works.
+CREATE TABLE IF NOT EXISTS to_read_again (
+    referral_id TEXT PRIMARY KEY,
+    since       TEXT NOT NULL   -- when the restore lost it
+);

@@ -16,8 +16,9 @@
 //!   the broker would refuse it as another request under that key), and the broker answers it as
 //!   a replay, with the event it stored;
 //! - deliveries received after the backup (referrals and events) would be missing: the restore is
-//!   refused unless `accept_loss`, and the referrals concerned are listed for the caller to read
-//!   again from the broker (`ReferralService.Get`; the `restore` command does).
+//!   refused unless `accept_loss`, and the referrals concerned are kept in `to_read_again`, read
+//!   again from the broker ([`read_again`]: `ReferralService.Get`) by the `restore` command, else
+//!   by the daemon each time it connects, until it works.
 
 use std::path::{Path, PathBuf};
 
@@ -139,6 +140,13 @@ pub async fn restore(
             let source = open_backup(&from)?;
             copy_whole(&source, live)?;
             let carried = carry_over(live, &queued, &sealed)?;
+            for referral_id in &lost {
+                live.execute(
+                    "INSERT INTO to_read_again (referral_id, since) VALUES (?, ?) \
+                     ON CONFLICT (referral_id) DO NOTHING",
+                    params![referral_id, crate::store::now()],
+                )?;
+            }
             let check: String = live.query_row("PRAGMA integrity_check", [], |row| row.get(0))?;
             if check != "ok" {
                 return Err(AdapterError::Config(format!(
@@ -338,17 +346,19 @@ fn carry_over(
     Ok(queued.len())
 }
 
-/// Reads `referral_ids` again from the broker (`ReferralService.Get`: the referral with its whole
-/// history, as this agency may see it), opens what is sealed to this agency, and stores them: what
-/// a restore lost of deliveries the broker will not send again. Returns those that could not be
-/// read (the broker unreachable or refusing), for the caller to report.
+/// Reads again from the broker the referrals a restore lost deliveries of (`to_read_again`):
+/// `ReferralService.Get` gives the referral with its whole history as this agency may see it; what
+/// is sealed to this agency is opened, the referral stored, and its row removed. Returns those
+/// that could not be read (the broker unreachable or refusing): they stay for the next try.
 pub async fn read_again(
     store: &Store,
     broker: &mut crate::broker::Broker,
-    referral_ids: &[String],
-) -> Vec<(String, AdapterError)> {
+) -> Result<Vec<(String, AdapterError)>, AdapterError> {
+    let pending: Vec<(String,)> = sqlx::query_as("SELECT referral_id FROM to_read_again")
+        .fetch_all(store.pool())
+        .await?;
     let mut failed = Vec::new();
-    for referral_id in referral_ids {
+    for (referral_id,) in pending {
         let result = async {
             let request = tonic::Request::new(spean_proto::v1::GetRequest {
                 referral_id: referral_id.clone(),
@@ -361,12 +371,17 @@ pub async fn read_again(
             .map_err(|_| AdapterError::Unavailable("reading a referral timed out".into()))??
             .into_inner();
             crate::sealing::open_referral(store, broker, &mut referral).await?;
-            store.store_referral(&referral).await
+            store.store_referral(&referral).await?;
+            sqlx::query("DELETE FROM to_read_again WHERE referral_id = ?")
+                .bind(&referral_id)
+                .execute(store.pool())
+                .await?;
+            Ok::<_, AdapterError>(())
         }
         .await;
         if let Err(error) = result {
-            failed.push((referral_id.clone(), error));
+            failed.push((referral_id, error));
         }
     }
-    failed
+    Ok(failed)
 }

@@ -76,6 +76,17 @@ impl Daemon {
                     if let Err(error) = crate::audit::report_head(&mut broker, &self.store).await {
                         tracing::warn!(%error, "reporting the audit head failed");
                     }
+                    // What a restore lost, read again; best effort, on every connect.
+                    match crate::backup::read_again(&self.store, &mut broker).await {
+                        Ok(failed) if !failed.is_empty() => {
+                            tracing::warn!(
+                                referrals = failed.len(),
+                                "reading again what a restore lost failed; will retry"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "cannot read what a restore lost"),
+                    }
                     delivery::subscribe(
                         &mut broker,
                         &self.store,

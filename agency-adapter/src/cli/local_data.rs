@@ -59,26 +59,23 @@ pub(super) async fn backup(ctx: &Context, args: &BackupArgs) -> anyhow::Result<(
 
 pub(super) async fn restore(ctx: &Context, args: &RestoreArgs) -> anyhow::Result<()> {
     let restored = backup::restore(&ctx.store, &args.file, args.accept_loss).await?;
-    let mut not_read = Vec::new();
-    if !restored.referrals_to_read_again.is_empty() {
+    // Read again now if the broker answers; what is not stays for the daemon's next connection.
+    let not_read: Vec<(String, String)> = if restored.referrals_to_read_again.is_empty() {
+        Vec::new()
+    } else {
         match Broker::connect(&ctx.settings.broker, &ctx.identity).await {
-            Ok(mut broker) => {
-                not_read =
-                    backup::read_again(&ctx.store, &mut broker, &restored.referrals_to_read_again)
-                        .await
-                        .into_iter()
-                        .map(|(id, error)| (id, error.to_string()))
-                        .collect();
-            }
-            Err(error) => {
-                not_read = restored
-                    .referrals_to_read_again
-                    .iter()
-                    .map(|id| (id.clone(), error.to_string()))
-                    .collect();
-            }
+            Ok(mut broker) => backup::read_again(&ctx.store, &mut broker)
+                .await?
+                .into_iter()
+                .map(|(id, error)| (id, error.to_string()))
+                .collect(),
+            Err(error) => restored
+                .referrals_to_read_again
+                .iter()
+                .map(|id| (id.clone(), error.to_string()))
+                .collect(),
         }
-    }
+    };
     if args.json {
         print_json(&json!({
             "restored_from": args.file,

@@ -705,28 +705,54 @@ async fn a_restore_while_the_daemon_runs_reads_back_what_was_lost_and_resends_un
     let refused = broker.adapter(NGO, &["restore", backup.to_str().unwrap()]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--accept-loss"));
-    let restored = json_of(&broker.adapter(
-        NGO,
-        &[
+    // Restored with the broker out of reach: what was lost is kept to be read again.
+    let offline = Command::new(env!("CARGO_BIN_EXE_spean-adapter"))
+        .arg("--identity")
+        .arg(broker.identity(NGO))
+        .arg("--store")
+        .arg(broker.dir.path().join(format!("{NGO}.db")))
+        .args(["--broker", "https://127.0.0.1:9"])
+        .args([
             "restore",
             backup.to_str().unwrap(),
             "--accept-loss",
             "--json",
-        ],
-    ));
-    assert_eq!(restored["referrals_read_again"], 1, "{restored}");
-    assert_eq!(restored["referrals_not_read_again"], serde_json::json!([]));
-
-    // Read again from the broker at once, and the request, pending again, goes again under its
-    // key: the broker answers it as a replay, so the history holds one acknowledgement.
-    eventually("the acknowledgement is sent again", || async {
-        (outbox_status(&broker, NGO, "ack-restore") == "sent").then_some(())
-    })
-    .await;
+        ])
+        .output()
+        .unwrap();
+    let restored = json_of(&offline);
+    assert_eq!(restored["referrals_read_again"], 0, "{restored}");
+    assert_eq!(
+        restored["referrals_not_read_again"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{restored}"
+    );
     assert!(
         daemon.exited().is_none(),
         "the daemon stopped during the restore"
     );
+    // The daemon reads it again when it (re)connects.
+    drop(daemon);
+    let mut daemon = broker.daemon(NGO, &[]);
+    let store_file = broker.dir.path().join(format!("{NGO}.db"));
+    eventually("the daemon reads again what the restore lost", || async {
+        let left: i64 = rusqlite::Connection::open(&store_file)
+            .ok()?
+            .query_row("SELECT count(*) FROM to_read_again", [], |r| r.get(0))
+            .ok()?;
+        (left == 0).then_some(())
+    })
+    .await;
+
+    // And the request, pending again, goes again under its key with the bytes it was first sealed
+    // to: the broker answers it as a replay, so the history holds one acknowledgement.
+    eventually("the acknowledgement is sent again", || async {
+        (outbox_status(&broker, NGO, "ack-restore") == "sent").then_some(())
+    })
+    .await;
+    assert!(daemon.exited().is_none());
     let shown = json_of(&broker.adapter(NGO, &["show", &id, "--json"]));
     assert_eq!(acknowledgements(&shown), 1, "{shown}");
     assert!(shown.to_string().contains(NAME) && shown.to_string().contains(NOTE));
