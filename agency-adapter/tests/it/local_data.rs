@@ -12,20 +12,12 @@ use spean_proto::v1::{FeedbackEvent, FeedbackKind, ReferralState, delivery::Payl
 
 use crate::helpers::{
     DaemonProcess, agency_id, at, delivery, event, eventually, id, identity, json_of,
-    khmer_case_file, referral,
+    khmer_case_file, mode, referral,
 };
 
 /// The child's name in the case file [`khmer_case_file`] builds, and a note written about her.
 const NAME: &str = "សុខ ស្រីល័ក្ខ";
 const NOTE: &str = "ម្ដាយនិយាយថាឪពុកវាយកូន";
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -90,23 +82,31 @@ impl Agency {
     }
 }
 
-/// Stores a referral with the Khmer case file, its submission, and an acknowledgement with a
-/// Khmer note; returns its id.
-async fn store_referral_with_a_note(store: &Store) -> String {
+/// A referral with the Khmer case file, its submission, and then `kind` (leaving `state`) at
+/// `at_seconds` with a Khmer note.
+fn noted_referral(
+    kind: FeedbackKind,
+    state: ReferralState,
+    at_seconds: i64,
+) -> (String, spean_proto::v1::Referral) {
     let referral_id = id();
     let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
-    let mut acknowledged = event(
-        &referral_id,
+    let mut noted = event(&referral_id, kind, state);
+    noted.note = NOTE.into();
+    noted.at = at(at_seconds);
+    let referral = referral(&referral_id, &khmer_case_file(), vec![submitted, noted]);
+    (referral_id, referral)
+}
+
+/// Stores, as a delivery, a referral acknowledged with a Khmer note; returns its id.
+async fn store_referral_with_a_note(store: &Store) -> String {
+    let (referral_id, referral) = noted_referral(
         FeedbackKind::Acknowledged,
         ReferralState::Acknowledged,
+        1_700_000_100,
     );
-    acknowledged.note = NOTE.into();
     store
-        .store_delivery(&delivery(Payload::Referral(referral(
-            &referral_id,
-            &khmer_case_file(),
-            vec![submitted, acknowledged],
-        ))))
+        .store_delivery(&delivery(Payload::Referral(referral)))
         .await
         .unwrap();
     referral_id
@@ -490,17 +490,7 @@ async fn a_backup_of_another_agency_or_under_another_key_is_refused_and_nothing_
 
 /// A referral closed (completed) at `closed_at` (Unix seconds), with Khmer notes on its way.
 fn closed_referral(closed_at: i64) -> (String, spean_proto::v1::Referral) {
-    let referral_id = id();
-    let submitted = event(&referral_id, FeedbackKind::Submitted, ReferralState::Sent);
-    let mut completed = event(
-        &referral_id,
-        FeedbackKind::Completed,
-        ReferralState::Completed,
-    );
-    completed.note = NOTE.into();
-    completed.at = at(closed_at);
-    let referral = referral(&referral_id, &khmer_case_file(), vec![submitted, completed]);
-    (referral_id, referral)
+    noted_referral(FeedbackKind::Completed, ReferralState::Completed, closed_at)
 }
 
 #[tokio::test]
@@ -639,36 +629,7 @@ async fn a_restore_while_the_daemon_runs_reads_back_what_was_lost_and_resends_un
     const NGO: &str = "mlup-russey";
     let broker = crate::helpers::BrokerProcess::start();
     broker.publish_keys(&[HOSPITAL, NGO]);
-    let sent = json_of(&broker.adapter(
-        HOSPITAL,
-        &[
-            "send",
-            "--to",
-            NGO,
-            "--kind",
-            "lama",
-            "--consent-by",
-            "guardian",
-            "--consent-at",
-            "2026-12-01",
-            "--consent-for",
-            "redirect",
-            "--urgency",
-            "urgent",
-            "--sex",
-            "female",
-            "--age-band",
-            "5-9",
-            "--subject-province",
-            "24",
-            "--client-ref",
-            "ref-restore",
-            "--name-km",
-            NAME,
-            "--json",
-        ],
-    ));
-    let id = sent["referral_id"].as_str().unwrap().to_owned();
+    let id = broker.send_story_one("ref-restore");
     let daemon = broker.daemon(NGO, &[]);
     eventually("the NGO's daemon stores the referral", || async {
         broker
