@@ -42,6 +42,9 @@ pub const OUTBOX_PAYLOAD: &str = "outbox.payload";
 pub const OUTBOX_SEALED: &str = "outbox_sealed.payload";
 /// `seal_keys.secret` (the agency's private sealing keys), bound to the key id in hex.
 pub const SEAL_KEY: &str = "seal_keys.secret";
+/// `audit_log.actor` (the name of the staff member who read a case file), bound to the entry's
+/// hash in hex.
+pub const AUDIT_ACTOR: &str = "audit_log.actor";
 
 /// The environment variable holding the passphrase, when the key is derived from one. Not a
 /// setting in the TOML file on purpose: a passphrase written beside the store protects nothing.
@@ -279,12 +282,14 @@ fn seal_in_place(conn: &Connection, vault: &Vault) -> Result<usize, AdapterError
         ("outbox", "request_id", "payload", OUTBOX_PAYLOAD),
         ("outbox_sealed", "request_id", "payload", OUTBOX_SEALED),
         ("seal_keys", "lower(hex(key_id))", "secret", SEAL_KEY),
+        ("audit_log", "lower(hex(hash))", "actor", AUDIT_ACTOR),
     ];
     let mut sealed = 0;
     for (table, id, column, purpose) in columns {
         let rows: Vec<(String, Vec<u8>, i64)> = {
             let mut statement = conn.prepare(&format!(
-                "SELECT {id}, {column}, rowid FROM {table} WHERE length({column}) > 0"
+                "SELECT {id}, CAST({column} AS BLOB), rowid FROM {table} \
+                 WHERE length({column}) > 0"
             ))?;
             let rows =
                 statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;

@@ -18,6 +18,8 @@ use crate::helpers::{
 /// The child's name in the case file [`khmer_case_file`] builds, and a note written about her.
 const NAME: &str = "សុខ ស្រីល័ក្ខ";
 const NOTE: &str = "ម្ដាយនិយាយថាឪពុកវាយកូន";
+/// A staff member who reads the case file.
+const READER: &str = "ចាន់ ដារា";
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -168,10 +170,21 @@ async fn case_data_is_in_clear_nowhere_in_the_store_its_wal_or_a_backup_while_sh
     store.close().await;
     assert!(!holds(&agency.store, NAME));
 
-    let shown = json_of(&agency.run(&["show", &referral_id, "--json"]));
+    let shown = json_of(&agency.run(&["show", &referral_id, "--by", READER, "--json"]));
     let text = shown.to_string();
     assert!(text.contains(NAME), "show does not print the name: {text}");
     assert!(text.contains(NOTE), "show does not print the note: {text}");
+    // Who read it is in the audit log, sealed too.
+    for file in [&agency.store, &sibling(&agency.store, "-wal")] {
+        assert!(!file.exists() || !holds(file, READER), "{}", file.display());
+    }
+    let store = agency.open("agency-b").await;
+    let entries = store.audit_entries().await.unwrap();
+    assert_eq!(
+        entries.last().map(|e| e.record.actor.as_str()),
+        Some(format!("{READER}@agency-b").as_str())
+    );
+    store.close().await;
     let outbox = json_of(&agency.run(&["outbox", "--json"]));
     assert_eq!(outbox.as_array().map(Vec::len), Some(1), "{outbox}");
 }
@@ -600,6 +613,30 @@ async fn retention_purges_case_files_closed_longer_than_the_period_and_keeps_the
         "{listed}"
     );
     assert_eq!(listed["earlier"][0]["referrals"], 1, "{listed}");
+    // The setting comes from the environment too, and a period that does not parse is named.
+    let from_env = agency
+        .command(&["purge", "--dry-run", "--json"])
+        .env("SPEAN_ADAPTER_RETENTION__CLOSED_CASE_FILES_FOR", "1s")
+        .output()
+        .unwrap();
+    let from_env = json_of(&from_env);
+    assert_eq!(from_env["closed_case_files_for"], "1s", "{from_env}");
+    assert_eq!(
+        from_env["purge"]["referral_ids"].as_array().map(Vec::len),
+        Some(1),
+        "the recent closed referral is due after a second: {from_env}"
+    );
+    let bad = agency
+        .command(&["purge", "--dry-run"])
+        .env("SPEAN_ADAPTER_RETENTION__CLOSED_CASE_FILES_FOR", "one year")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("retention.closed_case_files_for"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 /// The NGO's outbox row with `request_id`, as `outbox --json` shows it.
