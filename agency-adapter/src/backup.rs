@@ -248,13 +248,15 @@ fn check_backup(
 }
 
 /// Referrals the live store received something of (the referral or an event) that the attached
-/// backup lacks.
+/// backup lacks, and those an earlier restore left to read again (the backup's table would
+/// forget them).
 fn received_since(live: &Connection) -> Result<Vec<String>, AdapterError> {
     let mut statement = live.prepare(
         "SELECT referral_id FROM main.referrals \
            WHERE referral_id NOT IN (SELECT referral_id FROM backup.referrals) \
          UNION SELECT referral_id FROM main.events \
            WHERE event_id NOT IN (SELECT event_id FROM backup.events) \
+         UNION SELECT referral_id FROM main.to_read_again \
          ORDER BY 1",
     )?;
     let rows = statement.query_map([], |row| row.get(0))?;
