@@ -3,13 +3,14 @@
 -- that a daemon and a command migrating a file at once do not trip over each other.
 
 -- One endpoint per row. `event_types` is a JSON array of the types it wants. `secret` is the
--- Standard Webhooks signing secret (`whsec_...`): it stays on this machine, like the store's keys.
+-- Standard Webhooks signing secret (`whsec_...`), sealed at rest under the store key (`at_rest`,
+-- purpose `webhook_endpoints.secret`, bound to the endpoint id): it stays on this machine.
 CREATE TABLE IF NOT EXISTS webhook_endpoints (
     endpoint_id     TEXT    PRIMARY KEY,   -- ep_<uuidv7>
     url             TEXT    NOT NULL,
     event_types     TEXT    NOT NULL,      -- JSON array of strings, never empty
     description     TEXT    NOT NULL DEFAULT '',
-    secret          TEXT    NOT NULL,
+    secret          BLOB    NOT NULL,
     enabled         INTEGER NOT NULL DEFAULT 1,
     disabled_reason TEXT,
     disabled_at     INTEGER,               -- unix milliseconds

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use spean_domain::audit::{Entry, Hash, Head, Record};
 use spean_proto::v1::AuditHead;
 
-use crate::{AdapterError, broker::Broker, store::Store};
+use crate::{AdapterError, at_rest::Vault, broker::Broker, store::Store};
 
 pub use spean_domain::audit::{AuditBreak, verify};
 
@@ -34,7 +34,8 @@ pub async fn record_read(
     part: &str,
 ) -> Result<Head, AdapterError> {
     let record = read_record(store, reader, referral_id, part);
-    store.write(move |conn| append(conn, record)).await
+    let vault = store.vault().clone();
+    store.write(move |conn| append(conn, &vault, record)).await
 }
 
 /// Records, in one transaction, that `reader` is shown `part` of each of `referral_ids`: for the
@@ -51,11 +52,12 @@ pub async fn record_reads(
         .iter()
         .map(|id| read_record(store, reader, id, part))
         .collect();
+    let vault = store.vault().clone();
     store
         .write(move |conn| {
             let mut head = None;
             for record in records {
-                head = Some(append(conn, record)?);
+                head = Some(append(conn, &vault, record)?);
             }
             Ok(head)
         })
@@ -135,8 +137,15 @@ fn stored_head(seq: i64, hash: &[u8]) -> Result<Head, AdapterError> {
 }
 
 /// Appends `record` after the head, inside the caller's write transaction.
-fn append(conn: &Connection, record: Record) -> Result<Head, AdapterError> {
+fn append(conn: &Connection, vault: &Vault, record: Record) -> Result<Head, AdapterError> {
     let entry = Entry::next(head(conn)?, record);
+    // Who read is a person's name: sealed at rest like the names in the history, bound to the
+    // entry's own hash (which a reordering of rows leaves with it).
+    let actor = vault.seal(
+        crate::at_rest::AUDIT_ACTOR,
+        &hex::encode(&entry.hash),
+        entry.record.actor.as_bytes(),
+    )?;
     conn.prepare_cached(
         "INSERT INTO audit_log (seq, at, actor, action, referral_id, digest, prev_hash, hash) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -144,7 +153,7 @@ fn append(conn: &Connection, record: Record) -> Result<Head, AdapterError> {
     .execute(params![
         i64::try_from(entry.seq).unwrap_or(i64::MAX),
         entry.record.at,
-        entry.record.actor,
+        actor,
         entry.record.action,
         entry.record.referral_id,
         entry.record.digest,
@@ -185,28 +194,45 @@ pub(crate) fn keep_broker_head(
 impl Store {
     /// Every entry of this agency's log, in order.
     pub async fn audit_entries(&self) -> Result<Vec<Entry>, AdapterError> {
-        self.write(|conn| {
+        let vault = self.vault().clone();
+        self.write(move |conn| {
             let mut query = conn.prepare_cached(
-                "SELECT seq, at, actor, action, referral_id, digest, prev_hash, hash \
+                "SELECT seq, at, CAST(actor AS BLOB), action, referral_id, digest, prev_hash, hash \
                  FROM audit_log ORDER BY seq",
             )?;
             let rows = query.query_map([], |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
-                    Record {
-                        at: row.get(1)?,
-                        actor: row.get(2)?,
-                        action: row.get(3)?,
-                        referral_id: row.get(4)?,
-                        digest: row.get(5)?,
-                    },
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                    (
+                        row.get::<_, String>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Vec<u8>>(5)?,
+                    ),
                     row.get::<_, Vec<u8>>(6)?,
                     row.get::<_, Vec<u8>>(7)?,
                 ))
             })?;
             let mut entries = Vec::new();
             for row in rows {
-                let (seq, record, prev_hash, hash) = row?;
+                let (seq, at, sealed_actor, (action, referral_id, digest), prev_hash, hash) = row?;
+                // An actor that does not open was changed outside the adapter: kept as found,
+                // so that verification reports the entry as changed.
+                let actor = vault
+                    .open_text(
+                        crate::at_rest::AUDIT_ACTOR,
+                        &hex::encode(&hash),
+                        &sealed_actor,
+                    )
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&sealed_actor).into_owned());
+                let record = Record {
+                    at,
+                    actor,
+                    action,
+                    referral_id,
+                    digest,
+                };
                 entries.push(Entry {
                     // A negative number is out of order wherever it stands: verification says so.
                     seq: u64::try_from(seq).unwrap_or(0),

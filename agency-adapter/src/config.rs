@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::AdapterError;
 
 /// The sections whose settings may come from `SPEAN_ADAPTER_<SECTION>__<KEY>`.
-const NESTED: &[&str] = &["api__", "webhooks__"];
+const NESTED: &[&str] = &["api__", "webhooks__", "retention__"];
 
 /// Where the broker listens when nothing else is said: a broker on the same machine.
 pub const DEFAULT_BROKER: &str = "https://localhost:50051";
@@ -34,6 +34,15 @@ pub struct Settings {
     /// Retries and timeouts of webhook deliveries (`[webhooks]`); defaults when absent.
     #[serde(default)]
     pub webhooks: crate::webhooks::WebhookSettings,
+    /// The file holding the store's data key (32 random bytes, 0600, made on first use), kept
+    /// apart from the store so that a copy of the store or of a backup does not carry it. Unset:
+    /// `store.key` in the identity folder, beside the agency's TLS key, which is as secret.
+    /// Ignored when `SPEAN_ADAPTER_STORE_PASSPHRASE` is set (docs/security.md#at-rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_key: Option<PathBuf>,
+    /// How long closed referrals keep their case files (docs/operations.md#retention).
+    #[serde(default)]
+    pub retention: Retention,
 }
 
 /// Where and how the daemon serves its HTTP API. Not served until `listen` is set: two adapters
@@ -103,6 +112,30 @@ impl ApiSettings {
     }
 }
 
+/// The retention setting: `[retention]` in the file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Retention {
+    /// How long after a referral closed its case file and notes are kept, e.g. `365d` (units d,
+    /// h, m, s); two years unless set.
+    #[serde(default = "default_closed_for")]
+    pub closed_case_files_for: String,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            closed_case_files_for: default_closed_for(),
+        }
+    }
+}
+
+fn default_closed_for() -> String {
+    crate::retention::DEFAULT_CLOSED_FOR.to_owned()
+}
+
+/// The setting's name, as errors name it.
+pub const RETENTION_SETTING: &str = "retention.closed_case_files_for";
+
 /// Values given on the command line (each may also come from its env var through clap); `None` means
 /// "not given here", so that the file and defaults show through.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -113,6 +146,8 @@ pub struct Overrides {
     pub broker: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_key: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -138,7 +173,12 @@ impl Settings {
             figment = figment.merge(Toml::file(file));
         }
         let settings: Settings = figment
-            .merge(Env::prefixed("SPEAN_ADAPTER_").only(&["identity", "broker", "store"]))
+            .merge(Env::prefixed("SPEAN_ADAPTER_").only(&[
+                "identity",
+                "broker",
+                "store",
+                "store_key",
+            ]))
             // Nested settings: SPEAN_ADAPTER_API__LISTEN is `api.listen`.
             .merge(
                 Env::prefixed("SPEAN_ADAPTER_")
@@ -155,6 +195,20 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Where the store's key comes from: the passphrase given at start, else the key file.
+    pub fn store_key(&self) -> crate::at_rest::StoreKey {
+        let file = self
+            .store_key
+            .clone()
+            .unwrap_or_else(|| self.identity.join("store.key"));
+        crate::at_rest::StoreKey::from_env_or_file(&file)
+    }
+
+    /// The retention period, parsed.
+    pub fn retention_period(&self) -> Result<crate::retention::Period, AdapterError> {
+        crate::retention::Period::parse(RETENTION_SETTING, &self.retention.closed_case_files_for)
+    }
+
     fn validate(&self) -> Result<(), AdapterError> {
         self.api.validate()?;
         // Only `https://`: over `http://` the adapter would send case files in clear to whoever
@@ -168,6 +222,7 @@ impl Settings {
                 ),
             });
         }
+        self.retention_period()?;
         if self.identity.as_os_str().is_empty() {
             return Err(AdapterError::Invalid {
                 field: "identity".into(),
@@ -198,6 +253,35 @@ mod tests {
         assert_eq!(settings.identity, PathBuf::from("/from/file"));
         assert_eq!(settings.store, PathBuf::from("flag.db"));
         assert_eq!(settings.broker, DEFAULT_BROKER);
+        assert_eq!(settings.retention.closed_case_files_for, "730d");
+        assert_eq!(settings.store_key, None);
+        Ok(())
+    }
+
+    #[test]
+    fn retention_and_the_key_file_come_from_the_file_and_a_bad_period_names_the_setting()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("adapter.toml");
+        std::fs::write(
+            &file,
+            "identity = \"/id\"\nstore_key = \"/keys/store.key\"\n\
+             [retention]\nclosed_case_files_for = \"365d\"\n",
+        )?;
+        let settings = Settings::load(Some(&file), Overrides::default())?;
+        assert_eq!(settings.store_key, Some(PathBuf::from("/keys/store.key")));
+        assert_eq!(
+            settings.retention_period()?.as_duration(),
+            std::time::Duration::from_secs(365 * 86_400)
+        );
+        std::fs::write(
+            &file,
+            "identity = \"/id\"\n[retention]\nclosed_case_files_for = \"a year\"\n",
+        )?;
+        match Settings::load(Some(&file), Overrides::default()) {
+            Err(AdapterError::Invalid { field, .. }) => assert_eq!(field, RETENTION_SETTING),
+            other => panic!("a bad period was not refused: {other:?}"),
+        }
         Ok(())
     }
 
@@ -277,6 +361,8 @@ mod tests {
                     ..ApiSettings::default()
                 },
                 webhooks: Default::default(),
+                store_key: None,
+                retention: Default::default(),
             };
             if tls {
                 settings.api.tls_cert = Some("cert.pem".into());

@@ -12,7 +12,7 @@ use prost::Message;
 use rusqlite::{Connection, OptionalExtension, params};
 use spean_proto::v1::{FeedbackEvent, feedback_event::Details};
 
-use crate::AdapterError;
+use crate::{AdapterError, at_rest::Vault};
 
 /// Why a case file was deleted, as `withdrawn_case_files.because` records it.
 pub const BECAUSE_CONSENT_WITHDRAWN: &str = "consent_withdrawn";
@@ -26,6 +26,12 @@ thread_local! {
     static FORGOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Marks that the transaction running on this thread deleted something (consent, retention), so
+/// the store's writer empties the write-ahead log after the commit.
+pub(crate) fn mark_forgot() {
+    FORGOT.with(|f| f.set(true));
+}
+
 /// Whether the transaction that just ran on this thread deleted anything, clearing the mark.
 pub(crate) fn take_forgot() -> bool {
     FORGOT.with(|f| f.replace(false))
@@ -36,6 +42,7 @@ pub(crate) fn take_forgot() -> bool {
 /// indexed probe when it was not.
 pub(crate) fn forget_if_withdrawn(
     conn: &Connection,
+    vault: &Vault,
     referral_id: &str,
 ) -> Result<bool, AdapterError> {
     let withdrawn_by: Option<String> = conn
@@ -55,31 +62,7 @@ pub(crate) fn forget_if_withdrawn(
         )?
         .execute(params![referral_id])?
         > 0;
-    let written: Vec<(String, Vec<u8>)> = {
-        let mut statement = conn.prepare_cached(
-            "SELECT event_id, encoded FROM events WHERE referral_id = ?1 \
-             AND kind <> 'consent_withdrawn'",
-        )?;
-        let rows = statement.query_map(params![referral_id], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
-        })?;
-        rows.collect::<Result<_, _>>()?
-    };
-    let mut rewrite = conn.prepare_cached(
-        "UPDATE events SET actor_person = '', note = '', encoded = ?1 WHERE event_id = ?2",
-    )?;
-    for (event_id, encoded) in written {
-        let event =
-            FeedbackEvent::decode(encoded.as_slice()).map_err(|source| AdapterError::Decode {
-                what: "stored event",
-                source,
-            })?;
-        let kept = without_what_people_wrote(&event);
-        if kept != event {
-            rewrite.execute(params![kept.encode_to_vec(), event_id])?;
-            forgot = true;
-        }
-    }
+    forgot |= forget_what_people_wrote(conn, vault, referral_id)?;
     // The outbox kept each request as it was asked (and sealed): the texts go, the rows stay so
     // that their keys still answer; those not sent yet never will be. The withdrawal itself stays
     // as it is (it holds who withdrew and when, nothing written): run again with its key, the
@@ -100,7 +83,7 @@ pub(crate) fn forget_if_withdrawn(
         .execute(params![referral_id, NOT_SENT])?;
     forgot |= sealed_copies > 0 || requests > 0;
     if forgot {
-        FORGOT.with(|f| f.set(true));
+        mark_forgot();
         crate::store::record_withdrawal(
             conn,
             referral_id,
@@ -109,6 +92,40 @@ pub(crate) fn forget_if_withdrawn(
         )?;
         // Ids only.
         tracing::info!(%referral_id, %withdrawn_by, "consent withdrawn: case file and notes deleted");
+    }
+    Ok(forgot)
+}
+
+/// Rewrites every stored event of `referral_id` (but the consent withdrawal, which holds nothing
+/// written) without what people wrote ([`without_what_people_wrote`]), sealed again; true if any
+/// changed. Shared by consent and retention (`crate::retention`).
+pub(crate) fn forget_what_people_wrote(
+    conn: &Connection,
+    vault: &Vault,
+    referral_id: &str,
+) -> Result<bool, AdapterError> {
+    let written: Vec<(String, Vec<u8>)> = {
+        let mut statement = conn.prepare_cached(
+            "SELECT event_id, encoded FROM events WHERE referral_id = ?1 \
+             AND kind <> 'consent_withdrawn'",
+        )?;
+        let rows = statement.query_map(params![referral_id], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut rewrite = conn.prepare_cached(
+        "UPDATE events SET actor_person = '', note = '', encoded = ?1 WHERE event_id = ?2",
+    )?;
+    let mut forgot = false;
+    for (event_id, sealed) in written {
+        let event = crate::store::open_event(vault, &event_id, &sealed)?;
+        let kept = without_what_people_wrote(&event);
+        if kept != event {
+            let encoded = vault.seal(crate::at_rest::EVENT, &event_id, &kept.encode_to_vec())?;
+            rewrite.execute(params![encoded, event_id])?;
+            forgot = true;
+        }
     }
     Ok(forgot)
 }

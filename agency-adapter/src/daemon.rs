@@ -19,12 +19,16 @@ use crate::{
     delivery,
     identity::Identity,
     link::Link,
-    outbox,
+    outbox, retention,
     store::Store,
 };
 
 /// How often an idle relay looks for rows the command line queued.
 const OUTBOX_POLL: Duration = Duration::from_millis(500);
+
+/// How often the retention purge runs (and once at start): a period is days long, an hour late
+/// is nothing, and the purge is one indexed query when nothing is due.
+const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
 pub struct Daemon {
     store: Store,
@@ -36,12 +40,15 @@ pub struct Daemon {
     /// The API's listener, bound at build so that a port already taken fails the start.
     api: Option<Listening>,
     webhooks: crate::webhooks::WebhookSettings,
+    /// How long closed referrals keep their case files, and the setting as written (recorded).
+    retention: (retention::Period, String),
 }
 
 impl Daemon {
     pub async fn build(settings: &Settings) -> Result<Self, AdapterError> {
         let identity = Identity::load(&settings.identity)?;
-        let store = Store::open(&settings.store, &identity.agency_id).await?;
+        let store =
+            Store::open_with(&settings.store, &identity.agency_id, &settings.store_key()).await?;
         let api = api::server::bind(&settings.api).await?;
         if let Some(listening) = &api {
             // Where a script (or a test) finds a port chosen by the system (`api.listen` port 0).
@@ -57,6 +64,10 @@ impl Daemon {
             link: Arc::new(Link::default()),
             api,
             webhooks: settings.webhooks.clone(),
+            retention: (
+                settings.retention_period()?,
+                settings.retention.closed_case_files_for.clone(),
+            ),
         })
     }
 
@@ -97,7 +108,10 @@ impl Daemon {
         let webhooks =
             crate::webhooks::dispatch::run_until_stopped(&self.store, &self.webhooks, &shutdown)
                 .instrument(tracing::info_span!(parent: &span, "webhooks"));
-        tokio::join!(deliveries, relay, webhooks);
+        let purge = self
+            .retention_loop(&shutdown)
+            .instrument(tracing::info_span!(parent: &span, "retention"));
+        tokio::join!(deliveries, relay, webhooks, purge);
         if let Some(api) = api {
             let _ = api.await;
         }
@@ -117,6 +131,17 @@ impl Daemon {
                     // The broker keeps this agency's audit head; best effort, on every connect.
                     if let Err(error) = crate::audit::report_head(&mut broker, &self.store).await {
                         tracing::warn!(%error, "reporting the audit head failed");
+                    }
+                    // What a restore lost, read again; best effort, on every connect.
+                    match crate::backup::read_again(&self.store, &mut broker).await {
+                        Ok(failed) if !failed.is_empty() => {
+                            tracing::warn!(
+                                referrals = failed.len(),
+                                "reading again what a restore lost failed; will retry"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%error, "cannot read what a restore lost"),
                     }
                     delivery::subscribe(
                         &mut broker,
@@ -156,6 +181,16 @@ impl Daemon {
                 tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "delivery stream down");
                 sleep_or_stop(wait, shutdown, None).await;
             }
+        }
+    }
+
+    async fn retention_loop(&self, shutdown: &CancellationToken) {
+        let (period, setting) = &self.retention;
+        while !shutdown.is_cancelled() {
+            if let Err(error) = retention::purge(&self.store, *period, setting, false).await {
+                tracing::error!(%error, "retention purge failed; will retry");
+            }
+            sleep_or_stop(PURGE_EVERY, shutdown, None).await;
         }
     }
 

@@ -58,6 +58,17 @@ pub enum AdapterError {
     #[error("sealing: {0}")]
     Sealing(String),
 
+    /// A sealed column of the store did not open (another key, or a changed value), or the key
+    /// could not be made. Names the column and row, never the content.
+    #[error("store at rest: {0}")]
+    AtRest(String),
+
+    /// The key given does not open this store: nothing was read or written. Names the setting.
+    #[error(
+        "{setting} does not open the store {store}: another key or passphrase; nothing was read or written"
+    )]
+    WrongStoreKey { setting: String, store: PathBuf },
+
     /// The broker could not be reached or did not answer in time: the request stays queued.
     #[error("broker unavailable: {0}")]
     Unavailable(String),

@@ -12,8 +12,13 @@
 //!   the follow-up part of it that a recipient hands to the agency it delegates visits to.
 //! - [`follow_up`]: the follow-up schedule and its delegation, read from a referral's history: who
 //!   makes the visits, which were made or missed, and whether the next is upcoming, due or overdue.
+//! - [`at_rest`]: the store's columns that hold case data or secrets, sealed under a key kept apart
+//!   from the store (a key file or a passphrase).
+//! - [`private_files`]: files that can hold case data are the adapter's user's alone (umask, 0600).
 //! - [`store`]: the local SQLite copy (referrals, events, outbox, deliveries); every write is one
 //!   transaction and every delivery write is idempotent.
+//! - [`retention`]: case files of referrals closed longer than the set period, purged; counts kept.
+//! - [`backup`]: `backup` and `restore` of the store while the daemon runs.
 //! - [`audit`]: the audit trail: every read of a case file appended to a hash-chained log, and the
 //!   newest head of the broker's log that a delivery carried.
 //! - [`outbox`]: outgoing requests, written locally first, then sent to the broker with their own key.
@@ -40,8 +45,10 @@
 
 pub mod api;
 pub mod api_keys;
+pub mod at_rest;
 pub mod audit;
 pub mod backoff;
+pub mod backup;
 pub mod broadcast;
 pub mod broker;
 pub mod case_file;
@@ -58,7 +65,9 @@ pub mod follow_up;
 pub mod identity;
 pub mod link;
 pub mod outbox;
+pub mod private_files;
 pub mod referral;
+pub mod retention;
 pub mod sealing;
 pub mod store;
 pub mod telemetry;

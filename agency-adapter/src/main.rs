@@ -7,6 +7,9 @@ use spean_adapter::cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Before anything is created: the store's -wal and -shm, backups, the key file and logs can
+    // hold case data, so whatever this process makes is its user's alone.
+    spean_adapter::private_files::restrict_umask();
     // Ignored on purpose: it only fails when a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

@@ -47,7 +47,9 @@ use sqlx::{
 use time::{OffsetDateTime, format_description::BorrowedFormatItem, macros::format_description};
 
 use crate::{
-    AdapterError, consent, follow_up,
+    AdapterError,
+    at_rest::{self, StoreKey, Vault},
+    consent, follow_up,
     referral::{age_band_name, audience_name, kind_name, sex_name, state_name, urgency_name},
     webhooks,
 };
@@ -76,6 +78,8 @@ pub struct Store {
     writer: std::sync::Arc<std::sync::Mutex<Connection>>,
     /// The agency this store belongs to: whether a case file may stay depends on who holds it.
     agency: AgencyId,
+    /// Seals and opens the columns that hold case data or secrets ([`crate::at_rest`]).
+    vault: Vault,
 }
 
 /// What storing one delivery did, for the daemon's log line.
@@ -172,9 +176,24 @@ const REFERRAL_COLUMNS: &str = "referral_id, client_ref, sender, recipient, kind
 const OUTBOX_COLUMNS: &str = "seq, request_id, operation, referral_id, payload, status, error, attempts, created_at, sent_at";
 
 impl Store {
-    /// Opens (creating if needed) the store of `agency` at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the store of `agency` at `path` with the key file beside it
+    /// ([`at_rest::key_beside`]): for tools and tests. The daemon and the commands use
+    /// [`Store::open_with`] and the `store_key` setting, which keeps the key apart from the store.
     pub async fn open(path: &Path, agency: &AgencyId) -> Result<Self, AdapterError> {
+        Self::open_with(path, agency, &StoreKey::File(at_rest::key_beside(path))).await
+    }
+
+    /// Opens (creating if needed) the store of `agency` at `path`, brings its schema up to date,
+    /// and checks that `key` opens it before anything else is read or written (a wrong key is
+    /// refused, naming its setting). A store that was never sealed (written by an earlier version)
+    /// is sealed in place, in one transaction ([`at_rest::seal_in_place`]).
+    pub async fn open_with(
+        path: &Path,
+        agency: &AgencyId,
+        key: &StoreKey,
+    ) -> Result<Self, AdapterError> {
         create_private(path)?;
+        crate::private_files::tighten_store(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -199,10 +218,20 @@ impl Store {
             match Self::connect(options.clone()).await {
                 Ok(pool) => {
                     let writer = open_writer(path)?;
+                    let (key, agency_id, store) = (key.clone(), agency.clone(), path.to_owned());
+                    let (writer, vault) = tokio::task::spawn_blocking(move || {
+                        at_rest::unlock(&writer, &key, &agency_id, &store)
+                            .map(|vault| (writer, vault))
+                    })
+                    .await
+                    .map_err(|e| {
+                        AdapterError::Unavailable(format!("unlocking the store: {e}"))
+                    })??;
                     return Ok(Self {
                         pool,
                         writer: std::sync::Arc::new(std::sync::Mutex::new(writer)),
                         agency: agency.clone(),
+                        vault,
                     });
                 }
                 Err(_) if attempt < 20 => {
@@ -223,7 +252,8 @@ impl Store {
         Ok(pool)
     }
 
-    /// The reading pool, for modules that keep tables of their own here (API keys, webhooks).
+    /// The reading pool, for modules that keep tables of their own here (API keys, webhooks,
+    /// backup, retention).
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -231,6 +261,28 @@ impl Store {
     /// The agency this store belongs to.
     pub fn agency(&self) -> &AgencyId {
         &self.agency
+    }
+
+    /// What seals and opens this store's columns: for other tables holding secrets (webhook
+    /// endpoints' secrets), each under a purpose of its own and bound to its row id.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// A referral row as stored, with its case file opened.
+    fn opened(&self, mut row: ReferralRow) -> Result<ReferralRow, AdapterError> {
+        row.case_file = self
+            .vault
+            .open(at_rest::CASE_FILE, &row.referral_id, &row.case_file)?;
+        Ok(row)
+    }
+
+    /// An outbox row as stored, with its request opened.
+    fn opened_request(&self, mut row: OutboxRow) -> Result<OutboxRow, AdapterError> {
+        row.payload = self
+            .vault
+            .open(at_rest::OUTBOX_PAYLOAD, &row.request_id, &row.payload)?;
+        Ok(row)
     }
 
     /// Closes the pool, checkpointing the WAL.
@@ -256,11 +308,11 @@ impl Store {
         deliveries: &[Delivery],
     ) -> Result<Vec<Stored>, AdapterError> {
         let deliveries = deliveries.to_vec();
-        let agency = self.agency.clone();
+        let (agency, vault) = (self.agency.clone(), self.vault.clone());
         self.write(move |conn| {
             let stored = deliveries
                 .iter()
-                .map(|delivery| put_delivery(conn, &agency, delivery))
+                .map(|delivery| put_delivery(conn, &agency, &vault, delivery))
                 .collect::<Result<Vec<_>, _>>()?;
             let heads: Vec<_> = deliveries
                 .iter()
@@ -306,28 +358,45 @@ impl Store {
         .map_err(|e| AdapterError::Unavailable(format!("the local store's writer failed: {e}")))?
     }
 
+    /// Runs `work` on the writing connection (no transaction opened), on a blocking thread: for
+    /// what needs the connection itself, such as a restore through SQLite's backup API.
+    pub(crate) async fn with_writer<T, F>(&self, work: F) -> Result<T, AdapterError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, AdapterError> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| AdapterError::Unavailable(format!("the local store's writer failed: {e}")))?
+    }
+
     /// Stores a referral and its history (idempotent); true if the referral was new. A referral
     /// naming neither this agency as sender nor as recipient is only an update: false, and nothing
     /// written, when it is not held.
     pub async fn store_referral(&self, referral: &Referral) -> Result<bool, AdapterError> {
-        let (referral, agency) = (referral.clone(), self.agency.clone());
-        self.write(move |conn| Ok(put_referral(conn, &agency, &referral)? == Put::New))
+        let (referral, agency, vault) = (referral.clone(), self.agency.clone(), self.vault.clone());
+        self.write(move |conn| Ok(put_referral(conn, &agency, &vault, &referral)? == Put::New))
             .await
     }
 
     /// Stores one event (idempotent) and moves its referral's state; true if the event was new.
     pub async fn store_event(&self, event: &FeedbackEvent) -> Result<bool, AdapterError> {
-        let (event, agency) = (event.clone(), self.agency.clone());
-        self.write(move |conn| put_event_and_refresh(conn, &agency, &event))
+        let (event, agency, vault) = (event.clone(), self.agency.clone(), self.vault.clone());
+        self.write(move |conn| put_event_and_refresh(conn, &agency, &vault, &event))
             .await
     }
 
     pub async fn referral(&self, referral_id: &str) -> Result<Option<ReferralRow>, AdapterError> {
         let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referral_id = ?");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<ReferralRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(referral_id)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        row.map(|row| self.opened(row)).transpose()
     }
 
     /// The record of the case file this agency removed from `referral_id`, if it did.
@@ -350,10 +419,11 @@ impl Store {
             "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE recipient = ?1 OR sender <> ?1 \
              ORDER BY created_at DESC, referral_id DESC"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ReferralRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(self.agency.as_str())
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.into_iter().map(|row| self.opened(row)).collect()
     }
 
     /// How many times each referral was escalated (its `escalated` events), by referral id; only
@@ -378,10 +448,11 @@ impl Store {
             "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE recipient = ? \
              ORDER BY created_at DESC, referral_id DESC"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ReferralRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(agency)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.into_iter().map(|row| self.opened(row)).collect()
     }
 
     /// Referrals about the client with `pseudonym` that `agency` sent or holds as recipient now,
@@ -397,11 +468,12 @@ impl Store {
              WHERE client_pseudonym = ?1 AND (sender = ?2 OR recipient = ?2) \
              ORDER BY created_at, referral_id"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ReferralRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(pseudonym)
             .bind(agency)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.into_iter().map(|row| self.opened(row)).collect()
     }
 
     /// Referrals `agency` sent, newest first.
@@ -410,26 +482,26 @@ impl Store {
             "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE sender = ? \
              ORDER BY created_at DESC, referral_id DESC"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ReferralRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(agency)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.into_iter().map(|row| self.opened(row)).collect()
     }
 
     /// A referral's events, oldest first.
     pub async fn history(&self, referral_id: &str) -> Result<Vec<FeedbackEvent>, AdapterError> {
-        let rows =
-            sqlx::query("SELECT encoded FROM events WHERE referral_id = ? ORDER BY event_id ASC")
-                .bind(referral_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT event_id, encoded FROM events WHERE referral_id = ? ORDER BY event_id ASC",
+        )
+        .bind(referral_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
-                let bytes: Vec<u8> = row.try_get("encoded")?;
-                FeedbackEvent::decode(bytes.as_slice()).map_err(|source| AdapterError::Decode {
-                    what: "stored event",
-                    source,
-                })
+                let (event_id, sealed): (String, Vec<u8>) =
+                    (row.try_get("event_id")?, row.try_get("encoded")?);
+                open_event(&self.vault, &event_id, &sealed)
             })
             .collect()
     }
@@ -452,7 +524,10 @@ impl Store {
         .bind(request_id)
         .bind(operation)
         .bind(referral_id)
-        .bind(payload)
+        .bind(
+            self.vault
+                .seal(at_rest::OUTBOX_PAYLOAD, request_id, payload)?,
+        )
         .bind(now())
         .execute(&self.pool)
         .await?
@@ -489,9 +564,10 @@ impl Store {
         let sql = format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' ORDER BY seq LIMIT 1"
         );
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        row.map(|row| self.opened_request(row)).transpose()
     }
 
     /// The pending requests about `referral_id` queued before `seq`, oldest first: what must reach
@@ -514,18 +590,22 @@ impl Store {
 
     pub async fn outbox_row(&self, request_id: &str) -> Result<Option<OutboxRow>, AdapterError> {
         let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE request_id = ?");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let row: Option<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(request_id)
             .fetch_optional(&self.pool)
-            .await?)
+            .await?;
+        row.map(|row| self.opened_request(row)).transpose()
     }
 
     /// Every outbox row, oldest first.
     pub async fn outbox(&self) -> Result<Vec<OutboxRow>, AdapterError> {
         let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox ORDER BY seq");
-        Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.into_iter()
+            .map(|row| self.opened_request(row))
+            .collect()
     }
 
     /// Stores the referral the broker returned for a submit and marks the request sent, together.
@@ -535,9 +615,9 @@ impl Store {
         referral: &Referral,
     ) -> Result<(), AdapterError> {
         let (request_id, referral) = (request_id.to_owned(), referral.clone());
-        let agency = self.agency.clone();
+        let (agency, vault) = (self.agency.clone(), self.vault.clone());
         self.write(move |conn| {
-            put_referral(conn, &agency, &referral)?;
+            put_referral(conn, &agency, &vault, &referral)?;
             mark_sent(conn, &request_id, Some(referral_id_of(&referral)))
         })
         .await
@@ -550,9 +630,9 @@ impl Store {
         event: &FeedbackEvent,
     ) -> Result<(), AdapterError> {
         let (request_id, event) = (request_id.to_owned(), event.clone());
-        let agency = self.agency.clone();
+        let (agency, vault) = (self.agency.clone(), self.vault.clone());
         self.write(move |conn| {
-            put_event_and_refresh(conn, &agency, &event)?;
+            put_event_and_refresh(conn, &agency, &vault, &event)?;
             mark_sent(conn, &request_id, Some(&event.referral_id))
         })
         .await
@@ -560,16 +640,22 @@ impl Store {
 
     /// This agency's private sealing keys, newest first; one is made and kept if it has none.
     pub async fn seal_keys(&self) -> Result<Vec<spean_seal::SecretKey>, AdapterError> {
-        let rows: Vec<(Vec<u8>,)> =
-            sqlx::query_as("SELECT secret FROM seal_keys ORDER BY created_at DESC, rowid DESC")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT key_id, secret FROM seal_keys ORDER BY created_at DESC, rowid DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         if rows.is_empty() {
             return Ok(vec![self.add_seal_key().await?]);
         }
         rows.iter()
-            .map(|(secret,)| {
-                spean_seal::SecretKey::from_bytes(secret).map_err(|e| {
+            .map(|(key_id, sealed)| {
+                let secret = zeroize::Zeroizing::new(self.vault.open(
+                    at_rest::SEAL_KEY,
+                    &hex::encode(key_id),
+                    sealed,
+                )?);
+                spean_seal::SecretKey::from_bytes(&secret).map_err(|e| {
                     AdapterError::Sealing(format!("a stored sealing key does not read: {e}"))
                 })
             })
@@ -580,7 +666,12 @@ impl Store {
     /// sealed to them); it becomes the newest.
     pub async fn add_seal_key(&self) -> Result<spean_seal::SecretKey, AdapterError> {
         let key = spean_seal::SecretKey::generate();
-        let (id, secret) = (key.id().to_vec(), key.to_bytes().to_vec());
+        let id = key.id().to_vec();
+        let secret = self.vault.seal(
+            at_rest::SEAL_KEY,
+            &hex::encode(&id),
+            key.to_bytes().as_ref(),
+        )?;
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO seal_keys (key_id, secret, created_at) VALUES (?, ?, ?)",
@@ -636,7 +727,8 @@ impl Store {
                 .bind(request_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|(payload,)| payload))
+        row.map(|(sealed,)| self.vault.open(at_rest::OUTBOX_SEALED, request_id, &sealed))
+            .transpose()
     }
 
     /// Keeps the request as sealed, for every later attempt, unless another sender (the daemon
@@ -647,16 +739,20 @@ impl Store {
         request_id: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>, AdapterError> {
-        let (request_id, payload) = (request_id.to_owned(), payload.to_vec());
+        let sealed = self
+            .vault
+            .seal(at_rest::OUTBOX_SEALED, request_id, payload)?;
+        let (request_id, vault) = (request_id.to_owned(), self.vault.clone());
         self.write(move |conn| {
             conn.prepare_cached(
                 "INSERT INTO outbox_sealed (request_id, payload) VALUES (?, ?) \
                  ON CONFLICT (request_id) DO NOTHING",
             )?
-            .execute(rusqlite::params![request_id, payload])?;
-            Ok(conn
+            .execute(rusqlite::params![request_id, sealed])?;
+            let kept: Vec<u8> = conn
                 .prepare_cached("SELECT payload FROM outbox_sealed WHERE request_id = ?")?
-                .query_row(rusqlite::params![request_id], |row| row.get(0))?)
+                .query_row(rusqlite::params![request_id], |row| row.get(0))?;
+            vault.open(at_rest::OUTBOX_SEALED, &request_id, &kept)
         })
         .await
     }
@@ -779,6 +875,7 @@ fn mark_sent(
 fn put_delivery(
     tx: &Connection,
     agency: &AgencyId,
+    vault: &Vault,
     delivery: &Delivery,
 ) -> Result<Stored, AdapterError> {
     let seen = tx
@@ -790,7 +887,7 @@ fn put_delivery(
     let stored = match &delivery.payload {
         Some(delivery::Payload::Referral(referral)) => {
             let referral_id = referral_id_of(referral).to_owned();
-            match put_referral(tx, agency, referral)? {
+            match put_referral(tx, agency, vault, referral)? {
                 Put::NotHeld => Stored::NotHeld { referral_id },
                 put => Stored::Referral {
                     referral_id,
@@ -799,7 +896,7 @@ fn put_delivery(
             }
         }
         Some(delivery::Payload::Feedback(event)) => {
-            let new = put_event_and_refresh(tx, agency, event)?;
+            let new = put_event_and_refresh(tx, agency, vault, event)?;
             Stored::Event {
                 event_id: event.event_id.clone(),
                 referral_id: event.referral_id.clone(),
@@ -845,6 +942,7 @@ fn is_a_view_to_insert(referral: &Referral) -> bool {
 fn put_referral(
     conn: &Connection,
     agency: &AgencyId,
+    vault: &Vault,
     referral: &Referral,
 ) -> Result<Put, AdapterError> {
     let envelope = referral.envelope.clone().unwrap_or_default();
@@ -867,6 +965,11 @@ fn put_referral(
     }
     let created_at = timestamp(envelope.created_at.as_ref());
     let updated_at = timestamp(envelope.updated_at.as_ref());
+    let case_file = vault.seal(
+        at_rest::CASE_FILE,
+        &envelope.referral_id,
+        &referral.case_file,
+    )?;
     if existed {
         // A later copy (a redelivery, or the submit answer after a redelivered event) refreshes the
         // envelope; an empty case file never overwrites one we have.
@@ -883,7 +986,7 @@ fn put_referral(
         .execute(params![
             envelope.recipient_agency_id,
             envelope.encode_to_vec(),
-            referral.case_file,
+            case_file,
             updated_at,
             envelope.referral_id,
             envelope.client_pseudonym,
@@ -907,7 +1010,7 @@ fn put_referral(
             subject.province,
             envelope.client_pseudonym,
             state_name(referral.state),
-            referral.case_file,
+            case_file,
             envelope.encode_to_vec(),
             created_at,
             updated_at,
@@ -917,7 +1020,7 @@ fn put_referral(
     put_audience(conn, &envelope.referral_id, referral.audience)?;
     let mut new_events = Vec::new();
     for event in &referral.history {
-        if put_event(conn, event)? {
+        if put_event(conn, vault, event)? {
             new_events.push(event);
         }
     }
@@ -937,9 +1040,10 @@ fn put_referral(
     }
     withdraw_case_file_if_moved_on(conn, agency, &envelope.referral_id)?;
     if referral.history.iter().any(follow_up::moves_the_delegation) {
-        strip_ended_follow_up_parts(conn, agency, &envelope.referral_id)?;
+        strip_ended_follow_up_parts(conn, agency, vault, &envelope.referral_id)?;
     }
-    consent::forget_if_withdrawn(conn, &envelope.referral_id)?;
+    consent::forget_if_withdrawn(conn, vault, &envelope.referral_id)?;
+    crate::retention::keep_purged(conn, vault, &envelope.referral_id)?;
     Ok(if existed { Put::Updated } else { Put::New })
 }
 
@@ -962,23 +1066,29 @@ fn put_audience(conn: &Connection, referral_id: &str, audience: i32) -> Result<(
 fn put_event_and_refresh(
     conn: &Connection,
     agency: &AgencyId,
+    vault: &Vault,
     event: &FeedbackEvent,
 ) -> Result<bool, AdapterError> {
-    let new = put_event(conn, event)?;
+    let new = put_event(conn, vault, event)?;
     refresh_referral(conn, &event.referral_id)?;
     if new {
         webhooks::enqueue::event_stored(conn, agency, event, false)?;
     }
     withdraw_case_file_if_moved_on(conn, agency, &event.referral_id)?;
     if follow_up::moves_the_delegation(event) {
-        strip_ended_follow_up_parts(conn, agency, &event.referral_id)?;
+        strip_ended_follow_up_parts(conn, agency, vault, &event.referral_id)?;
     }
-    consent::forget_if_withdrawn(conn, &event.referral_id)?;
+    consent::forget_if_withdrawn(conn, vault, &event.referral_id)?;
+    crate::retention::keep_purged(conn, vault, &event.referral_id)?;
     Ok(new)
 }
 
 /// Inserts an event unless stored before; true if it was new. The referral need not exist yet.
-fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterError> {
+fn put_event(
+    conn: &Connection,
+    vault: &Vault,
+    event: &FeedbackEvent,
+) -> Result<bool, AdapterError> {
     if event.event_id.is_empty() {
         return Err(AdapterError::Invalid {
             field: "event.event_id".into(),
@@ -994,10 +1104,19 @@ fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterEr
         _ if event.kind == FeedbackKind::Accepted as i32 => Some(event.actor_agency_id.as_str()),
         _ => None,
     };
+    // The person and the note are read from the sealed event only: their columns stay empty (an
+    // already stored id is never sealed again, so a repeated delivery costs no encryption).
+    let stored = conn
+        .prepare_cached("SELECT 1 FROM events WHERE event_id = ?")?
+        .exists(params![event.event_id])?;
+    if stored {
+        return Ok(false);
+    }
+    let encoded = vault.seal(at_rest::EVENT, &event.event_id, &event.encode_to_vec())?;
     let inserted = conn
         .prepare_cached(
             "INSERT INTO events (event_id, referral_id, kind, actor_agency_id, actor_person, at, \
-             note, state_after, redirect_to, encoded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             note, state_after, redirect_to, encoded) VALUES (?, ?, ?, ?, '', ?, '', ?, ?, ?) \
              ON CONFLICT (event_id) DO NOTHING",
         )?
         .execute(params![
@@ -1005,12 +1124,10 @@ fn put_event(conn: &Connection, event: &FeedbackEvent) -> Result<bool, AdapterEr
             event.referral_id,
             kind_name(event.kind),
             event.actor_agency_id,
-            event.actor_person,
             timestamp(event.at.as_ref()),
-            event.note,
             state_name(event.state_after),
             redirect_to,
-            event.encode_to_vec(),
+            encoded,
         ])?;
     Ok(inserted > 0)
 }
@@ -1080,14 +1197,19 @@ fn withdraw_case_file_if_moved_on(
 fn strip_ended_follow_up_parts(
     conn: &Connection,
     agency: &AgencyId,
+    vault: &Vault,
     referral_id: &str,
 ) -> Result<bool, AdapterError> {
-    let moves = delegation_moves(conn, referral_id)?;
+    let moves = delegation_moves(conn, vault, referral_id)?;
     let ended = follow_up::ended_delegations_holding_a_part(&moves, agency.as_str());
     for delegation in &ended {
         conn.prepare_cached("UPDATE events SET encoded = ?1 WHERE event_id = ?2")?
             .execute(params![
-                follow_up::without_follow_up_part(delegation).encode_to_vec(),
+                vault.seal(
+                    at_rest::EVENT,
+                    &delegation.event_id,
+                    &follow_up::without_follow_up_part(delegation).encode_to_vec()
+                )?,
                 delegation.event_id
             ])?;
     }
@@ -1113,20 +1235,34 @@ fn strip_ended_follow_up_parts(
 /// The stored delegations and revocations of a referral, oldest first.
 fn delegation_moves(
     conn: &Connection,
+    vault: &Vault,
     referral_id: &str,
 ) -> Result<Vec<FeedbackEvent>, AdapterError> {
     let mut statement = conn.prepare_cached(
-        "SELECT encoded FROM events WHERE referral_id = ?1 \
+        "SELECT event_id, encoded FROM events WHERE referral_id = ?1 \
          AND kind IN ('follow_up_delegated', 'delegation_revoked') ORDER BY event_id",
     )?;
-    let rows = statement.query_map(params![referral_id], |row| row.get::<_, Vec<u8>>(0))?;
-    rows.map(|bytes| {
-        FeedbackEvent::decode(bytes?.as_slice()).map_err(|source| AdapterError::Decode {
-            what: "stored event",
-            source,
-        })
+    let rows = statement.query_map(params![referral_id], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
+    })?;
+    rows.map(|row| {
+        let (event_id, sealed) = row?;
+        open_event(vault, &event_id, &sealed)
     })
     .collect()
+}
+
+/// A stored event, opened and decoded.
+pub(crate) fn open_event(
+    vault: &Vault,
+    event_id: &str,
+    sealed: &[u8],
+) -> Result<FeedbackEvent, AdapterError> {
+    let bytes = vault.open(at_rest::EVENT, event_id, sealed)?;
+    FeedbackEvent::decode(bytes.as_slice()).map_err(|source| AdapterError::Decode {
+        what: "stored event",
+        source,
+    })
 }
 
 /// Records (or records anew) that this agency no longer holds a referral's case file, or its
@@ -1148,7 +1284,7 @@ pub(crate) fn record_withdrawal(
 }
 
 /// RFC 3339 in UTC with a fixed number of fraction digits, so that text order is time order.
-const SORTABLE_RFC3339: &[BorrowedFormatItem<'static>] =
+pub(crate) const SORTABLE_RFC3339: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 
 /// A proto timestamp as RFC 3339 (UTC), or "" when absent.

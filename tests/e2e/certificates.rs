@@ -253,6 +253,8 @@ async fn a_rotated_identity_overlaps_the_old_one_and_no_referral_is_lost_in_the_
         &folder.join("key.old.pem"),
         &dir.path().join("old-identity"),
     );
+    // The store key lives in the identity folder: an identity copied elsewhere takes it along.
+    std::fs::copy(folder.join("store.key"), old_folder.join("store.key")).unwrap();
     let old = AdapterProcess::with_identity(&broker, NGO, old_folder, dir.path());
 
     // During the overlap the old identity works: the running adapter receives, and a new

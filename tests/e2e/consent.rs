@@ -218,8 +218,12 @@ async fn a_withdrawal_of_consent_reaches_every_holder_and_leaves_no_case_file_or
         "the sender read the note"
     );
     settled(department, &id, "accepted", "accepted").await;
-    // The control for the search at the end: the NGO's store files hold the case now.
-    assert!(!left_in_store(dir.path(), NGO).is_empty());
+    // The control for the search at the end: the NGO reads the case now, while its store files
+    // hold none of it in clear (sealed at rest, docs/security.md#at-rest).
+    let held = settled(ngo, &id, "accepted", "accepted").await;
+    assert!(!found_among(held.to_string().as_bytes(), &SECRETS).is_empty());
+    let left = left_in_store(dir.path(), NGO);
+    assert!(left.is_empty(), "in clear at rest: {left:#?}");
 
     // A withdrawal carries no note; then the mother withdraws consent through the NGO.
     let out = ngo

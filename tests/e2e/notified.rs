@@ -731,17 +731,19 @@ async fn story_3_the_notified_departments_adapter_follows_the_case_without_readi
     .await;
     assert!(at_lawyer.to_string().contains(SUMMARY));
 
-    // No byte of the department's store holds a secret; the lawyer's store, searched the same
-    // way, holds the narrative and the notes.
+    // No byte of the department's store holds a secret; the lawyer's view, searched the same
+    // way, holds the narrative and the notes, which its store keeps sealed at rest
+    // (docs/security.md#at-rest).
     assert_eq!(leaked(&store_bytes(&department)), Vec::<&str>::new());
     assert_eq!(leaked(department.log().as_bytes()), Vec::<&str>::new());
-    let lawyers = leaked(&store_bytes(&lawyer));
+    let lawyers = leaked(at_lawyer.to_string().as_bytes());
     for secret in [CHILD_PROTECTION_NARRATIVE, NAME_KM, SUMMARY] {
         assert!(
             lawyers.contains(&secret),
             "the search finds nothing: {lawyers:?}"
         );
     }
+    assert_eq!(leaked(&store_bytes(&lawyer)), Vec::<&str>::new());
     // And the department's inbox lists it, as notified.
     let inbox = eventually("the referral in the department's inbox", || async {
         let inbox = department.inbox().await;

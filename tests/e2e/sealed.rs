@@ -363,17 +363,29 @@ async fn the_embedded_broker_holds_no_case_file_or_note_readable_in_any_encoding
     for adapter in &mut adapters {
         adapter.kill().await;
     }
-    // The control: the agencies' own stores do hold the words, so the search below can find them.
+    // The control: the NGO reads the words, so the search below can find them; its own store
+    // keeps them sealed at rest (docs/security.md#at-rest), so no clear copy is found there.
+    let ngo = adapters
+        .iter()
+        .find(|a| a.agency == "mlup-russey")
+        .expect("the NGO's adapter");
+    let listed = ngo.run(&["inbox", "--all", "--json"]).await;
+    assert!(
+        found_in(&listed.stdout)
+            .iter()
+            .any(|f| f.starts_with(&format!("{CHILD_KM:?}"))),
+        "the NGO does not read the child's name"
+    );
     let at_ngo: Vec<u8> = ["mlup-russey.db", "mlup-russey.db-wal"]
         .iter()
         .filter_map(|f| std::fs::read(dir.path().join(f)).ok())
         .flatten()
         .collect();
     assert!(
-        found_in(&at_ngo)
+        !found_in(&at_ngo)
             .iter()
             .any(|f| f.starts_with(&format!("{CHILD_KM:?}"))),
-        "the NGO's own store does not hold the child's name"
+        "the NGO's store holds the child's name in clear"
     );
     let log = broker.log();
     let mut files = files_under(&data);

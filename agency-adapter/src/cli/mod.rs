@@ -5,6 +5,7 @@
 //!   among them), which all go through the outbox first.
 //! - [`views`]: `inbox`, `show`, `status` and `outbox`, as tables or `--json`, from the local store.
 //! - [`audit`]: `audit verify`, `audit head` and `audit broker-head`.
+//! - [`local_data`]: `backup`, `restore` and `purge`: the store's copies and its retention.
 //! - [`network`]: `overdue` and `figures`, asked of the broker online, as tables, `--json` or
 //!   `--csv`.
 //! - [`webhooks`]: `webhook add|list|remove|enable|disable|secret|messages|attempts|resend`.
@@ -13,6 +14,7 @@ mod api_keys;
 mod audit;
 pub(crate) mod consent;
 mod keys;
+mod local_data;
 mod network;
 pub(crate) mod send;
 pub(crate) mod views;
@@ -64,6 +66,15 @@ pub struct Cli {
     /// The local SQLite store [default: spean-adapter.db].
     #[arg(long, global = true, env = "SPEAN_ADAPTER_STORE", value_name = "PATH")]
     pub store: Option<PathBuf>,
+    /// The store's key file [default: store.key in the identity folder]; unused when
+    /// SPEAN_ADAPTER_STORE_PASSPHRASE is set.
+    #[arg(
+        long,
+        global = true,
+        env = "SPEAN_ADAPTER_STORE_KEY",
+        value_name = "FILE"
+    )]
+    pub store_key: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -137,6 +148,14 @@ pub enum Command {
         #[command(subcommand)]
         command: webhooks::WebhookCommand,
     },
+    /// Copy the store to FILE (0600), consistent even while the daemon writes. The copy stays
+    /// encrypted under the store key: keep the key apart (docs/operations.md#backup).
+    Backup(local_data::BackupArgs),
+    /// Replace the store's content with a backup of it, while the daemon runs; checked first.
+    Restore(local_data::RestoreArgs),
+    /// Purge now the case files of referrals closed longer than `retention` (the daemon does it
+    /// hourly); --dry-run lists them only.
+    Purge(local_data::PurgeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -267,7 +286,8 @@ impl Context {
 
     async fn open(settings: Settings) -> anyhow::Result<Self> {
         let identity = Identity::load(&settings.identity)?;
-        let store = Store::open(&settings.store, &identity.agency_id).await?;
+        let store =
+            Store::open_with(&settings.store, &identity.agency_id, &settings.store_key()).await?;
         Ok(Self {
             settings,
             identity,
@@ -290,6 +310,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             identity: cli.identity,
             broker: cli.broker,
             store: cli.store,
+            store_key: cli.store_key,
         },
     )?;
     if is_daemon {
@@ -331,6 +352,9 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Audit { command } => audit::audit(ctx, command).await,
         Command::ApiKey { command } => api_keys::api_key(ctx, command).await,
         Command::Webhook { command } => webhooks::webhook(ctx, command).await,
+        Command::Backup(args) => local_data::backup(ctx, &args).await,
+        Command::Restore(args) => local_data::restore(ctx, &args).await,
+        Command::Purge(args) => local_data::purge(ctx, &args).await,
     }
 }
 

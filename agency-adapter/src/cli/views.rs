@@ -936,6 +936,11 @@ fn withdrawn_line(withdrawal: &Withdrawal) -> String {
     let at = shown(&withdrawal.withdrawn_at, Lines::One);
     let now_with = shown(&withdrawal.now_with, Lines::One);
     match withdrawal.because.as_str() {
+        "retention" => format!(
+            "purged {at} by retention: the referral was closed longer than this agency keeps \
+             case files (setting retention.closed_case_files_for); the envelope and the \
+             history's kinds and times remain"
+        ),
         "consent_withdrawn" => format!(
             "deleted {at}: consent was withdrawn; the envelope and the history's kinds and times \
              are kept"

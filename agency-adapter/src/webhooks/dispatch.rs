@@ -29,13 +29,24 @@ const BATCH: i64 = 256;
 /// How many endpoints are posted to at once.
 const CONCURRENT_ENDPOINTS: usize = 8;
 
-/// A message whose turn has come.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A message whose turn has come, with its endpoint's secret opened. No `Debug`: it holds the
+/// secret.
+#[derive(Clone)]
 struct Due {
     message_id: String,
     endpoint_id: String,
     url: String,
     secret: String,
+    payload: String,
+}
+
+/// [`Due`] as stored: the secret sealed at rest.
+#[derive(sqlx::FromRow)]
+struct DueRow {
+    message_id: String,
+    endpoint_id: String,
+    url: String,
+    secret: Vec<u8>,
     payload: String,
 }
 
@@ -140,7 +151,7 @@ async fn post_in_turn(
 /// and with no earlier undelivered message of the same endpoint and referral.
 async fn due(store: &Store) -> Result<Vec<Due>, AdapterError> {
     let now = now_ms();
-    Ok(sqlx::query_as(
+    let rows: Vec<DueRow> = sqlx::query_as(
         "SELECT m.message_id, m.endpoint_id, e.url, e.secret, m.payload \
          FROM webhook_messages m JOIN webhook_endpoints e ON e.endpoint_id = m.endpoint_id \
          WHERE m.delivered_at IS NULL AND m.next_attempt_at <= ?1 AND e.enabled = 1 \
@@ -153,7 +164,18 @@ async fn due(store: &Store) -> Result<Vec<Due>, AdapterError> {
     .bind(now)
     .bind(BATCH)
     .fetch_all(store.pool())
-    .await?)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Due {
+                secret: super::open_secret(store, &row.endpoint_id, &row.secret)?,
+                message_id: row.message_id,
+                endpoint_id: row.endpoint_id,
+                url: row.url,
+                payload: row.payload,
+            })
+        })
+        .collect()
 }
 
 /// Records an attempt and what follows from it, in one transaction: delivered; or failing, with

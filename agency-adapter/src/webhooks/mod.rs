@@ -304,7 +304,7 @@ async fn register_under(
         new.url,
         types_json,
         new.description,
-        secret.clone(),
+        store.vault().seal(SECRET_AT_REST, &id, secret.as_bytes())?,
     );
     store
         .write(move |conn| {
@@ -401,13 +401,25 @@ pub async fn set_enabled(store: &Store, id: &str, enabled: bool) -> Result<Endpo
 
 /// An endpoint's signing secret, for the system that verifies its messages.
 pub async fn secret(store: &Store, id: &str) -> Result<String, AdapterError> {
-    let row: Option<(String,)> =
+    let row: Option<(Vec<u8>,)> =
         sqlx::query_as("SELECT secret FROM webhook_endpoints WHERE endpoint_id = ?")
             .bind(id)
             .fetch_optional(store.pool())
             .await?;
-    row.map(|(secret,)| secret)
-        .ok_or_else(|| not_found("webhook endpoint", id))
+    let (sealed,) = row.ok_or_else(|| not_found("webhook endpoint", id))?;
+    open_secret(store, id, &sealed)
+}
+
+/// The purpose an endpoint's secret is sealed at rest under (`at_rest`), bound to its endpoint.
+const SECRET_AT_REST: &str = "webhook_endpoints.secret";
+
+/// An endpoint's secret, opened with the store key.
+pub(super) fn open_secret(
+    store: &Store,
+    endpoint_id: &str,
+    sealed: &[u8],
+) -> Result<String, AdapterError> {
+    store.vault().open_text(SECRET_AT_REST, endpoint_id, sealed)
 }
 
 /// Messages, oldest first, filtered.

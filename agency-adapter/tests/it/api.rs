@@ -192,17 +192,24 @@ async fn sent(hospital: &Api, key: &str) -> String {
     answer.body["referral_id"].as_str().unwrap().to_owned()
 }
 
-/// The readers in an agency's audit log, oldest first, and the number of its outbox rows.
-fn traces(broker: &BrokerProcess, agency: &str) -> (Vec<String>, usize) {
-    let store = rusqlite::Connection::open(broker.dir.path().join(format!("{agency}.db"))).unwrap();
-    let mut query = store
-        .prepare("SELECT actor FROM audit_log ORDER BY seq")
-        .unwrap();
-    let readers = query
-        .query_map([], |row| row.get(0))
+/// The readers in an agency's audit log, oldest first (opened with the store key, as the adapter
+/// reads them), and the number of its outbox rows.
+async fn traces(broker: &BrokerProcess, agency: &str) -> (Vec<String>, usize) {
+    let store = spean_adapter::store::Store::open_with(
+        &broker.dir.path().join(format!("{agency}.db")),
+        &spean_domain::ids::AgencyId::parse("agency", agency).unwrap(),
+        &spean_adapter::at_rest::StoreKey::File(broker.identity(agency).join("store.key")),
+    )
+    .await
+    .unwrap();
+    let readers = store
+        .audit_entries()
+        .await
         .unwrap()
-        .collect::<Result<Vec<String>, _>>()
-        .unwrap();
+        .into_iter()
+        .map(|entry| entry.record.actor)
+        .collect();
+    store.close().await;
     let outbox = json_of(&broker.adapter(agency, &["outbox", "--json"]));
     (readers, outbox.as_array().unwrap().len())
 }
@@ -436,7 +443,7 @@ async fn the_api_does_what_the_command_line_does_for_a_caller_with_a_live_key() 
         .problem(StatusCode::BAD_REQUEST, "limit");
 
     // One referral: the case file in Khmer, the read audited under the staff member and the key.
-    let (audited_before, _) = traces(&broker, NGO);
+    let (audited_before, _) = traces(&broker, NGO).await;
     let shown = ngo
         .call(
             Method::GET,
@@ -449,7 +456,7 @@ async fn the_api_does_what_the_command_line_does_for_a_caller_with_a_live_key() 
     assert_eq!(shown.status, StatusCode::OK, "{}", shown.body);
     drove("GET", "/v1/referrals/{id}");
     assert_eq!(shown.body["case_file"]["name"]["khmer"], "សុខ ស្រីល័ក្ខ");
-    let (audited_after, _) = traces(&broker, NGO);
+    let (audited_after, _) = traces(&broker, NGO).await;
     assert_eq!(audited_after.len(), audited_before.len() + 1);
     assert_eq!(
         audited_after.last().map(String::as_str),
@@ -748,7 +755,7 @@ async fn the_api_does_what_the_command_line_does_for_a_caller_with_a_live_key() 
     assert_eq!(documented(&doc), driven);
 
     // Without a live key, every route answers 401 and leaves no trace.
-    let before = traces(&broker, NGO);
+    let before = traces(&broker, NGO).await;
     let revoked_key = json_of(&broker.adapter(NGO, &["api-key", "create", "old-system", "--json"]));
     let revoked_key = revoked_key["secret"].as_str().unwrap().to_owned();
     let revoke = broker.adapter(NGO, &["api-key", "revoke", "old-system"]);
@@ -780,7 +787,7 @@ async fn the_api_does_what_the_command_line_does_for_a_caller_with_a_live_key() 
         }
     }
     assert_eq!(
-        traces(&broker, NGO),
+        traces(&broker, NGO).await,
         before,
         "a refused request left a trace"
     );

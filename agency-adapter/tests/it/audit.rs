@@ -19,6 +19,9 @@ fn adapter(dir: &Path, store: &Path, args: &[&str]) -> Output {
         .arg(identity(dir, ME))
         .arg("--store")
         .arg(store)
+        // The key `Store::open` gave the store this test wrote in-process.
+        .arg("--store-key")
+        .arg(spean_adapter::at_rest::key_beside(store))
         .args(["--broker", "https://127.0.0.1:9"])
         .args(args)
         .env_remove("RUST_LOG")
@@ -140,6 +143,12 @@ async fn every_show_is_logged_and_a_tampered_copy_names_its_first_bad_entry() {
             tampered.execute(statement, []).unwrap();
         }
         drop(tampered);
+        // The copy opens with the original's key.
+        std::fs::copy(
+            spean_adapter::at_rest::key_beside(&t.path),
+            spean_adapter::at_rest::key_beside(&copy),
+        )
+        .unwrap();
         let output = adapter(dir, &copy, &["audit", "verify", "--head", &head]);
         assert!(!output.status.success(), "{name}: {output:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);

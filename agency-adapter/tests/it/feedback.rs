@@ -9,43 +9,6 @@ const HOSPITAL: &str = "ahc-swu";
 const NGO: &str = "mlup-russey";
 const DEPARTMENT: &str = "dosvy-24";
 
-/// Sends story 1's referral from the hospital to the NGO and returns its referral id.
-fn send(broker: &BrokerProcess, client_ref: &str) -> String {
-    let sent = json_of(&broker.adapter(
-        HOSPITAL,
-        &[
-            "send",
-            "--to",
-            NGO,
-            "--kind",
-            "lama",
-            "--consent-by",
-            "guardian",
-            "--consent-at",
-            "2026-12-01",
-            "--consent-for",
-            "redirect,broadcast,notified_parties,follow_up_delegation",
-            "--urgency",
-            "emergency",
-            "--sex",
-            "female",
-            "--age-band",
-            "5-9",
-            "--subject-province",
-            "24",
-            "--client-ref",
-            client_ref,
-            "--name-km",
-            "សុខ ស្រីល័ក្ខ",
-            "--reason",
-            "ត្រូវការតាមដាននៅផ្ទះ",
-            "--json",
-        ],
-    ));
-    assert_eq!(sent["status"], "sent", "{sent}");
-    sent["referral_id"].as_str().unwrap().to_owned()
-}
-
 /// Runs an action command as `agency` and checks the broker recorded `kind`, leaving `state`.
 fn act(broker: &BrokerProcess, agency: &str, args: &[&str], kind: &str, state: &str) -> Value {
     let mut with_json = args.to_vec();
@@ -62,7 +25,7 @@ fn act(broker: &BrokerProcess, agency: &str, args: &[&str], kind: &str, state: &
 fn the_recipient_commands_walk_a_referral_to_completed_and_the_sender_marks_it_in_error() {
     let broker = BrokerProcess::start();
     broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT]);
-    let id = send(&broker, "walk-1");
+    let id = broker.send_story_one("walk-1");
     let id = id.as_str();
 
     act(&broker, NGO, &["ack", id], "acknowledged", "acknowledged");
@@ -133,7 +96,7 @@ fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
     let broker = BrokerProcess::start();
     broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT]);
 
-    let declined = send(&broker, "decline-1");
+    let declined = broker.send_story_one("decline-1");
     act(
         &broker,
         NGO,
@@ -149,7 +112,7 @@ fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
         "declined",
     );
 
-    let failed = send(&broker, "fail-1");
+    let failed = broker.send_story_one("fail-1");
     act(
         &broker,
         NGO,
@@ -172,7 +135,7 @@ fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
         "failed",
     );
 
-    let withdrawn = send(&broker, "withdraw-1");
+    let withdrawn = broker.send_story_one("withdraw-1");
     act(
         &broker,
         HOSPITAL,
@@ -181,7 +144,7 @@ fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
         "withdrawn",
     );
 
-    let redirected = send(&broker, "redirect-1");
+    let redirected = broker.send_story_one("redirect-1");
     act(
         &broker,
         NGO,
@@ -217,7 +180,7 @@ fn decline_fail_withdraw_and_redirect_each_close_or_move_their_referral() {
 fn an_action_the_state_does_not_allow_fails_and_its_outbox_row_is_rejected() {
     let broker = BrokerProcess::start();
     broker.publish_keys(&[HOSPITAL, NGO, DEPARTMENT]);
-    let id = send(&broker, "closed-1");
+    let id = broker.send_story_one("closed-1");
     act(
         &broker,
         HOSPITAL,

@@ -1,21 +1,12 @@
 //! The local store holds case files: its folder, the file and its WAL are the agency user's alone
 //! from their creation, and stay so when a newer version migrates the store.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use spean_adapter::store::Store;
 use spean_proto::v1::delivery::Payload;
 
-use crate::helpers::{agency_id, delivery, redirected, store_khmer_referral};
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .permissions()
-        .mode()
-        & 0o777
-}
+use crate::helpers::{agency_id, delivery, mode, redirected, store_khmer_referral};
 
 #[tokio::test]
 async fn the_store_folder_file_and_wal_are_readable_by_the_agency_user_alone() {

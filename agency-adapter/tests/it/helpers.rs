@@ -251,6 +251,43 @@ impl BrokerProcess {
 }
 
 impl BrokerProcess {
+    /// Sends story 1's referral from the hospital to the NGO and returns its referral id.
+    pub fn send_story_one(&self, client_ref: &str) -> String {
+        let sent = json_of(&self.adapter(
+            "ahc-swu",
+            &[
+                "send",
+                "--to",
+                "mlup-russey",
+                "--kind",
+                "lama",
+                "--consent-by",
+                "guardian",
+                "--consent-at",
+                "2026-12-01",
+                "--consent-for",
+                "redirect,broadcast,notified_parties,follow_up_delegation",
+                "--urgency",
+                "emergency",
+                "--sex",
+                "female",
+                "--age-band",
+                "5-9",
+                "--subject-province",
+                "24",
+                "--client-ref",
+                client_ref,
+                "--name-km",
+                "សុខ ស្រីល័ក្ខ",
+                "--reason",
+                "ត្រូវការតាមដាននៅផ្ទះ",
+                "--json",
+            ],
+        ));
+        assert_eq!(sent["status"], "sent", "{sent}");
+        sent["referral_id"].as_str().unwrap().to_owned()
+    }
+
     /// Publishes each agency's sealing key (`keys publish`), as its daemon would on connecting:
     /// an agency sends only to agencies that published one.
     pub fn publish_keys(&self, agencies: &[&str]) {
@@ -313,6 +350,17 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
+    /// Starts `command` (a `spean-adapter run`) with its output discarded.
+    pub fn spawn(mut command: Command) -> Self {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start spean-adapter run");
+        Self { child }
+    }
+
     /// How it ended, if it has.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().expect("daemon status")
@@ -335,6 +383,16 @@ pub const CONSENTED: &[&str] = &[
     "--consent-for",
     "redirect,broadcast,notified_parties,follow_up_delegation",
 ];
+
+/// A file's or folder's permission bits.
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
 
 /// How long an effect in another process may take before a test fails.
 const PATIENCE: Duration = Duration::from_secs(30);

@@ -2,7 +2,8 @@
 //! behaviour (queueing, the outbox, JSON output) with a throwaway identity and no broker, and the
 //! binary against a real `spean-broker` process (feedback commands, reused keys, the subject's
 //! province from the directory, the daemon and its fault switch), and the views of notified
-//! parties and delegates with their follow-up schedule, and broadcasts with their candidates.
+//! parties and delegates with their follow-up schedule, and broadcasts with their candidates, and
+//! the protection of local data (permissions, sealing at rest, backup and restore, retention).
 
 // Tests may panic on a broken fixture: that is the failure we want to see.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -17,6 +18,7 @@ mod files;
 mod follow_up;
 mod helpers;
 mod idempotency;
+mod local_data;
 mod network;
 mod redirect;
 mod send;

@@ -21,6 +21,11 @@ pub fn adapter(dir: &Path, agency: &str, broker: &str, args: &[&str]) -> std::pr
         .arg(identity(dir, agency))
         .arg("--store")
         .arg(dir.join(format!("{agency}.db")))
+        // The key `Store::open` gives the store a test writes in-process.
+        .arg("--store-key")
+        .arg(spean_adapter::at_rest::key_beside(
+            &dir.join(format!("{agency}.db")),
+        ))
         .args(["--broker", broker])
         .args(args)
         .env_remove("RUST_LOG")
