@@ -124,19 +124,16 @@ impl From<AdapterError> for Problem {
     fn from(error: AdapterError) -> Self {
         match error {
             AdapterError::Invalid { field, reason } => Self::invalid(field, reason),
-            AdapterError::NotFound { what, ref id } => {
-                let _ = id;
-                Self::new(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    "Not found",
-                    format!("{error}"),
-                )
-                .with_field(match what {
-                    "referral" => "id",
-                    _ => "path",
-                })
-            }
+            AdapterError::NotFound { what, .. } => Self::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                error.to_string(),
+            )
+            .with_field(match what {
+                "referral" => "id",
+                _ => "path",
+            }),
             AdapterError::KeyReused { .. } => Self::new(
                 StatusCode::CONFLICT,
                 "idempotency-key-reused",
