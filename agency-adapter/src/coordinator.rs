@@ -60,7 +60,7 @@ pub async fn figures(
 }
 
 /// Waits for a unary call at most [`REQUEST_TIMEOUT`], which counts as unavailability.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 ) -> Result<T, AdapterError> {
     Ok(tokio::time::timeout(REQUEST_TIMEOUT, call)

@@ -93,7 +93,9 @@ impl Daemon {
                 self.identity.clone(),
                 self.store.clone(),
             );
-            let router = api::router(ApiState::new(ctx, self.link.clone()));
+            let api_state = ApiState::new(ctx, self.link.clone());
+            let pages = crate::web::WebState::new(api_state.ctx.clone(), self.link.clone());
+            let router = api::router(api_state).merge(crate::web::router(pages));
             tokio::spawn(
                 api::server::serve(listening, router, shutdown.clone())
                     .instrument(tracing::info_span!(parent: &span, "api")),

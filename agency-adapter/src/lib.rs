@@ -69,8 +69,10 @@ pub mod private_files;
 pub mod referral;
 pub mod retention;
 pub mod sealing;
+pub mod staff;
 pub mod store;
 pub mod telemetry;
+pub mod web;
 pub mod webhooks;
 
 pub use error::AdapterError;

@@ -699,11 +699,16 @@ impl Workflow {
             }
             (stored, asked) => stored == asked,
         };
+        // A withdrawal of consent forgets every sealed text of its referral, its own too: there
+        // is nothing left to compare a replay's with (a daemon and a command sending the same
+        // queued withdrawal at once).
+        let same_text = done.sealed_text == action.sealed_text
+            || (done.kind == EventKind::ConsentWithdrawn && done.sealed_text.is_empty());
         if done.referral_id != action.referral_id
             || done.kind != action.kind
             || !same_details
             || done.note != action.note
-            || done.sealed_text != action.sealed_text
+            || !same_text
         {
             return Err(BrokerError::AlreadyExists(format!(
                 "request_id: {} was already used for another action",

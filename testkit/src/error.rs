@@ -35,6 +35,11 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] std::io::Error),
 
+    /// The page tests' browser: it did not start, a command failed, or a wait ran out. The text
+    /// names the page and what was awaited.
+    #[error("browser: {0}")]
+    Browser(String),
+
     /// An endpoint that could not be built from the URL or the agency's certificate.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),

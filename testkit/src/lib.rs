@@ -16,6 +16,7 @@
 //! - [`adapter`]: [`AdapterProcess`], one agency's `spean-adapter` commands and daemon.
 //! - [`wait`]: [`Patience`] and [`eventually`], bounded polling for effects across processes.
 //! - [`log`]: reading the processes' text logs.
+//! - [`browser`]: headless Chromium over the DevTools protocol, for the page tests.
 //! - [`error`]: [`Error`], why a process could not be started or reached.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@
 pub mod adapter;
 pub mod binary;
 pub mod broker;
+pub mod browser;
 pub mod error;
 pub mod log;
 #[allow(clippy::expect_used)] // Test helpers: a key that does not seal is a broken test.

@@ -600,3 +600,22 @@ pub fn words(person: &str, note: &str, detail: &str) -> pb::FreeText {
         detail: detail.into(),
     }
 }
+
+/// The repository's directory as `edit` changes it, written to `dir` as `name`; the setting that
+/// seeds a new broker with it.
+pub fn seeded_directory(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (String, String) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/network.json");
+    let mut directory: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    edit(&mut directory);
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_vec(&directory).unwrap()).unwrap();
+    (
+        "SPEAN_BROKER_DIRECTORY__SEED".into(),
+        path.display().to_string(),
+    )
+}

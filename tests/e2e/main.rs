@@ -21,6 +21,7 @@ mod helpers;
 mod linked_clients;
 mod notified;
 mod offline;
+mod pages;
 mod partitions;
 mod placement;
 mod production;

@@ -13,7 +13,7 @@ use spean_testkit::placement;
 
 use crate::helpers::{
     AdapterProcess, BrokerProcess, GrpcClient, PATIENCE, eventually, referral_id_of, sealed_action,
-    words,
+    seeded_directory, words,
 };
 use crate::production::Production;
 
@@ -53,25 +53,6 @@ fn race_directory(dir: &Path) -> (String, String) {
             }
         }
     })
-}
-
-/// The repository's directory as `edit` changes it, written to `dir` as `name`; the setting that
-/// seeds a new broker with it.
-fn seeded_directory(
-    dir: &Path,
-    name: &str,
-    edit: impl FnOnce(&mut serde_json::Value),
-) -> (String, String) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/network.json");
-    let mut directory: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
-    edit(&mut directory);
-    let path = dir.join(name);
-    std::fs::write(&path, serde_json::to_vec(&directory).unwrap()).unwrap();
-    (
-        "SPEAN_BROKER_DIRECTORY__SEED".into(),
-        path.display().to_string(),
-    )
 }
 
 /// Sends story 2's placement from the hospital's adapter, addressed by service and province and

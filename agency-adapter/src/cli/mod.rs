@@ -17,6 +17,7 @@ mod keys;
 mod local_data;
 mod network;
 pub(crate) mod send;
+mod staff;
 pub(crate) mod views;
 mod webhooks;
 
@@ -136,6 +137,12 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// Staff accounts of the pages (docs/operations.md#staff-accounts): `add USERNAME --name NAME`,
+    /// `list`, `disable`, `enable`, `password`; passwords are read from standard input.
+    User {
+        #[command(subcommand)]
+        command: staff::UserCommand,
     },
     /// Keys for the local HTTP API (docs/integration.md): `create NAME`, `list`, `revoke KEY`.
     ApiKey {
@@ -350,6 +357,7 @@ async fn dispatch(ctx: &Context, command: Command) -> anyhow::Result<()> {
         Command::Figures(args) => network::figures(ctx, args).await,
         Command::Keys { command } => keys::keys(ctx, command).await,
         Command::Audit { command } => audit::audit(ctx, command).await,
+        Command::User { command } => staff::user(ctx, command).await,
         Command::ApiKey { command } => api_keys::api_key(ctx, command).await,
         Command::Webhook { command } => webhooks::webhook(ctx, command).await,
         Command::Backup(args) => local_data::backup(ctx, &args).await,

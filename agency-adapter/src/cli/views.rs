@@ -373,7 +373,7 @@ pub(crate) async fn inbox_items(
 }
 
 /// The part of the case file `show` prints, and which part it is.
-enum CaseFileShown {
+pub(crate) enum CaseFileShown {
     /// The whole case file: this agency sent or received the referral.
     Whole(CaseFile),
     /// The follow-up part a recipient delegated the visits here with.
@@ -420,7 +420,7 @@ impl CaseFileShown {
         }
     }
 
-    fn case_file(&self) -> Option<&CaseFile> {
+    pub(crate) fn case_file(&self) -> Option<&CaseFile> {
         match self {
             Self::Whole(case_file)
             | Self::FollowUpPart {
@@ -501,14 +501,14 @@ pub(super) async fn show(
 /// One referral as `show` and the API show it: read from the store, its read of the case file
 /// recorded in the audit log before anything is shown.
 pub(crate) struct Shown {
-    row: ReferralRow,
-    envelope: Envelope,
-    history: Vec<FeedbackEvent>,
-    audience: String,
-    case_file: CaseFileShown,
-    schedule: Schedule,
-    delegated_to: Option<String>,
-    broadcast: Option<Broadcast>,
+    pub(crate) row: ReferralRow,
+    pub(crate) envelope: Envelope,
+    pub(crate) history: Vec<FeedbackEvent>,
+    pub(crate) audience: String,
+    pub(crate) case_file: CaseFileShown,
+    pub(crate) schedule: Schedule,
+    pub(crate) delegated_to: Option<String>,
+    pub(crate) broadcast: Option<Broadcast>,
 }
 
 impl Shown {
@@ -982,7 +982,7 @@ fn consent_json(consent: Option<&ReferralConsent>) -> Value {
 }
 
 /// A referral's consent in one line of `show`.
-fn consent_line(consent: Option<&ReferralConsent>) -> String {
+pub(crate) fn consent_line(consent: Option<&ReferralConsent>) -> String {
     match consent {
         None => "not recorded (sent before consent was required)".to_owned(),
         Some(c) if !c.emergency_exception.is_empty() => format!(
@@ -1178,7 +1178,7 @@ pub fn event_json(event: &FeedbackEvent) -> Value {
 }
 
 /// The kind-specific details by their proto field names; `{}` for kinds without details.
-fn details_json(event: &FeedbackEvent) -> Value {
+pub(crate) fn details_json(event: &FeedbackEvent) -> Value {
     match &event.details {
         Some(Details::Accepted(a)) => {
             json!({ "planned_action": a.planned_action, "planned_date": a.planned_date })

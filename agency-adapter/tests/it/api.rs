@@ -27,22 +27,10 @@ struct Api {
 async fn api(broker: &BrokerProcess, agency: &str) -> Api {
     let key = json_of(&broker.adapter(agency, &["api-key", "create", "oscar-sync", "--json"]));
     let key = key["secret"].as_str().unwrap().to_owned();
-    let daemon = broker.daemon(agency, &[("SPEAN_ADAPTER_API__LISTEN", "127.0.0.1:0")]);
-    let file = PathBuf::from(format!(
-        "{}.api-addr",
-        broker.dir.path().join(format!("{agency}.db")).display()
-    ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let addr = loop {
-        if let Ok(addr) = std::fs::read_to_string(&file) {
-            break addr;
-        }
-        assert!(Instant::now() < deadline, "{agency}: the API did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (daemon, base) = broker.serving(agency).await;
     Api {
         _daemon: daemon,
-        base: format!("http://{}", addr.trim()),
+        base,
         key,
         http: reqwest::Client::new(),
     }

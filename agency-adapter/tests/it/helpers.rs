@@ -321,6 +321,25 @@ impl BrokerProcess {
         DaemonProcess { child }
     }
 
+    /// Starts `agency`'s daemon serving its HTTP API and pages on a port the system chooses, and
+    /// returns it with its base URL (`http://127.0.0.1:PORT`), once it listens.
+    pub async fn serving(&self, agency: &str) -> (DaemonProcess, String) {
+        let daemon = self.daemon(agency, &[("SPEAN_ADAPTER_API__LISTEN", "127.0.0.1:0")]);
+        let file = PathBuf::from(format!(
+            "{}.api-addr",
+            self.dir.path().join(format!("{agency}.db")).display()
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            if let Ok(addr) = std::fs::read_to_string(&file) {
+                break addr;
+            }
+            assert!(Instant::now() < deadline, "{agency}: the API did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        (daemon, format!("http://{}", addr.trim()))
+    }
+
     /// The broker's services as `agency` sees them, for what the adapter's commands do not show.
     pub async fn client(&self, agency: &str) -> Broker {
         // Ignored on purpose: it only fails when a provider is already installed.

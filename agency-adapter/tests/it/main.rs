@@ -20,6 +20,7 @@ mod helpers;
 mod idempotency;
 mod local_data;
 mod network;
+mod pages;
 mod redirect;
 mod send;
 mod store;

@@ -9,7 +9,7 @@ use super::{GatewayResult, Shared, caller};
 use crate::directory::{Agency, AgencyType};
 use crate::error::{BrokerError, FieldError};
 use crate::ids::ProvinceCode;
-use crate::referral::Code;
+use crate::referral::{Code, Urgency};
 use crate::store::PublishedKey;
 
 pub struct DirectoryGateway {
@@ -213,6 +213,13 @@ impl DirectoryService for DirectoryGateway {
                         .and_then(|code| directory.follow_up_schedule(&code));
                     let seconds =
                         |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+                    // No tiers: no deadline is kept, so none is announced.
+                    let within = |urgency: Urgency| match Code::parse("kind", &k.kind) {
+                        Ok(code) if directory.escalation_tiers() > 0 => {
+                            seconds(directory.acknowledgement_deadline(&code, urgency))
+                        }
+                        _ => 0,
+                    };
                     pb::Kind {
                         kind: k.kind.clone(),
                         meaning: k.meaning.clone(),
@@ -220,6 +227,9 @@ impl DirectoryService for DirectoryGateway {
                         follow_up_every_seconds: schedule.map_or(0, |s| seconds(s.every)),
                         follow_up_grace_seconds: schedule.map_or(0, |s| seconds(s.grace)),
                         emergency_consent_exception: k.emergency_consent_exception,
+                        acknowledge_within_emergency_seconds: within(Urgency::Emergency),
+                        acknowledge_within_urgent_seconds: within(Urgency::Urgent),
+                        acknowledge_within_routine_seconds: within(Urgency::Routine),
                     }
                 })
                 .collect(),

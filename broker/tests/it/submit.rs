@@ -243,6 +243,27 @@ async fn the_directory_resolves_a_service_in_a_province_best_first() {
     assert_eq!(pailin.name_km, "ប៉ៃលិន");
 }
 
+/// Each kind announces how long a recipient has to acknowledge it at each urgency (the urgency's
+/// deadline here, as the demo network sets no kind its own), so an agency's pages can show the
+/// time left before a referral is escalated.
+#[tokio::test]
+async fn the_directory_announces_each_kinds_acknowledgement_deadlines() {
+    let broker = spawn_broker().await;
+    let kinds = broker
+        .client("mlup-russey")
+        .await
+        .directory
+        .list_kinds(pb::ListKindsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kinds;
+    let lama = kinds.iter().find(|k| k.kind == "lama").unwrap();
+    assert_eq!(lama.acknowledge_within_emergency_seconds, 2 * 3600);
+    assert_eq!(lama.acknowledge_within_urgent_seconds, 24 * 3600);
+    assert_eq!(lama.acknowledge_within_routine_seconds, 72 * 3600);
+}
+
 /// The case file is the sender's, opaque to the broker: sealed bytes that would be refused as free
 /// text (an escape sequence, a bidi override) pass through untouched; the adapter renders them
 /// safely.

@@ -258,11 +258,20 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
         Err(BrokerError::InvalidField(e)) => assert_eq!(e.field, "withdrawal.withdrawn_at"),
         other => panic!("a withdrawal dated in the future is refused: {other:?}"),
     }
+    // As an adapter sends it: who recorded it, sealed to the other party. The adapter seals a
+    // request once and sends the same bytes again, so a replay carries them too.
+    let mut withdrawn = withdrawal(id, "withdraw-1", start());
+    withdrawn.sealed_text = Sealed::new(seal_text(
+        "mlup-russey",
+        &id.to_string(),
+        &pb::FreeText {
+            actor_person: "សុភា".into(),
+            ..Default::default()
+        },
+        &["ahc-swu"],
+    ));
     let (event, state) = w
-        .act(
-            &agency("mlup-russey"),
-            withdrawal(id, "withdraw-1", start()),
-        )
+        .act(&agency("mlup-russey"), withdrawn.clone())
         .await
         .unwrap();
     assert_eq!(state, State::Withdrawn);
@@ -293,13 +302,9 @@ pub(super) async fn a_withdrawal_of_consent_ends_the_referral_and_forgets_what_w
         );
     }
 
-    let (again, _) = w
-        .act(
-            &agency("mlup-russey"),
-            withdrawal(id, "withdraw-1", start()),
-        )
-        .await
-        .unwrap();
+    // Its own sealed text was forgotten with the rest: a replay (a daemon and a command sending
+    // the same queued request at once) still answers with the first event.
+    let (again, _) = w.act(&agency("mlup-russey"), withdrawn).await.unwrap();
     assert_eq!(again.id, event.id, "a replay answers with the first event");
     // Forgetting what was sealed rewrites no audit entry: the log still verifies, and its last
     // entry is the withdrawal.
