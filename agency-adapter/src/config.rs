@@ -52,11 +52,31 @@ pub struct Settings {
 pub struct ApiSettings {
     /// The address to listen on, e.g. `127.0.0.1:8450`; a port alone (`8450`) is that port on
     /// 127.0.0.1. An address beyond this machine needs `tls_cert` and `tls_key`.
+    #[serde(deserialize_with = "address_or_port")]
     pub listen: Option<String>,
     /// The TLS certificate chain (PEM) to serve with.
     pub tls_cert: Option<PathBuf>,
     /// The TLS private key (PEM) to serve with.
     pub tls_key: Option<PathBuf>,
+}
+
+/// `listen` as text whether it was written as an address or as a port alone: figment reads
+/// `SPEAN_ADAPTER_API__LISTEN=8450`, and `listen = 8450` in TOML, as a number.
+fn address_or_port<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Listen {
+        Port(u16),
+        Address(String),
+    }
+    Ok(
+        Option::<Listen>::deserialize(deserializer)?.map(|listen| match listen {
+            Listen::Port(port) => port.to_string(),
+            Listen::Address(address) => address,
+        }),
+    )
 }
 
 impl ApiSettings {
@@ -402,6 +422,14 @@ mod tests {
             jail.set_env("SPEAN_ADAPTER_API__LISTEN", "127.0.0.1:9000");
             let settings = Settings::load(None, Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(settings.api.listen.as_deref(), Some("127.0.0.1:9000"));
+            // A port alone, as the README's walkthrough gives it, which figment reads as a number.
+            jail.set_env("SPEAN_ADAPTER_API__LISTEN", "8450");
+            let settings = Settings::load(None, Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(settings.api.listen.as_deref(), Some("8450"));
+            assert_eq!(
+                settings.api.address().map_err(|e| e.to_string())?,
+                Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8450)))
+            );
             Ok(())
         });
     }

@@ -20,6 +20,7 @@ use spean_testkit::browser::{Browser, Key, Page};
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{AdapterProcess, BrokerProcess, bin, eventually, seeded_directory};
+use crate::production::Production;
 
 const HOSPITAL: &str = "ahc-swu";
 const NGO: &str = "mlup-russey";
@@ -47,6 +48,8 @@ struct Person {
     base: String,
     page: Page,
     lang: &'static str,
+    /// Where its pages' screenshots go.
+    shots: PathBuf,
     _browser: Browser,
 }
 
@@ -83,6 +86,7 @@ impl Person {
         agency: &str,
         dir: &Path,
         (username, name, lang): (&str, &str, &'static str),
+        shots: &Path,
     ) -> Self {
         let mut adapter = AdapterProcess::installed(broker, agency, dir).await;
         add_user(&adapter, username, name, lang).await;
@@ -102,6 +106,7 @@ impl Person {
             base: format!("http://localhost:{port}"),
             page,
             lang,
+            shots: shots.to_owned(),
             _browser: browser,
         }
     }
@@ -124,7 +129,13 @@ impl Person {
             .await
             .unwrap();
         let shown = if shown == "km" { "km" } else { "en" };
-        check_page(&self.page, &format!("login-{}", self.adapter.agency), shown).await;
+        check_page(
+            &self.page,
+            &self.shots,
+            &format!("login-{}", self.adapter.agency),
+            shown,
+        )
+        .await;
         self.page.fill("#username", username).await.unwrap();
         self.page.press(Key::Tab).await.unwrap();
         assert!(
@@ -165,7 +176,7 @@ impl Person {
 }
 
 /// What every page is held to, and its screenshots in both languages: `name.km.png`, `name.en.png`.
-async fn check_page(page: &Page, name: &str, lang: &str) {
+async fn check_page(page: &Page, dir: &Path, name: &str, lang: &str) {
     let errors = page.console_errors().await;
     assert!(errors.is_empty(), "{name}: the browser reported {errors:?}");
     let unlabelled = page.unlabelled_controls().await.unwrap();
@@ -174,11 +185,10 @@ async fn check_page(page: &Page, name: &str, lang: &str) {
         "{name}: unlabelled controls {unlabelled:?}"
     );
     every_control_reached_by_tab(page, name).await;
-    let dir = screenshots();
     let other = if lang == "km" { "en" } else { "km" };
-    shoot(page, &dir, name, lang).await;
+    shoot(page, dir, name, lang).await;
     switch_language(page).await;
-    shoot(page, &dir, name, other).await;
+    shoot(page, dir, name, other).await;
     switch_language(page).await;
 }
 
@@ -254,25 +264,51 @@ async fn every_control_reached_by_tab(page: &Page, name: &str) {
     );
 }
 
+/// The setting that seeds a broker with the repository's directory, emergency referrals due for
+/// acknowledgement in [`DEADLINE`].
+fn short_deadline(dir: &Path) -> (String, String) {
+    seeded_directory(dir, "pages-deadlines.json", |directory| {
+        directory["acknowledgement_deadlines"]["emergency"] =
+            serde_json::Value::String(format!("{}s", DEADLINE.as_secs()));
+    })
+}
+
 #[tokio::test]
 async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = seeded_directory(dir.path(), "pages-deadlines.json", |directory| {
-        directory["acknowledgement_deadlines"]["emergency"] =
-            serde_json::Value::String(format!("{}s", DEADLINE.as_secs()));
-    });
+    let seed = short_deadline(dir.path());
     let broker =
         BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &[seed]).await;
-    let hospital = Person::at(&broker, HOSPITAL, dir.path(), ("dara", "Dara Chan", "en")).await;
-    let ngo = Person::at(&broker, NGO, dir.path(), ("sophea", "សុភា", "km")).await;
-    let coordinator = Person::at(&broker, COORDINATOR, dir.path(), ("vanna", "វណ្ណា", "km")).await;
+    story_one_through_the_pages(&broker, dir.path(), "").await;
+}
+
+/// The same on the production path: PostgreSQL and RabbitMQ behind the broker; its screenshots
+/// go to `target/screenshots/production/`.
+#[tokio::test]
+async fn staff_carry_story_one_through_the_pages_on_postgres_and_rabbitmq() {
+    let env = Production::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = env.broker_env();
+    settings.push(short_deadline(dir.path()));
+    let broker =
+        BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &settings).await;
+    story_one_through_the_pages(&broker, dir.path(), "production").await;
+}
+
+/// Story 1 by three people; screenshots under `target/screenshots/<shots>/` (the top folder for
+/// an empty `shots`).
+async fn story_one_through_the_pages(broker: &BrokerProcess, dir: &Path, shots: &str) {
+    let shots = screenshots().join(shots);
+    let hospital = Person::at(broker, HOSPITAL, dir, ("dara", "Dara Chan", "en"), &shots).await;
+    let ngo = Person::at(broker, NGO, dir, ("sophea", "សុភា", "km"), &shots).await;
+    let coordinator = Person::at(broker, COORDINATOR, dir, ("vanna", "វណ្ណា", "km"), &shots).await;
     hospital.log_in("dara").await;
     ngo.log_in("sophea").await;
     coordinator.log_in("vanna").await;
 
     // The hospital's social worker sends story 1 from the form.
     hospital.open("/send").await;
-    check_page(&hospital.page, "send", hospital.lang).await;
+    check_page(&hospital.page, &shots, "send", hospital.lang).await;
     let page = &hospital.page;
     page.check("#by-agency").await.unwrap();
     page.select("#to", NGO).await.unwrap();
@@ -315,7 +351,7 @@ async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
         inbox.contains(spean_testkit::KHMER_NAME),
         "the child's name"
     );
-    check_page(&ngo.page, "inbox", ngo.lang).await;
+    check_page(&ngo.page, &shots, "inbox", ngo.lang).await;
 
     // Nobody acknowledges it in time: the coordinator sees it escalated, overdue.
     let overdue = coordinator
@@ -329,7 +365,13 @@ async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
         !overdue.contains(spean_testkit::KHMER_NAME),
         "a coordinator reads no case file"
     );
-    check_page(&coordinator.page, "network-overdue", coordinator.lang).await;
+    check_page(
+        &coordinator.page,
+        &shots,
+        "network-overdue",
+        coordinator.lang,
+    )
+    .await;
     ngo.open_until("/", "the escalation in the NGO's inbox", |html| {
         html.contains("class=\"escalated waiting\"") || html.contains("class=\"waiting escalated\"")
     })
@@ -337,7 +379,7 @@ async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
 
     // The NGO opens it and acknowledges it from the keyboard alone.
     ngo.open(&referral).await;
-    check_page(&ngo.page, "referral-delivered", ngo.lang).await;
+    check_page(&ngo.page, &shots, "referral-delivered", ngo.lang).await;
     ngo.page.tab_until("#acknowledge-submit", 60).await.unwrap();
     ngo.page.press_and_wait(Key::Enter).await.unwrap();
     assert!(ngo.page.html().await.unwrap().contains("បានទទួលស្គាល់"));
@@ -376,16 +418,16 @@ async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
         .await
         .unwrap();
     ngo.page.click_and_wait("#follow_up-submit").await.unwrap();
-    check_page(&ngo.page, "referral-accepted", ngo.lang).await;
+    check_page(&ngo.page, &shots, "referral-accepted", ngo.lang).await;
     let seen = hospital
         .open_until(&referral, "the hospital to see the follow-up", |html| {
             html.contains("data-kind=\"follow_up\"")
         })
         .await;
     assert!(seen.contains("សុភា"), "who acted, by name");
-    check_page(&hospital.page, "referral-sender", hospital.lang).await;
+    check_page(&hospital.page, &shots, "referral-sender", hospital.lang).await;
     hospital.open("/sent").await;
-    check_page(&hospital.page, "sent", hospital.lang).await;
+    check_page(&hospital.page, &shots, "sent", hospital.lang).await;
 
     // The coordinator's timeline: what happened and when, no case file, no notes.
     coordinator.open(&format!("/network/referrals/{id}")).await;
@@ -395,13 +437,25 @@ async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
     {
         assert!(!timeline.contains(secret), "the timeline shows {secret:?}");
     }
-    check_page(&coordinator.page, "network-timeline", coordinator.lang).await;
+    check_page(
+        &coordinator.page,
+        &shots,
+        "network-timeline",
+        coordinator.lang,
+    )
+    .await;
 
     // Its figures, with charts and a CSV download.
     coordinator.open("/network/figures").await;
     let figures = coordinator.page.html().await.unwrap();
     assert!(figures.contains("<svg"), "charts");
-    check_page(&coordinator.page, "network-figures", coordinator.lang).await;
+    check_page(
+        &coordinator.page,
+        &shots,
+        "network-figures",
+        coordinator.lang,
+    )
+    .await;
     // The download, as the browser would fetch it with the coordinator's session.
     let href: String = coordinator
         .page
@@ -431,7 +485,7 @@ async fn staff_carry_story_one_through_the_pages_in_khmer_and_english() {
     ngo.page.set_viewport(390, 844, true).await.unwrap();
     ngo.open("/").await;
     ngo.page
-        .screenshot(&screenshots().join("inbox-phone.km.png"))
+        .screenshot(&shots.join("inbox-phone.km.png"))
         .await
         .unwrap();
     let overflow: bool = ngo

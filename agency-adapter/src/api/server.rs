@@ -81,7 +81,7 @@ pub async fn serve(listening: Listening, router: axum::Router, shutdown: Cancell
         addr,
         ..
     } = listening;
-    tracing::info!(%addr, tls = tls.is_some(), "API listening");
+    tracing::info!(%addr, tls = tls.is_some(), "API and staff pages listening");
     let Some(tls) = tls else {
         let stop = shutdown.clone();
         if let Err(error) = axum::serve(listener, router)
