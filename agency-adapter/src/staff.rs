@@ -457,6 +457,31 @@ impl Store {
                      WHERE id = ?1",
                     rusqlite::params![id, created],
                 )?;
+                // This member's sessions that ended unseen (a browser closed, never logged out)
+                // go now, so the table holds one row per live session, not one per login.
+                let ended: Vec<Vec<u8>> = conn
+                    .prepare(
+                        "SELECT token_hash, last_seen_at, expires_at FROM staff_sessions \
+                         WHERE staff_id = ?1",
+                    )?
+                    .query_map([id], |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    })?
+                    .filter_map(Result::ok)
+                    .filter(|(_, seen, expires)| {
+                        let live = parse_stamp(expires).is_some_and(|e| e > now)
+                            && parse_stamp(seen).is_some_and(|s| now - s < IDLE);
+                        !live
+                    })
+                    .map(|(hash, _, _)| hash)
+                    .collect();
+                for hash in ended {
+                    conn.execute("DELETE FROM staff_sessions WHERE token_hash = ?1", [hash])?;
+                }
                 conn.execute(
                     "INSERT INTO staff_sessions (token_hash, staff_id, csrf, created_at, \
                      last_seen_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
@@ -651,6 +676,23 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // Sessions that ended unseen are cleared at the member's next login: one row per live one.
+        let forgotten = store.log_in_at("dara", PASSWORD, t0).await.unwrap();
+        assert!(forgotten.is_ok());
+        assert!(
+            store
+                .log_in_at("dara", PASSWORD, t0 + LIFETIME)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let rows: i64 = store
+            .write(|conn| {
+                Ok(conn.query_row("SELECT COUNT(*) FROM staff_sessions", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "only the new session is kept");
         // Disabled, its sessions end at once; a login is refused like a wrong password.
         let live = store
             .log_in("dara", PASSWORD)

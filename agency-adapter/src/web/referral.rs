@@ -111,6 +111,17 @@ async fn render(
     let subject = shown.envelope.subject.clone().unwrap_or_default();
     let title = format!("{} {}", t.referral_title, short_id(&row.referral_id));
     let offered = offered_actions(&shown, me);
+    // The agencies a referral can be sent on or delegated to: the directory's, but its two parties.
+    let others: Vec<(String, String)> = directory
+        .as_deref()
+        .map(|d| {
+            d.agencies
+                .iter()
+                .filter(|a| a.id != row.sender && a.id != row.recipient && a.id != me)
+                .map(|a| (a.id.clone(), format!("{} ({})", a.name, a.id)))
+                .collect()
+        })
+        .unwrap_or_default();
     let body = html! {
         h1 { (title) " " span.badge { (lang.code_label(&row.state)) } }
         (link_banner(state, lang))
@@ -154,7 +165,7 @@ async fn render(
             } @else {
                 div.actions {
                     @for kind in &offered {
-                        (action_form(staff, &row.referral_id, *kind))
+                        (action_form(staff, &row.referral_id, *kind, &others))
                     }
                 }
             }
@@ -235,7 +246,9 @@ fn offered_actions(shown: &Shown, me: &str) -> Vec<EventKind> {
 
 /// The form of one action: its own fields, a note (but for a consent withdrawal), the request id
 /// made now, and the session's CSRF token.
-fn action_form(staff: &Staff, id: &str, kind: EventKind) -> Markup {
+/// `agencies` are the choices of an action that names another agency; with none (the directory
+/// could not be read), the agency's id is typed.
+fn action_form(staff: &Staff, id: &str, kind: EventKind, agencies: &[(String, String)]) -> Markup {
     let lang = staff.lang;
     let t = lang.t();
     let (name, label) = action_name(lang, kind);
@@ -254,7 +267,11 @@ fn action_form(staff: &Staff, id: &str, kind: EventKind) -> Markup {
             (layout::text_area(&field("reason"), t.field_reason, true))
         },
         EventKind::Redirected | EventKind::FollowUpDelegated => html! {
-            (layout::text_field(&field("to"), t.field_to_agency, "", true))
+            @if agencies.is_empty() {
+                (layout::text_field(&field("to"), t.field_to_agency, "", true))
+            } @else {
+                (layout::select(&field("to"), t.field_to_agency, agencies, "", Some(t.choose)))
+            }
             (layout::text_area(&field("reason"), t.field_reason, true))
         },
         EventKind::FollowUp => html! {
@@ -269,9 +286,9 @@ fn action_form(staff: &Staff, id: &str, kind: EventKind) -> Markup {
             (layout::text_area(&field("reason"), t.field_reason, true))
         },
         EventKind::ConsentWithdrawn => html! {
-            (layout::select(&field("withdrawn_by"), t.consent_given_by, &[
-                ("client".to_owned(), t.consent_by_client.to_owned()),
-                ("guardian".to_owned(), t.consent_by_guardian.to_owned()),
+            (layout::select(&field("withdrawn_by"), &lang.code_label("withdrawn_by"), &[
+                ("client".to_owned(), lang.code_label("client")),
+                ("guardian".to_owned(), lang.code_label("guardian")),
             ], "client", None))
         },
         _ => html! {},
