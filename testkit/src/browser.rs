@@ -189,10 +189,27 @@ impl Browser {
 
     /// A new tab, listening for its loads and for every error the browser reports in it.
     pub async fn new_page(&self) -> Result<Page, Error> {
-        let c = &self.connection;
-        let target = c
-            .call(None, "Target.createTarget", json!({ "url": "about:blank" }))
+        self.open_tab(json!({ "url": "about:blank" })).await
+    }
+
+    /// A new tab in a context of its own: its own cookies and storage, as another person's browser
+    /// would have, in the same browser process (one Chromium for several people is far lighter
+    /// than one each).
+    pub async fn new_person(&self) -> Result<Page, Error> {
+        let context = self
+            .connection
+            .call(None, "Target.createBrowserContext", json!({}))
             .await?;
+        let id = context["browserContextId"]
+            .as_str()
+            .ok_or_else(|| fail("no browser context"))?;
+        self.open_tab(json!({ "url": "about:blank", "browserContextId": id }))
+            .await
+    }
+
+    async fn open_tab(&self, create: Value) -> Result<Page, Error> {
+        let c = &self.connection;
+        let target = c.call(None, "Target.createTarget", create).await?;
         let target_id = target["targetId"].as_str().unwrap_or_default().to_owned();
         let attached = c
             .call(

@@ -42,7 +42,7 @@ fn screenshots() -> PathBuf {
 }
 
 /// One person at one agency: their adapter's daemon serving the pages, and their own browser
-/// (own profile, own cookies), logged in.
+/// context (own cookies), logged in.
 struct Person {
     adapter: AdapterProcess,
     base: String,
@@ -50,7 +50,6 @@ struct Person {
     lang: &'static str,
     /// Where its pages' screenshots go.
     shots: PathBuf,
-    _browser: Browser,
 }
 
 /// `spean-adapter user add`, the password on stdin.
@@ -82,6 +81,7 @@ impl Person {
     /// Installs `agency`'s adapter with a staff account, starts its daemon serving the pages,
     /// and opens a browser on the login page.
     async fn at(
+        browser: &Browser,
         broker: &BrokerProcess,
         agency: &str,
         dir: &Path,
@@ -99,15 +99,13 @@ impl Person {
         // `localhost`, as staff are told to open it: browsers send a `Secure` cookie over plain
         // HTTP to localhost only.
         let port = addr.trim().rsplit(':').next().unwrap().to_owned();
-        let browser = Browser::launch().await.unwrap();
-        let page = browser.new_page().await.unwrap();
+        let page = browser.new_person().await.unwrap();
         Self {
             adapter,
             base: format!("http://localhost:{port}"),
             page,
             lang,
             shots: shots.to_owned(),
-            _browser: browser,
         }
     }
 
@@ -299,9 +297,26 @@ async fn staff_carry_story_one_through_the_pages_on_postgres_and_rabbitmq() {
 /// an empty `shots`).
 async fn story_one_through_the_pages(broker: &BrokerProcess, dir: &Path, shots: &str) {
     let shots = screenshots().join(shots);
-    let hospital = Person::at(broker, HOSPITAL, dir, ("dara", "Dara Chan", "en"), &shots).await;
-    let ngo = Person::at(broker, NGO, dir, ("sophea", "សុភា", "km"), &shots).await;
-    let coordinator = Person::at(broker, COORDINATOR, dir, ("vanna", "វណ្ណា", "km"), &shots).await;
+    let browser = Browser::launch().await.unwrap();
+    let hospital = Person::at(
+        &browser,
+        broker,
+        HOSPITAL,
+        dir,
+        ("dara", "Dara Chan", "en"),
+        &shots,
+    )
+    .await;
+    let ngo = Person::at(&browser, broker, NGO, dir, ("sophea", "សុភា", "km"), &shots).await;
+    let coordinator = Person::at(
+        &browser,
+        broker,
+        COORDINATOR,
+        dir,
+        ("vanna", "វណ្ណា", "km"),
+        &shots,
+    )
+    .await;
     hospital.log_in("dara").await;
     ngo.log_in("sophea").await;
     coordinator.log_in("vanna").await;
