@@ -499,3 +499,63 @@ async fn the_pages_speak_each_persons_language_and_switch_on_request() {
             .contains(r#"<html lang="km">"#)
     );
 }
+
+#[tokio::test]
+async fn a_referral_sent_from_the_page_while_the_broker_is_out_of_reach_waits_on_the_sent_page() {
+    let mut broker = BrokerProcess::start();
+    broker.publish_keys(&[HOSPITAL, NGO]);
+    add_staff(&broker, HOSPITAL, "dara", "Dara", "en");
+    broker.stop();
+    let pages = pages(&broker, HOSPITAL).await;
+    let cookie = pages.log_in("dara", PASSWORD).await;
+
+    let form = pages.get("/send", Some(&cookie)).await;
+    assert_eq!(form.status, StatusCode::OK);
+    assert!(
+        form.html.contains("type the codes"),
+        "the form says the directory cannot be read: {}",
+        form.html
+    );
+    let csrf = form.hidden("csrf");
+    let sent = pages
+        .post(
+            "/send",
+            Some(&cookie),
+            &[],
+            &[
+                ("csrf", csrf.as_str()),
+                ("client_ref", "page-offline-1"),
+                ("to_mode", "agency"),
+                ("to", NGO),
+                ("kind", "lama"),
+                ("urgency", "emergency"),
+                ("sex", "female"),
+                ("age_band", "5-9"),
+                ("subject_province", "24"),
+                ("name_km", "សុខ ស្រីល័ក្ខ"),
+                ("reason", "ត្រូវការតាមដាននៅផ្ទះ"),
+                ("consent_by", "guardian"),
+                ("consent_at", "2026-12-01"),
+            ],
+        )
+        .await;
+    assert_eq!(sent.status, StatusCode::SEE_OTHER, "{}", sent.html);
+    assert_eq!(sent.headers[header::LOCATION], "/sent?queued=1");
+
+    let waiting = pages.get("/sent?queued=1", Some(&cookie)).await;
+    assert!(
+        waiting
+            .html
+            .contains("it will be sent when the broker can be reached")
+    );
+    assert!(
+        waiting.html.contains("waiting for the broker"),
+        "the queued referral is listed as waiting: {}",
+        waiting.html
+    );
+    let outbox = json_of(&broker.adapter(HOSPITAL, &["outbox", "--json"]));
+    let rows = outbox.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{outbox}");
+    assert_eq!(rows[0]["request_id"], "page-offline-1");
+    assert_eq!(rows[0]["status"], "pending");
+}
