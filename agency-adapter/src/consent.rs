@@ -65,12 +65,16 @@ pub(crate) fn forget_if_withdrawn(
     forgot |= forget_what_people_wrote(conn, vault, referral_id)?;
     // The outbox kept each request as it was asked (and sealed): the texts go, the rows stay so
     // that their keys still answer; those not sent yet never will be. The withdrawal itself stays
-    // as it is (it holds who withdrew and when, nothing written): run again with its key, the
-    // command still finds it the same.
+    // as it is, sealed copy included (it holds who withdrew and when, nothing written): run again
+    // with its key, the command still finds it the same, and a second sender of it (the daemon
+    // and the command racing for the row, with this agency's own copy of the event delivered in
+    // between) sends the very bytes the broker recorded, not a sealing of its own that the
+    // broker would take for another action under the same key.
     let sealed_copies = conn
         .prepare_cached(
             "DELETE FROM outbox_sealed WHERE request_id IN \
-             (SELECT request_id FROM outbox WHERE referral_id = ?1)",
+             (SELECT request_id FROM outbox \
+              WHERE referral_id = ?1 AND operation <> 'withdraw_consent')",
         )?
         .execute(params![referral_id])?;
     let requests = conn

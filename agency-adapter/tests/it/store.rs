@@ -9,6 +9,7 @@ use spean_proto::v1::{FeedbackKind, ReferralState, delivery::Payload};
 
 use crate::helpers::{
     agency_id, delivery, event, fresh_store, fresh_store_of, id, khmer_case_file, referral,
+    store_khmer_referral,
 };
 
 #[tokio::test]
@@ -379,4 +380,68 @@ async fn a_command_trusts_the_daemons_finding_that_the_broker_is_out_of_reach() 
     t.store.note_link(link.status()).await.unwrap();
     t.store.forget_link().await.unwrap();
     assert_eq!(t.store.link_down_since().await.unwrap(), None);
+}
+
+/// The daemon and a command may both send a queued withdrawal of consent; this agency's own copy
+/// of the recorded withdrawal can be delivered between their two sends. The second must send the
+/// bytes the first sent (sealing again gives other bytes, which the broker, still holding the
+/// first's, would refuse as another action under the same key), while every other request of the
+/// referral loses its sealed copy and its text.
+#[tokio::test]
+async fn a_delivered_withdrawal_of_consent_keeps_its_own_sealed_request_and_forgets_the_others() {
+    let t = fresh_store().await;
+    let referral_id = store_khmer_referral(&t.store).await;
+    for (request_id, operation) in [("consent-1", "withdraw_consent"), ("accept-1", "accept")] {
+        t.store
+            .enqueue(request_id, operation, Some(&referral_id), b"asked")
+            .await
+            .unwrap();
+    }
+    let withdrawal_sealed = t
+        .store
+        .keep_sealed_request("consent-1", b"sealed once")
+        .await
+        .unwrap();
+    t.store
+        .keep_sealed_request("accept-1", b"sealed note")
+        .await
+        .unwrap();
+
+    let withdrawn = event(
+        &referral_id,
+        FeedbackKind::ConsentWithdrawn,
+        ReferralState::Sent,
+    );
+    t.store
+        .store_delivery(&delivery(Payload::Feedback(withdrawn)))
+        .await
+        .unwrap();
+
+    assert_eq!(withdrawal_sealed, b"sealed once");
+    assert_eq!(
+        t.store
+            .sealed_request("consent-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"sealed once"[..]),
+        "the withdrawal is sent again as first sealed"
+    );
+    assert_eq!(t.store.sealed_request("accept-1").await.unwrap(), None);
+    let accept = t.store.outbox_row("accept-1").await.unwrap().unwrap();
+    assert!(accept.payload.is_empty(), "the accept's text is forgotten");
+    assert_eq!(accept.status, "rejected");
+    let withdrawal = t.store.outbox_row("consent-1").await.unwrap().unwrap();
+    assert_eq!(withdrawal.payload, b"asked");
+    assert_eq!(withdrawal.status, "pending");
+    assert!(
+        t.store
+            .referral(&referral_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .case_file
+            .is_empty(),
+        "the case file is forgotten"
+    );
 }
