@@ -300,6 +300,14 @@ impl Broker {
         let max = self.config.limits.max_message_bytes;
 
         let (health, health_service) = tonic_health::server::health_reporter();
+        // tonic's reporter starts the server's own entry ("") as SERVING: until the first probe
+        // says otherwise, a load balancer (or a test) would send adapters to a broker that has
+        // not reached its database or RabbitMQ yet.
+        for service in HEALTH_SERVICES {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(spean_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -435,6 +443,15 @@ impl Broker {
     }
 }
 
+/// The names the health service answers for: the server as a whole (""), and each service an
+/// adapter calls.
+const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    "spean.v1.ReferralService",
+    "spean.v1.DeliveryService",
+    "spean.v1.DirectoryService",
+];
+
 /// Serving while the database answers and, when configured, RabbitMQ is connected; not serving
 /// otherwise, so a load balancer sends adapters to another broker meanwhile.
 async fn report_health(
@@ -463,12 +480,7 @@ async fn report_health(
                 tracing::warn!(database, rabbitmq = queues, "not serving");
                 ServingStatus::NotServing
             };
-            for service in [
-                "",
-                "spean.v1.ReferralService",
-                "spean.v1.DeliveryService",
-                "spean.v1.DirectoryService",
-            ] {
+            for service in HEALTH_SERVICES {
                 health.set_service_status(service, status).await;
             }
             last = Some(serving);

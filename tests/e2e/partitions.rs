@@ -10,14 +10,12 @@ fn authority(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-/// RabbitMQ reached through a relay that goes silent (no reset, no close, just nothing), with a
-/// heartbeat as long as RabbitMQ's own (60 s: two minutes before the heartbeat would notice), while
-/// referrals are submitted: their publisher confirms stay late,
-/// and the broker takes that for a lost connection well before the heartbeat does. It reports
-/// NOT_SERVING, and keeps every submitted referral in its outbox for when RabbitMQ is back.
-#[tokio::test]
-async fn late_publisher_confirms_are_taken_for_a_lost_connection() {
-    let env = Production::new().await;
+/// A broker reaching RabbitMQ through a [`Relay`], with a heartbeat as long as RabbitMQ's own
+/// (60 s: two minutes before missed heartbeats would tell), once it reports SERVING. The
+/// directory holds the broker's data and lives as long as the test keeps it.
+async fn serving_behind_a_relay_to_rabbitmq(
+    env: &Production,
+) -> (Relay, BrokerProcess, tempfile::TempDir) {
     let mut settings = env.broker_env();
     settings.push(("SPEAN_BROKER_AMQP__HEARTBEAT_S".into(), "60".into()));
     let url = settings
@@ -33,6 +31,18 @@ async fn late_publisher_confirms_are_taken_for_a_lost_connection() {
     let broker =
         BrokerProcess::start_with(&dir.path().join("broker"), "127.0.0.1:0", &settings).await;
     broker.wait_for_health(ServingStatus::Serving).await;
+    (relay, broker, dir)
+}
+
+/// RabbitMQ reached through a relay that goes silent (no reset, no close, just nothing), with a
+/// heartbeat as long as RabbitMQ's own (60 s: two minutes before the heartbeat would notice), while
+/// referrals are submitted: their publisher confirms stay late,
+/// and the broker takes that for a lost connection well before the heartbeat does. It reports
+/// NOT_SERVING, and keeps every submitted referral in its outbox for when RabbitMQ is back.
+#[tokio::test]
+async fn late_publisher_confirms_are_taken_for_a_lost_connection() {
+    let env = Production::new().await;
+    let (relay, broker, _dir) = serving_behind_a_relay_to_rabbitmq(&env).await;
     relay.go_silent();
     let mut hospital = broker.client("ahc-swu").await;
     let started = std::time::Instant::now();
@@ -64,6 +74,37 @@ async fn late_publisher_confirms_are_taken_for_a_lost_connection() {
         env.outbox("mlup-russey").await,
         submitted,
         "every referral accepted waits in the outbox"
+    );
+}
+
+/// The same partition with nothing to publish: no referral is submitted, so no publisher confirm
+/// can be late. The broker still notices well before its 60-s heartbeat would, since its periodic
+/// check of the dead-letter queue waits for RabbitMQ's answer only so long
+/// (`ANSWER_TIMEOUT`); before that bound the check waited forever and held the supervisor with
+/// it, and the broker reported SERVING on a dead link. Once the network is back it connects again.
+#[tokio::test]
+async fn an_idle_broker_notices_a_silent_partition_to_rabbitmq_and_reconnects_after_it() {
+    let env = Production::new().await;
+    let (relay, broker, _dir) = serving_behind_a_relay_to_rabbitmq(&env).await;
+    relay.go_silent();
+    let started = std::time::Instant::now();
+    let noticed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while broker.health().await != Ok(ServingStatus::NotServing) {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    })
+    .await;
+    assert!(
+        noticed.is_ok(),
+        "an idle broker did not notice the silent partition in {:?}",
+        started.elapsed()
+    );
+    relay.heal();
+    broker.wait_for_health(ServingStatus::Serving).await;
+    assert!(
+        broker.log().contains("RabbitMQ did not answer in time"),
+        "the dead-letter check is what noticed: {}",
+        broker.log()
     );
 }
 

@@ -28,6 +28,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long closing a dropped connection may wait for RabbitMQ's answer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long RabbitMQ may take to answer a method on a connection that looks up (open a channel,
+/// declare or count a queue, start a consumer) before the connection is taken for lost
+/// ([`Amqp::answered`]). Publisher confirms have their own bound, in the relay.
+pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Amqp {
     /// True while a connection is up and the exchanges declared.
@@ -71,14 +75,42 @@ impl Amqp {
     /// heartbeat may be long). If it is still the supervised connection, the supervisor drops it,
     /// reports NOT_SERVING and connects again, to the next node first. A connection the server
     /// has blocked (a resource alarm) is slow on purpose and is left alone.
-    pub(super) fn give_up_on(&self, connection: &Arc<Connection>) {
+    pub(super) fn give_up_on(&self, connection: &Connection) {
         if connection.status().blocked() {
             return;
         }
         let guard = self.connection.read().unwrap_or_else(|p| p.into_inner());
-        if guard.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+        if guard
+            .as_ref()
+            .is_some_and(|c| std::ptr::eq(Arc::as_ptr(c), connection))
+        {
             self.suspect
                 .send_replace(self.generation.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Waits for RabbitMQ's answer to `asked` on `connection`, up to [`ANSWER_TIMEOUT`]. A
+    /// partition that drops packets leaves such an answer pending for as long as the heartbeat
+    /// takes to notice (minutes with RabbitMQ's default), and whatever awaits it with it: the
+    /// relay opening its channel, an adapter's session, the supervisor's own dead-letter check.
+    /// Late, the connection is given up on ([`Amqp::give_up_on`]) like one whose publisher
+    /// confirms are late, and the caller gets [`DeliveryError::Unavailable`].
+    pub(super) async fn answered<T>(
+        &self,
+        connection: &Connection,
+        asked: impl std::future::Future<Output = Result<T, DeliveryError>>,
+    ) -> Result<T, DeliveryError> {
+        match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                tracing::warn!(
+                    "RabbitMQ did not answer in time on a connection that looks up; taking it for lost"
+                );
+                self.give_up_on(connection);
+                Err(DeliveryError::Unavailable(
+                    "RabbitMQ did not answer in time",
+                ))
+            }
         }
     }
 
@@ -258,7 +290,11 @@ impl Amqp {
             since_check += WATCH_INTERVAL;
             if since_check >= DEAD_LETTER_CHECK {
                 since_check = Duration::ZERO;
-                if let Ok(n) = self.dead_letters(connection).await
+                // Bounded: on a silent partition this check is what notices, even with nothing
+                // to publish; unbounded, it would hold this watch past the relay's own verdict.
+                if let Ok(n) = self
+                    .answered(connection, self.dead_letters(connection))
+                    .await
                     && n > 0
                 {
                     tracing::error!(

@@ -199,7 +199,11 @@ impl Relay {
                 Some((c, on)) if c.status().connected() && Arc::ptr_eq(&on, &connection) => {
                     return Some((c, on));
                 }
-                _ => match confirm_channel(&connection).await {
+                _ => match self
+                    .amqp
+                    .answered(&connection, confirm_channel(&connection))
+                    .await
+                {
                     Ok(c) => return Some((c, connection)),
                     Err(e) => (NO_CHANNEL_PAUSE, Some(e)),
                 },

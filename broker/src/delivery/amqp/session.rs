@@ -27,12 +27,27 @@ impl Amqp {
         let (connection, generation) = self
             .current_numbered()
             .ok_or(DeliveryError::Unavailable("not connected"))?;
-        let channel = connection.create_channel().await?;
-        let consumer = match self.consume(&connection, &channel, agency, window).await {
+        let channel = self
+            .answered(&connection, async {
+                Ok(connection.create_channel().await?)
+            })
+            .await?;
+        let consumer = match self
+            .answered(
+                &connection,
+                self.consume(&connection, &channel, agency, window),
+            )
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
-                // Do not leak the channel: a connection has a bounded number of them.
-                let _ = channel.close(200, "session not opened".into()).await;
+                // Do not leak the channel: a connection has a bounded number of them. Bounded,
+                // since a connection given up on for not answering will not answer this either.
+                let _ = tokio::time::timeout(
+                    super::connection::ANSWER_TIMEOUT,
+                    channel.close(200, "session not opened".into()),
+                )
+                .await;
                 return Err(e);
             }
         };
